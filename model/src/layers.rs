@@ -1,0 +1,277 @@
+//! Transformer building blocks, each a line-by-line port of ml-4m's `fm_utils.py` so that the
+//! same libtorch kernels run in the same order: bias-optional LayerNorm (zero bias buffer),
+//! attention with finite `-max` masking, plain and gated MLPs, encoder and decoder blocks.
+//! Initialisation follows ml-4m's `init_weights` (xavier-uniform linears with the split
+//! fan-out rule for `qkv`/`kv`, zero biases, unit norms).
+//!
+//! Shape legend: B batch, N query tokens, M key/context tokens, D width, H heads, K head dim.
+
+use tch::nn::{self, Init};
+use tch::{Kind, Tensor};
+
+use crate::config::{Activation, FourMConfig};
+
+/// The most negative finite value of a float kind: ml-4m fills blocked attention logits with
+/// `-finfo(dtype).max` (not -inf) so that fully blocked rows become uniform instead of NaN.
+pub fn neg_max(kind: Kind) -> f64 {
+    match kind {
+        Kind::BFloat16 => -3.389_531_389_251_535_5e38,
+        Kind::Half => -65504.0,
+        Kind::Double => -f64::MAX,
+        _ => -(f32::MAX as f64),
+    }
+}
+
+/// How a linear layer's weight is initialised (ml-4m treats fused projections per part).
+#[derive(Debug, Clone, Copy)]
+pub enum LinearInit {
+    /// xavier-uniform over (in, out).
+    Xavier,
+    /// xavier-uniform with fan-out divided by this many fused parts (`qkv`: 3, `kv`: 2).
+    Fused(usize),
+}
+
+/// `nn.Linear` with an optional bias.
+#[derive(Debug)]
+pub struct Linear {
+    /// Weight, shape (out, in).
+    pub ws: Tensor,
+    /// Bias, shape (out,), if any.
+    pub bs: Option<Tensor>,
+}
+
+impl Linear {
+    /// Creates `weight` (and `bias`) under `p`, initialised like ml-4m.
+    pub fn new(p: nn::Path, input: usize, output: usize, bias: bool, init: LinearInit) -> Self {
+        let fan_out = match init {
+            LinearInit::Xavier => output,
+            LinearInit::Fused(parts) => output / parts,
+        };
+        let bound = (6.0 / (input + fan_out) as f64).sqrt();
+        let ws = p.var("weight", &[output as i64, input as i64], Init::Uniform { lo: -bound, up: bound });
+        let bs = bias.then(|| p.var("bias", &[output as i64], Init::Const(0.0)));
+        Self { ws, bs }
+    }
+
+    /// y = x Wᵀ + b.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        x.linear(&self.ws, self.bs.as_ref())
+    }
+}
+
+/// ml-4m's `LayerNorm`: without a learned bias it still keeps a zero `bias` buffer, which
+/// appears in checkpoints.
+#[derive(Debug)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    dim: i64,
+}
+
+impl LayerNorm {
+    /// Epsilon of every norm in 4M.
+    pub const EPS: f64 = 1e-6;
+
+    /// Creates `weight` (ones) and `bias` (zeros; a buffer unless `learned_bias`).
+    pub fn new(p: nn::Path, dim: usize, learned_bias: bool) -> Self {
+        let weight = p.var("weight", &[dim as i64], Init::Const(1.0));
+        let bias = if learned_bias { p.var("bias", &[dim as i64], Init::Const(0.0)) } else { p.zeros_no_train("bias", &[dim as i64]) };
+        Self { weight, bias, dim: dim as i64 }
+    }
+
+    /// Normalises over the last dimension.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        x.layer_norm([self.dim], Some(&self.weight), Some(&self.bias), Self::EPS, true)
+    }
+}
+
+/// Multi-head self-attention (`Attention`, or `NormAttention` with QK-norm).
+#[derive(Debug)]
+pub struct Attention {
+    qkv: Linear,
+    proj: Linear,
+    qk_norm: Option<(LayerNorm, LayerNorm)>,
+    heads: i64,
+    scale: f64,
+}
+
+impl Attention {
+    /// Creates `qkv`, `proj` (and `q_norm`/`k_norm`) under `p`.
+    pub fn new(p: nn::Path, cfg: &FourMConfig) -> Self {
+        let d = cfg.dim;
+        let qk_norm = cfg.qk_norm.then(|| {
+            (LayerNorm::new(&p / "q_norm", cfg.head_dim(), cfg.norm_bias), LayerNorm::new(&p / "k_norm", cfg.head_dim(), cfg.norm_bias))
+        });
+        Self {
+            qkv: Linear::new(&p / "qkv", d, 3 * d, cfg.qkv_bias, LinearInit::Fused(3)),
+            proj: Linear::new(&p / "proj", d, d, cfg.proj_bias, LinearInit::Xavier),
+            qk_norm,
+            heads: cfg.num_heads as i64,
+            scale: (cfg.head_dim() as f64).powf(-0.5),
+        }
+    }
+
+    /// `mask_BNN` (or `mask_B1N`): true = blocked.
+    pub fn forward(&self, x_bnd: &Tensor, mask: Option<&Tensor>) -> Tensor {
+        let (b, n, c) = x_bnd.size3().expect("attention input must be (B, N, D)");
+        let qkv = self.qkv.forward(x_bnd).reshape([b, n, 3, self.heads, c / self.heads]).permute([2, 0, 3, 1, 4]);
+        let (mut q_bhnk, mut k_bhnk, v_bhnk) = (qkv.get(0), qkv.get(1), qkv.get(2));
+        if let Some((qn, kn)) = &self.qk_norm {
+            q_bhnk = qn.forward(&q_bhnk);
+            k_bhnk = kn.forward(&k_bhnk);
+        }
+        let out = attend(&q_bhnk, &k_bhnk, &v_bhnk, mask, self.scale);
+        self.proj.forward(&out.transpose(1, 2).reshape([b, n, c]))
+    }
+}
+
+/// softmax(q kᵀ · scale, blocked → -max) v, exactly as ml-4m orders the operations.
+fn attend(q_bhnk: &Tensor, k_bhmk: &Tensor, v_bhmk: &Tensor, mask: Option<&Tensor>, scale: f64) -> Tensor {
+    let mut attn_bhnm = q_bhnk.matmul(&k_bhmk.transpose(-2, -1)) * scale;
+    if let Some(mask) = mask {
+        attn_bhnm = attn_bhnm.masked_fill(&mask.unsqueeze(1), neg_max(attn_bhnm.kind()));
+    }
+    let kind = attn_bhnm.kind();
+    attn_bhnm.softmax(-1, kind).matmul(v_bhmk)
+}
+
+/// Cross-attention from decoder queries to the encoder context (`CrossAttention`).
+#[derive(Debug)]
+pub struct CrossAttention {
+    q: Linear,
+    kv: Linear,
+    proj: Linear,
+    qk_norm: Option<(LayerNorm, LayerNorm)>,
+    heads: i64,
+    scale: f64,
+}
+
+impl CrossAttention {
+    /// Creates `q`, `kv`, `proj` (and `q_norm`/`k_norm`) under `p`.
+    pub fn new(p: nn::Path, cfg: &FourMConfig) -> Self {
+        let d = cfg.dim;
+        let qk_norm = cfg.qk_norm.then(|| {
+            (LayerNorm::new(&p / "q_norm", cfg.head_dim(), cfg.norm_bias), LayerNorm::new(&p / "k_norm", cfg.head_dim(), cfg.norm_bias))
+        });
+        Self {
+            q: Linear::new(&p / "q", d, d, cfg.qkv_bias, LinearInit::Xavier),
+            kv: Linear::new(&p / "kv", d, 2 * d, cfg.qkv_bias, LinearInit::Fused(2)),
+            proj: Linear::new(&p / "proj", d, d, cfg.proj_bias, LinearInit::Xavier),
+            qk_norm,
+            heads: cfg.num_heads as i64,
+            scale: (cfg.head_dim() as f64).powf(-0.5),
+        }
+    }
+
+    /// `mask_B1M`: true = context token blocked.
+    pub fn forward(&self, x_bnd: &Tensor, context_bmd: &Tensor, mask: Option<&Tensor>) -> Tensor {
+        let (b, n, c) = x_bnd.size3().expect("cross-attention query must be (B, N, D)");
+        let m = context_bmd.size()[1];
+        let h = self.heads;
+        let mut q_bhnk = self.q.forward(x_bnd).reshape([b, n, h, c / h]).permute([0, 2, 1, 3]);
+        let kv = self.kv.forward(context_bmd).reshape([b, m, 2, h, c / h]).permute([2, 0, 3, 1, 4]);
+        let (mut k_bhmk, v_bhmk) = (kv.get(0), kv.get(1));
+        if let Some((qn, kn)) = &self.qk_norm {
+            q_bhnk = qn.forward(&q_bhnk);
+            k_bhmk = kn.forward(&k_bhmk);
+        }
+        let out = attend(&q_bhnk, &k_bhmk, &v_bhmk, mask, self.scale);
+        self.proj.forward(&out.transpose(1, 2).reshape([b, n, c]))
+    }
+}
+
+/// The feed-forward part: `Mlp` (fc1, act, fc2) or `GatedMlp` (fc2(act(fc1 x) * fc3 x)).
+#[derive(Debug)]
+pub struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+    fc3: Option<Linear>,
+    act: Activation,
+}
+
+impl Mlp {
+    /// Creates `fc1`, `fc2` (and `fc3` when gated) under `p`.
+    pub fn new(p: nn::Path, cfg: &FourMConfig) -> Self {
+        let (d, h) = (cfg.dim, cfg.mlp_hidden());
+        Self {
+            fc1: Linear::new(&p / "fc1", d, h, cfg.mlp_bias, LinearInit::Xavier),
+            fc2: Linear::new(&p / "fc2", h, d, cfg.mlp_bias, LinearInit::Xavier),
+            fc3: cfg.gated_mlp.then(|| Linear::new(&p / "fc3", d, h, cfg.mlp_bias, LinearInit::Xavier)),
+            act: cfg.act,
+        }
+    }
+
+    /// Applies the MLP to the last dimension.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let a = self.fc1.forward(x);
+        let a = match self.act {
+            Activation::SiLU => a.silu(),
+            Activation::GELU => a.gelu("none"),
+        };
+        match &self.fc3 {
+            Some(fc3) => self.fc2.forward(&(a * fc3.forward(x))),
+            None => self.fc2.forward(&a),
+        }
+    }
+}
+
+/// Pre-norm encoder block: x += attn(norm1 x); x += mlp(norm2 x).
+#[derive(Debug)]
+pub struct Block {
+    norm1: LayerNorm,
+    attn: Attention,
+    norm2: LayerNorm,
+    mlp: Mlp,
+}
+
+impl Block {
+    /// Creates the block's parameters under `p` (ml-4m names).
+    pub fn new(p: nn::Path, cfg: &FourMConfig) -> Self {
+        Self {
+            norm1: LayerNorm::new(&p / "norm1", cfg.dim, cfg.norm_bias),
+            attn: Attention::new(&p / "attn", cfg),
+            norm2: LayerNorm::new(&p / "norm2", cfg.dim, cfg.norm_bias),
+            mlp: Mlp::new(&p / "mlp", cfg),
+        }
+    }
+
+    /// `mask_B1N`: true = padding key.
+    pub fn forward(&self, x_bnd: &Tensor, mask: &Tensor) -> Tensor {
+        let x = x_bnd + self.attn.forward(&self.norm1.forward(x_bnd), Some(mask));
+        &x + self.mlp.forward(&self.norm2.forward(&x))
+    }
+}
+
+/// Pre-norm decoder block: self-attention, cross-attention (with its own context norm), MLP.
+#[derive(Debug)]
+pub struct DecoderBlock {
+    norm1: LayerNorm,
+    self_attn: Attention,
+    query_norm: LayerNorm,
+    context_norm: LayerNorm,
+    cross_attn: CrossAttention,
+    norm2: LayerNorm,
+    mlp: Mlp,
+}
+
+impl DecoderBlock {
+    /// Creates the block's parameters under `p` (ml-4m names).
+    pub fn new(p: nn::Path, cfg: &FourMConfig) -> Self {
+        Self {
+            norm1: LayerNorm::new(&p / "norm1", cfg.dim, cfg.norm_bias),
+            self_attn: Attention::new(&p / "self_attn", cfg),
+            query_norm: LayerNorm::new(&p / "query_norm", cfg.dim, cfg.norm_bias),
+            context_norm: LayerNorm::new(&p / "context_norm", cfg.dim, cfg.norm_bias),
+            cross_attn: CrossAttention::new(&p / "cross_attn", cfg),
+            norm2: LayerNorm::new(&p / "norm2", cfg.dim, cfg.norm_bias),
+            mlp: Mlp::new(&p / "mlp", cfg),
+        }
+    }
+
+    /// `sa_mask_BNN` blocks decoder pairs, `xa_mask_B1M` blocks padding context tokens.
+    pub fn forward(&self, y_bnd: &Tensor, context_bmd: &Tensor, sa_mask: &Tensor, xa_mask: &Tensor) -> Tensor {
+        let y = y_bnd + self.self_attn.forward(&self.norm1.forward(y_bnd), Some(sa_mask));
+        let y = &y + self.cross_attn.forward(&self.query_norm.forward(&y), &self.context_norm.forward(context_bmd), Some(xa_mask));
+        &y + self.mlp.forward(&self.norm2.forward(&y))
+    }
+}

@@ -1,0 +1,26 @@
+//! The single-device 4M model in tch, numerically the same model as apple/ml-4m's `FourM`.
+//!
+//! Main types: [`FourMConfig`] (presets and the ml-4m FM config), [`FourM`] (embeddings,
+//! encoder, decoder, losses), [`MaskedBatch`] (the model's input, ml-4m's `mod_dict`) and
+//! [`Checkpoint`] (a `VarStore` with the model, saved and loaded as ml-4m-named safetensors).
+//! Parallelism is applied from outside (worker/ops); nothing here knows about ranks.
+
+mod batch;
+mod config;
+mod embeddings;
+mod error;
+mod fourm;
+pub mod io;
+mod layers;
+mod optim;
+mod posemb;
+mod synthetic;
+mod weights;
+
+pub use batch::{MaskedBatch, ModalityTensors};
+pub use config::{Activation, Flavor, FourMConfig, ParamCounts, Preset};
+pub use error::{ModelError, Result};
+pub use fourm::{ForwardOptions, ForwardOutput, FourM, LossType};
+pub use optim::{AdamW, AdamWConfig, is_no_decay};
+pub use synthetic::{SyntheticSpec, synthetic_batch};
+pub use weights::Checkpoint;

@@ -1,0 +1,51 @@
+//! Command-line interface: argument parsing and dispatch; each sub-command lives in its module.
+
+mod bench;
+mod demo;
+mod model;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// tessera: trains 4M-21-style any-to-any multimodal models.
+#[derive(Debug, Parser)]
+#[command(name = "tessera", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Inspect, initialise and run the 4M model.
+    #[command(subcommand)]
+    Model(model::ModelCommand),
+    /// The end-to-end demo: model info, then a short training run on generated batches.
+    Demo(demo::DemoArgs),
+    /// Benchmarks that print a table (compare with the peers in the same run).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+/// Parses arguments, runs the command, and maps errors to a message and exit code 1.
+pub fn run() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Model(cmd) => model::run(cmd),
+        Command::Demo(args) => demo::run(args),
+        Command::Bench(cmd) => bench::run(cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

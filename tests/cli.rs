@@ -1,0 +1,151 @@
+//! End-to-end tests of the `tessera` binary: real processes, real files.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn tessera(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tessera")).args(args).env("OMP_NUM_THREADS", "1").output().expect("tessera runs")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = tessera(args);
+    assert!(out.status.success(), "tessera {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn model_info_reports_ml4m_sizes() {
+    let v: serde_json::Value = serde_json::from_str(&ok(&["model", "info", "--preset", "base", "--modalities", "4m21", "--json"])).unwrap();
+    let ex = v["params_excluding_embeddings"].as_u64().unwrap() as f64;
+    assert!((ex / 1e6 - 198.8).abs() < 0.1, "{ex}");
+    assert_eq!(v["domains_in"].as_array().unwrap().len(), 19);
+    assert_eq!(v["domains_out"].as_array().unwrap().len(), 17);
+    let total = v["params_total"].as_u64().unwrap();
+    assert_eq!(v["memory_bytes"]["weights_fp32"].as_u64().unwrap(), total * 4);
+    assert_eq!(v["memory_bytes"]["adamw_state_fp32"].as_u64().unwrap(), total * 8);
+
+    // The peer benchmark's tiny model over its 11 modalities has 100,316,928 parameters.
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&["model", "info", "--preset", "tiny", "--modalities", "mod11", "--json"])).unwrap();
+    assert_eq!(v["params_total"].as_u64().unwrap(), 100_316_928);
+}
+
+#[test]
+fn init_synth_forward_pipeline_writes_losses() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).display().to_string();
+    let arch = [
+        "--preset",
+        "tiny",
+        "--dim",
+        "64",
+        "--encoder-depth",
+        "1",
+        "--decoder-depth",
+        "1",
+        "--modalities",
+        "caption,det,tok_rgb@224,rgb@224",
+    ];
+    let mut init = vec!["model", "init", "--out"];
+    let w = p("w.safetensors");
+    init.push(&w);
+    init.extend_from_slice(&arch);
+    ok(&init);
+    let b = p("b.safetensors");
+    ok(&[
+        "model",
+        "synth-batch",
+        "--weights",
+        &w,
+        "--out",
+        &b,
+        "--batch-size",
+        "2",
+        "--num-input-tokens",
+        "64",
+        "--num-target-tokens",
+        "64",
+    ]);
+    let o = p("o.safetensors");
+    let v: serde_json::Value = serde_json::from_str(&ok(&[
+        "model",
+        "forward",
+        "--weights",
+        &w,
+        "--batch",
+        &b,
+        "--out",
+        &o,
+        "--num-input-tokens",
+        "64",
+        "--num-target-tokens",
+        "64",
+        "--logits",
+        "--json",
+    ]))
+    .unwrap();
+    let loss = v["loss"].as_f64().unwrap();
+    // Near ln(V) at initialisation: between ln(16384)=9.7 and ln(30000)=10.3, give or take.
+    assert!(loss > 8.0 && loss < 11.5, "{loss}");
+    let mods = v["mod_loss"].as_object().unwrap();
+    assert_eq!(mods.len(), 3, "caption, det, tok_rgb@224 are the outputs");
+    let tensors = tensor_names(Path::new(&o));
+    assert!(tensors.contains(&"loss".to_string()));
+    assert!(tensors.contains(&"caption.loss".to_string()));
+    assert!(tensors.contains(&"tok_rgb@224.logits".to_string()));
+}
+
+/// Tensor names from a safetensors header (8-byte length, then JSON).
+fn tensor_names(path: &Path) -> Vec<String> {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    header.as_object().unwrap().keys().filter(|k| *k != "__metadata__").cloned().collect()
+}
+
+#[test]
+fn bad_files_fail_with_a_message_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.safetensors");
+    std::fs::write(&junk, b"this is not safetensors").unwrap();
+    let j = junk.display().to_string();
+    let out = tessera(&["model", "forward", "--weights", &j, "--batch", &j, "--out", "/dev/null"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("junk.safetensors") && err.contains("not a valid safetensors"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    let out = tessera(&["model", "info", "--modalities", "caption,tok_bogus"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tok_bogus"));
+}
+
+#[test]
+fn demo_trains_saves_and_reloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("demo").display().to_string();
+    let stdout = ok(&[
+        "demo",
+        "--out",
+        &out_dir,
+        "--steps",
+        "6",
+        "--dim",
+        "64",
+        "--encoder-depth",
+        "1",
+        "--decoder-depth",
+        "1",
+        "--modalities",
+        "caption,tok_rgb@224,tok_depth@224",
+        "--tokens",
+        "64",
+        "--pool",
+        "1",
+    ]);
+    assert!(stdout.contains("bit-identical"), "{stdout}");
+    let log = std::fs::read_to_string(dir.path().join("demo/losses.jsonl")).unwrap();
+    let losses: Vec<f64> = log.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap()).collect();
+    assert_eq!(losses.len(), 6);
+    assert!(losses[5] < losses[0], "training on one batch lowers the loss: {losses:?}");
+}

@@ -1,0 +1,11 @@
+//! Everything about *what* the 4M model consumes, without libtorch: the [`Modality`] registry
+//! (the single source of truth for keys, kinds, vocabularies and token counts of every 4M-21
+//! modality) and, as the data path grows, text/sequence serializers and masking.
+//!
+//! The coordinator depends on this crate for the registry, so nothing here may link tch.
+
+mod error;
+mod modality;
+
+pub use error::{Error, Result};
+pub use modality::{Modality, ModalityKind, ModalitySet, ModalitySpec, PosEmb};
