@@ -1,6 +1,7 @@
 //! Command-line interface: argument parsing and dispatch; each sub-command lives in its module.
 
 mod bench;
+mod data;
 mod demo;
 mod model;
 mod output;
@@ -22,6 +23,9 @@ enum Command {
     /// Inspect, initialise and run the 4M model.
     #[command(subcommand)]
     Model(model::ModelCommand),
+    /// Inspect the data path's policies (modality token budgets of an alphas mixture).
+    #[command(subcommand)]
+    Data(data::DataCommand),
     /// The end-to-end demo: model info, then a short training run on generated batches.
     Demo(demo::DemoArgs),
     /// Benchmarks that print a table (compare with the peers in the same run).
@@ -38,6 +42,7 @@ pub fn run() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Model(cmd) => model::run(cmd),
+        Command::Data(cmd) => data::run(cmd),
         Command::Demo(args) => demo::run(args),
         Command::Bench(cmd) => bench::run(cmd),
     };

@@ -149,3 +149,29 @@ fn demo_trains_saves_and_reloads() {
     assert_eq!(losses.len(), 6);
     assert!(losses[5] < losses[0], "training on one batch lowers the loss: {losses:?}");
 }
+
+#[test]
+fn data_inspect_mixture_summarises_budgets() {
+    let alphas = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/ml-4m/configs/alphas/mix_mod7_all2all_rgb2all_a0.5.yaml");
+    let alphas = alphas.display().to_string();
+    let args = ["data", "inspect-mixture", "--alphas", &alphas, "--input-tokens", "128", "--target-tokens", "128", "--samples", "2000"];
+    let v: serde_json::Value = serde_json::from_str(&ok(&[&args[..], &["--seed", "1", "--json"]].concat())).unwrap();
+    assert_eq!(v["samples"].as_u64().unwrap(), 2000);
+    let counts: Vec<u64> = v["component_counts"].as_array().unwrap().iter().map(|c| c.as_u64().unwrap()).collect();
+    assert_eq!(counts.len(), 2);
+    assert_eq!(counts.iter().sum::<u64>(), 2000);
+    // At 128 tokens no input cap binds (rgb@224 holds 196), so every input budget is spent.
+    assert_eq!(v["input_total_mean"].as_f64().unwrap(), 128.0);
+    let mods = v["modalities"].as_array().unwrap();
+    assert_eq!(mods.len(), 8);
+    let rgb = mods.iter().find(|m| m["modality"] == "rgb@224").unwrap();
+    assert_eq!(rgb["target_mean"].as_f64().unwrap(), 0.0, "rgb@224 is never a target");
+    assert!(rgb["input_freq"].as_f64().unwrap() > 0.5, "rgb2all alone is half the samples: {rgb}");
+
+    let table = ok(&args);
+    assert!(table.contains("tok_semseg@224") && table.contains("total") && table.contains("2 components"), "{table}");
+
+    let out = tessera(&["data", "inspect-mixture", "--alphas", "/nonexistent/alphas.yaml"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/alphas.yaml"));
+}

@@ -169,17 +169,7 @@ impl FourM {
     fn select_encoder_tokens(&self, batch: &MaskedBatch, n_keep: i64) -> Result<EncoderTokens> {
         let (mut xs, mut embs, mut masks) = (Vec::new(), Vec::new(), Vec::new());
         // ml-4m concatenates in the batch dict's order; sorted keys give the same math.
-        let mut mods: Vec<Modality> = batch.modalities.keys().copied().filter(|m| self.encoder_embeddings.contains_key(m)).collect();
-        mods.sort_by_key(|m| m.key());
-        if mods.is_empty() {
-            return Err(ModelError::Batch {
-                source_name: "<forward>".into(),
-                modality: "-".into(),
-                key: "-".into(),
-                reason: "no input modality of the model is in the batch".into(),
-            });
-        }
-        for m in mods {
+        for m in present_modalities(batch, "input", |m| self.encoder_embeddings.contains_key(m))? {
             let t = &batch.modalities[&m];
             let e = self.encoder_embeddings[&m].forward(t);
             xs.push(e.x.expect("encoder embeddings always produce content"));
@@ -190,28 +180,16 @@ impl FourM {
         let emb_bod = Tensor::cat(&embs, 1);
         let mask_bo = Tensor::cat(&masks, 1);
         let keep_bn = keep_indices(&mask_bo, n_keep);
-        let d = x_bod.size()[2];
-        let idx_bnd = keep_bn.unsqueeze(-1).expand([-1, -1, d], false);
         let mask_bn = mask_bo.gather(1, &keep_bn, false);
-        let fill = mask_bn.unsqueeze(-1);
         Ok(EncoderTokens {
-            tokens: x_bod.gather(1, &idx_bnd, false).masked_fill(&fill, 0.0),
-            emb: emb_bod.gather(1, &idx_bnd, false).masked_fill(&fill, 0.0),
+            tokens: gather_rows(&x_bod, &keep_bn, &mask_bn),
+            emb: gather_rows(&emb_bod, &keep_bn, &mask_bn),
             mask_b1n: mask_bn.unsqueeze(1),
         })
     }
 
     fn select_decoder_tokens(&self, batch: &MaskedBatch, n_keep: i64, order_seed: Option<u64>) -> Result<DecoderTokens> {
-        let mut mods: Vec<Modality> = batch.modalities.keys().copied().filter(|m| self.decoder_embeddings.contains_key(m)).collect();
-        mods.sort_by_key(|m| m.key());
-        if mods.is_empty() {
-            return Err(ModelError::Batch {
-                source_name: "<forward>".into(),
-                modality: "-".into(),
-                key: "-".into(),
-                reason: "no output modality of the model is in the batch".into(),
-            });
-        }
+        let mut mods = present_modalities(batch, "output", |m| self.decoder_embeddings.contains_key(m))?;
         if let Some(seed) = order_seed {
             mods.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
         }
@@ -245,12 +223,9 @@ impl FourM {
         let emb_bpd = Tensor::cat(&embs, 1);
         let mask_bp = Tensor::cat(&masks, 1);
         let keep_bm = keep_indices(&mask_bp, n_keep);
-        let d = y_bpd.size()[2];
-        let idx_bmd = keep_bm.unsqueeze(-1).expand([-1, -1, d], false);
         let mask_bm = mask_bp.gather(1, &keep_bm, false);
-        let fill = mask_bm.unsqueeze(-1);
-        let tokens = y_bpd.gather(1, &idx_bmd, false).masked_fill(&fill, 0.0);
-        let emb = emb_bpd.gather(1, &idx_bmd, false).masked_fill(&fill, 0.0);
+        let tokens = gather_rows(&y_bpd, &keep_bm, &mask_bm);
+        let emb = gather_rows(&emb_bpd, &keep_bm, &mask_bm);
         let targets_bm = Tensor::cat(&ids, 1).gather(1, &keep_bm, false).masked_fill(&mask_bm, 0);
         let dam_bm = Tensor::cat(&dams, 1).gather(1, &keep_bm, false);
         let mod_bm = Tensor::cat(&mod_ids, 1).gather(1, &keep_bm, false);
@@ -327,6 +302,27 @@ fn keep_indices(mask_bo: &Tensor, n_keep: i64) -> Tensor {
     let (_, order) = mask_bo.to_kind(Kind::Uint8).sort_stable(true, 1, false);
     let o = order.size()[1];
     order.narrow(1, 0, n_keep.min(o))
+}
+
+/// The modalities of `batch` that `accepts`, sorted by key; an error when there are none.
+fn present_modalities(batch: &MaskedBatch, side: &str, accepts: impl Fn(&Modality) -> bool) -> Result<Vec<Modality>> {
+    let mut mods: Vec<Modality> = batch.modalities.keys().copied().filter(|m| accepts(m)).collect();
+    mods.sort_by_key(|m| m.key());
+    if mods.is_empty() {
+        return Err(ModelError::Batch {
+            source_name: "<forward>".into(),
+            modality: "-".into(),
+            key: "-".into(),
+            reason: format!("no {side} modality of the model is in the batch"),
+        });
+    }
+    Ok(mods)
+}
+
+/// Gathers the kept slots `keep_bn` of `x_bod` and zeroes those that are padding (`mask_bn`).
+fn gather_rows(x_bod: &Tensor, keep_bn: &Tensor, mask_bn: &Tensor) -> Tensor {
+    let d = x_bod.size()[2];
+    x_bod.gather(1, &keep_bn.unsqueeze(-1).expand([-1, -1, d], false), false).masked_fill(&mask_bn.unsqueeze(-1), 0.0)
 }
 
 struct EncoderTokens {

@@ -148,7 +148,7 @@ fn tiny_model_overfits_one_batch_with_finite_gradients() {
     let ckpt = Checkpoint::init(&cfg, Device::Cpu, 7).unwrap();
     let batch = synthetic_batch(&cfg, &SyntheticSpec { batch_size: 2, input_tokens: 64, target_tokens: 64, seed: 3 });
     let opts = ForwardOptions { num_encoder_tokens: 64, num_decoder_tokens: 64, ..ForwardOptions::default() };
-    let opt = AdamW::new(&ckpt.vs, AdamWConfig { lr: 3e-3, weight_decay: 0.0, ..AdamWConfig::default() }).unwrap();
+    let mut opt = AdamW::new(&ckpt.vs, AdamWConfig { lr: 3e-3, weight_decay: 0.0, ..AdamWConfig::default() }).unwrap();
 
     // Precondition: every modality of this batch has inputs, and every output modality targets,
     // so every parameter takes part in the loss.

@@ -143,7 +143,7 @@ fn step(a: StepArgs) -> anyhow::Result<()> {
     let batch_size = batches[0].batch_size();
     let ckpt = Checkpoint::init(&cfg, Device::Cpu, a.seed as i64)?;
     // ml-4m: lr = blr * batch / 256 with blr 1e-4.
-    let opt = AdamW::new(&ckpt.vs, AdamWConfig { lr: 1e-4 * batch_size as f64 / 256.0, ..AdamWConfig::default() })?;
+    let mut opt = AdamW::new(&ckpt.vs, AdamWConfig { lr: 1e-4 * batch_size as f64 / 256.0, ..AdamWConfig::default() })?;
     let opts = ForwardOptions {
         num_encoder_tokens: a.num_input_tokens as i64,
         num_decoder_tokens: a.num_target_tokens as i64,

@@ -1,6 +1,7 @@
 //! The error type of the tokenizers crate.
 
-/// Errors raised by the modality registry and the (future) tokenization code.
+/// Errors raised by the modality registry, the mixture/budget policy and the (future)
+/// tokenization code.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A modality key that the registry does not know.
@@ -17,6 +18,38 @@ pub enum Error {
         /// The set as given.
         spec: String,
         /// Why it was refused.
+        reason: String,
+    },
+    /// A config file that cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A YAML document that does not parse or does not have the expected layout.
+    #[error("{origin}: {source}")]
+    Yaml {
+        /// The file (or other origin) of the document.
+        origin: String,
+        /// The parser's error (with line and column where known).
+        source: serde_yaml::Error,
+    },
+    /// An alphas (Dirichlet mixture) config that parses but is invalid.
+    #[error("{origin}: field `{field}`: {reason}")]
+    Alphas {
+        /// The file (or other origin) of the config.
+        origin: String,
+        /// The offending field, as a dotted path (`alphas_mixture.caption.keep`).
+        field: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// Token-budget settings that cannot be sampled from.
+    #[error("invalid token budget settings: {reason}")]
+    Budget {
+        /// Why they were refused.
         reason: String,
     },
 }
