@@ -5,6 +5,7 @@ mod data;
 mod demo;
 mod model;
 mod output;
+mod tokenizer;
 
 use std::process::ExitCode;
 
@@ -26,6 +27,9 @@ enum Command {
     /// Inspect the data path's policies (modality token budgets of an alphas mixture).
     #[command(subcommand)]
     Data(data::DataCommand),
+    /// Encode text with a tokenizer JSON, or train ml-4m's WordPiece text tokenizer.
+    #[command(subcommand)]
+    Tokenizer(tokenizer::TokenizerCommand),
     /// The end-to-end demo: model info, then a short training run on generated batches.
     Demo(demo::DemoArgs),
     /// Benchmarks that print a table (compare with the peers in the same run).
@@ -43,6 +47,7 @@ pub fn run() -> ExitCode {
     let result = match cli.command {
         Command::Model(cmd) => model::run(cmd),
         Command::Data(cmd) => data::run(cmd),
+        Command::Tokenizer(cmd) => tokenizer::run(cmd),
         Command::Demo(args) => demo::run(args),
         Command::Bench(cmd) => bench::run(cmd),
     };

@@ -175,3 +175,91 @@ fn data_inspect_mixture_summarises_budgets() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/alphas.yaml"));
 }
+
+#[test]
+fn tokenizer_encode_and_train_text() {
+    let ml4m = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/ml-4m/text_tokenizer_4m_wordpiece_30k.json");
+    let ml4m = ml4m.display().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).display().to_string();
+    let input = p("captions.txt");
+    std::fs::write(&input, "v0=12 v1=34 v2=100 v3=200 dining table v0=1 v1=2 v2=3 v3=4 person\r\n[S_1] a\n\nA Dog.\n").unwrap();
+    let out = ok(&["tokenizer", "encode", "--tokenizer", &ml4m, "--input", &input]);
+    assert_eq!(out, "216 1238 2304 3404 4231 205 1206 2207 3208 4253\n5 4321\n\n4321 4232 4296\n");
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&["tokenizer", "encode", "--tokenizer", &ml4m, "--input", &input, "--json"])).unwrap();
+    assert_eq!(v["lines"][1]["text"], "[S_1] a");
+    assert_eq!(v["lines"][1]["ids"], serde_json::json!([5, 4321]));
+
+    // Train with a class file in ml-4m's layout; then the trained JSON encodes through the CLI.
+    let corpus = p("corpus.txt");
+    let line = "a zebra and a giraffe standing next to a fence in the grass\nthe red bus is parked on the street\n";
+    std::fs::write(&corpus, line.repeat(50)).unwrap();
+    let classes = p("classes.json");
+    std::fs::write(&classes, r#"{"coco": ["giraffe", "zebra"], "lvis": ["bus"]}"#).unwrap();
+    let tok = p("tok.json");
+    let args = ["tokenizer", "train-text", "--files", &format!("{corpus},{corpus}"), "--out", &tok];
+    let v: serde_json::Value = serde_json::from_str(&ok(&[
+        &args[..],
+        &[
+            "--vocab-size",
+            "200",
+            "--num-sentinels",
+            "3",
+            "--coord-bins",
+            "2",
+            "--object-classes",
+            &classes,
+            "--object-classes-key",
+            "lvis",
+            "--json",
+        ],
+    ]
+    .concat()))
+    .unwrap();
+    assert_eq!(v["special_tokens"].as_u64().unwrap(), 4 + 3 + 8 + 1);
+    assert!(v["vocab_size"].as_u64().unwrap() <= 200);
+    std::fs::write(&input, "[S_2] v3=1 Bus\n").unwrap();
+    assert_eq!(ok(&["tokenizer", "encode", "--tokenizer", &tok, "--input", &input]), "6 14 15\n");
+
+    // ml-4m's defaults: 4284 special tokens, COCO classes built in.
+    let human = ok(&[&args[..], &["--vocab-size", "4400"]].concat());
+    assert!(human.contains("4284 special") && human.contains("80 classes"), "{human}");
+    std::fs::write(&input, "dining table v0=999 [S_199]\n").unwrap();
+    assert_eq!(ok(&["tokenizer", "encode", "--tokenizer", &tok, "--input", &input]), "4231 1203 203\n");
+
+    // Errors name the file.
+    let out = tessera(&["tokenizer", "encode", "--tokenizer", "/nonexistent/tok.json", "--input", &input]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/tok.json"));
+    let out = tessera(&["tokenizer", "train-text", "--files", "/nonexistent/a.txt", "--out", &tok, "--vocab-size", "5000"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/a.txt"));
+    let out = tessera(&[&args[..], &["--vocab-size", "100"]].concat());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("vocab_size"));
+}
+
+#[test]
+fn bench_text_reports_throughput() {
+    let ml4m = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/ml-4m/text_tokenizer_4m_wordpiece_30k.json");
+    let ml4m = ml4m.display().to_string();
+    let v: serde_json::Value = serde_json::from_str(&ok(&[
+        "bench",
+        "text",
+        "--tokenizer",
+        &ml4m,
+        "--captions",
+        "300",
+        "--repeats",
+        "1",
+        "--threads",
+        "2",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(v["captions"].as_u64().unwrap(), 300);
+    let modes = v["modes"].as_array().unwrap();
+    assert_eq!(modes.len(), 3);
+    assert!(modes.iter().all(|m| m["captions_per_s_median"].as_f64().unwrap() > 0.0), "{modes:?}");
+    assert!(v["tokens_per_caption_mean"].as_f64().unwrap() > 5.0);
+}

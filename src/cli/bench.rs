@@ -1,6 +1,7 @@
 //! `tessera bench step`: times one training step (forward + 'mod' loss, backward, AdamW) of
 //! the 4M model, the same step ml-4m's peer script `fourm_step.py` times, optionally on the very
 //! batches that script builds (dumped by tools/ml4m_reference/dump_batches.py).
+//! `tessera bench text` (in `text`) times caption tokenization against the peers' method.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -14,11 +15,15 @@ use tessera_model::{AdamW, AdamWConfig, Checkpoint, ForwardOptions, MaskedBatch,
 use super::model::ArchArgs;
 use super::output::emit;
 
+mod text;
+
 /// Benchmark sub-commands.
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// Time training steps of the model.
     Step(StepArgs),
+    /// Caption tokenization throughput (captions/s) of the text tokenizer.
+    Text(text::TextArgs),
 }
 
 /// Arguments of `bench step`.
@@ -59,6 +64,7 @@ pub struct StepArgs {
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Step(a) => step(a),
+        BenchCommand::Text(a) => text::run(a),
     }
 }
 

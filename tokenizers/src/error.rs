@@ -1,7 +1,7 @@
 //! The error type of the tokenizers crate.
 
-/// Errors raised by the modality registry, the mixture/budget policy and the (future)
-/// tokenization code.
+/// Errors raised by the modality registry, the mixture/budget policy and the text
+/// tokenizer.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A modality key that the registry does not know.
@@ -43,6 +43,32 @@ pub enum Error {
         origin: String,
         /// The offending field, as a dotted path (`alphas_mixture.caption.keep`).
         field: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// A JSON document that does not parse or does not have the expected layout.
+    #[error("{origin}: {source}")]
+    Json {
+        /// The file (or other origin) of the document.
+        origin: String,
+        /// The parser's error (with line and column where known).
+        source: serde_json::Error,
+    },
+    /// A HuggingFace `tokenizers` operation (load, encode, decode, train, save) that failed.
+    #[error("{origin}: cannot {op}: {source}")]
+    Tokenizer {
+        /// The tokenizer file (or the training files) involved.
+        origin: String,
+        /// What was being done.
+        op: &'static str,
+        /// The `tokenizers` crate's error.
+        source: tokenizers::Error,
+    },
+    /// A tokenizer-training spec that cannot produce ml-4m's token layout.
+    #[error("invalid text tokenizer training spec: `{field}`: {reason}")]
+    TrainSpec {
+        /// The offending field of [`crate::text::TrainSpec`].
+        field: &'static str,
         /// Why it was refused.
         reason: String,
     },

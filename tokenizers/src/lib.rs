@@ -1,14 +1,16 @@
 //! Everything about *what* the 4M model consumes, without libtorch: the [`Modality`] registry
 //! (the single source of truth for keys, kinds, vocabularies and token counts of every 4M-21
 //! modality), the [`mixture`] module (the Dirichlet-mixture policy that gives each modality its
-//! per-sample input/target token budget) and, as the data path grows, text/sequence
-//! serializers and masking.
+//! per-sample input/target token budget), the [`text`] module (ml-4m's WordPiece text tokenizer:
+//! [`text::TextTokenizer`], loading, encoding and training) and, as the data path grows,
+//! sequence serializers and masking.
 //!
 //! The coordinator depends on this crate for the registry, so nothing here may link tch.
 
 mod error;
 pub mod mixture;
 mod modality;
+pub mod text;
 
 pub use error::{Error, Result};
 pub use modality::{Modality, ModalityKind, ModalitySet, ModalitySpec, PosEmb};
