@@ -72,6 +72,26 @@ pub enum Error {
         /// Why it was refused.
         reason: String,
     },
+    /// A serializer input (JSON value) with a missing, mistyped or unknown field.
+    #[error("{modality}: field `{key}`: {reason}")]
+    Field {
+        /// The modality being serialized (`det`, `metadata`, ...).
+        modality: &'static str,
+        /// The offending key, as a dotted path (`instances[2].score`).
+        key: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// A serialized modality string that cannot be parsed back.
+    #[error("{modality}: cannot parse token `{token}`: {reason}")]
+    ParseText {
+        /// The modality being parsed.
+        modality: &'static str,
+        /// The offending token (or the whole text when it is empty or too short).
+        token: String,
+        /// Why it was refused.
+        reason: String,
+    },
     /// Token-budget settings that cannot be sampled from.
     #[error("invalid token budget settings: {reason}")]
     Budget {

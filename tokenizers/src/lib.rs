@@ -2,14 +2,16 @@
 //! (the single source of truth for keys, kinds, vocabularies and token counts of every 4M-21
 //! modality), the [`mixture`] module (the Dirichlet-mixture policy that gives each modality its
 //! per-sample input/target token budget), the [`text`] module (ml-4m's WordPiece text tokenizer:
-//! [`text::TextTokenizer`], loading, encoding and training) and, as the data path grows,
-//! sequence serializers and masking.
+//! [`text::TextTokenizer`], loading, encoding and training), the [`serialize`] module (ml-4m's
+//! exact text serializations of detections, metadata, palettes, poses and SAM instances) and,
+//! as the data path grows, masking.
 //!
 //! The coordinator depends on this crate for the registry, so nothing here may link tch.
 
 mod error;
 pub mod mixture;
 mod modality;
+pub mod serialize;
 pub mod text;
 
 pub use error::{Error, Result};
