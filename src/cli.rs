@@ -1,11 +1,14 @@
 //! Command-line interface: argument parsing and dispatch; each sub-command lives in its module.
 
 mod bench;
+mod config;
 mod data;
+mod data_source;
 mod demo;
 mod model;
 mod output;
 mod tokenizer;
+mod train;
 
 use std::process::ExitCode;
 
@@ -32,6 +35,11 @@ enum Command {
     Tokenizer(tokenizer::TokenizerCommand),
     /// The end-to-end demo: model info, then a short training run on generated batches.
     Demo(demo::DemoArgs),
+    /// Validate job configs, or import ml-4m's YAML configs.
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
+    /// Train a job (TOML config) in this process, resuming from its newest valid checkpoint.
+    Train(train::TrainArgs),
     /// Benchmarks that print a table (compare with the peers in the same run).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -49,6 +57,8 @@ pub fn run() -> ExitCode {
         Command::Data(cmd) => data::run(cmd),
         Command::Tokenizer(cmd) => tokenizer::run(cmd),
         Command::Demo(args) => demo::run(args),
+        Command::Config(cmd) => config::run(cmd),
+        Command::Train(args) => train::run(args),
         Command::Bench(cmd) => bench::run(cmd),
     };
     match result {

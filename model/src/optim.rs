@@ -11,7 +11,7 @@
 use tch::nn::VarStore;
 use tch::{COptimizer, Device, Kind, Tensor};
 
-use crate::error::Result;
+use crate::error::{ModelError, Result};
 
 mod fused;
 
@@ -140,6 +140,72 @@ impl AdamW {
     /// The optimised parameters, by name.
     pub fn params(&self) -> Vec<(&str, &Tensor)> {
         self.params.iter().map(|p| (p.name.as_str(), &p.param)).collect()
+    }
+
+    /// Sum of squares of every defined gradient (f64 accumulation): the local part of the
+    /// global gradient norm, so a sharded caller can add the parts of every rank first.
+    pub fn grad_sq_sum(&self) -> f64 {
+        tch::no_grad(|| {
+            self.params
+                .iter()
+                .map(|p| p.param.grad())
+                .filter(|g| g.defined())
+                .map(|g| g.to_kind(Kind::Double).square().sum(Kind::Double).double_value(&[]))
+                .sum()
+        })
+    }
+
+    /// Multiplies every defined gradient by `factor` (gradient clipping, accumulation scaling).
+    pub fn scale_grads(&self, factor: f64) {
+        tch::no_grad(|| {
+            for p in &self.params {
+                let mut g = p.param.grad();
+                if g.defined() {
+                    let _ = g.g_mul_scalar_(factor);
+                }
+            }
+        });
+    }
+
+    /// The optimizer state as named tensors: `<param>.exp_avg`, `<param>.exp_avg_sq` and the
+    /// per-parameter update count `<param>.step` (a one-element i64 tensor).
+    pub fn state(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::with_capacity(3 * self.params.len());
+        for p in &self.params {
+            out.push((format!("{}.exp_avg", p.name), p.exp_avg.shallow_clone()));
+            out.push((format!("{}.exp_avg_sq", p.name), p.exp_avg_sq.shallow_clone()));
+            out.push((format!("{}.step", p.name), Tensor::from_slice(&[p.steps])));
+        }
+        out
+    }
+
+    /// Restores a state written by [`AdamW::state`]; every parameter's three entries must be
+    /// present with matching shapes, and nothing else.
+    pub fn load_state(&mut self, tensors: Vec<(String, Tensor)>, origin: &str) -> Result<()> {
+        let mut file: std::collections::BTreeMap<String, Tensor> = tensors.into_iter().collect();
+        let bad = |reason: String| ModelError::Format { path: origin.into(), reason };
+        for p in &mut self.params {
+            let mut take =
+                |suffix: &str| file.remove(&format!("{}.{suffix}", p.name)).ok_or_else(|| bad(format!("missing '{}.{suffix}'", p.name)));
+            let (m, v, step) = (take("exp_avg")?, take("exp_avg_sq")?, take("step")?);
+            for (what, t) in [("exp_avg", &m), ("exp_avg_sq", &v)] {
+                if t.size() != p.param.size() {
+                    return Err(bad(format!("'{}.{what}': shape {:?}, parameter has {:?}", p.name, t.size(), p.param.size())));
+                }
+            }
+            if step.numel() != 1 || step.kind() != Kind::Int64 {
+                return Err(bad(format!("'{}.step': expected one i64", p.name)));
+            }
+            tch::no_grad(|| {
+                p.exp_avg.copy_(&m.to_kind(p.exp_avg.kind()).to_device(p.exp_avg.device()));
+                p.exp_avg_sq.copy_(&v.to_kind(p.exp_avg_sq.kind()).to_device(p.exp_avg_sq.device()));
+            });
+            p.steps = step.int64_value(&[0]);
+        }
+        if let Some(extra) = file.keys().next() {
+            return Err(bad(format!("unexpected entry '{extra}' ({} in all)", file.len())));
+        }
+        Ok(())
     }
 }
 

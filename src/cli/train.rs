@@ -1,0 +1,133 @@
+//! `tessera train CONFIG`: one-process training of a TOML job, with auto-resume, a progress
+//! bar, a JSON-lines log, periodic checkpoints and a checkpoint on SIGTERM/SIGINT.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tessera_coordinator::ResolvedJob;
+use tessera_worker::{Trainer, four_m_config};
+
+use super::data_source::JobSource;
+
+/// Arguments of `tessera train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// The job config (TOML).
+    config: PathBuf,
+    /// Stop after this many steps in this invocation (the job's length is unchanged; a later
+    /// run resumes).
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// Start from scratch even when a checkpoint exists.
+    #[arg(long)]
+    no_resume: bool,
+}
+
+/// Runs `tessera train`.
+pub fn run(a: TrainArgs) -> anyhow::Result<()> {
+    let job = ResolvedJob::from_file(&a.config)?;
+    if job.train.threads > 0 {
+        tch::set_num_threads(job.train.threads as i32);
+    }
+    let cfg = four_m_config(&job.model, &job.origin)?;
+    std::fs::create_dir_all(&job.output_dir).with_context(|| format!("creating {}", job.output_dir.display()))?;
+    let resolved_path = job.output_dir.join("resolved_job.json");
+    std::fs::write(&resolved_path, serde_json::to_vec_pretty(&job)?).with_context(|| format!("writing {}", resolved_path.display()))?;
+
+    let source = JobSource::open(&job, &cfg)?;
+    let lens = source.dataset_lens();
+    let name = job.name.clone();
+    let (every, total) = (job.checkpoint.every_steps, job.train.total_steps);
+    let auto_resume = job.checkpoint.auto_resume && !a.no_resume;
+    let log_every = job.train.log_every;
+    let log_path = job.output_dir.join("train_log.jsonl");
+    let mut trainer = Trainer::new(job, &cfg, source, lens)?;
+    if auto_resume {
+        let (from, rejected) = trainer.resume()?;
+        for r in rejected {
+            eprintln!("warning: skipping checkpoint: {r}");
+        }
+        if let Some(dir) = from {
+            eprintln!("resumed from {} at step {}", dir.display(), trainer.state().step);
+        }
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, Arc::clone(&stop)).context("installing signal handlers")?;
+    }
+    let mut log =
+        OpenOptions::new().create(true).append(true).open(&log_path).with_context(|| format!("opening {}", log_path.display()))?;
+
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps  {msg}  eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(name.clone());
+    bar.set_position(trainer.state().step);
+    let plain = bar.is_hidden();
+    let mut ran = 0u64;
+    while !trainer.finished() && a.max_steps.is_none_or(|m| ran < m) {
+        let r = trainer.step()?;
+        ran += 1;
+        let state = trainer.state();
+        let mut line = serde_json::to_value(&r)?;
+        line["tokens_seen"] = state.counters.tokens_seen.into();
+        line["skipped_steps"] = state.counters.skipped_steps.into();
+        line["skipped_samples"] = state.counters.skipped_samples.into();
+        if r.step % log_every == 0 || trainer.finished() {
+            writeln!(log, "{line}").with_context(|| format!("writing {}", log_path.display()))?;
+        }
+        let msg = format!(
+            "loss {:.4}  lr {:.2e}  |g| {:.3}  {:.2}s/step (data {:.2}s){}",
+            r.loss,
+            r.lr,
+            r.grad_norm,
+            r.step_s,
+            r.data_s,
+            if r.skipped { "  SKIPPED (non-finite)" } else { "" }
+        );
+        if plain && (r.step % log_every == 0) {
+            eprintln!("{name} step {}/{total}  {msg}", r.step + 1);
+        }
+        bar.set_message(msg);
+        bar.set_position(state.step);
+        let periodic = every > 0 && state.step % every == 0;
+        if periodic || trainer.finished() {
+            let dir = trainer.save_checkpoint()?;
+            if plain {
+                eprintln!("checkpoint {}", dir.display());
+            }
+            bar.println(format!("checkpoint {}", dir.display()));
+        }
+        if stop.load(Ordering::Relaxed) {
+            let dir = trainer.save_checkpoint()?;
+            finish(&bar, plain, format!("interrupted: checkpoint {} at step {}", dir.display(), trainer.state().step));
+            return Ok(());
+        }
+    }
+    if !trainer.finished() {
+        // Stopped by --max-steps: keep the progress so a later run resumes here.
+        let dir = trainer.save_checkpoint()?;
+        finish(&bar, plain, format!("stopped after {ran} steps: checkpoint {}", dir.display()));
+        return Ok(());
+    }
+    finish(&bar, plain, format!("done: {} steps, log {}", trainer.state().step, log_path.display()));
+    Ok(())
+}
+
+/// Ends the progress bar with `msg`, printing it when the bar is hidden (not a terminal).
+fn finish(bar: &ProgressBar, plain: bool, msg: String) {
+    if plain {
+        eprintln!("{msg}");
+    }
+    bar.abandon_with_message(msg);
+}

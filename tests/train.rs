@@ -1,0 +1,129 @@
+//! `tessera train` end to end: resume across invocations, SIGTERM checkpoints, config errors.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn tessera(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tessera")).args(args).env("OMP_NUM_THREADS", "1").output().expect("tessera runs")
+}
+
+fn write_job(dir: &Path, total_steps: u64, extra: &str) -> String {
+    let text = format!(
+        r#"
+[job]
+name = "cli-train"
+seed = 3
+output_dir = "out"
+
+[model]
+modalities = "caption,tok_rgb@224,tok_depth@224"
+dim = 64
+encoder_depth = 1
+decoder_depth = 1
+num_heads = 2
+
+[data]
+input_tokens = 16
+target_tokens = 16
+
+[[data.datasets]]
+name = "syn"
+kind = "synthetic"
+records = 64
+
+[train]
+global_batch_size = 2
+total_steps = {total_steps}
+threads = 1
+{extra}
+
+[checkpoint]
+every_steps = 2
+keep_last = 2
+"#
+    );
+    let path = dir.join("job.toml");
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+fn log_lines(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("out/train_log.jsonl")).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn stops_and_resumes_where_it_left_off() {
+    let d = tempfile::tempdir().unwrap();
+    let job = write_job(d.path(), 5, "");
+    let out = tessera(&["train", &job, "--max-steps", "3"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(d.path().join("out/checkpoints/step-00000003/manifest.json").is_file());
+    let out = tessera(&["train", &job]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("resumed from") && err.contains("step 3"), "{err}");
+    let steps: Vec<u64> = log_lines(d.path()).iter().map(|l| l["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, vec![0, 1, 2, 3, 4], "every step logged exactly once");
+    // keep_last = 2: step 5 (final) and step 4 remain.
+    let mut kept: Vec<String> = std::fs::read_dir(d.path().join("out/checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    kept.sort();
+    assert_eq!(kept, ["step-00000004", "step-00000005"]);
+}
+
+#[test]
+fn sigterm_checkpoints_then_exits_and_the_next_run_resumes() {
+    let d = tempfile::tempdir().unwrap();
+    let job = write_job(d.path(), 100_000, "");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["train", &job])
+        .env("OMP_NUM_THREADS", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while log_lines(d.path()).len() < 3 {
+        assert!(Instant::now() < deadline, "no progress within 120 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY-free signal delivery through the kill(1) utility.
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("tessera did not exit within the deadline after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("interrupted: checkpoint"), "{stderr}");
+    let logged = log_lines(d.path()).len() as u64;
+    let out = tessera(&["train", &job, "--max-steps", "1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("at step {logged}")), "checkpoint should hold every logged step ({logged}): {err}");
+}
+
+#[test]
+fn config_errors_name_file_and_field() {
+    let d = tempfile::tempdir().unwrap();
+    let job = write_job(d.path(), 5, "learning_rate = 3.0");
+    let out = tessera(&["train", &job]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("job.toml") && err.contains("learning_rate"), "{err}");
+
+    let job = write_job(d.path(), 5, "clip_grad = -1.0");
+    let err = String::from_utf8_lossy(&tessera(&["config", "check", &job]).stderr).into_owned();
+    assert!(err.contains("job.toml") && err.contains("train.clip_grad"), "{err}");
+}

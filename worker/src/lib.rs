@@ -1,0 +1,13 @@
+//! tessera's worker side: turning ledger samples into masked batches, the training loop, and
+//! checkpoints. Model code stays single-device (`tessera-model`); this crate drives it.
+
+pub mod checkpoint;
+pub mod error;
+pub mod model_spec;
+pub mod source;
+pub mod trainer;
+
+pub use error::{Result, WorkerError};
+pub use model_spec::four_m_config;
+pub use source::{BatchSource, PrebuiltSynthetic};
+pub use trainer::{StepReport, Trainer};

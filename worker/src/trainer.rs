@@ -1,0 +1,233 @@
+//! The single-process training loop: for step `s` it takes global samples `[s·B, (s+1)·B)` from
+//! the ledger, runs forward/backward per micro-batch, checks the loss and gradient norm,
+//! clips, steps AdamW with the scheduled LR, and checkpoints.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde::Serialize;
+use tch::Device;
+use tessera_coordinator::job::{DeviceKind, LossKind, ResolvedJob};
+use tessera_coordinator::ledger::mix;
+use tessera_coordinator::{SampleLedger, SampleRef};
+use tessera_model::{AdamW, AdamWConfig, Checkpoint, ForwardOptions, FourMConfig, LossType};
+use tessera_tokenizers::Modality;
+
+use crate::checkpoint::{self, Counters, TrainState};
+use crate::error::{Result, WorkerError};
+use crate::source::BatchSource;
+
+/// What one optimizer step did.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepReport {
+    /// The step index (0-based) that was run.
+    pub step: u64,
+    /// Mean loss over the step's micro-batches.
+    pub loss: f64,
+    /// Mean per-modality losses.
+    pub mod_loss: BTreeMap<Modality, f64>,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// True when the update was skipped (non-finite loss or gradient).
+    pub skipped: bool,
+    /// Samples in the step.
+    pub samples: usize,
+    /// Seconds spent producing batches.
+    pub data_s: f64,
+    /// Seconds in forward and backward.
+    pub compute_s: f64,
+    /// Seconds in clipping and the optimizer.
+    pub optim_s: f64,
+    /// Wall seconds of the whole step.
+    pub step_s: f64,
+}
+
+/// A model, its optimizer, the ledger and a batch source, advancing step by step.
+pub struct Trainer<S: BatchSource> {
+    job: ResolvedJob,
+    model: Checkpoint,
+    opt: AdamW,
+    ledger: SampleLedger,
+    source: S,
+    state: TrainState,
+    fwd: ForwardOptions,
+}
+
+impl<S: BatchSource> std::fmt::Debug for Trainer<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer").field("job", &self.job.name).field("state", &self.state).finish()
+    }
+}
+
+impl<S: BatchSource> Trainer<S> {
+    /// Builds the model (seeded init, or the job's initial weights), the optimizer and the
+    /// ledger over datasets of `dataset_lens` records.
+    pub fn new(job: ResolvedJob, cfg: &FourMConfig, source: S, dataset_lens: Vec<u64>) -> Result<Self> {
+        let device = match job.train.device {
+            DeviceKind::Cpu => Device::Cpu,
+            DeviceKind::Cuda => Device::cuda_if_available(),
+        };
+        if job.train.device == DeviceKind::Cuda && device == Device::Cpu {
+            return Err(WorkerError::Training { step: 0, reason: "train.device = \"cuda\" but no CUDA device is available".into() });
+        }
+        let model = match &job.model.init {
+            Some(path) => {
+                let m = Checkpoint::init(cfg, device, job.seed as i64)?;
+                let (weights, _) = tessera_model::io::read(path)?;
+                m.copy_from(weights, path)?;
+                m
+            }
+            None => Checkpoint::init(cfg, device, job.seed as i64)?,
+        };
+        let t = &job.train;
+        let opt = AdamW::new(
+            &model.vs,
+            AdamWConfig { lr: t.lr.at(0), beta1: t.betas[0], beta2: t.betas[1], eps: t.eps, weight_decay: t.weight_decay },
+        )?;
+        let ledger = SampleLedger::new(job.seed, job.schedule.clone(), dataset_lens)?;
+        let state = TrainState { step: 0, next_sample_index: 0, schedule: job.schedule.clone(), counters: Counters::default() };
+        let fwd = ForwardOptions {
+            num_encoder_tokens: t.num_input_tokens as i64,
+            num_decoder_tokens: t.num_target_tokens as i64,
+            loss: match t.loss {
+                LossKind::Mod => LossType::Mod,
+                LossKind::Token => LossType::Token,
+            },
+            decoder_order_seed: None,
+            return_logits: false,
+        };
+        Ok(Self { job, model, opt, ledger, source, state, fwd })
+    }
+
+    /// Resumes from the newest valid checkpoint of the job's checkpoint directory, if any;
+    /// returns it and the reasons newer ones were rejected.
+    pub fn resume(&mut self) -> Result<(Option<PathBuf>, Vec<String>)> {
+        let (found, rejected) = checkpoint::latest_valid(&self.job.checkpoint.dir)?;
+        let Some(checkpoint::ValidCheckpoint { dir, manifest }) = found else { return Ok((None, rejected)) };
+        if manifest.seed != self.job.seed {
+            return Err(WorkerError::Checkpoint {
+                path: dir,
+                reason: format!(
+                    "written with seed {}, the job has seed {}: it would not continue the same data",
+                    manifest.seed, self.job.seed
+                ),
+            });
+        }
+        checkpoint::restore(&dir, &self.model, &mut self.opt)?;
+        self.ledger = SampleLedger::new(self.job.seed, manifest.state.schedule.clone(), self.ledger.dataset_lens().to_vec())?;
+        self.state = manifest.state;
+        Ok((Some(dir), rejected))
+    }
+
+    /// Runs optimizer step `state.step` and advances the data position.
+    pub fn step(&mut self) -> Result<StepReport> {
+        let t0 = Instant::now();
+        let step = self.state.step;
+        let t = &self.job.train;
+        let (global, micro) = (t.global_batch_size, t.micro_batch_size);
+        let lr = t.lr.at(step);
+        self.opt.set_lr(lr)?;
+        self.opt.zero_grad()?;
+        let refs: Vec<SampleRef> = self.ledger.locate_range(self.state.next_sample_index, global as u64);
+        let (mut data_s, mut compute_s) = (0.0, 0.0);
+        let mut loss_sum = 0.0;
+        let mut mod_sum: BTreeMap<Modality, f64> = BTreeMap::new();
+        let n_micro = global / micro;
+        for (k, chunk) in refs.chunks(micro).enumerate() {
+            let td = Instant::now();
+            let batch = self.source.batch(chunk)?;
+            data_s += td.elapsed().as_secs_f64();
+            let tc = Instant::now();
+            let batch = batch.to_device(self.model.vs.device());
+            // The decoder modality order is shuffled per micro-batch (ml-4m: per batch, with
+            // Python's unseeded `random`); seeding it by (seed, step, k) makes resume exact.
+            let opts = ForwardOptions { decoder_order_seed: Some(mix(&[self.job.seed, step, k as u64])), ..self.fwd.clone() };
+            let out = if self.job.train.bf16 {
+                tch::autocast(true, || self.model.model.forward(&batch, &opts))?
+            } else {
+                self.model.model.forward(&batch, &opts)?
+            };
+            (&out.loss / n_micro as f64).backward();
+            loss_sum += out.loss.double_value(&[]);
+            for (m, l) in &out.mod_loss {
+                *mod_sum.entry(*m).or_default() += l.double_value(&[]);
+            }
+            compute_s += tc.elapsed().as_secs_f64();
+        }
+        let to = Instant::now();
+        let loss = loss_sum / n_micro as f64;
+        let grad_norm = self.opt.grad_sq_sum().sqrt();
+        let finite = loss.is_finite() && grad_norm.is_finite();
+        let skipped = !finite;
+        if !finite {
+            if !t.skip_nonfinite {
+                return Err(WorkerError::Training { step, reason: format!("non-finite loss {loss} / gradient norm {grad_norm}") });
+            }
+            self.opt.zero_grad()?;
+            self.state.counters.skipped_steps += 1;
+        } else {
+            if let Some(clip) = t.clip_grad
+                && grad_norm > clip
+            {
+                // torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6).
+                self.opt.scale_grads(clip / (grad_norm + 1e-6));
+            }
+            self.opt.step()?;
+        }
+        let optim_s = to.elapsed().as_secs_f64();
+        self.state.step += 1;
+        self.state.next_sample_index += global as u64;
+        self.state.counters.samples_seen += global as u64;
+        self.state.counters.tokens_seen += (global * (t.num_input_tokens + t.num_target_tokens)) as u64;
+        self.state.counters.skipped_samples += self.source.take_skipped();
+        Ok(StepReport {
+            step,
+            loss,
+            mod_loss: mod_sum.into_iter().map(|(m, v)| (m, v / n_micro as f64)).collect(),
+            lr,
+            grad_norm,
+            skipped,
+            samples: global,
+            data_s,
+            compute_s,
+            optim_s,
+            step_s: t0.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Writes a checkpoint of the current state and prunes to `keep_last`.
+    pub fn save_checkpoint(&self) -> Result<PathBuf> {
+        let c = &self.job.checkpoint;
+        let dir = checkpoint::save(&c.dir, &self.job.name, self.job.seed, &self.state, &self.model, &self.opt)?;
+        checkpoint::prune(&c.dir, c.keep_last)?;
+        Ok(dir)
+    }
+
+    /// True when the configured number of steps has been run.
+    pub fn finished(&self) -> bool {
+        self.state.step >= self.job.train.total_steps
+    }
+
+    /// Training position.
+    pub fn state(&self) -> &TrainState {
+        &self.state
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Checkpoint {
+        &self.model
+    }
+
+    /// The resolved job.
+    pub fn job(&self) -> &ResolvedJob {
+        &self.job
+    }
+
+    /// The ledger in force.
+    pub fn ledger(&self) -> &SampleLedger {
+        &self.ledger
+    }
+}
