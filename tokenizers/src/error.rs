@@ -92,6 +92,36 @@ pub enum Error {
         /// Why it was refused.
         reason: String,
     },
+    /// A modality value handed to masking that does not fit the modality's spec.
+    #[error("{modality}: cannot mask value: {reason}")]
+    MaskValue {
+        /// The modality's ml-4m key.
+        modality: &'static str,
+        /// What does not fit (kind, length, id range, missing sentinel).
+        reason: String,
+    },
+    /// A per-modality token budget that the modality cannot be masked with.
+    #[error("{modality}: invalid masking budget: {reason}")]
+    MaskBudget {
+        /// The modality's ml-4m key.
+        modality: &'static str,
+        /// Which budget is out of range, and the limit.
+        reason: String,
+    },
+    /// A masker that cannot be set up or a sample budget that belongs to another modality list.
+    #[error("masking set-up: {reason}")]
+    MaskSetup {
+        /// Why it was refused.
+        reason: String,
+    },
+    /// Masked samples that cannot be stacked into one batch.
+    #[error("{modality}: cannot collate: {reason}")]
+    Collate {
+        /// The modality's ml-4m key.
+        modality: &'static str,
+        /// Which sample differs, and how.
+        reason: String,
+    },
     /// Token-budget settings that cannot be sampled from.
     #[error("invalid token budget settings: {reason}")]
     Budget {

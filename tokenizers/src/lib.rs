@@ -3,12 +3,13 @@
 //! modality), the [`mixture`] module (the Dirichlet-mixture policy that gives each modality its
 //! per-sample input/target token budget), the [`text`] module (ml-4m's WordPiece text tokenizer:
 //! [`text::TextTokenizer`], loading, encoding and training), the [`serialize`] module (ml-4m's
-//! exact text serializations of detections, metadata, palettes, poses and SAM instances) and,
-//! as the data path grows, masking.
+//! exact text serializations of detections, metadata, palettes, poses and SAM instances) and the
+//! [`masking`] module (ml-4m's per-sample input/target masking and collation).
 //!
 //! The coordinator depends on this crate for the registry, so nothing here may link tch.
 
 mod error;
+pub mod masking;
 pub mod mixture;
 mod modality;
 pub mod serialize;
