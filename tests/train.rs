@@ -9,6 +9,10 @@ fn tessera(args: &[&str]) -> Output {
 }
 
 fn write_job(dir: &Path, total_steps: u64, extra: &str) -> String {
+    let tok = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data/ml-4m/text_tokenizer_4m_wordpiece_30k.json")
+        .display()
+        .to_string();
     let text = format!(
         r#"
 [job]
@@ -24,6 +28,7 @@ decoder_depth = 1
 num_heads = 2
 
 [data]
+text_tokenizer = "{tok}"
 input_tokens = 16
 target_tokens = 16
 
@@ -87,7 +92,16 @@ fn sigterm_checkpoints_then_exits_and_the_next_run_resumes() {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
     while log_lines(d.path()).len() < 3 {
-        assert!(Instant::now() < deadline, "no progress within 120 s");
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+            panic!("tessera exited early ({status}): {stderr}");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("no progress within 120 s");
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
     // SAFETY-free signal delivery through the kill(1) utility.

@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tessera_coordinator::ResolvedJob;
 use tessera_worker::{Trainer, four_m_config};
 
-use super::data_source::JobSource;
+use super::data_source;
 
 /// Arguments of `tessera train`.
 #[derive(Debug, Args)]
@@ -40,7 +40,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     let resolved_path = job.output_dir.join("resolved_job.json");
     std::fs::write(&resolved_path, serde_json::to_vec_pretty(&job)?).with_context(|| format!("writing {}", resolved_path.display()))?;
 
-    let source = JobSource::open(&job, &cfg)?;
+    let source = data_source::open(&job, &cfg)?;
     let lens = source.dataset_lens();
     let name = job.name.clone();
     let (every, total) = (job.checkpoint.every_steps, job.train.total_steps);

@@ -2,6 +2,7 @@
 //! checkpoints. Model code stays single-device (`tessera-model`); this crate drives it.
 
 pub mod checkpoint;
+pub mod data;
 pub mod error;
 pub mod model_spec;
 pub mod source;

@@ -6,6 +6,10 @@ use tessera_coordinator::job::{JobConfig, ResolvedJob};
 use tessera_worker::{PrebuiltSynthetic, Trainer, WorkerError, checkpoint, four_m_config};
 
 fn job(dir: &Path, extra_train: &str) -> ResolvedJob {
+    let tok = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/data/ml-4m/text_tokenizer_4m_wordpiece_30k.json")
+        .display()
+        .to_string();
     let text = format!(
         r#"
 [job]
@@ -21,6 +25,7 @@ decoder_depth = 2
 num_heads = 2
 
 [data]
+text_tokenizer = "{tok}"
 input_tokens = 32
 target_tokens = 32
 

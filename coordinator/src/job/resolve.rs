@@ -253,7 +253,7 @@ impl ResolvedJob {
         }
         let schedule = MixtureSchedule::new(d.datasets.iter().map(|ds| ds.weight).collect())
             .map_err(|e| bad("data.datasets.weight", e.to_string()))?;
-        let needs_text = datasets.iter().any(|ds| ds.kind != DatasetKind::Synthetic && ds.modalities.all().iter().any(|m| is_text(*m)));
+        let needs_text = datasets.iter().any(|ds| ds.modalities.all().iter().any(|m| is_text(*m)));
         if needs_text && d.text_tokenizer.is_none() {
             return Err(bad("data.text_tokenizer", "required: a dataset has sequence modalities".into()));
         }

@@ -56,6 +56,17 @@ impl TextTokenizer {
         Ok(Self::from_tokenizer(inner, origin))
     }
 
+    /// A tokenizer that knows only `[PAD]` and `[UNK]`: for jobs without text modalities, where
+    /// no vocabulary is needed but the masking API takes a tokenizer.
+    pub fn without_vocabulary() -> Self {
+        const JSON: &str = r###"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,
+            "pre_tokenizer":{"type":"Whitespace"},"post_processor":null,"decoder":null,
+            "model":{"type":"WordPiece","unk_token":"[UNK]","continuing_subword_prefix":"##","max_input_chars_per_word":100,
+            "vocab":{"[PAD]":0,"[UNK]":1}}}"###;
+        let inner = JSON.parse::<Tokenizer>().expect("the built-in minimal tokenizer JSON is valid");
+        Self::from_tokenizer(inner, "<no vocabulary>")
+    }
+
     /// Wraps an already built HF tokenizer; `origin` names it in errors.
     pub fn from_tokenizer(inner: Tokenizer, origin: impl Into<String>) -> Self {
         let vocab = inner.get_vocab(true);

@@ -1,0 +1,16 @@
+//! The data path: ledger sample references → records read from their dataset → transformed
+//! modality values → 4M masking with the dataset's budget policy → collated tch tensors.
+//!
+//! - [`records`]: per-dataset readers producing one sample's transformed values.
+//! - [`pipeline`]: [`DataPipeline`], the [`crate::BatchSource`] that runs the per-sample work
+//!   in parallel and collates.
+//! - [`tensors`]: turns a collated batch of flat buffers into a `MaskedBatch`.
+
+pub mod open;
+pub mod pipeline;
+pub mod records;
+pub mod tensors;
+
+pub use open::open_job_data;
+pub use pipeline::DataPipeline;
+pub use records::{RecordReader, SyntheticRecords};
