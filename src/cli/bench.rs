@@ -15,6 +15,7 @@ use tessera_model::{AdamW, AdamWConfig, Checkpoint, ForwardOptions, MaskedBatch,
 use super::model::ArchArgs;
 use super::output::emit;
 
+mod data_path;
 mod text;
 
 /// Benchmark sub-commands.
@@ -24,6 +25,8 @@ pub enum BenchCommand {
     Step(StepArgs),
     /// Caption tokenization throughput (captions/s) of the text tokenizer.
     Text(text::TextArgs),
+    /// Loader throughput and training steps through the full data path vs pre-built batches.
+    DataPath(data_path::DataPathArgs),
 }
 
 /// Arguments of `bench step`.
@@ -65,6 +68,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Step(a) => step(a),
         BenchCommand::Text(a) => text::run(a),
+        BenchCommand::DataPath(a) => data_path::run(a),
     }
 }
 

@@ -40,8 +40,11 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     let resolved_path = job.output_dir.join("resolved_job.json");
     std::fs::write(&resolved_path, serde_json::to_vec_pretty(&job)?).with_context(|| format!("writing {}", resolved_path.display()))?;
 
-    let source = data_source::open(&job, &cfg)?;
-    let lens = source.dataset_lens();
+    let pipeline = data_source::open(&job, &cfg)?;
+    let lens = pipeline.dataset_lens();
+    // Load the next micro-batches while the current step computes.
+    let ledger = tessera_coordinator::SampleLedger::new(job.seed, job.schedule.clone(), lens.clone())?;
+    let source = tessera_worker::Prefetcher::new(pipeline, ledger, job.train.micro_batch_size, 2);
     let name = job.name.clone();
     let (every, total) = (job.checkpoint.every_steps, job.train.total_steps);
     let auto_resume = job.checkpoint.auto_resume && !a.no_resume;

@@ -5,10 +5,12 @@ pub mod checkpoint;
 pub mod data;
 pub mod error;
 pub mod model_spec;
+pub mod prefetch;
 pub mod source;
 pub mod trainer;
 
 pub use error::{Result, WorkerError};
 pub use model_spec::four_m_config;
+pub use prefetch::Prefetcher;
 pub use source::{BatchSource, PrebuiltSynthetic};
 pub use trainer::{StepReport, Trainer};

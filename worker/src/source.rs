@@ -1,6 +1,9 @@
 //! Where batches come from: a [`BatchSource`] turns the ledger's sample references of one
 //! micro-batch into a [`MaskedBatch`].
 
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
 use tessera_coordinator::SampleRef;
 use tessera_coordinator::ledger::mix;
 use tessera_model::{FourMConfig, MaskedBatch, SyntheticSpec, synthetic_batch};
@@ -13,10 +16,13 @@ pub trait BatchSource: Send {
     /// The batch of `refs`, in order.
     fn batch(&mut self, refs: &[SampleRef]) -> Result<MaskedBatch>;
 
-    /// Samples skipped as undecodable since the last call (for `skip_bad_samples`).
-    fn take_skipped(&mut self) -> u64 {
-        0
-    }
+    /// Counter of samples skipped as undecodable (`skip_bad_samples`), shared so that a
+    /// wrapper running the source on another thread still reports them.
+    fn skipped_counter(&self) -> Arc<AtomicU64>;
+
+    /// Told when the trainer's ledger changes (resume, schedule change), for sources that
+    /// predict future requests. Default: nothing to do.
+    fn set_ledger(&mut self, _ledger: &tessera_coordinator::SampleLedger) {}
 }
 
 /// Batches drawn directly as tensors by `tessera_model::synthetic_batch`, seeded by the
@@ -28,12 +34,13 @@ pub struct PrebuiltSynthetic {
     seed: u64,
     input_tokens: usize,
     target_tokens: usize,
+    skipped: Arc<AtomicU64>,
 }
 
 impl PrebuiltSynthetic {
     /// A source for `cfg` with per-sample budgets `input_tokens`/`target_tokens`.
     pub fn new(cfg: FourMConfig, seed: u64, input_tokens: usize, target_tokens: usize) -> Self {
-        Self { cfg, seed, input_tokens, target_tokens }
+        Self { cfg, seed, input_tokens, target_tokens, skipped: Arc::default() }
     }
 }
 
@@ -47,5 +54,9 @@ impl BatchSource for PrebuiltSynthetic {
             seed: mix(&[self.seed, first, refs.len() as u64]),
         };
         Ok(synthetic_batch(&self.cfg, &spec))
+    }
+
+    fn skipped_counter(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.skipped)
     }
 }

@@ -54,6 +54,7 @@ pub struct Trainer<S: BatchSource> {
     source: S,
     state: TrainState,
     fwd: ForwardOptions,
+    skipped: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl<S: BatchSource> std::fmt::Debug for Trainer<S> {
@@ -99,7 +100,8 @@ impl<S: BatchSource> Trainer<S> {
             decoder_order_seed: None,
             return_logits: false,
         };
-        Ok(Self { job, model, opt, ledger, source, state, fwd })
+        let skipped = source.skipped_counter();
+        Ok(Self { job, model, opt, ledger, source, state, fwd, skipped })
     }
 
     /// Resumes from the newest valid checkpoint of the job's checkpoint directory, if any;
@@ -118,6 +120,7 @@ impl<S: BatchSource> Trainer<S> {
         }
         checkpoint::restore(&dir, &self.model, &mut self.opt)?;
         self.ledger = SampleLedger::new(self.job.seed, manifest.state.schedule.clone(), self.ledger.dataset_lens().to_vec())?;
+        self.source.set_ledger(&self.ledger);
         self.state = manifest.state;
         Ok((Some(dir), rejected))
     }
@@ -182,7 +185,7 @@ impl<S: BatchSource> Trainer<S> {
         self.state.next_sample_index += global as u64;
         self.state.counters.samples_seen += global as u64;
         self.state.counters.tokens_seen += (global * (t.num_input_tokens + t.num_target_tokens)) as u64;
-        self.state.counters.skipped_samples += self.source.take_skipped();
+        self.state.counters.skipped_samples += self.skipped.swap(0, std::sync::atomic::Ordering::Relaxed);
         Ok(StepReport {
             step,
             loss,

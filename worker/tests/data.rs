@@ -145,3 +145,18 @@ fn mixed_batches_fill_missing_modalities_and_respect_budgets() {
     let cfg = tessera_model::FourMConfig::preset(tessera_model::Preset::Tiny, tessera_model::Flavor::SwigluNobias, &job.model.modalities);
     batch.check_against(&cfg, "pipeline").unwrap();
 }
+
+/// The prefetcher returns exactly the inner source's batch for every request, predicted
+/// (consecutive) or not (a jump back, as after a resume).
+#[test]
+fn prefetched_batches_equal_direct_ones() {
+    let job = job(TEXT_ONLY);
+    let mods = job.model.modalities.all();
+    let mut direct = open_job_data(&job, &mods).unwrap();
+    let ledger = SampleLedger::new(job.seed, job.schedule.clone(), direct.dataset_lens()).unwrap();
+    let mut pre = tessera_worker::Prefetcher::new(open_job_data(&job, &mods).unwrap(), ledger.clone(), 4, 2);
+    for start in [0u64, 4, 8, 12, 4, 8, 40] {
+        let refs = ledger.locate_range(start, 4);
+        assert_same(&pre.batch(&refs).unwrap(), &direct.batch(&refs).unwrap());
+    }
+}

@@ -100,7 +100,7 @@ impl BatchSource for DataPipeline {
         Ok(to_masked_batch(collate(&samples)?))
     }
 
-    fn take_skipped(&mut self) -> u64 {
-        self.skipped.swap(0, std::sync::atomic::Ordering::Relaxed)
+    fn skipped_counter(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        Arc::clone(&self.skipped)
     }
 }
