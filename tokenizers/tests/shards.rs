@@ -403,3 +403,17 @@ fn parallel_reads_preserve_order() {
         assert!(e.to_string().contains("fail 2"), "{e}");
     }
 }
+
+#[test]
+fn jpeg_decodes_close_to_pillow() {
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(fixture_dir().join("tiny_jpg.json")).unwrap()).unwrap();
+    let want: Vec<i32> = r["pixels"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap() as i32).collect();
+    let o = Origin::new("tiny.jpg", "k", "rgb.jpg");
+    let Decoded::Image(img) = decode_member("jpg", &std::fs::read(fixture_dir().join("tiny.jpg")).unwrap(), &o).unwrap() else {
+        panic!("not an image")
+    };
+    assert_eq!((img.width, img.height), (16, 12));
+    // Different IDCT/upsampling than libjpeg: a few levels apart at most, never a shifted image.
+    let worst = img.data.iter().zip(&want).map(|(&a, &b)| (i32::from(a) - b).abs()).max().unwrap();
+    assert!(worst <= 6, "max |rust - pillow| = {worst}");
+}

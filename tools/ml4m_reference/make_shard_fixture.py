@@ -10,6 +10,7 @@
   t5.npz / t5_compressed.npz   np.savez / np.savez_compressed of ml-4m's t5_caption layout.
   pil_resize.json  Pillow's crop → resize → flip of a small random image for both filters, and
                    torchvision's to_tensor + ImageNet normalisation of the result (in float32).
+  tiny.jpg / tiny_jpg.json   a 16x12 JPEG (4:2:0, quality 90) and Pillow's decoded pixels.
 
 Usage: python make_shard_fixture.py [--out tokenizers/tests/fixtures/shards]
 Needs numpy and Pillow (any recent version; made with Pillow 13.0, numpy 2.4).
@@ -106,6 +107,15 @@ def write_resize(out):
         json.dump({"width": 7, "height": 5, "pixels": img.ravel().tolist(), "cases": cases}, f)
 
 
+def write_jpeg(out):
+    y, x = np.mgrid[0:12, 0:16]
+    img = np.stack([x * 15, y * 20, (x + y) * 8], axis=-1).astype(np.uint8)
+    Image.fromarray(img, "RGB").save(os.path.join(out, "tiny.jpg"), quality=90)
+    dec = np.asarray(Image.open(os.path.join(out, "tiny.jpg")).convert("RGB"))
+    with open(os.path.join(out, "tiny_jpg.json"), "w") as f:
+        json.dump({"width": 16, "height": 12, "pixels": dec.ravel().tolist()}, f)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "../../tokenizers/tests/fixtures/shards"))
@@ -114,6 +124,7 @@ def main():
     write_tar(a.out)
     write_npz(a.out)
     write_resize(a.out)
+    write_jpeg(a.out)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@
 //! too. The resampler below is a port of Pillow's `Resample.c` for 8-bit images (separable
 //! convolution, antialiased when shrinking, 22-bit fixed-point coefficients, horizontal pass
 //! first with an 8-bit intermediate), so PNG inputs give Pillow's pixels. JPEG decoding uses a
-//! pure-Rust decoder whose IDCT may differ from libjpeg's by a level or two.
+//! pure-Rust decoder whose IDCT and chroma upsampling differ from libjpeg's by a few levels
+//! (at most 4 on the test fixture).
 
 use std::io::Cursor;
 
