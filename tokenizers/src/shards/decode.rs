@@ -51,6 +51,16 @@ pub fn decode_text(bytes: &[u8], origin: &Origin) -> Result<String> {
     String::from_utf8(bytes.to_vec()).map_err(|e| origin.error(format!("not UTF-8 text: {e}")))
 }
 
+/// Encodes a JSON member (compact, as Python's `json.dumps` without indent would, modulo spacing).
+pub fn encode_json(value: &Value) -> Vec<u8> {
+    value.to_string().into_bytes()
+}
+
+/// Encodes a text member (UTF-8 bytes).
+pub fn encode_text(text: &str) -> Vec<u8> {
+    text.as_bytes().to_vec()
+}
+
 /// Pre-computed tokens `(n_crops, n_tokens)`, widened to i64 as ml-4m's `tok_to_int64` does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenArray {

@@ -13,11 +13,12 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 
 use super::dataset::NameMap;
+use super::decode::encode_json;
 use super::files::io_error;
 use super::npy::{ArrayData, NdArray, encode_npy};
 use super::rgb::{Rgb8Image, encode_png};
 use super::tar::TarWriter;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// The folders [`write_fixture`] creates, in pattern order.
 pub const FIXTURE_FOLDERS: [&str; 6] = ["rgb", "caption", "det", "metadata", "tok_rgb", "crop_settings"];
@@ -104,12 +105,11 @@ pub fn fixture_sample(spec: &FixtureSpec, index: usize) -> Result<Vec<(&'static 
         "original_width": w, "original_height": h, "n_humans": rng.random_range(0..3),
         "brightness": rng.random_range(0.0..255.0f64), "entropy": rng.random_range(0.0..10.0f64),
     });
-    let to_json = |v: &serde_json::Value| v.to_string().into_bytes();
     Ok(vec![
         ("rgb", "png", encode_png(&img)?),
-        ("caption", "json", to_json(&json!(captions))),
-        ("det", "json", to_json(&json!({ "instances": instances }))),
-        ("metadata", "json", to_json(&metadata)),
+        ("caption", "json", encode_json(&json!(captions))),
+        ("det", "json", encode_json(&json!({ "instances": instances }))),
+        ("metadata", "json", encode_json(&metadata)),
         ("tok_rgb", "npy", encode_npy(&NdArray { shape: vec![spec.n_crops, spec.n_tokens], data: ArrayData::I16(tokens) })),
         ("crop_settings", "npy", encode_npy(&NdArray { shape: vec![spec.n_crops, 5], data: ArrayData::I64(crops) })),
     ])
@@ -117,6 +117,9 @@ pub fn fixture_sample(spec: &FixtureSpec, index: usize) -> Result<Vec<(&'static 
 
 /// Writes the fixture under `root` (`root/<folder>/shard-NNNNN.tar`) and returns its pattern.
 pub fn write_fixture(root: &Path, spec: &FixtureSpec) -> Result<Fixture> {
+    if spec.shards == 0 || spec.samples_per_shard == 0 || spec.n_crops == 0 || spec.width == 0 || spec.height == 0 {
+        return Err(Error::Encode { what: "fixture".into(), reason: format!("every count and size of {spec:?} must be at least 1") });
+    }
     for folder in FIXTURE_FOLDERS {
         let dir = root.join(folder);
         std::fs::create_dir_all(&dir).map_err(|source| io_error(&dir, source))?;

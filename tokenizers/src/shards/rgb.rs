@@ -228,50 +228,64 @@ pub fn resize(img: &Rgb8Image, width: usize, height: usize, filter: ResizeFilter
     if width == 0 || height == 0 || img.width == 0 || img.height == 0 {
         return Err(Error::ImageOp { op: "resize", reason: format!("cannot resize {}x{} to {width}x{height}", img.width, img.height) });
     }
-    let mut cur = img.clone();
-    if width != cur.width {
-        let coeffs = coefficients(cur.width, width, filter);
-        let mut out = Vec::with_capacity(width * cur.height * 3);
-        for row in cur.data.chunks_exact(cur.width * 3) {
-            for (xmin, k) in &coeffs {
-                for c in 0..3 {
-                    let mut ss: i32 = 1 << (PRECISION_BITS - 1);
-                    for (j, &kj) in k.iter().enumerate() {
-                        ss += i32::from(row[(xmin + j) * 3 + c]) * kj;
-                    }
-                    out.push(clip8(ss));
-                }
+    let horizontal = (width != img.width).then(|| resize_horizontal(img, width, filter));
+    let cur = horizontal.as_ref().unwrap_or(img);
+    Ok(if height != cur.height { resize_vertical(cur, height, filter) } else { horizontal.unwrap_or_else(|| img.clone()) })
+}
+
+/// Pillow's `ImagingResampleHorizontal_8bpc`; the three channels share one pass over the taps.
+fn resize_horizontal(img: &Rgb8Image, width: usize, filter: ResizeFilter) -> Rgb8Image {
+    let coeffs = coefficients(img.width, width, filter);
+    let mut out = vec![0u8; width * img.height * 3];
+    for (row, orow) in img.data.chunks_exact(img.width * 3).zip(out.chunks_exact_mut(width * 3)) {
+        for ((xmin, k), o) in coeffs.iter().zip(orow.chunks_exact_mut(3)) {
+            let mut ss = [1i32 << (PRECISION_BITS - 1); 3];
+            for (px, &kj) in row[xmin * 3..(xmin + k.len()) * 3].chunks_exact(3).zip(k) {
+                ss[0] += i32::from(px[0]) * kj;
+                ss[1] += i32::from(px[1]) * kj;
+                ss[2] += i32::from(px[2]) * kj;
+            }
+            o.copy_from_slice(&ss.map(clip8));
+        }
+    }
+    Rgb8Image { width, height: img.height, data: out }
+}
+
+/// Pillow's `ImagingResampleVertical_8bpc`, accumulating whole rows so the inner loop is a
+/// contiguous multiply-add (integer sums: the order does not change the result).
+fn resize_vertical(img: &Rgb8Image, height: usize, filter: ResizeFilter) -> Rgb8Image {
+    let coeffs = coefficients(img.height, height, filter);
+    let stride = img.width * 3;
+    let mut out = vec![0u8; stride * height];
+    let mut acc = vec![0i32; stride];
+    for ((ymin, k), orow) in coeffs.iter().zip(out.chunks_exact_mut(stride)) {
+        acc.fill(1 << (PRECISION_BITS - 1));
+        for (j, &kj) in k.iter().enumerate() {
+            let row = &img.data[(ymin + j) * stride..(ymin + j + 1) * stride];
+            for (a, &v) in acc.iter_mut().zip(row) {
+                *a += i32::from(v) * kj;
             }
         }
-        cur = Rgb8Image { width, height: cur.height, data: out };
-    }
-    if height != cur.height {
-        let coeffs = coefficients(cur.height, height, filter);
-        let stride = cur.width * 3;
-        let mut out = Vec::with_capacity(stride * height);
-        for (ymin, k) in &coeffs {
-            for i in 0..stride {
-                let mut ss: i32 = 1 << (PRECISION_BITS - 1);
-                for (j, &kj) in k.iter().enumerate() {
-                    ss += i32::from(cur.data[(ymin + j) * stride + i]) * kj;
-                }
-                out.push(clip8(ss));
-            }
+        for (o, &a) in orow.iter_mut().zip(&acc) {
+            *o = clip8(a);
         }
-        cur = Rgb8Image { width: cur.width, height, data: out };
     }
-    Ok(cur)
+    Rgb8Image { width: img.width, height, data: out }
 }
 
 /// `TF.to_tensor` + `TF.normalize(mean, std)` in f32, giving CHW.
 pub fn to_normalized_chw(img: &Rgb8Image, mean: [f32; 3], std: [f32; 3]) -> ChwImage {
+    // Same operation order as torch (divide by 255, subtract the mean, divide by std), done
+    // once per possible byte value: a lookup gives bit-identical results without the divisions.
+    let lut: [[f32; 256]; 3] = std::array::from_fn(|c| std::array::from_fn(|v| (v as f32 / 255.0 - mean[c]) / std[c]));
     let plane = img.width * img.height;
     let mut data = vec![0f32; plane * 3];
-    for (p, px) in img.data.chunks_exact(3).enumerate() {
-        for c in 0..3 {
-            // Same operation order as torch: divide by 255, subtract the mean, divide by std.
-            data[c * plane + p] = (f32::from(px[c]) / 255.0 - mean[c]) / std[c];
-        }
+    let (r, gb) = data.split_at_mut(plane);
+    let (g, b) = gb.split_at_mut(plane);
+    for (((px, r), g), b) in img.data.chunks_exact(3).zip(r).zip(g).zip(b) {
+        *r = lut[0][usize::from(px[0])];
+        *g = lut[1][usize::from(px[1])];
+        *b = lut[2][usize::from(px[2])];
     }
     ChwImage { channels: 3, height: img.height, width: img.width, data }
 }
