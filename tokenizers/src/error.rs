@@ -1,7 +1,7 @@
 //! The error type of the tokenizers crate.
 
-/// Errors raised by the modality registry, the mixture/budget policy and the text
-/// tokenizer.
+/// Errors raised by the modality registry, the mixture/budget policy, the text tokenizer,
+/// the serializers and the shard readers/writers.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A modality key that the registry does not know.
@@ -128,7 +128,119 @@ pub enum Error {
         /// Why they were refused.
         reason: String,
     },
+    /// A shard or corpus path pattern (`root/[a,b]/shard-{0000..0009}.tar`) that cannot be expanded.
+    #[error("bad path pattern '{pattern}': {reason}")]
+    Pattern {
+        /// The pattern as given.
+        pattern: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// A tar file that is truncated, corrupt or uses an unsupported feature.
+    #[error("{file}: at byte {offset} (member '{member}'): {reason}")]
+    Tar {
+        /// The tar file.
+        file: String,
+        /// Byte offset of the offending header or data.
+        offset: u64,
+        /// The member name, as far as it is known (empty before the first header).
+        member: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Two modality folders whose shards do not hold the same keys in the same order (ml-4m's
+    /// "Divergence detected"); boxed to keep `Result` small.
+    #[error("{0}")]
+    Divergence(Box<Divergence>),
+    /// A dataset whose layout cannot be joined (for example two folders giving one member name).
+    #[error("{origin}: {reason}")]
+    Layout {
+        /// The file or pattern concerned.
+        origin: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A member of a sample that cannot be decoded or has the wrong type or shape.
+    #[error("{file}: sample '{key}', member '{member}': {reason}")]
+    Member {
+        /// The shard (or other) file.
+        file: String,
+        /// The sample key.
+        key: String,
+        /// The member (`tok_rgb@224.npy`), or field inside it.
+        member: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A text-corpus record (JSON line or text line) that cannot be used.
+    #[error("{file}:{line}: {reason}")]
+    TextRecord {
+        /// The corpus file.
+        file: String,
+        /// 1-based line number.
+        line: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A record index past the end of a dataset.
+    #[error("record index {index} out of range for {origin} ({len} records)")]
+    IndexOutOfRange {
+        /// The requested index.
+        index: usize,
+        /// The number of records.
+        len: usize,
+        /// The dataset's pattern.
+        origin: String,
+    },
+    /// Invalid arguments to an image operation (crop outside limits, zero output size, ...).
+    #[error("image {op}: {reason}")]
+    ImageOp {
+        /// The operation.
+        op: &'static str,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// A value that cannot be encoded (fixture and tool writers).
+    #[error("cannot encode {what}: {reason}")]
+    Encode {
+        /// What was being encoded.
+        what: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// A worker thread pool that cannot be built.
+    #[error("cannot build a thread pool of {threads} threads: {reason}")]
+    ThreadPool {
+        /// The requested number of threads.
+        threads: usize,
+        /// Rayon's error.
+        reason: String,
+    },
 }
 
 /// Result alias for this crate.
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// The details of [`Error::Divergence`]: where two folders' shards stop agreeing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "Divergence detected in shard {shard}, sample {position}: key '{key_a}' in folder '{folder_a}' ({file_a}) but '{key_b}' in folder '{folder_b}' ({file_b})"
+)]
+pub struct Divergence {
+    /// Index of the shard in the pattern's expansion.
+    pub shard: usize,
+    /// Position of the sample in the shard.
+    pub position: usize,
+    /// The reference folder (the first of the pattern).
+    pub folder_a: String,
+    /// The reference folder's shard file.
+    pub file_a: String,
+    /// The reference key (`<end of shard>` when the shard has fewer samples).
+    pub key_a: String,
+    /// The diverging folder.
+    pub folder_b: String,
+    /// The diverging folder's shard file.
+    pub file_b: String,
+    /// The diverging key (`<end of shard>` when the shard has fewer samples).
+    pub key_b: String,
+}

@@ -3,8 +3,10 @@
 //! modality), the [`mixture`] module (the Dirichlet-mixture policy that gives each modality its
 //! per-sample input/target token budget), the [`text`] module (ml-4m's WordPiece text tokenizer:
 //! [`text::TextTokenizer`], loading, encoding and training), the [`serialize`] module (ml-4m's
-//! exact text serializations of detections, metadata, palettes, poses and SAM instances) and the
-//! [`masking`] module (ml-4m's per-sample input/target masking and collation).
+//! exact text serializations of detections, metadata, palettes, poses and SAM instances), the
+//! [`shards`] module (ml-4m's on-disk formats: tar shards joined by key, `.npy`/`.npz`/JSON/
+//! image members, C4-style text corpora) and the [`masking`] module (ml-4m's per-sample
+//! input/target masking and collation).
 //!
 //! The coordinator depends on this crate for the registry, so nothing here may link tch.
 
@@ -13,7 +15,8 @@ pub mod masking;
 pub mod mixture;
 mod modality;
 pub mod serialize;
+pub mod shards;
 pub mod text;
 
-pub use error::{Error, Result};
+pub use error::{Divergence, Error, Result};
 pub use modality::{Modality, ModalityKind, ModalitySet, ModalitySpec, PosEmb};
