@@ -9,8 +9,10 @@
 pub mod open;
 pub mod pipeline;
 pub mod records;
+pub mod shard_records;
 pub mod tensors;
 
 pub use open::open_job_data;
 pub use pipeline::DataPipeline;
 pub use records::{RecordReader, SyntheticRecords};
+pub use shard_records::{ShardRecords, TextRecords};
