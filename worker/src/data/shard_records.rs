@@ -54,7 +54,7 @@ impl RecordReader for ShardRecords {
 }
 
 /// The decoded member of modality `m` (looked up by modality key, then by its default folder).
-fn member<'a>(rec: &'a DecodedRecord, m: Modality) -> Option<(&'a str, &'a Decoded)> {
+fn member(rec: &DecodedRecord, m: Modality) -> Option<(&str, &Decoded)> {
     [m.key(), m.spec().folder].into_iter().find_map(|name| rec.members.get(name).map(|d| (name, d)))
 }
 
