@@ -181,3 +181,31 @@ fn diverging_keys_across_folders_are_refused() {
     let err = open_job_data(&job, &job.model.modalities.all()).err().expect("diverging keys must be refused").to_string();
     assert!(err.contains("elsewhere") && err.contains("000000004"), "{err}");
 }
+
+/// A float token array, a token array of the wrong width and an unknown metadata key are each
+/// refused with the shard file, the sample key and what is wrong.
+#[test]
+fn wrong_dtype_shape_and_unknown_metadata_key_name_file_and_key() {
+    use tessera_tokenizers::shards::{ArrayData, NdArray, encode_npy};
+    let cases: Vec<(&str, &str, Vec<u8>, &str)> = vec![
+        ("tok_rgb", "npy", encode_npy(&NdArray { shape: vec![3, 196], data: ArrayData::F32(vec![1.0; 3 * 196]) }), "integer"),
+        ("tok_rgb", "npy", encode_npy(&NdArray { shape: vec![3, 100], data: ArrayData::I16(vec![1; 300]) }), "100"),
+        ("metadata", "json", br#"{"original_width": 40, "brightness_of_the_moon": 3.0}"#.to_vec(), "brightness_of_the_moon"),
+    ];
+    for (folder, ext, bad, expect) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("cc");
+        let fx = write_fixture(&root, &SPEC).unwrap();
+        write_corpus(dir.path());
+        corrupt_member(&root, folder, ext, &bad);
+        let job = job(dir.path(), &fx.pattern, false);
+        let mut p = open_job_data(&job, &job.model.modalities.all()).unwrap();
+        let ledger = SampleLedger::new(job.seed, job.schedule.clone(), p.dataset_lens()).unwrap();
+        let r = ledger.locate_range(0, 400).into_iter().find(|r| r.dataset.0 == 0 && r.record == 2).unwrap();
+        let msg = p.batch(&[r]).unwrap_err().to_string();
+        assert!(msg.contains(expect) && msg.contains("000000002"), "{folder}: {msg}");
+        if folder == "tok_rgb" {
+            assert!(msg.contains("tok_rgb/shard-00000.tar"), "{msg}");
+        }
+    }
+}
