@@ -60,11 +60,23 @@ pub struct ForwardOptions {
     pub decoder_order_seed: Option<u64>,
     /// Also return per-modality logits of the selected target tokens.
     pub return_logits: bool,
+    /// Per-modality target-token counts of the *whole* batch this forward is a part of (a
+    /// micro-batch, or one rank's share). When set, the losses are this part's *contributions*:
+    /// summing them over all parts gives exactly the loss of the whole batch, whatever the split
+    /// (see [`FourM::target_counts`]). `None`: the losses of this batch alone (ml-4m).
+    pub loss_normalizer: Option<BTreeMap<Modality, i64>>,
 }
 
 impl Default for ForwardOptions {
     fn default() -> Self {
-        Self { num_encoder_tokens: 256, num_decoder_tokens: 256, loss: LossType::Mod, decoder_order_seed: None, return_logits: false }
+        Self {
+            num_encoder_tokens: 256,
+            num_decoder_tokens: 256,
+            loss: LossType::Mod,
+            decoder_order_seed: None,
+            return_logits: false,
+            loss_normalizer: None,
+        }
     }
 }
 
@@ -164,6 +176,37 @@ impl FourM {
         }
         let y_bmd = self.decoder_norm.forward(&y_bmd);
         self.losses(&y_bmd, &dec, opts)
+    }
+
+    /// The number of target tokens per decoder modality that a forward with `opts` would put
+    /// into the loss, computed from the masks alone (no embeddings, no blocks). Summed over the
+    /// parts of a batch, it is the normaliser of [`ForwardOptions::loss_normalizer`].
+    pub fn target_counts(&self, batch: &MaskedBatch, opts: &ForwardOptions) -> Result<BTreeMap<Modality, i64>> {
+        tch::no_grad(|| {
+            let mut mods = present_modalities(batch, "output", |m| self.decoder_embeddings.contains_key(m))?;
+            if let Some(seed) = opts.decoder_order_seed {
+                mods.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+            }
+            let (mut masks, mut mod_ids) = (Vec::new(), Vec::new());
+            let b = batch.batch_size();
+            for &m in &mods {
+                let t = &batch.modalities[&m];
+                let len = t.target_mask.size()[1];
+                let mask = if m.kind() == ModalityKind::Sequence {
+                    t.target_mask.narrow(1, 1, len - 1).logical_or(&t.target_mask.narrow(1, 0, len - 1))
+                } else {
+                    t.target_mask.shallow_clone()
+                };
+                let n = mask.size()[1];
+                masks.push(mask);
+                mod_ids.push(Tensor::full([b, n], i64::from(m.id()), (Kind::Int64, t.target_mask.device())));
+            }
+            let mask_bp = Tensor::cat(&masks, 1);
+            let keep_bm = keep_indices(&mask_bp, opts.num_decoder_tokens);
+            let mask_bm = mask_bp.gather(1, &keep_bm, false);
+            let mod_bm = Tensor::cat(&mod_ids, 1).gather(1, &keep_bm, false).masked_fill(&mask_bm, -1);
+            Ok(mods.iter().map(|&m| (m, mod_bm.eq(i64::from(m.id())).sum(Kind::Int64).int64_value(&[]))).collect())
+        })
     }
 
     fn select_encoder_tokens(&self, batch: &MaskedBatch, n_keep: i64) -> Result<EncoderTokens> {
@@ -271,8 +314,15 @@ impl FourM {
             }
             let logits_kv = self.decoder_embeddings[&m].logits(&y_kd);
             let targets_k = dec.targets_bm.index(&[Some(&sel_bm)]);
-            let loss = logits_kv.cross_entropy_loss::<Tensor>(&targets_k, None, Reduction::Mean, -100, 0.0);
-            weights.insert(m, logits_kv.numel() as i64);
+            let (loss, weight) = match &opts.loss_normalizer {
+                None => (logits_kv.cross_entropy_loss::<Tensor>(&targets_k, None, Reduction::Mean, -100, 0.0), logits_kv.numel() as i64),
+                Some(total) => {
+                    let n = total.get(&m).copied().unwrap_or(0).max(k);
+                    let sum = logits_kv.cross_entropy_loss::<Tensor>(&targets_k, None, Reduction::Sum, -100, 0.0);
+                    (sum / n as f64, n * logits_kv.size()[1])
+                }
+            };
+            weights.insert(m, weight);
             mod_loss.insert(m, loss);
             if opts.return_logits {
                 logits_out.insert(m, logits_kv);
@@ -282,7 +332,12 @@ impl FourM {
         let loss = match opts.loss {
             LossType::Mod => sum / mod_loss.len() as f64,
             LossType::Token => {
-                let total: i64 = weights.values().sum();
+                // With a normaliser the weights are the whole batch's (N_m · V_m), so the parts'
+                // contributions still sum to the whole batch's loss.
+                let total: i64 = match &opts.loss_normalizer {
+                    None => weights.values().sum(),
+                    Some(counts) => counts.iter().map(|(m, n)| n * m.spec().vocab_size as i64).sum(),
+                };
                 let weighted = mod_loss.iter().fold(Tensor::zeros([], (Kind::Float, dev)), |acc, (m, l)| acc + l * weights[m] as f64);
                 if total == 0 { weighted } else { weighted / total as f64 }
             }

@@ -339,3 +339,78 @@ fn bad_checkpoints_name_the_offending_keys() {
     let p = save("badcfg.safetensors", sd.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect(), &bad_md);
     expect_err(Checkpoint::load(&p, Device::Cpu), &["nope", "domains_in"]);
 }
+
+fn rows(batch: &MaskedBatch, start: i64, len: i64) -> MaskedBatch {
+    MaskedBatch {
+        modalities: batch
+            .modalities
+            .iter()
+            .map(|(m, t)| {
+                (
+                    *m,
+                    tessera_model::ModalityTensors {
+                        tensor: t.tensor.narrow(0, start, len),
+                        input_mask: t.input_mask.narrow(0, start, len),
+                        target_mask: t.target_mask.narrow(0, start, len),
+                        decoder_attention_mask: t.decoder_attention_mask.narrow(0, start, len),
+                    },
+                )
+            })
+            .collect(),
+    }
+}
+
+/// With the whole batch's target counts as normaliser, the losses and gradients of any split
+/// of a batch sum to those of the whole batch ('mod' and 'token' losses): what gradient
+/// accumulation and data parallelism rely on to be independent of the split.
+#[test]
+fn normalised_parts_sum_to_the_whole_batch() {
+    tch::set_num_threads(1);
+    for loss in [LossType::Mod, LossType::Token] {
+        let cfg = small_config("caption,det,tok_rgb@224,tok_depth@224", Flavor::SwigluNobias);
+        let ckpt = Checkpoint::init(&cfg, Device::Cpu, 4).unwrap();
+        let batch = synthetic_batch(&cfg, &SyntheticSpec { batch_size: 6, input_tokens: 48, target_tokens: 48, seed: 8 });
+        let opts =
+            ForwardOptions { num_encoder_tokens: 48, num_decoder_tokens: 48, loss, decoder_order_seed: Some(3), ..Default::default() };
+        let grads = |parts: &[(i64, i64)], normalise: bool| -> (f64, Vec<Tensor>) {
+            for (_, v) in ckpt.vs.variables() {
+                let mut g = v.grad();
+                if g.defined() {
+                    let _ = g.zero_();
+                }
+            }
+            let mut total = 0.0;
+            let counts = normalise.then(|| {
+                let mut c: BTreeMap<Modality, i64> = BTreeMap::new();
+                for &(s, l) in parts {
+                    for (m, n) in ckpt.model.target_counts(&rows(&batch, s, l), &opts).unwrap() {
+                        *c.entry(m).or_default() += n;
+                    }
+                }
+                c
+            });
+            for &(s, l) in parts {
+                let o = ForwardOptions { loss_normalizer: counts.clone(), ..opts.clone() };
+                let out = ckpt.model.forward(&rows(&batch, s, l), &o).unwrap();
+                out.loss.backward();
+                total += out.loss.double_value(&[]);
+            }
+            let mut names: Vec<String> = ckpt.vs.variables().keys().cloned().collect();
+            names.sort();
+            let vars = ckpt.vs.variables();
+            (total, names.iter().filter(|n| vars[*n].grad().defined()).map(|n| vars[n].grad().copy()).collect())
+        };
+        let (whole, g_whole) = grads(&[(0, 6)], false);
+        let (split, g_split) = grads(&[(0, 2), (2, 1), (3, 3)], true);
+        assert!(rel(whole, split) < 1e-6, "{loss:?}: whole {whole} vs parts {split}");
+        assert_eq!(g_whole.len(), g_split.len());
+        for (a, b) in g_whole.iter().zip(&g_split) {
+            let diff = (a - b).abs().max().double_value(&[]);
+            let scale = a.abs().max().double_value(&[]).max(1e-8);
+            assert!(diff / scale < 1e-4, "{loss:?}: gradient differs by {diff} (scale {scale})");
+        }
+        // The counts are those the forward itself reports.
+        let out = tch::no_grad(|| ckpt.model.forward(&batch, &opts)).unwrap();
+        assert_eq!(ckpt.model.target_counts(&batch, &opts).unwrap(), out.target_counts);
+    }
+}

@@ -342,6 +342,7 @@ fn forward(a: ForwardArgs) -> anyhow::Result<()> {
         loss,
         decoder_order_seed: None,
         return_logits: a.logits,
+        loss_normalizer: None,
     };
     let out = tch::no_grad(|| tch::autocast(a.bf16, || ckpt.model.forward(&batch, &opts)))?;
     let mut tensors = vec![("loss".to_string(), out.loss.to_kind(Kind::Float).to_device(Device::Cpu))];

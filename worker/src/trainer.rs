@@ -23,9 +23,9 @@ use crate::source::BatchSource;
 pub struct StepReport {
     /// The step index (0-based) that was run.
     pub step: u64,
-    /// Mean loss over the step's micro-batches.
+    /// Loss of the step's whole batch (the sum of its micro-batches' contributions).
     pub loss: f64,
-    /// Mean per-modality losses.
+    /// Per-modality losses of the whole batch.
     pub mod_loss: BTreeMap<Modality, f64>,
     /// Learning rate used.
     pub lr: f64,
@@ -99,6 +99,7 @@ impl<S: BatchSource> Trainer<S> {
             },
             decoder_order_seed: None,
             return_logits: false,
+            loss_normalizer: None,
         };
         let skipped = source.skipped_counter();
         Ok(Self { job, model, opt, ledger, source, state, fwd, skipped })
@@ -139,21 +140,32 @@ impl<S: BatchSource> Trainer<S> {
         let mut loss_sum = 0.0;
         let mut mod_sum: BTreeMap<Modality, f64> = BTreeMap::new();
         let n_micro = global / micro;
+        // Load every micro-batch first: the whole step's target counts normalise each part's
+        // loss, so the accumulated loss and gradient equal those of one batch of `global`
+        // samples however it is split (micro-batches here, ranks under FSDP).
+        let mut batches = Vec::with_capacity(n_micro);
+        let mut counts: BTreeMap<Modality, i64> = BTreeMap::new();
         for (k, chunk) in refs.chunks(micro).enumerate() {
             let td = Instant::now();
-            let batch = self.source.batch(chunk)?;
+            let batch = self.source.batch(chunk)?.to_device(self.model.vs.device());
             data_s += td.elapsed().as_secs_f64();
-            let tc = Instant::now();
-            let batch = batch.to_device(self.model.vs.device());
             // The decoder modality order is shuffled per micro-batch (ml-4m: per batch, with
             // Python's unseeded `random`); seeding it by (seed, step, k) makes resume exact.
             let opts = ForwardOptions { decoder_order_seed: Some(mix(&[self.job.seed, step, k as u64])), ..self.fwd.clone() };
+            for (m, n) in self.model.model.target_counts(&batch, &opts)? {
+                *counts.entry(m).or_default() += n;
+            }
+            batches.push((batch, opts));
+        }
+        for (batch, opts) in batches {
+            let tc = Instant::now();
+            let opts = ForwardOptions { loss_normalizer: Some(counts.clone()), ..opts };
             let out = if self.job.train.bf16 {
                 tch::autocast(true, || self.model.model.forward(&batch, &opts))?
             } else {
                 self.model.model.forward(&batch, &opts)?
             };
-            (&out.loss / n_micro as f64).backward();
+            out.loss.backward();
             loss_sum += out.loss.double_value(&[]);
             for (m, l) in &out.mod_loss {
                 *mod_sum.entry(*m).or_default() += l.double_value(&[]);
@@ -161,7 +173,7 @@ impl<S: BatchSource> Trainer<S> {
             compute_s += tc.elapsed().as_secs_f64();
         }
         let to = Instant::now();
-        let loss = loss_sum / n_micro as f64;
+        let loss = loss_sum;
         let grad_norm = self.opt.grad_sq_sum().sqrt();
         let finite = loss.is_finite() && grad_norm.is_finite();
         let skipped = !finite;
@@ -189,7 +201,7 @@ impl<S: BatchSource> Trainer<S> {
         Ok(StepReport {
             step,
             loss,
-            mod_loss: mod_sum.into_iter().map(|(m, v)| (m, v / n_micro as f64)).collect(),
+            mod_loss: mod_sum,
             lr,
             grad_norm,
             skipped,
