@@ -6,6 +6,10 @@ use tessera_coordinator::job::{JobConfig, ResolvedJob};
 use tessera_worker::{PrebuiltSynthetic, Trainer, WorkerError, checkpoint, four_m_config};
 
 fn job(dir: &Path, extra_train: &str) -> ResolvedJob {
+    job_micro(dir, extra_train, 2)
+}
+
+fn job_micro(dir: &Path, extra_train: &str, micro: usize) -> ResolvedJob {
     let tok = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../shared/data/ml-4m/text_tokenizer_4m_wordpiece_30k.json")
         .display()
@@ -36,7 +40,7 @@ records = 100
 
 [train]
 global_batch_size = 4
-micro_batch_size = 2
+micro_batch_size = {micro}
 blr = 0.05
 total_steps = 6
 warmup_steps = 2
@@ -54,8 +58,12 @@ keep_last = 2
 }
 
 fn trainer(dir: &Path, extra: &str) -> Trainer<PrebuiltSynthetic> {
+    trainer_micro(dir, extra, 2)
+}
+
+fn trainer_micro(dir: &Path, extra: &str, micro: usize) -> Trainer<PrebuiltSynthetic> {
     tch::set_num_threads(1);
-    let job = job(dir, extra);
+    let job = job_micro(dir, extra, micro);
     let cfg = four_m_config(&job.model, &job.origin).unwrap();
     let source = PrebuiltSynthetic::new(cfg.clone(), job.seed, 32, 32);
     Trainer::new(job, &cfg, source, vec![100]).unwrap()
@@ -172,4 +180,34 @@ fn non_finite_steps_are_skipped_or_fail() {
     poison(&strict);
     let err = strict.step().unwrap_err();
     assert!(matches!(err, WorkerError::Training { step: 0, .. }), "{err}");
+}
+
+/// Gradient accumulation does not change training: micro-batches of 1, 2 or 4 samples give the
+/// same losses and parameters as one batch of 4, up to float summation order.
+#[test]
+fn accumulation_equals_one_big_batch() {
+    let run = |micro: usize| {
+        let d = tempfile::tempdir().unwrap();
+        tch::set_num_threads(1);
+        let job = job_micro(d.path(), "", micro);
+        let cfg = four_m_config(&job.model, &job.origin).unwrap();
+        // The real data path: every sample is a pure function of its global index.
+        let source = tessera_worker::data::open_job_data(&job, &cfg.all_domains()).unwrap();
+        let mut t = Trainer::new(job, &cfg, source, vec![100]).unwrap();
+        let losses: Vec<f64> = (0..3).map(|_| t.step().unwrap().loss).collect();
+        let vars = t.model().vs.variables();
+        let mut names: Vec<&String> = vars.keys().collect();
+        names.sort();
+        let params = tch::Tensor::cat(&names.iter().map(|n| vars[*n].flatten(0, -1)).collect::<Vec<_>>(), 0);
+        (losses, params)
+    };
+    let (l4, p4) = run(4);
+    for micro in [1, 2] {
+        let (l, p) = run(micro);
+        for (a, b) in l.iter().zip(&l4) {
+            assert!((a - b).abs() / b.abs() < 1e-6, "micro {micro}: loss {a} vs {b}");
+        }
+        let diff = (&p - &p4).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "micro {micro}: parameters differ by {diff}");
+    }
 }
