@@ -1,0 +1,2 @@
+//! Ring bandwidth benchmark (placeholder).
+fn main() {}

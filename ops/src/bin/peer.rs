@@ -1,0 +1,2 @@
+//! peer placeholder
+fn main() {}

@@ -1,0 +1,54 @@
+//! tessera's data plane without libtorch: the [`Collective`] trait (all-reduce, reduce-scatter,
+//! all-gather, broadcast, barrier over f32 / bf16 / f16 / i64 slices), its TCP ring backend
+//! [`TcpRing`], an authenticated [`rendezvous`] for ring addresses, the shard layout shared with
+//! FSDP ([`shard::shard_range`]) and a backend-generic [`conformance`] suite.
+//!
+//! # Wire protocol
+//! Each rank binds a listener; rank r dials rank r+1 and accepts rank r-1, so every rank owns
+//! one outgoing (write-only) and one incoming (read-only) connection, both `TCP_NODELAY`.
+//!
+//! *Handshake* ([`auth`]): the dialler sends a 72-byte hello (magic, version, purpose, byte
+//! order, job id, generation, world size, own rank, expected peer rank, 32-byte nonce); the
+//! acceptor checks every field and answers with its own hello; then the dialler and the acceptor,
+//! in that order, send HMAC-SHA256(secret, role label ‖ hello₁ ‖ hello₂). Either side closes on
+//! any mismatch, so a stray client, a wrong secret, another job or an older generation never gets
+//! a ring slot, and the listener keeps waiting for the legitimate neighbour.
+//!
+//! *Frames* ([`frame`]): every chunk travels behind a 24-byte header (magic, op, dtype, step,
+//! call sequence number, payload length). The receiver knows exactly which frame must come next
+//! and rejects anything else as a protocol error naming the op, sequence number and peer.
+//! Elements travel in native byte order (the handshake refuses a peer of the other order).
+//!
+//! # Algorithms
+//! Bandwidth-optimal ring algorithms (see `ring::algo`): reduce-scatter and all-gather move
+//! `(n-1)/n` of the tensor per rank, all-reduce is the two back to back (`2(n-1)/n`), broadcast
+//! is a pipelined chain. Segments are split into chunks (`RingConfig::chunk_bytes`); a sender
+//! thread per call writes chunk k to the right neighbour while the owning thread receives and
+//! reduces chunk k+1 from the left, with no copy of the caller's data.
+//!
+//! # Failure model
+//! Every call has a deadline ([`RingConfig::timeout`]). On timeout, peer failure, protocol
+//! violation or [`AbortHandle::abort`], the call returns an [`OpsError`] naming op, sequence
+//! number and peer; the communicator closes its sockets (so neighbours fail fast instead of
+//! waiting for their own deadline) and refuses later calls with [`OpsError::Poisoned`] carrying
+//! the original error. Nothing panics on network input.
+
+pub mod auth;
+pub mod collective;
+pub mod conformance;
+pub mod element;
+pub mod error;
+pub mod frame;
+pub mod rendezvous;
+pub mod ring;
+pub mod shard;
+pub mod types;
+
+pub use auth::{JobAuth, Secret};
+pub use collective::{AbortHandle, AbortTarget, Collective};
+pub use element::Element;
+pub use error::{OpsError, Result};
+pub use rendezvous::{JoinRequest, RendezvousServer, join};
+pub use ring::{RingConfig, TcpRing};
+pub use shard::{shard_len, shard_range};
+pub use types::{DType, OpKind, Rank, ReduceOp};

@@ -1,0 +1,168 @@
+//! A small authenticated rendezvous: every rank announces its ring listener address to one
+//! server and receives the full table once all `world` ranks have joined.
+//!
+//! After the usual handshake (purpose `Rendezvous`, the server announcing itself as rank
+//! `world`), a client sends its address as a `u16` length plus UTF-8 text; the server answers
+//! with a `u32` count and the addresses in rank order in the same encoding. Unauthenticated
+//! connections are dropped and do not count; a rank that reconnects replaces its earlier entry.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::auth::{self, Identity, JobAuth, Purpose};
+use crate::error::{OpsError, Result};
+use crate::types::{OpKind, Rank};
+
+/// Between polls of the non-blocking listener (std has no accept with a timeout).
+const POLL: Duration = Duration::from_millis(5);
+/// Longest address text accepted from the network.
+const MAX_ADDR_LEN: usize = 256;
+/// Bound on an incoming connection's handshake and address message.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The rendezvous server for one job generation.
+pub struct RendezvousServer {
+    listener: TcpListener,
+    world: usize,
+    auth: JobAuth,
+}
+
+impl RendezvousServer {
+    /// Binds the server (use port 0 and [`RendezvousServer::local_addr`] in tests).
+    pub fn bind(addr: impl ToSocketAddrs, world: usize, auth: JobAuth) -> Result<Self> {
+        let setup = |detail: String| OpsError::Setup { op: OpKind::Rendezvous, rank: Rank(world as u32), detail };
+        if world == 0 {
+            return Err(setup("world size must be at least 1".into()));
+        }
+        let listener = TcpListener::bind(addr).map_err(|e| setup(format!("bind: {e}")))?;
+        Ok(RendezvousServer { listener, world, auth })
+    }
+
+    /// The address clients connect to.
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        self.listener.local_addr().map_err(|e| OpsError::Setup {
+            op: OpKind::Rendezvous,
+            rank: Rank(self.world as u32),
+            detail: e.to_string(),
+        })
+    }
+
+    /// Runs [`RendezvousServer::serve`] on a new thread.
+    pub fn spawn(self, timeout: Duration) -> JoinHandle<Result<Vec<SocketAddr>>> {
+        std::thread::spawn(move || self.serve(timeout))
+    }
+
+    /// Collects every rank's address, sends the table to all of them and returns it.
+    pub fn serve(self, timeout: Duration) -> Result<Vec<SocketAddr>> {
+        let deadline = Instant::now() + timeout;
+        let server_rank = Rank(self.world as u32);
+        let setup = |detail: String| OpsError::Setup { op: OpKind::Rendezvous, rank: server_rank, detail };
+        self.listener.set_nonblocking(true).map_err(|e| setup(e.to_string()))?;
+        let mut joined: Vec<Option<(TcpStream, SocketAddr)>> = (0..self.world).map(|_| None).collect();
+        let me = Identity { purpose: Purpose::Rendezvous, world: self.world as u32, rank: self.world as u32, peer: 0 };
+        while joined.iter().any(Option::is_none) {
+            if Instant::now() >= deadline {
+                let missing: Vec<String> = joined.iter().enumerate().filter(|(_, j)| j.is_none()).map(|(r, _)| r.to_string()).collect();
+                return Err(setup(format!("ranks {} did not join within {timeout:?}", missing.join(", "))));
+            }
+            match self.listener.accept() {
+                Ok((mut stream, _)) => {
+                    // A stray or failed client is simply dropped; the server keeps waiting.
+                    if stream.set_nonblocking(false).is_err() {
+                        continue;
+                    }
+                    let Ok(rank) = auth::respond(&mut stream, &self.auth, me, None, CLIENT_TIMEOUT) else { continue };
+                    let _ = stream.set_read_timeout(Some(CLIENT_TIMEOUT));
+                    if let Ok(addr) = read_addr(&mut stream) {
+                        joined[rank as usize] = Some((stream, addr));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(POLL),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(setup(format!("accept: {e}"))),
+            }
+        }
+        let table: Vec<SocketAddr> = joined.iter().flatten().map(|(_, a)| *a).collect();
+        let mut reply = (table.len() as u32).to_le_bytes().to_vec();
+        for a in &table {
+            encode_addr(&mut reply, a);
+        }
+        for (rank, (mut stream, _)) in joined.into_iter().flatten().enumerate() {
+            let _ = stream.set_write_timeout(Some(CLIENT_TIMEOUT));
+            stream.write_all(&reply).map_err(|e| setup(format!("sending the table to rank {rank}: {e}")))?;
+        }
+        Ok(table)
+    }
+}
+
+/// Parameters of [`join`].
+#[derive(Clone, Debug)]
+pub struct JoinRequest {
+    /// This rank.
+    pub rank: Rank,
+    /// World size.
+    pub world: usize,
+    /// This rank's ring listener address, as the others should dial it.
+    pub listen_addr: SocketAddr,
+    /// Deadline for the whole exchange (waiting for every other rank included).
+    pub timeout: Duration,
+}
+
+/// Announces `req.listen_addr` to the server at `server` and returns every rank's address.
+pub fn join(server: SocketAddr, auth: &JobAuth, req: &JoinRequest) -> Result<Vec<SocketAddr>> {
+    let server_rank = Rank(req.world as u32);
+    let fail = |detail: String| OpsError::Unreachable { op: OpKind::Rendezvous, peer: server_rank, addr: server, detail };
+    let deadline = Instant::now() + req.timeout;
+    let remaining = || deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero());
+    let mut stream = loop {
+        let Some(left) = remaining() else { return Err(fail("no connection before the deadline".into())) };
+        match TcpStream::connect_timeout(&server, left) {
+            Ok(s) => break s,
+            // The server may not be listening yet.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => std::thread::sleep(POLL),
+            Err(e) => return Err(fail(e.to_string())),
+        }
+    };
+    let me = Identity { purpose: Purpose::Rendezvous, world: req.world as u32, rank: req.rank.0, peer: server_rank.0 };
+    let left = remaining().unwrap_or(Duration::from_millis(1));
+    auth::initiate(&mut stream, auth, me, server_rank.0, left).map_err(|e| OpsError::Handshake {
+        op: OpKind::Rendezvous,
+        peer: server_rank,
+        addr: server,
+        detail: e.to_string(),
+    })?;
+    let mut msg = Vec::new();
+    encode_addr(&mut msg, &req.listen_addr);
+    stream.write_all(&msg).map_err(|e| fail(format!("sending our address: {e}")))?;
+    stream.set_read_timeout(Some(remaining().unwrap_or(Duration::from_millis(1)))).map_err(|e| fail(e.to_string()))?;
+    let mut count = [0u8; 4];
+    stream.read_exact(&mut count).map_err(|e| fail(format!("waiting for the address table: {e}")))?;
+    let count = u32::from_le_bytes(count) as usize;
+    if count != req.world {
+        return Err(fail(format!("server sent {count} addresses for world size {}", req.world)));
+    }
+    (0..count).map(|_| read_addr(&mut stream).map_err(|e| fail(format!("reading the address table: {e}")))).collect()
+}
+
+fn encode_addr(out: &mut Vec<u8>, addr: &SocketAddr) {
+    let text = addr.to_string();
+    out.extend_from_slice(&(text.len() as u16).to_le_bytes());
+    out.extend_from_slice(text.as_bytes());
+}
+
+fn read_addr(r: &mut impl Read) -> io::Result<SocketAddr> {
+    let mut len = [0u8; 2];
+    r.read_exact(&mut len)?;
+    let len = u16::from_le_bytes(len) as usize;
+    if len > MAX_ADDR_LEN {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("address of {len} bytes")));
+    }
+    let mut text = vec![0u8; len];
+    r.read_exact(&mut text)?;
+    std::str::from_utf8(&text)
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "address is not a socket address"))
+}

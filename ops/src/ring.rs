@@ -1,0 +1,255 @@
+//! The TCP ring backend of [`Collective`].
+
+mod algo;
+mod connect;
+mod guard;
+mod pipe;
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::auth::JobAuth;
+use crate::collective::{AbortHandle, Collective};
+use crate::element::Element;
+use crate::error::{OpsError, Result};
+use crate::frame::Header;
+use crate::shard::shard_range;
+use crate::types::{DType, OpKind, Rank, ReduceOp};
+
+use guard::{Fired, Guard};
+use pipe::{Fault, Link};
+
+/// Settings of a ring communicator; every rank must use the same values.
+#[derive(Clone, Debug)]
+pub struct RingConfig {
+    /// Job identity and shared secret checked in the handshake.
+    pub auth: JobAuth,
+    /// Deadline of every collective call (default 60 s).
+    pub timeout: Duration,
+    /// Deadline for building the ring (default 60 s).
+    pub connect_timeout: Duration,
+    /// Bound on one incoming connection's handshake (default 5 s).
+    pub handshake_timeout: Duration,
+    /// Pipeline chunk size in bytes (default 256 KiB); must match on every rank.
+    pub chunk_bytes: usize,
+}
+
+impl RingConfig {
+    /// Defaults for the given job.
+    pub fn new(auth: JobAuth) -> Self {
+        RingConfig {
+            auth,
+            timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(60),
+            handshake_timeout: Duration::from_secs(5),
+            chunk_bytes: 256 * 1024,
+        }
+    }
+}
+
+/// The two neighbour connections and their guard (absent when the world has one rank).
+struct Links {
+    left: TcpStream,
+    right: TcpStream,
+    guard: Guard,
+}
+
+/// A ring communicator over TCP: rank r reads from r-1 and writes to r+1.
+pub struct TcpRing {
+    rank: Rank,
+    world: usize,
+    links: Option<Links>,
+    /// Abort target for a world of one, which has no guard.
+    solo: Arc<SoloAbort>,
+    config: RingConfig,
+    seq: u64,
+    poisoned: Option<OpsError>,
+}
+
+impl TcpRing {
+    /// Builds the ring: `listener` is this rank's bound listener, `peers[i]` rank i's listener
+    /// address (`peers.len()` is the world size). Blocks until both neighbours have
+    /// authenticated or `config.connect_timeout` passes.
+    pub fn connect(listener: TcpListener, rank: Rank, peers: &[SocketAddr], config: RingConfig) -> Result<Self> {
+        let world = peers.len();
+        let setup = |detail: String| OpsError::Setup { op: OpKind::Connect, rank, detail };
+        if rank.index() >= world {
+            return Err(setup(format!("rank {rank} out of world size {world}")));
+        }
+        if config.chunk_bytes < 8 {
+            return Err(setup(format!("chunk_bytes {} must be at least 8", config.chunk_bytes)));
+        }
+        let links = if world == 1 {
+            None
+        } else {
+            let dial = connect::Dial {
+                rank,
+                peers,
+                auth: &config.auth,
+                deadline: Instant::now() + config.connect_timeout,
+                handshake_timeout: config.handshake_timeout,
+            };
+            let (left, right) = connect::establish(listener, &dial)?;
+            let clones = [left.try_clone(), right.try_clone()].into_iter().collect::<std::io::Result<Vec<_>>>();
+            let guard = clones.and_then(Guard::new).map_err(|e| setup(format!("watchdog: {e}")))?;
+            Some(Links { left, right, guard })
+        };
+        Ok(TcpRing { rank, world, links, solo: Arc::default(), config, seq: 0, poisoned: None })
+    }
+
+    /// The configuration the ring was built with.
+    pub fn config(&self) -> &RingConfig {
+        &self.config
+    }
+
+    /// Runs one call: sequence numbering, fail-fast when poisoned, deadline, error mapping.
+    fn call<R>(
+        &mut self,
+        op: OpKind,
+        dtype: DType,
+        body: impl FnOnce(&Link<'_>, Header, algo::Ring) -> std::result::Result<R, Fault>,
+    ) -> Result<R>
+    where
+        R: Default,
+    {
+        let seq = self.seq;
+        self.seq += 1;
+        if let Some(cause) = &self.poisoned {
+            return Err(OpsError::Poisoned { op, seq, cause: Box::new(cause.clone()) });
+        }
+        let Some(links) = &self.links else {
+            if self.solo.is_aborted() {
+                return Err(self.poison(OpsError::Aborted { op, seq, rank: self.rank }));
+            }
+            return Ok(R::default());
+        };
+        let shared = links.guard.shared();
+        if shared.fired().is_some() {
+            // Aborted (or timed out) between calls: report it against this call.
+            let e = self.classify(op, seq, Fault::Protocol(String::new()));
+            return Err(self.poison(e));
+        }
+        let elem = match dtype {
+            DType::F32 => 4,
+            DType::BF16 | DType::F16 => 2,
+            DType::I64 => 8,
+        };
+        let ring = algo::Ring { rank: self.rank.index(), world: self.world, chunk: (self.config.chunk_bytes / elem).max(1) };
+        let template = Header { op, dtype, step: 0, seq, len: 0 };
+        links.guard.arm(Instant::now() + self.config.timeout, seq);
+        let link = Link { left: &links.left, right: &links.right, shared };
+        let result = body(&link, template, ring);
+        links.guard.disarm();
+        result.map_err(|fault| {
+            let e = self.classify(op, seq, fault);
+            self.poison(e)
+        })
+    }
+
+    /// Names the failure: the guard's reason wins over the I/O error it caused.
+    fn classify(&self, op: OpKind, seq: u64, fault: Fault) -> OpsError {
+        let left = Rank(((self.rank.index() + self.world - 1) % self.world) as u32);
+        let right = Rank(((self.rank.index() + 1) % self.world) as u32);
+        let peer = if matches!(fault, Fault::Send(_)) { right } else { left };
+        let fired = self.links.as_ref().and_then(|l| l.guard.shared().fired());
+        match (fired, fault) {
+            (Some(Fired::Aborted), _) => OpsError::Aborted { op, seq, rank: self.rank },
+            (Some(Fired::Timeout { seq: timed_out }), _) => OpsError::Timeout { op, seq: timed_out, peer, after: self.config.timeout },
+            (None, Fault::Recv(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => OpsError::PeerClosed { op, seq, peer },
+            (None, Fault::Recv(e) | Fault::Send(e)) => OpsError::Io { op, seq, peer, source: Arc::new(e) },
+            (None, Fault::Protocol(detail)) => OpsError::Protocol { op, seq, peer, detail },
+        }
+    }
+
+    /// Marks the communicator unusable and closes its sockets so the neighbours fail fast too.
+    fn poison(&mut self, e: OpsError) -> OpsError {
+        if let Some(l) = &self.links {
+            l.guard.shared().shutdown_streams();
+        }
+        self.poisoned = Some(e.clone());
+        e
+    }
+
+    fn invalid(&mut self, op: OpKind, detail: String) -> OpsError {
+        // A rank that skips a call desynchronises the ring: poison so the peers fail fast.
+        let e = OpsError::InvalidArgument { op, seq: self.seq, rank: self.rank, detail };
+        self.seq += 1;
+        self.poison(e)
+    }
+}
+
+impl Collective for TcpRing {
+    fn rank(&self) -> Rank {
+        self.rank
+    }
+
+    fn world(&self) -> usize {
+        self.world
+    }
+
+    fn all_reduce<T: Element>(&mut self, buf: &mut [T], op: ReduceOp) -> Result<()> {
+        self.call(OpKind::AllReduce, T::DTYPE, |link, h, ring| algo::all_reduce(link, h, ring, buf, op))
+    }
+
+    fn reduce_scatter<T: Element>(&mut self, input: &[T], output: &mut [T], op: ReduceOp) -> Result<()> {
+        let own = shard_range(input.len(), self.world, self.rank.index());
+        if output.len() != own.len() {
+            let detail = format!("output has {} elements, shard {own:?} of {} needs {}", output.len(), input.len(), own.len());
+            return Err(self.invalid(OpKind::ReduceScatter, detail));
+        }
+        if self.world == 1 {
+            output.copy_from_slice(input);
+        }
+        self.call(OpKind::ReduceScatter, T::DTYPE, |link, h, ring| algo::reduce_scatter(link, h, ring, input, output, op))
+    }
+
+    fn all_gather<T: Element>(&mut self, input: &[T], output: &mut [T]) -> Result<()> {
+        let own = shard_range(output.len(), self.world, self.rank.index());
+        if input.len() != own.len() {
+            let detail = format!("input has {} elements, shard {own:?} of {} needs {}", input.len(), output.len(), own.len());
+            return Err(self.invalid(OpKind::AllGather, detail));
+        }
+        output[own].copy_from_slice(input);
+        self.call(OpKind::AllGather, T::DTYPE, |link, h, ring| algo::all_gather(link, h, ring, output))
+    }
+
+    fn broadcast<T: Element>(&mut self, buf: &mut [T], root: Rank) -> Result<()> {
+        if root.index() >= self.world {
+            return Err(self.invalid(OpKind::Broadcast, format!("root {root} out of world size {}", self.world)));
+        }
+        self.call(OpKind::Broadcast, T::DTYPE, |link, h, ring| algo::broadcast(link, h, ring, buf, root.index()))
+    }
+
+    fn barrier(&mut self) -> Result<()> {
+        let world = self.world as i64;
+        let mut token = [1i64];
+        self.call(OpKind::Barrier, DType::I64, |link, h, ring| {
+            algo::all_reduce(link, h, ring, &mut token, ReduceOp::Sum)?;
+            if token[0] == world { Ok(()) } else { Err(Fault::Protocol(format!("barrier count {} != world {world}", token[0]))) }
+        })
+    }
+
+    fn abort_handle(&self) -> AbortHandle {
+        match &self.links {
+            Some(l) => AbortHandle::new(Arc::clone(l.guard.shared()) as Arc<dyn crate::collective::AbortTarget>),
+            None => AbortHandle::new(Arc::clone(&self.solo) as Arc<dyn crate::collective::AbortTarget>),
+        }
+    }
+}
+
+/// Abort flag of a one-rank ring (nothing to unblock, but later calls must fail).
+#[derive(Default)]
+struct SoloAbort(std::sync::atomic::AtomicBool);
+
+impl SoloAbort {
+    fn is_aborted(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+impl crate::collective::AbortTarget for SoloAbort {
+    fn abort(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+}
