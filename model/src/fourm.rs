@@ -160,22 +160,59 @@ impl FourM {
 
     /// Runs the model on a masked batch and returns the losses (and optionally logits).
     pub fn forward(&self, batch: &MaskedBatch, opts: &ForwardOptions) -> Result<ForwardOutput> {
+        let staged = self.stage_embed(batch, opts)?;
+        let mut x = staged.encoder_input();
+        for i in 0..self.encoder.len() {
+            x = self.stage_encoder_block(i, &x, &staged);
+        }
+        let context = self.stage_context(&x, &staged);
+        let mut y = staged.decoder_input();
+        for j in 0..self.decoder.len() {
+            y = self.stage_decoder_block(j, &y, &context, &staged);
+        }
+        self.stage_losses(&y, &staged, opts)
+    }
+
+    /// Stage 1 of the forward pass: token selection and embeddings (everything before the
+    /// transformer stacks). The stages exist so that a caller (FSDP) can run the stacks block
+    /// by block, e.g. to gather a block's parameters just before it or to recompute it in the
+    /// backward pass; [`FourM::forward`] is exactly the composition of the stages.
+    pub fn stage_embed(&self, batch: &MaskedBatch, opts: &ForwardOptions) -> Result<Staged> {
         let enc = self.select_encoder_tokens(batch, opts.num_encoder_tokens)?;
         let dec = self.select_decoder_tokens(batch, opts.num_decoder_tokens, opts.decoder_order_seed)?;
+        Ok(Staged { enc, dec })
+    }
 
-        let mut x_bnd = &enc.tokens + &enc.emb;
-        for blk in &self.encoder {
-            x_bnd = blk.forward(&x_bnd, &enc.mask_b1n);
-        }
-        let x_bnd = self.encoder_norm.forward(&x_bnd);
-        let context_bnd = self.decoder_proj_context.forward(&x_bnd) + &enc.emb;
+    /// Number of encoder blocks.
+    pub fn num_encoder_blocks(&self) -> usize {
+        self.encoder.len()
+    }
 
-        let mut y_bmd = &dec.tokens + &dec.emb;
-        for blk in &self.decoder {
-            y_bmd = blk.forward(&y_bmd, &context_bnd, &dec.sa_mask_bmm, &enc.mask_b1n);
-        }
-        let y_bmd = self.decoder_norm.forward(&y_bmd);
-        self.losses(&y_bmd, &dec, opts)
+    /// Number of decoder blocks.
+    pub fn num_decoder_blocks(&self) -> usize {
+        self.decoder.len()
+    }
+
+    /// Encoder block `i` on `x` (B, N, D).
+    pub fn stage_encoder_block(&self, i: usize, x: &Tensor, staged: &Staged) -> Tensor {
+        self.encoder[i].forward(x, &staged.enc.mask_b1n)
+    }
+
+    /// The decoder's context from the encoder output: norm, projection, plus the encoder's
+    /// positional/modality embeddings again (ml-4m).
+    pub fn stage_context(&self, x: &Tensor, staged: &Staged) -> Tensor {
+        self.decoder_proj_context.forward(&self.encoder_norm.forward(x)) + &staged.enc.emb
+    }
+
+    /// Decoder block `j` on `y` (B, M, D) attending to `context`.
+    pub fn stage_decoder_block(&self, j: usize, y: &Tensor, context: &Tensor, staged: &Staged) -> Tensor {
+        self.decoder[j].forward(y, context, &staged.dec.sa_mask_bmm, &staged.enc.mask_b1n)
+    }
+
+    /// The last stage: decoder norm, logits and losses.
+    pub fn stage_losses(&self, y: &Tensor, staged: &Staged, opts: &ForwardOptions) -> Result<ForwardOutput> {
+        let y_bmd = self.decoder_norm.forward(y);
+        self.losses(&y_bmd, &staged.dec, opts)
     }
 
     /// The number of target tokens per decoder modality that a forward with `opts` would put
@@ -378,6 +415,31 @@ fn present_modalities(batch: &MaskedBatch, side: &str, accepts: impl Fn(&Modalit
 fn gather_rows(x_bod: &Tensor, keep_bn: &Tensor, mask_bn: &Tensor) -> Tensor {
     let d = x_bod.size()[2];
     x_bod.gather(1, &keep_bn.unsqueeze(-1).expand([-1, -1, d], false), false).masked_fill(&mask_bn.unsqueeze(-1), 0.0)
+}
+
+/// The selected, embedded tokens of one batch between the forward stages (see
+/// [`FourM::stage_embed`]).
+pub struct Staged {
+    enc: EncoderTokens,
+    dec: DecoderTokens,
+}
+
+impl std::fmt::Debug for Staged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Staged").field("encoder_tokens", &self.enc.tokens.size()).field("decoder_tokens", &self.dec.tokens.size()).finish()
+    }
+}
+
+impl Staged {
+    /// The encoder stack's input: selected token embeddings plus positional/modality embeddings.
+    pub fn encoder_input(&self) -> Tensor {
+        &self.enc.tokens + &self.enc.emb
+    }
+
+    /// The decoder stack's input: mask tokens / shifted sequence embeddings plus embeddings.
+    pub fn decoder_input(&self) -> Tensor {
+        &self.dec.tokens + &self.dec.emb
+    }
 }
 
 struct EncoderTokens {

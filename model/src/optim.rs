@@ -209,6 +209,22 @@ impl AdamW {
     }
 }
 
+/// One AdamW update of `param` (any 1-D or contiguous slice of parameters) with its state,
+/// `step` being this update's 1-based count: the fused CPU kernel for contiguous f32 CPU
+/// tensors, tensor ops otherwise. For callers that keep their own (e.g. sharded) state.
+pub fn adamw_update(param: &Tensor, grad: &Tensor, exp_avg: &Tensor, exp_avg_sq: &Tensor, cfg: &AdamWConfig, weight_decay: f64, step: i64) {
+    let h = fused::Hyper::new(cfg, weight_decay, step);
+    tch::no_grad(|| {
+        let fusable = param.device() == Device::Cpu
+            && [param, grad, exp_avg, exp_avg_sq].iter().all(|t| t.kind() == Kind::Float && t.is_contiguous());
+        if fusable {
+            fused::adamw_f32(param, grad, exp_avg, exp_avg_sq, &h, tch::get_num_threads().max(1) as usize);
+        } else {
+            tensor_ops_step(param, grad, exp_avg, exp_avg_sq, &h);
+        }
+    });
+}
+
 /// The same update as tensor ops (PyTorch's `_single_tensor_adamw`), for CUDA and other kinds.
 fn tensor_ops_step(param: &Tensor, grad: &Tensor, exp_avg: &Tensor, exp_avg_sq: &Tensor, h: &fused::Hyper) {
     let mut param = param.shallow_clone();

@@ -145,13 +145,14 @@ impl<S: BatchSource> Trainer<S> {
         // samples however it is split (micro-batches here, ranks under FSDP).
         let mut batches = Vec::with_capacity(n_micro);
         let mut counts: BTreeMap<Modality, i64> = BTreeMap::new();
-        for (k, chunk) in refs.chunks(micro).enumerate() {
+        for chunk in refs.chunks(micro) {
             let td = Instant::now();
             let batch = self.source.batch(chunk)?.to_device(self.model.vs.device());
             data_s += td.elapsed().as_secs_f64();
             // The decoder modality order is shuffled per micro-batch (ml-4m: per batch, with
-            // Python's unseeded `random`); seeding it by (seed, step, k) makes resume exact.
-            let opts = ForwardOptions { decoder_order_seed: Some(mix(&[self.job.seed, step, k as u64])), ..self.fwd.clone() };
+            // Python's unseeded `random`); seeding it by (seed, step, first sample) makes resume
+            // exact and matches what an FSDP rank loading the same chunk does.
+            let opts = ForwardOptions { decoder_order_seed: Some(mix(&[self.job.seed, step, chunk[0].index])), ..self.fwd.clone() };
             for (m, n) in self.model.model.target_counts(&batch, &opts)? {
                 *counts.entry(m).or_default() += n;
             }

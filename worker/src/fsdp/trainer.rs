@@ -1,0 +1,293 @@
+//! [`FsdpTrainer`]: one rank of sharded data-parallel training (see the module docs of
+//! [`crate::fsdp`]). Every rank calls the same collectives in the same order; the world's
+//! result equals one process training the whole global batch (same seed, same ledger),
+//! because the global batch is split by sample and each part's loss is normalised by the
+//! global target counts (`ForwardOptions::loss_normalizer`).
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use tch::{Device, Tensor};
+use tessera_coordinator::job::{LossKind, ResolvedJob};
+use tessera_coordinator::ledger::mix;
+use tessera_coordinator::{SampleLedger, SampleRef};
+use tessera_model::{AdamWConfig, Checkpoint, ForwardOptions, FourMConfig, LossType, adamw_update};
+use tessera_ops::{Collective, ReduceOp, shard_range};
+use tessera_tokenizers::Modality;
+
+use super::tensors::{append_f32, copy_into};
+use super::units::{Unit, units_of};
+use crate::checkpoint::{Counters, TrainState};
+use crate::error::{Result, WorkerError};
+use crate::source::BatchSource;
+use crate::trainer::StepReport;
+
+/// This rank's AdamW state of one unit's shard.
+struct ShardState {
+    master: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+}
+
+/// One rank of an FSDP job.
+pub struct FsdpTrainer<C: Collective, S: BatchSource> {
+    job: ResolvedJob,
+    model: Checkpoint,
+    coll: C,
+    units: Vec<Unit>,
+    shards: Vec<ShardState>,
+    /// Updates applied per parameter, per unit (replicated: every rank agrees).
+    steps: Vec<Vec<i64>>,
+    ledger: SampleLedger,
+    source: S,
+    state: TrainState,
+    fwd: ForwardOptions,
+    outputs: Vec<Modality>,
+    skipped: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<C: Collective, S: BatchSource> std::fmt::Debug for FsdpTrainer<C, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FsdpTrainer")
+            .field("rank", &self.coll.rank())
+            .field("world", &self.coll.world())
+            .field("state", &self.state)
+            .finish()
+    }
+}
+
+impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
+    /// Builds rank `coll.rank()`'s trainer. Every rank initialises the model from the job seed,
+    /// so the shards start consistent without communication.
+    pub fn new(job: ResolvedJob, cfg: &FourMConfig, source: S, dataset_lens: Vec<u64>, coll: C) -> Result<Self> {
+        let (world, rank) = (coll.world(), coll.rank().0 as usize);
+        if job.train.global_batch_size < world {
+            return Err(WorkerError::Training {
+                step: 0,
+                reason: format!("global batch {} is smaller than the world size {world}", job.train.global_batch_size),
+            });
+        }
+        let model = Checkpoint::init(cfg, Device::Cpu, job.seed as i64)?;
+        let units = units_of(&model.vs, world, rank);
+        let mut shards = Vec::with_capacity(units.len());
+        for u in &units {
+            let mut flat = Vec::with_capacity(u.numel);
+            for p in &u.params {
+                append_f32(&p.tensor, &mut flat);
+            }
+            let master = Tensor::from_slice(&flat[u.shard.clone()]);
+            shards.push(ShardState { exp_avg: master.zeros_like(), exp_avg_sq: master.zeros_like(), master });
+        }
+        let steps = units.iter().map(|u| vec![0; u.params.len()]).collect();
+        let ledger = SampleLedger::new(job.seed, job.schedule.clone(), dataset_lens)?;
+        let state = TrainState { step: 0, next_sample_index: 0, schedule: job.schedule.clone(), counters: Counters::default() };
+        let t = &job.train;
+        let fwd = ForwardOptions {
+            num_encoder_tokens: t.num_input_tokens as i64,
+            num_decoder_tokens: t.num_target_tokens as i64,
+            loss: match t.loss {
+                LossKind::Mod => LossType::Mod,
+                LossKind::Token => LossType::Token,
+            },
+            decoder_order_seed: None,
+            return_logits: false,
+            loss_normalizer: None,
+        };
+        let outputs = cfg.domains_out.clone();
+        let skipped = source.skipped_counter();
+        Ok(Self { job, model, coll, units, shards, steps, ledger, source, state, fwd, outputs, skipped })
+    }
+
+    fn comm<T>(&self, r: tessera_ops::Result<T>) -> Result<T> {
+        r.map_err(|e| WorkerError::Training { step: self.state.step, reason: format!("rank {}: {e}", self.coll.rank().0) })
+    }
+
+    /// All-gathers every unit's shards into the model's parameters.
+    fn gather_parameters(&mut self) -> Result<()> {
+        for (u, s) in self.units.iter().zip(&self.shards) {
+            let mut local = Vec::with_capacity(u.shard.len());
+            append_f32(&s.master, &mut local);
+            let mut full = vec![0f32; u.numel];
+            let r = self.coll.all_gather(&local, &mut full);
+            r.map_err(|e| WorkerError::Training { step: self.state.step, reason: format!("all-gather of {}: {e}", u.name) })?;
+            for p in &u.params {
+                copy_into(&p.tensor, &full[p.offset..p.offset + p.numel]);
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs optimizer step `state.step` on this rank's part of the global batch.
+    pub fn step(&mut self) -> Result<StepReport> {
+        let t0 = Instant::now();
+        let step = self.state.step;
+        let (world, rank) = (self.coll.world(), self.coll.rank().0 as usize);
+        let global = self.job.train.global_batch_size;
+        let micro = self.job.train.micro_batch_size;
+        let lr = self.job.train.lr.at(step);
+
+        self.gather_parameters()?;
+        for u in &self.units {
+            for p in &u.params {
+                let mut g = p.tensor.grad();
+                if g.defined() {
+                    let _ = g.zero_();
+                }
+            }
+        }
+        // This rank's contiguous slice of the step's samples, in micro-batches.
+        let refs: Vec<SampleRef> = self.ledger.locate_range(self.state.next_sample_index, global as u64);
+        let mine = &refs[shard_range(global, world, rank)];
+        let td = Instant::now();
+        let mut batches = Vec::new();
+        let mut local_counts: BTreeMap<Modality, i64> = BTreeMap::new();
+        for chunk in mine.chunks(micro) {
+            let batch = self.source.batch(chunk)?;
+            // Seeded by the chunk's first global index, as the single-process trainer does.
+            let opts = ForwardOptions { decoder_order_seed: Some(mix(&[self.job.seed, step, chunk[0].index])), ..self.fwd.clone() };
+            for (m, n) in self.model.model.target_counts(&batch, &opts)? {
+                *local_counts.entry(m).or_default() += n;
+            }
+            batches.push((batch, opts));
+        }
+        let data_s = td.elapsed().as_secs_f64();
+        let mut counts: Vec<i64> = self.outputs.iter().map(|m| local_counts.get(m).copied().unwrap_or(0)).collect();
+        let r = self.coll.all_reduce(&mut counts, ReduceOp::Sum);
+        self.comm(r)?;
+        let normalizer: BTreeMap<Modality, i64> = self.outputs.iter().copied().zip(counts).collect();
+
+        let tc = Instant::now();
+        // Partial losses: [total, per output modality...], summed over micro-batches then ranks.
+        let mut partial = vec![0f32; 1 + self.outputs.len()];
+        for (batch, opts) in batches {
+            let opts = ForwardOptions { loss_normalizer: Some(normalizer.clone()), ..opts };
+            let out = self.model.model.forward(&batch, &opts)?;
+            out.loss.backward();
+            partial[0] += out.loss.double_value(&[]) as f32;
+            for (i, m) in self.outputs.iter().enumerate() {
+                if let Some(l) = out.mod_loss.get(m) {
+                    partial[1 + i] += l.double_value(&[]) as f32;
+                }
+            }
+        }
+        let compute_s = tc.elapsed().as_secs_f64();
+
+        let to = Instant::now();
+        let r = self.coll.all_reduce(&mut partial, ReduceOp::Sum);
+        self.comm(r)?;
+        // Gradients: reduce-scatter each unit's flat gradient; a parameter counts as used when
+        // any rank produced a gradient for it (the single-process rule for skipping AdamW).
+        let mut grad_shards = Vec::with_capacity(self.units.len());
+        let mut used = Vec::with_capacity(self.units.len());
+        let mut sq_sum = 0f64;
+        for u in &self.units {
+            let mut flat = Vec::with_capacity(u.numel);
+            let mut flags = Vec::with_capacity(u.params.len());
+            for p in &u.params {
+                let g = p.tensor.grad();
+                if g.defined() {
+                    append_f32(&g, &mut flat);
+                    flags.push(1i64);
+                } else {
+                    flat.resize(flat.len() + p.numel, 0.0);
+                    flags.push(0);
+                }
+            }
+            let mut shard = vec![0f32; u.shard.len()];
+            let r = self.coll.reduce_scatter(&flat, &mut shard, ReduceOp::Sum);
+            r.map_err(|e| WorkerError::Training { step, reason: format!("reduce-scatter of {}: {e}", u.name) })?;
+            let r = self.coll.all_reduce(&mut flags, ReduceOp::Max);
+            self.comm(r)?;
+            sq_sum += shard.iter().map(|&g| f64::from(g) * f64::from(g)).sum::<f64>();
+            grad_shards.push(shard);
+            used.push(flags);
+        }
+        let mut norm_sq = [sq_sum as f32];
+        let r = self.coll.all_reduce(&mut norm_sq, ReduceOp::Sum);
+        self.comm(r)?;
+        let grad_norm = f64::from(norm_sq[0]).sqrt();
+        let loss = f64::from(partial[0]);
+        let finite = loss.is_finite() && grad_norm.is_finite();
+        let t = &self.job.train;
+        if !finite && !t.skip_nonfinite {
+            return Err(WorkerError::Training { step, reason: format!("non-finite loss {loss} / gradient norm {grad_norm}") });
+        }
+        if finite {
+            let scale = match t.clip_grad {
+                Some(clip) if grad_norm > clip => clip / (grad_norm + 1e-6),
+                _ => 1.0,
+            };
+            let cfg = AdamWConfig { lr, beta1: t.betas[0], beta2: t.betas[1], eps: t.eps, weight_decay: t.weight_decay };
+            for (ui, u) in self.units.iter().enumerate() {
+                let grad = Tensor::from_slice(&grad_shards[ui]);
+                if scale != 1.0 {
+                    let _ = grad.shallow_clone().g_mul_scalar_(scale);
+                }
+                let s = &self.shards[ui];
+                for (pi, used) in used[ui].iter().enumerate() {
+                    if *used != 0 {
+                        self.steps[ui][pi] += 1;
+                    }
+                }
+                for (range, pi) in u.shard_segments() {
+                    if used[ui][pi] == 0 {
+                        continue;
+                    }
+                    let (a, n) = (range.start as i64, range.len() as i64);
+                    let wd = if u.params[pi].decay { t.weight_decay } else { 0.0 };
+                    adamw_update(
+                        &s.master.narrow(0, a, n),
+                        &grad.narrow(0, a, n),
+                        &s.exp_avg.narrow(0, a, n),
+                        &s.exp_avg_sq.narrow(0, a, n),
+                        &cfg,
+                        wd,
+                        self.steps[ui][pi],
+                    );
+                }
+            }
+        } else {
+            self.state.counters.skipped_steps += 1;
+        }
+        let optim_s = to.elapsed().as_secs_f64();
+        self.state.step += 1;
+        self.state.next_sample_index += global as u64;
+        self.state.counters.samples_seen += global as u64;
+        self.state.counters.tokens_seen += (global * (t.num_input_tokens + t.num_target_tokens)) as u64;
+        self.state.counters.skipped_samples += self.skipped.swap(0, std::sync::atomic::Ordering::Relaxed);
+        Ok(StepReport {
+            step,
+            loss,
+            mod_loss: self.outputs.iter().enumerate().map(|(i, m)| (*m, f64::from(partial[1 + i]))).collect(),
+            lr,
+            grad_norm,
+            skipped: !finite,
+            samples: global,
+            data_s,
+            compute_s,
+            optim_s,
+            step_s: t0.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Every trainable parameter, gathered, by name (for checks and export).
+    pub fn full_parameters(&mut self) -> Result<BTreeMap<String, Tensor>> {
+        self.gather_parameters()?;
+        Ok(self.units.iter().flat_map(|u| u.params.iter().map(|p| (p.name.clone(), p.tensor.detach().copy()))).collect())
+    }
+
+    /// Elements of parameters and optimizer state this rank holds (master + 2 moments).
+    pub fn local_state_elements(&self) -> usize {
+        self.shards.iter().map(|s| 3 * s.master.numel()).sum()
+    }
+
+    /// Training position.
+    pub fn state(&self) -> &TrainState {
+        &self.state
+    }
+
+    /// The collective (e.g. to abort it).
+    pub fn collective(&self) -> &C {
+        &self.coll
+    }
+}

@@ -1,0 +1,113 @@
+//! The flat-parameter layout of FSDP: which parameters form a unit, where each lies in the
+//! unit's flat vector, and which part of that vector this rank owns.
+
+use std::ops::Range;
+
+use tch::Tensor;
+use tch::nn::VarStore;
+use tessera_model::is_no_decay;
+use tessera_ops::shard_range;
+
+/// One parameter inside a unit.
+#[derive(Debug)]
+pub struct UnitParam {
+    /// ml-4m state-dict name.
+    pub name: String,
+    /// The model's variable (shared storage).
+    pub tensor: Tensor,
+    /// Offset in the unit's flat vector.
+    pub offset: usize,
+    /// Number of elements.
+    pub numel: usize,
+    /// Whether AdamW's weight decay applies (ml-4m's name rule).
+    pub decay: bool,
+}
+
+/// A group of parameters gathered and reduced together.
+#[derive(Debug)]
+pub struct Unit {
+    /// `encoder.3`, `decoder.0` or `rest`.
+    pub name: String,
+    /// Its parameters in name order.
+    pub params: Vec<UnitParam>,
+    /// Total elements.
+    pub numel: usize,
+    /// This rank's slice of the flat vector.
+    pub shard: Range<usize>,
+}
+
+impl Unit {
+    /// The parts of this rank's shard: (range inside the shard, parameter index).
+    pub fn shard_segments(&self) -> Vec<(Range<usize>, usize)> {
+        let mut out = Vec::new();
+        for (i, p) in self.params.iter().enumerate() {
+            let (lo, hi) = (p.offset.max(self.shard.start), (p.offset + p.numel).min(self.shard.end));
+            if lo < hi {
+                out.push((lo - self.shard.start..hi - self.shard.start, i));
+            }
+        }
+        out
+    }
+}
+
+/// The unit a parameter belongs to: its transformer block, else `rest`.
+fn unit_name(name: &str) -> String {
+    for stack in ["encoder.", "decoder."] {
+        if let Some(rest) = name.strip_prefix(stack)
+            && let Some((i, _)) = rest.split_once('.')
+            && i.parse::<usize>().is_ok()
+        {
+            return format!("{stack}{i}");
+        }
+    }
+    "rest".to_string()
+}
+
+/// The units of every trainable variable of `vs`, sharded for `rank` of `world`: blocks in
+/// stack order, then `rest`. Buffers (no gradient) are not sharded: every rank has them.
+pub fn units_of(vs: &VarStore, world: usize, rank: usize) -> Vec<Unit> {
+    let vars = vs.variables();
+    let mut names: Vec<&String> = vars.keys().filter(|n| vars[*n].requires_grad()).collect();
+    names.sort();
+    let mut units: Vec<Unit> = Vec::new();
+    for name in names {
+        let u = unit_name(name);
+        let idx = match units.iter().position(|x| x.name == u) {
+            Some(i) => i,
+            None => {
+                units.push(Unit { name: u, params: Vec::new(), numel: 0, shard: 0..0 });
+                units.len() - 1
+            }
+        };
+        let unit = &mut units[idx];
+        let t = vars[name].shallow_clone();
+        let numel = t.numel();
+        unit.params.push(UnitParam { name: name.clone(), tensor: t, offset: unit.numel, numel, decay: !is_no_decay(name) });
+        unit.numel += numel;
+    }
+    let key = |u: &Unit| -> (u8, usize) {
+        match u.name.split_once('.') {
+            Some(("encoder", i)) => (0, i.parse().unwrap_or(0)),
+            Some(("decoder", i)) => (1, i.parse().unwrap_or(0)),
+            _ => (2, 0),
+        }
+    };
+    units.sort_by_key(key);
+    for u in &mut units {
+        u.shard = shard_range(u.numel, world, rank);
+    }
+    units
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unit_names() {
+        assert_eq!(unit_name("encoder.3.attn.qkv.weight"), "encoder.3");
+        assert_eq!(unit_name("decoder.11.mlp.fc1.weight"), "decoder.11");
+        assert_eq!(unit_name("encoder_embeddings.caption.token_emb.weight"), "rest");
+        assert_eq!(unit_name("encoder_norm.weight"), "rest");
+    }
+}
