@@ -5,10 +5,6 @@ use std::path::Path;
 use tessera_coordinator::job::{JobConfig, ResolvedJob};
 use tessera_worker::{PrebuiltSynthetic, Trainer, WorkerError, checkpoint, four_m_config};
 
-fn job(dir: &Path, extra_train: &str) -> ResolvedJob {
-    job_micro(dir, extra_train, 2)
-}
-
 fn job_micro(dir: &Path, extra_train: &str, micro: usize) -> ResolvedJob {
     let tok = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../shared/data/ml-4m/text_tokenizer_4m_wordpiece_30k.json")
