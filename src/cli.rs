@@ -5,6 +5,7 @@ mod config;
 mod data;
 mod data_source;
 mod demo;
+mod launch;
 mod model;
 mod output;
 mod tokenizer;
@@ -40,6 +41,9 @@ enum Command {
     Config(config::ConfigCommand),
     /// Train a job (TOML config) in this process, resuming from its newest valid checkpoint.
     Train(train::TrainArgs),
+    /// One rank of a local multi-process job (started by `train --workers N`).
+    #[command(hide = true)]
+    TrainRank(launch::RankArgs),
     /// Benchmarks that print a table (compare with the peers in the same run).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -59,6 +63,7 @@ pub fn run() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Config(cmd) => config::run(cmd),
         Command::Train(args) => train::run(args),
+        Command::TrainRank(args) => launch::run_rank(args),
         Command::Bench(cmd) => bench::run(cmd),
     };
     match result {

@@ -141,3 +141,90 @@ fn config_errors_name_file_and_field() {
     let err = String::from_utf8_lossy(&tessera(&["config", "check", &job]).stderr).into_owned();
     assert!(err.contains("job.toml") && err.contains("train.clip_grad"), "{err}");
 }
+
+fn losses_of(dir: &Path) -> Vec<f64> {
+    log_lines(dir).iter().map(|l| l["loss"].as_f64().unwrap()).collect()
+}
+
+/// Two and three local worker processes (FSDP over the TCP ring) log the same losses as one
+/// process, step by step.
+#[test]
+fn workers_train_like_one_process() {
+    let one = tempfile::tempdir().unwrap();
+    let job = write_job(one.path(), 4, "micro_batch_size = 1");
+    std::fs::write(
+        one.path().join("job.toml"),
+        std::fs::read_to_string(one.path().join("job.toml")).unwrap().replace("global_batch_size = 2", "global_batch_size = 6"),
+    )
+    .unwrap();
+    let out = tessera(&["train", &job, "--no-resume"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let reference = losses_of(one.path());
+    assert_eq!(reference.len(), 4);
+    for workers in ["2", "3"] {
+        let d = tempfile::tempdir().unwrap();
+        let text = std::fs::read_to_string(one.path().join("job.toml")).unwrap();
+        std::fs::write(d.path().join("job.toml"), text).unwrap();
+        let job = d.path().join("job.toml").display().to_string();
+        let out = tessera(&["train", &job, "--workers", workers]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let got = losses_of(d.path());
+        assert_eq!(got.len(), 4, "{workers} workers");
+        for (s, (a, b)) in got.iter().zip(&reference).enumerate() {
+            assert!((a - b).abs() / b.abs() < 1e-6, "{workers} workers, step {s}: {a} vs {b}");
+        }
+    }
+}
+
+/// A rank killed with SIGKILL mid-run: the launcher stops the others, reports the rank and
+/// exits non-zero; no rank process is left behind.
+#[test]
+fn a_killed_rank_stops_the_job_cleanly() {
+    let d = tempfile::tempdir().unwrap();
+    let job = write_job(d.path(), 100_000, "");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["train", &job, "--workers", "2"])
+        .env("OMP_NUM_THREADS", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while log_lines(d.path()).len() < 2 {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("no progress within 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ranks = |parent: u32| -> Vec<String> {
+        let out = Command::new("pgrep").args(["-P", &parent.to_string(), "-f", "train-rank"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_string).collect()
+    };
+    let pids = ranks(child.id());
+    assert_eq!(pids.len(), 2, "two rank processes: {pids:?}");
+    assert!(Command::new("kill").args(["-KILL", &pids[1]]).status().unwrap().success());
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the launcher did not exit after a rank was killed");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(stderr.contains("rank") && stderr.contains("failed"), "{stderr}");
+    for pid in pids {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(" Z "),
+            "rank {pid} left behind"
+        );
+    }
+}

@@ -27,11 +27,19 @@ pub struct TrainArgs {
     /// Start from scratch even when a checkpoint exists.
     #[arg(long)]
     no_resume: bool,
+    /// Train on this many local worker processes (FSDP over a TCP ring on loopback).
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
 }
 
 /// Runs `tessera train`.
 pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     let job = ResolvedJob::from_file(&a.config)?;
+    anyhow::ensure!(a.workers >= 1, "--workers must be at least 1");
+    if a.workers > 1 {
+        eprintln!("note: multi-worker runs do not write checkpoints yet (sharded checkpoints are in progress)");
+        return super::launch::run_local(&a.config, &job, a.workers, a.max_steps);
+    }
     if job.train.threads > 0 {
         tch::set_num_threads(job.train.threads as i32);
     }

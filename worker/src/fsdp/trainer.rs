@@ -270,6 +270,15 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
         })
     }
 
+    /// True on every rank when any rank asks to stop (e.g. got SIGTERM): ranks must leave the
+    /// loop at the same step, or the others would wait in the next collective.
+    pub fn agree_to_stop(&mut self, mine: bool) -> Result<bool> {
+        let mut flag = [i64::from(mine)];
+        let r = self.coll.all_reduce(&mut flag, ReduceOp::Max);
+        self.comm(r)?;
+        Ok(flag[0] != 0)
+    }
+
     /// Every trainable parameter, gathered, by name (for checks and export).
     pub fn full_parameters(&mut self) -> Result<BTreeMap<String, Tensor>> {
         self.gather_parameters()?;

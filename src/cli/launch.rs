@@ -1,0 +1,223 @@
+//! Local multi-process training: `tessera train CONFIG --workers N` starts N rank processes of
+//! this binary (hidden `train-rank` sub-command), gives them a rendezvous (authenticated with a
+//! fresh per-job secret passed through the environment), splits the CPU threads between them,
+//! and supervises them: the first failure stops every other rank, and every child is reaped.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use rand::RngCore;
+use tessera_coordinator::ResolvedJob;
+use tessera_ops::{JobAuth, Rank, RendezvousServer, RingConfig, Secret, TcpRing, join, rendezvous::JoinRequest};
+use tessera_worker::four_m_config;
+use tessera_worker::fsdp::FsdpTrainer;
+
+/// Environment variable carrying the job secret (hex) to rank processes.
+const SECRET_ENV: &str = "TESSERA_JOB_SECRET";
+/// How long ranks wait for each other at start-up.
+const RENDEZVOUS_TIMEOUT: Duration = Duration::from_secs(120);
+/// Deadline of every collective call.
+const COLLECTIVE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Arguments of the hidden `train-rank` sub-command (one rank of a local multi-process job).
+#[derive(Debug, Args)]
+pub struct RankArgs {
+    /// The job config.
+    config: PathBuf,
+    /// This rank.
+    #[arg(long)]
+    rank: u32,
+    /// Number of ranks.
+    #[arg(long)]
+    world: usize,
+    /// Rendezvous server address.
+    #[arg(long)]
+    rendezvous: SocketAddr,
+    /// libtorch threads of this rank.
+    #[arg(long)]
+    threads: i32,
+    /// Stop after this many steps.
+    #[arg(long)]
+    max_steps: Option<u64>,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> anyhow::Result<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        bail!("{SECRET_ENV} is not hex");
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).with_context(|| format!("{SECRET_ENV} is not hex"))).collect()
+}
+
+fn auth(job: &ResolvedJob, secret: Vec<u8>) -> JobAuth {
+    JobAuth { job_id: tessera_coordinator::ledger::mix(&[job.seed, job.name.len() as u64]), generation: 0, secret: Secret::new(secret) }
+}
+
+/// Runs a job on `workers` local rank processes and supervises them.
+pub fn run_local(config: &Path, job: &ResolvedJob, workers: usize, max_steps: Option<u64>) -> anyhow::Result<()> {
+    let mut secret = vec![0u8; 32];
+    rand::rng().fill_bytes(&mut secret);
+    let server = RendezvousServer::bind("127.0.0.1:0", workers, auth(job, secret.clone()))?;
+    let addr = server.local_addr()?;
+    let serving = server.spawn(RENDEZVOUS_TIMEOUT);
+    let total_threads = if job.train.threads > 0 { job.train.threads } else { std::thread::available_parallelism().map_or(1, |n| n.get()) };
+    let threads = (total_threads / workers).max(1);
+    let exe = std::env::current_exe().context("locating the tessera binary")?;
+    let mut children: Vec<Child> = Vec::new();
+    for rank in 0..workers {
+        let mut cmd = Command::new(&exe);
+        cmd.arg("train-rank")
+            .arg(config)
+            .args(["--rank", &rank.to_string(), "--world", &workers.to_string(), "--rendezvous", &addr.to_string()])
+            .args(["--threads", &threads.to_string()])
+            .env(SECRET_ENV, hex(&secret))
+            .env("OMP_NUM_THREADS", threads.to_string());
+        if let Some(m) = max_steps {
+            cmd.args(["--max-steps", &m.to_string()]);
+        }
+        match cmd.spawn() {
+            Ok(c) => children.push(c),
+            Err(e) => {
+                stop_all(&mut children);
+                return Err(e).context(format!("starting rank {rank}"));
+            }
+        }
+    }
+    eprintln!("started {workers} ranks ({threads} threads each), rendezvous {addr}");
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, Arc::clone(&stop)).context("installing signal handlers")?;
+    }
+    let mut forwarded = false;
+    let mut done = vec![false; workers];
+    loop {
+        if stop.load(Ordering::Relaxed) && !forwarded {
+            // Each rank finishes its step, the ranks agree to stop, and they exit.
+            for c in &children {
+                let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
+            }
+            forwarded = true;
+        }
+        for (rank, c) in children.iter_mut().enumerate() {
+            if done[rank] {
+                continue;
+            }
+            if let Some(status) = c.try_wait().context("waiting for a rank")? {
+                done[rank] = true;
+                if !status.success() {
+                    stop_all(&mut children);
+                    let _ = serving.join();
+                    bail!("rank {rank} failed ({status}); stopped the other ranks");
+                }
+            }
+        }
+        if done.iter().all(|d| *d) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = serving.join();
+    Ok(())
+}
+
+/// SIGTERM to every live child, SIGKILL after a grace period, and reap them all.
+fn stop_all(children: &mut [Child]) {
+    for c in children.iter() {
+        let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for c in children.iter_mut() {
+        loop {
+            match c.try_wait() {
+                Ok(Some(_)) | Err(_) => break,
+                Ok(None) if Instant::now() > deadline => {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    break;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+}
+
+/// One rank: rendezvous, ring, FSDP training; rank 0 reports progress and writes the log.
+pub fn run_rank(a: RankArgs) -> anyhow::Result<()> {
+    let job = ResolvedJob::from_file(&a.config)?;
+    tch::set_num_threads(a.threads.max(1));
+    let secret = unhex(
+        &std::env::var(SECRET_ENV)
+            .with_context(|| format!("{SECRET_ENV} is not set (train-rank is started by `tessera train --workers`)"))?,
+    )?;
+    let auth = auth(&job, secret);
+    let listener = TcpListener::bind("127.0.0.1:0").context("binding the ring listener")?;
+    let req = JoinRequest { rank: Rank(a.rank), world: a.world, listen_addr: listener.local_addr()?, timeout: RENDEZVOUS_TIMEOUT };
+    let peers = join(a.rendezvous, &auth, &req)?;
+    let mut config = RingConfig::new(auth);
+    config.timeout = COLLECTIVE_TIMEOUT;
+    let ring = TcpRing::connect(listener, Rank(a.rank), &peers, config)?;
+
+    let cfg = four_m_config(&job.model, &job.origin)?;
+    let source = tessera_worker::data::open_job_data(&job, &cfg.all_domains())?;
+    let lens = source.dataset_lens();
+    let total = job.train.total_steps;
+    let name = job.name.clone();
+    let log_path = job.output_dir.join("train_log.jsonl");
+    if a.rank == 0 {
+        std::fs::create_dir_all(&job.output_dir).with_context(|| format!("creating {}", job.output_dir.display()))?;
+    }
+    let mut trainer = FsdpTrainer::new(job, &cfg, source, lens, ring)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, Arc::clone(&stop)).context("installing signal handlers")?;
+    }
+    let mut log = if a.rank == 0 {
+        Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log_path)
+                .with_context(|| format!("opening {}", log_path.display()))?,
+        )
+    } else {
+        None
+    };
+    let mut ran = 0;
+    while trainer.state().step < total && a.max_steps.is_none_or(|m| ran < m) {
+        let r = trainer.step()?;
+        ran += 1;
+        if let Some(log) = log.as_mut() {
+            use std::io::Write;
+            let mut line = serde_json::to_value(&r)?;
+            line["world_size"] = a.world.into();
+            writeln!(log, "{line}")?;
+            eprintln!(
+                "{name} step {}/{total}  loss {:.4}  lr {:.2e}  |g| {:.3}  {:.2}s/step ({} ranks)",
+                r.step + 1,
+                r.loss,
+                r.lr,
+                r.grad_norm,
+                r.step_s,
+                a.world
+            );
+        }
+        if trainer.agree_to_stop(stop.load(Ordering::Relaxed))? {
+            if a.rank == 0 {
+                eprintln!("interrupted at step {}", trainer.state().step);
+            }
+            break;
+        }
+    }
+    Ok(())
+}
