@@ -174,6 +174,21 @@ fn workers_train_like_one_process() {
             assert!((a - b).abs() / b.abs() < 1e-6, "{workers} workers, step {s}: {a} vs {b}");
         }
     }
+    // Resize between invocations: 3 workers stop after 2 steps (sharded checkpoint), 2 workers
+    // resume from it and finish; the losses are still those of one process.
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("job.toml"), std::fs::read_to_string(one.path().join("job.toml")).unwrap()).unwrap();
+    let job = d.path().join("job.toml").display().to_string();
+    let out = tessera(&["train", &job, "--workers", "3", "--max-steps", "2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = tessera(&["train", &job, "--workers", "2"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains("resumed at step 2"), "{err}");
+    let got = losses_of(d.path());
+    assert_eq!(got.len(), 4);
+    for (s, (a, b)) in got.iter().zip(&reference).enumerate() {
+        assert!((a - b).abs() / b.abs() < 1e-6, "resized run, step {s}: {a} vs {b}");
+    }
 }
 
 /// A rank killed with SIGKILL mid-run: the launcher stops the others, reports the rank and

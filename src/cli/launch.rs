@@ -47,6 +47,9 @@ pub struct RankArgs {
     /// Stop after this many steps.
     #[arg(long)]
     max_steps: Option<u64>,
+    /// Start from scratch even when a checkpoint exists.
+    #[arg(long)]
+    no_resume: bool,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -65,7 +68,7 @@ fn auth(job: &ResolvedJob, secret: Vec<u8>) -> JobAuth {
 }
 
 /// Runs a job on `workers` local rank processes and supervises them.
-pub fn run_local(config: &Path, job: &ResolvedJob, workers: usize, max_steps: Option<u64>) -> anyhow::Result<()> {
+pub fn run_local(config: &Path, job: &ResolvedJob, workers: usize, max_steps: Option<u64>, no_resume: bool) -> anyhow::Result<()> {
     let mut secret = vec![0u8; 32];
     rand::rng().fill_bytes(&mut secret);
     let server = RendezvousServer::bind("127.0.0.1:0", workers, auth(job, secret.clone()))?;
@@ -85,6 +88,9 @@ pub fn run_local(config: &Path, job: &ResolvedJob, workers: usize, max_steps: Op
             .env("OMP_NUM_THREADS", threads.to_string());
         if let Some(m) = max_steps {
             cmd.args(["--max-steps", &m.to_string()]);
+        }
+        if no_resume {
+            cmd.arg("--no-resume");
         }
         match cmd.spawn() {
             Ok(c) => children.push(c),
@@ -177,7 +183,14 @@ pub fn run_rank(a: RankArgs) -> anyhow::Result<()> {
     if a.rank == 0 {
         std::fs::create_dir_all(&job.output_dir).with_context(|| format!("creating {}", job.output_dir.display()))?;
     }
+    let (every, auto_resume) = (job.checkpoint.every_steps, job.checkpoint.auto_resume && !a.no_resume);
     let mut trainer = FsdpTrainer::new(job, &cfg, source, lens, ring)?;
+    if auto_resume
+        && let Some(step) = trainer.resume()?
+        && a.rank == 0
+    {
+        eprintln!("resumed at step {step} ({} ranks)", a.world);
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, Arc::clone(&stop)).context("installing signal handlers")?;
@@ -212,12 +225,25 @@ pub fn run_rank(a: RankArgs) -> anyhow::Result<()> {
                 a.world
             );
         }
-        if trainer.agree_to_stop(stop.load(Ordering::Relaxed))? {
+        let step = trainer.state().step;
+        if every > 0 && step % every == 0 && step < total {
+            let dir = trainer.save_checkpoint()?;
             if a.rank == 0 {
-                eprintln!("interrupted at step {}", trainer.state().step);
+                eprintln!("checkpoint {}", dir.display());
             }
-            break;
         }
+        if trainer.agree_to_stop(stop.load(Ordering::Relaxed))? {
+            let dir = trainer.save_checkpoint()?;
+            if a.rank == 0 {
+                eprintln!("interrupted: checkpoint {} at step {step}", dir.display());
+            }
+            return Ok(());
+        }
+    }
+    // The end of the run, or of this invocation (--max-steps): keep the progress.
+    let dir = trainer.save_checkpoint()?;
+    if a.rank == 0 {
+        eprintln!("checkpoint {} at step {}", dir.display(), trainer.state().step);
     }
     Ok(())
 }

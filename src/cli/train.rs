@@ -37,8 +37,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     let job = ResolvedJob::from_file(&a.config)?;
     anyhow::ensure!(a.workers >= 1, "--workers must be at least 1");
     if a.workers > 1 {
-        eprintln!("note: multi-worker runs do not write checkpoints yet (sharded checkpoints are in progress)");
-        return super::launch::run_local(&a.config, &job, a.workers, a.max_steps);
+        return super::launch::run_local(&a.config, &job, a.workers, a.max_steps, a.no_resume);
     }
     if job.train.threads > 0 {
         tch::set_num_threads(job.train.threads as i32);

@@ -121,12 +121,13 @@ pub fn save(root: &Path, job: &str, seed: u64, state: &TrainState, model: &Check
     Ok(final_dir)
 }
 
-fn file_entry(path: &Path) -> Result<FileEntry> {
+/// Size and checksum of a file, as recorded in manifests.
+pub(crate) fn file_entry(path: &Path) -> Result<FileEntry> {
     let (bytes, sha256) = digest(path)?;
     Ok(FileEntry { name: path.file_name().unwrap_or_default().to_string_lossy().into_owned(), bytes, sha256 })
 }
 
-fn digest(path: &Path) -> Result<(u64, String)> {
+pub(crate) fn digest(path: &Path) -> Result<(u64, String)> {
     let mut f = fs::File::open(path).map_err(io_err("opening", path))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];

@@ -9,6 +9,7 @@
 //!   (fp32 master shard + moments: optimizer state scales as 1/N).
 //! - [`tensors`]: tch ⇄ flat `Vec` helpers for the collective calls.
 
+pub mod checkpoint;
 pub mod tensors;
 pub mod trainer;
 pub mod units;

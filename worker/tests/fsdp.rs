@@ -68,15 +68,17 @@ fn single(dir: &Path) -> Run {
     (losses, params)
 }
 
-fn sharded(dir: &Path, world: usize) -> Vec<Run> {
+type Rank0Trainer = FsdpTrainer<TcpRing, tessera_worker::data::DataPipeline>;
+
+/// Runs `f` on every rank of a `world`-rank FSDP job (threads, TCP ring on loopback).
+fn on_world<T: Send + 'static>(dir: &Path, world: usize, f: impl Fn(&mut Rank0Trainer) -> T + Send + Sync + Clone + 'static) -> Vec<T> {
     let listeners: Vec<TcpListener> = (0..world).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
     let peers: Vec<_> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
     let handles: Vec<_> = listeners
         .into_iter()
         .enumerate()
         .map(|(rank, listener)| {
-            let peers = peers.clone();
-            let dir = dir.to_path_buf();
+            let (peers, dir, f) = (peers.clone(), dir.to_path_buf(), f.clone());
             std::thread::spawn(move || {
                 let mut config = RingConfig::new(JobAuth { job_id: 7, generation: 0, secret: Secret::new(b"fsdp-test-secret".to_vec()) });
                 config.timeout = Duration::from_secs(120);
@@ -85,13 +87,49 @@ fn sharded(dir: &Path, world: usize) -> Vec<Run> {
                 let cfg = four_m_config(&job.model, &job.origin).unwrap();
                 let source = open_job_data(&job, &cfg.all_domains()).unwrap();
                 let mut t = FsdpTrainer::new(job, &cfg, source, vec![200], ring).unwrap();
-                let losses: Vec<f64> = (0..STEPS).map(|_| t.step().unwrap().loss).collect();
-                let params = t.full_parameters().unwrap().into_iter().collect();
-                (losses, params)
+                f(&mut t)
             })
         })
         .collect();
     handles.into_iter().map(|h| h.join().expect("rank thread")).collect()
+}
+
+/// A checkpoint written by 3 ranks, loaded by 2 and by 1: the next step's loss equals the one
+/// the 3 ranks computed when they went on.
+#[test]
+fn checkpoint_at_3_ranks_resumes_at_2_and_1() {
+    tch::set_num_threads(1);
+    let d = tempfile::tempdir().unwrap();
+    let at3 = on_world(d.path(), 3, |t| {
+        t.step().unwrap();
+        t.step().unwrap();
+        t.save_checkpoint().unwrap();
+        t.step().unwrap().loss
+    });
+    assert!(d.path().join("out/checkpoints/step-00000002/manifest.json").is_file());
+    for world in [2, 1] {
+        let next = on_world(d.path(), world, |t| {
+            assert_eq!(t.resume().unwrap(), Some(2));
+            t.step().unwrap().loss
+        });
+        for l in next {
+            assert!((l - at3[0]).abs() / at3[0].abs() < 1e-6, "world {world}: {l} vs {}", at3[0]);
+        }
+    }
+    // A corrupted shard file makes the checkpoint invalid: nothing to resume from.
+    let shard = d.path().join("out/checkpoints/step-00000002/rank-00001-of-00003.safetensors");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 1;
+    std::fs::write(&shard, bytes).unwrap();
+    assert_eq!(on_world(d.path(), 2, |t| t.resume().unwrap()), vec![None, None]);
+}
+
+fn sharded(dir: &Path, world: usize) -> Vec<Run> {
+    on_world(dir, world, |t| {
+        let losses: Vec<f64> = (0..STEPS).map(|_| t.step().unwrap().loss).collect();
+        (losses, t.full_parameters().unwrap().into_iter().collect())
+    })
 }
 
 #[test]

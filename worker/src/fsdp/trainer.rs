@@ -15,6 +15,7 @@ use tessera_model::{AdamWConfig, Checkpoint, ForwardOptions, FourMConfig, LossTy
 use tessera_ops::{Collective, ReduceOp, shard_range};
 use tessera_tokenizers::Modality;
 
+use super::checkpoint::{self as sharded, ParamRecord, ShardTensors, ShardedManifest, UnitRecord};
 use super::tensors::{append_f32, copy_into};
 use super::units::{Unit, units_of};
 use crate::checkpoint::{Counters, TrainState};
@@ -22,20 +23,13 @@ use crate::error::{Result, WorkerError};
 use crate::source::BatchSource;
 use crate::trainer::StepReport;
 
-/// This rank's AdamW state of one unit's shard.
-struct ShardState {
-    master: Tensor,
-    exp_avg: Tensor,
-    exp_avg_sq: Tensor,
-}
-
 /// One rank of an FSDP job.
 pub struct FsdpTrainer<C: Collective, S: BatchSource> {
     job: ResolvedJob,
     model: Checkpoint,
     coll: C,
     units: Vec<Unit>,
-    shards: Vec<ShardState>,
+    shards: Vec<ShardTensors>,
     /// Updates applied per parameter, per unit (replicated: every rank agrees).
     steps: Vec<Vec<i64>>,
     ledger: SampleLedger,
@@ -76,7 +70,7 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
                 append_f32(&p.tensor, &mut flat);
             }
             let master = Tensor::from_slice(&flat[u.shard.clone()]);
-            shards.push(ShardState { exp_avg: master.zeros_like(), exp_avg_sq: master.zeros_like(), master });
+            shards.push(ShardTensors { exp_avg: master.zeros_like(), exp_avg_sq: master.zeros_like(), master });
         }
         let steps = units.iter().map(|u| vec![0; u.params.len()]).collect();
         let ledger = SampleLedger::new(job.seed, job.schedule.clone(), dataset_lens)?;
@@ -268,6 +262,116 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
             optim_s,
             step_s: t0.elapsed().as_secs_f64(),
         })
+    }
+
+    /// The flat layout as recorded in checkpoints.
+    fn unit_records(&self) -> Vec<UnitRecord> {
+        self.units
+            .iter()
+            .zip(&self.steps)
+            .map(|(u, steps)| UnitRecord {
+                name: u.name.clone(),
+                numel: u.numel,
+                params: u
+                    .params
+                    .iter()
+                    .zip(steps)
+                    .map(|(p, s)| ParamRecord { name: p.name.clone(), shape: p.tensor.size(), offset: p.offset, steps: *s })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Writes a sharded checkpoint of the current state under the job's checkpoint directory
+    /// (collective: every rank must call it at the same step) and keeps the newest
+    /// `keep_last`. Returns the committed directory.
+    pub fn save_checkpoint(&mut self) -> Result<std::path::PathBuf> {
+        let (world, rank) = (self.coll.world(), self.coll.rank().0 as usize);
+        let root = self.job.checkpoint.dir.clone();
+        let tmp = sharded::temp_dir(&root, self.state.step, mix(&[self.job.seed, world as u64]));
+        let units = self.unit_records();
+        sharded::write_shards(&tmp, rank, world, &units, &self.shards)?;
+        let r = self.coll.barrier();
+        self.comm(r)?;
+        // Rank 0 commits; the others learn the outcome so nobody goes on past a failed commit.
+        let mut ok = [1i64];
+        let mut committed = None;
+        if rank == 0 {
+            let manifest = ShardedManifest {
+                format: sharded::FORMAT.into(),
+                job: self.job.name.clone(),
+                seed: self.job.seed,
+                world,
+                state: self.state.clone(),
+                units,
+                files: Vec::new(),
+            };
+            match sharded::commit(&root, &tmp, manifest)
+                .and_then(|d| crate::checkpoint::prune(&root, self.job.checkpoint.keep_last).map(|_| d))
+            {
+                Ok(d) => committed = Some(d),
+                Err(e) => {
+                    ok[0] = 0;
+                    tracing::error!("checkpoint commit failed: {e}");
+                }
+            }
+        }
+        let r = self.coll.broadcast(&mut ok, tessera_ops::Rank(0));
+        self.comm(r)?;
+        if ok[0] == 0 {
+            return Err(WorkerError::Checkpoint {
+                path: tmp,
+                reason: format!("rank 0 could not commit the checkpoint of step {}", self.state.step),
+            });
+        }
+        Ok(committed.unwrap_or_else(|| root.join(crate::checkpoint::dir_name(self.state.step))))
+    }
+
+    /// Resumes every rank from the newest valid sharded checkpoint (rank 0 chooses, all load
+    /// it resharded to this world size). Collective. Returns the step resumed at, if any.
+    pub fn resume(&mut self) -> Result<Option<u64>> {
+        let (world, rank) = (self.coll.world(), self.coll.rank().0 as usize);
+        let root = self.job.checkpoint.dir.clone();
+        let mut chosen = [-1i64];
+        if rank == 0 {
+            let (found, rejected) = sharded::latest_valid(&root)?;
+            for r in rejected {
+                tracing::warn!("skipping checkpoint: {r}");
+            }
+            if let Some((_, m)) = found {
+                chosen[0] = m.state.step as i64;
+            }
+        }
+        let r = self.coll.broadcast(&mut chosen, tessera_ops::Rank(0));
+        self.comm(r)?;
+        if chosen[0] < 0 {
+            return Ok(None);
+        }
+        let dir = root.join(crate::checkpoint::dir_name(chosen[0] as u64));
+        let m = sharded::verify(&dir)?;
+        if m.seed != self.job.seed {
+            return Err(WorkerError::Checkpoint {
+                path: dir,
+                reason: format!("written with seed {}, the job has seed {}", m.seed, self.job.seed),
+            });
+        }
+        let mine = self.unit_records();
+        let layout = |us: &[UnitRecord]| {
+            us.iter()
+                .map(|u| {
+                    (u.name.clone(), u.numel, u.params.iter().map(|p| (p.name.clone(), p.shape.clone(), p.offset)).collect::<Vec<_>>())
+                })
+                .collect::<Vec<_>>()
+        };
+        if layout(&m.units) != layout(&mine) {
+            return Err(WorkerError::Checkpoint { path: dir, reason: "its parameter layout does not match this job's model".into() });
+        }
+        self.shards = sharded::load_shards(&dir, &m, rank, world)?;
+        self.steps = m.units.iter().map(|u| u.params.iter().map(|p| p.steps).collect()).collect();
+        self.ledger = SampleLedger::new(self.job.seed, m.state.schedule.clone(), self.ledger.dataset_lens().to_vec())?;
+        self.source.set_ledger(&self.ledger);
+        self.state = m.state;
+        Ok(Some(self.state.step))
     }
 
     /// True on every rank when any rank asks to stop (e.g. got SIGTERM): ranks must leave the

@@ -1,0 +1,184 @@
+//! Sharded checkpoints of an FSDP job: every rank writes its shards of every unit (fp32 master
+//! and AdamW moments) to `rank-RRRRR-of-WWWWW.safetensors`; rank 0 writes the manifest (global
+//! unit sizes, parameter names/shapes/offsets/update counts, files and checksums) once every
+//! shard is durable, then commits the directory by renaming it. Any world size can load it:
+//! each new rank reads the overlapping pieces of the old shards
+//! ([`tessera_ops::shard_range`] gives both layouts).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tch::Tensor;
+use tessera_model::io;
+use tessera_ops::shard_range;
+
+use crate::checkpoint::{FileEntry, TrainState, digest, dir_name, file_entry};
+use crate::error::{Result, WorkerError, io_err};
+
+/// Manifest format tag of sharded checkpoints.
+pub const FORMAT: &str = "tessera-sharded-checkpoint/1";
+/// Manifest file name.
+pub const MANIFEST: &str = "manifest.json";
+
+/// One parameter of a unit, as recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParamRecord {
+    /// ml-4m state-dict name.
+    pub name: String,
+    /// Shape.
+    pub shape: Vec<i64>,
+    /// Offset in the unit's flat vector.
+    pub offset: usize,
+    /// AdamW updates applied so far.
+    pub steps: i64,
+}
+
+/// One unit, as recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnitRecord {
+    /// Unit name (`encoder.0`, …, `rest`).
+    pub name: String,
+    /// Elements of its flat vector.
+    pub numel: usize,
+    /// Its parameters.
+    pub params: Vec<ParamRecord>,
+}
+
+/// The manifest of a sharded checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardedManifest {
+    /// [`FORMAT`].
+    pub format: String,
+    /// Job name.
+    pub job: String,
+    /// Job seed.
+    pub seed: u64,
+    /// World size that wrote it.
+    pub world: usize,
+    /// Training position.
+    pub state: TrainState,
+    /// Flat layout.
+    pub units: Vec<UnitRecord>,
+    /// Shard files (one per rank) with checksums.
+    pub files: Vec<FileEntry>,
+}
+
+/// A rank's tensors of one unit: master weights and the two moments.
+#[derive(Debug)]
+pub struct ShardTensors {
+    /// fp32 master shard.
+    pub master: Tensor,
+    /// First moment.
+    pub exp_avg: Tensor,
+    /// Second moment.
+    pub exp_avg_sq: Tensor,
+}
+
+/// Name of rank `rank`'s shard file in a world of `world`.
+pub fn shard_file(rank: usize, world: usize) -> String {
+    format!("rank-{rank:05}-of-{world:05}.safetensors")
+}
+
+/// The temp directory all ranks write into before the commit.
+pub fn temp_dir(root: &Path, step: u64, job_id: u64) -> PathBuf {
+    root.join(format!(".{}.tmp-{job_id:016x}", dir_name(step)))
+}
+
+/// Phase 1 (every rank): writes this rank's shards into `tmp` (fsynced by the atomic write).
+pub fn write_shards(tmp: &Path, rank: usize, world: usize, units: &[UnitRecord], shards: &[ShardTensors]) -> Result<()> {
+    fs::create_dir_all(tmp).map_err(io_err("creating", tmp))?;
+    let mut named = Vec::with_capacity(3 * shards.len());
+    for (u, s) in units.iter().zip(shards) {
+        named.push((format!("{}.master", u.name), s.master.shallow_clone()));
+        named.push((format!("{}.exp_avg", u.name), s.exp_avg.shallow_clone()));
+        named.push((format!("{}.exp_avg_sq", u.name), s.exp_avg_sq.shallow_clone()));
+    }
+    io::write(&tmp.join(shard_file(rank, world)), &named, &Default::default())?;
+    Ok(())
+}
+
+/// Phase 2 (rank 0, after every rank finished phase 1): checksums the shards, writes the
+/// manifest and commits the directory; returns its final path.
+pub fn commit(root: &Path, tmp: &Path, mut manifest: ShardedManifest) -> Result<PathBuf> {
+    manifest.files = (0..manifest.world).map(|r| file_entry(&tmp.join(shard_file(r, manifest.world)))).collect::<Result<_>>()?;
+    let json = serde_json::to_vec_pretty(&manifest).expect("a manifest serialises");
+    io::write_atomic(&tmp.join(MANIFEST), &json)?;
+    let dir = root.join(dir_name(manifest.state.step));
+    if dir.exists() {
+        fs::remove_dir_all(&dir).map_err(io_err("replacing", &dir))?;
+    }
+    fs::rename(tmp, &dir).map_err(io_err("renaming into place", &dir))?;
+    if let Ok(d) = fs::File::open(root) {
+        let _ = d.sync_all();
+    }
+    Ok(dir)
+}
+
+/// Reads and verifies a sharded checkpoint's manifest and files.
+pub fn verify(dir: &Path) -> Result<ShardedManifest> {
+    let bad = |reason: String| WorkerError::Checkpoint { path: dir.to_path_buf(), reason };
+    let text = fs::read(dir.join(MANIFEST)).map_err(|e| bad(format!("no readable {MANIFEST}: {e}")))?;
+    let m: ShardedManifest = serde_json::from_slice(&text).map_err(|e| bad(format!("{MANIFEST}: {e}")))?;
+    if m.format != FORMAT {
+        return Err(bad(format!("format '{}' (expected '{FORMAT}')", m.format)));
+    }
+    if m.files.len() != m.world {
+        return Err(bad(format!("{} shard files for a world of {}", m.files.len(), m.world)));
+    }
+    for f in &m.files {
+        let (bytes, sha) = digest(&dir.join(&f.name)).map_err(|e| bad(e.to_string()))?;
+        if bytes != f.bytes || sha != f.sha256 {
+            return Err(bad(format!("{}: {bytes} bytes, sha256 {sha}; manifest says {} bytes, {}", f.name, f.bytes, f.sha256)));
+        }
+    }
+    Ok(m)
+}
+
+/// The newest sharded checkpoint under `root` that verifies, and why newer ones were skipped.
+pub fn latest_valid(root: &Path) -> Result<(Option<(PathBuf, ShardedManifest)>, Vec<String>)> {
+    let mut rejected = Vec::new();
+    for (_, dir) in crate::checkpoint::list(root)? {
+        match verify(&dir) {
+            Ok(m) => return Ok((Some((dir, m)), rejected)),
+            Err(e) => rejected.push(e.to_string()),
+        }
+    }
+    Ok((None, rejected))
+}
+
+/// Rank `rank` of `world`'s shards of every unit, assembled from a checkpoint written at any
+/// world size: the overlap of the new shard range with each old rank's range is copied.
+pub fn load_shards(dir: &Path, m: &ShardedManifest, rank: usize, world: usize) -> Result<Vec<ShardTensors>> {
+    let bad = |reason: String| WorkerError::Checkpoint { path: dir.to_path_buf(), reason };
+    let mut files: Vec<Option<std::collections::BTreeMap<String, Tensor>>> = (0..m.world).map(|_| None).collect();
+    let mut out = Vec::with_capacity(m.units.len());
+    for u in &m.units {
+        let want = shard_range(u.numel, world, rank);
+        let parts: [Tensor; 3] = std::array::from_fn(|_| Tensor::zeros([want.len() as i64], (tch::Kind::Float, tch::Device::Cpu)));
+        for old in 0..m.world {
+            let have = shard_range(u.numel, m.world, old);
+            let (lo, hi) = (want.start.max(have.start), want.end.min(have.end));
+            if lo >= hi {
+                continue;
+            }
+            if files[old].is_none() {
+                let path = dir.join(shard_file(old, m.world));
+                files[old] = Some(io::read(&path)?.0.into_iter().collect());
+            }
+            let file = files[old].as_ref().expect("just loaded");
+            for (k, what) in ["master", "exp_avg", "exp_avg_sq"].iter().enumerate() {
+                let key = format!("{}.{what}", u.name);
+                let src = file.get(&key).ok_or_else(|| bad(format!("{}: missing '{key}'", shard_file(old, m.world))))?;
+                if src.numel() != have.len() {
+                    return Err(bad(format!("'{key}' of rank {old} has {} elements, expected {}", src.numel(), have.len())));
+                }
+                let piece = src.narrow(0, (lo - have.start) as i64, (hi - lo) as i64);
+                parts[k].narrow(0, (lo - want.start) as i64, (hi - lo) as i64).copy_(&piece);
+            }
+        }
+        let [master, exp_avg, exp_avg_sq] = parts;
+        out.push(ShardTensors { master, exp_avg, exp_avg_sq });
+    }
+    Ok(out)
+}
