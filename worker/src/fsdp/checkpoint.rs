@@ -135,8 +135,11 @@ pub fn verify(dir: &Path) -> Result<ShardedManifest> {
     Ok(m)
 }
 
+/// A sharded checkpoint that verified.
+pub type FoundCheckpoint = (PathBuf, ShardedManifest);
+
 /// The newest sharded checkpoint under `root` that verifies, and why newer ones were skipped.
-pub fn latest_valid(root: &Path) -> Result<(Option<(PathBuf, ShardedManifest)>, Vec<String>)> {
+pub fn latest_valid(root: &Path) -> Result<(Option<FoundCheckpoint>, Vec<String>)> {
     let mut rejected = Vec::new();
     for (_, dir) in crate::checkpoint::list(root)? {
         match verify(&dir) {
@@ -156,17 +159,17 @@ pub fn load_shards(dir: &Path, m: &ShardedManifest, rank: usize, world: usize) -
     for u in &m.units {
         let want = shard_range(u.numel, world, rank);
         let parts: [Tensor; 3] = std::array::from_fn(|_| Tensor::zeros([want.len() as i64], (tch::Kind::Float, tch::Device::Cpu)));
-        for old in 0..m.world {
+        for (old, cached) in files.iter_mut().enumerate() {
             let have = shard_range(u.numel, m.world, old);
             let (lo, hi) = (want.start.max(have.start), want.end.min(have.end));
             if lo >= hi {
                 continue;
             }
-            if files[old].is_none() {
+            if cached.is_none() {
                 let path = dir.join(shard_file(old, m.world));
-                files[old] = Some(io::read(&path)?.0.into_iter().collect());
+                *cached = Some(io::read(&path)?.0.into_iter().collect());
             }
-            let file = files[old].as_ref().expect("just loaded");
+            let file = cached.as_ref().expect("just loaded");
             for (k, what) in ["master", "exp_avg", "exp_avg_sq"].iter().enumerate() {
                 let key = format!("{}.{what}", u.name);
                 let src = file.get(&key).ok_or_else(|| bad(format!("{}: missing '{key}'", shard_file(old, m.world))))?;
