@@ -138,6 +138,7 @@ fn member_renaming_follows_ml4m() {
     // Without brackets the members keep their suffix as the name (ml-4m's modality None).
     let plain = ShardDataset::open(&format!("{}/tok_rgb/0.tar", r.display()), &map).unwrap();
     assert_eq!(plain.member_names(), ["npy"]);
+    assert_eq!(plain.read(0).unwrap().members["npy"].ext, "npy", "decodes like wds_decoder's key == 'npy'");
     // Two folders giving the same modality name is an error, not a silent overwrite.
     write_tar(&r.join("det/0.tar"), &[("k1.json", b"{}"), ("k2.json", b"{}")]);
     let e = ShardDataset::open(&format!("{}/[named,det]/0.tar", r.display()), &map).unwrap_err().to_string();

@@ -352,6 +352,8 @@ fn member_name(folder: Option<&str>, k: &str, multi: bool, name_map: &NameMap) -
 }
 
 /// `(name, ext)` like ml-4m's `remove_ext_with_gz` (`caption.json.gz` → `caption`, `json.gz`).
+/// A name without a dot (members of a tar opened without `[...]`, e.g. `npy`) is also its own
+/// extension, so it decodes the way ml-4m's `wds_decoder` does (`key == "npy"`).
 fn split_ext(full: &str) -> (String, String) {
     let (stem, gz) = match full.strip_suffix(".gz") {
         Some(s) => (s, ".gz"),
@@ -359,7 +361,8 @@ fn split_ext(full: &str) -> (String, String) {
     };
     match stem.rfind('.') {
         Some(i) if i > 0 => (stem[..i].to_string(), format!("{}{gz}", &stem[i + 1..])),
-        _ => (stem.to_string(), gz.trim_start_matches('.').to_string()),
+        _ if gz.is_empty() => (stem.to_string(), stem.to_string()),
+        _ => (stem.to_string(), "gz".to_string()),
     }
 }
 
@@ -379,6 +382,7 @@ mod tests {
         assert_eq!(member_name(None, "jpg", false, &map), "jpg");
         assert_eq!(split_ext("tok_rgb@224.npy"), ("tok_rgb@224".into(), "npy".into()));
         assert_eq!(split_ext("caption.json.gz"), ("caption".into(), "json.gz".into()));
-        assert_eq!(split_ext("jpg"), ("jpg".into(), "".into()));
+        assert_eq!(split_ext("jpg"), ("jpg".into(), "jpg".into()));
+        assert_eq!(split_ext("x.gz"), ("x".into(), "gz".into()));
     }
 }
