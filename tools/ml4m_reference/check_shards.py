@@ -92,7 +92,29 @@ def main():
     for pat in (f"{py}/[named,multi,plain]/s-0.tar", f"{py}/[plain]/s-0.tar", f"{py}/plain/s-0.tar"):
         check(f"python tars {os.path.relpath(pat, work)}", ml4m_records(env, pat, {"plain": "tok_x@224"}), tessera_records(tool, pat, {"plain": "tok_x@224"}))
 
-    # 3. Brace expansion.
+    # 3. The fixture's members load with numpy, Pillow and json (what ml-4m's decoder does).
+    import numpy as np
+    from PIL import Image
+    n = 0
+    for url in braceexpand.braceexpand(pattern.replace("[", "{").replace("]", "}")):
+        for s in wds.tarfile_samples([{"url": url}]):
+            for k, v in s.items():
+                if k.endswith("npy"):
+                    a = np.load(io.BytesIO(v))
+                    ok = (a.dtype == np.int16 and a.shape == (2, 196)) if "tok_rgb" in url else (a.dtype == np.int64 and a.shape == (2, 5))
+                elif k.endswith("png"):
+                    ok = Image.open(io.BytesIO(v)).convert("RGB").size == (40, 32)
+                elif k.endswith("json"):
+                    ok = json.loads(v) is not None
+                else:
+                    ok = k.startswith("__")
+                if not ok:
+                    print(f"MISMATCH python cannot load {url} {s['__key__']} {k}")
+                    sys.exit(1)
+                n += 1
+    print(f"ok  fixture members load in numpy/Pillow/json ({n} items)")
+
+    # 4. Brace expansion.
     for pat in ("s-{00000..00011}.tar", "{a,b}{1..3}", "x{0..10..3}y", "{10..7}", "{a,{b,c}d}e", "{-2..2}", "{08..11}", "{a..e..2}"):
         want = list(braceexpand.braceexpand(pat))
         got = subprocess.run([tool, "expand", pat], check=True, capture_output=True, text=True).stdout.splitlines()
