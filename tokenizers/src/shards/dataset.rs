@@ -13,6 +13,9 @@
 //! - the final name is split like ml-4m's `remove_extensions` (`.gz` aware):
 //!   `tok_rgb@224.npy` → modality `tok_rgb@224`, extension `npy`.
 //!
+//! `tools/ml4m_reference/check_shards.py` runs ml-4m's own `multi_tarfile_samples` (with
+//! webdataset) next to this reader on the same tars and compares every record's key and members.
+//!
 //! Deliberate differences: ml-4m `zip`s the per-folder iterators and silently stops at the
 //! shortest shard, and lets a later folder overwrite an earlier member of the same name; both
 //! are errors here because they hide broken data.
