@@ -1,6 +1,7 @@
 //! Shard loader throughput: generates an ml-4m-layout dataset in a temp dir (tok_rgb int16
 //! (4,196) .npy, crop_settings, caption/det/metadata JSON, 64x64 PNG rgb), then times the index
-//! build and random-access reads in a seeded permutation order with 1 and 2 decode threads.
+//! build and random-access reads in a seeded permutation order with 1 and 2 decode threads;
+//! then a C4-style JSON-lines corpus (index build, random-access reads).
 //!
 //! Run: `cargo bench -p tessera-tokenizers --bench shards`. Environment knobs:
 //! `SHARDS_BENCH_SAMPLES` (default 4000), `SHARDS_BENCH_REPEATS` (default 5), and
@@ -13,7 +14,8 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use tessera_tokenizers::shards::{
-    Decoded, FixtureSpec, ParallelReader, ResizeFilter, ShardDataset, TokenArray, crop_settings_from_array, rgb_transform, write_fixture,
+    Decoded, FixtureSpec, ParallelReader, ResizeFilter, ShardDataset, TextCorpus, TextFormat, TokenArray, crop_settings_from_array,
+    rgb_transform, write_fixture,
 };
 
 fn env_or(name: &str, default: &str) -> String {
@@ -109,6 +111,45 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let full = time(&|i| full_sample(&ds, i))?;
         println!("| {t} | {read:.0} | {decode:.0} | {full:.0} |");
     }
+    text_corpus(dir.path(), repeats)
+}
+
+/// C4-style JSON lines: index build and random-access reads (one thread).
+fn text_corpus(dir: &std::path::Path, repeats: usize) -> Result<(), Box<dyn std::error::Error>> {
+    use std::io::Write;
+    let n_docs = 20_000;
+    for f in 0..2 {
+        let mut w = std::io::BufWriter::new(std::fs::File::create(dir.join(format!("c4-{f}.json")))?);
+        for d in 0..n_docs / 2 {
+            let text = format!("document {f}-{d} ").repeat(1 + d % 60);
+            writeln!(w, "{}", serde_json::json!({ "text": text, "timestamp": "2019-04-25T12:57:54Z", "url": "https://example.com" }))?;
+        }
+    }
+    let pattern = format!("{}/c4-{{0..1}}.json", dir.display());
+    let mut build = Vec::new();
+    let mut corpus = None;
+    for _ in 0..repeats {
+        let t = Instant::now();
+        corpus = Some(TextCorpus::open(&pattern, TextFormat::c4())?);
+        build.push(t.elapsed());
+    }
+    let corpus = corpus.ok_or("no repeats")?;
+    let mut order: Vec<usize> = (0..corpus.len()).collect();
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(1));
+    let mut reads = Vec::new();
+    for _ in 0..repeats {
+        let t = Instant::now();
+        for &i in &order {
+            std::hint::black_box(corpus.read(i)?);
+        }
+        reads.push(t.elapsed());
+    }
+    println!(
+        "\ntext corpus ({} JSON lines, 2 files): index build median {:.1} ms; random-access read + parse, 1 thread: {:.0} docs/s",
+        corpus.len(),
+        median(build).as_secs_f64() * 1e3,
+        corpus.len() as f64 / median(reads).as_secs_f64()
+    );
     Ok(())
 }
 

@@ -138,6 +138,7 @@ fn member_renaming_follows_ml4m() {
     // Without brackets the members keep their suffix as the name (ml-4m's modality None).
     let plain = ShardDataset::open(&format!("{}/tok_rgb/0.tar", r.display()), &map).unwrap();
     assert_eq!(plain.member_names(), ["npy"]);
+    assert_eq!(plain.read(0).unwrap().members["npy"].ext, "npy", "decodes like wds_decoder's key == 'npy'");
     // Two folders giving the same modality name is an error, not a silent overwrite.
     write_tar(&r.join("det/0.tar"), &[("k1.json", b"{}"), ("k2.json", b"{}")]);
     let e = ShardDataset::open(&format!("{}/[named,det]/0.tar", r.display()), &map).unwrap_err().to_string();
@@ -416,4 +417,43 @@ fn jpeg_decodes_close_to_pillow() {
     // Different IDCT/upsampling than libjpeg: a few levels apart at most, never a shifted image.
     let worst = img.data.iter().zip(&want).map(|(&a, &b)| (i32::from(a) - b).abs()).max().unwrap();
     assert!(worst <= 6, "max |rust - pillow| = {worst}");
+}
+
+#[test]
+fn corrupted_shards_give_errors_not_panics() {
+    use rand::{Rng, SeedableRng};
+    let dir = tempfile::tempdir().unwrap();
+    let spec = FixtureSpec { shards: 1, samples_per_shard: 3, ..small_spec() };
+    let fx = write_fixture(dir.path(), &spec).unwrap();
+    let path = |f: &str| dir.path().join(f).join("shard-00000.tar");
+    let originals: Vec<Vec<u8>> = FIXTURE_FOLDERS.iter().map(|f| std::fs::read(path(f)).unwrap()).collect();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    let (mut opened, mut failed_reads) = (0, 0);
+    for round in 0..180 {
+        let folder = round % FIXTURE_FOLDERS.len();
+        let mut bytes = originals[folder].clone();
+        match round % 3 {
+            0 => bytes.truncate(rng.random_range(0..bytes.len())),
+            // Flips anywhere hit headers (checksum errors) ...
+            1 => (0..rng.random_range(1..8)).for_each(|_| {
+                let i = rng.random_range(0..bytes.len());
+                bytes[i] = rng.random();
+            }),
+            // ... flips after the first header mostly hit member data, which the decoders see.
+            _ => (0..rng.random_range(1..4)).for_each(|_| {
+                let i = rng.random_range(512..bytes.len());
+                bytes[i] ^= 1 << rng.random_range(0..8);
+            }),
+        }
+        std::fs::write(path(FIXTURE_FOLDERS[folder]), &bytes).unwrap();
+        if let Ok(ds) = ShardDataset::open(&fx.pattern, &fx.name_map) {
+            opened += 1;
+            for i in 0..ds.len() {
+                failed_reads += usize::from(ds.read(i).and_then(|r| r.decode()).is_err());
+            }
+        }
+        std::fs::write(path(FIXTURE_FOLDERS[folder]), &originals[folder]).unwrap();
+    }
+    // Both paths were exercised: some damage is caught by the index, some only by decoding.
+    assert!(opened > 10 && failed_reads >= 5, "opened {opened}, failed reads {failed_reads}");
 }

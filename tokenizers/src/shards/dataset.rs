@@ -13,6 +13,9 @@
 //! - the final name is split like ml-4m's `remove_extensions` (`.gz` aware):
 //!   `tok_rgb@224.npy` → modality `tok_rgb@224`, extension `npy`.
 //!
+//! `tools/ml4m_reference/check_shards.py` runs ml-4m's own `multi_tarfile_samples` (with
+//! webdataset) next to this reader on the same tars and compares every record's key and members.
+//!
 //! Deliberate differences: ml-4m `zip`s the per-folder iterators and silently stops at the
 //! shortest shard, and lets a later folder overwrite an earlier member of the same name; both
 //! are errors here because they hide broken data.
@@ -352,6 +355,8 @@ fn member_name(folder: Option<&str>, k: &str, multi: bool, name_map: &NameMap) -
 }
 
 /// `(name, ext)` like ml-4m's `remove_ext_with_gz` (`caption.json.gz` → `caption`, `json.gz`).
+/// A name without a dot (members of a tar opened without `[...]`, e.g. `npy`) is also its own
+/// extension, so it decodes the way ml-4m's `wds_decoder` does (`key == "npy"`).
 fn split_ext(full: &str) -> (String, String) {
     let (stem, gz) = match full.strip_suffix(".gz") {
         Some(s) => (s, ".gz"),
@@ -359,7 +364,8 @@ fn split_ext(full: &str) -> (String, String) {
     };
     match stem.rfind('.') {
         Some(i) if i > 0 => (stem[..i].to_string(), format!("{}{gz}", &stem[i + 1..])),
-        _ => (stem.to_string(), gz.trim_start_matches('.').to_string()),
+        _ if gz.is_empty() => (stem.to_string(), stem.to_string()),
+        _ => (stem.to_string(), "gz".to_string()),
     }
 }
 
@@ -379,6 +385,7 @@ mod tests {
         assert_eq!(member_name(None, "jpg", false, &map), "jpg");
         assert_eq!(split_ext("tok_rgb@224.npy"), ("tok_rgb@224".into(), "npy".into()));
         assert_eq!(split_ext("caption.json.gz"), ("caption".into(), "json.gz".into()));
-        assert_eq!(split_ext("jpg"), ("jpg".into(), "".into()));
+        assert_eq!(split_ext("jpg"), ("jpg".into(), "jpg".into()));
+        assert_eq!(split_ext("x.gz"), ("x".into(), "gz".into()));
     }
 }

@@ -31,16 +31,21 @@ pub fn expand_shard_pattern(pattern: &str) -> Result<Vec<FolderShards>> {
     let (folders, template) = split_brackets(pattern).map_err(err)?;
     let out: Vec<FolderShards> = match folders {
         None => vec![FolderShards { folder: None, shards: expand_paths(pattern)? }],
-        Some(folders) => folders
-            .into_iter()
-            .map(|f| {
-                let concrete = template.replacen(FOLDER_SLOT, &escape(&f), 1);
-                Ok(FolderShards {
-                    shards: expand_paths(&concrete).map_err(|_| err(format!("folder '{f}' breaks the braces")))?,
+        Some(folders) => {
+            // Expand the shard braces once with a placeholder for the folder, then substitute:
+            // every folder gets the same shard list, and brace errors cite the real pattern.
+            let expanded = brace_expand(&template).map_err(|e| match e {
+                Error::Pattern { reason, .. } => err(reason),
+                other => other,
+            })?;
+            folders
+                .into_iter()
+                .map(|f| FolderShards {
+                    shards: expanded.iter().map(|t| PathBuf::from(t.replacen(FOLDER_SLOT, &f, 1))).collect(),
                     folder: Some(f),
                 })
-            })
-            .collect::<Result<_>>()?,
+                .collect()
+        }
     };
     if out.iter().any(|f| f.shards.is_empty()) {
         return Err(Error::Pattern { pattern: pattern.to_string(), reason: "expands to no shard".into() });
@@ -96,10 +101,6 @@ fn split_brackets(pattern: &str) -> std::result::Result<(Option<Vec<String>>, St
         return Err(format!("folder '{dup}' is listed twice"));
     }
     Ok((Some(folders), format!("{}{FOLDER_SLOT}{rest}", &pattern[..open])))
-}
-
-fn escape(s: &str) -> String {
-    s.chars().flat_map(|c| if matches!(c, '{' | '}' | ',' | '\\') { vec!['\\', c] } else { vec![c] }).collect()
 }
 
 struct Parser<'a> {
@@ -205,7 +206,7 @@ fn int_range(a: &str, b: &str, step: Option<&str>) -> Option<Option<Vec<String>>
     let step = parse_step(step)?;
     let padded = [a, b].iter().any(|s| *s != "0" && *s != "-0" && (s.starts_with('0') || s.starts_with("-0")));
     let width = if padded { a.len().max(b.len()) } else { 0 };
-    if (y - x).unsigned_abs() / step.unsigned_abs() >= MAX_EXPANSION as u64 {
+    if (i128::from(y) - i128::from(x)).unsigned_abs() / u128::from(step.unsigned_abs()) >= MAX_EXPANSION as u128 {
         return Some(None);
     }
     let values: Vec<i64> = if x <= y { (x..=y).step_by(step as usize).collect() } else { (y..=x).rev().step_by(step as usize).collect() };
@@ -251,7 +252,7 @@ mod tests {
 
     #[test]
     fn malformed_patterns_are_errors() {
-        for bad in ["a{b,c", "a}b", "{x}", "{1..}", "a\\", "{0..99999999999}"] {
+        for bad in ["a{b,c", "a}b", "{x}", "{1..}", "a\\", "{0..99999999999}", "{-9223372036854775808..9223372036854775807}"] {
             let e = brace_expand(bad).unwrap_err().to_string();
             assert!(e.contains(bad), "{bad}: {e}");
         }
@@ -268,6 +269,8 @@ mod tests {
         assert_eq!(f[1].shards, [PathBuf::from("/d/tok_rgb@224/shard-0.tar"), PathBuf::from("/d/tok_rgb@224/shard-1.tar")]);
         let single = expand_shard_pattern("/d/[rgb]/s.tar").unwrap();
         assert_eq!(single[0].folder.as_deref(), Some("rgb"));
+        let e = expand_shard_pattern("/d/[a,b]/s-{0..1.tar").unwrap_err().to_string();
+        assert!(e.contains("/d/[a,b]/s-{0..1.tar") && e.contains("unmatched '{'"), "{e}");
         let none = expand_shard_pattern("/d/{a,b}.tar").unwrap();
         assert_eq!(none[0].folder, None);
         assert_eq!(none[0].shards.len(), 2);

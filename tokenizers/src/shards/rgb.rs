@@ -158,13 +158,14 @@ pub fn crop(img: &Rgb8Image, c: &CropSetting) -> Result<Rgb8Image> {
     let (w, h) = (c.width as usize, c.height as usize);
     let mut out = vec![0u8; w * h * 3];
     for y in 0..h {
-        let sy = c.top + y as i64;
+        // Saturating arithmetic: crop settings come from files and may hold any i64.
+        let sy = c.top.saturating_add(y as i64);
         if sy < 0 || sy >= img.height as i64 {
             continue;
         }
         // Clip the source span of this row once instead of testing every pixel.
-        let x0 = (-c.left).clamp(0, w as i64) as usize;
-        let x1 = (img.width as i64 - c.left).clamp(0, w as i64) as usize;
+        let x0 = c.left.saturating_neg().clamp(0, w as i64) as usize;
+        let x1 = (img.width as i64).saturating_sub(c.left).clamp(0, w as i64) as usize;
         if x0 >= x1 {
             continue;
         }
@@ -291,6 +292,8 @@ pub fn to_normalized_chw(img: &Rgb8Image, mean: [f32; 3], std: [f32; 3]) -> ChwI
 }
 
 /// ml-4m's RGB path for one crop: crop → resize to `side`×`side` → flip → ImageNet-normalised CHW.
+/// (ml-4m passes `(height, width)` where PIL expects `(width, height)`; with a square side the
+/// swap is harmless.)
 pub fn rgb_transform(img: &Rgb8Image, c: &CropSetting, side: usize, filter: ResizeFilter) -> Result<ChwImage> {
     let cropped = crop(img, c)?;
     let resized = resize(&cropped, side, side, filter)?;
@@ -328,5 +331,7 @@ mod tests {
         assert_eq!(c.data, [0, 0, 0, 1, 2, 3, 0, 0, 0, 0, 0, 0]);
         assert_eq!(hflip(&img).data, [4, 5, 6, 1, 2, 3]);
         assert!(crop(&img, &CropSetting { top: 0, left: 0, height: 0, width: 1, hflip: false }).is_err());
+        let far = crop(&img, &CropSetting { top: i64::MAX, left: i64::MIN, height: 1, width: 2, hflip: false }).unwrap();
+        assert_eq!(far.data, [0; 6]);
     }
 }
