@@ -201,7 +201,13 @@ impl FourM {
     /// The decoder's context from the encoder output: norm, projection, plus the encoder's
     /// positional/modality embeddings again (ml-4m).
     pub fn stage_context(&self, x: &Tensor, staged: &Staged) -> Tensor {
-        self.decoder_proj_context.forward(&self.encoder_norm.forward(x)) + &staged.enc.emb
+        self.stage_context_with(x, &staged.enc.emb)
+    }
+
+    /// [`FourM::stage_context`] with the encoder embeddings given explicitly (a caller that
+    /// cuts the graph at stage boundaries passes a detached copy, see [`Staged::encoder_emb`]).
+    pub fn stage_context_with(&self, x: &Tensor, encoder_emb: &Tensor) -> Tensor {
+        self.decoder_proj_context.forward(&self.encoder_norm.forward(x)) + encoder_emb
     }
 
     /// Decoder block `j` on `y` (B, M, D) attending to `context`.
@@ -434,6 +440,11 @@ impl Staged {
     /// The encoder stack's input: selected token embeddings plus positional/modality embeddings.
     pub fn encoder_input(&self) -> Tensor {
         &self.enc.tokens + &self.enc.emb
+    }
+
+    /// The encoder's positional + modality embeddings, re-added to form the decoder context.
+    pub fn encoder_emb(&self) -> Tensor {
+        self.enc.emb.shallow_clone()
     }
 
     /// The decoder stack's input: mask tokens / shifted sequence embeddings plus embeddings.

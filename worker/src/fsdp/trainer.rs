@@ -16,7 +16,7 @@ use tessera_ops::{Collective, ReduceOp, shard_range};
 use tessera_tokenizers::Modality;
 
 use super::checkpoint::{self as sharded, ParamRecord, ShardTensors, ShardedManifest, UnitRecord};
-use super::tensors::{append_f32, copy_into};
+use super::tensors::append_f32;
 use super::units::{Unit, units_of};
 use crate::checkpoint::{Counters, TrainState};
 use crate::error::{Result, WorkerError};
@@ -29,6 +29,9 @@ pub struct FsdpTrainer<C: Collective, S: BatchSource> {
     model: Checkpoint,
     coll: C,
     units: Vec<Unit>,
+    /// Per unit: holds its parameters only to reset their gradients to undefined (PyTorch's
+    /// `set_to_none`), which frees them and keeps "no gradient" distinguishable from zero.
+    grad_resets: Vec<tch::COptimizer>,
     shards: Vec<ShardTensors>,
     /// Updates applied per parameter, per unit (replicated: every rank agrees).
     steps: Vec<Vec<i64>>,
@@ -73,6 +76,14 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
             shards.push(ShardTensors { exp_avg: master.zeros_like(), exp_avg_sq: master.zeros_like(), master });
         }
         let steps = units.iter().map(|u| vec![0; u.params.len()]).collect();
+        let mut grad_resets = Vec::with_capacity(units.len());
+        for u in &units {
+            let mut opt = tch::COptimizer::sgd(0.0, 0.0, 0.0, 0.0, false)?;
+            for p in &u.params {
+                opt.add_parameters(&p.tensor, 0)?;
+            }
+            grad_resets.push(opt);
+        }
         let ledger = SampleLedger::new(job.seed, job.schedule.clone(), dataset_lens)?;
         let state = TrainState { step: 0, next_sample_index: 0, schedule: job.schedule.clone(), counters: Counters::default() };
         let t = &job.train;
@@ -89,26 +100,167 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
         };
         let outputs = cfg.domains_out.clone();
         let skipped = source.skipped_counter();
-        Ok(Self { job, model, coll, units, shards, steps, ledger, source, state, fwd, outputs, skipped })
+        let mut me = Self { job, model, coll, units, grad_resets, shards, steps, ledger, source, state, fwd, outputs, skipped };
+        // Only the shards stay resident; block units are gathered when used.
+        for ui in 0..me.units.len() {
+            if me.units[ui].name != "rest" {
+                me.free_unit(ui)?;
+            }
+        }
+        Ok(me)
     }
 
     fn comm<T>(&self, r: tessera_ops::Result<T>) -> Result<T> {
         r.map_err(|e| WorkerError::Training { step: self.state.step, reason: format!("rank {}: {e}", self.coll.rank().0) })
     }
 
-    /// All-gathers every unit's shards into the model's parameters.
-    fn gather_parameters(&mut self) -> Result<()> {
-        for (u, s) in self.units.iter().zip(&self.shards) {
-            let mut local = Vec::with_capacity(u.shard.len());
-            append_f32(&s.master, &mut local);
-            let mut full = vec![0f32; u.numel];
-            let r = self.coll.all_gather(&local, &mut full);
-            r.map_err(|e| WorkerError::Training { step: self.state.step, reason: format!("all-gather of {}: {e}", u.name) })?;
-            for p in &u.params {
-                copy_into(&p.tensor, &full[p.offset..p.offset + p.numel]);
-            }
+    /// All-gathers unit `ui`'s shards into the model's parameters (re-allocating them).
+    fn gather_unit(&mut self, ui: usize) -> Result<()> {
+        let u = &self.units[ui];
+        let mut local = Vec::with_capacity(u.shard.len());
+        append_f32(&self.shards[ui].master, &mut local);
+        let mut full = vec![0f32; u.numel];
+        let r = self.coll.all_gather(&local, &mut full);
+        r.map_err(|e| WorkerError::Training { step: self.state.step, reason: format!("all-gather of {}: {e}", u.name) })?;
+        for p in &u.params {
+            let mut var = p.tensor.shallow_clone();
+            var.set_data(&Tensor::from_slice(&full[p.offset..p.offset + p.numel]).view(p.shape.as_slice()));
         }
         Ok(())
+    }
+
+    /// Releases unit `ui`'s gathered parameters (and gradients): only the shards stay resident.
+    fn free_unit(&mut self, ui: usize) -> Result<()> {
+        self.free_grads(ui)?;
+        for p in &self.units[ui].params {
+            let mut var = p.tensor.shallow_clone();
+            var.set_data(&Tensor::empty([0], (tch::Kind::Float, Device::Cpu)));
+        }
+        Ok(())
+    }
+
+    /// All-gathers every unit (for export and checks).
+    fn gather_all(&mut self) -> Result<()> {
+        for ui in 0..self.units.len() {
+            self.gather_unit(ui)?;
+        }
+        Ok(())
+    }
+
+    /// Reduce-scatters unit `ui`'s gradients (zeros where undefined) into its shard gradient
+    /// accumulator, records which parameters got a gradient here, and drops the full gradients.
+    fn reduce_unit_grads(&mut self, ui: usize, acc: &mut [Vec<f32>], used: &mut [Vec<i64>]) -> Result<()> {
+        let u = &self.units[ui];
+        let mut flat = Vec::with_capacity(u.numel);
+        for (pi, p) in u.params.iter().enumerate() {
+            let g = p.tensor.grad();
+            if g.defined() {
+                append_f32(&g, &mut flat);
+                used[ui][pi] = 1;
+            } else {
+                flat.resize(flat.len() + p.numel, 0.0);
+            }
+        }
+        let mut shard = vec![0f32; u.shard.len()];
+        let r = self.coll.reduce_scatter(&flat, &mut shard, ReduceOp::Sum);
+        r.map_err(|e| WorkerError::Training { step: self.state.step, reason: format!("reduce-scatter of {}: {e}", u.name) })?;
+        for (a, g) in acc[ui].iter_mut().zip(&shard) {
+            *a += g;
+        }
+        self.free_grads(ui)
+    }
+
+    /// Forward and backward of one micro-batch, block by block: each block's unit is gathered
+    /// just before it runs and freed after; the stacks run without autograd in the forward pass
+    /// (keeping only block inputs) and each block is recomputed with autograd in the backward
+    /// pass, whose gradients are reduce-scattered and freed at once. Returns the loss output.
+    fn micro_step(
+        &mut self,
+        batch: &tessera_model::MaskedBatch,
+        opts: &ForwardOptions,
+        acc: &mut [Vec<f32>],
+        used: &mut [Vec<i64>],
+    ) -> Result<tessera_model::ForwardOutput> {
+        let (n_enc, n_dec) = (self.model.model.num_encoder_blocks(), self.model.model.num_decoder_blocks());
+        let unit = |name: String| self.units.iter().position(|u| u.name == name);
+        let enc_units: Vec<Option<usize>> = (0..n_enc).map(|i| unit(format!("encoder.{i}"))).collect();
+        let dec_units: Vec<Option<usize>> = (0..n_dec).map(|j| unit(format!("decoder.{j}"))).collect();
+
+        // Embeddings (the `rest` unit is resident for the whole step), with autograd.
+        let staged = self.model.model.stage_embed(batch, opts)?;
+        let x0 = staged.encoder_input();
+        let emb = staged.encoder_emb();
+        let y0 = staged.decoder_input();
+        // Forward through the stacks without autograd, keeping each block's input.
+        let mut xs = vec![x0.detach()];
+        for (i, u) in enc_units.iter().enumerate() {
+            if let Some(u) = *u {
+                self.gather_unit(u)?;
+            }
+            let next = tch::no_grad(|| self.model.model.stage_encoder_block(i, &xs[i], &staged));
+            xs.push(next);
+            if let Some(u) = *u {
+                self.free_unit(u)?;
+            }
+        }
+        let x_last = xs[n_enc].detach().set_requires_grad(true);
+        let emb_leaf = emb.detach().set_requires_grad(true);
+        let context = self.model.model.stage_context_with(&x_last, &emb_leaf);
+        let ctx_leaf = context.detach().set_requires_grad(true);
+        let mut ys = vec![y0.detach()];
+        for (j, u) in dec_units.iter().enumerate() {
+            if let Some(u) = *u {
+                self.gather_unit(u)?;
+            }
+            let next = tch::no_grad(|| self.model.model.stage_decoder_block(j, &ys[j], &ctx_leaf, &staged));
+            ys.push(next);
+            if let Some(u) = *u {
+                self.free_unit(u)?;
+            }
+        }
+        let y_last = ys[n_dec].detach().set_requires_grad(true);
+        let out = self.model.model.stage_losses(&y_last, &staged, opts)?;
+        out.loss.backward();
+
+        // Backward: decoder blocks in reverse, recomputed.
+        let mut g = y_last.grad();
+        for (j, u) in dec_units.iter().enumerate().rev() {
+            if let Some(u) = *u {
+                self.gather_unit(u)?;
+            }
+            let input = ys[j].detach().set_requires_grad(true);
+            let recomputed = self.model.model.stage_decoder_block(j, &input, &ctx_leaf, &staged);
+            (recomputed * &g).sum(tch::Kind::Float).backward();
+            g = input.grad();
+            if let Some(u) = *u {
+                self.reduce_unit_grads(u, acc, used)?;
+                self.free_unit(u)?;
+            }
+        }
+        let gy0 = g;
+        (&context * ctx_leaf.grad()).sum(tch::Kind::Float).backward();
+        let mut g = x_last.grad();
+        for (i, u) in enc_units.iter().enumerate().rev() {
+            if let Some(u) = *u {
+                self.gather_unit(u)?;
+            }
+            let input = xs[i].detach().set_requires_grad(true);
+            let recomputed = self.model.model.stage_encoder_block(i, &input, &staged);
+            (recomputed * &g).sum(tch::Kind::Float).backward();
+            g = input.grad();
+            if let Some(u) = *u {
+                self.reduce_unit_grads(u, acc, used)?;
+                self.free_unit(u)?;
+            }
+        }
+        // One backward through the embedding graph with every gradient that reached it.
+        let emb_grad = emb_leaf.grad();
+        let mut total = (&x0 * &g).sum(tch::Kind::Float) + (&y0 * &gy0).sum(tch::Kind::Float);
+        if emb_grad.defined() {
+            total += (&emb * &emb_grad).sum(tch::Kind::Float);
+        }
+        total.backward();
+        Ok(out)
     }
 
     /// Runs optimizer step `state.step` on this rank's part of the global batch.
@@ -120,14 +272,10 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
         let micro = self.job.train.micro_batch_size;
         let lr = self.job.train.lr.at(step);
 
-        self.gather_parameters()?;
-        for u in &self.units {
-            for p in &u.params {
-                let mut g = p.tensor.grad();
-                if g.defined() {
-                    let _ = g.zero_();
-                }
-            }
+        let rest = self.units.iter().position(|u| u.name == "rest");
+        if let Some(r) = rest {
+            self.gather_unit(r)?;
+            self.free_grads(r)?;
         }
         // This rank's contiguous slice of the step's samples, in micro-batches.
         let refs: Vec<SampleRef> = self.ledger.locate_range(self.state.next_sample_index, global as u64);
@@ -153,10 +301,11 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
         let tc = Instant::now();
         // Partial losses: [total, per output modality...], summed over micro-batches then ranks.
         let mut partial = vec![0f32; 1 + self.outputs.len()];
+        let mut acc: Vec<Vec<f32>> = self.units.iter().map(|u| vec![0f32; u.shard.len()]).collect();
+        let mut used: Vec<Vec<i64>> = self.units.iter().map(|u| vec![0i64; u.params.len()]).collect();
         for (batch, opts) in batches {
             let opts = ForwardOptions { loss_normalizer: Some(normalizer.clone()), ..opts };
-            let out = self.model.model.forward(&batch, &opts)?;
-            out.loss.backward();
+            let out = self.micro_step(&batch, &opts, &mut acc, &mut used)?;
             partial[0] += out.loss.double_value(&[]) as f32;
             for (i, m) in self.outputs.iter().enumerate() {
                 if let Some(l) = out.mod_loss.get(m) {
@@ -164,38 +313,22 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
                 }
             }
         }
+        if let Some(r) = rest {
+            self.reduce_unit_grads(r, &mut acc, &mut used)?;
+        }
         let compute_s = tc.elapsed().as_secs_f64();
 
         let to = Instant::now();
         let r = self.coll.all_reduce(&mut partial, ReduceOp::Sum);
         self.comm(r)?;
-        // Gradients: reduce-scatter each unit's flat gradient; a parameter counts as used when
-        // any rank produced a gradient for it (the single-process rule for skipping AdamW).
-        let mut grad_shards = Vec::with_capacity(self.units.len());
-        let mut used = Vec::with_capacity(self.units.len());
-        let mut sq_sum = 0f64;
-        for u in &self.units {
-            let mut flat = Vec::with_capacity(u.numel);
-            let mut flags = Vec::with_capacity(u.params.len());
-            for p in &u.params {
-                let g = p.tensor.grad();
-                if g.defined() {
-                    append_f32(&g, &mut flat);
-                    flags.push(1i64);
-                } else {
-                    flat.resize(flat.len() + p.numel, 0.0);
-                    flags.push(0);
-                }
-            }
-            let mut shard = vec![0f32; u.shard.len()];
-            let r = self.coll.reduce_scatter(&flat, &mut shard, ReduceOp::Sum);
-            r.map_err(|e| WorkerError::Training { step, reason: format!("reduce-scatter of {}: {e}", u.name) })?;
-            let r = self.coll.all_reduce(&mut flags, ReduceOp::Max);
+        // A parameter counts as used when any rank produced a gradient for it (the
+        // single-process rule for skipping AdamW).
+        for flags in used.iter_mut() {
+            let r = self.coll.all_reduce(flags, ReduceOp::Max);
             self.comm(r)?;
-            sq_sum += shard.iter().map(|&g| f64::from(g) * f64::from(g)).sum::<f64>();
-            grad_shards.push(shard);
-            used.push(flags);
         }
+        let sq_sum: f64 = acc.iter().flatten().map(|&g| f64::from(g) * f64::from(g)).sum();
+        let grad_shards = acc;
         let mut norm_sq = [sq_sum as f32];
         let r = self.coll.all_reduce(&mut norm_sq, ReduceOp::Sum);
         self.comm(r)?;
@@ -383,9 +516,14 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
         Ok(flag[0] != 0)
     }
 
+    /// Drops unit `ui`'s full gradients.
+    fn free_grads(&mut self, ui: usize) -> Result<()> {
+        Ok(self.grad_resets[ui].zero_grad()?)
+    }
+
     /// Every trainable parameter, gathered, by name (for checks and export).
     pub fn full_parameters(&mut self) -> Result<BTreeMap<String, Tensor>> {
-        self.gather_parameters()?;
+        self.gather_all()?;
         Ok(self.units.iter().flat_map(|u| u.params.iter().map(|p| (p.name.clone(), p.tensor.detach().copy()))).collect())
     }
 

@@ -19,6 +19,8 @@ pub struct UnitParam {
     pub offset: usize,
     /// Number of elements.
     pub numel: usize,
+    /// Shape (the variable itself is emptied between uses).
+    pub shape: Vec<i64>,
     /// Whether AdamW's weight decay applies (ml-4m's name rule).
     pub decay: bool,
 }
@@ -82,7 +84,8 @@ pub fn units_of(vs: &VarStore, world: usize, rank: usize) -> Vec<Unit> {
         let unit = &mut units[idx];
         let t = vars[name].shallow_clone();
         let numel = t.numel();
-        unit.params.push(UnitParam { name: name.clone(), tensor: t, offset: unit.numel, numel, decay: !is_no_decay(name) });
+        let shape = t.size();
+        unit.params.push(UnitParam { name: name.clone(), tensor: t, offset: unit.numel, numel, shape, decay: !is_no_decay(name) });
         unit.numel += numel;
     }
     let key = |u: &Unit| -> (u8, usize) {
