@@ -150,8 +150,9 @@ fn check(m: Modality, value: &ModalityValue, x: &MaskedModality, b_in: usize, b_
         }
         ModalityKind::SequenceEmbedding => {
             let ModalityValue::Embeddings { rows, dim, data: orig } = value else { panic!("{m}: value kind") };
-            let MaskedTensor::Floats { data, shape } = &x.tensor else { panic!("{m}: tensor kind") };
+            let MaskedTensor::ZeroPaddedRows { shape, .. } = &x.tensor else { panic!("{m}: tensor kind") };
             assert_eq!(shape, &[77, 4096]);
+            let data = &x.tensor.dense_floats().unwrap();
             assert!(tgt.is_empty() && x.decoder_attention_mask.iter().all(|d| *d == 0), "{m}: input only");
             assert_eq!(inp, (0..inp.len()).collect::<Vec<_>>(), "{m}: inputs at the front");
             // Each input row is a zero sentinel row or the next kept original row, in order;
@@ -351,7 +352,7 @@ fn t5_rows_are_kept_in_order_with_zero_sentinel_rows() {
         let b_in = 1 + (i as usize * 7) % 77;
         let x = mk.mask(one(m, v.clone()), &budget(i, b_in, 100, Keep::Random)).unwrap().remove(&m).unwrap();
         check(m, &v, &x, b_in, 100);
-        let MaskedTensor::Floats { data, .. } = &x.tensor else { panic!() };
+        let data = x.tensor.dense_floats().unwrap();
         let firsts: Vec<f32> = (0..x.input_count()).map(|r| data[r * dim]).collect();
         assert!(firsts.iter().all(|f| *f <= 77.0), "row beyond 77 used: {firsts:?}");
         let kept: Vec<f32> = firsts.iter().copied().filter(|f| *f > 0.0).collect();
@@ -363,7 +364,8 @@ fn t5_rows_are_kept_in_order_with_zero_sentinel_rows() {
     assert_eq!(x.input_count(), 77, "keep all at full budget: every row");
     let x = mk.mask(one(m, v), &budget(0, 0, 50, Keep::All)).unwrap().remove(&m).unwrap();
     assert_eq!(x.input_count(), 0, "b_in 0: nothing");
-    assert!(x.tensor.floats().unwrap().iter().all(|f| *f == 0.0));
+    assert!(x.tensor.dense_floats().unwrap().iter().all(|f| *f == 0.0));
+    assert!(x.tensor.floats().unwrap().is_empty(), "no input rows are stored");
 }
 
 #[test]
@@ -482,7 +484,8 @@ fn collate_stacks_samples_in_order() {
             assert_eq!(&x.decoder_attention_mask[i * len..(i + 1) * len], one.decoder_attention_mask.as_slice());
             match (&x.tensor, &one.tensor) {
                 (BatchTensor::Ids { data, .. }, MaskedTensor::Ids(v)) => assert_eq!(&data[i * v.len()..(i + 1) * v.len()], v.as_slice()),
-                (BatchTensor::Floats { data, .. }, MaskedTensor::Floats { data: v, .. }) => {
+                (BatchTensor::Floats { data, .. }, t) => {
+                    let v = t.dense_floats().expect("floats");
                     assert_eq!(&data[i * v.len()..(i + 1) * v.len()], v.as_slice())
                 }
                 _ => panic!("{m}: kind changed"),

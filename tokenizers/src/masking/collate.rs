@@ -74,11 +74,13 @@ pub fn collate(samples: &[MaskedSample]) -> Result<CollatedBatch> {
         let shape = proto.tensor.shape();
         let len = proto.len();
         let numel: usize = shape.iter().product();
+        let is_ids = matches!(proto.tensor, MaskedTensor::Ids(_));
         let mut ids = Vec::new();
         let mut floats = Vec::new();
-        match proto.tensor {
-            MaskedTensor::Ids(_) => ids.reserve_exact(b * numel),
-            MaskedTensor::Floats { .. } => floats.reserve_exact(b * numel),
+        if is_ids {
+            ids.reserve_exact(b * numel);
+        } else {
+            floats.reserve_exact(b * numel);
         }
         let mut input_mask = Vec::with_capacity(b * len);
         let mut target_mask = Vec::with_capacity(b * len);
@@ -97,9 +99,17 @@ pub fn collate(samples: &[MaskedSample]) -> Result<CollatedBatch> {
                     x.decoder_attention_mask.len()
                 )));
             }
-            match (&x.tensor, &proto.tensor) {
-                (MaskedTensor::Ids(v), MaskedTensor::Ids(_)) => ids.extend_from_slice(v),
-                (MaskedTensor::Floats { data, .. }, MaskedTensor::Floats { .. }) => floats.extend_from_slice(data),
+            match (&x.tensor, is_ids) {
+                (MaskedTensor::Ids(v), true) => ids.extend_from_slice(v),
+                (MaskedTensor::Floats { data, .. }, false) => floats.extend_from_slice(data),
+                (MaskedTensor::ZeroPaddedRows { data, .. }, false) if data.len() <= numel => {
+                    floats.extend_from_slice(data);
+                    // The padding is written once, here, instead of in masking and again here.
+                    floats.resize(floats.len() + numel - data.len(), 0.0);
+                }
+                (MaskedTensor::ZeroPaddedRows { data, .. }, false) => {
+                    return Err(err(format!("{} stored floats exceed the shape {shape:?}", data.len())));
+                }
                 _ => return Err(err("ids and floats mixed".into())),
             }
             input_mask.extend_from_slice(&x.input_mask);
@@ -107,9 +117,10 @@ pub fn collate(samples: &[MaskedSample]) -> Result<CollatedBatch> {
             dam.extend_from_slice(&x.decoder_attention_mask);
         }
         let full_shape: Vec<usize> = std::iter::once(b).chain(shape).collect();
-        let tensor = match proto.tensor {
-            MaskedTensor::Ids(_) => BatchTensor::Ids { data: ids, shape: full_shape },
-            MaskedTensor::Floats { .. } => BatchTensor::Floats { data: floats, shape: full_shape },
+        let tensor = if is_ids {
+            BatchTensor::Ids { data: ids, shape: full_shape }
+        } else {
+            BatchTensor::Floats { data: floats, shape: full_shape }
         };
         modalities.insert(m, BatchModality { tensor, input_mask, target_mask, decoder_attention_mask: dam, mask_shape: [b, len] });
     }

@@ -10,7 +10,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::error::{Error, Result};
 use crate::mixture::SampleBudget;
 use crate::modality::{Modality, ModalityKind};
-use crate::text::{EOS, PAD, TextTokenizer};
+use crate::text::{EOS, PAD, TextTokenizer, WordLookup};
 
 use super::image::image_mask;
 use super::masked::{MaskedModality, MaskedTensor};
@@ -52,6 +52,8 @@ pub struct MaskingOptions {
 pub struct SampleMasker {
     modalities: Vec<Modality>,
     tokenizer: Arc<TextTokenizer>,
+    /// Table fast path in front of the tokenizer (same ids; most data-path texts hit it).
+    words: Arc<WordLookup>,
     ids: TextIds,
     options: MaskingOptions,
 }
@@ -80,7 +82,8 @@ impl SampleMasker {
         if has_seq && ids.sentinels.id(1).is_none() {
             return Err(Error::MaskSetup { reason: format!("tokenizer {} has no sentinel [S_1]", tokenizer.origin()) });
         }
-        Ok(Self { modalities: modalities.to_vec(), tokenizer, ids, options })
+        let words = Arc::new(if has_seq { WordLookup::new(&tokenizer) } else { WordLookup::default() });
+        Ok(Self { modalities: modalities.to_vec(), tokenizer, words, ids, options })
     }
 
     /// The modalities, in budget order.
@@ -197,6 +200,10 @@ impl SampleMasker {
     }
 
     fn encode(&self, m: Modality, text: &str) -> Result<Vec<i64>> {
+        let mut out = Vec::new();
+        if self.words.encode(text, &mut out) {
+            return Ok(out);
+        }
         let ids = self.tokenizer.encode(text).map_err(|e| Error::MaskValue { modality: m.key(), reason: e.to_string() })?;
         Ok(ids.into_iter().map(i64::from).collect())
     }

@@ -1,0 +1,135 @@
+//! [`WordLookup`]: a table-driven fast path for the texts 4M's data path mostly tokenizes
+//! (coordinate tokens, class names, sentinels and plain lower-case words separated by single
+//! spaces), giving exactly the ids of [`TextTokenizer::encode`] without its per-call cost.
+//!
+//! Why it is exact: on printable ASCII with words separated by single spaces, the WordPiece
+//! pipeline (added-token extraction, BertNormalizer, BertPreTokenizer, WordPiece) works word by
+//! word, except for added tokens that contain a space. A word then maps to one id when it is an
+//! added token (case-sensitive for non-normalized ones, lower-cased for normalized ones), or when
+//! its lower-cased form is an all-alphanumeric vocabulary entry, which WordPiece's
+//! longest-match-first takes whole and which no single-word added token can split. Added tokens
+//! that span words (`dining table`) are matched leftmost-longest over words joined by exactly
+//! one space, as the extraction would match them. Every other text (other characters, unknown
+//! or multi-piece words) is left to the full tokenizer.
+
+use std::collections::HashMap;
+
+use super::TextTokenizer;
+
+/// Word → id tables for [`WordLookup::encode`].
+#[derive(Debug, Clone, Default)]
+pub struct WordLookup {
+    /// Added tokens matched on the raw text (not normalized), by exact content.
+    raw: HashMap<String, u32>,
+    /// Normalized added tokens and whole-word vocabulary entries, by lower-case content.
+    normalized: HashMap<String, u32>,
+    /// Added tokens that span several words, longest first: (words, whether normalized, id).
+    multi_word: Vec<(Vec<String>, bool, u32)>,
+}
+
+impl WordLookup {
+    /// Builds the tables from a tokenizer's vocabulary and added tokens.
+    pub fn new(tok: &TextTokenizer) -> Self {
+        let added = tok.inner().get_added_tokens_decoder();
+        // Added tokens that may match inside a word: a vocabulary word containing one is unsafe.
+        let breaking: Vec<String> = added.values().filter(|t| !t.single_word).map(|t| t.content.clone()).collect();
+        // The model's own vocabulary (without added tokens): what WordPiece looks words up in.
+        let mut normalized: HashMap<String, u32> = tok
+            .inner()
+            .get_vocab(false)
+            .into_iter()
+            .filter(|(w, _)| {
+                let alnum = !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+                let punct = w.len() == 1 && w.bytes().all(|b| b.is_ascii_punctuation());
+                (alnum || punct) && !breaking.iter().any(|b| w.contains(b.as_str()))
+            })
+            .collect();
+        let mut raw = HashMap::new();
+        let mut multi_word = Vec::new();
+        for (id, t) in added {
+            let c = &t.content;
+            if c.is_empty() || !c.bytes().all(|b| (0x20..0x7f).contains(&b)) || t.lstrip || t.rstrip {
+                continue;
+            }
+            if c.contains(' ') {
+                let words: Vec<String> = c.split(' ').map(str::to_string).collect();
+                // Runs of spaces inside a token cannot be matched word by word: leave it out,
+                // and decline every text (below) rather than risk missing it.
+                if words.iter().any(String::is_empty) {
+                    return Self { raw: HashMap::new(), normalized: HashMap::new(), multi_word: Vec::new() };
+                }
+                multi_word.push((words, t.normalized, id));
+            } else if t.normalized {
+                normalized.insert(c.to_ascii_lowercase(), id);
+            } else {
+                // A raw token shadows a vocabulary entry of the same lower-cased text only when
+                // the case matches; keep the vocabulary entry for other spellings.
+                raw.insert(c.clone(), id);
+            }
+        }
+        multi_word.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+        Self { raw, normalized, multi_word }
+    }
+
+    /// The multi-word added token starting at `items[0]` (words separated by single spaces,
+    /// none a raw added token, which the extraction would have split off first), longest first.
+    fn multi_word_at(&self, items: &[&str]) -> Option<(u32, usize)> {
+        self.multi_word.iter().find_map(|(words, normalized, id)| {
+            let hit = items.len() >= words.len()
+                && words.iter().zip(items).all(|(w, item)| {
+                    let same = if *normalized { item.eq_ignore_ascii_case(w) } else { item == w };
+                    same && !self.raw.contains_key(*item)
+                });
+            hit.then_some((*id, words.len()))
+        })
+    }
+
+    /// Appends the ids of `text` to `out` and returns true when every word is in the tables;
+    /// otherwise returns false and leaves `out` as it was.
+    pub fn encode(&self, text: &str, out: &mut Vec<i64>) -> bool {
+        let start = out.len();
+        if !text.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            return false;
+        }
+        if self.raw.is_empty() && self.normalized.is_empty() {
+            return false;
+        }
+        let mut lower = String::new();
+        // Consecutive items of the split are separated by exactly one space; extra spaces show
+        // up as empty items.
+        let items: Vec<&str> = text.split(' ').collect();
+        let mut i = 0;
+        while i < items.len() {
+            let word = items[i];
+            i += 1;
+            if word.is_empty() {
+                continue;
+            }
+            if let Some(&id) = self.raw.get(word) {
+                out.push(i64::from(id));
+                continue;
+            }
+            if let Some((id, n)) = self.multi_word_at(&items[i - 1..]) {
+                out.push(i64::from(id));
+                i += n - 1;
+                continue;
+            }
+            let found = if word.bytes().any(|b| b.is_ascii_uppercase()) {
+                lower.clear();
+                lower.push_str(word);
+                lower.make_ascii_lowercase();
+                self.normalized.get(lower.as_str())
+            } else {
+                self.normalized.get(word)
+            };
+            match found {
+                Some(&id) => out.push(i64::from(id)),
+                None => {
+                    out.truncate(start);
+                    return false;
+                }
+            }
+        }
+        true
+    }
+}
