@@ -12,10 +12,11 @@
 //! (default 32), `MASKING_BENCH_SET` (a modality set for `ModalitySet::parse`, default `4m21`),
 //! `PEER_MASKING_JSON` (the peer's output JSON, for the per-modality comparison).
 //!
-//! Collation writes ~1.9 MB per sample (RGB pixels and zero-padded T5 rows) into batch buffers
-//! of tens of MB. With glibc's defaults those are fresh mmaps whose pages fault in on every
-//! batch; the `tessera` binary turns that off (`mallopt(M_MMAP_MAX, 0)`, no trimming, see
-//! src/main.rs). To measure under the same allocator settings, run the bench with
+//! Collation writes ~1.9 MB per sample (RGB pixels and zero-padded T5 rows); the bench reuses
+//! one batch's buffers (`collate_into`), as a loader that hands batches back would. glibc's
+//! defaults serve large blocks from fresh mmaps whose pages fault in on first touch; the
+//! `tessera` binary turns that off (`mallopt(M_MMAP_MAX, 0)`, no trimming, src/main.rs). To
+//! measure under the same allocator settings, run the bench with
 //! `GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967295`.
 
 use std::path::{Path, PathBuf};
@@ -25,7 +26,7 @@ use std::time::{Duration, Instant};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tessera_tokenizers::masking::synthetic::SyntheticSource;
-use tessera_tokenizers::masking::{MaskedSample, MaskingOptions, SampleMasker, SampleValues, collate};
+use tessera_tokenizers::masking::{CollatedBatch, MaskedSample, MaskingOptions, SampleMasker, SampleValues, collate_into};
 use tessera_tokenizers::mixture::{AlphasConfig, BudgetConfig, BudgetSampler, TokenRange};
 use tessera_tokenizers::text::TextTokenizer;
 use tessera_tokenizers::{Modality, ModalitySet};
@@ -79,6 +80,8 @@ fn main() -> BoxResult<()> {
     let mut sum_tgt = vec![0usize; mods.len()];
     let mut counted = 0usize;
     let mut checksum = 0usize;
+    // The batch is reused, as a loader that hands batches back would (see `collate_into`).
+    let mut out = CollatedBatch::default();
     // One warm-up repeat (not reported) and then the measured ones.
     for rep in 0..=repeats {
         let mut t = Times::default();
@@ -103,9 +106,9 @@ fn main() -> BoxResult<()> {
             pending.push(masked);
             if pending.len() == batch || i + 1 == n {
                 let t3 = Instant::now();
-                let b = collate(&pending)?;
+                collate_into(&pending, &mut out)?;
                 t.collate += t3.elapsed();
-                checksum = checksum.wrapping_add(b.size);
+                checksum = checksum.wrapping_add(out.size());
                 pending.clear();
             }
         }
