@@ -29,9 +29,9 @@ pub(crate) struct Scratch {
     target: Vec<i64>,
 }
 
-/// A text sequence's budget and keep scheme.
+/// One modality's budgets and keep scheme in this sample.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct SeqBudget {
+pub(crate) struct ModalityBudget {
     /// Input tokens `b_in` (also the offset of the target block).
     pub input: usize,
     /// Target tokens `b_tgt`.
@@ -46,7 +46,7 @@ pub(crate) fn mask_sequence(
     rng: &mut impl Rng,
     spec: &ModalitySpec,
     units: Units<'_>,
-    budget: SeqBudget,
+    budget: ModalityBudget,
     ids: &TextIds,
     scratch: &mut Scratch,
 ) -> Result<MaskedModality> {
