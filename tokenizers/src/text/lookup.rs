@@ -23,8 +23,9 @@ pub struct WordLookup {
     raw: HashMap<String, u32>,
     /// Normalized added tokens and whole-word vocabulary entries, by lower-case content.
     normalized: HashMap<String, u32>,
-    /// Added tokens that span several words, longest first: (words, whether normalized, id).
-    multi_word: Vec<(Vec<String>, bool, u32)>,
+    /// Added tokens that span several words, by lower-cased first word, longest first:
+    /// (words, whether normalized, id).
+    multi_word: HashMap<String, Vec<(Vec<String>, bool, u32)>>,
 }
 
 impl WordLookup {
@@ -45,7 +46,7 @@ impl WordLookup {
             })
             .collect();
         let mut raw = HashMap::new();
-        let mut multi_word = Vec::new();
+        let mut multi_word: HashMap<String, Vec<(Vec<String>, bool, u32)>> = HashMap::new();
         for (id, t) in added {
             let c = &t.content;
             if c.is_empty() || !c.bytes().all(|b| (0x20..0x7f).contains(&b)) || t.lstrip || t.rstrip {
@@ -56,9 +57,9 @@ impl WordLookup {
                 // Runs of spaces inside a token cannot be matched word by word: leave it out,
                 // and decline every text (below) rather than risk missing it.
                 if words.iter().any(String::is_empty) {
-                    return Self { raw: HashMap::new(), normalized: HashMap::new(), multi_word: Vec::new() };
+                    return Self::default();
                 }
-                multi_word.push((words, t.normalized, id));
+                multi_word.entry(words[0].to_ascii_lowercase()).or_default().push((words, t.normalized, id));
             } else if t.normalized {
                 normalized.insert(c.to_ascii_lowercase(), id);
             } else {
@@ -67,14 +68,17 @@ impl WordLookup {
                 raw.insert(c.clone(), id);
             }
         }
-        multi_word.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+        for list in multi_word.values_mut() {
+            list.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+        }
         Self { raw, normalized, multi_word }
     }
 
-    /// The multi-word added token starting at `items[0]` (words separated by single spaces,
-    /// none a raw added token, which the extraction would have split off first), longest first.
-    fn multi_word_at(&self, items: &[&str]) -> Option<(u32, usize)> {
-        self.multi_word.iter().find_map(|(words, normalized, id)| {
+    /// The multi-word added token starting at `items[0]` (whose lower-cased form is `first`;
+    /// words separated by single spaces, none a raw added token, which the extraction would
+    /// have split off first), longest first.
+    fn multi_word_at(&self, first: &str, items: &[&str]) -> Option<(u32, usize)> {
+        self.multi_word.get(first)?.iter().find_map(|(words, normalized, id)| {
             let hit = items.len() >= words.len()
                 && words.iter().zip(items).all(|(w, item)| {
                     let same = if *normalized { item.eq_ignore_ascii_case(w) } else { item == w };
@@ -109,20 +113,20 @@ impl WordLookup {
                 out.push(i64::from(id));
                 continue;
             }
-            if let Some((id, n)) = self.multi_word_at(&items[i - 1..]) {
+            let key = if word.bytes().any(|b| b.is_ascii_uppercase()) {
+                lower.clear();
+                lower.push_str(word);
+                lower.make_ascii_lowercase();
+                lower.as_str()
+            } else {
+                word
+            };
+            if let Some((id, n)) = self.multi_word_at(key, &items[i - 1..]) {
                 out.push(i64::from(id));
                 i += n - 1;
                 continue;
             }
-            let found = if word.bytes().any(|b| b.is_ascii_uppercase()) {
-                lower.clear();
-                lower.push_str(word);
-                lower.make_ascii_lowercase();
-                self.normalized.get(lower.as_str())
-            } else {
-                self.normalized.get(word)
-            };
-            match found {
+            match self.normalized.get(key) {
                 Some(&id) => out.push(i64::from(id)),
                 None => {
                     out.truncate(start);
