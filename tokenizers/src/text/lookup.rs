@@ -13,19 +13,45 @@
 //! or multi-piece words) is left to the full tokenizer.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use super::TextTokenizer;
+
+/// FNV-1a: the keys are short words looked up hundreds of times per sample, where SipHash's
+/// per-key setup dominates; HashDoS resistance is moot for a table built from the vocabulary.
+#[derive(Debug, Clone, Copy)]
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+type Map<V> = HashMap<String, V, BuildHasherDefault<Fnv>>;
 
 /// Word → id tables for [`WordLookup::encode`].
 #[derive(Debug, Clone, Default)]
 pub struct WordLookup {
     /// Added tokens matched on the raw text (not normalized), by exact content.
-    raw: HashMap<String, u32>,
+    raw: Map<u32>,
     /// Normalized added tokens and whole-word vocabulary entries, by lower-case content.
-    normalized: HashMap<String, u32>,
+    normalized: Map<u32>,
     /// Added tokens that span several words, by lower-cased first word, longest first:
     /// (words, whether normalized, id).
-    multi_word: HashMap<String, Vec<(Vec<String>, bool, u32)>>,
+    multi_word: Map<Vec<(Vec<String>, bool, u32)>>,
 }
 
 impl WordLookup {
@@ -35,7 +61,7 @@ impl WordLookup {
         // Added tokens that may match inside a word: a vocabulary word containing one is unsafe.
         let breaking: Vec<String> = added.values().filter(|t| !t.single_word).map(|t| t.content.clone()).collect();
         // The model's own vocabulary (without added tokens): what WordPiece looks words up in.
-        let mut normalized: HashMap<String, u32> = tok
+        let mut normalized: Map<u32> = tok
             .inner()
             .get_vocab(false)
             .into_iter()
@@ -45,8 +71,8 @@ impl WordLookup {
                 (alnum || punct) && !breaking.iter().any(|b| w.contains(b.as_str()))
             })
             .collect();
-        let mut raw = HashMap::new();
-        let mut multi_word: HashMap<String, Vec<(Vec<String>, bool, u32)>> = HashMap::new();
+        let mut raw = Map::default();
+        let mut multi_word: Map<Vec<(Vec<String>, bool, u32)>> = Map::default();
         for (id, t) in added {
             let c = &t.content;
             if c.is_empty() || !c.bytes().all(|b| (0x20..0x7f).contains(&b)) || t.lstrip || t.rstrip {
