@@ -8,7 +8,8 @@
 //!   permutation masking, sentinel span masking over tokens or chunks, embedding span masking)
 //!   and fills missing modalities with all-masked empties: a [`MaskedSample`] of
 //!   [`MaskedModality`]s with ml-4m's shapes and mask polarity (`true` = excluded).
-//! - [`collate`]: stacks masked samples into a [`CollatedBatch`] of flat buffers plus shapes.
+//! - [`collate`] / [`collate_into`]: stack masked samples into a [`CollatedBatch`] of flat
+//!   buffers plus shapes (the latter reusing a previous batch's buffers).
 //! - [`synthetic`]: format-valid random samples for tests and benchmarks.
 //!
 //! Randomness: sample `i` is masked with [`masking_rng`]`(seed, i)`, a ChaCha8 stream that is a
@@ -24,7 +25,7 @@ mod span;
 pub mod synthetic;
 mod value;
 
-pub use collate::{BatchModality, BatchTensor, CollatedBatch, collate};
+pub use collate::{BatchModality, BatchTensor, CollatedBatch, collate, collate_into};
 pub use masked::{MaskedModality, MaskedTensor};
 pub use sample::{MaskedSample, MaskingOptions, SampleMasker, SampleValues, masking_rng};
 pub use span::KEEP_PROB_DECAY;

@@ -8,12 +8,16 @@
 //!   coordinate tokens `vK=n` of boxes, poses, palettes and metadata.
 //! - [`TrainSpec`] + [`TextTokenizer::train`] train a new one the way ml-4m's
 //!   `train_wordpiece_tokenizer.py` does, with its exact special-token layout.
+//! - [`WordLookup`] encodes the common texts of the data path (coordinates, class names, plain
+//!   words) from tables, with the ids of [`TextTokenizer::encode`], and declines everything else.
 //! - [`COCO_CLASSES`] and [`object_classes_from_file`] give the object-class tokens.
 
 mod classes;
+mod lookup;
 mod tokenizer;
 mod train;
 
 pub use classes::{COCO_CLASSES, object_classes_from_file};
+pub use lookup::WordLookup;
 pub use tokenizer::{EOS, PAD, SENTINEL_PREFIX, SOS, TextTokenizer, UNK};
 pub use train::TrainSpec;

@@ -10,6 +10,7 @@ use rand_chacha::ChaCha8Rng;
 use tessera_tokenizers::masking::synthetic::SyntheticSource;
 use tessera_tokenizers::masking::{
     BatchTensor, MaskedModality, MaskedSample, MaskedTensor, MaskingOptions, ModalityValue, SampleMasker, SampleValues, collate,
+    collate_into,
 };
 use tessera_tokenizers::mixture::{AlphasConfig, BudgetConfig, BudgetSampler, Keep, SampleBudget, TokenRange};
 use tessera_tokenizers::text::TextTokenizer;
@@ -150,8 +151,9 @@ fn check(m: Modality, value: &ModalityValue, x: &MaskedModality, b_in: usize, b_
         }
         ModalityKind::SequenceEmbedding => {
             let ModalityValue::Embeddings { rows, dim, data: orig } = value else { panic!("{m}: value kind") };
-            let MaskedTensor::Floats { data, shape } = &x.tensor else { panic!("{m}: tensor kind") };
+            let MaskedTensor::ZeroPaddedRows { shape, .. } = &x.tensor else { panic!("{m}: tensor kind") };
             assert_eq!(shape, &[77, 4096]);
+            let data = &x.tensor.dense_floats().unwrap();
             assert!(tgt.is_empty() && x.decoder_attention_mask.iter().all(|d| *d == 0), "{m}: input only");
             assert_eq!(inp, (0..inp.len()).collect::<Vec<_>>(), "{m}: inputs at the front");
             // Each input row is a zero sentinel row or the next kept original row, in order;
@@ -351,7 +353,7 @@ fn t5_rows_are_kept_in_order_with_zero_sentinel_rows() {
         let b_in = 1 + (i as usize * 7) % 77;
         let x = mk.mask(one(m, v.clone()), &budget(i, b_in, 100, Keep::Random)).unwrap().remove(&m).unwrap();
         check(m, &v, &x, b_in, 100);
-        let MaskedTensor::Floats { data, .. } = &x.tensor else { panic!() };
+        let data = x.tensor.dense_floats().unwrap();
         let firsts: Vec<f32> = (0..x.input_count()).map(|r| data[r * dim]).collect();
         assert!(firsts.iter().all(|f| *f <= 77.0), "row beyond 77 used: {firsts:?}");
         let kept: Vec<f32> = firsts.iter().copied().filter(|f| *f > 0.0).collect();
@@ -363,7 +365,8 @@ fn t5_rows_are_kept_in_order_with_zero_sentinel_rows() {
     assert_eq!(x.input_count(), 77, "keep all at full budget: every row");
     let x = mk.mask(one(m, v), &budget(0, 0, 50, Keep::All)).unwrap().remove(&m).unwrap();
     assert_eq!(x.input_count(), 0, "b_in 0: nothing");
-    assert!(x.tensor.floats().unwrap().iter().all(|f| *f == 0.0));
+    assert!(x.tensor.dense_floats().unwrap().iter().all(|f| *f == 0.0));
+    assert!(x.tensor.floats().unwrap().is_empty(), "no input rows are stored");
 }
 
 #[test]
@@ -463,9 +466,9 @@ fn collate_stacks_samples_in_order() {
     let mut rng = ChaCha8Rng::seed_from_u64(6);
     let samples: Vec<MaskedSample> = (0..3).map(|i| mk.mask(src.sample(&mut rng), &bs.sample(i)).unwrap()).collect();
     let batch = collate(&samples).unwrap();
-    assert_eq!(batch.size, 3);
-    assert_eq!(batch.modalities.len(), 19);
-    for (m, x) in &batch.modalities {
+    assert_eq!(batch.size(), 3);
+    assert_eq!(batch.modalities().len(), 19);
+    for (m, x) in batch.modalities() {
         let s = m.spec();
         let len = s.batch_len();
         assert_eq!(x.mask_shape, [3, len], "{m}");
@@ -482,13 +485,27 @@ fn collate_stacks_samples_in_order() {
             assert_eq!(&x.decoder_attention_mask[i * len..(i + 1) * len], one.decoder_attention_mask.as_slice());
             match (&x.tensor, &one.tensor) {
                 (BatchTensor::Ids { data, .. }, MaskedTensor::Ids(v)) => assert_eq!(&data[i * v.len()..(i + 1) * v.len()], v.as_slice()),
-                (BatchTensor::Floats { data, .. }, MaskedTensor::Floats { data: v, .. }) => {
+                (BatchTensor::Floats { data, .. }, t) => {
+                    let v = t.dense_floats().expect("floats");
                     assert_eq!(&data[i * v.len()..(i + 1) * v.len()], v.as_slice())
                 }
                 _ => panic!("{m}: kind changed"),
             }
         }
     }
+    // Reusing a batch's buffers gives the same result: after the same samples in another order
+    // (stale T5 rows must be re-zeroed), and after a batch of another size.
+    let mut reused = collate(&[samples[2].clone(), samples[0].clone(), samples[1].clone()]).unwrap();
+    collate_into(&samples, &mut reused).unwrap();
+    assert!(reused == batch, "reused batch differs from a fresh one");
+    let mut reused = collate(&samples[..1]).unwrap();
+    collate_into(&samples, &mut reused).unwrap();
+    assert!(reused == batch, "reused batch differs from a fresh one");
+    let only_caption: Vec<MaskedSample> =
+        samples.iter().map(|s| s.iter().filter(|(m, _)| **m == Modality::Caption).map(|(m, x)| (*m, x.clone())).collect()).collect();
+    collate_into(&only_caption, &mut reused).unwrap();
+    assert_eq!(reused.modalities().keys().copied().collect::<Vec<_>>(), [Modality::Caption]);
+    assert_eq!(reused.modalities()[&Modality::Caption], batch.modalities()[&Modality::Caption]);
     let mut broken = samples.clone();
     broken[2].remove(&Modality::Det);
     let e = collate(&broken).unwrap_err().to_string();
@@ -566,4 +583,23 @@ fn keep_schemes_have_ml4m_distributions() {
         }
     }
     assert!((160..240).contains(&all_in) && all_in + all_out == 400, "{all_in} / {all_out}");
+}
+
+#[test]
+fn reused_batches_re_zero_stale_t5_rows() {
+    let m = Modality::T5Caption;
+    let mk = masker(&[m], 0);
+    let v = ModalityValue::Embeddings { rows: 60, dim: 4096, data: vec![1.5; 60 * 4096] };
+    let full = mk.mask(one(m, v.clone()), &budget(0, 77, 0, Keep::All)).unwrap();
+    let some = mk.mask(one(m, v), &budget(1, 10, 0, Keep::Random)).unwrap();
+    let none = mk.empty();
+    assert_eq!(full[&m].tensor.floats().unwrap().len(), 60 * 4096, "keep all stores every row");
+    let mut out = collate(&[full.clone(), full.clone()]).unwrap();
+    for next in [vec![none.clone(), some.clone()], vec![some.clone(), full.clone()], vec![none.clone(), none.clone()]] {
+        collate_into(&next, &mut out).unwrap();
+        // Not assert_eq: a failure would print megabytes of floats.
+        assert!(out == collate(&next).unwrap(), "reused batch differs from a fresh one");
+    }
+    let BatchTensor::Floats { data, .. } = &out.modalities()[&m].tensor else { panic!() };
+    assert!(data.iter().all(|f| *f == 0.0), "two empties after full rows: all zero");
 }

@@ -10,11 +10,11 @@ use rand_chacha::ChaCha8Rng;
 use crate::error::{Error, Result};
 use crate::mixture::SampleBudget;
 use crate::modality::{Modality, ModalityKind};
-use crate::text::{EOS, PAD, TextTokenizer};
+use crate::text::{EOS, PAD, TextTokenizer, WordLookup};
 
 use super::image::image_mask;
 use super::masked::{MaskedModality, MaskedTensor};
-use super::sequence::{Scratch, SeqBudget, TextIds, mask_embeddings, mask_sequence};
+use super::sequence::{ModalityBudget, Scratch, TextIds, mask_embeddings, mask_sequence};
 use super::span::{Sentinels, Units};
 use super::value::ModalityValue;
 
@@ -52,6 +52,8 @@ pub struct MaskingOptions {
 pub struct SampleMasker {
     modalities: Vec<Modality>,
     tokenizer: Arc<TextTokenizer>,
+    /// Table fast path in front of the tokenizer (same ids; most data-path texts hit it).
+    words: Arc<WordLookup>,
     ids: TextIds,
     options: MaskingOptions,
 }
@@ -80,7 +82,8 @@ impl SampleMasker {
         if has_seq && ids.sentinels.id(1).is_none() {
             return Err(Error::MaskSetup { reason: format!("tokenizer {} has no sentinel [S_1]", tokenizer.origin()) });
         }
-        Ok(Self { modalities: modalities.to_vec(), tokenizer, ids, options })
+        let words = Arc::new(if has_seq { WordLookup::new(&tokenizer) } else { WordLookup::default() });
+        Ok(Self { modalities: modalities.to_vec(), tokenizer, words, ids, options })
     }
 
     /// The modalities, in budget order.
@@ -125,7 +128,7 @@ impl SampleMasker {
             let masked = match values.remove(&m) {
                 None => MaskedModality::empty(m),
                 Some(v) => {
-                    let b = SeqBudget { input: budget.input[j], target: budget.target[j], keep: budget.keep[j] };
+                    let b = ModalityBudget { input: budget.input[j], target: budget.target[j], keep: budget.keep[j] };
                     self.mask_one(rng, m, v, b, &mut scratch)?
                 }
             };
@@ -144,30 +147,16 @@ impl SampleMasker {
         rng: &mut impl Rng,
         m: Modality,
         value: ModalityValue,
-        b: SeqBudget,
+        b: ModalityBudget,
         scratch: &mut Scratch,
     ) -> Result<MaskedModality> {
         value.validate(m)?;
         let s = m.spec();
         match value {
-            ModalityValue::Tokens(ids) => {
-                let masks = self.image_masks(rng, m, b)?;
-                Ok(MaskedModality {
-                    tensor: MaskedTensor::Ids(ids),
-                    input_mask: masks.0,
-                    target_mask: masks.1,
-                    decoder_attention_mask: masks.2,
-                })
-            }
-            ModalityValue::Pixels(px) => {
-                let masks = self.image_masks(rng, m, b)?;
+            ModalityValue::Tokens(ids) => self.mask_image(rng, m, b, MaskedTensor::Ids(ids)),
+            ModalityValue::Pixels(data) => {
                 let shape = vec![s.channels, s.image_size, s.image_size];
-                Ok(MaskedModality {
-                    tensor: MaskedTensor::Floats { data: px, shape },
-                    input_mask: masks.0,
-                    target_mask: masks.1,
-                    decoder_attention_mask: masks.2,
-                })
+                self.mask_image(rng, m, b, MaskedTensor::Floats { data, shape })
             }
             ModalityValue::Text(text) => {
                 let mut tokens = self.encode(m, &text)?;
@@ -184,7 +173,8 @@ impl SampleMasker {
         }
     }
 
-    fn image_masks(&self, rng: &mut impl Rng, m: Modality, b: SeqBudget) -> Result<(Vec<bool>, Vec<bool>, Vec<i64>)> {
+    /// Image-like masking; the data is passed through untouched.
+    fn mask_image(&self, rng: &mut impl Rng, m: Modality, b: ModalityBudget, tensor: MaskedTensor) -> Result<MaskedModality> {
         let n = m.spec().max_tokens;
         if b.input + b.target > n {
             return Err(Error::MaskBudget {
@@ -193,10 +183,14 @@ impl SampleMasker {
             });
         }
         let masks = image_mask(rng, n, b.input, b.target);
-        Ok((masks.input, masks.target, masks.dam))
+        Ok(MaskedModality { tensor, input_mask: masks.input, target_mask: masks.target, decoder_attention_mask: masks.dam })
     }
 
     fn encode(&self, m: Modality, text: &str) -> Result<Vec<i64>> {
+        let mut out = Vec::new();
+        if self.words.encode(text, &mut out) {
+            return Ok(out);
+        }
         let ids = self.tokenizer.encode(text).map_err(|e| Error::MaskValue { modality: m.key(), reason: e.to_string() })?;
         Ok(ids.into_iter().map(i64::from).collect())
     }

@@ -29,9 +29,9 @@ pub(crate) struct Scratch {
     target: Vec<i64>,
 }
 
-/// A text sequence's budget and keep scheme.
+/// One modality's budgets and keep scheme in this sample.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct SeqBudget {
+pub(crate) struct ModalityBudget {
     /// Input tokens `b_in` (also the offset of the target block).
     pub input: usize,
     /// Target tokens `b_tgt`.
@@ -46,7 +46,7 @@ pub(crate) fn mask_sequence(
     rng: &mut impl Rng,
     spec: &ModalitySpec,
     units: Units<'_>,
-    budget: SeqBudget,
+    budget: ModalityBudget,
     ids: &TextIds,
     scratch: &mut Scratch,
 ) -> Result<MaskedModality> {
@@ -86,7 +86,8 @@ pub(crate) fn mask_sequence(
 
 /// Masks sequence embeddings (T5 captions) as inputs only: rows beyond `max_tokens` are
 /// dropped, kept rows are moved to the front in order, and each dropped run leaves one zero
-/// row (ml-4m's sentinel placeholder). Target mask all true, dam all zero; `b_tgt` is unused.
+/// row (ml-4m's sentinel placeholder); the rest of the `(max_tokens, dim)` tensor is zero.
+/// Target mask all true, dam all zero; `b_tgt` is unused.
 pub(crate) fn mask_embeddings(
     rng: &mut impl Rng,
     spec: &ModalitySpec,
@@ -104,7 +105,6 @@ pub(crate) fn mask_embeddings(
     choose_keep(rng, keep, b_in, units, &mut scratch.keep);
     // Reuse the caller's buffer: every unit adds at most one input row, so the row written
     // (`pos`) never passes the row read (`r`) and a forward in-place compaction is safe.
-    data.resize(len * dim, 0.0);
     let mut pos = 0;
     if b_in > 0 {
         let mut prev_dropped = false;
@@ -124,11 +124,12 @@ pub(crate) fn mask_embeddings(
             }
         }
     }
-    data[pos * dim..].fill(0.0);
+    // The rows past the input are zero: store only the input rows.
+    data.truncate(pos * dim);
     let mut input_mask = vec![true; len];
     input_mask[..pos].fill(false);
     MaskedModality {
-        tensor: MaskedTensor::Floats { data, shape: vec![len, dim] },
+        tensor: MaskedTensor::ZeroPaddedRows { data, shape: [len, dim] },
         input_mask,
         target_mask: vec![true; len],
         decoder_attention_mask: vec![0; len],

@@ -9,7 +9,7 @@ use tessera_tokenizers::masking::{BatchTensor, CollatedBatch};
 /// Moves a collated batch into tensors (ids and the attention mask as i64, masks as bool).
 pub fn to_masked_batch(batch: CollatedBatch) -> MaskedBatch {
     let mut modalities = BTreeMap::new();
-    for (m, b) in batch.modalities {
+    for (m, b) in batch.into_modalities() {
         let shape = |s: &[usize]| s.iter().map(|&d| d as i64).collect::<Vec<i64>>();
         let tensor = match &b.tensor {
             BatchTensor::Ids { data, shape: s } => Tensor::from_slice(data).reshape(shape(s)),
