@@ -245,5 +245,19 @@ pub fn run_rank(a: RankArgs) -> anyhow::Result<()> {
     if a.rank == 0 {
         eprintln!("checkpoint {} at step {}", dir.display(), trainer.state().step);
     }
+    eprintln!(
+        "rank {}: peak RSS {:.1} MiB, sharded master weights + AdamW state {:.1} MiB",
+        a.rank,
+        peak_rss_kib() as f64 / 1024.0,
+        (trainer.local_state_elements() * 4) as f64 / (1024.0 * 1024.0)
+    );
     Ok(())
+}
+
+/// This process's peak resident set size (VmHWM) in KiB, 0 when unknown.
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
 }
