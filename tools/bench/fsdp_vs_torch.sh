@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# FSDP step time and peak memory of `tessera train --workers N` (N = 1, 2, 3) against PyTorch
+# FSDP (FULL_SHARD over Gloo, the peers' fsdp_step.py) on the same machine in the same run.
+#   ML4M_DIR=/path/to/ml-4m PEER_PY=/path/to/venv/bin/python tools/bench/fsdp_vs_torch.sh [CONFIG] [STEPS]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+CONFIG=${1:-configs/bench-fsdp-tiny.toml}
+STEPS=${2:-6}
+BIN=${TESSERA_BIN:-target/release/tessera}
+OUT=$(sed -n 's/^output_dir = "\(.*\)"/\1/p' "$CONFIG")
+OUT="$(dirname "$CONFIG")/$OUT"
+printf "%-24s %12s %14s %18s\n" "run" "s/step (med)" "peak RSS/rank" "sharded state/rank"
+for W in 1 2 3; do
+  rm -rf "$OUT"
+  LOG=$(mktemp)
+  # --fsdp: one worker also runs the FSDP code path, so the rows measure one implementation.
+  "$BIN" train "$CONFIG" --workers "$W" --fsdp --max-steps "$STEPS" --no-resume 2>"$LOG" || { cat "$LOG"; exit 1; }
+  MED=$(python3 -c "
+import json,statistics,sys
+xs=[json.loads(l)['step_s'] for l in open('$OUT/train_log.jsonl')][1:]
+print(f'{statistics.median(xs):.3f}')")
+  RSS=$(grep -o 'peak RSS [0-9.]* MiB' "$LOG" | awk '{print $3}' | sort -n | tail -1)
+  STATE=$(grep -o 'AdamW state [0-9.]* MiB' "$LOG" | awk '{print $3}' | sort -n | tail -1)
+  printf "%-24s %12s %12s MiB %15s MiB\n" "tessera fsdp x$W" "$MED" "${RSS:-?}" "${STATE:-?}"
+  rm -f "$LOG"
+done
+if [ -n "${ML4M_DIR:-}" ] && [ -n "${PEER_PY:-}" ]; then
+  PEER_OUT=$(mktemp --suffix .json)
+  ML4M_DIR=$ML4M_DIR "$PEER_PY" ../shared/peers/fsdp_step.py --configs tiny --modes fsdp1_full_shard \
+    --steps "$((STEPS - 1))" --warmup 1 --out "$PEER_OUT" >/dev/null 2>&1 || echo "peer run failed"
+  python3 - "$PEER_OUT" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+def walk(x, path=""):
+    if isinstance(x, dict):
+        for k, v in x.items():
+            yield from walk(v, f"{path}/{k}")
+    else:
+        yield path, x
+for p, v in walk(d):
+    if "median" in p and ("step" in p) and isinstance(v, (int, float)):
+        print(f"{'torch ' + p:<60} {v:.3f}")
+PY
+fi
