@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 use tch::Device;
-use tessera_coordinator::job::{DeviceKind, LossKind, ResolvedJob};
+use tessera_coordinator::job::{DeviceKind, LossKind, ResolvedJob, ResolvedTrain};
 use tessera_coordinator::ledger::mix;
 use tessera_coordinator::{SampleLedger, SampleRef};
 use tessera_model::{AdamW, AdamWConfig, Checkpoint, ForwardOptions, FourMConfig, LossType};
@@ -17,6 +17,22 @@ use tessera_tokenizers::Modality;
 use crate::checkpoint::{self, Counters, TrainState};
 use crate::error::{Result, WorkerError};
 use crate::source::BatchSource;
+
+/// The forward settings a job's training steps use (budgets and loss; the decoder order seed
+/// and loss normaliser are set per micro-batch).
+pub fn forward_options(t: &ResolvedTrain) -> ForwardOptions {
+    ForwardOptions {
+        num_encoder_tokens: t.num_input_tokens as i64,
+        num_decoder_tokens: t.num_target_tokens as i64,
+        loss: match t.loss {
+            LossKind::Mod => LossType::Mod,
+            LossKind::Token => LossType::Token,
+        },
+        decoder_order_seed: None,
+        return_logits: false,
+        loss_normalizer: None,
+    }
+}
 
 /// What one optimizer step did.
 #[derive(Debug, Clone, Serialize)]
@@ -90,17 +106,7 @@ impl<S: BatchSource> Trainer<S> {
         )?;
         let ledger = SampleLedger::new(job.seed, job.schedule.clone(), dataset_lens)?;
         let state = TrainState { step: 0, next_sample_index: 0, schedule: job.schedule.clone(), counters: Counters::default() };
-        let fwd = ForwardOptions {
-            num_encoder_tokens: t.num_input_tokens as i64,
-            num_decoder_tokens: t.num_target_tokens as i64,
-            loss: match t.loss {
-                LossKind::Mod => LossType::Mod,
-                LossKind::Token => LossType::Token,
-            },
-            decoder_order_seed: None,
-            return_logits: false,
-            loss_normalizer: None,
-        };
+        let fwd = forward_options(t);
         let skipped = source.skipped_counter();
         Ok(Self { job, model, opt, ledger, source, state, fwd, skipped })
     }

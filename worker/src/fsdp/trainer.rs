@@ -8,10 +8,10 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use tch::{Device, Tensor};
-use tessera_coordinator::job::{LossKind, ResolvedJob};
+use tessera_coordinator::job::ResolvedJob;
 use tessera_coordinator::ledger::mix;
 use tessera_coordinator::{SampleLedger, SampleRef};
-use tessera_model::{AdamWConfig, Checkpoint, ForwardOptions, FourMConfig, LossType, adamw_update};
+use tessera_model::{AdamWConfig, Checkpoint, ForwardOptions, FourMConfig, adamw_update};
 use tessera_ops::{Collective, ReduceOp, shard_range};
 use tessera_tokenizers::Modality;
 
@@ -21,7 +21,7 @@ use super::units::{Unit, units_of};
 use crate::checkpoint::{Counters, TrainState};
 use crate::error::{Result, WorkerError};
 use crate::source::BatchSource;
-use crate::trainer::StepReport;
+use crate::trainer::{StepReport, forward_options};
 
 /// One rank of an FSDP job.
 pub struct FsdpTrainer<C: Collective, S: BatchSource> {
@@ -87,17 +87,7 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
         let ledger = SampleLedger::new(job.seed, job.schedule.clone(), dataset_lens)?;
         let state = TrainState { step: 0, next_sample_index: 0, schedule: job.schedule.clone(), counters: Counters::default() };
         let t = &job.train;
-        let fwd = ForwardOptions {
-            num_encoder_tokens: t.num_input_tokens as i64,
-            num_decoder_tokens: t.num_target_tokens as i64,
-            loss: match t.loss {
-                LossKind::Mod => LossType::Mod,
-                LossKind::Token => LossType::Token,
-            },
-            decoder_order_seed: None,
-            return_logits: false,
-            loss_normalizer: None,
-        };
+        let fwd = forward_options(t);
         let outputs = cfg.domains_out.clone();
         let skipped = source.skipped_counter();
         let mut me = Self { job, model, coll, units, grad_resets, shards, steps, ledger, source, state, fwd, outputs, skipped };
