@@ -89,10 +89,24 @@ pub fn run(a: DataPathArgs) -> anyhow::Result<()> {
     let lens = pipeline.dataset_lens();
     let ledger = SampleLedger::new(job.seed, job.schedule.clone(), lens.clone())?;
     let fed = Prefetcher::new(pipeline, ledger, micro, 2);
-    steps.push(time_steps("data path (prefetch)", Trainer::new(job.clone(), &cfg, fed, lens.clone())?, a.steps)?);
     let (n_in, n_tgt) = (job.train.num_input_tokens, job.train.num_target_tokens);
     let prebuilt = PrebuiltSynthetic::new(cfg.clone(), job.seed, n_in, n_tgt);
-    steps.push(time_steps("pre-built batches", Trainer::new(job.clone(), &cfg, prebuilt, lens)?, a.steps)?);
+    // Alternate the two sources step by step so that machine noise hits both alike.
+    let mut a_t = Trainer::new(job.clone(), &cfg, fed, lens.clone())?;
+    let mut b_t = Trainer::new(job.clone(), &cfg, prebuilt, lens)?;
+    a_t.step()?; // warm-up (allocator, first prefetch)
+    b_t.step()?;
+    let (mut a_s, mut a_d, mut b_s, mut b_d) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..a.steps {
+        let r = a_t.step()?;
+        a_s.push(r.step_s);
+        a_d.push(r.data_s);
+        let r = b_t.step()?;
+        b_s.push(r.step_s);
+        b_d.push(r.data_s);
+    }
+    steps.push(StepRow { source: "data path (prefetch)", step_s: stats(a_s), data_wait_s: stats(a_d) });
+    steps.push(StepRow { source: "pre-built batches", step_s: stats(b_s), data_wait_s: stats(b_d) });
     let ratio = steps[0].step_s.median / steps[1].step_s.median;
     let report = Report {
         job: job.origin.clone(),
@@ -116,15 +130,4 @@ pub fn run(a: DataPathArgs) -> anyhow::Result<()> {
         s.push_str(&format!("step time, data path / pre-built: {ratio:.3}\n"));
         s
     })
-}
-
-fn time_steps<S: BatchSource>(source: &'static str, mut t: Trainer<S>, n: usize) -> anyhow::Result<StepRow> {
-    t.step()?; // warm-up (allocator, first prefetch)
-    let (mut step_s, mut data_s) = (Vec::new(), Vec::new());
-    for _ in 0..n {
-        let r = t.step()?;
-        step_s.push(r.step_s);
-        data_s.push(r.data_s);
-    }
-    Ok(StepRow { source, step_s: stats(step_s), data_wait_s: stats(data_s) })
 }
