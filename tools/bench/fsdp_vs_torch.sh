@@ -30,15 +30,8 @@ if [ -n "${ML4M_DIR:-}" ] && [ -n "${PEER_PY:-}" ]; then
     --steps "$((STEPS - 1))" --warmup 1 --out "$PEER_OUT" >/dev/null 2>&1 || echo "peer run failed"
   python3 - "$PEER_OUT" <<'PY'
 import json, sys
-d = json.load(open(sys.argv[1]))
-def walk(x, path=""):
-    if isinstance(x, dict):
-        for k, v in x.items():
-            yield from walk(v, f"{path}/{k}")
-    else:
-        yield path, x
-for p, v in walk(d):
-    if "median" in p and ("step" in p) and isinstance(v, (int, float)):
-        print(f"{'torch ' + p:<60} {v:.3f}")
+for r in json.load(open(sys.argv[1]))["runs"]:
+    rss = max(r.get("peak_rss_mib_per_rank") or [float("nan")])
+    print(f"{'torch ' + r['mode'] + ' x' + str(r['world_size']):<24} {r['step_s']['median']:12.3f} {rss:12.1f} MiB {'-':>15}")
 PY
 fi
