@@ -18,6 +18,7 @@ output_dir = "out"
 modalities = "caption,tok_rgb@224"
 
 [data]
+text_tokenizer = "tok.json"
 input_tokens = 64
 target_tokens = [16, 64]
 
