@@ -243,3 +243,30 @@ fn a_killed_rank_stops_the_job_cleanly() {
         );
     }
 }
+
+/// Checkpoints move between one process and several: 1 worker for a step, 2 workers for two,
+/// then 1 worker to the end; the losses are those of an uninterrupted single process.
+#[test]
+fn checkpoints_move_between_one_and_many_workers() {
+    let one = tempfile::tempdir().unwrap();
+    let job = write_job(one.path(), 4, "micro_batch_size = 2");
+    let text = std::fs::read_to_string(&job).unwrap().replace("global_batch_size = 2", "global_batch_size = 4");
+    std::fs::write(&job, &text).unwrap();
+    assert!(tessera(&["train", &job]).status.success());
+    let reference = losses_of(one.path());
+
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("job.toml"), &text).unwrap();
+    let job = d.path().join("job.toml").display().to_string();
+    for args in [vec!["--max-steps", "1"], vec!["--workers", "2", "--max-steps", "2"], vec![]] {
+        let mut all = vec!["train", job.as_str()];
+        all.extend(args.iter().copied());
+        let out = tessera(&all);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let got = losses_of(d.path());
+    assert_eq!(got.len(), 4);
+    for (s, (a, b)) in got.iter().zip(&reference).enumerate() {
+        assert!((a - b).abs() / b.abs() < 1e-6, "step {s}: {a} vs {b}");
+    }
+}

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use serde::Serialize;
-use tch::Device;
+use tch::{Device, Tensor};
 use tessera_coordinator::job::{DeviceKind, LossKind, ResolvedJob, ResolvedTrain};
 use tessera_coordinator::ledger::mix;
 use tessera_coordinator::{SampleLedger, SampleRef};
@@ -16,6 +16,7 @@ use tessera_tokenizers::Modality;
 
 use crate::checkpoint::{self, Counters, TrainState};
 use crate::error::{Result, WorkerError};
+use crate::fsdp::checkpoint as sharded;
 use crate::source::BatchSource;
 
 /// The forward settings a job's training steps use (budgets and loss; the decoder order seed
@@ -114,21 +115,44 @@ impl<S: BatchSource> Trainer<S> {
     /// Resumes from the newest valid checkpoint of the job's checkpoint directory, if any;
     /// returns it and the reasons newer ones were rejected.
     pub fn resume(&mut self) -> Result<(Option<PathBuf>, Vec<String>)> {
-        let (found, rejected) = checkpoint::latest_valid(&self.job.checkpoint.dir)?;
-        let Some(checkpoint::ValidCheckpoint { dir, manifest }) = found else { return Ok((None, rejected)) };
-        if manifest.seed != self.job.seed {
+        let (found, rejected) = sharded::latest_any(&self.job.checkpoint.dir)?;
+        let Some(found) = found else { return Ok((None, rejected)) };
+        let dir = found.dir().to_path_buf();
+        if found.seed() != self.job.seed {
             return Err(WorkerError::Checkpoint {
                 path: dir,
                 reason: format!(
                     "written with seed {}, the job has seed {}: it would not continue the same data",
-                    manifest.seed, self.job.seed
+                    found.seed(),
+                    self.job.seed
                 ),
             });
         }
-        checkpoint::restore(&dir, &self.model, &mut self.opt)?;
-        self.ledger = SampleLedger::new(self.job.seed, manifest.state.schedule.clone(), self.ledger.dataset_lens().to_vec())?;
+        let state = found.state().clone();
+        match found {
+            sharded::AnyCheckpoint::Single(_) => checkpoint::restore(&dir, &self.model, &mut self.opt)?,
+            // Written by FSDP ranks: assemble the whole flat vectors (a world of one) and
+            // split them back into parameters and per-parameter AdamW state.
+            sharded::AnyCheckpoint::Sharded((_, m)) => {
+                let units = crate::fsdp::units_of(&self.model.vs, 1, 0);
+                sharded::check_layout(&dir, &m.units, &sharded::unit_records(&units, None))?;
+                let shards = sharded::load_shards(&dir, &m, 0, 1)?;
+                let mut opt_state = Vec::new();
+                for ((u, rec), s) in units.iter().zip(&m.units).zip(&shards) {
+                    for (p, pr) in u.params.iter().zip(&rec.params) {
+                        let piece = |t: &Tensor| t.narrow(0, p.offset as i64, p.numel as i64).view(p.shape.as_slice());
+                        tch::no_grad(|| p.tensor.shallow_clone().copy_(&piece(&s.master)));
+                        opt_state.push((format!("{}.exp_avg", p.name), piece(&s.exp_avg)));
+                        opt_state.push((format!("{}.exp_avg_sq", p.name), piece(&s.exp_avg_sq)));
+                        opt_state.push((format!("{}.step", p.name), Tensor::from_slice(&[pr.steps])));
+                    }
+                }
+                self.opt.load_state(opt_state, &dir.display().to_string())?;
+            }
+        }
+        self.ledger = SampleLedger::new(self.job.seed, state.schedule.clone(), self.ledger.dataset_lens().to_vec())?;
         self.source.set_ledger(&self.ledger);
-        self.state = manifest.state;
+        self.state = state;
         Ok((Some(dir), rejected))
     }
 

@@ -185,3 +185,139 @@ pub fn load_shards(dir: &Path, m: &ShardedManifest, rank: usize, world: usize) -
     }
     Ok(out)
 }
+
+/// The layout of `units` as recorded in manifests, with each parameter's update count from
+/// `steps` (zeros when `None`).
+pub fn unit_records(units: &[super::units::Unit], steps: Option<&[Vec<i64>]>) -> Vec<UnitRecord> {
+    units
+        .iter()
+        .enumerate()
+        .map(|(ui, u)| UnitRecord {
+            name: u.name.clone(),
+            numel: u.numel,
+            params: u
+                .params
+                .iter()
+                .enumerate()
+                .map(|(pi, p)| ParamRecord {
+                    name: p.name.clone(),
+                    shape: p.shape.clone(),
+                    offset: p.offset,
+                    steps: steps.map_or(0, |s| s[ui][pi]),
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// Checks that a checkpoint's flat layout is the one `mine` describes (same units, parameter
+/// names, shapes and offsets), so its shards can be loaded into this model.
+pub fn check_layout(dir: &Path, found: &[UnitRecord], mine: &[UnitRecord]) -> Result<()> {
+    let layout = |us: &[UnitRecord]| -> Vec<(String, usize, Vec<(String, Vec<i64>, usize)>)> {
+        us.iter()
+            .map(|u| (u.name.clone(), u.numel, u.params.iter().map(|p| (p.name.clone(), p.shape.clone(), p.offset)).collect()))
+            .collect()
+    };
+    if layout(found) != layout(mine) {
+        return Err(WorkerError::Checkpoint {
+            path: dir.to_path_buf(),
+            reason: "its parameter layout does not match this job's model".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Rank `rank` of `world`'s shards (and every parameter's update count) built from a
+/// single-process checkpoint (`model.safetensors` + `optimizer.safetensors`) for the layout
+/// `units`: how a run started with one worker continues with several.
+pub fn shards_from_single(dir: &Path, units: &[UnitRecord], rank: usize, world: usize) -> Result<(Vec<ShardTensors>, Vec<Vec<i64>>)> {
+    let bad = |reason: String| WorkerError::Checkpoint { path: dir.to_path_buf(), reason };
+    let weights: std::collections::BTreeMap<String, Tensor> = io::read(&dir.join(crate::checkpoint::MODEL_FILE))?.0.into_iter().collect();
+    let state: std::collections::BTreeMap<String, Tensor> = io::read(&dir.join(crate::checkpoint::OPTIMIZER_FILE))?.0.into_iter().collect();
+    let mut shards = Vec::with_capacity(units.len());
+    let mut steps = Vec::with_capacity(units.len());
+    for u in units {
+        let range = shard_range(u.numel, world, rank);
+        let parts: [Tensor; 3] = std::array::from_fn(|_| Tensor::zeros([range.len() as i64], (tch::Kind::Float, tch::Device::Cpu)));
+        let mut unit_steps = Vec::with_capacity(u.params.len());
+        for p in &u.params {
+            let numel: i64 = p.shape.iter().product();
+            let (lo, hi) = (range.start.max(p.offset), range.end.min(p.offset + numel as usize));
+            let sources = [weights.get(&p.name), state.get(&format!("{}.exp_avg", p.name)), state.get(&format!("{}.exp_avg_sq", p.name))];
+            for (k, src) in sources.into_iter().enumerate() {
+                let src = src.ok_or_else(|| bad(format!("no tensor for parameter '{}'", p.name)))?;
+                if src.numel() as i64 != numel {
+                    return Err(bad(format!("'{}' has {} elements, the model {numel}", p.name, src.numel())));
+                }
+                if lo < hi {
+                    let piece = src.to_kind(tch::Kind::Float).reshape([-1]).narrow(0, (lo - p.offset) as i64, (hi - lo) as i64);
+                    parts[k].narrow(0, (lo - range.start) as i64, (hi - lo) as i64).copy_(&piece);
+                }
+            }
+            let step = state.get(&format!("{}.step", p.name)).ok_or_else(|| bad(format!("no update count for '{}'", p.name)))?;
+            unit_steps.push(step.int64_value(&[0]));
+        }
+        let [master, exp_avg, exp_avg_sq] = parts;
+        shards.push(ShardTensors { master, exp_avg, exp_avg_sq });
+        steps.push(unit_steps);
+    }
+    Ok((shards, steps))
+}
+
+/// A checkpoint of either format.
+#[derive(Debug)]
+pub enum AnyCheckpoint {
+    /// Written by one process (`model.safetensors` + `optimizer.safetensors`).
+    Single(crate::checkpoint::ValidCheckpoint),
+    /// Written by FSDP ranks.
+    Sharded(FoundCheckpoint),
+}
+
+impl AnyCheckpoint {
+    /// The training position it holds.
+    pub fn state(&self) -> &TrainState {
+        match self {
+            Self::Single(c) => &c.manifest.state,
+            Self::Sharded((_, m)) => &m.state,
+        }
+    }
+
+    /// Its seed.
+    pub fn seed(&self) -> u64 {
+        match self {
+            Self::Single(c) => c.manifest.seed,
+            Self::Sharded((_, m)) => m.seed,
+        }
+    }
+
+    /// Its directory.
+    pub fn dir(&self) -> &Path {
+        match self {
+            Self::Single(c) => &c.dir,
+            Self::Sharded((d, _)) => d,
+        }
+    }
+}
+
+/// The newest checkpoint under `root` of either format that verifies, and why newer ones
+/// were passed over.
+pub fn latest_any(root: &Path) -> Result<(Option<AnyCheckpoint>, Vec<String>)> {
+    let mut rejected = Vec::new();
+    for (_, dir) in crate::checkpoint::list(root)? {
+        let format = fs::read(dir.join(MANIFEST))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v.get("format").and_then(|f| f.as_str()).map(str::to_string));
+        let found = if format.as_deref() == Some(FORMAT) {
+            verify(&dir).map(|m| AnyCheckpoint::Sharded((dir.clone(), m)))
+        } else {
+            crate::checkpoint::verify(&dir)
+                .map(|manifest| AnyCheckpoint::Single(crate::checkpoint::ValidCheckpoint { dir: dir.clone(), manifest }))
+        };
+        match found {
+            Ok(c) => return Ok((Some(c), rejected)),
+            Err(e) => rejected.push(e.to_string()),
+        }
+    }
+    Ok((None, rejected))
+}

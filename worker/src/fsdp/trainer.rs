@@ -15,7 +15,7 @@ use tessera_model::{AdamWConfig, Checkpoint, ForwardOptions, FourMConfig, adamw_
 use tessera_ops::{Collective, ReduceOp, shard_range};
 use tessera_tokenizers::Modality;
 
-use super::checkpoint::{self as sharded, ParamRecord, ShardTensors, ShardedManifest, UnitRecord};
+use super::checkpoint::{self as sharded, ShardTensors, ShardedManifest, UnitRecord};
 use super::tensors::append_f32;
 use super::units::{Unit, units_of};
 use crate::checkpoint::{Counters, TrainState};
@@ -389,20 +389,7 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
 
     /// The flat layout as recorded in checkpoints.
     fn unit_records(&self) -> Vec<UnitRecord> {
-        self.units
-            .iter()
-            .zip(&self.steps)
-            .map(|(u, steps)| UnitRecord {
-                name: u.name.clone(),
-                numel: u.numel,
-                params: u
-                    .params
-                    .iter()
-                    .zip(steps)
-                    .map(|(p, s)| ParamRecord { name: p.name.clone(), shape: p.tensor.size(), offset: p.offset, steps: *s })
-                    .collect(),
-            })
-            .collect()
+        sharded::unit_records(&self.units, Some(&self.steps))
     }
 
     /// Writes a sharded checkpoint of the current state under the job's checkpoint directory
@@ -457,12 +444,12 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
         let root = self.job.checkpoint.dir.clone();
         let mut chosen = [-1i64];
         if rank == 0 {
-            let (found, rejected) = sharded::latest_valid(&root)?;
+            let (found, rejected) = sharded::latest_any(&root)?;
             for r in rejected {
                 tracing::warn!("skipping checkpoint: {r}");
             }
-            if let Some((_, m)) = found {
-                chosen[0] = m.state.step as i64;
+            if let Some(c) = found {
+                chosen[0] = c.state().step as i64;
             }
         }
         let r = self.coll.broadcast(&mut chosen, tessera_ops::Rank(0));
@@ -471,29 +458,33 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
             return Ok(None);
         }
         let dir = root.join(crate::checkpoint::dir_name(chosen[0] as u64));
-        let m = sharded::verify(&dir)?;
-        if m.seed != self.job.seed {
+        let (found, _) = sharded::latest_any(&root)?;
+        let found = found
+            .filter(|c| c.dir() == dir)
+            .ok_or_else(|| WorkerError::Checkpoint { path: dir.clone(), reason: "rank 0 chose it but it no longer verifies".into() })?;
+        if found.seed() != self.job.seed {
             return Err(WorkerError::Checkpoint {
                 path: dir,
-                reason: format!("written with seed {}, the job has seed {}", m.seed, self.job.seed),
+                reason: format!("written with seed {}, the job has seed {}", found.seed(), self.job.seed),
             });
         }
         let mine = self.unit_records();
-        let layout = |us: &[UnitRecord]| {
-            us.iter()
-                .map(|u| {
-                    (u.name.clone(), u.numel, u.params.iter().map(|p| (p.name.clone(), p.shape.clone(), p.offset)).collect::<Vec<_>>())
-                })
-                .collect::<Vec<_>>()
-        };
-        if layout(&m.units) != layout(&mine) {
-            return Err(WorkerError::Checkpoint { path: dir, reason: "its parameter layout does not match this job's model".into() });
+        let state = found.state().clone();
+        match found {
+            sharded::AnyCheckpoint::Sharded((_, m)) => {
+                sharded::check_layout(&dir, &m.units, &mine)?;
+                self.shards = sharded::load_shards(&dir, &m, rank, world)?;
+                self.steps = m.units.iter().map(|u| u.params.iter().map(|p| p.steps).collect()).collect();
+            }
+            sharded::AnyCheckpoint::Single(_) => {
+                let (shards, steps) = sharded::shards_from_single(&dir, &mine, rank, world)?;
+                self.shards = shards;
+                self.steps = steps;
+            }
         }
-        self.shards = sharded::load_shards(&dir, &m, rank, world)?;
-        self.steps = m.units.iter().map(|u| u.params.iter().map(|p| p.steps).collect()).collect();
-        self.ledger = SampleLedger::new(self.job.seed, m.state.schedule.clone(), self.ledger.dataset_lens().to_vec())?;
+        self.ledger = SampleLedger::new(self.job.seed, state.schedule.clone(), self.ledger.dataset_lens().to_vec())?;
         self.source.set_ledger(&self.ledger);
-        self.state = m.state;
+        self.state = state;
         Ok(Some(self.state.step))
     }
 
