@@ -213,12 +213,14 @@ pub fn unit_records(units: &[super::units::Unit], steps: Option<&[Vec<i64>]>) ->
 /// Checks that a checkpoint's flat layout is the one `mine` describes (same units, parameter
 /// names, shapes and offsets), so its shards can be loaded into this model.
 pub fn check_layout(dir: &Path, found: &[UnitRecord], mine: &[UnitRecord]) -> Result<()> {
-    let layout = |us: &[UnitRecord]| -> Vec<(String, usize, Vec<(String, Vec<i64>, usize)>)> {
-        us.iter()
-            .map(|u| (u.name.clone(), u.numel, u.params.iter().map(|p| (p.name.clone(), p.shape.clone(), p.offset)).collect()))
-            .collect()
+    let same_param = |p: &ParamRecord, q: &ParamRecord| p.name == q.name && p.shape == q.shape && p.offset == q.offset;
+    let same_unit = |a: &UnitRecord, b: &UnitRecord| {
+        a.name == b.name
+            && a.numel == b.numel
+            && a.params.len() == b.params.len()
+            && a.params.iter().zip(&b.params).all(|(p, q)| same_param(p, q))
     };
-    if layout(found) != layout(mine) {
+    if found.len() != mine.len() || !found.iter().zip(mine).all(|(a, b)| same_unit(a, b)) {
         return Err(WorkerError::Checkpoint {
             path: dir.to_path_buf(),
             reason: "its parameter layout does not match this job's model".into(),
