@@ -1,7 +1,9 @@
 //! tessera's control plane, free of libtorch: job specs (TOML and ml-4m YAML import), the
 //! dataset-mixture schedule and the global sample ledger (the determinism contract), and the
-//! learning-rate schedule.
+//! learning-rate schedule, and the coordinator's membership/generation/checkpoint decisions as a
+//! pure state machine ([`control`]).
 
+pub mod control;
 pub mod error;
 pub mod job;
 pub mod ledger;

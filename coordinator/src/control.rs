@@ -1,0 +1,12 @@
+//! The coordinator's decisions as a pure state machine: who is a member, when a member is
+//! dead, who forms the next generation, which checkpoint it restores, when to checkpoint, and
+//! when a generation must end. [`Control::handle`] takes an [`Event`] and the current time and
+//! returns the [`Action`]s to carry out; it does no I/O, reads no clock and holds no sockets,
+//! so every policy is unit-tested without processes. The actors (next step) only translate
+//! messages into events and actions into messages.
+
+mod decide;
+mod state;
+
+pub use decide::{Action, StopReason};
+pub use state::{Control, Event, GenerationPlan, Member, Policy, WorkerId};

@@ -1,0 +1,247 @@
+//! [`Control::handle`]: applies an event, then decides. The rules, in order:
+//! 1. a member silent for longer than the heartbeat timeout is dead: it is removed and, if it
+//!    is a rank of the running generation, the generation is aborted (its work since the last
+//!    committed checkpoint is redone);
+//! 2. while a generation runs: periodic and requested checkpoints; a planned membership change
+//!    (a new worker below the target, a draining rank, a scale-down) ends the generation at the
+//!    next step boundary with a checkpoint, so no step is lost; at the end of the job a final
+//!    checkpoint, then a stop;
+//! 3. with no generation running: if enough members exist (all that the target asks for, or at
+//!    least `min_workers` once the rendezvous grace has passed), the next generation starts
+//!    with the longest-standing ones, restoring the newest committed checkpoint.
+
+use serde::{Deserialize, Serialize};
+
+use super::state::{Control, Event, GenerationPlan, Member, WorkerId};
+
+/// Why a generation ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StopReason {
+    /// A rank died or left; the generation is aborted.
+    MemberLost(WorkerId),
+    /// The membership should change (join, drain, scale).
+    Resize,
+    /// Every step is done.
+    Finished,
+}
+
+/// What the coordinator must do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Action {
+    /// Start a generation (send every rank its plan).
+    Start(GenerationPlan),
+    /// Checkpoint the running generation at the boundary of `step` (before training it).
+    Checkpoint {
+        /// The generation.
+        generation: u64,
+        /// The step count the checkpoint will hold.
+        step: u64,
+    },
+    /// Finish the current step, write a checkpoint if asked, then leave the training loop.
+    StopAtBoundary {
+        /// The generation.
+        generation: u64,
+        /// Write a checkpoint at that boundary first.
+        checkpoint: bool,
+        /// Why.
+        reason: StopReason,
+    },
+    /// Abort the generation's collectives now (a rank is gone).
+    Abort {
+        /// The generation.
+        generation: u64,
+        /// Why.
+        reason: StopReason,
+    },
+    /// Forget this worker (and tell it to exit if it can still be reached).
+    Remove {
+        /// The worker.
+        id: WorkerId,
+    },
+    /// The job is complete.
+    Finish,
+}
+
+impl Control {
+    /// Applies `event` observed at `now_ms` and returns what to do.
+    pub fn handle(&mut self, now_ms: u64, event: Event) -> Vec<Action> {
+        let mut actions = Vec::new();
+        self.apply(now_ms, event, &mut actions);
+        self.reap_dead(now_ms, &mut actions);
+        if self.running.is_some() {
+            self.while_running(&mut actions);
+        } else if !self.stopping {
+            self.when_idle(now_ms, &mut actions);
+        }
+        actions
+    }
+
+    fn is_rank(&self, id: WorkerId) -> bool {
+        self.running.as_ref().is_some_and(|g| g.ranks.contains(&id))
+    }
+
+    fn abort(&mut self, reason: StopReason, actions: &mut Vec<Action>) {
+        if let Some(g) = &self.running
+            && !self.stopping
+        {
+            actions.push(Action::Abort { generation: g.generation, reason });
+        }
+        // An abort also ends a planned stop: nothing in flight will be committed.
+        self.stopping = true;
+        self.checkpoint_in_flight = None;
+    }
+
+    fn apply(&mut self, now_ms: u64, event: Event, actions: &mut Vec<Action>) {
+        match event {
+            Event::Join { id, addr } => {
+                let m = self.members.entry(id).or_insert(Member {
+                    id,
+                    addr: addr.clone(),
+                    joined_ms: now_ms,
+                    last_seen_ms: now_ms,
+                    draining: false,
+                });
+                m.addr = addr;
+                m.last_seen_ms = now_ms;
+            }
+            Event::Heartbeat { id } => {
+                if let Some(m) = self.members.get_mut(&id) {
+                    m.last_seen_ms = now_ms;
+                }
+            }
+            Event::Leave { id } => {
+                if self.members.remove(&id).is_some() {
+                    actions.push(Action::Remove { id });
+                }
+                if self.is_rank(id) {
+                    self.abort(StopReason::MemberLost(id), actions);
+                }
+            }
+            Event::StepDone { generation, step } => {
+                if let Some(g) = &self.running
+                    && g.generation == generation
+                {
+                    self.next_step = self.next_step.max(step + 1);
+                    for id in g.ranks.clone() {
+                        if let Some(m) = self.members.get_mut(&id) {
+                            m.last_seen_ms = now_ms;
+                        }
+                    }
+                }
+            }
+            Event::CheckpointCommitted { step } => {
+                if !self.committed.contains(&step) {
+                    self.committed.push(step);
+                    self.committed.sort_unstable();
+                }
+                self.checkpoint_in_flight = None;
+            }
+            Event::CheckpointFailed { .. } => self.checkpoint_in_flight = None,
+            Event::GenerationStopped { generation } => {
+                if self.running.as_ref().is_some_and(|g| g.generation == generation) {
+                    self.running = None;
+                    self.stopping = false;
+                    self.checkpoint_in_flight = None;
+                    // Whatever ran after the newest commit is redone by the next generation.
+                    self.next_step = self.last_committed().unwrap_or(0);
+                }
+            }
+            Event::Scale { workers } => self.target = workers.clamp(self.policy.min_workers, self.policy.max_workers),
+            Event::RequestCheckpoint => self.checkpoint_requested = true,
+            Event::Tick => {}
+        }
+    }
+
+    fn reap_dead(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
+        let timeout = self.policy.heartbeat_timeout_ms;
+        let dead: Vec<WorkerId> = self.members.values().filter(|m| now_ms.saturating_sub(m.last_seen_ms) > timeout).map(|m| m.id).collect();
+        for id in dead {
+            self.members.remove(&id);
+            actions.push(Action::Remove { id });
+            if self.is_rank(id) {
+                self.abort(StopReason::MemberLost(id), actions);
+            }
+        }
+    }
+
+    fn while_running(&mut self, actions: &mut Vec<Action>) {
+        if self.stopping {
+            return;
+        }
+        let g = self.running.clone().expect("called while running");
+        let step = self.next_step;
+        if self.finished() {
+            if self.last_committed() == Some(step) {
+                actions.push(Action::StopAtBoundary { generation: g.generation, checkpoint: false, reason: StopReason::Finished });
+                self.stopping = true;
+            } else if self.checkpoint_in_flight.is_none() {
+                actions.push(Action::Checkpoint { generation: g.generation, step });
+                self.checkpoint_in_flight = Some(step);
+            }
+            return;
+        }
+        let every = self.policy.checkpoint_every;
+        let periodic = every > 0 && step > g.start_step && step.is_multiple_of(every) && self.last_committed() != Some(step);
+        if (periodic || self.checkpoint_requested) && self.checkpoint_in_flight.is_none() {
+            actions.push(Action::Checkpoint { generation: g.generation, step });
+            self.checkpoint_in_flight = Some(step);
+            self.checkpoint_requested = false;
+        }
+        let waiting = self.members.values().filter(|m| !m.draining && !g.ranks.contains(&m.id)).count();
+        let draining = g.ranks.iter().any(|id| self.members.get(id).is_some_and(|m| m.draining));
+        let grow = waiting > 0 && g.ranks.len() < self.target.min(self.policy.max_workers);
+        let shrink = g.ranks.len() > self.target;
+        if grow || shrink || draining {
+            actions.push(Action::StopAtBoundary { generation: g.generation, checkpoint: true, reason: StopReason::Resize });
+            self.stopping = true;
+        }
+    }
+
+    fn when_idle(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
+        if self.finished() {
+            if !self.done {
+                actions.push(Action::Finish);
+                self.done = true;
+            }
+            return;
+        }
+        // Draining members leave once their generation has stopped.
+        let drained: Vec<WorkerId> = self.members.values().filter(|m| m.draining).map(|m| m.id).collect();
+        for id in drained {
+            self.members.remove(&id);
+            actions.push(Action::Remove { id });
+        }
+        let mut eligible: Vec<&Member> = self.members.values().collect();
+        if eligible.len() < self.policy.min_workers.max(1) {
+            self.ready_since = None;
+            return;
+        }
+        let want = self.target.min(self.policy.max_workers);
+        let since = *self.ready_since.get_or_insert(now_ms);
+        // Only the first generation waits: after a failure the survivors go on at once.
+        if self.next_generation == 0 && eligible.len() < want && now_ms < since + self.policy.rendezvous_grace_ms {
+            return; // more workers may still be coming
+        }
+        eligible.sort_by_key(|m| (m.joined_ms, m.id));
+        let n = eligible.len().min(self.target).min(self.policy.max_workers).max(self.policy.min_workers.max(1));
+        let restore = self.last_committed();
+        let plan = GenerationPlan {
+            generation: self.next_generation,
+            ranks: eligible.iter().take(n).map(|m| m.id).collect(),
+            start_step: restore.unwrap_or(0),
+            restore,
+        };
+        self.next_generation += 1;
+        self.ready_since = None;
+        self.next_step = plan.start_step;
+        self.running = Some(plan.clone());
+        actions.push(Action::Start(plan));
+    }
+
+    /// Marks a member as draining: it leaves at the next step boundary (`tessera scale`).
+    pub fn drain(&mut self, id: WorkerId) {
+        if let Some(m) = self.members.get_mut(&id) {
+            m.draining = true;
+        }
+    }
+}

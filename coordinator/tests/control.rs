@@ -1,0 +1,176 @@
+//! The coordinator's decisions, driven event by event with an explicit clock.
+
+use tessera_coordinator::control::{Action, Control, Event, GenerationPlan, Policy, StopReason, WorkerId};
+
+const POLICY: Policy =
+    Policy { min_workers: 2, max_workers: 3, heartbeat_timeout_ms: 1000, checkpoint_every: 2, total_steps: 10, rendezvous_grace_ms: 500 };
+
+fn w(i: u64) -> WorkerId {
+    WorkerId(i)
+}
+
+fn join(c: &mut Control, now: u64, id: u64) -> Vec<Action> {
+    c.handle(now, Event::Join { id: w(id), addr: format!("127.0.0.1:{}", 9000 + id) })
+}
+
+fn started(actions: &[Action]) -> Option<GenerationPlan> {
+    actions.iter().find_map(|a| match a {
+        Action::Start(p) => Some(p.clone()),
+        _ => None,
+    })
+}
+
+/// Runs `steps` steps of the running generation, heartbeating every member, and commits the
+/// checkpoints the coordinator asks for.
+fn train(c: &mut Control, now: &mut u64, steps: u64) -> Vec<Action> {
+    let mut all = Vec::new();
+    for _ in 0..steps {
+        *now += 100;
+        let g = c.running().expect("a generation runs").clone();
+        let step = c.next_step();
+        let mut acts = c.handle(*now, Event::StepDone { generation: g.generation, step });
+        for id in c.members().map(|m| m.id).collect::<Vec<_>>() {
+            acts.extend(c.handle(*now, Event::Heartbeat { id }));
+        }
+        for a in acts.clone() {
+            if let Action::Checkpoint { step, .. } = a {
+                acts.extend(c.handle(*now, Event::CheckpointCommitted { step }));
+            }
+        }
+        all.extend(acts);
+    }
+    all
+}
+
+#[test]
+fn a_generation_starts_once_min_workers_joined() {
+    let mut c = Control::new(POLICY);
+    assert!(started(&join(&mut c, 0, 7)).is_none(), "one worker is below min_workers");
+    assert!(started(&join(&mut c, 10, 3)).is_none(), "two of three: wait for the third during the grace");
+    assert!(started(&c.handle(400, Event::Heartbeat { id: w(7) })).is_none());
+    let plan = started(&c.handle(520, Event::Tick)).expect("grace over: start with two");
+    assert_eq!(plan, GenerationPlan { generation: 0, ranks: vec![w(7), w(3)], start_step: 0, restore: None });
+    // With all three at once there is nothing to wait for.
+    let mut c = Control::new(POLICY);
+    join(&mut c, 0, 1);
+    join(&mut c, 0, 2);
+    assert_eq!(started(&join(&mut c, 0, 3)).unwrap().ranks, vec![w(1), w(2), w(3)]);
+}
+
+#[test]
+fn periodic_checkpoints_and_the_end_of_the_job() {
+    let mut c = Control::new(Policy { total_steps: 5, max_workers: 2, ..POLICY });
+    join(&mut c, 0, 1);
+    join(&mut c, 0, 2);
+    let mut now = 0;
+    let acts = train(&mut c, &mut now, 5);
+    let cps: Vec<u64> = acts.iter().filter_map(|a| if let Action::Checkpoint { step, .. } = a { Some(*step) } else { None }).collect();
+    assert_eq!(cps, vec![2, 4, 5], "every 2 steps, and a final one");
+    let stop = c.handle(now, Event::Tick);
+    assert!(
+        stop.iter().any(|a| matches!(a, Action::StopAtBoundary { reason: StopReason::Finished, .. }))
+            || acts.iter().any(|a| matches!(a, Action::StopAtBoundary { reason: StopReason::Finished, .. }))
+    );
+    let end = c.handle(now, Event::GenerationStopped { generation: 0 });
+    assert_eq!(end, vec![Action::Finish]);
+    assert!(c.handle(now + 1, Event::Tick).is_empty(), "Finish is announced once");
+}
+
+#[test]
+fn a_silent_rank_is_removed_and_the_survivors_restart_from_the_last_commit() {
+    let mut c = Control::new(POLICY);
+    join(&mut c, 0, 1);
+    join(&mut c, 0, 2);
+    join(&mut c, 0, 3);
+    let mut now = 0;
+    train(&mut c, &mut now, 3); // committed at 2, next step 3
+    assert_eq!(c.last_committed(), Some(2));
+    // Worker 2 stops answering; the others keep heartbeating.
+    now += 600;
+    c.handle(now, Event::Heartbeat { id: w(1) });
+    c.handle(now, Event::Heartbeat { id: w(3) });
+    now += 600;
+    let mut acts = c.handle(now, Event::Heartbeat { id: w(1) });
+    acts.extend(c.handle(now, Event::Heartbeat { id: w(3) }));
+    acts.extend(c.handle(now, Event::Tick));
+    assert!(acts.contains(&Action::Remove { id: w(2) }), "{acts:?}");
+    assert!(acts.contains(&Action::Abort { generation: 0, reason: StopReason::MemberLost(w(2)) }), "{acts:?}");
+    let next = started(&c.handle(now, Event::GenerationStopped { generation: 0 })).expect("2 survivors >= min");
+    assert_eq!(next, GenerationPlan { generation: 1, ranks: vec![w(1), w(3)], start_step: 2, restore: Some(2) });
+    assert_eq!(c.next_step(), 2, "step 2 is redone: it was not committed");
+}
+
+#[test]
+fn below_min_workers_the_job_waits_for_a_new_worker() {
+    let mut c = Control::new(Policy { max_workers: 2, ..POLICY });
+    join(&mut c, 0, 1);
+    join(&mut c, 0, 2);
+    let mut now = 0;
+    train(&mut c, &mut now, 2);
+    assert!(c.handle(now, Event::Leave { id: w(2) }).contains(&Action::Abort { generation: 0, reason: StopReason::MemberLost(w(2)) }));
+    assert!(started(&c.handle(now, Event::GenerationStopped { generation: 0 })).is_none());
+    let plan = started(&join(&mut c, now + 50, 9)).expect("back to min_workers");
+    assert_eq!((plan.ranks, plan.restore), (vec![w(1), w(9)], Some(2)));
+}
+
+#[test]
+fn a_joining_worker_is_added_at_a_step_boundary_without_losing_steps() {
+    let mut c = Control::new(POLICY);
+    join(&mut c, 0, 1);
+    join(&mut c, 0, 2);
+    assert!(started(&c.handle(600, Event::Tick)).is_some());
+    let mut now = 600;
+    train(&mut c, &mut now, 3);
+    let acts = join(&mut c, now, 5);
+    assert!(acts.contains(&Action::StopAtBoundary { generation: 0, checkpoint: true, reason: StopReason::Resize }), "{acts:?}");
+    // The ranks finish step 3, checkpoint at 4, stop.
+    c.handle(now, Event::StepDone { generation: 0, step: 3 });
+    c.handle(now, Event::CheckpointCommitted { step: 4 });
+    let plan = started(&c.handle(now, Event::GenerationStopped { generation: 0 })).unwrap();
+    assert_eq!(plan, GenerationPlan { generation: 1, ranks: vec![w(1), w(2), w(5)], start_step: 4, restore: Some(4) });
+}
+
+#[test]
+fn scaling_down_and_draining_keep_every_step() {
+    let mut c = Control::new(POLICY);
+    for id in [1, 2, 3] {
+        join(&mut c, 0, id);
+    }
+    let mut now = 0;
+    train(&mut c, &mut now, 1);
+    let acts = c.handle(now, Event::Scale { workers: 2 });
+    assert!(acts.contains(&Action::StopAtBoundary { generation: 0, checkpoint: true, reason: StopReason::Resize }));
+    c.handle(now, Event::StepDone { generation: 0, step: 1 });
+    c.handle(now, Event::CheckpointCommitted { step: 2 });
+    let plan = started(&c.handle(now, Event::GenerationStopped { generation: 0 })).unwrap();
+    assert_eq!((plan.ranks.clone(), plan.start_step), (vec![w(1), w(2)], 2));
+    // Draining rank 1: stop at the boundary, then rank 1 is removed and 2 + 3 continue.
+    c.drain(w(1));
+    let acts = c.handle(now, Event::Tick);
+    assert!(acts.contains(&Action::StopAtBoundary { generation: 1, checkpoint: true, reason: StopReason::Resize }), "{acts:?}");
+    c.handle(now, Event::StepDone { generation: 1, step: 2 });
+    c.handle(now, Event::CheckpointCommitted { step: 3 });
+    let acts = c.handle(now, Event::GenerationStopped { generation: 1 });
+    assert!(acts.contains(&Action::Remove { id: w(1) }));
+    assert_eq!(started(&acts).unwrap().ranks, vec![w(2), w(3)]);
+}
+
+#[test]
+fn a_failed_checkpoint_is_never_restored_and_a_restarted_coordinator_resumes() {
+    let mut c = Control::new(Policy { max_workers: 2, ..POLICY });
+    join(&mut c, 0, 1);
+    join(&mut c, 0, 2);
+    c.handle(10, Event::StepDone { generation: 0, step: 0 });
+    let acts = c.handle(20, Event::StepDone { generation: 0, step: 1 });
+    assert!(acts.contains(&Action::Checkpoint { generation: 0, step: 2 }));
+    c.handle(30, Event::CheckpointFailed { step: 2 });
+    c.handle(40, Event::Leave { id: w(2) });
+    c.handle(40, Event::GenerationStopped { generation: 0 });
+    let plan = started(&join(&mut c, 50, 3)).unwrap();
+    assert_eq!((plan.restore, plan.start_step), (None, 0), "the failed checkpoint does not exist for recovery");
+
+    let mut restarted = Control::with_committed(Policy { max_workers: 2, ..POLICY }, vec![6, 2, 4]);
+    join(&mut restarted, 0, 1);
+    let plan = started(&join(&mut restarted, 0, 2)).unwrap();
+    assert_eq!((plan.restore, plan.start_step), (Some(6), 6));
+}
