@@ -191,6 +191,58 @@ fn workers_train_like_one_process() {
     }
 }
 
+/// A rank stopped with SIGSTOP mid-run: the other rank's collective times out after the job's
+/// `collective_timeout_s`, the launcher stops everyone and exits naming a rank; nobody hangs.
+#[test]
+fn a_stopped_rank_is_detected_within_the_deadline() {
+    let d = tempfile::tempdir().unwrap();
+    let job = write_job(d.path(), 100_000, "collective_timeout_s = 3");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["train", &job, "--workers", "2"])
+        .env("OMP_NUM_THREADS", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while log_lines(d.path()).len() < 2 {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("no progress within 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = Command::new("pgrep").args(["-P", &child.id().to_string(), "-f", "train-rank"]).output().unwrap();
+    let pids: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_string).collect();
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    assert!(Command::new("kill").args(["-STOP", &pids[1]]).status().unwrap().success());
+    let stopped_at = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if stopped_at.elapsed() > Duration::from_secs(60) {
+            let _ = Command::new("kill").args(["-KILL", &pids[1]]).status();
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the job hung after a rank was stopped");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let took = stopped_at.elapsed();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("failed"), "{stderr}");
+    // Detection by the 3 s collective deadline, plus the launcher's shutdown.
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    for pid in pids {
+        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| !s.contains(" Z ")).unwrap_or(false);
+        assert!(!alive, "rank {pid} left behind");
+    }
+}
+
 /// A rank killed with SIGKILL mid-run: the launcher stops the others, reports the rank and
 /// exits non-zero; no rank process is left behind.
 #[test]

@@ -24,8 +24,6 @@ use tessera_worker::fsdp::FsdpTrainer;
 const SECRET_ENV: &str = "TESSERA_JOB_SECRET";
 /// How long ranks wait for each other at start-up.
 const RENDEZVOUS_TIMEOUT: Duration = Duration::from_secs(120);
-/// Deadline of every collective call.
-const COLLECTIVE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Arguments of the hidden `train-rank` sub-command (one rank of a local multi-process job).
 #[derive(Debug, Args)]
@@ -140,7 +138,10 @@ pub fn run_local(config: &Path, job: &ResolvedJob, workers: usize, max_steps: Op
 /// SIGTERM to every live child, SIGKILL after a grace period, and reap them all.
 fn stop_all(children: &mut [Child]) {
     for c in children.iter() {
-        let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
+        let pid = Pid::from_raw(c.id() as i32);
+        let _ = kill(pid, Signal::SIGTERM);
+        // A stopped (SIGSTOP) rank only acts on the SIGTERM once it runs again.
+        let _ = kill(pid, Signal::SIGCONT);
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     for c in children.iter_mut() {
@@ -171,7 +172,7 @@ pub fn run_rank(a: RankArgs) -> anyhow::Result<()> {
     let req = JoinRequest { rank: Rank(a.rank), world: a.world, listen_addr: listener.local_addr()?, timeout: RENDEZVOUS_TIMEOUT };
     let peers = join(a.rendezvous, &auth, &req)?;
     let mut config = RingConfig::new(auth);
-    config.timeout = COLLECTIVE_TIMEOUT;
+    config.timeout = job.train.collective_timeout;
     let ring = TcpRing::connect(listener, Rank(a.rank), &peers, config)?;
 
     let cfg = four_m_config(&job.model, &job.origin)?;

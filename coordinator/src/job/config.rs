@@ -270,6 +270,14 @@ pub struct TrainSection {
     /// Write a log line every this many steps. Default: 1.
     #[serde(default = "default_one")]
     pub log_every: u64,
+    /// Deadline of every collective call between workers, in seconds: a rank that does not
+    /// answer for this long (killed, stopped, partitioned) fails the step. Default: 300.
+    #[serde(default = "default_collective_timeout")]
+    pub collective_timeout_s: u64,
+}
+
+fn default_collective_timeout() -> u64 {
+    300
 }
 
 fn default_batch() -> usize {

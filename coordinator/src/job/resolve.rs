@@ -93,6 +93,8 @@ pub struct ResolvedTrain {
     pub num_input_tokens: usize,
     /// Decoder slots per sample (the largest target budget).
     pub num_target_tokens: usize,
+    /// Deadline of every collective call.
+    pub collective_timeout: std::time::Duration,
 }
 
 /// Checkpoint settings, validated.
@@ -299,6 +301,9 @@ impl ResolvedJob {
         {
             return Err(bad("train.clip_grad", format!("{c} must be a positive number")));
         }
+        if t.collective_timeout_s == 0 {
+            return Err(bad("train.collective_timeout_s", "must be at least 1".into()));
+        }
         if t.bf16 && t.device != DeviceKind::Cuda {
             return Err(bad("train.bf16", "bf16 autocast needs device = \"cuda\"".into()));
         }
@@ -319,6 +324,7 @@ impl ResolvedJob {
             log_every: t.log_every.max(1),
             num_input_tokens: max_in,
             num_target_tokens: max_tgt,
+            collective_timeout: std::time::Duration::from_secs(t.collective_timeout_s),
         };
         let output_dir = abs(&cfg.job.output_dir);
         let c = &cfg.checkpoint;
