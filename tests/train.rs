@@ -198,7 +198,7 @@ fn a_stopped_rank_is_detected_within_the_deadline() {
     let d = tempfile::tempdir().unwrap();
     let job = write_job(d.path(), 100_000, "collective_timeout_s = 3");
     let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(["train", &job, "--workers", "2"])
+        .args(["train", &job, "--workers", "2", "--min-workers", "2"])
         .env("OMP_NUM_THREADS", "1")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -250,7 +250,7 @@ fn a_killed_rank_stops_the_job_cleanly() {
     let d = tempfile::tempdir().unwrap();
     let job = write_job(d.path(), 100_000, "");
     let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(["train", &job, "--workers", "2"])
+        .args(["train", &job, "--workers", "2", "--min-workers", "2"])
         .env("OMP_NUM_THREADS", "1")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -320,5 +320,72 @@ fn checkpoints_move_between_one_and_many_workers() {
     assert_eq!(got.len(), 4);
     for (s, (a, b)) in got.iter().zip(&reference).enumerate() {
         assert!((a - b).abs() / b.abs() < 1e-6, "step {s}: {a} vs {b}");
+    }
+}
+
+/// kill -9 of a worker mid-run: the job continues on the remaining workers from the last
+/// committed checkpoint without intervention, and every step's final loss equals that of an
+/// uninterrupted one-process run (FSDP losses do not depend on the world size).
+#[test]
+fn a_killed_worker_is_replaced_by_a_smaller_generation() {
+    let one = tempfile::tempdir().unwrap();
+    let job = write_job(one.path(), 8, "micro_batch_size = 1");
+    let text = std::fs::read_to_string(&job).unwrap().replace("global_batch_size = 2", "global_batch_size = 6");
+    std::fs::write(&job, &text).unwrap();
+    assert!(tessera(&["train", &job]).status.success());
+    let reference = losses_of(one.path());
+    assert_eq!(reference.len(), 8);
+
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("job.toml"), &text).unwrap();
+    let job = d.path().join("job.toml").display().to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["train", &job, "--workers", "3"])
+        .env("OMP_NUM_THREADS", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while log_lines(d.path()).len() < 3 {
+        assert!(Instant::now() < deadline, "no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = Command::new("pgrep").args(["-P", &child.id().to_string(), "-f", "train-rank"]).output().unwrap();
+    let pids: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_string).collect();
+    assert_eq!(pids.len(), 3, "{pids:?}");
+    let logged = log_lines(d.path()).len();
+    assert!(Command::new("kill").args(["-KILL", &pids[2]]).status().unwrap().success());
+    let killed = Instant::now();
+    let mut recovered = None;
+    let status = loop {
+        if recovered.is_none() && log_lines(d.path()).len() > logged {
+            recovered = Some(killed.elapsed());
+        }
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the job did not finish after the kill");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("generation 1") && stderr.contains("continues with 2 workers"), "{stderr}");
+    eprintln!("recovery: kill -> first step of the new generation logged in {:?}", recovered);
+    // The last entry of each step is the one that counts (rolled-back steps are redone).
+    let mut last = std::collections::BTreeMap::new();
+    for l in log_lines(d.path()) {
+        last.insert(l["step"].as_u64().unwrap(), (l["loss"].as_f64().unwrap(), l["world_size"].as_u64().unwrap()));
+    }
+    assert_eq!(last.len(), 8);
+    assert!(last.values().any(|(_, w)| *w == 2) && last.values().any(|(_, w)| *w == 3));
+    for (s, (l, _)) in &last {
+        let r = reference[*s as usize];
+        assert!((l - r).abs() / r.abs() < 1e-6, "step {s}: {l} vs {r}");
     }
 }

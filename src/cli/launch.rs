@@ -48,6 +48,9 @@ pub struct RankArgs {
     /// Start from scratch even when a checkpoint exists.
     #[arg(long)]
     no_resume: bool,
+    /// Generation number (membership epoch) this rank belongs to.
+    #[arg(long, default_value_t = 0)]
+    generation: u64,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -61,28 +64,97 @@ fn unhex(s: &str) -> anyhow::Result<Vec<u8>> {
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).with_context(|| format!("{SECRET_ENV} is not hex"))).collect()
 }
 
-fn auth(job: &ResolvedJob, secret: Vec<u8>) -> JobAuth {
-    JobAuth { job_id: tessera_coordinator::ledger::mix(&[job.seed, job.name.len() as u64]), generation: 0, secret: Secret::new(secret) }
+fn auth(job: &ResolvedJob, secret: Vec<u8>, generation: u64) -> JobAuth {
+    // The generation is part of every handshake: a rank of an older generation is refused.
+    JobAuth { job_id: tessera_coordinator::ledger::mix(&[job.seed, job.name.len() as u64]), generation, secret: Secret::new(secret) }
 }
 
-/// Runs a job on `workers` local rank processes and supervises them.
-pub fn run_local(config: &Path, job: &ResolvedJob, workers: usize, max_steps: Option<u64>, no_resume: bool) -> anyhow::Result<()> {
+/// How one generation of rank processes ended.
+enum Outcome {
+    /// Every rank exited cleanly (done, --max-steps, or stopped by a signal).
+    Completed,
+    /// A rank failed; the others were stopped.
+    Failed {
+        /// The rank that failed first (preferring one that was killed by a signal).
+        rank: usize,
+        /// How it ended.
+        status: std::process::ExitStatus,
+    },
+}
+
+/// Runs a job on `workers` local rank processes and supervises them. When a rank fails and at
+/// least `min_workers` remain, a new generation of `workers - 1` ranks starts from the last
+/// committed checkpoint (sharded checkpoints load at any world size); below that, it fails.
+pub fn run_local(
+    config: &Path,
+    job: &ResolvedJob,
+    workers: usize,
+    min_workers: usize,
+    max_steps: Option<u64>,
+    no_resume: bool,
+) -> anyhow::Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, Arc::clone(&stop)).context("installing signal handlers")?;
+    }
     let mut secret = vec![0u8; 32];
     rand::rng().fill_bytes(&mut secret);
-    let server = RendezvousServer::bind("127.0.0.1:0", workers, auth(job, secret.clone()))?;
+    let mut world = workers;
+    let mut generation = 0u64;
+    let mut fresh = no_resume;
+    loop {
+        let t0 = Instant::now();
+        match run_generation(config, job, world, generation, &secret, max_steps, fresh, &stop)? {
+            Outcome::Completed => return Ok(()),
+            Outcome::Failed { rank, status } => {
+                if stop.load(Ordering::Relaxed) {
+                    bail!("rank {rank} failed ({status}) while stopping");
+                }
+                if world - 1 < min_workers.max(1) {
+                    bail!(
+                        "rank {rank} failed ({status}); stopped the other ranks ({} would remain, --min-workers is {min_workers})",
+                        world - 1
+                    );
+                }
+                world -= 1;
+                generation += 1;
+                // The next generation must continue the run, not restart it.
+                fresh = false;
+                eprintln!(
+                    "rank {rank} failed ({status}) after {:.1}s: generation {generation} continues with {world} workers from the last checkpoint",
+                    t0.elapsed().as_secs_f64()
+                );
+            }
+        }
+    }
+}
+
+/// One generation: rendezvous, `world` rank processes, supervision until they all exit.
+#[allow(clippy::too_many_arguments)]
+fn run_generation(
+    config: &Path,
+    job: &ResolvedJob,
+    world: usize,
+    generation: u64,
+    secret: &[u8],
+    max_steps: Option<u64>,
+    no_resume: bool,
+    stop: &Arc<AtomicBool>,
+) -> anyhow::Result<Outcome> {
+    let server = RendezvousServer::bind("127.0.0.1:0", world, auth(job, secret.to_vec(), generation))?;
     let addr = server.local_addr()?;
     let serving = server.spawn(RENDEZVOUS_TIMEOUT);
     let total_threads = if job.train.threads > 0 { job.train.threads } else { std::thread::available_parallelism().map_or(1, |n| n.get()) };
-    let threads = (total_threads / workers).max(1);
+    let threads = (total_threads / world).max(1);
     let exe = std::env::current_exe().context("locating the tessera binary")?;
     let mut children: Vec<Child> = Vec::new();
-    for rank in 0..workers {
+    for rank in 0..world {
         let mut cmd = Command::new(&exe);
         cmd.arg("train-rank")
             .arg(config)
-            .args(["--rank", &rank.to_string(), "--world", &workers.to_string(), "--rendezvous", &addr.to_string()])
-            .args(["--threads", &threads.to_string()])
-            .env(SECRET_ENV, hex(&secret))
+            .args(["--rank", &rank.to_string(), "--world", &world.to_string(), "--rendezvous", &addr.to_string()])
+            .args(["--threads", &threads.to_string(), "--generation", &generation.to_string()])
+            .env(SECRET_ENV, hex(secret))
             .env("OMP_NUM_THREADS", threads.to_string());
         if let Some(m) = max_steps {
             cmd.args(["--max-steps", &m.to_string()]);
@@ -98,13 +170,9 @@ pub fn run_local(config: &Path, job: &ResolvedJob, workers: usize, max_steps: Op
             }
         }
     }
-    eprintln!("started {workers} ranks ({threads} threads each), rendezvous {addr}");
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(sig, Arc::clone(&stop)).context("installing signal handlers")?;
-    }
+    eprintln!("generation {generation}: started {world} ranks ({threads} threads each), rendezvous {addr}");
     let mut forwarded = false;
-    let mut done = vec![false; workers];
+    let mut done = vec![false; world];
     loop {
         if stop.load(Ordering::Relaxed) && !forwarded {
             // Each rank finishes its step, the ranks agree to stop, and they exit.
@@ -113,6 +181,7 @@ pub fn run_local(config: &Path, job: &ResolvedJob, workers: usize, max_steps: Op
             }
             forwarded = true;
         }
+        let mut failed: Vec<(usize, std::process::ExitStatus)> = Vec::new();
         for (rank, c) in children.iter_mut().enumerate() {
             if done[rank] {
                 continue;
@@ -120,19 +189,25 @@ pub fn run_local(config: &Path, job: &ResolvedJob, workers: usize, max_steps: Op
             if let Some(status) = c.try_wait().context("waiting for a rank")? {
                 done[rank] = true;
                 if !status.success() {
-                    stop_all(&mut children);
-                    let _ = serving.join();
-                    bail!("rank {rank} failed ({status}); stopped the other ranks");
+                    failed.push((rank, status));
                 }
             }
+        }
+        if !failed.is_empty() {
+            use std::os::unix::process::ExitStatusExt;
+            // A rank killed by a signal is the cause; the others failed because it vanished.
+            let (rank, status) = failed.iter().find(|(_, s)| s.signal().is_some()).copied().unwrap_or(failed[0]);
+            stop_all(&mut children);
+            let _ = serving.join();
+            return Ok(Outcome::Failed { rank, status });
         }
         if done.iter().all(|d| *d) {
             break;
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     }
     let _ = serving.join();
-    Ok(())
+    Ok(Outcome::Completed)
 }
 
 /// SIGTERM to every live child, SIGKILL after a grace period, and reap them all.
@@ -167,7 +242,7 @@ pub fn run_rank(a: RankArgs) -> anyhow::Result<()> {
         &std::env::var(SECRET_ENV)
             .with_context(|| format!("{SECRET_ENV} is not set (train-rank is started by `tessera train --workers`)"))?,
     )?;
-    let auth = auth(&job, secret);
+    let auth = auth(&job, secret, a.generation);
     let listener = TcpListener::bind("127.0.0.1:0").context("binding the ring listener")?;
     let req = JoinRequest { rank: Rank(a.rank), world: a.world, listen_addr: listener.local_addr()?, timeout: RENDEZVOUS_TIMEOUT };
     let peers = join(a.rendezvous, &auth, &req)?;

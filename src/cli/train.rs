@@ -30,6 +30,10 @@ pub struct TrainArgs {
     /// Train on this many local worker processes (FSDP over a TCP ring on loopback).
     #[arg(long, default_value_t = 1)]
     workers: usize,
+    /// With --workers: keep training after a worker fails as long as this many remain (a new
+    /// generation resumes from the last checkpoint). Default: 1.
+    #[arg(long, default_value_t = 1)]
+    min_workers: usize,
     /// Run through the FSDP worker launcher even with one worker (for scaling measurements).
     #[arg(long)]
     fsdp: bool,
@@ -40,7 +44,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     let job = ResolvedJob::from_file(&a.config)?;
     anyhow::ensure!(a.workers >= 1, "--workers must be at least 1");
     if a.workers > 1 || a.fsdp {
-        return super::launch::run_local(&a.config, &job, a.workers, a.max_steps, a.no_resume);
+        return super::launch::run_local(&a.config, &job, a.workers, a.min_workers, a.max_steps, a.no_resume);
     }
     if job.train.threads > 0 {
         tch::set_num_threads(job.train.threads as i32);
