@@ -225,30 +225,39 @@ impl FourM {
     /// into the loss, computed from the masks alone (no embeddings, no blocks). Summed over the
     /// parts of a batch, it is the normaliser of [`ForwardOptions::loss_normalizer`].
     pub fn target_counts(&self, batch: &MaskedBatch, opts: &ForwardOptions) -> Result<BTreeMap<Modality, i64>> {
+        Ok(self.target_tokens(batch, opts)?.into_iter().map(|(m, ids)| (m, ids.numel() as i64)).collect())
+    }
+
+    /// The label ids per decoder modality that a forward with `opts` puts into the loss (1-D
+    /// i64, in selection order), from the masks alone: what a unigram baseline is fitted and
+    /// scored on.
+    pub fn target_tokens(&self, batch: &MaskedBatch, opts: &ForwardOptions) -> Result<BTreeMap<Modality, Tensor>> {
         tch::no_grad(|| {
             let mut mods = present_modalities(batch, "output", |m| self.decoder_embeddings.contains_key(m))?;
             if let Some(seed) = opts.decoder_order_seed {
                 mods.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
             }
-            let (mut masks, mut mod_ids) = (Vec::new(), Vec::new());
+            let (mut masks, mut mod_ids, mut ids) = (Vec::new(), Vec::new(), Vec::new());
             let b = batch.batch_size();
             for &m in &mods {
                 let t = &batch.modalities[&m];
                 let len = t.target_mask.size()[1];
-                let mask = if m.kind() == ModalityKind::Sequence {
-                    t.target_mask.narrow(1, 1, len - 1).logical_or(&t.target_mask.narrow(1, 0, len - 1))
+                let (mask, labels) = if m.kind() == ModalityKind::Sequence {
+                    (t.target_mask.narrow(1, 1, len - 1).logical_or(&t.target_mask.narrow(1, 0, len - 1)), t.tensor.narrow(1, 1, len - 1))
                 } else {
-                    t.target_mask.shallow_clone()
+                    (t.target_mask.shallow_clone(), t.tensor.shallow_clone())
                 };
                 let n = mask.size()[1];
                 masks.push(mask);
+                ids.push(labels.to_kind(Kind::Int64));
                 mod_ids.push(Tensor::full([b, n], i64::from(m.id()), (Kind::Int64, t.target_mask.device())));
             }
             let mask_bp = Tensor::cat(&masks, 1);
             let keep_bm = keep_indices(&mask_bp, opts.num_decoder_tokens);
             let mask_bm = mask_bp.gather(1, &keep_bm, false);
             let mod_bm = Tensor::cat(&mod_ids, 1).gather(1, &keep_bm, false).masked_fill(&mask_bm, -1);
-            Ok(mods.iter().map(|&m| (m, mod_bm.eq(i64::from(m.id())).sum(Kind::Int64).int64_value(&[]))).collect())
+            let ids_bm = Tensor::cat(&ids, 1).gather(1, &keep_bm, false);
+            Ok(mods.iter().map(|&m| (m, ids_bm.masked_select(&mod_bm.eq(i64::from(m.id()))))).collect())
         })
     }
 

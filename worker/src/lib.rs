@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod data;
 pub mod error;
+pub mod eval;
 pub mod fsdp;
 pub mod model_spec;
 pub mod prefetch;
