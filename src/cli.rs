@@ -10,6 +10,7 @@ mod model;
 mod output;
 mod tokenizer;
 mod train;
+mod validation;
 
 use std::process::ExitCode;
 

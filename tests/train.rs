@@ -389,3 +389,28 @@ fn a_killed_worker_is_replaced_by_a_smaller_generation() {
         assert!((l - r).abs() / r.abs() < 1e-6, "step {s}: {l} vs {r}");
     }
 }
+
+/// `[eval]`: a fixed held-out set is scored every K steps and at the end, beside the unigram
+/// baseline, into eval_log.jsonl.
+#[test]
+fn periodic_validation_with_a_unigram_baseline() {
+    let d = tempfile::tempdir().unwrap();
+    let job = write_job(d.path(), 4, "");
+    let text = std::fs::read_to_string(&job).unwrap() + "\n[eval]\nevery_steps = 2\nsamples = 6\nbaseline_samples = 8\n";
+    std::fs::write(&job, text).unwrap();
+    let out = tessera(&["train", &job]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("validation at step 2") && err.contains("unigram"), "{err}");
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(d.path().join("out/eval_log.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.iter().map(|l| l["step"].as_u64().unwrap()).collect::<Vec<_>>(), vec![2, 4]);
+    for l in &lines {
+        let mods = l["modalities"].as_object().unwrap();
+        assert!(!mods.is_empty());
+        for (m, e) in mods {
+            assert!(e["loss"].as_f64().unwrap() > 0.0 && e["tokens"].as_u64().unwrap() > 0, "{m}: {e}");
+            assert!(e["unigram"].as_f64().is_some(), "{m}: {e}");
+        }
+    }
+}

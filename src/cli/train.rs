@@ -56,6 +56,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
 
     let pipeline = data_source::open(&job, &cfg)?;
     let lens = pipeline.dataset_lens();
+    let validation = super::validation::Validation::prepare(&job, &cfg)?;
     // Load the next micro-batches while the current step computes.
     let ledger = tessera_coordinator::SampleLedger::new(job.seed, job.schedule.clone(), lens.clone())?;
     let source = tessera_worker::Prefetcher::new(pipeline, ledger, job.train.micro_batch_size, 2);
@@ -117,6 +118,12 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         }
         bar.set_message(msg);
         bar.set_position(state.step);
+        if let Some(v) = &validation
+            && (v.due(state.step) || trainer.finished())
+        {
+            v.run(&trainer, &job_output(&trainer), &bar, plain)?;
+        }
+        let state = trainer.state();
         let periodic = every > 0 && state.step % every == 0;
         if periodic || trainer.finished() {
             let dir = trainer.save_checkpoint()?;
@@ -139,6 +146,10 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     }
     finish(&bar, plain, format!("done: {} steps, log {}", trainer.state().step, log_path.display()));
     Ok(())
+}
+
+fn job_output<S: tessera_worker::BatchSource>(t: &Trainer<S>) -> std::path::PathBuf {
+    t.job().output_dir.clone()
 }
 
 /// Ends the progress bar with `msg`, printing it when the bar is hidden (not a terminal).

@@ -117,7 +117,8 @@ mod tests {
         cfg.decoder_depth = 1;
         cfg.num_heads = 2;
         let ckpt = Checkpoint::init(&cfg, tch::Device::Cpu, 1).unwrap();
-        let batches = (0..3).map(|s| synthetic_batch(&cfg, &SyntheticSpec { batch_size: 4, input_tokens: 32, target_tokens: 32, seed: s })).collect();
+        let batches =
+            (0..3).map(|s| synthetic_batch(&cfg, &SyntheticSpec { batch_size: 4, input_tokens: 32, target_tokens: 32, seed: s })).collect();
         (ckpt, batches, ForwardOptions { num_encoder_tokens: 32, num_decoder_tokens: 32, ..Default::default() })
     }
 

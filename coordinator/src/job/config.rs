@@ -24,6 +24,37 @@ pub struct JobConfig {
     /// Checkpointing. Default: every field's default.
     #[serde(default)]
     pub checkpoint: CheckpointSection,
+    /// Periodic validation. Default: off.
+    #[serde(default)]
+    pub eval: EvalSection,
+}
+
+/// `[eval]`: validation on held-out records beside a unigram baseline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSection {
+    /// Validate every this many steps (and at the end); 0 = never. Default: 0.
+    #[serde(default)]
+    pub every_steps: u64,
+    /// Validation samples (a fixed set, the same every time). Default: 64.
+    #[serde(default = "default_eval_samples")]
+    pub samples: u64,
+    /// Training samples the unigram baseline is fitted on. Default: 256.
+    #[serde(default = "default_baseline_samples")]
+    pub baseline_samples: u64,
+}
+
+fn default_eval_samples() -> u64 {
+    64
+}
+fn default_baseline_samples() -> u64 {
+    256
+}
+
+impl Default for EvalSection {
+    fn default() -> Self {
+        toml::from_str("").expect("every [eval] field has a default")
+    }
 }
 
 /// `[job]`.
@@ -152,6 +183,10 @@ pub struct DatasetSection {
     /// Shard or file pattern (shards, text). Relative paths are relative to the config file.
     #[serde(default)]
     pub path: Option<String>,
+    /// Held-out split of the same layout, used by `[eval]`. Default: none (the dataset is not
+    /// validated; synthetic datasets use records drawn with another seed).
+    #[serde(default)]
+    pub val_path: Option<String>,
     /// Relative sampling weight. Default: 1.
     #[serde(default = "default_weight")]
     pub weight: f64,

@@ -196,6 +196,7 @@ pub fn import_ml4m(run_yaml: &Path, ml4m_root: Option<&Path>, world_size: usize)
             name: name.clone(),
             kind,
             path: ds.data_path.clone(),
+            val_path: None,
             weight: *weight,
             modalities: Some(mods.join(",")),
             input_alphas: if alphas.is_none() { ds.input_alphas.clone() } else { None },
@@ -261,6 +262,7 @@ pub fn import_ml4m(run_yaml: &Path, ml4m_root: Option<&Path>, world_size: usize)
         data: DataSection { input_tokens, target_tokens, text_tokenizer: None, decode_threads: 2, skip_bad_samples: false, datasets },
         train,
         checkpoint,
+        eval: Default::default(),
     };
     warnings.push("set data.text_tokenizer to the WordPiece JSON (ml-4m's text_tokenizer_4m_wordpiece_30k.json)".into());
     Ok(Ml4mImport { config, warnings })

@@ -43,6 +43,8 @@ pub struct ResolvedDataset {
     pub kind: DatasetKind,
     /// Absolute shard/file pattern (shards, text).
     pub path: Option<String>,
+    /// Absolute pattern of the held-out split.
+    pub val_path: Option<String>,
     /// Modalities this dataset provides.
     pub modalities: ModalitySet,
     /// The Dirichlet mixture its budgets are drawn from.
@@ -137,6 +139,8 @@ pub struct ResolvedJob {
     pub train: ResolvedTrain,
     /// Checkpointing.
     pub checkpoint: ResolvedCheckpoint,
+    /// Validation.
+    pub eval: super::config::EvalSection,
 }
 
 impl ResolvedJob {
@@ -241,10 +245,13 @@ impl ResolvedJob {
             if ds.kind == DatasetKind::Synthetic && records == 0 {
                 return Err(bad(&f("records"), "a synthetic dataset needs at least one record".into()));
             }
+            let val_path =
+                ds.val_path.as_ref().map(|p| if Path::new(p).is_absolute() { p.clone() } else { base.join(p).display().to_string() });
             datasets.push(ResolvedDataset {
                 name: ds.name.clone(),
                 kind: ds.kind,
                 path,
+                val_path,
                 modalities,
                 mixture,
                 budget: BudgetConfig { input_tokens, target_tokens, seed: mix(&[cfg.job.seed, i as u64, 0x6275_6467_6574]) },
@@ -350,6 +357,7 @@ impl ResolvedJob {
             skip_bad_samples: d.skip_bad_samples,
             train,
             checkpoint,
+            eval: cfg.eval.clone(),
         })
     }
 }
