@@ -24,7 +24,7 @@ mod spec;
 mod write;
 
 pub use render::{FAR_DEPTH, Frame};
-pub use sample::{FOLDERS, WorldSample};
+pub use sample::{FOLDERS, Folder, WorldSample};
 pub use scene::{COLOURS, Object, SIZES, Scene, ShapeClass};
 pub use spec::{MAX_SIZE, Progress, SplitSummary, WorldSpec, WorldSummary};
 pub use write::generate;

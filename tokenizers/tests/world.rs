@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use tessera_tokenizers::Error;
 use tessera_tokenizers::serialize::{ColorPalettes, Detections, Metadata, MetadataKey};
 use tessera_tokenizers::shards::{Decoded, NameMap, ShardDataset, crop_settings_from_array};
-use tessera_tokenizers::world::caption::parse;
+use tessera_tokenizers::world::caption::{LEFT_OF_MIN, Relation, parse};
 use tessera_tokenizers::world::{FOLDERS, WorldSample, WorldSpec, generate};
 
 const SIDE: usize = 48;
@@ -111,6 +111,28 @@ fn captions_name_exactly_the_visible_objects() {
         got.sort();
         assert_eq!(got, want, "sample {}: '{}'", s.index, s.caption);
         assert_eq!(relations.len(), want.len().saturating_sub(1));
+        // Each relation holds between neighbours in left-to-right order of visible centroids.
+        let mut placed: Vec<_> = (0..s.scene.objects.len())
+            .filter(|&i| s.frame.visible[i] > 0)
+            .map(|i| {
+                let (mut sx, mut n) = (0.0, 0.0);
+                for (p, &id) in s.frame.instance.iter().enumerate() {
+                    if usize::from(id) == i + 1 {
+                        sx += (p % SIDE) as f64 + 0.5;
+                        n += 1.0;
+                    }
+                }
+                (sx / n / SIDE as f64, s.scene.camera.depth_of(s.scene.objects[i].centre()))
+            })
+            .collect();
+        placed.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
+        for (rel, pair) in relations.iter().zip(placed.windows(2)) {
+            match rel {
+                Relation::LeftOf => assert!(pair[1].0 - pair[0].0 >= LEFT_OF_MIN - 1e-12),
+                Relation::InFrontOf => assert!(pair[0].1 <= pair[1].1),
+                Relation::Behind => assert!(pair[0].1 > pair[1].1),
+            }
+        }
         let crops: Vec<String> = serde_json::from_slice(&s.members().unwrap()[6].2).unwrap();
         assert_eq!(crops, vec![s.caption.clone(); 3]);
     }

@@ -104,7 +104,7 @@ pub fn image_stats(rgb: &[u8]) -> ImageStats {
     for px in rgb.chunks_exact(3) {
         let [r, g, b] = [px[0], px[1], px[2]].map(f64::from);
         let l = 0.299 * r + 0.587 * g + 0.114 * b;
-        hist[(l.round() as usize).min(255)] += 1;
+        hist[((l + 0.5) as usize).min(255)] += 1;
         sum_l += l;
         sum_l2 += l * l;
         let (mx, mn) = (r.max(g).max(b), r.min(g).min(b));
@@ -138,8 +138,7 @@ pub fn image_stats(rgb: &[u8]) -> ImageStats {
 /// `n_sam_instances` the visible objects, `semantic_diversity` the distinct visible classes,
 /// `objectness` the fraction of pixels on objects, `walkability` the fraction on the ground,
 /// `occlusion_score` the hidden fraction of the objects' in-image (amodal) area.
-pub fn metadata(scene: &Scene, frame: &Frame, visible: &[Visible], caption: &str) -> Value {
-    let stats = image_stats(&frame.rgb);
+pub fn metadata(scene: &Scene, frame: &Frame, visible: &[Visible], caption: &str, stats: &ImageStats) -> Value {
     let n = frame.instance.len().max(1) as f64;
     let mut classes: Vec<_> = visible.iter().map(|v| scene.objects[v.object].class).collect();
     classes.sort();
@@ -211,4 +210,26 @@ pub fn palette(frame: &Frame) -> Value {
         by_length.insert(k.to_string(), Value::Array(colours));
     }
     json!([by_length])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_stats_of_known_images() {
+        let gray = image_stats(&[100u8; 3 * 16]);
+        assert!((gray.brightness - 100.0).abs() < 1e-9);
+        assert_eq!((gray.contrast, gray.saturation, gray.colourfulness, gray.entropy), (0.0, 0.0, 0.0, 0.0));
+        // Half black, half white: contrast 127.5, entropy 1 bit, no colour.
+        let mut bw = vec![0u8; 3 * 8];
+        bw.extend([255u8; 3 * 8]);
+        let s = image_stats(&bw);
+        assert!((s.brightness - 127.5).abs() < 1e-6 && (s.contrast - 127.5).abs() < 1e-6 && (s.entropy - 1.0).abs() < 1e-12);
+        assert_eq!(s.saturation, 0.0);
+        // Pure red: full saturation; colourfulness = 0.3 * |(255, 127.5)|.
+        let red = image_stats(&[255, 0, 0].repeat(4));
+        assert_eq!(red.saturation, 255.0);
+        assert!((red.colourfulness - 0.3 * (255f64.powi(2) + 127.5f64.powi(2)).sqrt()).abs() < 1e-9);
+    }
 }

@@ -107,10 +107,10 @@ pub fn hit_sphere(ray: &Ray, centre: Vec3, radius: f64) -> Option<Hit> {
     (t > EPS).then(|| Hit { t, normal: ((ray.origin + ray.dir * t - centre) * (1.0 / radius)).normalized() })
 }
 
-/// The ray's nearest hit with the box of half-extents `half` centred at `centre`, rotated by
-/// `yaw` radians about the vertical axis (slab method in the box's frame).
-pub fn hit_box(ray: &Ray, centre: Vec3, half: Vec3, yaw: f64) -> Option<Hit> {
-    let (s, c) = yaw.sin_cos();
+/// The ray's nearest hit with the box of half-extents `half` centred at `centre`, rotated about
+/// the vertical axis by the angle whose `(sin, cos)` is `rot` (slab method in the box's frame).
+pub fn hit_box(ray: &Ray, centre: Vec3, half: Vec3, rot: (f64, f64)) -> Option<Hit> {
+    let (s, c) = rot;
     // World → box frame is a rotation by -yaw about y; box → world rotates by +yaw.
     let to_local = |v: Vec3| Vec3::new(c * v.x + s * v.z, v.y, -s * v.x + c * v.z);
     let to_world = |v: Vec3| Vec3::new(c * v.x - s * v.z, v.y, s * v.x + c * v.z);
@@ -207,22 +207,21 @@ pub fn hit_cone(ray: &Ray, base: Vec3, radius: f64, height: f64) -> Option<Hit> 
     let a = d.x * d.x + d.z * d.z - k2 * d.y * d.y;
     let b = o.x * d.x + o.z * d.z + k2 * oy * d.y;
     let c = o.x * o.x + o.z * o.z - k2 * oy * oy;
-    let mut roots = Vec::with_capacity(2);
-    if a.abs() < 1e-12 {
-        if b.abs() > 1e-12 {
-            roots.push(-c / (2.0 * b));
-        }
+    // Up to two roots, nearest first; NaN marks a missing root (never passes `t > EPS`).
+    let roots = if a.abs() < 1e-12 {
+        [if b.abs() > 1e-12 { -c / (2.0 * b) } else { f64::NAN }, f64::NAN]
     } else {
         let disc = b * b - a * c;
-        if disc >= 0.0 {
-            let s = disc.sqrt();
-            let (r0, r1) = ((-b - s) / a, (-b + s) / a);
-            roots.extend(if r0 < r1 { [r0, r1] } else { [r1, r0] });
+        if disc < 0.0 {
+            return None;
         }
-    }
+        let s = disc.sqrt();
+        let (r0, r1) = ((-b - s) / a, (-b + s) / a);
+        if r0 < r1 { [r0, r1] } else { [r1, r0] }
+    };
     roots.into_iter().find_map(|t| {
         let p = o + d * t;
-        if t <= EPS || !(0.0..=height).contains(&p.y) {
+        if !(t > EPS && (0.0..=height).contains(&p.y)) {
             return None;
         }
         let r = (p.x * p.x + p.z * p.z).sqrt();
@@ -230,6 +229,15 @@ pub fn hit_cone(ray: &Ray, base: Vec3, radius: f64, height: f64) -> Option<Hit> 
         let normal = if r > 1e-12 { Vec3::new(p.x / r, k, p.z / r).normalized() } else { Vec3::new(0.0, 1.0, 0.0) };
         Some(Hit { t, normal })
     })
+}
+
+/// Whether the ray can reach the sphere of `centre` and `radius` (a cheap bound test).
+pub fn may_hit_sphere(ray: &Ray, centre: Vec3, radius: f64) -> bool {
+    let oc = ray.origin - centre;
+    let b = oc.dot(ray.dir);
+    let c = oc.dot(oc) - radius * radius;
+    // Inside the sphere, or in front of it with a real intersection.
+    c <= 0.0 || (b < 0.0 && b * b >= c)
 }
 
 /// The ray's hit with the ground plane `y = 0` from above.
@@ -254,14 +262,24 @@ mod tests {
 
     #[test]
     fn rotated_box_hits_its_face() {
-        let h = hit_box(&ray(Vec3::new(0.0, 0.5, -5.0), Vec3::new(0.0, 0.0, 1.0)), Vec3::new(0.0, 0.5, 0.0), Vec3::new(1.0, 0.5, 1.0), 0.0)
-            .unwrap();
+        let h = hit_box(
+            &ray(Vec3::new(0.0, 0.5, -5.0), Vec3::new(0.0, 0.0, 1.0)),
+            Vec3::new(0.0, 0.5, 0.0),
+            Vec3::new(1.0, 0.5, 1.0),
+            (0.0, 1.0),
+        )
+        .unwrap();
         assert!((h.t - 4.0).abs() < 1e-12);
         assert_eq!(h.normal, Vec3::new(0.0, 0.0, -1.0));
         // Rotated 45°: the corner faces the ray at distance sqrt(2).
         let yaw = std::f64::consts::FRAC_PI_4;
-        let h = hit_box(&ray(Vec3::new(0.0, 0.5, -5.0), Vec3::new(0.0, 0.0, 1.0)), Vec3::new(0.0, 0.5, 0.0), Vec3::new(1.0, 0.5, 1.0), yaw)
-            .unwrap();
+        let h = hit_box(
+            &ray(Vec3::new(0.0, 0.5, -5.0), Vec3::new(0.0, 0.0, 1.0)),
+            Vec3::new(0.0, 0.5, 0.0),
+            Vec3::new(1.0, 0.5, 1.0),
+            yaw.sin_cos(),
+        )
+        .unwrap();
         assert!((h.t - (5.0 - 2f64.sqrt())).abs() < 1e-9, "{}", h.t);
         assert!((h.normal.length() - 1.0).abs() < 1e-12);
     }

@@ -16,21 +16,59 @@ use crate::error::{Error, Result};
 use crate::shards::rgb::{Rgb8Image, encode_png};
 use crate::shards::{ArrayData, NdArray, encode_json, encode_npy};
 
-/// The modality folders, in pattern order, with each member's extension and what it holds.
-pub const FOLDERS: [(&str, &str, &str); 13] = [
-    ("rgb", "png", "RGB8 image (sRGB)"),
-    ("depth", "npy", "float32 (H, W): depth along the camera axis, world units; 30.0 for sky"),
-    ("normal", "png", "RGB8: camera-frame unit normal (x right, y up, z to camera) as (n + 1) / 2 * 255"),
-    ("semseg", "png", "gray8: class id (0 background, 1 sphere, 2 cube, 3 cylinder, 4 cone)"),
-    ("instance", "png", "gray8: instance id (0 background, i + 1 object i)"),
-    ("edges", "png", "gray8: 255 on instance boundaries (a 4-neighbour has another id), else 0"),
-    ("caption", "json", "JSON list, one caption per crop (the whole-image caption)"),
-    ("det", "json", "ml-4m detection JSON: visible objects' tight boxes, normalized, score 1"),
-    ("metadata", "json", "ml-4m metadata JSON"),
-    ("color_palette", "json", "ml-4m colour-palette JSON, lengths 1..=7"),
-    ("global_feature", "npy", "float32 (64,): unit-length global descriptor"),
-    ("feature_map", "npy", "float32 (32, H/16, W/16): per-16-px-patch descriptor"),
-    ("crop_settings", "npy", "int64 (n_crops, 5): [top, left, h, w, hflip], crop 0 the whole image"),
+/// One modality folder of a world: its member extension, what the member holds, and which 4M
+/// modality it feeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Folder {
+    /// Folder name (also the modality name in `ShardDataset` records).
+    pub name: &'static str,
+    /// Member extension.
+    pub ext: &'static str,
+    /// What the member holds.
+    pub content: &'static str,
+    /// The 4M modality it feeds, and how.
+    pub feeds: &'static str,
+}
+
+const fn folder(name: &'static str, ext: &'static str, content: &'static str, feeds: &'static str) -> Folder {
+    Folder { name, ext, content, feeds }
+}
+
+/// The modality folders, in pattern order.
+pub const FOLDERS: [Folder; 13] = [
+    folder("rgb", "png", "RGB8 image (gamma 2)", "rgb@224 (pixels; tokenize into tok_rgb@224)"),
+    folder(
+        "depth",
+        "npy",
+        "float32 (H, W): depth along the camera axis, world units; 30.0 for the sky",
+        "tok_depth@224 (via the depth tokenizer)",
+    ),
+    folder(
+        "normal",
+        "png",
+        "RGB8: camera-frame unit normal (x right, y up, z towards the camera) as (n + 1) / 2 * 255",
+        "tok_normal@224 (via the normal tokenizer)",
+    ),
+    folder(
+        "semseg",
+        "png",
+        "gray8: class id (0 background, 1 sphere, 2 cube, 3 cylinder, 4 cone)",
+        "tok_semseg@224 (via the semseg tokenizer)",
+    ),
+    folder("instance", "png", "gray8: instance id (0 background, i + 1 object i)", "sam_instance (masks per instance)"),
+    folder(
+        "edges",
+        "png",
+        "gray8: 255 on instance boundaries (a 4-neighbour has another id), else 0",
+        "tok_sam_edge@224 / tok_canny_edge@224",
+    ),
+    folder("caption", "json", "JSON list, one caption per crop (the whole-image caption)", "caption"),
+    folder("det", "json", "ml-4m detection JSON: visible objects' tight boxes, normalized, score 1", "det"),
+    folder("metadata", "json", "ml-4m metadata JSON", "metadata"),
+    folder("color_palette", "json", "ml-4m colour-palette JSON, lengths 1..=7", "color_palette"),
+    folder("global_feature", "npy", "float32 (64,): unit-length global descriptor", "a global feature (like tok_dinov2_global's input)"),
+    folder("feature_map", "npy", "float32 (32, H/16, W/16): per-16-px-patch descriptor", "a dense feature map (like tok_clip@224's input)"),
+    folder("crop_settings", "npy", "int64 (n_crops, 5): [top, left, h, w, hflip], crop 0 the whole image", "crop_settings"),
 ];
 
 /// Everything known about one sample before encoding.
@@ -82,14 +120,14 @@ impl WorldSample {
 
     /// The metadata JSON.
     pub fn metadata(&self) -> Value {
-        metadata(&self.scene, &self.frame, &self.visible, &self.caption)
+        metadata(&self.scene, &self.frame, &self.visible, &self.caption, &self.stats)
     }
 
     /// The members of this sample in [`FOLDERS`] order, as `(folder, ext, bytes)`.
     pub fn members(&self) -> Result<Vec<(&'static str, &'static str, Vec<u8>)>> {
         let f = &self.frame;
         let s = f.side;
-        let normal: Vec<u8> = f.normal.iter().map(|&v| (((v + 1.0) * 0.5).clamp(0.0, 1.0) * 255.0).round() as u8).collect();
+        let normal: Vec<u8> = f.normal.iter().map(|&v| (((v + 1.0) * 0.5).clamp(0.0, 1.0) * 255.0 + 0.5) as u8).collect();
         let rgb = |data: Vec<u8>| encode_png(&Rgb8Image { width: s, height: s, data });
         let g = s / PATCH;
         let bytes = vec![
@@ -110,7 +148,7 @@ impl WorldSample {
             encode_npy(&NdArray { shape: vec![MAP_DIM, g, g], data: ArrayData::F32(feature_map(f)) }),
             encode_npy(&NdArray { shape: vec![self.crops.len(), 5], data: ArrayData::I64(self.crops.concat()) }),
         ];
-        Ok(FOLDERS.iter().zip(bytes).map(|(&(folder, ext, _), b)| (folder, ext, b)).collect())
+        Ok(FOLDERS.iter().zip(bytes).map(|(f, b)| (f.name, f.ext, b)).collect())
     }
 }
 

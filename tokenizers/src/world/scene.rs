@@ -5,7 +5,7 @@
 use rand::Rng;
 use serde::Serialize;
 
-use super::geometry::{Hit, Ray, Vec3, hit_box, hit_cone, hit_cylinder, hit_sphere};
+use super::geometry::{Hit, Ray, Vec3, hit_box, hit_cone, hit_cylinder, hit_sphere, may_hit_sphere};
 
 /// The object shape classes; the semantic id is the position + 1 (0 is background).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -79,6 +79,8 @@ pub struct Object {
     pub base: Vec3,
     /// Rotation about the vertical axis (cubes only; radians).
     pub yaw: f64,
+    /// `yaw.sin_cos()`, cached: the box test runs for every pixel.
+    rot: (f64, f64),
 }
 
 impl Object {
@@ -105,12 +107,31 @@ impl Object {
         }
     }
 
+    /// An object; `half` is the half-extent, `base` the footprint centre, `yaw` the rotation.
+    pub fn new(class: ShapeClass, colour: usize, size: usize, half: f64, base: Vec3, yaw: f64) -> Self {
+        Self { class, colour, size, half, base, yaw, rot: yaw.sin_cos() }
+    }
+
+    /// Radius of a sphere about [`Self::centre`] that contains the object.
+    pub fn bounding_radius(&self) -> f64 {
+        self.half
+            * match self.class {
+                ShapeClass::Sphere => 1.0,
+                ShapeClass::Cube => 3f64.sqrt(),
+                ShapeClass::Cylinder | ShapeClass::Cone => std::f64::consts::SQRT_2,
+            }
+    }
+
     /// The ray's nearest hit with this object.
     pub fn hit(&self, ray: &Ray) -> Option<Hit> {
         let h = self.half;
+        // Most rays miss most objects: reject them with the bounding sphere first.
+        if !may_hit_sphere(ray, self.centre(), self.bounding_radius() * (1.0 + 1e-9)) {
+            return None;
+        }
         match self.class {
             ShapeClass::Sphere => hit_sphere(ray, self.base + Vec3::new(0.0, h, 0.0), h),
-            ShapeClass::Cube => hit_box(ray, self.base + Vec3::new(0.0, h, 0.0), Vec3::new(h, h, h), self.yaw),
+            ShapeClass::Cube => hit_box(ray, self.base + Vec3::new(0.0, h, 0.0), Vec3::new(h, h, h), self.rot),
             ShapeClass::Cylinder => hit_cylinder(ray, self.base, h, 2.0 * h),
             ShapeClass::Cone => hit_cone(ray, self.base, h, 2.0 * h),
         }
@@ -209,7 +230,7 @@ impl Scene {
             // Bounded retries keep generation time bounded; an object that does not fit is dropped.
             for _ in 0..40 {
                 let base = Vec3::new(rng.random_range(-2.4..2.4), 0.0, rng.random_range(-1.8..3.2));
-                let o = Object { class, colour, size, half, base, yaw };
+                let o = Object::new(class, colour, size, half, base, yaw);
                 if objects.iter().all(|p| (p.base - base).length() > p.footprint() + o.footprint() + 0.05) {
                     objects.push(o);
                     break;

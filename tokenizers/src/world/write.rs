@@ -34,8 +34,8 @@ pub fn generate(out: &Path, spec: &WorldSpec, progress: &mut dyn FnMut(Progress)
         let shards = count.div_ceil(spec.shard_size);
         let root = out.join(name);
         if count > 0 {
-            for (folder, _, _) in FOLDERS {
-                let dir = root.join(folder);
+            for f in FOLDERS {
+                let dir = root.join(f.name);
                 std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
             }
         }
@@ -53,7 +53,7 @@ pub fn generate(out: &Path, spec: &WorldSpec, progress: &mut dyn FnMut(Progress)
             })?;
             let mut writers = FOLDERS
                 .iter()
-                .map(|(folder, _, _)| TarWriter::create(&root.join(folder).join(format!("shard-{shard:05}.tar"))))
+                .map(|f| TarWriter::create(&root.join(f.name).join(format!("shard-{shard:05}.tar"))))
                 .collect::<Result<Vec<_>>>()?;
             for (key, members) in &samples {
                 for (w, (_, ext, data)) in writers.iter_mut().zip(members) {
@@ -76,14 +76,14 @@ pub fn generate(out: &Path, spec: &WorldSpec, progress: &mut dyn FnMut(Progress)
 
 /// `OUT/split/[rgb,depth,...]/shard-{00000..NNNNN}.tar`.
 fn split_pattern(out: &Path, split: &str, shards: usize) -> String {
-    let folders: Vec<&str> = FOLDERS.iter().map(|f| f.0).collect();
+    let folders: Vec<&str> = FOLDERS.iter().map(|f| f.name).collect();
     format!("{}/{split}/[{}]/shard-{{00000..{:05}}}.tar", out.display(), folders.join(","), shards.saturating_sub(1))
 }
 
 /// The root summary: spec, splits, classes, vocabularies and what each folder holds.
 fn world_json(spec: &WorldSpec, splits: &[SplitSummary]) -> serde_json::Value {
     let folders: serde_json::Map<String, serde_json::Value> =
-        FOLDERS.iter().map(|(f, ext, what)| (f.to_string(), json!({ "ext": ext, "content": what }))).collect();
+        FOLDERS.iter().map(|f| (f.name.to_string(), json!({ "ext": f.ext, "content": f.content, "feeds": f.feeds }))).collect();
     json!({
         "generator": "tessera world v1",
         "spec": spec,
