@@ -208,6 +208,14 @@ pub enum Error {
         /// Why it failed.
         reason: String,
     },
+    /// A built-in world generation spec that cannot be generated.
+    #[error("invalid world spec: `{field}`: {reason}")]
+    WorldSpec {
+        /// The offending field of [`crate::world::WorldSpec`].
+        field: &'static str,
+        /// Why it was refused.
+        reason: String,
+    },
     /// A worker thread pool that cannot be built.
     #[error("cannot build a thread pool of {threads} threads: {reason}")]
     ThreadPool {

@@ -6,7 +6,8 @@
 //! exact text serializations of detections, metadata, palettes, poses and SAM instances), the
 //! [`shards`] module (ml-4m's on-disk formats: tar shards joined by key, `.npy`/`.npz`/JSON/
 //! image members, C4-style text corpora) and the [`masking`] module (ml-4m's per-sample
-//! input/target masking and collation).
+//! input/target masking and collation) and the [`world`] module (a procedurally rendered
+//! multimodal dataset whose aligned modalities are computed exactly, written in ml-4m's layout).
 //!
 //! The coordinator depends on this crate for the registry, so nothing here may link tch.
 
@@ -17,6 +18,7 @@ mod modality;
 pub mod serialize;
 pub mod shards;
 pub mod text;
+pub mod world;
 
 pub use error::{Divergence, Error, Result};
 pub use modality::{Modality, ModalityKind, ModalitySet, ModalitySpec, PosEmb};
