@@ -39,6 +39,13 @@ pub struct TrainArgs {
     fsdp: bool,
 }
 
+impl TrainArgs {
+    /// Arguments that train `config` to the end in one process, resuming when possible.
+    pub fn new(config: PathBuf) -> Self {
+        Self { config, max_steps: None, no_resume: false, workers: 1, min_workers: 1, fsdp: false }
+    }
+}
+
 /// Runs `tessera train`.
 pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     let job = ResolvedJob::from_file(&a.config)?;
