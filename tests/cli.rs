@@ -121,33 +121,33 @@ fn bad_files_fail_with_a_message_not_a_panic() {
 }
 
 #[test]
-fn demo_trains_saves_and_reloads() {
+fn demo_runs_every_stage_and_skips_them_when_rerun() {
     let dir = tempfile::tempdir().unwrap();
     let out_dir = dir.path().join("demo").display().to_string();
-    let stdout = ok(&[
-        "demo",
-        "--out",
-        &out_dir,
-        "--steps",
-        "6",
-        "--dim",
-        "64",
-        "--encoder-depth",
-        "1",
-        "--decoder-depth",
-        "1",
-        "--modalities",
-        "caption,tok_rgb@224,tok_depth@224",
-        "--tokens",
-        "64",
-        "--pool",
-        "1",
-    ]);
-    assert!(stdout.contains("bit-identical"), "{stdout}");
-    let log = std::fs::read_to_string(dir.path().join("demo/losses.jsonl")).unwrap();
-    let losses: Vec<f64> = log.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap()).collect();
-    assert_eq!(losses.len(), 6);
-    assert!(losses[5] < losses[0], "training on one batch lowers the loss: {losses:?}");
+    let args = ["demo", "--out", &out_dir, "--samples", "160", "--steps", "4", "--batch-size", "4", "--threads", "1"];
+    let stdout = ok(&args);
+    assert!(stdout.contains("[5/5] validation at step 4"), "{stdout}");
+    let d = dir.path().join("demo");
+    for f in [
+        "world/world.json",
+        "text_tokenizer.json",
+        "job.toml",
+        "run/train_log.jsonl",
+        "run/eval_log.jsonl",
+        "run/report.json",
+        "run/loss_curve.png",
+    ] {
+        assert!(d.join(f).is_file(), "{f} missing");
+    }
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("run/report.json")).unwrap()).unwrap();
+    for m in ["caption", "det", "metadata", "color_palette"] {
+        assert!(report["modalities"][m]["loss"].as_f64().unwrap() > 0.0, "{m}: {report}");
+    }
+    let png = std::fs::read(d.join("run/loss_curve.png")).unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+    // A second run finds every stage done.
+    let again = ok(&args);
+    assert!(again.contains("world: ") && again.contains("skipped") && again.contains("text tokenizer: "), "{again}");
 }
 
 #[test]

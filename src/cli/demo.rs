@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, ensure};
+use anyhow::Context;
 use clap::Args;
 use tessera_tokenizers::text::{TextTokenizer, TrainSpec};
 use tessera_tokenizers::world::{ShapeClass, WorldSample, WorldSpec, generate};
@@ -140,7 +140,7 @@ target_alphas = "1.0"
 global_batch_size = {batch}
 blr = 0.016
 total_steps = {steps}
-warmup_steps = 20
+warmup_steps = {warmup}
 clip_grad = 1.0
 threads = {threads}
 
@@ -150,8 +150,8 @@ keep_last = 2
 
 [eval]
 every_steps = 100
-samples = 96
-baseline_samples = 1024
+samples = {eval_samples}
+baseline_samples = {baseline_samples}
 "#,
         preset = a.preset,
         seed = a.seed,
@@ -159,6 +159,9 @@ baseline_samples = 1024
         val = shards("val")?,
         batch = a.batch_size,
         steps = a.steps,
+        warmup = (a.steps / 15).min(20),
+        eval_samples = spec.splits()[1].2.clamp(1, 96),
+        baseline_samples = spec.splits()[0].2.min(1024),
         threads = a.threads,
     );
     std::fs::write(&job_path, job).with_context(|| format!("writing {}", job_path.display()))?;
@@ -192,10 +195,14 @@ fn report(run_dir: &Path) -> anyhow::Result<()> {
         all_better &= better;
         println!("      {m:<16} {loss:>9.4} {uni:>9.4} {:>8}", if better { "yes" } else { "NO" });
     }
-    std::fs::write(run_dir.join("report.json"), serde_json::to_vec_pretty(&last)?)?;
+    let mut report = last.clone();
+    report["beats_unigram_everywhere"] = all_better.into();
+    std::fs::write(run_dir.join("report.json"), serde_json::to_vec_pretty(&report)?)?;
     let png = run_dir.join("loss_curve.png");
     plot::loss_curves(&run_dir.join("train_log.jsonl"), &png)?;
     println!("      loss curves: {}; report: {}", png.display(), run_dir.join("report.json").display());
-    ensure!(all_better, "the model does not beat the unigram baseline on every modality yet (train longer: --steps)");
+    if !all_better {
+        println!("      not every modality beats the unigram baseline yet: train longer (--steps)");
+    }
     Ok(())
 }
