@@ -21,6 +21,39 @@ pub enum DataCommand {
     /// metadata, tok_rgb int16 tokens, crop_settings), for tests, benchmarks and trying the
     /// shard loader.
     WriteFixture(WriteFixtureArgs),
+    /// Generate the built-in multimodal world (aligned RGB, depth, normals, segmentation,
+    /// instances, edges, captions, boxes, metadata, palettes, features) as ml-4m shards with
+    /// train/val splits.
+    Generate(GenerateArgs),
+}
+
+/// Arguments of `data generate`.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Output directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// Samples over both splits.
+    #[arg(long, default_value_t = 1000)]
+    samples: usize,
+    /// Image side in pixels (a multiple of 16: 64, 128, 224, ...).
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Crops per sample in crop_settings (crop 0 = the centre square).
+    #[arg(long, default_value_t = 1)]
+    crops: usize,
+    /// Fraction of samples in the val split.
+    #[arg(long, default_value_t = 0.1)]
+    val_fraction: f64,
+    /// Samples per shard.
+    #[arg(long, default_value_t = 1000)]
+    shard_size: usize,
+    /// Threads (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
 }
 
 /// Arguments of `data write-fixture`.
@@ -84,6 +117,32 @@ pub struct InspectMixtureArgs {
 pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
     match cmd {
         DataCommand::InspectMixture(a) => inspect_mixture(a),
+        DataCommand::Generate(a) => {
+            let spec = tessera_tokenizers::world::WorldSpec {
+                samples: a.samples,
+                size: a.size,
+                seed: a.seed,
+                n_crops: a.crops,
+                val_fraction: a.val_fraction,
+                shard_size: a.shard_size,
+                threads: a.threads,
+            };
+            let bar = indicatif::ProgressBar::new(a.samples as u64);
+            let summary = tessera_tokenizers::world::generate(&a.out, &spec, &mut |p| bar.set_position(p.done as u64))?;
+            bar.finish_and_clear();
+            println!(
+                "wrote {} samples in {:.1}s ({:.0} samples/s, {:.1} MB) to {}",
+                a.samples,
+                summary.elapsed.as_secs_f64(),
+                summary.samples_per_second(),
+                summary.bytes as f64 / 1e6,
+                a.out.display()
+            );
+            for s in &summary.splits {
+                println!("  {}: {} samples, {} shards per folder: {}", s.name, s.samples, s.shards, s.data_path);
+            }
+            Ok(())
+        }
         DataCommand::WriteFixture(a) => {
             let spec = tessera_tokenizers::shards::FixtureSpec {
                 shards: a.shards,
