@@ -143,10 +143,12 @@ fn depth_ordering_agrees_with_occlusion_and_classes_with_instances() {
     let mut overlaps = 0;
     for s in samples(3) {
         let (f, cam) = (&s.frame, &s.scene.camera);
+        let mut amodal = vec![0; s.scene.objects.len()];
         for p in 0..SIDE * SIDE {
             let ray = cam.ray(p % SIDE, p / SIDE, SIDE);
             let hits: Vec<(usize, f64)> =
                 s.scene.objects.iter().enumerate().filter_map(|(i, o)| o.hit(&ray).map(|h| (i, h.t * ray.dir.dot(cam.forward)))).collect();
+            hits.iter().for_each(|h| amodal[h.0] += 1);
             let id = usize::from(f.instance[p]);
             if id == 0 {
                 assert!(hits.is_empty(), "sample {} pixel {p}: background but a ray hits {hits:?}", s.index);
@@ -161,7 +163,8 @@ fn depth_ordering_agrees_with_occlusion_and_classes_with_instances() {
                 assert!(shown < d, "sample {} pixel {p}: object {} shown at depth {shown} over object {other} at {d}", s.index, id - 1);
             }
         }
-        // Amodal areas: what is hidden is exactly the overlap counted above.
+        // Amodal areas (every ray crossing the object, seen or not) are exact, not culled away.
+        assert_eq!(f.amodal, amodal, "sample {}", s.index);
         assert!(f.amodal.iter().zip(&f.visible).all(|(a, v)| a >= v));
     }
     assert!(overlaps > 100, "too little occlusion to test ({overlaps} pixels)");
