@@ -3,7 +3,7 @@
 //! normal, instance and class; edges are the instance map's boundaries. Occlusion is the
 //! z-buffer's: every object a ray crosses is counted (its amodal area), the nearest one is seen.
 
-use super::geometry::{Ray, Vec3, hit_ground};
+use super::geometry::{Hit, Ray, Vec3, hit_ground};
 use super::scene::{Environment, Scene};
 
 /// Depth written for the sky and clamped for far ground (world units along the view axis).
@@ -57,7 +57,7 @@ impl Frame {
             for x in 0..side {
                 let p = y * side + x;
                 let ray = cam.ray(x, y, side);
-                let mut best: Option<(usize, super::geometry::Hit)> = None;
+                let mut best: Option<(usize, Hit)> = None;
                 for (i, (o, b)) in scene.objects.iter().zip(&bounds).enumerate() {
                     if x < b[0] || x >= b[2] || y < b[1] || y >= b[3] {
                         continue;
