@@ -277,3 +277,21 @@ fn bad_specs_are_refused_by_field() {
     assert_eq!((spec.samples, spec.size, spec.n_crops), (5, 128, 1));
     assert!(serde_json::from_str::<WorldSpec>(r#"{"sample": 5}"#).is_err());
 }
+
+#[test]
+fn every_caption_and_class_word_is_in_the_4m_vocabulary() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/ml-4m/text_tokenizer_4m_wordpiece_30k.json");
+    let tok = tessera_tokenizers::text::TextTokenizer::from_file(path).unwrap();
+    let unk = tok.unk_id().unwrap();
+    let mut words: Vec<String> = ["to the left of in front of behind a an .", "an empty ground under the sky."].map(String::from).to_vec();
+    words.extend(tessera_tokenizers::world::ShapeClass::ALL.iter().map(|c| c.name().to_string()));
+    words.extend(tessera_tokenizers::world::COLOURS.iter().map(|c| c.0.to_string()));
+    words.extend(tessera_tokenizers::world::SIZES.iter().map(|s| s.0.to_string()));
+    for text in words {
+        let ids = tok.encode(&text).unwrap();
+        assert!(!ids.contains(&unk), "'{text}' has an unknown word: {ids:?}");
+        // Each word (and a trailing '.') is one WordPiece token, so captions stay short.
+        let pieces: usize = text.split_whitespace().map(|w| if w.len() > 1 && w.ends_with('.') { 2 } else { 1 }).sum();
+        assert_eq!(ids.len(), pieces, "'{text}'");
+    }
+}
