@@ -143,10 +143,12 @@ fn depth_ordering_agrees_with_occlusion_and_classes_with_instances() {
     let mut overlaps = 0;
     for s in samples(3) {
         let (f, cam) = (&s.frame, &s.scene.camera);
+        let mut amodal = vec![0; s.scene.objects.len()];
         for p in 0..SIDE * SIDE {
             let ray = cam.ray(p % SIDE, p / SIDE, SIDE);
             let hits: Vec<(usize, f64)> =
                 s.scene.objects.iter().enumerate().filter_map(|(i, o)| o.hit(&ray).map(|h| (i, h.t * ray.dir.dot(cam.forward)))).collect();
+            hits.iter().for_each(|h| amodal[h.0] += 1);
             let id = usize::from(f.instance[p]);
             if id == 0 {
                 assert!(hits.is_empty(), "sample {} pixel {p}: background but a ray hits {hits:?}", s.index);
@@ -161,7 +163,8 @@ fn depth_ordering_agrees_with_occlusion_and_classes_with_instances() {
                 assert!(shown < d, "sample {} pixel {p}: object {} shown at depth {shown} over object {other} at {d}", s.index, id - 1);
             }
         }
-        // Amodal areas: what is hidden is exactly the overlap counted above.
+        // Amodal areas (every ray crossing the object, seen or not) are exact, not culled away.
+        assert_eq!(f.amodal, amodal, "sample {}", s.index);
         assert!(f.amodal.iter().zip(&f.visible).all(|(a, v)| a >= v));
     }
     assert!(overlaps > 100, "too little occlusion to test ({overlaps} pixels)");
@@ -273,4 +276,22 @@ fn bad_specs_are_refused_by_field() {
     let spec: WorldSpec = serde_json::from_str(r#"{"samples": 5, "size": 128}"#).unwrap();
     assert_eq!((spec.samples, spec.size, spec.n_crops), (5, 128, 1));
     assert!(serde_json::from_str::<WorldSpec>(r#"{"sample": 5}"#).is_err());
+}
+
+#[test]
+fn every_caption_and_class_word_is_in_the_4m_vocabulary() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/ml-4m/text_tokenizer_4m_wordpiece_30k.json");
+    let tok = tessera_tokenizers::text::TextTokenizer::from_file(path).unwrap();
+    let unk = tok.unk_id().unwrap();
+    let mut words: Vec<String> = ["to the left of in front of behind a an .", "an empty ground under the sky."].map(String::from).to_vec();
+    words.extend(tessera_tokenizers::world::ShapeClass::ALL.iter().map(|c| c.name().to_string()));
+    words.extend(tessera_tokenizers::world::COLOURS.iter().map(|c| c.0.to_string()));
+    words.extend(tessera_tokenizers::world::SIZES.iter().map(|s| s.0.to_string()));
+    for text in words {
+        let ids = tok.encode(&text).unwrap();
+        assert!(!ids.contains(&unk), "'{text}' has an unknown word: {ids:?}");
+        // Each word (and a trailing '.') is one WordPiece token, so captions stay short.
+        let pieces: usize = text.split_whitespace().map(|w| if w.len() > 1 && w.ends_with('.') { 2 } else { 1 }).sum();
+        assert_eq!(ids.len(), pieces, "'{text}'");
+    }
 }

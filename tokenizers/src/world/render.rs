@@ -3,7 +3,7 @@
 //! normal, instance and class; edges are the instance map's boundaries. Occlusion is the
 //! z-buffer's: every object a ray crosses is counted (its amodal area), the nearest one is seen.
 
-use super::geometry::{Ray, Vec3, hit_ground};
+use super::geometry::{Hit, Ray, Vec3, hit_ground};
 use super::scene::{Environment, Scene};
 
 /// Depth written for the sky and clamped for far ground (world units along the view axis).
@@ -51,12 +51,17 @@ impl Frame {
             visible: vec![0; scene.objects.len()],
         };
         let cam = &scene.camera;
+        // Rays outside an object's projected bounding sphere cannot hit it: skip the test there.
+        let bounds: Vec<[usize; 4]> = scene.objects.iter().map(|o| cam.pixel_bounds(o.centre(), o.bounding_radius(), side)).collect();
         for y in 0..side {
             for x in 0..side {
                 let p = y * side + x;
                 let ray = cam.ray(x, y, side);
-                let mut best: Option<(usize, super::geometry::Hit)> = None;
-                for (i, o) in scene.objects.iter().enumerate() {
+                let mut best: Option<(usize, Hit)> = None;
+                for (i, (o, b)) in scene.objects.iter().zip(&bounds).enumerate() {
+                    if x < b[0] || x >= b[2] || y < b[1] || y >= b[3] {
+                        continue;
+                    }
                     if let Some(h) = o.hit(&ray) {
                         f.amodal[i] += 1;
                         if best.is_none_or(|(_, b)| h.t < b.t) {

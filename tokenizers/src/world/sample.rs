@@ -46,7 +46,7 @@ pub const FOLDERS: [Folder; 13] = [
     folder(
         "normal",
         "png",
-        "RGB8: camera-frame unit normal (x right, y up, z towards the camera) as (n + 1) / 2 * 255",
+        "RGB8: camera-frame unit normal (x right, y up, z towards the camera) as (n + 1) / 2 * 255; sky (0, 0, 1)",
         "tok_normal@224 (via the normal tokenizer)",
     ),
     folder(

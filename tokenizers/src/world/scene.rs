@@ -181,6 +181,34 @@ impl Camera {
         Vec3::new(v.dot(self.right), v.dot(self.up), -v.dot(self.forward))
     }
 
+    /// A pixel rectangle `[x0, y0, x1, y1)` of a `side` × `side` image outside which no ray
+    /// meets the sphere of `centre` and `radius` (the sphere's exact projected extent, plus a
+    /// pixel of margin; the whole image when the eye is too close).
+    pub fn pixel_bounds(&self, centre: Vec3, radius: f64, side: usize) -> [usize; 4] {
+        let c = centre - self.eye;
+        let (cx, cy, cz) = (c.dot(self.right), c.dot(self.up), c.dot(self.forward));
+        let d = cz * cz - radius * radius;
+        if cz <= radius || d <= 1e-9 {
+            return [0, 0, side, side];
+        }
+        // Tangent planes through the eye: s = X / Z with (cx - s cz)² = r² (1 + s²).
+        let extent = |a: f64| {
+            let root = (a * a + d).sqrt() * radius;
+            ((a * cz - root) / d, (a * cz + root) / d)
+        };
+        let (sx0, sx1) = extent(cx);
+        let (sy0, sy1) = extent(cy);
+        let s = side as f64;
+        let to_px = |t: f64| (t / self.tan_half_fov + 1.0) * 0.5 * s - 0.5;
+        let clamp = |v: f64| v.clamp(0.0, s) as usize;
+        [
+            clamp(to_px(sx0).floor() - 1.0),
+            clamp(s - 1.0 - to_px(sy1).ceil() - 1.0),
+            clamp(to_px(sx1).ceil() + 2.0),
+            clamp(s - 1.0 - to_px(sy0).floor() + 2.0),
+        ]
+    }
+
     /// Depth (distance along the forward axis) of a world point.
     pub fn depth_of(&self, p: Vec3) -> f64 {
         (p - self.eye).dot(self.forward)
@@ -251,5 +279,36 @@ impl Scene {
             sky_high: [rng.random_range(0.2..0.45), rng.random_range(0.35..0.6), rng.random_range(0.7..0.95)],
         };
         Self { objects, env, camera: Camera::standard() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    use super::*;
+
+    #[test]
+    fn pixel_bounds_hold_every_ray_that_meets_the_bounding_sphere() {
+        let side = 64;
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let (mut inside, mut boxed) = (0usize, 0usize);
+        for _ in 0..20 {
+            let scene = Scene::sample(&mut rng);
+            for o in &scene.objects {
+                let b = scene.camera.pixel_bounds(o.centre(), o.bounding_radius(), side);
+                boxed += (b[2] - b[0]) * (b[3] - b[1]);
+                for p in 0..side * side {
+                    let (x, y) = (p % side, p / side);
+                    if may_hit_sphere(&scene.camera.ray(x, y, side), o.centre(), o.bounding_radius()) {
+                        inside += 1;
+                        assert!(b[0] <= x && x < b[2] && b[1] <= y && y < b[3], "pixel ({x}, {y}) outside {b:?}");
+                    }
+                }
+            }
+        }
+        // Tight enough to be worth it: the rectangles are not much larger than the discs.
+        assert!(boxed < 2 * inside, "{boxed} boxed pixels for {inside} covered");
     }
 }
