@@ -53,8 +53,87 @@ keep_last = 2
     path.display().to_string()
 }
 
+/// A `tessera train` process under test. Dropping it kills the launcher and its rank
+/// processes and reaps them, whatever the test did, so no child outlives a failed assertion.
+struct Running {
+    child: std::process::Child,
+}
+
+impl Running {
+    fn start(args: &[&str]) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(args)
+            .env("OMP_NUM_THREADS", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Self { child }
+    }
+
+    /// Waits until the run logged `n` steps (panics if it exits first or takes over `limit`).
+    fn wait_for_log(&mut self, dir: &Path, n: usize, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while log_lines(dir).len() < n {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("tessera exited early ({status}): {}", self.stderr());
+            }
+            assert!(Instant::now() < deadline, "fewer than {n} steps within {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The rank processes of a multi-worker launcher.
+    fn rank_pids(&self) -> Vec<String> {
+        let out = Command::new("pgrep").args(["-P", &self.child.id().to_string(), "-f", "train-rank"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_string).collect()
+    }
+
+    /// Waits for the exit (panics after `limit`); returns the status, stderr and the wait.
+    fn wait_exit(&mut self, limit: Duration) -> (std::process::ExitStatus, String, Duration) {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return (s, self.stderr(), start.elapsed());
+            }
+            assert!(start.elapsed() < limit, "tessera did not exit within {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stderr(&mut self) -> String {
+        let mut s = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            std::io::Read::read_to_string(&mut e, &mut s).unwrap();
+        }
+        s
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for pid in self.rank_pids() {
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn assert_gone(pids: &[String]) {
+    for pid in pids {
+        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| !s.contains(" Z ")).unwrap_or(false);
+        assert!(!alive, "rank {pid} left behind");
+    }
+}
+
 fn log_lines(dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(dir.join("out/train_log.jsonl")).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    // A line being written while we read is incomplete: only complete lines count.
+    std::fs::read_to_string(dir.join("out/train_log.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
 }
 
 #[test]
@@ -83,43 +162,10 @@ fn stops_and_resumes_where_it_left_off() {
 fn sigterm_checkpoints_then_exits_and_the_next_run_resumes() {
     let d = tempfile::tempdir().unwrap();
     let job = write_job(d.path(), 100_000, "");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(["train", &job])
-        .env("OMP_NUM_THREADS", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while log_lines(d.path()).len() < 3 {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut stderr = String::new();
-            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-            panic!("tessera exited early ({status}): {stderr}");
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("no progress within 120 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    // SAFETY-free signal delivery through the kill(1) utility.
-    let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("tessera did not exit within the deadline after SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    let mut run = Running::start(&["train", &job]);
+    run.wait_for_log(d.path(), 3, Duration::from_secs(120));
+    assert!(Command::new("kill").args(["-TERM", &run.child.id().to_string()]).status().unwrap().success());
+    let (status, stderr, _) = run.wait_exit(Duration::from_secs(120));
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("interrupted: checkpoint"), "{stderr}");
     let logged = log_lines(d.path()).len() as u64;
@@ -197,50 +243,16 @@ fn workers_train_like_one_process() {
 fn a_stopped_rank_is_detected_within_the_deadline() {
     let d = tempfile::tempdir().unwrap();
     let job = write_job(d.path(), 100_000, "collective_timeout_s = 3");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(["train", &job, "--workers", "2", "--min-workers", "2"])
-        .env("OMP_NUM_THREADS", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while log_lines(d.path()).len() < 2 {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("no progress within 120 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = Command::new("pgrep").args(["-P", &child.id().to_string(), "-f", "train-rank"]).output().unwrap();
-    let pids: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_string).collect();
+    let mut run = Running::start(&["train", &job, "--workers", "2", "--min-workers", "2"]);
+    run.wait_for_log(d.path(), 2, Duration::from_secs(120));
+    let pids = run.rank_pids();
     assert_eq!(pids.len(), 2, "{pids:?}");
     assert!(Command::new("kill").args(["-STOP", &pids[1]]).status().unwrap().success());
-    let stopped_at = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if stopped_at.elapsed() > Duration::from_secs(60) {
-            let _ = Command::new("kill").args(["-KILL", &pids[1]]).status();
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the job hung after a rank was stopped");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let took = stopped_at.elapsed();
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert!(!status.success(), "{stderr}");
-    assert!(stderr.contains("failed"), "{stderr}");
+    let (status, stderr, took) = run.wait_exit(Duration::from_secs(60));
+    assert!(!status.success() && stderr.contains("failed"), "{stderr}");
     // Detection by the 3 s collective deadline, plus the launcher's shutdown.
     assert!(took < Duration::from_secs(30), "took {took:?}");
-    for pid in pids {
-        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| !s.contains(" Z ")).unwrap_or(false);
-        assert!(!alive, "rank {pid} left behind");
-    }
+    assert_gone(&pids);
 }
 
 /// A rank killed with SIGKILL mid-run: the launcher stops the others, reports the rank and
@@ -249,51 +261,15 @@ fn a_stopped_rank_is_detected_within_the_deadline() {
 fn a_killed_rank_stops_the_job_cleanly() {
     let d = tempfile::tempdir().unwrap();
     let job = write_job(d.path(), 100_000, "");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(["train", &job, "--workers", "2", "--min-workers", "2"])
-        .env("OMP_NUM_THREADS", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while log_lines(d.path()).len() < 2 {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("no progress within 120 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let ranks = |parent: u32| -> Vec<String> {
-        let out = Command::new("pgrep").args(["-P", &parent.to_string(), "-f", "train-rank"]).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_string).collect()
-    };
-    let pids = ranks(child.id());
+    let mut run = Running::start(&["train", &job, "--workers", "2", "--min-workers", "2"]);
+    run.wait_for_log(d.path(), 2, Duration::from_secs(120));
+    let pids = run.rank_pids();
     assert_eq!(pids.len(), 2, "two rank processes: {pids:?}");
     assert!(Command::new("kill").args(["-KILL", &pids[1]]).status().unwrap().success());
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the launcher did not exit after a rank was killed");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    let (status, stderr, _) = run.wait_exit(Duration::from_secs(60));
     assert!(!status.success());
     assert!(stderr.contains("rank") && stderr.contains("failed"), "{stderr}");
-    for pid in pids {
-        assert!(
-            !Path::new(&format!("/proc/{pid}")).exists()
-                || std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(" Z "),
-            "rank {pid} left behind"
-        );
-    }
+    assert_gone(&pids);
 }
 
 /// Checkpoints move between one process and several: 1 worker for a step, 2 workers for two,
@@ -339,44 +315,18 @@ fn a_killed_worker_is_replaced_by_a_smaller_generation() {
     let d = tempfile::tempdir().unwrap();
     std::fs::write(d.path().join("job.toml"), &text).unwrap();
     let job = d.path().join("job.toml").display().to_string();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(["train", &job, "--workers", "3"])
-        .env("OMP_NUM_THREADS", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(240);
-    while log_lines(d.path()).len() < 3 {
-        assert!(Instant::now() < deadline, "no progress");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = Command::new("pgrep").args(["-P", &child.id().to_string(), "-f", "train-rank"]).output().unwrap();
-    let pids: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_string).collect();
+    let mut run = Running::start(&["train", &job, "--workers", "3"]);
+    run.wait_for_log(d.path(), 3, Duration::from_secs(240));
+    let pids = run.rank_pids();
     assert_eq!(pids.len(), 3, "{pids:?}");
     let logged = log_lines(d.path()).len();
     assert!(Command::new("kill").args(["-KILL", &pids[2]]).status().unwrap().success());
     let killed = Instant::now();
-    let mut recovered = None;
-    let status = loop {
-        if recovered.is_none() && log_lines(d.path()).len() > logged {
-            recovered = Some(killed.elapsed());
-        }
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the job did not finish after the kill");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    run.wait_for_log(d.path(), logged + 1, Duration::from_secs(120));
+    eprintln!("recovery: kill -> first step of the new generation logged in {:?}", killed.elapsed());
+    let (status, stderr, _) = run.wait_exit(Duration::from_secs(240));
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("generation 1") && stderr.contains("continues with 2 workers"), "{stderr}");
-    eprintln!("recovery: kill -> first step of the new generation logged in {:?}", recovered);
     // The last entry of each step is the one that counts (rolled-back steps are redone).
     let mut last = std::collections::BTreeMap::new();
     for l in log_lines(d.path()) {
