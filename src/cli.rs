@@ -5,6 +5,7 @@ mod config;
 mod data;
 mod data_source;
 mod demo;
+mod export;
 mod launch;
 mod model;
 mod output;
@@ -44,6 +45,8 @@ enum Command {
     Config(config::ConfigCommand),
     /// Train a job (TOML config) in this process, resuming from its newest valid checkpoint.
     Train(train::TrainArgs),
+    /// Write consolidated ml-4m-compatible weights from a job's newest valid checkpoint.
+    Export(export::ExportArgs),
     /// One rank of a local multi-process job (started by `train --workers N`).
     #[command(hide = true)]
     TrainRank(launch::RankArgs),
@@ -67,6 +70,7 @@ pub fn run() -> ExitCode {
         Command::Config(cmd) => config::run(cmd),
         Command::Train(args) => train::run(args),
         Command::TrainRank(args) => launch::run_rank(args),
+        Command::Export(args) => export::run(args),
         Command::Bench(cmd) => bench::run(cmd),
     };
     match result {

@@ -364,3 +364,32 @@ fn periodic_validation_with_a_unigram_baseline() {
         }
     }
 }
+
+/// `tessera export` writes the weights of a sharded (multi-worker) checkpoint as one
+/// ml-4m-compatible file, equal to what a one-process run of the same steps saved.
+#[test]
+fn export_consolidates_a_sharded_checkpoint() {
+    let one = tempfile::tempdir().unwrap();
+    let job1 = write_job(one.path(), 2, "");
+    assert!(tessera(&["train", &job1]).status.success());
+    let single = one.path().join("out/checkpoints/step-00000002/model.safetensors");
+
+    let many = tempfile::tempdir().unwrap();
+    let job2 = write_job(many.path(), 2, "");
+    assert!(tessera(&["train", &job2, "--workers", "2"]).status.success());
+    assert!(!many.path().join("out/checkpoints/step-00000002/model.safetensors").exists(), "sharded checkpoints hold shards");
+    let exported = many.path().join("model.safetensors");
+    let out = tessera(&["export", &job2, "--out", &exported.display().to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let (a, _) = tessera_model::io::read(&single).unwrap();
+    let (b, _) = tessera_model::io::read(&exported).unwrap();
+    let b: std::collections::BTreeMap<String, tch::Tensor> = b.into_iter().collect();
+    assert_eq!(a.len(), b.len());
+    for (name, t) in &a {
+        let u = &b[name];
+        let diff = (t - u).norm().double_value(&[]);
+        let scale = t.norm().double_value(&[]).max(1e-6);
+        assert!(diff / scale < 1e-5, "{name}: relative difference {}", diff / scale);
+    }
+}
