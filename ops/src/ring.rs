@@ -4,6 +4,7 @@ mod algo;
 mod connect;
 mod guard;
 mod pipe;
+mod shm;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
@@ -33,6 +34,10 @@ pub struct RingConfig {
     pub handshake_timeout: Duration,
     /// Pipeline chunk size in bytes (default 256 KiB); must match on every rank.
     pub chunk_bytes: usize,
+    /// Carry payloads of large calls through a `/dev/shm` file per link when the neighbour can
+    /// open it (same host), keeping headers and flow control on TCP (default true). A link whose
+    /// neighbour cannot open the file carries payloads on TCP; see [`TcpRing::shared_memory_links`].
+    pub shared_memory: bool,
 }
 
 impl RingConfig {
@@ -44,6 +49,7 @@ impl RingConfig {
             connect_timeout: Duration::from_secs(60),
             handshake_timeout: Duration::from_secs(5),
             chunk_bytes: 256 * 1024,
+            shared_memory: true,
         }
     }
 }
@@ -53,6 +59,8 @@ struct Links {
     left: TcpStream,
     right: TcpStream,
     guard: Guard,
+    outbox: Option<shm::Outbox>,
+    inbox: Option<shm::Inbox>,
 }
 
 /// A ring communicator over TCP: rank r reads from r-1 and writes to r+1.
@@ -91,11 +99,22 @@ impl TcpRing {
                 handshake_timeout: config.handshake_timeout,
             };
             let (left, right) = connect::establish(listener, &dial)?;
+            let (outbox, inbox) = if config.shared_memory {
+                shm::negotiate(&left, &right, config.chunk_bytes, config.handshake_timeout)
+                    .map_err(|e| setup(format!("shared-memory setup with the neighbours: {e}")))?
+            } else {
+                (None, None)
+            };
             let clones = [left.try_clone(), right.try_clone()].into_iter().collect::<std::io::Result<Vec<_>>>();
             let guard = clones.and_then(Guard::new).map_err(|e| setup(format!("watchdog: {e}")))?;
-            Some(Links { left, right, guard })
+            Some(Links { left, right, guard, outbox, inbox })
         };
         Ok(TcpRing { rank, world, links, solo: Arc::default(), config, seq: 0, poisoned: None })
+    }
+
+    /// Whether payloads to the right and from the left neighbour go through shared memory.
+    pub fn shared_memory_links(&self) -> (bool, bool) {
+        self.links.as_ref().map_or((false, false), |l| (l.outbox.is_some(), l.inbox.is_some()))
     }
 
     /// The configuration the ring was built with.
@@ -108,7 +127,7 @@ impl TcpRing {
         &mut self,
         op: OpKind,
         dtype: DType,
-        body: impl FnOnce(&Link<'_>, Header, algo::Ring) -> std::result::Result<R, Fault>,
+        body: impl FnOnce(&mut Link<'_>, Header, algo::Ring) -> std::result::Result<R, Fault>,
     ) -> Result<R>
     where
         R: Default,
@@ -118,7 +137,7 @@ impl TcpRing {
         if let Some(cause) = &self.poisoned {
             return Err(OpsError::Poisoned { op, seq, cause: Box::new(cause.clone()) });
         }
-        let Some(links) = &self.links else {
+        let Some(links) = &mut self.links else {
             if self.solo.is_aborted() {
                 return Err(self.poison(OpsError::Aborted { op, seq, rank: self.rank }));
             }
@@ -138,8 +157,8 @@ impl TcpRing {
         let ring = algo::Ring { rank: self.rank.index(), world: self.world, chunk: (self.config.chunk_bytes / elem).max(1) };
         let template = Header { op, dtype, step: 0, seq, len: 0 };
         links.guard.arm(Instant::now() + self.config.timeout, seq);
-        let link = Link { left: &links.left, right: &links.right, shared };
-        let result = body(&link, template, ring);
+        let mut link = Link { left: &links.left, right: &links.right, shared, outbox: links.outbox.as_mut(), inbox: links.inbox.as_mut() };
+        let result = body(&mut link, template, ring);
         links.guard.disarm();
         result.map_err(|fault| {
             let e = self.classify(op, seq, fault);

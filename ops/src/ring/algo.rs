@@ -77,11 +77,12 @@ impl Layout {
 }
 
 /// In-place all-reduce: reduce-scatter then all-gather over the same chunks.
-pub(crate) fn all_reduce<T: Element>(link: &Link<'_>, template: Header, ring: Ring, buf: &mut [T], op: ReduceOp) -> Result<(), Fault> {
+pub(crate) fn all_reduce<T: Element>(link: &mut Link<'_>, template: Header, ring: Ring, buf: &mut [T], op: ReduceOp) -> Result<(), Fault> {
     let n = ring.world;
     let layout = Layout::new(buf.len(), n, ring.chunk);
     let mut scratch = vec![T::zeroed(); ring.chunk.min(buf.len())];
-    pipe::run(link, template, layout.split(buf), |lend, read| {
+    let bytes = size_of_val(buf);
+    pipe::run(link, template, layout.split(buf), bytes, |lend, read| {
         for id in layout.ids[ring.seg(-1)].clone() {
             lend.lend(0, id)?;
         }
@@ -110,7 +111,7 @@ pub(crate) fn all_reduce<T: Element>(link: &Link<'_>, template: Header, ring: Ri
 
 /// Reduce-scatter from a read-only input; `output` receives segment `rank`.
 pub(crate) fn reduce_scatter<T: Element>(
-    link: &Link<'_>,
+    link: &mut Link<'_>,
     template: Header,
     ring: Ring,
     input: &[T],
@@ -124,7 +125,7 @@ pub(crate) fn reduce_scatter<T: Element>(
     let mut partial = if n > 2 { vec![T::zeroed(); input.len()] } else { Vec::new() };
     let slots = if n > 2 { layout.split(&mut partial) } else { Vec::new() };
     let own = shard_range(input.len(), n, ring.rank);
-    pipe::run(link, template, slots, |lend, read| {
+    pipe::run(link, template, slots, size_of_val(input), |lend, read| {
         for id in layout.ids[ring.seg(-1)].clone() {
             lend.send_shared(0, &input[layout.chunks[id].clone()])?;
         }
@@ -150,10 +151,11 @@ pub(crate) fn reduce_scatter<T: Element>(
 }
 
 /// All-gather into `output`, whose segment `rank` already holds this rank's contribution.
-pub(crate) fn all_gather<T: Element>(link: &Link<'_>, template: Header, ring: Ring, output: &mut [T]) -> Result<(), Fault> {
+pub(crate) fn all_gather<T: Element>(link: &mut Link<'_>, template: Header, ring: Ring, output: &mut [T]) -> Result<(), Fault> {
     let n = ring.world;
     let layout = Layout::new(output.len(), n, ring.chunk);
-    pipe::run(link, template, layout.split(output), |lend, read| {
+    let bytes = size_of_val(output);
+    pipe::run(link, template, layout.split(output), bytes, |lend, read| {
         for id in layout.ids[ring.rank].clone() {
             lend.lend(0, id)?;
         }
@@ -170,10 +172,11 @@ pub(crate) fn all_gather<T: Element>(link: &Link<'_>, template: Header, ring: Ri
 }
 
 /// Pipelined broadcast from `root` around the ring.
-pub(crate) fn broadcast<T: Element>(link: &Link<'_>, template: Header, ring: Ring, buf: &mut [T], root: usize) -> Result<(), Fault> {
+pub(crate) fn broadcast<T: Element>(link: &mut Link<'_>, template: Header, ring: Ring, buf: &mut [T], root: usize) -> Result<(), Fault> {
     let layout = Layout::new(buf.len(), 1, ring.chunk);
     let forward = (ring.rank + 1) % ring.world != root;
-    pipe::run(link, template, layout.split(buf), |lend, read| {
+    let bytes = size_of_val(buf);
+    pipe::run(link, template, layout.split(buf), bytes, |lend, read| {
         for id in layout.ids[0].clone() {
             if ring.rank != root {
                 read.recv(0, lend.slot(id)?)?;

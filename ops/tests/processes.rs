@@ -1,0 +1,127 @@
+//! Fault injection with real processes: a rank is SIGKILLed or SIGSTOPped in the middle of a
+//! stream of all-reduces; every other rank must fail with a clear error within its deadline,
+//! and no process may be left behind.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+use tessera_ops::{JobAuth, RendezvousServer, Secret};
+
+const SECRET: &str = "process-test-secret";
+
+/// The spawned ranks; dropping the group kills and reaps every child still running.
+struct Group {
+    children: Vec<Child>,
+    /// One `ready` message per rank arrives here (from stdout reader threads).
+    ready: Receiver<usize>,
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Group {
+    fn spawn(world: usize, rendezvous: SocketAddr, timeout_ms: u64) -> Group {
+        let (tx, ready) = mpsc::channel();
+        let mut group = Group { children: Vec::new(), ready };
+        for rank in 0..world {
+            let mut child = Command::new(env!("CARGO_BIN_EXE_tessera-ops-peer"))
+                .args(["--rendezvous", &rendezvous.to_string(), "--rank", &rank.to_string(), "--world", &world.to_string()])
+                .args(["--secret", SECRET, "--len", "262144", "--timeout-ms", &timeout_ms.to_string()])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn peer");
+            let stdout = child.stdout.take().expect("stdout");
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    if line == "ready" {
+                        let _ = tx.send(rank);
+                    }
+                }
+            });
+            group.children.push(child);
+        }
+        group
+    }
+
+    fn wait_ready(&self, world: usize) {
+        for _ in 0..world {
+            self.ready.recv_timeout(Duration::from_secs(60)).expect("every rank completes a first all-reduce");
+        }
+    }
+
+    /// Waits (bounded) for rank `rank` to exit; returns its exit code and stderr.
+    fn wait_exit(&mut self, rank: usize, within: Duration) -> (Option<i32>, String) {
+        let deadline = Instant::now() + within;
+        let child = &mut self.children[rank];
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                let mut err = String::new();
+                if let Some(mut s) = child.stderr.take() {
+                    let _ = s.read_to_string(&mut err);
+                }
+                return (status.code(), err);
+            }
+            assert!(Instant::now() < deadline, "rank {rank} still running after {within:?}: it hangs");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn rendezvous(world: usize) -> SocketAddr {
+    let auth = JobAuth { job_id: 42, generation: 1, secret: Secret::new(SECRET.as_bytes()) };
+    let server = RendezvousServer::bind("127.0.0.1:0", world, auth).expect("bind rendezvous");
+    let addr = server.local_addr().expect("addr");
+    // The handle is detached: serve returns by itself once everyone joined or after its timeout.
+    drop(server.spawn(Duration::from_secs(60)));
+    addr
+}
+
+#[test]
+fn killed_rank_makes_the_others_fail_promptly() {
+    let world = 3;
+    // A long deadline: the survivors must notice the dead peer through the closed sockets, not
+    // through the deadline.
+    let mut group = Group::spawn(world, rendezvous(world), 30_000);
+    group.wait_ready(world);
+    let start = Instant::now();
+    group.children[1].kill().expect("SIGKILL rank 1");
+    for rank in [0, 2] {
+        let (code, err) = group.wait_exit(rank, Duration::from_secs(10));
+        eprintln!("rank {rank} after {:?}: {}", start.elapsed(), err.trim());
+        assert_eq!(code, Some(3), "rank {rank} stderr: {err}");
+        assert!(err.contains("all_reduce #") && err.contains("rank "), "rank {rank}: {err}");
+    }
+    assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
+}
+
+#[test]
+fn stopped_rank_makes_the_others_time_out() {
+    let world = 3;
+    let timeout = Duration::from_millis(1500);
+    let mut group = Group::spawn(world, rendezvous(world), timeout.as_millis() as u64);
+    group.wait_ready(world);
+    let pid = group.children[2].id().to_string();
+    let status = Command::new("kill").args(["-STOP", &pid]).status().expect("run kill");
+    assert!(status.success());
+    let start = Instant::now();
+    for rank in [0, 1] {
+        let (code, err) = group.wait_exit(rank, timeout + Duration::from_secs(10));
+        eprintln!("rank {rank} after {:?}: {}", start.elapsed(), err.trim());
+        assert_eq!(code, Some(3), "rank {rank} stderr: {err}");
+        assert!(err.contains("all_reduce #") && err.contains("rank "), "rank {rank}: {err}");
+    }
+    // The one whose neighbour is stopped times out; the other may learn it from closed sockets.
+    assert!(start.elapsed() < timeout + Duration::from_secs(10));
+    // Drop kills (SIGKILL also ends a stopped process) and reaps rank 2.
+}
