@@ -18,6 +18,15 @@
 //! call sequence number, payload length). The receiver knows exactly which frame must come next
 //! and rejects anything else as a protocol error naming the op, sequence number and peer.
 //! Elements travel in native byte order (the handshake refuses a peer of the other order).
+//! Calls on buffers up to 32 KiB write frames from the calling thread (no sender thread).
+//!
+//! *Same-host payloads* (`ring::shm`, [`RingConfig::shared_memory`]): after the handshake each
+//! rank offers its right neighbour a `/dev/shm` file of 8 chunk-sized slots (mode 0600, unlinked
+//! as soon as the neighbour has opened it). For calls above 32 KiB the sender `pwrite`s a chunk
+//! into the next slot and sends only the header on TCP; the receiver `pread`s the slot and
+//! returns one credit byte on the same connection. Loopback TCP spends most of its time in the
+//! kernel's socket path; the tmpfs copy is close to memcpy speed. All waiting stays on sockets,
+//! so deadlines, aborts and peer death behave exactly as on plain TCP.
 //!
 //! # Algorithms
 //! Bandwidth-optimal ring algorithms (see `ring::algo`): reduce-scatter and all-gather move

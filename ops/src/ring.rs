@@ -99,12 +99,10 @@ impl TcpRing {
                 handshake_timeout: config.handshake_timeout,
             };
             let (left, right) = connect::establish(listener, &dial)?;
-            let (outbox, inbox) = if config.shared_memory {
-                shm::negotiate(&left, &right, config.chunk_bytes, config.handshake_timeout)
-                    .map_err(|e| setup(format!("shared-memory setup with the neighbours: {e}")))?
-            } else {
-                (None, None)
-            };
+            // Always exchanged (an empty offer when disabled), so ranks that disagree on
+            // `shared_memory` still stay in step and simply use TCP for that link.
+            let (outbox, inbox) = shm::negotiate(&left, &right, config.chunk_bytes, config.shared_memory, config.handshake_timeout)
+                .map_err(|e| setup(format!("shared-memory setup with the neighbours: {e}")))?;
             let clones = [left.try_clone(), right.try_clone()].into_iter().collect::<std::io::Result<Vec<_>>>();
             let guard = clones.and_then(Guard::new).map_err(|e| setup(format!("watchdog: {e}")))?;
             Some(Links { left, right, guard, outbox, inbox })

@@ -2,13 +2,13 @@
 //! stream of all-reduces; every other rank must fail with a clear error within its deadline,
 //! and no process may be left behind.
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::SocketAddr;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
-use tessera_ops::{JobAuth, RendezvousServer, Secret};
+use tessera_ops::{JobAuth, JoinRequest, Rank, RendezvousServer, Secret, join};
 
 const SECRET: &str = "process-test-secret";
 
@@ -30,12 +30,17 @@ impl Drop for Group {
 
 impl Group {
     fn spawn(world: usize, rendezvous: SocketAddr, timeout_ms: u64) -> Group {
+        Group::spawn_with(world, rendezvous, timeout_ms, 0)
+    }
+
+    /// Spawns `world` ranks running `iters` all-reduces (0: until failure).
+    fn spawn_with(world: usize, rendezvous: SocketAddr, timeout_ms: u64, iters: u64) -> Group {
         let (tx, ready) = mpsc::channel();
         let mut group = Group { children: Vec::new(), ready };
         for rank in 0..world {
             let mut child = Command::new(env!("CARGO_BIN_EXE_tessera-ops-peer"))
                 .args(["--rendezvous", &rendezvous.to_string(), "--rank", &rank.to_string(), "--world", &world.to_string()])
-                .args(["--secret", SECRET, "--len", "262144", "--timeout-ms", &timeout_ms.to_string()])
+                .args(["--secret", SECRET, "--len", "262144", "--timeout-ms", &timeout_ms.to_string(), "--iters", &iters.to_string()])
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -79,12 +84,58 @@ impl Group {
 }
 
 fn rendezvous(world: usize) -> SocketAddr {
-    let auth = JobAuth { job_id: 42, generation: 1, secret: Secret::new(SECRET.as_bytes()) };
-    let server = RendezvousServer::bind("127.0.0.1:0", world, auth).expect("bind rendezvous");
+    rendezvous_with_table(world).0
+}
+
+fn rendezvous_with_table(world: usize) -> (SocketAddr, std::thread::JoinHandle<tessera_ops::Result<Vec<SocketAddr>>>) {
+    let server = RendezvousServer::bind("127.0.0.1:0", world, auth(SECRET)).expect("bind rendezvous");
     let addr = server.local_addr().expect("addr");
-    // The handle is detached: serve returns by itself once everyone joined or after its timeout.
-    drop(server.spawn(Duration::from_secs(60)));
-    addr
+    // serve returns by itself once everyone joined or after its timeout.
+    (addr, server.spawn(Duration::from_secs(60)))
+}
+
+fn auth(secret: &str) -> JobAuth {
+    JobAuth { job_id: 42, generation: 1, secret: Secret::new(secret.as_bytes()) }
+}
+
+/// No link file of the given processes is left in /dev/shm (they are unlinked once opened).
+fn assert_no_shm_files(pids: &[u32]) {
+    let names: Vec<String> = std::fs::read_dir("/dev/shm")
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    for pid in pids {
+        let prefix = format!("tessera-ops-{pid}-");
+        assert!(!names.iter().any(|n| n.starts_with(&prefix)), "leftover shared-memory file of pid {pid}");
+    }
+}
+
+#[test]
+fn strays_at_the_rendezvous_and_ring_ports_do_not_disturb_the_job() {
+    let world = 3;
+    let (addr, served) = rendezvous_with_table(world);
+    // Before the job: a random client and a client with the wrong secret.
+    let mut garbage = TcpStream::connect(addr).expect("connect");
+    garbage.write_all(b"\x00\x01garbage").expect("write");
+    let fake = "127.0.0.1:9".parse().expect("addr");
+    let req = JoinRequest { rank: Rank(0), world, listen_addr: fake, timeout: Duration::from_secs(5) };
+    let refused = join(addr, &auth("wrong secret"), &req).expect_err("wrong secret must be refused");
+    assert!(refused.to_string().contains("handshake"), "{refused}");
+
+    let mut group = Group::spawn_with(world, addr, 10_000, 200);
+    let table = served.join().expect("rendezvous thread").expect("rendezvous");
+    // While the ranks build their ring and run: strays at every ring port.
+    for ring_addr in &table {
+        if let Ok(mut s) = TcpStream::connect(ring_addr) {
+            let _ = s.write_all(&[0xAB; 100]);
+        }
+        let _ = join(*ring_addr, &auth("wrong secret"), &req);
+    }
+    for rank in 0..world {
+        let (code, err) = group.wait_exit(rank, Duration::from_secs(60));
+        assert_eq!(code, Some(0), "rank {rank} stderr: {err}");
+    }
+    let pids: Vec<u32> = group.children.iter().map(Child::id).collect();
+    assert_no_shm_files(&pids);
 }
 
 #[test]
@@ -103,6 +154,9 @@ fn killed_rank_makes_the_others_fail_promptly() {
         assert!(err.contains("all_reduce #") && err.contains("rank "), "rank {rank}: {err}");
     }
     assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
+    let pids: Vec<u32> = group.children.iter().map(Child::id).collect();
+    drop(group);
+    assert_no_shm_files(&pids);
 }
 
 #[test]

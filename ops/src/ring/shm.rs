@@ -78,11 +78,13 @@ impl Inbox {
     }
 }
 
-/// Sets up the link files with both neighbours; `None` for a link that stays on TCP.
+/// Sets up the link files with both neighbours; `None` for a link that stays on TCP (disabled
+/// here or at the neighbour, or the file cannot be created or opened).
 pub(crate) fn negotiate(
     left: &TcpStream,
     right: &TcpStream,
     slot_bytes: usize,
+    enabled: bool,
     timeout: Duration,
 ) -> io::Result<(Option<Outbox>, Option<Inbox>)> {
     for s in [left, right] {
@@ -90,7 +92,7 @@ pub(crate) fn negotiate(
     }
     let mut right_w = right;
     let mut left_rw = left;
-    let created = create(slot_bytes).ok();
+    let created = if enabled { create(slot_bytes).ok() } else { None };
     let path = created.as_ref().map(|(p, _)| p.to_string_lossy().into_owned()).unwrap_or_default();
     right_w.write_all(&(path.len() as u16).to_le_bytes())?;
     right_w.write_all(path.as_bytes())?;
@@ -103,7 +105,7 @@ pub(crate) fn negotiate(
     }
     let mut theirs = vec![0u8; len];
     left_rw.read_exact(&mut theirs)?;
-    let inbox = open(&theirs, slot_bytes);
+    let inbox = if enabled { open(&theirs, slot_bytes) } else { None };
     left_rw.write_all(&[u8::from(inbox.is_some())])?;
 
     let mut answer = [0u8; 1];
