@@ -73,6 +73,9 @@ pub struct TcpRing {
     config: RingConfig,
     seq: u64,
     poisoned: Option<OpsError>,
+    /// Reduce-scatter partial sums, kept between calls: a fresh buffer per call would cost a
+    /// page fault per 4 KiB. `u64` words so any element type can be laid over it.
+    scratch: Vec<u64>,
 }
 
 impl TcpRing {
@@ -107,7 +110,7 @@ impl TcpRing {
             let guard = clones.and_then(Guard::new).map_err(|e| setup(format!("watchdog: {e}")))?;
             Some(Links { left, right, guard, outbox, inbox })
         };
-        Ok(TcpRing { rank, world, links, solo: Arc::default(), config, seq: 0, poisoned: None })
+        Ok(TcpRing { rank, world, links, solo: Arc::default(), config, seq: 0, poisoned: None, scratch: Vec::new() })
     }
 
     /// Whether payloads to the right and from the left neighbour go through shared memory.
@@ -218,7 +221,17 @@ impl Collective for TcpRing {
         if self.world == 1 {
             output.copy_from_slice(input);
         }
-        self.call(OpKind::ReduceScatter, T::DTYPE, |link, h, ring| algo::reduce_scatter(link, h, ring, input, output, op))
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let len = if self.world > 2 { input.len() } else { 0 };
+        let words = (len * size_of::<T>()).div_ceil(8);
+        if scratch.len() < words {
+            scratch.resize(words, 0);
+        }
+        // Every element size divides 8 and u64 alignment covers every element type.
+        let partial: &mut [T] = bytemuck::cast_slice_mut(&mut scratch[..words]);
+        let r = self.call(OpKind::ReduceScatter, T::DTYPE, |link, h, ring| algo::reduce_scatter(link, h, ring, input, output, partial, op));
+        self.scratch = scratch;
+        r
     }
 
     fn all_gather<T: Element>(&mut self, input: &[T], output: &mut [T]) -> Result<()> {

@@ -109,21 +109,22 @@ pub(crate) fn all_reduce<T: Element>(link: &mut Link<'_>, template: Header, ring
     })
 }
 
-/// Reduce-scatter from a read-only input; `output` receives segment `rank`.
+/// Reduce-scatter from a read-only input; `output` receives segment `rank`; `partial` is scratch
+/// of at least the input's length when the world has more than two ranks.
 pub(crate) fn reduce_scatter<T: Element>(
     link: &mut Link<'_>,
     template: Header,
     ring: Ring,
     input: &[T],
     output: &mut [T],
+    partial: &mut [T],
     op: ReduceOp,
 ) -> Result<(), Fault> {
     let n = ring.world;
     let layout = Layout::new(input.len(), n, ring.chunk);
-    // Partial sums of the segments passing through (all but our own) need a home; with two
-    // ranks nothing passes through.
-    let mut partial = if n > 2 { vec![T::zeroed(); input.len()] } else { Vec::new() };
-    let slots = if n > 2 { layout.split(&mut partial) } else { Vec::new() };
+    // Partial sums of the segments passing through (all but our own) need a home, `partial`
+    // (the input's length, reused across calls); with two ranks nothing passes through.
+    let slots = if n > 2 { layout.split(&mut partial[..input.len()]) } else { Vec::new() };
     let own = shard_range(input.len(), n, ring.rank);
     pipe::run(link, template, slots, size_of_val(input), |lend, read| {
         for id in layout.ids[ring.seg(-1)].clone() {
