@@ -268,6 +268,36 @@ impl Collective for TcpRing {
     }
 }
 
+impl Drop for TcpRing {
+    /// Closes gracefully: stop writing, then read until the neighbours have closed too (bounded by
+    /// [`LINGER`]). Closing a socket that still holds unread bytes (the neighbour's last credit
+    /// bytes) makes the kernel send a reset, which would fail a neighbour still finishing its last
+    /// call.
+    fn drop(&mut self) {
+        let Some(links) = &self.links else { return };
+        for s in [&links.left, &links.right] {
+            let _ = s.shutdown(std::net::Shutdown::Write);
+        }
+        let deadline = Instant::now() + LINGER;
+        let mut sink = [0u8; 4096];
+        for mut s in [&links.left, &links.right] {
+            loop {
+                let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else { return };
+                if s.set_read_timeout(Some(left)).is_err() {
+                    break;
+                }
+                match std::io::Read::read(&mut s, &mut sink) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Longest a dropped ring waits for its neighbours to close their side.
+const LINGER: Duration = Duration::from_secs(1);
+
 /// Abort flag of a one-rank ring (nothing to unblock, but later calls must fail).
 #[derive(Default)]
 struct SoloAbort(std::sync::atomic::AtomicBool);

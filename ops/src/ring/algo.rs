@@ -64,6 +64,11 @@ impl Layout {
         Layout { chunks, ids }
     }
 
+    /// Most chunks in any segment (bounds the frames sent per step).
+    fn max_chunks(&self) -> usize {
+        self.ids.iter().map(|r| r.len()).max().unwrap_or(0)
+    }
+
     /// Splits `buf` (of the layout's length) into one mutable slice per chunk.
     fn split<'a, T>(&self, mut buf: &'a mut [T]) -> Vec<&'a mut [T]> {
         let mut out = Vec::with_capacity(self.chunks.len());
@@ -81,8 +86,8 @@ pub(crate) fn all_reduce<T: Element>(link: &mut Link<'_>, template: Header, ring
     let n = ring.world;
     let layout = Layout::new(buf.len(), n, ring.chunk);
     let mut scratch = vec![T::zeroed(); ring.chunk.min(buf.len())];
-    let bytes = size_of_val(buf);
-    pipe::run(link, template, layout.split(buf), bytes, |lend, read| {
+    let (bytes, frames) = (size_of_val(buf), 2 * (n - 1) * layout.max_chunks());
+    pipe::run(link, template, layout.split(buf), bytes, frames, |lend, read| {
         for id in layout.ids[ring.seg(-1)].clone() {
             lend.lend(0, id)?;
         }
@@ -126,7 +131,7 @@ pub(crate) fn reduce_scatter<T: Element>(
     // (the input's length, reused across calls); with two ranks nothing passes through.
     let slots = if n > 2 { layout.split(&mut partial[..input.len()]) } else { Vec::new() };
     let own = shard_range(input.len(), n, ring.rank);
-    pipe::run(link, template, slots, size_of_val(input), |lend, read| {
+    pipe::run(link, template, slots, size_of_val(input), (n - 1) * layout.max_chunks(), |lend, read| {
         for id in layout.ids[ring.seg(-1)].clone() {
             lend.send_shared(0, &input[layout.chunks[id].clone()])?;
         }
@@ -155,8 +160,8 @@ pub(crate) fn reduce_scatter<T: Element>(
 pub(crate) fn all_gather<T: Element>(link: &mut Link<'_>, template: Header, ring: Ring, output: &mut [T]) -> Result<(), Fault> {
     let n = ring.world;
     let layout = Layout::new(output.len(), n, ring.chunk);
-    let bytes = size_of_val(output);
-    pipe::run(link, template, layout.split(output), bytes, |lend, read| {
+    let (bytes, frames) = (size_of_val(output), (n - 1) * layout.max_chunks());
+    pipe::run(link, template, layout.split(output), bytes, frames, |lend, read| {
         for id in layout.ids[ring.rank].clone() {
             lend.lend(0, id)?;
         }
@@ -176,8 +181,8 @@ pub(crate) fn all_gather<T: Element>(link: &mut Link<'_>, template: Header, ring
 pub(crate) fn broadcast<T: Element>(link: &mut Link<'_>, template: Header, ring: Ring, buf: &mut [T], root: usize) -> Result<(), Fault> {
     let layout = Layout::new(buf.len(), 1, ring.chunk);
     let forward = (ring.rank + 1) % ring.world != root;
-    let bytes = size_of_val(buf);
-    pipe::run(link, template, layout.split(buf), bytes, |lend, read| {
+    let (bytes, frames) = (size_of_val(buf), layout.max_chunks());
+    pipe::run(link, template, layout.split(buf), bytes, frames, |lend, read| {
         for id in layout.ids[0].clone() {
             if ring.rank != root {
                 read.recv(0, lend.slot(id)?)?;

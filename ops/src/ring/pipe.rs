@@ -21,7 +21,7 @@ use crate::frame::{HEADER_LEN, Header, read_header};
 use crate::types::ReduceOp;
 
 use super::guard::Shared;
-use super::shm::{Inbox, Outbox};
+use super::shm::{Inbox, Outbox, SLOTS};
 
 /// Payloads up to this size are copied behind their header and written with one syscall.
 const COALESCE_BYTES: usize = 32 * 1024;
@@ -68,8 +68,8 @@ enum Out<'a, T> {
 enum Sink<'a, 's, T> {
     /// To the sender thread, which hands lent chunks back after writing them.
     Thread { tx: Sender<(u16, Out<'a, T>)>, back: Receiver<(usize, &'a mut [T])> },
-    /// Written at once by the owning thread (small calls, see [`INLINE_BYTES`]).
-    Inline { right: &'s TcpStream, template: Header, frame: Vec<u8> },
+    /// Written at once by the owning thread (small calls, see [`INLINE_BYTES`] and [`run`]).
+    Inline { right: &'s TcpStream, outbox: Option<&'s mut Outbox>, template: Header, frame: Vec<u8> },
 }
 
 /// The owning thread's side of the sender: lends chunks and collects them back.
@@ -102,9 +102,9 @@ impl<'a, T: Element> Lender<'a, '_, T> {
                 let chunk = self.slots[id].take().ok_or_else(sender_stopped)?;
                 tx.send((step as u16, Out::Lent(id, chunk))).map_err(|_| sender_stopped())
             }
-            Sink::Inline { right, template, frame } => {
+            Sink::Inline { right, outbox, template, frame } => {
                 let chunk = self.slots[id].as_deref().ok_or_else(sender_stopped)?;
-                write_frame(right, template, step as u16, bytemuck::cast_slice(chunk), frame).map_err(Fault::Send)
+                send_frame(right, outbox.as_deref_mut(), template, step as u16, bytemuck::cast_slice(chunk), frame).map_err(Fault::Send)
             }
         }
     }
@@ -113,17 +113,29 @@ impl<'a, T: Element> Lender<'a, '_, T> {
     pub fn send_shared(&mut self, step: usize, data: &'a [T]) -> Result<(), Fault> {
         match &mut self.sink {
             Sink::Thread { tx, .. } => tx.send((step as u16, Out::Shared(data))).map_err(|_| sender_stopped()),
-            Sink::Inline { right, template, frame } => {
-                write_frame(right, template, step as u16, bytemuck::cast_slice(data), frame).map_err(Fault::Send)
+            Sink::Inline { right, outbox, template, frame } => {
+                send_frame(right, outbox.as_deref_mut(), template, step as u16, bytemuck::cast_slice(data), frame).map_err(Fault::Send)
             }
         }
     }
 }
 
-/// Writes one frame; small payloads are copied behind the header to make one syscall.
-fn write_frame(mut right: &TcpStream, template: &Header, step: u16, bytes: &[u8], small: &mut Vec<u8>) -> io::Result<()> {
+/// Sends one frame: the payload into the shared-memory slot when `outbox` is given (before the
+/// header, so it is there when the header arrives), else behind the header on the socket, where
+/// small payloads are copied behind the header to make one syscall.
+fn send_frame(
+    mut right: &TcpStream,
+    outbox: Option<&mut Outbox>,
+    template: &Header,
+    step: u16,
+    bytes: &[u8],
+    small: &mut Vec<u8>,
+) -> io::Result<()> {
     let header = Header { step, len: bytes.len() as u64, ..*template }.encode();
-    if bytes.len() <= COALESCE_BYTES {
+    if let Some(outbox) = outbox {
+        outbox.put(right, bytes)?;
+        right.write_all(&header)
+    } else if bytes.len() <= COALESCE_BYTES {
         small.clear();
         small.extend_from_slice(&header);
         small.extend_from_slice(bytes);
@@ -169,21 +181,31 @@ impl Reader<'_> {
 /// Runs `body` with a sender attached; returns the first fault of either side.
 ///
 /// `template` carries the op, dtype and sequence number of every frame; `slots` is the table of
-/// chunks `body` may lend; `total_bytes` is the size of the call's buffer.
+/// chunks `body` may lend; `total_bytes` is the size of the call's buffer and `frames` an upper
+/// bound on the frames this rank sends in the call.
+///
+/// Payloads travel through shared memory when the link has it and the call is above
+/// [`INLINE_BYTES`] (both ends derive this from the same size). Independently, and locally, the
+/// owning thread writes frames itself instead of starting a sender thread when writing can
+/// never wait on the neighbour: small socket payloads, or at most `SLOTS / 2` shared-memory
+/// frames (any frames of the previous call still unread are consumed by the neighbour without
+/// our help, and then enough slots are free for the whole call).
 pub(crate) fn run<'a, T: Element, R>(
     link: &mut Link<'_>,
     template: Header,
     slots: Vec<&'a mut [T]>,
     total_bytes: usize,
+    frames: usize,
     body: impl FnOnce(&mut Lender<'a, '_, T>, &mut Reader<'_>) -> Result<R, Fault>,
 ) -> Result<R, Fault> {
     let slots: Vec<Option<&'a mut [T]>> = slots.into_iter().map(Some).collect();
-    // Inline calls carry payloads on the socket; both ends decide this from the same size.
-    let inline = total_bytes <= INLINE_BYTES;
-    let inbox = if inline { None } else { link.inbox.as_deref_mut() };
+    let on_socket = total_bytes <= INLINE_BYTES;
+    let inbox = if on_socket { None } else { link.inbox.as_deref_mut() };
     let mut reader = Reader { left: link.left, template, inbox };
+    let outbox = if on_socket { None } else { link.outbox.as_deref_mut() };
+    let inline = on_socket || (outbox.is_some() && frames <= SLOTS / 2);
     if inline {
-        let sink = Sink::Inline { right: link.right, template, frame: Vec::new() };
+        let sink = Sink::Inline { right: link.right, outbox, template, frame: Vec::new() };
         let r = body(&mut Lender { sink, slots }, &mut reader);
         if r.is_err() {
             link.shared.shutdown_streams();
@@ -195,7 +217,7 @@ pub(crate) fn run<'a, T: Element, R>(
         let (tx, rx) = channel();
         let (back_tx, back) = channel();
         let first = &first;
-        let (right, shared, outbox) = (link.right, link.shared, link.outbox.as_deref_mut());
+        let (right, shared) = (link.right, link.shared);
         scope.spawn(move || send_loop(rx, back_tx, right, outbox, template, first, shared));
         let mut lender = Lender { sink: Sink::Thread { tx, back }, slots };
         let r = body(&mut lender, &mut reader);
@@ -230,14 +252,7 @@ fn send_loop<'a, T: Element>(
             Out::Shared(d) => bytemuck::cast_slice(d),
             Out::Lent(_, d) => bytemuck::cast_slice(d),
         };
-        let written = match outbox.as_deref_mut() {
-            // Payload into the shared slot first, so it is there when the header arrives.
-            Some(outbox) => outbox.put(right, bytes).and_then(|()| {
-                let mut r = right;
-                r.write_all(&Header { step, len: bytes.len() as u64, ..template }.encode())
-            }),
-            None => write_frame(right, &template, step, bytes, &mut small),
-        };
+        let written = send_frame(right, outbox.as_deref_mut(), &template, step, bytes, &mut small);
         if let Err(e) = written {
             let _ = first.set(Fault::Send(e));
             shared.shutdown_streams();

@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// Slots per link file.
-const SLOTS: usize = 8;
+pub(crate) const SLOTS: usize = 8;
 /// Where the files live (tmpfs on Linux).
 const SHM_DIR: &str = "/dev/shm";
 /// Longest path accepted from the neighbour.
