@@ -145,19 +145,18 @@ impl TcpRing {
             return Ok(R::default());
         };
         let shared = links.guard.shared();
-        if shared.fired().is_some() {
-            // Aborted (or timed out) between calls: report it against this call.
-            let e = self.classify(op, seq, Fault::Protocol(String::new()));
+        if let Some(fired) = shared.fired() {
+            // Aborted between calls, or the previous call's deadline fired as it completed.
+            let e = match fired {
+                Fired::Aborted => OpsError::Aborted { op, seq, rank: self.rank },
+                Fired::Timeout { op, seq } => OpsError::Timeout { op, seq, peer: self.left(), after: self.config.timeout },
+            };
             return Err(self.poison(e));
         }
-        let elem = match dtype {
-            DType::F32 => 4,
-            DType::BF16 | DType::F16 => 2,
-            DType::I64 => 8,
-        };
-        let ring = algo::Ring { rank: self.rank.index(), world: self.world, chunk: (self.config.chunk_bytes / elem).max(1) };
+        let chunk = (self.config.chunk_bytes / dtype.size_bytes()).max(1);
+        let ring = algo::Ring { rank: self.rank.index(), world: self.world, chunk };
         let template = Header { op, dtype, step: 0, seq, len: 0 };
-        links.guard.arm(Instant::now() + self.config.timeout, seq);
+        links.guard.arm(Instant::now() + self.config.timeout, op, seq);
         let mut link = Link { left: &links.left, right: &links.right, shared, outbox: links.outbox.as_mut(), inbox: links.inbox.as_mut() };
         let result = body(&mut link, template, ring);
         links.guard.disarm();
@@ -169,17 +168,25 @@ impl TcpRing {
 
     /// Names the failure: the guard's reason wins over the I/O error it caused.
     fn classify(&self, op: OpKind, seq: u64, fault: Fault) -> OpsError {
-        let left = Rank(((self.rank.index() + self.world - 1) % self.world) as u32);
-        let right = Rank(((self.rank.index() + 1) % self.world) as u32);
-        let peer = if matches!(fault, Fault::Send(_)) { right } else { left };
+        let peer = if matches!(fault, Fault::Send(_)) { self.right() } else { self.left() };
         let fired = self.links.as_ref().and_then(|l| l.guard.shared().fired());
         match (fired, fault) {
             (Some(Fired::Aborted), _) => OpsError::Aborted { op, seq, rank: self.rank },
-            (Some(Fired::Timeout { seq: timed_out }), _) => OpsError::Timeout { op, seq: timed_out, peer, after: self.config.timeout },
+            (Some(Fired::Timeout { op, seq }), _) => OpsError::Timeout { op, seq, peer, after: self.config.timeout },
             (None, Fault::Recv(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => OpsError::PeerClosed { op, seq, peer },
             (None, Fault::Recv(e) | Fault::Send(e)) => OpsError::Io { op, seq, peer, source: Arc::new(e) },
             (None, Fault::Protocol(detail)) => OpsError::Protocol { op, seq, peer, detail },
         }
+    }
+
+    /// The neighbour we read from.
+    fn left(&self) -> Rank {
+        Rank(((self.rank.index() + self.world - 1) % self.world) as u32)
+    }
+
+    /// The neighbour we write to.
+    fn right(&self) -> Rank {
+        Rank(((self.rank.index() + 1) % self.world) as u32)
     }
 
     /// Marks the communicator unusable and closes its sockets so the neighbours fail fast too.
