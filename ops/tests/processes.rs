@@ -59,9 +59,22 @@ impl Group {
         group
     }
 
-    fn wait_ready(&self, world: usize) {
+    fn wait_ready(&mut self, world: usize) {
         for _ in 0..world {
-            self.ready.recv_timeout(Duration::from_secs(60)).expect("every rank completes a first all-reduce");
+            if self.ready.recv_timeout(Duration::from_secs(60)).is_err() {
+                // Say why: kill everyone and show what each rank reported.
+                let mut report = String::new();
+                for (rank, c) in self.children.iter_mut().enumerate() {
+                    let _ = c.kill();
+                    let status = c.wait();
+                    let mut err = String::new();
+                    if let Some(mut s) = c.stderr.take() {
+                        let _ = s.read_to_string(&mut err);
+                    }
+                    report.push_str(&format!("rank {rank} ({status:?}): {}\n", err.trim()));
+                }
+                panic!("not every rank completed a first all-reduce within 60 s:\n{report}");
+            }
         }
     }
 
