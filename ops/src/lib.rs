@@ -18,7 +18,10 @@
 //! call sequence number, payload length). The receiver knows exactly which frame must come next
 //! and rejects anything else as a protocol error naming the op, sequence number and peer.
 //! Elements travel in native byte order (the handshake refuses a peer of the other order).
-//! Calls on buffers up to 32 KiB write frames from the calling thread (no sender thread).
+//! Calls whose writes can never wait on a neighbour (up to 32 KiB on the socket, or at most 4
+//! shared-memory frames) write from the calling thread instead of starting a sender thread. A
+//! dropped ring closes gracefully (stops writing, drains until the neighbours close, at most
+//! 1 s), so a rank that finished never resets a neighbour still finishing the same call.
 //!
 //! *Same-host payloads* (`ring::shm`, [`RingConfig::shared_memory`]): after the handshake each
 //! rank offers its right neighbour a `/dev/shm` file of 8 chunk-sized slots (mode 0600, unlinked

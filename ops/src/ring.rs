@@ -247,8 +247,10 @@ impl Collective for TcpRing {
             let detail = format!("input has {} elements, shard {own:?} of {} needs {}", input.len(), output.len(), own.len());
             return Err(self.invalid(OpKind::AllGather, detail));
         }
-        output[own].copy_from_slice(input);
-        self.call(OpKind::AllGather, T::DTYPE, |link, h, ring| algo::all_gather(link, h, ring, output))
+        if self.world == 1 {
+            output.copy_from_slice(input);
+        }
+        self.call(OpKind::AllGather, T::DTYPE, |link, h, ring| algo::all_gather(link, h, ring, input, output))
     }
 
     fn broadcast<T: Element>(&mut self, buf: &mut [T], root: Rank) -> Result<()> {

@@ -156,14 +156,26 @@ pub(crate) fn reduce_scatter<T: Element>(
     })
 }
 
-/// All-gather into `output`, whose segment `rank` already holds this rank's contribution.
-pub(crate) fn all_gather<T: Element>(link: &mut Link<'_>, template: Header, ring: Ring, output: &mut [T]) -> Result<(), Fault> {
+/// All-gather of `input` (this rank's shard) into `output`.
+pub(crate) fn all_gather<T: Element>(
+    link: &mut Link<'_>,
+    template: Header,
+    ring: Ring,
+    input: &[T],
+    output: &mut [T],
+) -> Result<(), Fault> {
     let n = ring.world;
     let layout = Layout::new(output.len(), n, ring.chunk);
+    let own = shard_range(output.len(), n, ring.rank);
     let (bytes, frames) = (size_of_val(output), (n - 1) * layout.max_chunks());
     pipe::run(link, template, layout.split(output), bytes, frames, |lend, read| {
+        // Send our shard straight from the input and copy it into place meanwhile.
+        let local = |id: usize| layout.chunks[id].start - own.start..layout.chunks[id].end - own.start;
         for id in layout.ids[ring.rank].clone() {
-            lend.lend(0, id)?;
+            lend.send_shared(0, &input[local(id)])?;
+        }
+        for id in layout.ids[ring.rank].clone() {
+            lend.slot(id)?.copy_from_slice(&input[local(id)]);
         }
         for s in 0..n - 1 {
             for id in layout.ids[ring.seg(-1 - s as isize)].clone() {

@@ -9,7 +9,9 @@
 //! Waiting for a return cannot deadlock: the only chunks received into after being lent are
 //! reduce-scatter chunks re-used by the all-gather phase of all-reduce, and a neighbour reaches
 //! its own all-gather phase only after reading every reduce-scatter frame we send.
-//! Small calls skip the thread and write inline (see [`INLINE_BYTES`]).
+//!
+//! Calls whose writes can never wait on the neighbour skip the thread and write inline (see
+//! [`run`]); payloads go through the link's shared-memory file when it has one (`super::shm`).
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -26,10 +28,10 @@ use super::shm::{Inbox, Outbox, SLOTS};
 /// Payloads up to this size are copied behind their header and written with one syscall.
 const COALESCE_BYTES: usize = 32 * 1024;
 
-/// Calls on buffers up to this size write from the owning thread instead of a sender thread:
-/// spawning the thread would dominate their latency. Writing before reading cannot block here,
-/// because a link never holds more than about one call's traffic (under 2x this size) unread,
-/// far below the kernel's socket buffers.
+/// Calls on buffers up to this size carry payloads on the socket and write from the owning
+/// thread instead of a sender thread, whose start would dominate their latency. Writing before
+/// reading cannot block here: a link never holds more than about one call's traffic (under 2x
+/// this size) unread, far below the kernel's socket buffers.
 const INLINE_BYTES: usize = 32 * 1024;
 
 /// What went wrong on one side of the pipeline; the ring turns it into an `OpsError`.
@@ -45,9 +47,9 @@ pub(crate) enum Fault {
 
 /// The sockets of a ring call and the guard that can shut them down.
 pub(crate) struct Link<'s> {
-    /// Connection from rank - 1 (we only read from it).
+    /// Connection from rank - 1: frames in, shared-memory credits out.
     pub left: &'s TcpStream,
-    /// Connection to rank + 1 (we only write to it).
+    /// Connection to rank + 1: frames out, shared-memory credits in.
     pub right: &'s TcpStream,
     /// Shuts both sockets down on the first fault so the other side unblocks promptly.
     pub shared: &'s Shared,
