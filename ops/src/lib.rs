@@ -25,11 +25,12 @@
 //!
 //! *Same-host payloads* (`ring::shm`, [`RingConfig::shared_memory`]): after the handshake each
 //! rank offers its right neighbour a `/dev/shm` file of 8 chunk-sized slots (mode 0600, unlinked
-//! as soon as the neighbour has opened it). For calls above 32 KiB the sender `pwrite`s a chunk
-//! into the next slot and sends only the header on TCP; the receiver `pread`s the slot and
-//! returns one credit byte on the same connection. Loopback TCP spends most of its time in the
-//! kernel's socket path; the tmpfs copy is close to memcpy speed. All waiting stays on sockets,
-//! so deadlines, aborts and peer death behave exactly as on plain TCP.
+//! as soon as the neighbour has mapped it). For calls above 32 KiB the sender copies a chunk
+//! into the next slot of the shared mapping and sends only the header on TCP; the receiver
+//! copies the slot out and returns one credit byte on the same connection. Loopback TCP spends
+//! most of its time in the kernel's socket path; the shared-page copy runs at memcpy speed. All
+//! waiting stays on sockets, so deadlines, aborts and peer death behave exactly as on plain TCP.
+//! The mapping (`ring::mapping`) is the crate's only `unsafe` code: bounds-checked copies.
 //!
 //! # Algorithms
 //! Bandwidth-optimal ring algorithms (see `ring::algo`): reduce-scatter and all-gather move

@@ -3,6 +3,7 @@
 mod algo;
 mod connect;
 mod guard;
+mod mapping;
 mod pipe;
 mod shm;
 

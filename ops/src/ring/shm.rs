@@ -1,7 +1,7 @@
-//! Same-host payload path: a file in `/dev/shm` per ring link, written with `pwrite` by the
-//! sender and read with `pread` by the receiver, while headers and flow control stay on the TCP
-//! connection. Copying through tmpfs pages costs far less kernel time than pushing the bytes
-//! through the loopback TCP stack, and needs no `unsafe` (no mapping).
+//! Same-host payload path: a file in `/dev/shm` per ring link, mapped shared by both ends
+//! (`super::mapping`, copies only), while headers and flow control stay on the TCP connection.
+//! A user-space copy through shared pages costs far less than pushing the bytes through the
+//! loopback TCP stack (or `pread`/`pwrite` on tmpfs, which the first version used).
 //!
 //! The file has `SLOTS` slots of one chunk each, used round robin. The sender writes a payload
 //! into the next slot and then sends the frame header on TCP; the receiver, after the header,
@@ -18,9 +18,11 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::time::Duration;
+
+use super::mapping::Mapping;
 
 /// Slots per link file.
 pub(crate) const SLOTS: usize = 8;
@@ -31,7 +33,7 @@ const MAX_PATH: usize = 512;
 
 /// Sender side of a link file.
 pub(crate) struct Outbox {
-    file: File,
+    map: Mapping,
     slot_bytes: usize,
     next: usize,
     credits: usize,
@@ -51,7 +53,7 @@ impl Outbox {
                 n => self.credits += n,
             }
         }
-        self.file.write_all_at(bytes, (self.next * self.slot_bytes) as u64)?;
+        self.map.write(self.next * self.slot_bytes, bytes)?;
         self.next = (self.next + 1) % SLOTS;
         self.credits -= 1;
         Ok(())
@@ -60,7 +62,7 @@ impl Outbox {
 
 /// Receiver side of a link file.
 pub(crate) struct Inbox {
-    file: File,
+    map: Mapping,
     slot_bytes: usize,
     next: usize,
 }
@@ -72,7 +74,7 @@ impl Inbox {
         if dst.len() > self.slot_bytes {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "frame larger than a shared-memory slot"));
         }
-        self.file.read_exact_at(dst, (self.next * self.slot_bytes) as u64)?;
+        self.map.read(self.next * self.slot_bytes, dst)?;
         self.next = (self.next + 1) % SLOTS;
         left.write_all(&[1])
     }
@@ -111,10 +113,10 @@ pub(crate) fn negotiate(
     let mut answer = [0u8; 1];
     let mut right_r = right;
     right_r.read_exact(&mut answer)?;
-    let outbox = created.and_then(|(path, file)| {
-        // Once the neighbour holds it open the name is no longer needed.
+    let outbox = created.and_then(|(path, map)| {
+        // Once the neighbour has it mapped the name is no longer needed.
         let _ = std::fs::remove_file(&path);
-        (answer[0] == 1).then_some(Outbox { file, slot_bytes, next: 0, credits: SLOTS })
+        (answer[0] == 1).then_some(Outbox { map, slot_bytes, next: 0, credits: SLOTS })
     });
     for s in [left, right] {
         s.set_read_timeout(None)?;
@@ -122,15 +124,19 @@ pub(crate) fn negotiate(
     Ok((outbox, inbox))
 }
 
-fn create(slot_bytes: usize) -> io::Result<(PathBuf, File)> {
+/// Creates and maps a fresh link file; the name is unlinked again on failure.
+fn create(slot_bytes: usize) -> io::Result<(PathBuf, Mapping)> {
     let name = format!("tessera-ops-{}-{:016x}", std::process::id(), rand::random::<u64>());
     let path = PathBuf::from(SHM_DIR).join(name);
     let file = OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&path)?;
-    if let Err(e) = file.set_len((SLOTS * slot_bytes) as u64) {
-        let _ = std::fs::remove_file(&path);
-        return Err(e);
+    let mapped = file.set_len((SLOTS * slot_bytes) as u64).and_then(|()| Mapping::new(&file, SLOTS * slot_bytes, true));
+    match mapped {
+        Ok(map) => Ok((path, map)),
+        Err(e) => {
+            let _ = std::fs::remove_file(&path);
+            Err(e)
+        }
     }
-    Ok((path, file))
 }
 
 fn open(path: &[u8], slot_bytes: usize) -> Option<Inbox> {
@@ -142,5 +148,6 @@ fn open(path: &[u8], slot_bytes: usize) -> Option<Inbox> {
         return None;
     }
     let file = File::open(&p).ok()?;
-    (file.metadata().ok()?.len() >= (SLOTS * slot_bytes) as u64).then_some(Inbox { file, slot_bytes, next: 0 })
+    let map = Mapping::new(&file, SLOTS * slot_bytes, false).ok()?;
+    Some(Inbox { map, slot_bytes, next: 0 })
 }
