@@ -33,7 +33,8 @@ pub struct RingConfig {
     pub connect_timeout: Duration,
     /// Bound on one incoming connection's handshake (default 5 s).
     pub handshake_timeout: Duration,
-    /// Pipeline chunk size in bytes (default 256 KiB); must match on every rank.
+    /// Pipeline chunk size in bytes (default 1 MiB; also the shared-memory slot size); must
+    /// match on every rank.
     pub chunk_bytes: usize,
     /// Carry payloads of large calls through a `/dev/shm` file per link when the neighbour can
     /// open it (same host), keeping headers and flow control on TCP (default true). A link whose
@@ -49,7 +50,7 @@ impl RingConfig {
             timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(60),
             handshake_timeout: Duration::from_secs(5),
-            chunk_bytes: 256 * 1024,
+            chunk_bytes: 1024 * 1024,
             shared_memory: true,
         }
     }
