@@ -18,6 +18,19 @@
 //! call sequence number, payload length). The receiver knows exactly which frame must come next
 //! and rejects anything else as a protocol error naming the op, sequence number and peer.
 //! Elements travel in native byte order (the handshake refuses a peer of the other order).
+//! Calls whose writes can never wait on a neighbour (up to 32 KiB on the socket, or at most 4
+//! shared-memory frames) write from the calling thread instead of starting a sender thread. A
+//! dropped ring closes gracefully (stops writing, drains until the neighbours close, at most
+//! 1 s), so a rank that finished never resets a neighbour still finishing the same call.
+//!
+//! *Same-host payloads* (`ring::shm`, [`RingConfig::shared_memory`]): after the handshake each
+//! rank offers its right neighbour a `/dev/shm` file of 8 chunk-sized slots (mode 0600, unlinked
+//! as soon as the neighbour has mapped it). For calls above 32 KiB the sender copies a chunk
+//! into the next slot of the shared mapping and sends only the header on TCP; the receiver
+//! copies the slot out and returns one credit byte on the same connection. Loopback TCP spends
+//! most of its time in the kernel's socket path; the shared-page copy runs at memcpy speed. All
+//! waiting stays on sockets, so deadlines, aborts and peer death behave exactly as on plain TCP.
+//! The mapping (`ring::mapping`) is the crate's only `unsafe` code: bounds-checked copies.
 //!
 //! # Algorithms
 //! Bandwidth-optimal ring algorithms (see `ring::algo`): reduce-scatter and all-gather move

@@ -8,6 +8,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -62,22 +63,29 @@ impl RendezvousServer {
         self.listener.set_nonblocking(true).map_err(|e| setup(e.to_string()))?;
         let mut joined: Vec<Option<(TcpStream, SocketAddr)>> = (0..self.world).map(|_| None).collect();
         let me = Identity { purpose: Purpose::Rendezvous, world: self.world as u32, rank: self.world as u32, peer: 0 };
+        // Clients are authenticated on their own threads so a slow stray cannot hold up the job.
+        let (tx, rx) = mpsc::channel();
         while joined.iter().any(Option::is_none) {
+            while let Ok((rank, stream, addr)) = rx.try_recv() {
+                // A rank that reconnects replaces its earlier entry.
+                joined[rank as usize] = Some((stream, addr));
+            }
+            if !joined.iter().any(Option::is_none) {
+                break;
+            }
             if Instant::now() >= deadline {
                 let missing: Vec<String> = joined.iter().enumerate().filter(|(_, j)| j.is_none()).map(|(r, _)| r.to_string()).collect();
                 return Err(setup(format!("ranks {} did not join within {timeout:?}", missing.join(", "))));
             }
             match self.listener.accept() {
-                Ok((mut stream, _)) => {
-                    // A stray or failed client is simply dropped; the server keeps waiting.
-                    if stream.set_nonblocking(false).is_err() {
-                        continue;
-                    }
-                    let Ok(rank) = auth::respond(&mut stream, &self.auth, me, None, CLIENT_TIMEOUT) else { continue };
-                    let _ = stream.set_read_timeout(Some(CLIENT_TIMEOUT));
-                    if let Ok(addr) = read_addr(&mut stream) {
-                        joined[rank as usize] = Some((stream, addr));
-                    }
+                Ok((stream, _)) => {
+                    let (tx, auth) = (tx.clone(), self.auth.clone());
+                    std::thread::spawn(move || {
+                        // A stray or failed client is simply dropped; the server keeps waiting.
+                        if let Ok((rank, stream, addr)) = admit(stream, &auth, me) {
+                            let _ = tx.send((rank, stream, addr));
+                        }
+                    });
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(POLL),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -95,6 +103,16 @@ impl RendezvousServer {
         }
         Ok(table)
     }
+}
+
+/// Authenticates one client and reads its address.
+fn admit(mut stream: TcpStream, auth: &JobAuth, me: Identity) -> std::result::Result<(u32, TcpStream, SocketAddr), String> {
+    stream.set_nonblocking(false).map_err(|e| e.to_string())?;
+    let rank = auth::respond(&mut stream, auth, me, None, CLIENT_TIMEOUT).map_err(|e| e.to_string())?;
+    stream.set_read_timeout(Some(CLIENT_TIMEOUT)).map_err(|e| e.to_string())?;
+    let addr = read_addr(&mut stream).map_err(|e| e.to_string())?;
+    stream.set_read_timeout(None).map_err(|e| e.to_string())?;
+    Ok((rank, stream, addr))
 }
 
 /// Parameters of [`join`].

@@ -3,7 +3,9 @@
 mod algo;
 mod connect;
 mod guard;
+mod mapping;
 mod pipe;
+mod shm;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
@@ -31,8 +33,13 @@ pub struct RingConfig {
     pub connect_timeout: Duration,
     /// Bound on one incoming connection's handshake (default 5 s).
     pub handshake_timeout: Duration,
-    /// Pipeline chunk size in bytes (default 256 KiB); must match on every rank.
+    /// Pipeline chunk size in bytes (default 1 MiB; also the shared-memory slot size); must
+    /// match on every rank.
     pub chunk_bytes: usize,
+    /// Carry payloads of large calls through a `/dev/shm` file per link when the neighbour can
+    /// open it (same host), keeping headers and flow control on TCP (default true). A link whose
+    /// neighbour cannot open the file carries payloads on TCP; see [`TcpRing::shared_memory_links`].
+    pub shared_memory: bool,
 }
 
 impl RingConfig {
@@ -43,7 +50,8 @@ impl RingConfig {
             timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(60),
             handshake_timeout: Duration::from_secs(5),
-            chunk_bytes: 256 * 1024,
+            chunk_bytes: 1024 * 1024,
+            shared_memory: true,
         }
     }
 }
@@ -53,6 +61,8 @@ struct Links {
     left: TcpStream,
     right: TcpStream,
     guard: Guard,
+    outbox: Option<shm::Outbox>,
+    inbox: Option<shm::Inbox>,
 }
 
 /// A ring communicator over TCP: rank r reads from r-1 and writes to r+1.
@@ -65,6 +75,9 @@ pub struct TcpRing {
     config: RingConfig,
     seq: u64,
     poisoned: Option<OpsError>,
+    /// Reduce-scatter partial sums, kept between calls: a fresh buffer per call would cost a
+    /// page fault per 4 KiB. `u64` words so any element type can be laid over it.
+    scratch: Vec<u64>,
 }
 
 impl TcpRing {
@@ -91,11 +104,20 @@ impl TcpRing {
                 handshake_timeout: config.handshake_timeout,
             };
             let (left, right) = connect::establish(listener, &dial)?;
+            // Always exchanged (an empty offer when disabled), so ranks that disagree on
+            // `shared_memory` still stay in step and simply use TCP for that link.
+            let (outbox, inbox) = shm::negotiate(&left, &right, config.chunk_bytes, config.shared_memory, config.handshake_timeout)
+                .map_err(|e| setup(format!("shared-memory setup with the neighbours: {e}")))?;
             let clones = [left.try_clone(), right.try_clone()].into_iter().collect::<std::io::Result<Vec<_>>>();
             let guard = clones.and_then(Guard::new).map_err(|e| setup(format!("watchdog: {e}")))?;
-            Some(Links { left, right, guard })
+            Some(Links { left, right, guard, outbox, inbox })
         };
-        Ok(TcpRing { rank, world, links, solo: Arc::default(), config, seq: 0, poisoned: None })
+        Ok(TcpRing { rank, world, links, solo: Arc::default(), config, seq: 0, poisoned: None, scratch: Vec::new() })
+    }
+
+    /// Whether payloads to the right and from the left neighbour go through shared memory.
+    pub fn shared_memory_links(&self) -> (bool, bool) {
+        self.links.as_ref().map_or((false, false), |l| (l.outbox.is_some(), l.inbox.is_some()))
     }
 
     /// The configuration the ring was built with.
@@ -108,7 +130,7 @@ impl TcpRing {
         &mut self,
         op: OpKind,
         dtype: DType,
-        body: impl FnOnce(&Link<'_>, Header, algo::Ring) -> std::result::Result<R, Fault>,
+        body: impl FnOnce(&mut Link<'_>, Header, algo::Ring) -> std::result::Result<R, Fault>,
     ) -> Result<R>
     where
         R: Default,
@@ -118,28 +140,27 @@ impl TcpRing {
         if let Some(cause) = &self.poisoned {
             return Err(OpsError::Poisoned { op, seq, cause: Box::new(cause.clone()) });
         }
-        let Some(links) = &self.links else {
+        let Some(links) = &mut self.links else {
             if self.solo.is_aborted() {
                 return Err(self.poison(OpsError::Aborted { op, seq, rank: self.rank }));
             }
             return Ok(R::default());
         };
         let shared = links.guard.shared();
-        if shared.fired().is_some() {
-            // Aborted (or timed out) between calls: report it against this call.
-            let e = self.classify(op, seq, Fault::Protocol(String::new()));
+        if let Some(fired) = shared.fired() {
+            // Aborted between calls, or the previous call's deadline fired as it completed.
+            let e = match fired {
+                Fired::Aborted => OpsError::Aborted { op, seq, rank: self.rank },
+                Fired::Timeout { op, seq } => OpsError::Timeout { op, seq, peer: self.left(), after: self.config.timeout },
+            };
             return Err(self.poison(e));
         }
-        let elem = match dtype {
-            DType::F32 => 4,
-            DType::BF16 | DType::F16 => 2,
-            DType::I64 => 8,
-        };
-        let ring = algo::Ring { rank: self.rank.index(), world: self.world, chunk: (self.config.chunk_bytes / elem).max(1) };
+        let chunk = (self.config.chunk_bytes / dtype.size_bytes()).max(1);
+        let ring = algo::Ring { rank: self.rank.index(), world: self.world, chunk };
         let template = Header { op, dtype, step: 0, seq, len: 0 };
-        links.guard.arm(Instant::now() + self.config.timeout, seq);
-        let link = Link { left: &links.left, right: &links.right, shared };
-        let result = body(&link, template, ring);
+        links.guard.arm(Instant::now() + self.config.timeout, op, seq);
+        let mut link = Link { left: &links.left, right: &links.right, shared, outbox: links.outbox.as_mut(), inbox: links.inbox.as_mut() };
+        let result = body(&mut link, template, ring);
         links.guard.disarm();
         result.map_err(|fault| {
             let e = self.classify(op, seq, fault);
@@ -149,17 +170,25 @@ impl TcpRing {
 
     /// Names the failure: the guard's reason wins over the I/O error it caused.
     fn classify(&self, op: OpKind, seq: u64, fault: Fault) -> OpsError {
-        let left = Rank(((self.rank.index() + self.world - 1) % self.world) as u32);
-        let right = Rank(((self.rank.index() + 1) % self.world) as u32);
-        let peer = if matches!(fault, Fault::Send(_)) { right } else { left };
+        let peer = if matches!(fault, Fault::Send(_)) { self.right() } else { self.left() };
         let fired = self.links.as_ref().and_then(|l| l.guard.shared().fired());
         match (fired, fault) {
             (Some(Fired::Aborted), _) => OpsError::Aborted { op, seq, rank: self.rank },
-            (Some(Fired::Timeout { seq: timed_out }), _) => OpsError::Timeout { op, seq: timed_out, peer, after: self.config.timeout },
+            (Some(Fired::Timeout { op, seq }), _) => OpsError::Timeout { op, seq, peer, after: self.config.timeout },
             (None, Fault::Recv(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => OpsError::PeerClosed { op, seq, peer },
             (None, Fault::Recv(e) | Fault::Send(e)) => OpsError::Io { op, seq, peer, source: Arc::new(e) },
             (None, Fault::Protocol(detail)) => OpsError::Protocol { op, seq, peer, detail },
         }
+    }
+
+    /// The neighbour we read from.
+    fn left(&self) -> Rank {
+        Rank(((self.rank.index() + self.world - 1) % self.world) as u32)
+    }
+
+    /// The neighbour we write to.
+    fn right(&self) -> Rank {
+        Rank(((self.rank.index() + 1) % self.world) as u32)
     }
 
     /// Marks the communicator unusable and closes its sockets so the neighbours fail fast too.
@@ -201,7 +230,17 @@ impl Collective for TcpRing {
         if self.world == 1 {
             output.copy_from_slice(input);
         }
-        self.call(OpKind::ReduceScatter, T::DTYPE, |link, h, ring| algo::reduce_scatter(link, h, ring, input, output, op))
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let len = if self.world > 2 { input.len() } else { 0 };
+        let words = (len * size_of::<T>()).div_ceil(8);
+        if scratch.len() < words {
+            scratch.resize(words, 0);
+        }
+        // Every element size divides 8 and u64 alignment covers every element type.
+        let partial: &mut [T] = bytemuck::cast_slice_mut(&mut scratch[..words]);
+        let r = self.call(OpKind::ReduceScatter, T::DTYPE, |link, h, ring| algo::reduce_scatter(link, h, ring, input, output, partial, op));
+        self.scratch = scratch;
+        r
     }
 
     fn all_gather<T: Element>(&mut self, input: &[T], output: &mut [T]) -> Result<()> {
@@ -210,8 +249,10 @@ impl Collective for TcpRing {
             let detail = format!("input has {} elements, shard {own:?} of {} needs {}", input.len(), output.len(), own.len());
             return Err(self.invalid(OpKind::AllGather, detail));
         }
-        output[own].copy_from_slice(input);
-        self.call(OpKind::AllGather, T::DTYPE, |link, h, ring| algo::all_gather(link, h, ring, output))
+        if self.world == 1 {
+            output.copy_from_slice(input);
+        }
+        self.call(OpKind::AllGather, T::DTYPE, |link, h, ring| algo::all_gather(link, h, ring, input, output))
     }
 
     fn broadcast<T: Element>(&mut self, buf: &mut [T], root: Rank) -> Result<()> {
@@ -237,6 +278,36 @@ impl Collective for TcpRing {
         }
     }
 }
+
+impl Drop for TcpRing {
+    /// Closes gracefully: stop writing, then read until the neighbours have closed too (bounded by
+    /// [`LINGER`]). Closing a socket that still holds unread bytes (the neighbour's last credit
+    /// bytes) makes the kernel send a reset, which would fail a neighbour still finishing its last
+    /// call.
+    fn drop(&mut self) {
+        let Some(links) = &self.links else { return };
+        for s in [&links.left, &links.right] {
+            let _ = s.shutdown(std::net::Shutdown::Write);
+        }
+        let deadline = Instant::now() + LINGER;
+        let mut sink = [0u8; 4096];
+        for mut s in [&links.left, &links.right] {
+            loop {
+                let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else { return };
+                if s.set_read_timeout(Some(left)).is_err() {
+                    break;
+                }
+                match std::io::Read::read(&mut s, &mut sink) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Longest a dropped ring waits for its neighbours to close their side.
+const LINGER: Duration = Duration::from_secs(1);
 
 /// Abort flag of a one-rank ring (nothing to unblock, but later calls must fail).
 #[derive(Default)]

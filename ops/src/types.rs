@@ -44,6 +44,15 @@ pub enum DType {
 }
 
 impl DType {
+    /// Bytes per element.
+    pub fn size_bytes(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::BF16 | DType::F16 => 2,
+            DType::I64 => 8,
+        }
+    }
+
     /// Wire code of the dtype (carried in every frame header).
     pub fn code(self) -> u8 {
         match self {

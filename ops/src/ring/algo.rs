@@ -64,6 +64,11 @@ impl Layout {
         Layout { chunks, ids }
     }
 
+    /// Most chunks in any segment (bounds the frames sent per step).
+    fn max_chunks(&self) -> usize {
+        self.ids.iter().map(|r| r.len()).max().unwrap_or(0)
+    }
+
     /// Splits `buf` (of the layout's length) into one mutable slice per chunk.
     fn split<'a, T>(&self, mut buf: &'a mut [T]) -> Vec<&'a mut [T]> {
         let mut out = Vec::with_capacity(self.chunks.len());
@@ -77,11 +82,12 @@ impl Layout {
 }
 
 /// In-place all-reduce: reduce-scatter then all-gather over the same chunks.
-pub(crate) fn all_reduce<T: Element>(link: &Link<'_>, template: Header, ring: Ring, buf: &mut [T], op: ReduceOp) -> Result<(), Fault> {
+pub(crate) fn all_reduce<T: Element>(link: &mut Link<'_>, template: Header, ring: Ring, buf: &mut [T], op: ReduceOp) -> Result<(), Fault> {
     let n = ring.world;
     let layout = Layout::new(buf.len(), n, ring.chunk);
     let mut scratch = vec![T::zeroed(); ring.chunk.min(buf.len())];
-    pipe::run(link, template, layout.split(buf), |lend, read| {
+    let (bytes, frames) = (size_of_val(buf), 2 * (n - 1) * layout.max_chunks());
+    pipe::run(link, template, layout.split(buf), bytes, frames, |lend, read| {
         for id in layout.ids[ring.seg(-1)].clone() {
             lend.lend(0, id)?;
         }
@@ -108,23 +114,24 @@ pub(crate) fn all_reduce<T: Element>(link: &Link<'_>, template: Header, ring: Ri
     })
 }
 
-/// Reduce-scatter from a read-only input; `output` receives segment `rank`.
+/// Reduce-scatter from a read-only input; `output` receives segment `rank`; `partial` is scratch
+/// of at least the input's length when the world has more than two ranks.
 pub(crate) fn reduce_scatter<T: Element>(
-    link: &Link<'_>,
+    link: &mut Link<'_>,
     template: Header,
     ring: Ring,
     input: &[T],
     output: &mut [T],
+    partial: &mut [T],
     op: ReduceOp,
 ) -> Result<(), Fault> {
     let n = ring.world;
     let layout = Layout::new(input.len(), n, ring.chunk);
-    // Partial sums of the segments passing through (all but our own) need a home; with two
-    // ranks nothing passes through.
-    let mut partial = if n > 2 { vec![T::zeroed(); input.len()] } else { Vec::new() };
-    let slots = if n > 2 { layout.split(&mut partial) } else { Vec::new() };
+    // Partial sums of the segments passing through (all but our own) need a home, `partial`
+    // (the input's length, reused across calls); with two ranks nothing passes through.
+    let slots = if n > 2 { layout.split(&mut partial[..input.len()]) } else { Vec::new() };
     let own = shard_range(input.len(), n, ring.rank);
-    pipe::run(link, template, slots, |lend, read| {
+    pipe::run(link, template, slots, size_of_val(input), (n - 1) * layout.max_chunks(), |lend, read| {
         for id in layout.ids[ring.seg(-1)].clone() {
             lend.send_shared(0, &input[layout.chunks[id].clone()])?;
         }
@@ -149,13 +156,26 @@ pub(crate) fn reduce_scatter<T: Element>(
     })
 }
 
-/// All-gather into `output`, whose segment `rank` already holds this rank's contribution.
-pub(crate) fn all_gather<T: Element>(link: &Link<'_>, template: Header, ring: Ring, output: &mut [T]) -> Result<(), Fault> {
+/// All-gather of `input` (this rank's shard) into `output`.
+pub(crate) fn all_gather<T: Element>(
+    link: &mut Link<'_>,
+    template: Header,
+    ring: Ring,
+    input: &[T],
+    output: &mut [T],
+) -> Result<(), Fault> {
     let n = ring.world;
     let layout = Layout::new(output.len(), n, ring.chunk);
-    pipe::run(link, template, layout.split(output), |lend, read| {
+    let own = shard_range(output.len(), n, ring.rank);
+    let (bytes, frames) = (size_of_val(output), (n - 1) * layout.max_chunks());
+    pipe::run(link, template, layout.split(output), bytes, frames, |lend, read| {
+        // Send our shard straight from the input and copy it into place meanwhile.
+        let local = |id: usize| layout.chunks[id].start - own.start..layout.chunks[id].end - own.start;
         for id in layout.ids[ring.rank].clone() {
-            lend.lend(0, id)?;
+            lend.send_shared(0, &input[local(id)])?;
+        }
+        for id in layout.ids[ring.rank].clone() {
+            lend.slot(id)?.copy_from_slice(&input[local(id)]);
         }
         for s in 0..n - 1 {
             for id in layout.ids[ring.seg(-1 - s as isize)].clone() {
@@ -170,10 +190,11 @@ pub(crate) fn all_gather<T: Element>(link: &Link<'_>, template: Header, ring: Ri
 }
 
 /// Pipelined broadcast from `root` around the ring.
-pub(crate) fn broadcast<T: Element>(link: &Link<'_>, template: Header, ring: Ring, buf: &mut [T], root: usize) -> Result<(), Fault> {
+pub(crate) fn broadcast<T: Element>(link: &mut Link<'_>, template: Header, ring: Ring, buf: &mut [T], root: usize) -> Result<(), Fault> {
     let layout = Layout::new(buf.len(), 1, ring.chunk);
     let forward = (ring.rank + 1) % ring.world != root;
-    pipe::run(link, template, layout.split(buf), |lend, read| {
+    let (bytes, frames) = (size_of_val(buf), layout.max_chunks());
+    pipe::run(link, template, layout.split(buf), bytes, frames, |lend, read| {
         for id in layout.ids[0].clone() {
             if ring.rank != root {
                 read.recv(0, lend.slot(id)?)?;

@@ -7,6 +7,7 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::auth::{self, AuthError, Identity, JobAuth, Purpose};
@@ -81,8 +82,17 @@ fn connect_right(dial: &Dial<'_>, right: Rank) -> Result<TcpStream> {
 
 fn accept_left(listener: &TcpListener, dial: &Dial<'_>, left: Rank) -> Result<TcpStream> {
     let me = Identity { purpose: Purpose::Ring, world: dial.peers.len() as u32, rank: dial.rank.0, peer: left.0 };
+    // Each incoming connection is authenticated on its own thread, so a silent or slow stray
+    // cannot delay the real neighbour; the threads end by themselves within the handshake bound.
+    let (tx, rx) = mpsc::channel();
     let mut refused: Vec<String> = Vec::new();
     loop {
+        while let Ok((from, outcome)) = rx.try_recv() {
+            match outcome {
+                Ok(stream) => return Ok(stream),
+                Err(why) => refused.push(format!("{from}: {why}")),
+            }
+        }
         let Some(left_time) = remaining(dial.deadline) else {
             let detail = if refused.is_empty() { "nobody connected".to_string() } else { format!("refused: {}", refused.join("; ")) };
             return Err(OpsError::Unreachable {
@@ -94,14 +104,17 @@ fn accept_left(listener: &TcpListener, dial: &Dial<'_>, left: Rank) -> Result<Tc
         };
         match listener.accept() {
             Ok((mut stream, from)) => {
-                if stream.set_nonblocking(false).is_err() {
-                    continue;
-                }
-                match auth::respond(&mut stream, dial.auth, me, Some(left.0), dial.handshake_timeout.min(left_time)) {
-                    Ok(_) => return Ok(stream),
-                    Err(AuthError::Io(e)) => refused.push(format!("{from}: {e}")),
-                    Err(AuthError::Refused(why)) => refused.push(format!("{from}: {why}")),
-                }
+                let (tx, auth, budget) = (tx.clone(), dial.auth.clone(), dial.handshake_timeout.min(left_time));
+                std::thread::spawn(move || {
+                    let outcome = stream
+                        .set_nonblocking(false)
+                        .map_err(AuthError::Io)
+                        .and_then(|()| auth::respond(&mut stream, &auth, me, Some(left.0), budget))
+                        .map(|_| stream)
+                        .map_err(|e| e.to_string());
+                    // The receiver is gone once the ring is built or has failed: drop the stream.
+                    let _ = tx.send((from, outcome));
+                });
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(RETRY),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -11,6 +11,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use crate::collective::AbortTarget;
+use crate::types::OpKind;
 
 /// Why the guard shut the sockets down.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,6 +20,8 @@ pub(crate) enum Fired {
     Aborted,
     /// The deadline of call `seq` passed.
     Timeout {
+        /// The op that timed out.
+        op: OpKind,
         /// Sequence number of the call that timed out.
         seq: u64,
     },
@@ -26,8 +29,8 @@ pub(crate) enum Fired {
 
 #[derive(Default)]
 struct State {
-    /// Deadline of the call in progress, with its sequence number.
-    armed: Option<(Instant, u64)>,
+    /// Deadline of the call in progress, with its op and sequence number.
+    armed: Option<(Instant, OpKind, u64)>,
     fired: Option<Fired>,
     closing: bool,
 }
@@ -96,8 +99,8 @@ impl Guard {
     }
 
     /// Starts the deadline of call `seq`.
-    pub fn arm(&self, deadline: Instant, seq: u64) {
-        self.shared.lock().armed = Some((deadline, seq));
+    pub fn arm(&self, deadline: Instant, op: OpKind, seq: u64) {
+        self.shared.lock().armed = Some((deadline, op, seq));
         self.shared.wake.notify_all();
     }
 
@@ -125,11 +128,11 @@ fn watch(shared: &Shared) {
             return;
         }
         st = match st.armed {
-            Some((deadline, seq)) => {
+            Some((deadline, op, seq)) => {
                 let now = Instant::now();
                 if now >= deadline {
                     st.armed = None;
-                    shared.fire(&mut st, Fired::Timeout { seq });
+                    shared.fire(&mut st, Fired::Timeout { op, seq });
                     st
                 } else {
                     shared.wake.wait_timeout(st, deadline - now).unwrap_or_else(PoisonError::into_inner).0
