@@ -33,6 +33,11 @@ if ! .venv/bin/python -c "import torch,sys; sys.exit(0 if torch.__version__.spli
 fi
 
 SITE=$(.venv/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+# The peers' benchmark scripts (../shared/peers, e.g. gloo_allreduce.py) need numpy beside torch.
+if ! .venv/bin/python -c "import numpy" 2>/dev/null; then
+  log "pip: installing numpy into .venv (for the peer benchmark scripts)"
+  .venv/bin/pip install -q --disable-pip-version-check numpy
+fi
 ln -sfn "$SITE/torch" .libtorch
 
 # cudarc looks for libnccl.so, the pip wheel ships only libnccl.so.2.
