@@ -30,7 +30,7 @@
 //! copies the slot out and returns one credit byte on the same connection. Loopback TCP spends
 //! most of its time in the kernel's socket path; the shared-page copy runs at memcpy speed. All
 //! waiting stays on sockets, so deadlines, aborts and peer death behave exactly as on plain TCP.
-//! The mapping (`ring::mapping`) is the crate's only `unsafe` code: bounds-checked copies.
+//! The mapping (`ring::mapping`, on `memmap2::MmapRaw`) holds the crate's only `unsafe` code: two bounds-checked copies.
 //!
 //! # Algorithms
 //! Bandwidth-optimal ring algorithms (see `ring::algo`): reduce-scatter and all-gather move

@@ -1,5 +1,5 @@
-//! The crate's only `unsafe` code: a shared memory mapping of a link file, accessed solely
-//! through bounds-checked copies (no Rust reference into the shared pages is ever created).
+//! The crate's only `unsafe` code: two bounds-checked copies into and out of a shared memory
+//! mapping of a link file (no Rust reference into the shared pages is ever created).
 //!
 //! Why: copying through the mapping is a plain user-space memcpy, about twice the speed of
 //! `pread`/`pwrite` on tmpfs, which pay a page-cache lookup per 4 KiB in the kernel.
@@ -13,21 +13,17 @@
 
 use std::fs::File;
 use std::io;
-use std::ptr::NonNull;
 
-use rustix::mm::{MapFlags, ProtFlags, mmap, munmap};
+use memmap2::{MmapOptions, MmapRaw};
 
-/// A `MAP_SHARED` mapping of the first `len` bytes of a file.
+/// A `MAP_SHARED` mapping of the first `len` bytes of a file. The mapping itself (creation,
+/// unmapping, moving between threads) is `memmap2::MmapRaw`'s; this type only adds the
+/// bounds-checked copies, so it needs no `Send` claim of its own.
 pub(crate) struct Mapping {
-    ptr: NonNull<u8>,
+    raw: MmapRaw,
     len: usize,
     writable: bool,
 }
-
-// SAFETY: the mapping is owned by this value (unmapped exactly once, in Drop) and all access goes
-// through `&self`/`&mut self` methods that copy; moving the owner to another thread (the ring's
-// scoped sender thread) does not create shared access within this process.
-unsafe impl Send for Mapping {}
 
 impl Mapping {
     /// Maps `len` bytes of `file` (which must be at least that long), read-write or read-only.
@@ -35,14 +31,10 @@ impl Mapping {
         if len == 0 || file.metadata()?.len() < len as u64 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "file shorter than the mapping"));
         }
-        let prot = if writable { ProtFlags::READ | ProtFlags::WRITE } else { ProtFlags::READ };
-        // SAFETY: a null hint lets the kernel choose a fresh range, so no existing memory or
-        // Rust reference is affected; the file is at least `len` bytes long (checked above), so
-        // every mapped byte is backed (no SIGBUS unless the file is truncated, which only the
-        // creating rank could do and never does).
-        let ptr = unsafe { mmap(std::ptr::null_mut(), len, prot, MapFlags::SHARED, file, 0) }?;
-        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
-        Ok(Mapping { ptr, len, writable })
+        let mut opts = MmapOptions::new();
+        opts.len(len);
+        let raw = if writable { opts.map_raw(file)? } else { opts.map_raw_read_only(file)? };
+        Ok(Mapping { raw, len, writable })
     }
 
     fn check(&self, offset: usize, n: usize) -> io::Result<()> {
@@ -60,7 +52,7 @@ impl Mapping {
         }
         // SAFETY: `offset + src.len() <= len` (checked), the mapping is writable, and `src` is
         // ordinary process memory, so the ranges cannot overlap.
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.as_ptr().add(offset), src.len()) };
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.raw.as_mut_ptr().add(offset), src.len()) };
         Ok(())
     }
 
@@ -69,16 +61,8 @@ impl Mapping {
         self.check(offset, dst.len())?;
         // SAFETY: `offset + dst.len() <= len` (checked) and the mapping is readable; `dst` is
         // ordinary process memory, so the ranges cannot overlap.
-        unsafe { std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(offset), dst.as_mut_ptr(), dst.len()) };
+        unsafe { std::ptr::copy_nonoverlapping(self.raw.as_ptr().add(offset), dst.as_mut_ptr(), dst.len()) };
         Ok(())
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: `ptr`/`len` are exactly the range returned by mmap, unmapped only here, and no
-        // reference into it exists (all access copied).
-        let _ = unsafe { munmap(self.ptr.as_ptr().cast(), self.len) };
     }
 }
 
