@@ -55,6 +55,18 @@ pub struct TrainState {
     pub counters: Counters,
 }
 
+impl TrainState {
+    /// Moves past one optimizer step of `samples` samples of `tokens_per_sample` tokens each
+    /// (counted as ml-4m does), `skipped_samples` of which were undecodable.
+    pub fn advance(&mut self, samples: u64, tokens_per_sample: u64, skipped_samples: u64) {
+        self.step += 1;
+        self.next_sample_index += samples;
+        self.counters.samples_seen += samples;
+        self.counters.tokens_seen += samples * tokens_per_sample;
+        self.counters.skipped_samples += skipped_samples;
+    }
+}
+
 /// One file of a checkpoint with its integrity data.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FileEntry {

@@ -151,7 +151,6 @@ mod tests {
     /// A modality whose targets are always one token: the baseline's cross-entropy goes to 0.
     #[test]
     fn unigram_of_a_constant_is_near_zero() {
-        let (ckpt, batches, opts) = setup();
         let mut uni = UnigramBaseline::new();
         let ids = Tensor::from_slice(&vec![7i64; 100_000]);
         uni.counts.insert(Modality::TokRgb224, vec![0; 8192]);
@@ -159,6 +158,5 @@ mod tests {
         let nll = uni.nll_sum(Modality::TokRgb224, &ids).unwrap().unwrap() / 100_000.0;
         assert!(nll < 0.1, "{nll}");
         assert!(uni.nll_sum(Modality::Caption, &ids).unwrap().is_none());
-        let _ = (ckpt, batches, opts);
     }
 }

@@ -224,11 +224,11 @@ impl<S: BatchSource> Trainer<S> {
             self.opt.step()?;
         }
         let optim_s = to.elapsed().as_secs_f64();
-        self.state.step += 1;
-        self.state.next_sample_index += global as u64;
-        self.state.counters.samples_seen += global as u64;
-        self.state.counters.tokens_seen += (global * (t.num_input_tokens + t.num_target_tokens)) as u64;
-        self.state.counters.skipped_samples += self.skipped.swap(0, std::sync::atomic::Ordering::Relaxed);
+        self.state.advance(
+            global as u64,
+            (t.num_input_tokens + t.num_target_tokens) as u64,
+            self.skipped.swap(0, std::sync::atomic::Ordering::Relaxed),
+        );
         Ok(StepReport {
             step,
             loss,
