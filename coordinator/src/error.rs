@@ -43,6 +43,22 @@ pub enum CoordinatorError {
         /// Why it was refused.
         reason: String,
     },
+    /// A checkpoint directory that cannot be committed or does not verify.
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint {
+        /// The directory.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The control plane (actors, node links, a worker or the coordinator) failed.
+    #[error("{context}: {reason}")]
+    Actor {
+        /// What was being done (names the worker, generation or address).
+        context: String,
+        /// Why it failed.
+        reason: String,
+    },
     /// An error of the modality registry or the budget policy.
     #[error(transparent)]
     Tokenizers(#[from] tessera_tokenizers::Error),

@@ -3,11 +3,16 @@
 //! learning-rate schedule, and the coordinator's membership/generation/checkpoint decisions as a
 //! pure state machine ([`control`]).
 
+pub mod actor;
+pub mod catalog;
 pub mod control;
 pub mod error;
 pub mod job;
 pub mod ledger;
 pub mod lr;
+pub mod node;
+pub mod protocol;
+pub mod report;
 
 pub use error::{CoordinatorError, Result};
 pub use job::{JobConfig, ResolvedJob};

@@ -10,15 +10,23 @@
 //! budgets, masks, decoder modality order) derives from (job seed, sample index, step).
 
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tessera_coordinator::MixtureSchedule;
+pub use tessera_coordinator::catalog::{FileEntry, dir_name, list};
 use tessera_model::{AdamW, Checkpoint, io};
 
 use crate::error::{Result, WorkerError, io_err};
+
+/// Size and checksum of a file, as recorded in manifests.
+pub(crate) fn file_entry(path: &Path) -> Result<FileEntry> {
+    Ok(tessera_coordinator::catalog::file_entry(path)?)
+}
+
+pub(crate) fn digest(path: &Path) -> Result<(u64, String)> {
+    Ok(tessera_coordinator::catalog::digest(path)?)
+}
 
 /// Manifest format tag; bumped on incompatible changes.
 pub const FORMAT: &str = "tessera-checkpoint/1";
@@ -67,17 +75,6 @@ impl TrainState {
     }
 }
 
-/// One file of a checkpoint with its integrity data.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FileEntry {
-    /// File name inside the checkpoint directory.
-    pub name: String,
-    /// Size in bytes.
-    pub bytes: u64,
-    /// Hex SHA-256 of the content.
-    pub sha256: String,
-}
-
 /// The manifest of a checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -93,11 +90,6 @@ pub struct Manifest {
     pub rng: String,
     /// Files and checksums.
     pub files: Vec<FileEntry>,
-}
-
-/// Directory name of the checkpoint after `step` steps.
-pub fn dir_name(step: u64) -> String {
-    format!("step-{step:08}")
 }
 
 /// Writes a checkpoint of `model` and `opt` at `state` under `root`; returns its directory.
@@ -133,28 +125,6 @@ pub fn save(root: &Path, job: &str, seed: u64, state: &TrainState, model: &Check
     Ok(final_dir)
 }
 
-/// Size and checksum of a file, as recorded in manifests.
-pub(crate) fn file_entry(path: &Path) -> Result<FileEntry> {
-    let (bytes, sha256) = digest(path)?;
-    Ok(FileEntry { name: path.file_name().unwrap_or_default().to_string_lossy().into_owned(), bytes, sha256 })
-}
-
-pub(crate) fn digest(path: &Path) -> Result<(u64, String)> {
-    let mut f = fs::File::open(path).map_err(io_err("opening", path))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0u64;
-    loop {
-        let n = f.read(&mut buf).map_err(io_err("reading", path))?;
-        if n == 0 {
-            break;
-        }
-        total += n as u64;
-        h.update(&buf[..n]);
-    }
-    Ok((total, h.finalize().iter().map(|b| format!("{b:02x}")).collect()))
-}
-
 /// Reads a checkpoint's manifest and verifies every file against it.
 pub fn verify(dir: &Path) -> Result<Manifest> {
     let bad = |reason: String| WorkerError::Checkpoint { path: dir.to_path_buf(), reason };
@@ -170,25 +140,6 @@ pub fn verify(dir: &Path) -> Result<Manifest> {
         }
     }
     Ok(m)
-}
-
-/// Checkpoint directories under `root`, newest step first.
-pub fn list(root: &Path) -> Result<Vec<(u64, PathBuf)>> {
-    let mut out = Vec::new();
-    let entries = match fs::read_dir(root) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(io_err("listing", root)(e)),
-    };
-    for entry in entries {
-        let entry = entry.map_err(io_err("listing", root))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(step) = name.strip_prefix("step-").and_then(|s| s.parse::<u64>().ok()) {
-            out.push((step, entry.path()));
-        }
-    }
-    out.sort_by_key(|e| std::cmp::Reverse(e.0));
-    Ok(out)
 }
 
 /// A checkpoint directory that verified, with its manifest.

@@ -19,10 +19,14 @@ use super::state::{Control, Event, GenerationPlan, Member, WorkerId};
 pub enum StopReason {
     /// A rank died or left; the generation is aborted.
     MemberLost(WorkerId),
+    /// A rank failed (its error names the cause); the generation is aborted.
+    RankFailed(WorkerId),
     /// The membership should change (join, drain, scale).
     Resize,
     /// Every step is done.
     Finished,
+    /// The job is shutting down (SIGTERM or a user's request).
+    Shutdown,
 }
 
 /// What the coordinator must do.
@@ -137,6 +141,11 @@ impl Control {
                 self.checkpoint_in_flight = None;
             }
             Event::CheckpointFailed { .. } => self.checkpoint_in_flight = None,
+            Event::GenerationFailed { generation, id } => {
+                if self.running.as_ref().is_some_and(|g| g.generation == generation) {
+                    self.abort(StopReason::RankFailed(id), actions);
+                }
+            }
             Event::GenerationStopped { generation } => {
                 if self.running.as_ref().is_some_and(|g| g.generation == generation) {
                     self.running = None;
@@ -148,6 +157,7 @@ impl Control {
             }
             Event::Scale { workers } => self.target = workers.clamp(self.policy.min_workers, self.policy.max_workers),
             Event::RequestCheckpoint => self.checkpoint_requested = true,
+            Event::Shutdown => self.shutdown = true,
             Event::Tick => {}
         }
     }
@@ -180,6 +190,11 @@ impl Control {
             }
             return;
         }
+        if self.shutdown {
+            actions.push(Action::StopAtBoundary { generation: g.generation, checkpoint: true, reason: StopReason::Shutdown });
+            self.stopping = true;
+            return;
+        }
         let every = self.policy.checkpoint_every;
         let periodic = every > 0 && step > g.start_step && step.is_multiple_of(every) && self.last_committed() != Some(step);
         if (periodic || self.checkpoint_requested) && self.checkpoint_in_flight.is_none() {
@@ -198,7 +213,7 @@ impl Control {
     }
 
     fn when_idle(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
-        if self.finished() {
+        if self.finished() || self.shutdown {
             if !self.done {
                 actions.push(Action::Finish);
                 self.done = true;

@@ -98,6 +98,14 @@ pub enum Event {
         /// The step it was for.
         step: u64,
     },
+    /// A rank of `generation` left its loop with an error (e.g. a collective timed out): the
+    /// generation is aborted; its members stay (a dead one is found by its heartbeat).
+    GenerationFailed {
+        /// The generation.
+        generation: u64,
+        /// The rank's worker.
+        id: WorkerId,
+    },
     /// The generation stopped (all ranks left their loop), as asked or after an abort.
     GenerationStopped {
         /// The generation.
@@ -110,6 +118,8 @@ pub enum Event {
     },
     /// The user (or SIGTERM) asked for a checkpoint.
     RequestCheckpoint,
+    /// Stop the job: checkpoint at the next boundary, then finish (it can be resumed later).
+    Shutdown,
     /// Time passed; nothing else happened.
     Tick,
 }
@@ -135,6 +145,8 @@ pub struct Control {
     pub(super) checkpoint_requested: bool,
     /// `Finish` was announced.
     pub(super) done: bool,
+    /// The job is shutting down (checkpoint, stop, finish).
+    pub(super) shutdown: bool,
     /// Since when (ms) enough members for a generation have been waiting.
     pub(super) ready_since: Option<u64>,
 }
@@ -155,6 +167,7 @@ impl Control {
             checkpoint_requested: false,
             done: false,
             ready_since: None,
+            shutdown: false,
         }
     }
 
@@ -185,6 +198,26 @@ impl Control {
     /// The newest committed checkpoint.
     pub fn last_committed(&self) -> Option<u64> {
         self.committed.last().copied()
+    }
+
+    /// The worker count the job wants.
+    pub fn target(&self) -> usize {
+        self.target
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// True while the running generation is asked to stop (planned or abort).
+    pub fn is_stopping(&self) -> bool {
+        self.stopping
+    }
+
+    /// True once the job is shutting down.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown
     }
 
     /// True when every step of the job is done.

@@ -1,0 +1,266 @@
+//! The control-plane protocol: the message enums of the coordinator and worker actors (their
+//! whole API) and the payloads they carry. Messages cross processes through ractor_cluster, so
+//! every payload is wrapped in [`Wire`], which serialises it as JSON and turns a payload that
+//! does not decode into an error value the receiving actor reports, instead of a panic.
+//!
+//! Discovery uses ractor process groups: the coordinator actor joins [`COORDINATOR_GROUP`];
+//! each worker actor joins [`WORKERS_GROUP`] and its own [`worker_group`] (named by a nonce it
+//! announces in [`WorkerEvent::Hello`]), so the coordinator can address the sender of a hello;
+//! leaving [`WORKERS_GROUP`] (a process exit or a broken node link) is how a lost worker shows.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use ractor::{BytesConvertable, RpcReplyPort};
+use ractor_cluster::RactorClusterMessage;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::FileEntry;
+use crate::control::{GenerationPlan, WorkerId};
+use crate::ledger::MixtureSchedule;
+use crate::report::StepReport;
+
+/// Process group of the coordinator actor.
+pub const COORDINATOR_GROUP: &str = "tessera.coordinator";
+/// Process group of every worker actor.
+pub const WORKERS_GROUP: &str = "tessera.workers";
+
+/// The process group only the worker that announced `nonce` joins.
+pub fn worker_group(nonce: u64) -> String {
+    format!("tessera.worker.{nonce:016x}")
+}
+
+/// A payload as it travels between processes: JSON, decoded on arrival; a payload that does
+/// not decode (version skew, corruption) arrives as `Err(reason)`.
+#[derive(Debug, Clone)]
+pub struct Wire<T>(pub Result<T, String>);
+
+impl<T> Wire<T> {
+    /// Wraps a payload to send.
+    pub fn new(value: T) -> Self {
+        Wire(Ok(value))
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> BytesConvertable for Wire<T> {
+    fn into_bytes(self) -> Vec<u8> {
+        match self.0 {
+            Ok(v) => serde_json::to_vec(&v).unwrap_or_else(|e| format!("\u{0}unserialisable payload: {e}").into_bytes()),
+            Err(e) => format!("\u{0}{e}").into_bytes(),
+        }
+    }
+
+    fn from_bytes(bytes: Vec<u8>) -> Self {
+        if let Some(reason) = bytes.strip_prefix(b"\0") {
+            return Wire(Err(String::from_utf8_lossy(reason).into_owned()));
+        }
+        Wire(serde_json::from_slice(&bytes).map_err(|e| format!("undecodable {}: {e}", std::any::type_name::<T>())))
+    }
+}
+
+/// The job as a worker needs it: the config text and where relative paths resolve from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// The TOML config.
+    pub config: String,
+    /// Where it came from (for error messages).
+    pub origin: String,
+    /// Directory relative paths in it resolve against.
+    pub base_dir: PathBuf,
+}
+
+/// What a worker sends the coordinator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum WorkerEvent {
+    /// A new worker process announces itself (its actor joined [`worker_group`]`(nonce)`).
+    Hello {
+        /// Names the worker's private process group.
+        nonce: u64,
+        /// Its OS process id (for the supervisor of local processes and for humans).
+        pid: u32,
+        /// Where its collective listener accepts ring connections.
+        ring_addr: SocketAddr,
+        /// CPU threads it will use.
+        threads: usize,
+    },
+    /// The worker is alive (sent periodically by its actor, independent of the device thread).
+    Heartbeat {
+        /// The worker.
+        worker: WorkerId,
+    },
+    /// A rank finished a step.
+    Step {
+        /// The worker.
+        worker: WorkerId,
+        /// The report.
+        report: StepReport,
+    },
+    /// A rank's checkpoint shard is durable in the generation's temp directory.
+    ShardWritten {
+        /// The worker.
+        worker: WorkerId,
+        /// Generation.
+        generation: u64,
+        /// Step count the checkpoint holds.
+        step: u64,
+        /// The rank.
+        rank: u32,
+        /// The file, with size and checksum.
+        file: FileEntry,
+        /// The manifest to commit (rank 0 only): layout and training position, without files.
+        manifest: Option<serde_json::Value>,
+        /// Seconds from snapshot to durable file.
+        write_s: f64,
+    },
+    /// A rank could not write its checkpoint shard.
+    ShardFailed {
+        /// The worker.
+        worker: WorkerId,
+        /// Generation.
+        generation: u64,
+        /// Step count.
+        step: u64,
+        /// Why.
+        reason: String,
+    },
+    /// The rank left the training loop of its generation.
+    GenerationEnded {
+        /// The worker.
+        worker: WorkerId,
+        /// Generation.
+        generation: u64,
+        /// Steps completed when it stopped.
+        step: u64,
+        /// Why (`None`: asked to stop or finished; `Some`: error text).
+        error: Option<String>,
+    },
+    /// The worker is leaving (interrupted, or told to exit).
+    Leaving {
+        /// The worker.
+        worker: WorkerId,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A generation as one rank receives it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerationStart {
+    /// The plan (ranks, start step, checkpoint to restore).
+    pub plan: GenerationPlan,
+    /// This worker's rank in it.
+    pub rank: u32,
+    /// Ring addresses by rank.
+    pub peers: Vec<SocketAddr>,
+    /// The checkpoint directory to restore (committed and verified by the coordinator).
+    pub restore_dir: Option<PathBuf>,
+    /// The mixture schedule in force.
+    pub schedule: MixtureSchedule,
+    /// Stop (with a checkpoint) after this step count even if the job has more steps.
+    pub stop_at: Option<u64>,
+}
+
+/// What the coordinator tells a worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// The reply to a hello: the worker's id and the job.
+    Welcome {
+        /// Its id.
+        worker: WorkerId,
+        /// The job.
+        job: JobSpec,
+        /// Hex secret of the collective handshake.
+        secret: String,
+        /// How often to send heartbeats (ms).
+        heartbeat_ms: u64,
+    },
+    /// Join a generation.
+    Start(GenerationStart),
+    /// Write a checkpoint at the next step boundary all ranks agree on.
+    Checkpoint {
+        /// Generation.
+        generation: u64,
+    },
+    /// Leave the training loop at the next agreed step boundary (after a checkpoint if asked).
+    Stop {
+        /// Generation.
+        generation: u64,
+        /// Checkpoint first.
+        checkpoint: bool,
+    },
+    /// A rank is gone: abort the generation's collectives now.
+    Abort {
+        /// Generation.
+        generation: u64,
+        /// Why.
+        reason: String,
+    },
+    /// Exit the process.
+    Exit {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The worker actor's messages.
+#[derive(RactorClusterMessage)]
+pub enum WorkerMsg {
+    /// A command from the coordinator.
+    Command(Wire<Command>),
+    /// Time to send a heartbeat.
+    Beat(Wire<()>),
+}
+
+/// What the HTTP API and CLI ask the coordinator (answered through an RPC port).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// The job's status.
+    Status,
+    /// Run with this many workers.
+    Scale {
+        /// Desired worker count.
+        workers: usize,
+    },
+    /// Checkpoint now.
+    Checkpoint,
+    /// Change the mixture weights from a step on.
+    Mixture {
+        /// Weight per dataset name.
+        weights: std::collections::BTreeMap<String, f64>,
+        /// Step from which they apply (default: the next generation's first step).
+        at_step: Option<u64>,
+    },
+    /// Checkpoint and stop the job (SIGTERM).
+    Shutdown,
+}
+
+/// The coordinator actor's messages.
+#[derive(RactorClusterMessage)]
+pub enum CoordinatorMsg {
+    /// An event from a worker.
+    Worker(Wire<WorkerEvent>),
+    /// A request; the reply is JSON (the status, or an acknowledgement) or an error text.
+    #[rpc]
+    Request(Wire<Request>, RpcReplyPort<Wire<serde_json::Value>>),
+    /// A local worker process exited (from the embedded supervisor): pid and how.
+    ProcessExited(Wire<(u32, String)>),
+    /// Time passed (drives heartbeat deadlines and rendezvous grace).
+    Tick(Wire<()>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_round_trips_and_reports_garbage() {
+        let ev = WorkerEvent::Heartbeat { worker: WorkerId(7) };
+        let back = Wire::<WorkerEvent>::from_bytes(Wire::new(ev.clone()).into_bytes());
+        assert_eq!(back.0, Ok(ev));
+        let bad = Wire::<WorkerEvent>::from_bytes(b"{\"Nope\":1}".to_vec());
+        assert!(bad.0.unwrap_err().contains("undecodable"));
+        let err = Wire::<WorkerEvent>::from_bytes(Wire::<WorkerEvent>(Err("x failed".into())).into_bytes());
+        assert_eq!(err.0, Err("x failed".into()));
+    }
+}
