@@ -54,3 +54,32 @@ pub struct StepReport {
     /// Where the time went.
     pub timings: StepTimings,
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::{StepReport, StepTimings};
+
+    #[test]
+    fn step_report_round_trips_through_json() {
+        let report = StepReport {
+            generation: 2,
+            step: 17,
+            rank: 1,
+            world: 4,
+            loss: 3.25,
+            losses: BTreeMap::from([("rgb@224".to_string(), 3.0), ("caption".to_string(), 3.5)]),
+            lr: 2e-4,
+            grad_norm: 1.125,
+            samples: 32,
+            tokens: 8192,
+            skipped: false,
+            skipped_samples: 1,
+            timings: StepTimings { data_s: 0.01, total_s: 0.5, ..StepTimings::default() },
+        };
+        let json = serde_json::to_string(&report).unwrap();
+        assert_eq!(serde_json::from_str::<StepReport>(&json).unwrap(), report);
+        assert!(json.contains(r#""timings":{"data_s":0.01,"forward_s":0.0"#), "{json}");
+    }
+}

@@ -40,7 +40,7 @@ pub fn router(token: String, backend: Arc<dyn JobControl>, metrics: Arc<JobMetri
         .route("/checkpoint", post(checkpoint))
         .route("/mixture", post(mixture))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
-    Router::new().route("/metrics", get(serve_metrics)).merge(protected).with_state(state)
+    Router::new().route("/metrics", get(serve_metrics)).merge(protected).fallback(not_found).with_state(state)
 }
 
 /// Equality whose time depends only on the expected token's length, not on where the first
@@ -63,13 +63,21 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
 
 /// Awaits a backend call with [`BACKEND_TIMEOUT`] and answers its value as JSON.
 async fn answer<T: serde::Serialize>(what: &str, call: super::ApiFuture<'_, T>) -> Response {
-    match tokio::time::timeout(BACKEND_TIMEOUT, call).await {
+    answer_within(BACKEND_TIMEOUT, what, call).await
+}
+
+async fn answer_within<T: serde::Serialize>(limit: Duration, what: &str, call: super::ApiFuture<'_, T>) -> Response {
+    match tokio::time::timeout(limit, call).await {
         Ok(Ok(value)) => Json(value).into_response(),
         Ok(Err(e)) => e.into_response(),
-        Err(_) => {
-            ApiError::Unavailable { reason: format!("{what}: the coordinator did not answer within {BACKEND_TIMEOUT:?}") }.into_response()
-        }
+        Err(_) => ApiError::Unavailable { reason: format!("{what}: the coordinator did not answer within {limit:?}") }.into_response(),
     }
+}
+
+/// Unknown paths answer 404 with the same JSON error body as every other error.
+async fn not_found(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    let error = format!("no route {method} {}", uri.path());
+    (axum::http::StatusCode::NOT_FOUND, Json(super::ErrorBody { error, field: None })).into_response()
 }
 
 async fn serve_metrics(State(state): State<AppState>) -> Response {
@@ -103,7 +111,23 @@ async fn mixture(State(state): State<AppState>, body: Bytes) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use std::time::Duration;
+
+    use axum::http::StatusCode;
+
+    use super::{answer_within, constant_time_eq};
+    use crate::api::{ApiFuture, ScaleAck};
+
+    #[test]
+    fn a_backend_that_does_not_answer_gives_503() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let stuck: ApiFuture<'_, ScaleAck> = Box::pin(std::future::pending());
+        let response = rt.block_on(answer_within(Duration::from_millis(20), "scale", stuck));
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let ready: ApiFuture<'_, ScaleAck> = Box::pin(async { Ok(ScaleAck { target_workers: 2 }) });
+        let response = rt.block_on(answer_within(Duration::from_millis(20), "scale", ready));
+        assert_eq!(response.status(), StatusCode::OK);
+    }
 
     #[test]
     fn constant_time_eq_compares_whole_tokens() {

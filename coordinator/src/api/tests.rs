@@ -298,6 +298,9 @@ fn api_serves_metrics_without_token() {
     // The client reads the same through its own framing, whatever the token.
     let text = ApiClient::new(server.addr, "wrong").with_timeout(WAIT).metrics().unwrap();
     assert!(text.contains("tessera_step 1199"), "{text}");
+    let (status, _, body) = raw(server.addr, "GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!(status, 404);
+    assert!(body.contains(r#""error":"no route GET /nope""#), "{body}");
     server.stop();
 }
 
