@@ -1,6 +1,7 @@
 //! The error type of the coordinator crate.
 
-/// Errors raised while reading job configs and computing schedules.
+/// Errors raised while reading job configs, computing schedules, exporting metrics, writing the
+/// event log and serving or calling the HTTP API.
 #[derive(Debug, thiserror::Error)]
 pub enum CoordinatorError {
     /// A file that cannot be read or written.
@@ -57,6 +58,63 @@ pub enum CoordinatorError {
         /// What was being done (names the worker, generation or address).
         context: String,
         /// Why it failed.
+        reason: String,
+    },
+    /// A socket operation of the HTTP API or its client failed (bind, connect, read, write).
+    #[error("{addr}: {op}: {source}")]
+    Net {
+        /// The address served or called.
+        addr: String,
+        /// What was being done (`connect`, `read response`, `serve`, ...).
+        op: &'static str,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The API answered a request with an error status.
+    #[error("{addr}: HTTP {status}: {message}")]
+    Http {
+        /// The API's address.
+        addr: String,
+        /// The HTTP status code.
+        status: u16,
+        /// The server's `error` text (or the raw body when it is not the API's JSON).
+        message: String,
+    },
+    /// The API's answer is not well-formed HTTP or not the expected JSON.
+    #[error("{addr}: bad response: {reason}")]
+    BadResponse {
+        /// The API's address.
+        addr: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The API cannot be started as configured.
+    #[error("api: {reason}")]
+    Api {
+        /// Why it was refused.
+        reason: String,
+    },
+    /// The metrics registry refused a metric (duplicate name) or could not be encoded.
+    #[error("metrics: {source}")]
+    Metrics {
+        /// The registry's error.
+        #[from]
+        source: prometheus::Error,
+    },
+    /// Step reports that cannot be aggregated (empty, mixed steps, rank out of range, stale).
+    #[error("step reports: {reason}")]
+    StepReports {
+        /// Why they were refused.
+        reason: String,
+    },
+    /// A line of the job event log that does not parse (not the torn last line of a crash).
+    #[error("{path}:{line}: {reason}")]
+    EventLog {
+        /// The log file.
+        path: String,
+        /// The 1-based line number.
+        line: usize,
+        /// The parser's error.
         reason: String,
     },
     /// An error of the modality registry or the budget policy.

@@ -1,54 +1,85 @@
-//! The per-step report each rank sends to the coordinator (placeholder until the metrics branch
-//! lands; the fields are the agreed contract).
+//! The per-step report every rank sends the coordinator after each optimizer step. It is small
+//! (a few hundred bytes) because the coordinator is off the tensors' critical path: it only
+//! aggregates these into metrics ([`crate::metrics::JobMetrics::observe_step`]) and status.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// Wall-clock seconds of one rank's step, by phase.
+/// Wall-clock seconds one rank spent in each phase of one step.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct StepTimings {
-    /// Loading and masking the batch.
+    /// Waiting for the data loader (batch assembly, masking).
     pub data_s: f64,
-    /// Forward passes.
+    /// Forward pass (including FSDP all-gathers that are not overlapped).
     pub forward_s: f64,
-    /// Backward passes (with recomputation).
+    /// Backward pass (including recompute).
     pub backward_s: f64,
-    /// Collective communication.
+    /// Collective time not hidden behind compute (reduce-scatter, all-reduce of the loss).
     pub comm_s: f64,
-    /// Optimizer step.
+    /// Optimizer step on the local shard.
     pub optimizer_s: f64,
-    /// The whole step.
+    /// The whole step, start of data to end of optimizer (not the sum of the phases: they may
+    /// overlap).
     pub total_s: f64,
 }
 
-/// One rank's report of one optimizer step.
+/// What one rank reports after finishing one step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepReport {
-    /// Generation.
+    /// The generation the rank trains in (reports of an older generation are stale).
     pub generation: u64,
-    /// Step (0-based).
+    /// The step just finished (0-based).
     pub step: u64,
-    /// Rank.
+    /// The reporting rank.
     pub rank: u32,
-    /// World size.
+    /// World size of the generation.
     pub world: u32,
-    /// Loss of the whole global batch.
+    /// Total loss of the step (the same on every rank after the loss all-reduce).
     pub loss: f64,
-    /// Loss per modality.
+    /// Loss per target modality (modality name -> loss).
     pub losses: BTreeMap<String, f64>,
-    /// Learning rate.
+    /// Learning rate used for the step.
     pub lr: f64,
-    /// Global gradient norm.
+    /// Global gradient norm before clipping.
     pub grad_norm: f64,
-    /// Samples this rank trained.
+    /// Samples this rank trained on in this step.
     pub samples: u64,
-    /// Tokens this rank trained.
+    /// Tokens (input + target) this rank trained on in this step.
     pub tokens: u64,
-    /// The step was skipped (non-finite).
+    /// The optimizer step was skipped (non-finite loss or gradients).
     pub skipped: bool,
-    /// Samples replaced as undecodable.
+    /// Samples this rank dropped in this step (undecodable records, empty modalities).
     pub skipped_samples: u64,
-    /// Timings.
+    /// Where the time went.
     pub timings: StepTimings,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::{StepReport, StepTimings};
+
+    #[test]
+    fn step_report_round_trips_through_json() {
+        let report = StepReport {
+            generation: 2,
+            step: 17,
+            rank: 1,
+            world: 4,
+            loss: 3.25,
+            losses: BTreeMap::from([("rgb@224".to_string(), 3.0), ("caption".to_string(), 3.5)]),
+            lr: 2e-4,
+            grad_norm: 1.125,
+            samples: 32,
+            tokens: 8192,
+            skipped: false,
+            skipped_samples: 1,
+            timings: StepTimings { data_s: 0.01, total_s: 0.5, ..StepTimings::default() },
+        };
+        let json = serde_json::to_string(&report).unwrap();
+        assert_eq!(serde_json::from_str::<StepReport>(&json).unwrap(), report);
+        assert!(json.contains(r#""timings":{"data_s":0.01,"forward_s":0.0"#), "{json}");
+    }
 }

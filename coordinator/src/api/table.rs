@@ -1,0 +1,59 @@
+//! [`JobStatus::table`]: the plain-text view `tessera status` prints.
+
+use std::fmt::Write as _;
+
+use super::types::JobStatus;
+
+impl JobStatus {
+    /// A readable summary: job-level lines, then one row per member (ranked ones first).
+    pub fn table(&self) -> String {
+        let opt = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
+        let mut out = String::new();
+        // Writing to a String cannot fail; the results are ignored deliberately.
+        let _ = writeln!(out, "job          {}", self.job);
+        let _ = writeln!(out, "phase        {}", self.phase.as_str());
+        let _ = writeln!(
+            out,
+            "generation   {} (world {}; workers target {}, min {}, max {})",
+            self.generation, self.world_size, self.target_workers, self.min_workers, self.max_workers
+        );
+        let pct = if self.total_steps > 0 { 100.0 * self.step as f64 / self.total_steps as f64 } else { 0.0 };
+        let _ = writeln!(out, "step         {}/{} ({pct:.1}%)", self.step, self.total_steps);
+        let _ = writeln!(out, "loss         {}", self.loss.map_or_else(|| "-".to_string(), |l| format!("{l:.4}")));
+        let _ = writeln!(out, "checkpoint   {}", opt(self.last_checkpoint));
+        let _ = writeln!(out, "restarts     {}", self.restarts);
+        let _ = writeln!(out, "mixture      v{}", self.schedule_version);
+
+        let header = ["WORKER", "ADDR", "RANK", "SEEN", "DRAINING", "STEP_S"];
+        let mut members: Vec<_> = self.members.iter().collect();
+        members.sort_by_key(|m| (m.rank.is_none(), m.rank, m.worker));
+        let rows: Vec<[String; 6]> = members
+            .iter()
+            .map(|m| {
+                [
+                    m.worker.to_string(),
+                    m.addr.clone(),
+                    m.rank.map_or_else(|| "-".to_string(), |r| r.to_string()),
+                    format!("{:.1}s", m.seen_ms_ago as f64 / 1000.0),
+                    if m.draining { "yes" } else { "no" }.to_string(),
+                    m.last_step_s.map_or_else(|| "-".to_string(), |s| format!("{s:.3}")),
+                ]
+            })
+            .collect();
+        let widths: Vec<usize> =
+            (0..header.len()).map(|c| rows.iter().map(|r| r[c].len()).chain([header[c].len()]).max().unwrap_or(0)).collect();
+        let _ = writeln!(out);
+        let mut line = |cells: [&str; 6]| {
+            let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+            let _ = writeln!(out, "{}", padded.join("  ").trim_end());
+        };
+        line(header);
+        for r in &rows {
+            line([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5]].map(String::as_str));
+        }
+        if rows.is_empty() {
+            let _ = writeln!(out, "(no workers registered)");
+        }
+        out
+    }
+}

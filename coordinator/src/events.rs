@@ -1,0 +1,180 @@
+//! The job's event log: an append-only JSON-lines file, one [`JobEvent`] per line with its UNIX
+//! time in milliseconds. It is the audit trail of the job (which checkpoints were committed,
+//! who joined, why generations ended), so every record is flushed and fsynced before
+//! [`EventLog::record`] returns.
+//!
+//! A record is complete only with its terminating newline, which is written in the same write
+//! as the record. Text after the last newline is therefore a record torn by a crash and never
+//! acknowledged: [`EventLog::read_all`] ignores it and [`EventLog::open`] cuts it off before
+//! appending (otherwise the next record would be glued onto it and corrupt a middle line).
+//! Any complete line that does not parse is corruption and is reported with its line number.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{CoordinatorError, Result};
+
+/// Something that happened to the job, as recorded in the event log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum JobEvent {
+    /// The coordinator started (fresh, or resuming from a committed checkpoint).
+    CoordinatorStarted {
+        /// Step of the checkpoint it resumes from (`None`: fresh job).
+        resumed_step: Option<u64>,
+    },
+    /// A worker registered.
+    WorkerJoined {
+        /// Its id.
+        worker: u64,
+        /// Its address.
+        addr: String,
+    },
+    /// A worker was removed (left, timed out, drained).
+    WorkerRemoved {
+        /// Its id.
+        worker: u64,
+        /// Why.
+        reason: String,
+    },
+    /// A generation started.
+    GenerationStarted {
+        /// Its number.
+        generation: u64,
+        /// Worker id of each rank (rank `i` is `ranks[i]`).
+        ranks: Vec<u64>,
+        /// First step it trains.
+        start_step: u64,
+        /// Step of the checkpoint it restores (`None`: fresh start).
+        restore: Option<u64>,
+    },
+    /// A generation ended.
+    GenerationEnded {
+        /// Its number.
+        generation: u64,
+        /// Why (resize, member lost, finished).
+        reason: String,
+    },
+    /// A checkpoint was committed (every shard durable, manifest in place).
+    CheckpointCommitted {
+        /// The step count it holds.
+        step: u64,
+        /// Its directory.
+        dir: String,
+        /// Its size.
+        bytes: u64,
+        /// Seconds from request to commit.
+        duration_s: f64,
+    },
+    /// A checkpoint attempt failed and will never be used.
+    CheckpointFailed {
+        /// The step it was for.
+        step: u64,
+        /// Why.
+        reason: String,
+    },
+    /// The user asked for a number of workers.
+    ScaleRequested {
+        /// The requested worker count.
+        workers: usize,
+    },
+    /// The dataset mixture changed.
+    MixtureChanged {
+        /// Version of the mixture schedule.
+        version: u64,
+        /// First step that uses it.
+        effective_step: u64,
+        /// Weight per dataset name.
+        weights: BTreeMap<String, f64>,
+    },
+    /// Every step is done.
+    JobFinished {
+        /// Steps trained.
+        step: u64,
+    },
+}
+
+/// One line of the log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoggedEvent {
+    /// When it was recorded (UNIX time, milliseconds).
+    pub ts_ms: u64,
+    /// What happened.
+    pub event: JobEvent,
+}
+
+/// An open event log, appending.
+#[derive(Debug)]
+pub struct EventLog {
+    file: File,
+    path: PathBuf,
+}
+
+impl EventLog {
+    /// Opens (or creates) the log at `path` for appending, cutting off a torn last line.
+    pub fn open(path: &Path) -> Result<Self> {
+        let io = |source| CoordinatorError::Io { path: path.display().to_string(), source };
+        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(io)?;
+        let mut text = Vec::new();
+        file.read_to_end(&mut text).map_err(io)?;
+        let complete = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        if complete < text.len() {
+            file.set_len(complete as u64).map_err(io)?;
+            file.sync_all().map_err(io)?;
+        }
+        // Writes go to the end we just established; no O_APPEND, because set_len above and
+        // seek here already position us and there is a single writer (the coordinator).
+        file.seek(SeekFrom::Start(complete as u64)).map_err(io)?;
+        Ok(Self { file, path: path.to_path_buf() })
+    }
+
+    /// The log's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends `event` stamped with the current time; durable when this returns.
+    pub fn record(&mut self, event: &JobEvent) -> Result<()> {
+        // A clock before 1970 is a broken machine; 0 keeps the record rather than losing it.
+        let ts_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        self.record_at(ts_ms, event)
+    }
+
+    /// Appends `event` stamped `ts_ms`; durable when this returns.
+    pub fn record_at(&mut self, ts_ms: u64, event: &JobEvent) -> Result<()> {
+        let line = LoggedEvent { ts_ms, event: event.clone() };
+        let mut bytes = serde_json::to_vec(&line)
+            .map_err(|e| CoordinatorError::Io { path: self.path.display().to_string(), source: std::io::Error::other(e) })?;
+        bytes.push(b'\n');
+        let io = |source| CoordinatorError::Io { path: self.path.display().to_string(), source };
+        // One write per record so a crash tears at most this record, never a previous one.
+        self.file.write_all(&bytes).map_err(io)?;
+        self.file.flush().map_err(io)?;
+        self.file.sync_data().map_err(io)
+    }
+
+    /// Every complete record of the log at `path`, oldest first (a torn last line is skipped).
+    pub fn read_all(path: &Path) -> Result<Vec<LoggedEvent>> {
+        let text = std::fs::read(path).map_err(|source| CoordinatorError::Io { path: path.display().to_string(), source })?;
+        let complete = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        text[..complete]
+            .split_inclusive(|b| *b == b'\n')
+            .enumerate()
+            .map(|(i, line)| {
+                serde_json::from_slice(&line[..line.len() - 1]).map_err(|e| CoordinatorError::EventLog {
+                    path: path.display().to_string(),
+                    line: i + 1,
+                    reason: e.to_string(),
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

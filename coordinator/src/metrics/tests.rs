@@ -1,0 +1,117 @@
+use std::collections::BTreeMap;
+
+use prometheus::Registry;
+
+use super::JobMetrics;
+use crate::error::CoordinatorError;
+use crate::report::{StepReport, StepTimings};
+
+fn report(generation: u64, step: u64, rank: u32, world: u32, samples: u64, tokens: u64, total_s: f64) -> StepReport {
+    StepReport {
+        generation,
+        step,
+        rank,
+        world,
+        loss: 1.5,
+        losses: BTreeMap::from([("rgb".to_string(), 1.0 + f64::from(rank) * 2.0), ("caption".to_string(), 2.0)]),
+        lr: 1e-4,
+        grad_norm: 0.75,
+        samples,
+        tokens,
+        skipped: false,
+        skipped_samples: u64::from(rank),
+        timings: StepTimings {
+            data_s: 0.125 * f64::from(rank + 1),
+            forward_s: 0.0625,
+            backward_s: 0.125,
+            comm_s: 0.03125,
+            optimizer_s: 0.015625,
+            total_s,
+        },
+    }
+}
+
+/// The value of the series `series` (name plus label set, exactly as rendered), if present.
+fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' '))).map(|v| v.parse().unwrap())
+}
+
+#[test]
+fn metrics_aggregate_two_ranks_and_drop_stale_rank_labels() {
+    let registry = Registry::new();
+    let m = JobMetrics::new(&registry).unwrap();
+    m.set_generation(1, 2);
+    m.set_workers(3);
+    // Rank 0 is fast, rank 1 is the straggler: the step takes 0.5 s for both.
+    m.observe_step(&[report(1, 41, 0, 2, 8, 1000, 0.25), report(1, 41, 1, 2, 8, 1200, 0.5)]).unwrap();
+    let text = m.render().unwrap();
+
+    assert_eq!(value(&text, "tessera_step"), Some(41.0));
+    assert_eq!(value(&text, "tessera_tokens_per_second"), Some(2200.0 / 0.5));
+    assert_eq!(value(&text, "tessera_samples_per_second"), Some(16.0 / 0.5));
+    assert_eq!(value(&text, "tessera_tokens_total"), Some(2200.0));
+    assert_eq!(value(&text, "tessera_loss"), Some(1.5));
+    // Equal sample counts: the per-modality loss is the plain mean of 1.0 and 3.0.
+    assert_eq!(value(&text, r#"tessera_modality_loss{modality="rgb"}"#), Some(2.0));
+    assert_eq!(value(&text, r#"tessera_modality_loss{modality="caption"}"#), Some(2.0));
+    assert_eq!(value(&text, r#"tessera_step_phase_seconds{phase="data"}"#), Some(0.25));
+    assert_eq!(value(&text, r#"tessera_step_phase_seconds{phase="total"}"#), Some(0.5));
+    assert_eq!(value(&text, r#"tessera_step_phase_seconds{phase="optimizer"}"#), Some(0.015625));
+    assert_eq!(value(&text, r#"tessera_rank_step_seconds{rank="0"}"#), Some(0.25));
+    assert_eq!(value(&text, r#"tessera_rank_step_seconds{rank="1"}"#), Some(0.5));
+    assert_eq!(value(&text, "tessera_world_size"), Some(2.0));
+    assert_eq!(value(&text, "tessera_generation"), Some(1.0));
+    assert_eq!(value(&text, "tessera_workers_registered"), Some(3.0));
+    assert_eq!(value(&text, "tessera_skipped_samples_total"), Some(1.0));
+    assert_eq!(value(&text, "tessera_skipped_steps_total"), Some(0.0));
+    assert_eq!(value(&text, "tessera_learning_rate"), Some(1e-4));
+    assert!(text.contains("# TYPE tessera_tokens_total counter"), "{text}");
+
+    // A restart into a smaller world: rank 1's series must disappear, not linger at 0.5.
+    m.inc_restarts();
+    m.set_generation(2, 1);
+    let text = m.render().unwrap();
+    assert_eq!(value(&text, r#"tessera_rank_step_seconds{rank="1"}"#), None, "{text}");
+    assert_eq!(value(&text, r#"tessera_rank_step_seconds{rank="0"}"#), None, "{text}");
+    let mut skipped = report(2, 40, 0, 1, 16, 2000, 0.25);
+    skipped.skipped = true;
+    m.observe_step(&[skipped]).unwrap();
+    // A late report of the old generation is refused, so rank 1 cannot come back.
+    let stale = m.observe_step(&[report(1, 42, 1, 2, 8, 1200, 0.5)]);
+    assert!(matches!(stale, Err(CoordinatorError::StepReports { .. })), "{stale:?}");
+
+    m.observe_checkpoint(1.5, 1000);
+    m.observe_checkpoint(2.5, 3000);
+    let text = m.render().unwrap();
+    assert_eq!(value(&text, r#"tessera_rank_step_seconds{rank="0"}"#), Some(0.25));
+    assert_eq!(value(&text, r#"tessera_rank_step_seconds{rank="1"}"#), None, "{text}");
+    assert_eq!(value(&text, "tessera_tokens_per_second"), Some(8000.0));
+    assert_eq!(value(&text, "tessera_tokens_total"), Some(4200.0));
+    assert_eq!(value(&text, "tessera_world_size"), Some(1.0));
+    assert_eq!(value(&text, "tessera_restarts_total"), Some(1.0));
+    assert_eq!(value(&text, "tessera_skipped_steps_total"), Some(1.0));
+    assert_eq!(value(&text, "tessera_checkpoints_committed_total"), Some(2.0));
+    assert_eq!(value(&text, "tessera_checkpoint_bytes_total"), Some(4000.0));
+    assert_eq!(value(&text, "tessera_checkpoint_last_bytes"), Some(3000.0));
+    assert_eq!(value(&text, "tessera_checkpoint_duration_seconds_sum"), Some(4.0));
+    assert_eq!(value(&text, "tessera_checkpoint_duration_seconds_count"), Some(2.0));
+}
+
+#[test]
+fn metrics_refuse_inconsistent_reports() {
+    let m = JobMetrics::new(&Registry::new()).unwrap();
+    let bad = |reports: &[StepReport]| matches!(m.observe_step(reports), Err(CoordinatorError::StepReports { .. }));
+    assert!(bad(&[]));
+    assert!(bad(&[report(1, 1, 0, 2, 1, 1, 1.0), report(1, 2, 1, 2, 1, 1, 1.0)]), "mixed steps");
+    assert!(bad(&[report(1, 1, 0, 2, 1, 1, 1.0), report(1, 1, 0, 2, 1, 1, 1.0)]), "rank twice");
+    assert!(bad(&[report(1, 1, 2, 2, 1, 1, 1.0)]), "rank outside world");
+    m.set_generation(3, 2);
+    assert!(bad(&[report(3, 1, 0, 4, 1, 1, 1.0)]), "world other than the generation's");
+}
+
+#[test]
+fn metrics_refuse_a_second_registration_on_one_registry() {
+    let registry = Registry::new();
+    let _first = JobMetrics::new(&registry).unwrap();
+    assert!(matches!(JobMetrics::new(&registry), Err(CoordinatorError::Metrics { .. })));
+}
