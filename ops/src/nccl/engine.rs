@@ -136,7 +136,9 @@ pub(crate) fn start(setup: Setup) -> Result<Started> {
     let thread = std::thread::Builder::new()
         .name(format!("tessera-nccl-{}", rank))
         .spawn(move || {
-            let engine = match Engine::new(&setup, thread_shared) {
+            // A panic inside cudarc (a symbol this driver or NCCL lacks) becomes an error.
+            let built = load::guarded("initialising the NCCL communicator", || Engine::new(&setup, thread_shared));
+            let engine = match built.and_then(|r| r) {
                 Ok(engine) => engine,
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
@@ -150,7 +152,11 @@ pub(crate) fn start(setup: Setup) -> Result<Started> {
         .map_err(|e| OpsError::Setup { op: OpKind::Connect, rank, detail: format!("spawning the NCCL thread: {e}") })?;
     let stream = match ready_rx.recv_timeout(bound) {
         Ok(r) => r?,
-        Err(_) => {
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            let detail = "the NCCL thread exited during initialisation".to_string();
+            return Err(OpsError::Setup { op: OpKind::Connect, rank, detail });
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
             // The thread is stuck in the driver or NCCL; it is left behind, the process goes on.
             shared.abort();
             let detail = format!("communicator initialisation did not finish within {bound:?}");
@@ -216,7 +222,14 @@ impl Engine {
         while let Ok(req) = rx.recv() {
             match req {
                 Request::Call(call, reply) => {
-                    let r = self.run(&call);
+                    let r = match load::guarded("running the collective", || self.run(&call)) {
+                        Ok(r) => r,
+                        Err(panicked) => {
+                            // The communicator's state is unknown after a panic mid-call.
+                            self.abort();
+                            Err(panicked)
+                        }
+                    };
                     let _ = reply.send(r);
                 }
                 Request::Abort => self.abort(),
