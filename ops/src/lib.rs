@@ -31,7 +31,10 @@
 //! copies the slot out and returns one credit byte on the same connection. Loopback TCP spends
 //! most of its time in the kernel's socket path; the shared-page copy runs at memcpy speed. All
 //! waiting stays on sockets, so deadlines, aborts and peer death behave exactly as on plain TCP.
-//! The mapping (`ring::mapping`, on `memmap2::MmapRaw`) holds the crate's only `unsafe` code: two bounds-checked copies.
+//! The mapping (`ring::mapping`, on `memmap2::MmapRaw`) holds the ring's only `unsafe` code: two bounds-checked copies.
+//! The rest of the crate's `unsafe` is the NCCL backend's FFI: one small function per raw NCCL
+//! call in `nccl::engine`, the two library probes in `nccl::load`, and the `*_raw` device methods
+//! of [`NcclComm`], which are `unsafe fn` because their caller vouches for the device pointers.
 //!
 //! # Algorithms
 //! Bandwidth-optimal ring algorithms (see `ring::algo`): reduce-scatter and all-gather move

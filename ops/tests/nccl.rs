@@ -203,3 +203,22 @@ fn abort_poisons_the_communicator_and_the_process_goes_on() {
     again.all_reduce(&mut x, ReduceOp::Avg).unwrap();
     assert_eq!(x, [3, -4]);
 }
+
+#[test]
+fn a_wrong_secret_gets_no_unique_id() {
+    let (addr, served) = rendezvous(2);
+    let req = move |r: u32| JoinRequest {
+        rank: Rank(r),
+        world: 2,
+        listen_addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        timeout: Duration::from_secs(10),
+    };
+    let intruder = tessera_ops::JobAuth { secret: tessera_ops::Secret::new(*b"guessed-secret"), ..common::auth() };
+    let e = rendezvous_unique_id(addr, &intruder, &req(1)).unwrap_err();
+    assert!(matches!(e, OpsError::Handshake { op: OpKind::Rendezvous, .. }), "{e:?}");
+    // The legitimate ranks still complete.
+    let receiver = std::thread::spawn(move || rendezvous_unique_id(addr, &common::auth(), &req(1)));
+    join_with_payload(addr, &common::auth(), &req(0), Some(&[4; UNIQUE_ID_BYTES])).expect("rank 0");
+    assert_eq!(receiver.join().unwrap().expect("rank 1").as_bytes(), &[4; UNIQUE_ID_BYTES]);
+    served.join().unwrap().expect("serve");
+}

@@ -147,6 +147,9 @@ pub(crate) fn start(setup: Setup) -> Result<Started> {
             };
             if ready_tx.send(Ok(Arc::clone(&engine.stream))).is_ok() {
                 engine.serve(rx);
+            } else {
+                // The caller gave up waiting (and flagged the abort): do not leak the communicator.
+                engine.close();
             }
         })
         .map_err(|e| OpsError::Setup { op: OpKind::Connect, rank, detail: format!("spawning the NCCL thread: {e}") })?;
