@@ -222,3 +222,71 @@ fn a_wrong_secret_gets_no_unique_id() {
     assert_eq!(receiver.join().unwrap().expect("rank 1").as_bytes(), &[4; UNIQUE_ID_BYTES]);
     served.join().unwrap().expect("serve");
 }
+
+/// A peer process (`tessera-ops-peer --backend nccl`) on GPU `rank`.
+fn nccl_peer(rendezvous: SocketAddr, rank: usize, world: usize, timeout_ms: u64) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tessera-ops-peer"))
+        .args(["--backend", "nccl", "--rendezvous", &rendezvous.to_string(), "--rank", &rank.to_string(), "--world", &world.to_string()])
+        .args(["--secret", "integration-test-secret", "--len", "1000000", "--timeout-ms", &timeout_ms.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn peer")
+}
+
+#[test]
+#[ignore = "needs two GPUs: cargo test -p tessera-ops --test nccl -- --ignored"]
+fn a_killed_peer_process_cannot_hang_the_survivor() {
+    if let Some(reason) = skip_reason() {
+        println!("SKIPPED a_killed_peer_process_cannot_hang_the_survivor: {reason}");
+        return;
+    }
+    if gpu_count() < 2 {
+        println!("SKIPPED a_killed_peer_process_cannot_hang_the_survivor: needs two GPUs, found {}", gpu_count());
+        return;
+    }
+    use std::io::{BufRead, BufReader};
+    // The peer binary's job identity: job 42, generation 1, the secret passed on its command line.
+    let auth = tessera_ops::JobAuth { job_id: 42, generation: 1, secret: tessera_ops::Secret::new(*b"integration-test-secret") };
+    let server = RendezvousServer::bind("127.0.0.1:0", 2, auth).expect("bind");
+    let addr = server.local_addr().expect("addr");
+    let served = server.spawn(Duration::from_secs(60));
+    let mut survivor = nccl_peer(addr, 0, 2, 3000);
+    let mut victim = nccl_peer(addr, 1, 2, 3000);
+    let mut lines = BufReader::new(survivor.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().and_then(|l| l.ok()).as_deref(), Some("ready"), "rank 0 never got going");
+    served.join().unwrap().expect("serve");
+    victim.kill().expect("kill rank 1");
+    let _ = victim.wait();
+    // Rank 0 must give up by itself: the 3 s deadline, abort and exit, well before 30 s.
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = survivor.try_wait().expect("wait") {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = survivor.kill();
+            panic!("rank 0 still running 30 s after its peer died");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut survivor.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("all_reduce #"), "{stderr}");
+}
+
+#[test]
+fn without_a_gpu_an_nccl_peer_process_exits_with_the_clean_error() {
+    let Some(reason) = skip_reason() else {
+        println!("SKIPPED: this host can run NCCL");
+        return;
+    };
+    // It must fail before joining, so no rendezvous server is needed (nothing listens there).
+    let nowhere = SocketAddr::from(([127, 0, 0, 1], 9));
+    let out = nccl_peer(nowhere, 0, 1, 1000).wait_with_output().expect("peer");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Exit code 3 is the peer's own error path: a panic would exit with 101.
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert_eq!(stderr.trim(), format!("error: {reason}"));
+}
