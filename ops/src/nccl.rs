@@ -6,7 +6,8 @@
 //!
 //! *Unique id* ([`rendezvous_unique_id`]): rank 0 creates it and it travels as the payload of the
 //! same authenticated [`crate::rendezvous`] the TCP ring uses, so a stray or another job cannot
-//! join the communicator.
+//! learn it from the rendezvous. (The rendezvous authenticates but does not encrypt, and NCCL's own
+//! bootstrap connections are unauthenticated: run NCCL jobs on a trusted network.)
 //!
 //! *Two APIs on one communicator* ([`NcclComm`], one CUDA device, its own stream):
 //! - device buffers, for the trainer: the `*_raw` methods take `CUdeviceptr`s (e.g. a libtorch
@@ -15,6 +16,12 @@
 //!   (`len % world == 0`, as FSDP pads its flat parameters).
 //! - host slices, through [`Collective`](crate::Collective): staged through device buffers, with any shard layout,
 //!   so the backend-generic [`crate::conformance`] suite runs unchanged.
+//!
+//! Every call returns once its collective completed on the device (there is no split
+//! start/wait form yet, so a collective does not overlap the caller's next call). Calls make
+//! the device's primary context current on the calling thread, the context libtorch uses too.
+//! `CudaSlice<bf16>`/`CudaSlice<f16>` need cudarc's `f16` feature (not enabled here); bf16 tensors
+//! go through the `*_raw` methods.
 //!
 //! *Failure model*: the communicator is non-blocking (`ncclConfig.blocking = 0`) and owned by one
 //! thread (see `nccl::engine`); every call is polled against its deadline
