@@ -119,6 +119,54 @@ pub enum OpsError {
         /// Why it was refused.
         detail: String,
     },
+    /// A backend cannot run on this machine (no CUDA driver, no NCCL library, no device).
+    #[error("NCCL backend unavailable: {what}; {hint}")]
+    Unavailable {
+        /// What is missing.
+        what: String,
+        /// How to make it available.
+        hint: String,
+    },
+    /// NCCL reported a failure (a peer died or is unreachable, a CUDA error, misuse, ...); NCCL
+    /// does not say which peer.
+    #[error("{op} #{seq} on rank {rank}: NCCL {code}: {detail}")]
+    Nccl {
+        /// The op in progress (`Connect` while building the communicator).
+        op: OpKind,
+        /// Sequence number of the call.
+        seq: u64,
+        /// This process's rank.
+        rank: Rank,
+        /// The `ncclResult_t` name, e.g. `ncclRemoteError`.
+        code: String,
+        /// NCCL's own message (`ncclGetLastError`) and what we were doing.
+        detail: String,
+    },
+    /// A CUDA driver call failed (context, stream, copy or event).
+    #[error("{op} #{seq} on rank {rank}: CUDA error: {detail}")]
+    Device {
+        /// The op in progress.
+        op: OpKind,
+        /// Sequence number of the call.
+        seq: u64,
+        /// This process's rank.
+        rank: Rank,
+        /// The driver error and what we were doing.
+        detail: String,
+    },
+    /// A device collective missed its deadline; unlike [`OpsError::Timeout`] no peer is named,
+    /// because NCCL does not report which rank is missing.
+    #[error("{op} #{seq} on rank {rank} did not complete within {after:?} (a rank is missing, stalled or dead; NCCL does not say which)")]
+    Stalled {
+        /// The op that stalled.
+        op: OpKind,
+        /// Sequence number of the call.
+        seq: u64,
+        /// This process's rank.
+        rank: Rank,
+        /// The configured deadline.
+        after: Duration,
+    },
     /// Local setup failure (binding, invalid configuration) not tied to a peer.
     #[error("{op} on rank {rank}: {detail}")]
     Setup {

@@ -1,7 +1,8 @@
 //! tessera's data plane without libtorch: the [`Collective`] trait (all-reduce, reduce-scatter,
 //! all-gather, broadcast, barrier over f32 / bf16 / f16 / i64 slices), its TCP ring backend
-//! [`TcpRing`], an authenticated [`rendezvous`] for ring addresses, the shard layout shared with
-//! FSDP ([`shard::shard_range`]) and a backend-generic [`conformance`] suite.
+//! [`TcpRing`], its [`nccl`] backend [`NcclComm`] for GPUs (cudarc, loaded at run time), an
+//! authenticated [`rendezvous`] for ring addresses and the NCCL unique id, the shard layout shared
+//! with FSDP ([`shard::shard_range`]) and a backend-generic [`conformance`] suite.
 //!
 //! # Wire protocol
 //! Each rank binds a listener; rank r dials rank r+1 and accepts rank r-1, so every rank owns
@@ -30,7 +31,10 @@
 //! copies the slot out and returns one credit byte on the same connection. Loopback TCP spends
 //! most of its time in the kernel's socket path; the shared-page copy runs at memcpy speed. All
 //! waiting stays on sockets, so deadlines, aborts and peer death behave exactly as on plain TCP.
-//! The mapping (`ring::mapping`, on `memmap2::MmapRaw`) holds the crate's only `unsafe` code: two bounds-checked copies.
+//! The mapping (`ring::mapping`, on `memmap2::MmapRaw`) holds the ring's only `unsafe` code: two bounds-checked copies.
+//! The rest of the crate's `unsafe` is the NCCL backend's FFI: one small function per raw NCCL
+//! call in `nccl::engine`, the two library probes in `nccl::load`, and the `*_raw` device methods
+//! of [`NcclComm`], which are `unsafe fn` because their caller vouches for the device pointers.
 //!
 //! # Algorithms
 //! Bandwidth-optimal ring algorithms (see `ring::algo`): reduce-scatter and all-gather move
@@ -52,6 +56,7 @@ pub mod conformance;
 pub mod element;
 pub mod error;
 pub mod frame;
+pub mod nccl;
 pub mod rendezvous;
 pub mod ring;
 pub mod shard;
@@ -61,7 +66,8 @@ pub use auth::{JobAuth, Secret};
 pub use collective::{AbortHandle, AbortTarget, Collective};
 pub use element::Element;
 pub use error::{OpsError, Result};
-pub use rendezvous::{JoinRequest, RendezvousServer, join};
+pub use nccl::{NcclComm, NcclConfig};
+pub use rendezvous::{JoinRequest, RendezvousServer, join, join_with_payload};
 pub use ring::{RingConfig, TcpRing};
 pub use shard::{shard_len, shard_range};
 pub use types::{DType, OpKind, Rank, ReduceOp};

@@ -5,6 +5,12 @@
 //! `world`), a client sends its address as a `u16` length plus UTF-8 text; the server answers
 //! with a `u32` count and the addresses in rank order in the same encoding. Unauthenticated
 //! connections are dropped and do not count; a rank that reconnects replaces its earlier entry.
+//!
+//! *Payload* ([`join_with_payload`]): a client may set the top bit of its address length; it then
+//! sends a `u32` length and an opaque payload after its address (only rank 0's is non-empty, e.g.
+//! the NCCL unique id), and the server appends rank 0's payload (`u32` length + bytes, empty when
+//! rank 0 sent none) to that client's table. Clients without the bit (plain [`join`]) see the
+//! original exchange byte for byte, so the TCP ring's wire format is unchanged.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
@@ -22,6 +28,18 @@ const POLL: Duration = Duration::from_millis(5);
 const MAX_ADDR_LEN: usize = 256;
 /// Bound on an incoming connection's handshake and address message.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Set in a client's address length when a payload follows (addresses are at most 256 bytes).
+const PAYLOAD_FLAG: u16 = 0x8000;
+/// Largest payload accepted from the network (an NCCL unique id is 128 bytes).
+pub const MAX_PAYLOAD: usize = 64 * 1024;
+
+/// What the server keeps of one admitted client.
+struct Member {
+    stream: TcpStream,
+    addr: SocketAddr,
+    /// `Some` when the client asked for rank 0's payload; holds its own contribution.
+    payload: Option<Vec<u8>>,
+}
 
 /// The rendezvous server for one job generation.
 pub struct RendezvousServer {
@@ -61,14 +79,14 @@ impl RendezvousServer {
         let server_rank = Rank(self.world as u32);
         let setup = |detail: String| OpsError::Setup { op: OpKind::Rendezvous, rank: server_rank, detail };
         self.listener.set_nonblocking(true).map_err(|e| setup(e.to_string()))?;
-        let mut joined: Vec<Option<(TcpStream, SocketAddr)>> = (0..self.world).map(|_| None).collect();
+        let mut joined: Vec<Option<Member>> = (0..self.world).map(|_| None).collect();
         let me = Identity { purpose: Purpose::Rendezvous, world: self.world as u32, rank: self.world as u32, peer: 0 };
         // Clients are authenticated on their own threads so a slow stray cannot hold up the job.
         let (tx, rx) = mpsc::channel();
         while joined.iter().any(Option::is_none) {
-            while let Ok((rank, stream, addr)) = rx.try_recv() {
+            while let Ok((rank, member)) = rx.try_recv() {
                 // A rank that reconnects replaces its earlier entry.
-                joined[rank as usize] = Some((stream, addr));
+                joined[rank as usize] = Some(member);
             }
             if !joined.iter().any(Option::is_none) {
                 break;
@@ -82,8 +100,8 @@ impl RendezvousServer {
                     let (tx, auth) = (tx.clone(), self.auth.clone());
                     std::thread::spawn(move || {
                         // A stray or failed client is simply dropped; the server keeps waiting.
-                        if let Ok((rank, stream, addr)) = admit(stream, &auth, me) {
-                            let _ = tx.send((rank, stream, addr));
+                        if let Ok(admitted) = admit(stream, &auth, me) {
+                            let _ = tx.send(admitted);
                         }
                     });
                 }
@@ -92,27 +110,34 @@ impl RendezvousServer {
                 Err(e) => return Err(setup(format!("accept: {e}"))),
             }
         }
-        let table: Vec<SocketAddr> = joined.iter().flatten().map(|(_, a)| *a).collect();
+        let table: Vec<SocketAddr> = joined.iter().flatten().map(|m| m.addr).collect();
         let mut reply = (table.len() as u32).to_le_bytes().to_vec();
         for a in &table {
             encode_addr(&mut reply, a);
         }
-        for (rank, (mut stream, _)) in joined.into_iter().flatten().enumerate() {
-            let _ = stream.set_write_timeout(Some(CLIENT_TIMEOUT));
-            stream.write_all(&reply).map_err(|e| setup(format!("sending the table to rank {rank}: {e}")))?;
+        // Only rank 0 contributes; a plain client at rank 0 contributes nothing.
+        let root_payload = joined.first().and_then(|m| m.as_ref()?.payload.clone()).unwrap_or_default();
+        let mut with_payload = reply.clone();
+        with_payload.extend_from_slice(&(root_payload.len() as u32).to_le_bytes());
+        with_payload.extend_from_slice(&root_payload);
+        for (rank, mut m) in joined.into_iter().flatten().enumerate() {
+            let _ = m.stream.set_write_timeout(Some(CLIENT_TIMEOUT));
+            let bytes = if m.payload.is_some() { &with_payload } else { &reply };
+            m.stream.write_all(bytes).map_err(|e| setup(format!("sending the table to rank {rank}: {e}")))?;
         }
         Ok(table)
     }
 }
 
-/// Authenticates one client and reads its address.
-fn admit(mut stream: TcpStream, auth: &JobAuth, me: Identity) -> std::result::Result<(u32, TcpStream, SocketAddr), String> {
+/// Authenticates one client and reads its address (and its payload when it sends one).
+fn admit(mut stream: TcpStream, auth: &JobAuth, me: Identity) -> std::result::Result<(u32, Member), String> {
     stream.set_nonblocking(false).map_err(|e| e.to_string())?;
     let rank = auth::respond(&mut stream, auth, me, None, CLIENT_TIMEOUT).map_err(|e| e.to_string())?;
     stream.set_read_timeout(Some(CLIENT_TIMEOUT)).map_err(|e| e.to_string())?;
-    let addr = read_addr(&mut stream).map_err(|e| e.to_string())?;
+    let (addr, flagged) = read_tagged_addr(&mut stream).map_err(|e| e.to_string())?;
+    let payload = if flagged { Some(read_payload(&mut stream).map_err(|e| e.to_string())?) } else { None };
     stream.set_read_timeout(None).map_err(|e| e.to_string())?;
-    Ok((rank, stream, addr))
+    Ok((rank, Member { stream, addr, payload }))
 }
 
 /// Parameters of [`join`].
@@ -130,6 +155,31 @@ pub struct JoinRequest {
 
 /// Announces `req.listen_addr` to the server at `server` and returns every rank's address.
 pub fn join(server: SocketAddr, auth: &JobAuth, req: &JoinRequest) -> Result<Vec<SocketAddr>> {
+    exchange(server, auth, req, None).map(|(table, _)| table)
+}
+
+/// Like [`join`], and also carries one opaque payload from rank 0 to every rank: rank 0 passes
+/// `Some(bytes)` (at most [`MAX_PAYLOAD`]), every other rank `None`. Returns the address table and
+/// rank 0's payload (empty if rank 0 joined with plain [`join`]).
+pub fn join_with_payload(
+    server: SocketAddr,
+    auth: &JobAuth,
+    req: &JoinRequest,
+    payload: Option<&[u8]>,
+) -> Result<(Vec<SocketAddr>, Vec<u8>)> {
+    let setup = |detail: String| OpsError::Setup { op: OpKind::Rendezvous, rank: req.rank, detail };
+    let bytes = match payload {
+        Some(_) if req.rank != Rank(0) => return Err(setup("only rank 0 contributes a rendezvous payload".into())),
+        Some(p) if p.len() > MAX_PAYLOAD => return Err(setup(format!("payload of {} bytes exceeds {MAX_PAYLOAD}", p.len()))),
+        Some(p) => p,
+        None => &[],
+    };
+    let (table, payload) = exchange(server, auth, req, Some(bytes))?;
+    Ok((table, payload.unwrap_or_default()))
+}
+
+/// The client side: `payload` `Some` sets the payload flag (and contributes the bytes).
+fn exchange(server: SocketAddr, auth: &JobAuth, req: &JoinRequest, payload: Option<&[u8]>) -> Result<(Vec<SocketAddr>, Option<Vec<u8>>)> {
     let server_rank = Rank(req.world as u32);
     let fail = |detail: String| OpsError::Unreachable { op: OpKind::Rendezvous, peer: server_rank, addr: server, detail };
     let deadline = Instant::now() + req.timeout;
@@ -153,6 +203,12 @@ pub fn join(server: SocketAddr, auth: &JobAuth, req: &JoinRequest) -> Result<Vec
     })?;
     let mut msg = Vec::new();
     encode_addr(&mut msg, &req.listen_addr);
+    if let Some(p) = payload {
+        // The address is at most a few dozen bytes, so the top bit of its length is free.
+        msg[1] |= (PAYLOAD_FLAG >> 8) as u8;
+        msg.extend_from_slice(&(p.len() as u32).to_le_bytes());
+        msg.extend_from_slice(p);
+    }
     stream.write_all(&msg).map_err(|e| fail(format!("sending our address: {e}")))?;
     stream.set_read_timeout(Some(remaining().unwrap_or(Duration::from_millis(1)))).map_err(|e| fail(e.to_string()))?;
     let mut count = [0u8; 4];
@@ -161,7 +217,14 @@ pub fn join(server: SocketAddr, auth: &JobAuth, req: &JoinRequest) -> Result<Vec
     if count != req.world {
         return Err(fail(format!("server sent {count} addresses for world size {}", req.world)));
     }
-    (0..count).map(|_| read_addr(&mut stream).map_err(|e| fail(format!("reading the address table: {e}")))).collect()
+    let table = (0..count)
+        .map(|_| read_addr(&mut stream).map_err(|e| fail(format!("reading the address table: {e}"))))
+        .collect::<Result<Vec<_>>>()?;
+    let payload = match payload {
+        Some(_) => Some(read_payload(&mut stream).map_err(|e| fail(format!("reading rank 0's payload: {e}")))?),
+        None => None,
+    };
+    Ok((table, payload))
 }
 
 fn encode_addr(out: &mut Vec<u8>, addr: &SocketAddr) {
@@ -171,9 +234,18 @@ fn encode_addr(out: &mut Vec<u8>, addr: &SocketAddr) {
 }
 
 fn read_addr(r: &mut impl Read) -> io::Result<SocketAddr> {
+    match read_tagged_addr(r)? {
+        (addr, false) => Ok(addr),
+        (_, true) => Err(io::Error::new(io::ErrorKind::InvalidData, "unexpected payload flag in the address table")),
+    }
+}
+
+/// Reads an address whose length may carry [`PAYLOAD_FLAG`]; returns whether it did.
+fn read_tagged_addr(r: &mut impl Read) -> io::Result<(SocketAddr, bool)> {
     let mut len = [0u8; 2];
     r.read_exact(&mut len)?;
-    let len = u16::from_le_bytes(len) as usize;
+    let tagged = u16::from_le_bytes(len);
+    let (flagged, len) = (tagged & PAYLOAD_FLAG != 0, (tagged & !PAYLOAD_FLAG) as usize);
     if len > MAX_ADDR_LEN {
         return Err(io::Error::new(io::ErrorKind::InvalidData, format!("address of {len} bytes")));
     }
@@ -183,4 +255,18 @@ fn read_addr(r: &mut impl Read) -> io::Result<SocketAddr> {
         .ok()
         .and_then(|t| t.parse().ok())
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "address is not a socket address"))
+        .map(|addr| (addr, flagged))
+}
+
+/// Reads a `u32`-length-prefixed payload of at most [`MAX_PAYLOAD`] bytes.
+fn read_payload(r: &mut impl Read) -> io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len)?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_PAYLOAD {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("payload of {len} bytes")));
+    }
+    let mut bytes = vec![0u8; len];
+    r.read_exact(&mut bytes)?;
+    Ok(bytes)
 }

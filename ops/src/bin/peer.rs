@@ -1,16 +1,16 @@
-//! Helper process for multi-process tests: joins a rendezvous, builds a TCP ring and runs f32
-//! all-reduces until done or failed. Prints `ready` after its first successful call and
+//! Helper process for multi-process tests: joins a rendezvous, builds a TCP ring (or an NCCL
+//! communicator on GPU `--device`, default the rank) and runs f32 all-reduces until done or failed. Prints `ready` after its first successful call and
 //! `error: …` (exit code 3) on failure, so a test can inject faults and check the messages.
 //!
 //! Usage: tessera-ops-peer --rendezvous ADDR --rank R --world N --secret S [--len ELEMS]
-//!        [--iters K (0 = until failure)] [--timeout-ms MS]
+//!        [--iters K (0 = until failure)] [--timeout-ms MS] [--backend tcp|nccl] [--device D]
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use tessera_ops::{Collective, JobAuth, JoinRequest, Rank, ReduceOp, RingConfig, Secret, TcpRing, join};
+use tessera_ops::{Collective, JobAuth, JoinRequest, NcclComm, NcclConfig, Rank, ReduceOp, RingConfig, Secret, TcpRing, join};
 
 struct Args {
     rendezvous: SocketAddr,
@@ -20,6 +20,8 @@ struct Args {
     len: usize,
     iters: u64,
     timeout: Duration,
+    nccl: bool,
+    device: usize,
 }
 
 fn parse() -> Result<Args, String> {
@@ -35,11 +37,24 @@ fn parse() -> Result<Args, String> {
         len: num("--len", 1 << 20)? as usize,
         iters: num("--iters", 0)?,
         timeout: Duration::from_millis(num("--timeout-ms", 5000)?),
+        nccl: match get("--backend").as_deref() {
+            None | Some("tcp") => false,
+            Some("nccl") => true,
+            Some(other) => return Err(format!("--backend: unknown backend {other}")),
+        },
+        device: num("--device", num("--rank", 0)?)? as usize,
     })
 }
 
 fn run(a: &Args) -> Result<(), String> {
     let auth = JobAuth { job_id: 42, generation: 1, secret: Secret::new(a.secret.as_bytes()) };
+    if a.nccl {
+        let mut config = NcclConfig::new(auth, a.device);
+        config.timeout = a.timeout;
+        config.init_timeout = Duration::from_secs(30);
+        let mut comm = NcclComm::connect(a.rendezvous, Rank(a.rank), a.world, &config).map_err(|e| e.to_string())?;
+        return drive(&mut comm, a);
+    }
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     let listen_addr = listener.local_addr().map_err(|e| e.to_string())?;
     let req = JoinRequest { rank: Rank(a.rank), world: a.world, listen_addr, timeout: Duration::from_secs(30) };
@@ -48,10 +63,15 @@ fn run(a: &Args) -> Result<(), String> {
     config.timeout = a.timeout;
     config.connect_timeout = Duration::from_secs(30);
     let mut ring = TcpRing::connect(listener, Rank(a.rank), &peers, config).map_err(|e| e.to_string())?;
+    drive(&mut ring, a)
+}
+
+/// The all-reduce loop, the same on every backend.
+fn drive<C: Collective>(comm: &mut C, a: &Args) -> Result<(), String> {
     let mut buf = vec![1.0f32; a.len];
     let mut i = 0u64;
     while a.iters == 0 || i < a.iters {
-        ring.all_reduce(&mut buf, ReduceOp::Avg).map_err(|e| e.to_string())?;
+        comm.all_reduce(&mut buf, ReduceOp::Avg).map_err(|e| e.to_string())?;
         if i == 0 {
             println!("ready");
             let _ = std::io::stdout().flush();
