@@ -8,11 +8,13 @@ mod demo;
 mod export;
 mod launch;
 mod model;
+mod orchestrate;
 mod output;
 mod plot;
 mod tokenizer;
 mod train;
 mod validation;
+mod worker;
 
 use std::process::ExitCode;
 
@@ -45,6 +47,9 @@ enum Command {
     Config(config::ConfigCommand),
     /// Train a job (TOML config) in this process, resuming from its newest valid checkpoint.
     Train(train::TrainArgs),
+    /// Join a running job's coordinator as a worker process (adds capacity at the next step
+    /// boundary).
+    Worker(worker::WorkerArgs),
     /// Write consolidated ml-4m-compatible weights from a job's newest valid checkpoint.
     Export(export::ExportArgs),
     /// One rank of a local multi-process job (started by `train --workers N`).
@@ -69,6 +74,7 @@ pub fn run() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Config(cmd) => config::run(cmd),
         Command::Train(args) => train::run(args),
+        Command::Worker(args) => worker::run_worker(args),
         Command::TrainRank(args) => launch::run_rank(args),
         Command::Export(args) => export::run(args),
         Command::Bench(cmd) => bench::run(cmd),

@@ -27,22 +27,52 @@ pub struct TrainArgs {
     /// Start from scratch even when a checkpoint exists.
     #[arg(long)]
     no_resume: bool,
-    /// Train on this many local worker processes (FSDP over a TCP ring on loopback).
+    /// Train on this many local worker processes under an in-process coordinator (FSDP over a
+    /// TCP ring on loopback; membership, recovery, resizing and metrics by the coordinator).
     #[arg(long, default_value_t = 1)]
     workers: usize,
     /// With --workers: keep training after a worker fails as long as this many remain (a new
-    /// generation resumes from the last checkpoint). Default: 1.
+    /// generation resumes from the last committed checkpoint). Default: 1.
     #[arg(long, default_value_t = 1)]
     min_workers: usize,
-    /// Run through the FSDP worker launcher even with one worker (for scaling measurements).
+    /// With --workers: the most workers the job may grow to (`tessera scale`, joining
+    /// workers). Default: --workers.
+    #[arg(long)]
+    max_workers: Option<usize>,
+    /// Run through the orchestrator even with one worker.
     #[arg(long)]
     fsdp: bool,
+    /// Without the coordinator: the bare FSDP launcher of rank processes (for measuring the
+    /// orchestration overhead).
+    #[arg(long, hide = true)]
+    bare: bool,
+    /// A worker silent for this long (ms) is declared dead.
+    #[arg(long, default_value_t = 5000)]
+    heartbeat_timeout_ms: u64,
+    /// Address the coordinator's node listens on (workers join here).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: std::net::SocketAddr,
+    /// Address of the HTTP API (status, scale, checkpoint, /metrics).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    api: std::net::SocketAddr,
 }
 
 impl TrainArgs {
     /// Arguments that train `config` to the end in one process, resuming when possible.
     pub fn new(config: PathBuf) -> Self {
-        Self { config, max_steps: None, no_resume: false, workers: 1, min_workers: 1, fsdp: false }
+        Self {
+            config,
+            max_steps: None,
+            no_resume: false,
+            workers: 1,
+            min_workers: 1,
+            max_workers: None,
+            fsdp: false,
+            bare: false,
+            heartbeat_timeout_ms: 5000,
+            listen: "127.0.0.1:0".parse().expect("a socket address"),
+            api: "127.0.0.1:0".parse().expect("a socket address"),
+        }
     }
 }
 
@@ -50,8 +80,21 @@ impl TrainArgs {
 pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     let job = ResolvedJob::from_file(&a.config)?;
     anyhow::ensure!(a.workers >= 1, "--workers must be at least 1");
-    if a.workers > 1 || a.fsdp {
+    if a.bare {
         return super::launch::run_local(&a.config, &job, a.workers, a.min_workers, a.max_steps, a.no_resume);
+    }
+    if a.workers > 1 || a.fsdp {
+        let o = super::orchestrate::EmbeddedOptions {
+            workers: a.workers,
+            min_workers: a.min_workers,
+            max_workers: a.max_workers.unwrap_or(a.workers),
+            max_steps: a.max_steps,
+            no_resume: a.no_resume,
+            heartbeat_timeout: std::time::Duration::from_millis(a.heartbeat_timeout_ms),
+            listen: a.listen,
+            api: a.api,
+        };
+        return super::orchestrate::run_embedded(&a.config, &job, &o);
     }
     if job.train.threads > 0 {
         tch::set_num_threads(job.train.threads as i32);

@@ -1,6 +1,7 @@
 //! tessera's worker side: turning ledger samples into masked batches, the training loop, and
 //! checkpoints. Model code stays single-device (`tessera-model`); this crate drives it.
 
+pub mod agent;
 pub mod checkpoint;
 pub mod data;
 pub mod error;

@@ -54,8 +54,12 @@ pub struct StepReport {
     pub samples: usize,
     /// Seconds spent producing batches.
     pub data_s: f64,
-    /// Seconds in forward and backward.
+    /// Seconds in forward and backward (including the collectives inside them under FSDP).
     pub compute_s: f64,
+    /// Seconds of `compute_s` in forward passes (block recomputation counts as backward).
+    pub forward_s: f64,
+    /// Seconds in collectives (all-gathers, reduce-scatters, all-reduces); 0 in one process.
+    pub comm_s: f64,
     /// Seconds in clipping and the optimizer.
     pub optim_s: f64,
     /// Wall seconds of the whole step.
@@ -166,7 +170,7 @@ impl<S: BatchSource> Trainer<S> {
         self.opt.set_lr(lr)?;
         self.opt.zero_grad()?;
         let refs: Vec<SampleRef> = self.ledger.locate_range(self.state.next_sample_index, global as u64);
-        let (mut data_s, mut compute_s) = (0.0, 0.0);
+        let (mut data_s, mut compute_s, mut forward_s) = (0.0, 0.0, 0.0);
         let mut loss_sum = 0.0;
         let mut mod_sum: BTreeMap<Modality, f64> = BTreeMap::new();
         let n_micro = global / micro;
@@ -196,6 +200,7 @@ impl<S: BatchSource> Trainer<S> {
             } else {
                 self.model.model.forward(&batch, &opts)?
             };
+            forward_s += tc.elapsed().as_secs_f64();
             out.loss.backward();
             loss_sum += out.loss.double_value(&[]);
             for (m, l) in &out.mod_loss {
@@ -239,6 +244,8 @@ impl<S: BatchSource> Trainer<S> {
             samples: global,
             data_s,
             compute_s,
+            forward_s,
+            comm_s: 0.0,
             optim_s,
             step_s: t0.elapsed().as_secs_f64(),
         })

@@ -115,8 +115,9 @@ pub fn commit(root: &Path, tmp: &Path, mut manifest: ShardedManifest) -> Result<
     Ok(dir)
 }
 
-/// Reads and verifies a sharded checkpoint's manifest and files.
-pub fn verify(dir: &Path) -> Result<ShardedManifest> {
+/// Reads a sharded checkpoint's manifest and checks its shape and the files' sizes (cheap; no
+/// checksums: for a directory already verified, e.g. chosen by the coordinator).
+pub fn read_manifest(dir: &Path) -> Result<ShardedManifest> {
     let bad = |reason: String| WorkerError::Checkpoint { path: dir.to_path_buf(), reason };
     let text = fs::read(dir.join(MANIFEST)).map_err(|e| bad(format!("no readable {MANIFEST}: {e}")))?;
     let m: ShardedManifest = serde_json::from_slice(&text).map_err(|e| bad(format!("{MANIFEST}: {e}")))?;
@@ -126,6 +127,19 @@ pub fn verify(dir: &Path) -> Result<ShardedManifest> {
     if m.files.len() != m.world {
         return Err(bad(format!("{} shard files for a world of {}", m.files.len(), m.world)));
     }
+    for f in &m.files {
+        let len = fs::metadata(dir.join(&f.name)).map_err(|e| bad(format!("{}: {e}", f.name)))?.len();
+        if len != f.bytes {
+            return Err(bad(format!("{}: {len} bytes; manifest says {}", f.name, f.bytes)));
+        }
+    }
+    Ok(m)
+}
+
+/// Reads and verifies a sharded checkpoint's manifest and files.
+pub fn verify(dir: &Path) -> Result<ShardedManifest> {
+    let bad = |reason: String| WorkerError::Checkpoint { path: dir.to_path_buf(), reason };
+    let m = read_manifest(dir)?;
     for f in &m.files {
         let (bytes, sha) = digest(&dir.join(&f.name)).map_err(|e| bad(e.to_string()))?;
         if bytes != f.bytes || sha != f.sha256 {

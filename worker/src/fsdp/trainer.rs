@@ -41,6 +41,10 @@ pub struct FsdpTrainer<C: Collective, S: BatchSource> {
     fwd: ForwardOptions,
     outputs: Vec<Modality>,
     skipped: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Seconds spent in collectives during the current step.
+    comm_s: f64,
+    /// Seconds spent in forward passes during the current step.
+    forward_s: f64,
 }
 
 impl<C: Collective, S: BatchSource> std::fmt::Debug for FsdpTrainer<C, S> {
@@ -90,7 +94,23 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
         let fwd = forward_options(t);
         let outputs = cfg.domains_out.clone();
         let skipped = source.skipped_counter();
-        let mut me = Self { job, model, coll, units, grad_resets, shards, steps, ledger, source, state, fwd, outputs, skipped };
+        let mut me = Self {
+            job,
+            model,
+            coll,
+            units,
+            grad_resets,
+            shards,
+            steps,
+            ledger,
+            source,
+            state,
+            fwd,
+            outputs,
+            skipped,
+            comm_s: 0.0,
+            forward_s: 0.0,
+        };
         // Only the shards stay resident; block units are gathered when used.
         for ui in 0..me.units.len() {
             if me.units[ui].name != "rest" {
@@ -110,7 +130,9 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
         let mut local = Vec::with_capacity(u.shard.len());
         append_f32(&self.shards[ui].master, &mut local);
         let mut full = vec![0f32; u.numel];
+        let tc = Instant::now();
         let r = self.coll.all_gather(&local, &mut full);
+        self.comm_s += tc.elapsed().as_secs_f64();
         r.map_err(|e| WorkerError::Training { step: self.state.step, reason: format!("all-gather of {}: {e}", u.name) })?;
         for p in &u.params {
             let mut var = p.tensor.shallow_clone();
@@ -152,7 +174,9 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
             }
         }
         let mut shard = vec![0f32; u.shard.len()];
+        let tc = Instant::now();
         let r = self.coll.reduce_scatter(&flat, &mut shard, ReduceOp::Sum);
+        self.comm_s += tc.elapsed().as_secs_f64();
         r.map_err(|e| WorkerError::Training { step: self.state.step, reason: format!("reduce-scatter of {}: {e}", u.name) })?;
         for (a, g) in acc[ui].iter_mut().zip(&shard) {
             *a += g;
@@ -176,6 +200,8 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
         let enc_units: Vec<Option<usize>> = (0..n_enc).map(|i| unit(format!("encoder.{i}"))).collect();
         let dec_units: Vec<Option<usize>> = (0..n_dec).map(|j| unit(format!("decoder.{j}"))).collect();
 
+        let tf = Instant::now();
+        let comm_before = self.comm_s;
         // Embeddings (the `rest` unit is resident for the whole step), with autograd.
         let staged = self.model.model.stage_embed(batch, opts)?;
         let x0 = staged.encoder_input();
@@ -210,6 +236,8 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
         }
         let y_last = ys[n_dec].detach().set_requires_grad(true);
         let out = self.model.model.stage_losses(&y_last, &staged, opts)?;
+        // Forward time excludes the all-gathers it waited for (they count as communication).
+        self.forward_s += tf.elapsed().as_secs_f64() - (self.comm_s - comm_before);
         out.loss.backward();
 
         // Backward: decoder blocks in reverse, recomputed.
@@ -256,6 +284,8 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
     /// Runs optimizer step `state.step` on this rank's part of the global batch.
     pub fn step(&mut self) -> Result<StepReport> {
         let t0 = Instant::now();
+        self.comm_s = 0.0;
+        self.forward_s = 0.0;
         let step = self.state.step;
         let (world, rank) = (self.coll.world(), self.coll.rank().0 as usize);
         let global = self.job.train.global_batch_size;
@@ -284,7 +314,9 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
         }
         let data_s = td.elapsed().as_secs_f64();
         let mut counts: Vec<i64> = self.outputs.iter().map(|m| local_counts.get(m).copied().unwrap_or(0)).collect();
+        let tcomm = Instant::now();
         let r = self.coll.all_reduce(&mut counts, ReduceOp::Sum);
+        self.comm_s += tcomm.elapsed().as_secs_f64();
         self.comm(r)?;
         let normalizer: BTreeMap<Modality, i64> = self.outputs.iter().copied().zip(counts).collect();
 
@@ -309,6 +341,7 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
         let compute_s = tc.elapsed().as_secs_f64();
 
         let to = Instant::now();
+        let comm_in_compute = self.comm_s;
         let r = self.coll.all_reduce(&mut partial, ReduceOp::Sum);
         self.comm(r)?;
         // A parameter counts as used when any rank produced a gradient for it (the
@@ -323,6 +356,9 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
         let r = self.coll.all_reduce(&mut norm_sq, ReduceOp::Sum);
         self.comm(r)?;
         let grad_norm = f64::from(norm_sq[0]).sqrt();
+        // The loss/flag/norm all-reduces above are communication too.
+        self.comm_s = comm_in_compute + to.elapsed().as_secs_f64();
+        let to = Instant::now();
         let loss = f64::from(partial[0]);
         let finite = loss.is_finite() && grad_norm.is_finite();
         let t = &self.job.train;
@@ -382,6 +418,8 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
             samples: global,
             data_s,
             compute_s,
+            forward_s: self.forward_s,
+            comm_s: self.comm_s,
             optim_s,
             step_s: t0.elapsed().as_secs_f64(),
         })
@@ -521,5 +559,114 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
     /// The collective (e.g. to abort it).
     pub fn collective(&self) -> &C {
         &self.coll
+    }
+}
+
+impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
+    /// Copies this rank's shards and the training position to host memory so they can be
+    /// written in the background while training goes on (the copy is the only stall).
+    /// `generation` names the temp directory; rank 0's snapshot carries the manifest.
+    pub fn snapshot(&self, generation: u64) -> Snapshot {
+        let (world, rank) = (self.coll.world(), self.coll.rank().0 as usize);
+        let units = self.unit_records();
+        let mut tensors = Vec::with_capacity(3 * self.shards.len());
+        for (u, s) in units.iter().zip(&self.shards) {
+            tensors.push((format!("{}.master", u.name), s.master.copy()));
+            tensors.push((format!("{}.exp_avg", u.name), s.exp_avg.copy()));
+            tensors.push((format!("{}.exp_avg_sq", u.name), s.exp_avg_sq.copy()));
+        }
+        let manifest = (rank == 0).then(|| {
+            let m = ShardedManifest {
+                format: sharded::FORMAT.into(),
+                job: self.job.name.clone(),
+                seed: self.job.seed,
+                world,
+                state: self.state.clone(),
+                units,
+                files: Vec::new(),
+            };
+            serde_json::to_value(&m).expect("a manifest serialises")
+        });
+        Snapshot { root: self.job.checkpoint.dir.clone(), generation, step: self.state.step, rank, world, tensors, manifest, taken: Instant::now() }
+    }
+
+    /// Loads the checkpoint in `dir` (sharded at any world size, or single-process), resharded
+    /// to this world. Each rank reads what it needs; no collective. The caller chose `dir` among
+    /// committed checkpoints; sizes and layout are checked here, checksums when it was chosen.
+    pub fn restore_from(&mut self, dir: &std::path::Path) -> Result<u64> {
+        let (world, rank) = (self.coll.world(), self.coll.rank().0 as usize);
+        let mine = self.unit_records();
+        let state = match sharded::read_manifest(dir) {
+            Ok(m) => {
+                if m.seed != self.job.seed {
+                    return Err(WorkerError::Checkpoint {
+                        path: dir.to_path_buf(),
+                        reason: format!("written with seed {}, the job has seed {}", m.seed, self.job.seed),
+                    });
+                }
+                sharded::check_layout(dir, &m.units, &mine)?;
+                self.shards = sharded::load_shards(dir, &m, rank, world)?;
+                self.steps = m.units.iter().map(|u| u.params.iter().map(|p| p.steps).collect()).collect();
+                m.state
+            }
+            Err(sharded_err) => {
+                let m = crate::checkpoint::verify(dir).map_err(|_| sharded_err)?;
+                let (shards, steps) = sharded::shards_from_single(dir, &mine, rank, world)?;
+                self.shards = shards;
+                self.steps = steps;
+                m.state
+            }
+        };
+        self.ledger = SampleLedger::new(self.job.seed, state.schedule.clone(), self.ledger.dataset_lens().to_vec())?;
+        self.source.set_ledger(&self.ledger);
+        self.state = state;
+        Ok(self.state.step)
+    }
+
+    /// Installs a mixture schedule (a new generation may carry versions added while the job
+    /// ran; versions already in force are unchanged, so earlier samples keep their sources).
+    pub fn set_schedule(&mut self, schedule: tessera_coordinator::MixtureSchedule) -> Result<()> {
+        self.ledger = SampleLedger::new(self.job.seed, schedule.clone(), self.ledger.dataset_lens().to_vec())?;
+        self.source.set_ledger(&self.ledger);
+        self.state.schedule = schedule;
+        Ok(())
+    }
+
+    /// Element-wise maximum of `flags` over all ranks, in place: how ranks agree on decisions
+    /// taken at a step boundary (stop, checkpoint) so that all take them at the same step.
+    pub fn agree(&mut self, flags: &mut [i64]) -> Result<()> {
+        let r = self.coll.all_reduce(flags, ReduceOp::Max);
+        self.comm(r)
+    }
+}
+
+/// A rank's checkpoint shards copied to host memory, ready to be written off the training
+/// thread (see [`FsdpTrainer::snapshot`]).
+#[derive(Debug)]
+pub struct Snapshot {
+    root: std::path::PathBuf,
+    /// Generation that took it.
+    pub generation: u64,
+    /// Step count it holds.
+    pub step: u64,
+    /// Rank.
+    pub rank: usize,
+    world: usize,
+    tensors: Vec<(String, Tensor)>,
+    /// The manifest to commit (rank 0 only; `files` is filled in by the committer).
+    pub manifest: Option<serde_json::Value>,
+    taken: Instant,
+}
+
+impl Snapshot {
+    /// Writes the shard file durably (temp, fsync, rename) into the generation's temp
+    /// directory; returns its entry and the seconds since the snapshot was taken.
+    pub fn write(self) -> Result<(tessera_coordinator::catalog::FileEntry, f64)> {
+        let tmp = tessera_coordinator::catalog::temp_dir(&self.root, self.step, self.generation);
+        std::fs::create_dir_all(&tmp).map_err(crate::error::io_err("creating", &tmp))?;
+        let path = tmp.join(sharded::shard_file(self.rank, self.world));
+        tessera_model::io::write(&path, &self.tensors, &Default::default())?;
+        let entry = tessera_coordinator::catalog::file_entry(&path)?;
+        Ok((entry, self.taken.elapsed().as_secs_f64()))
     }
 }

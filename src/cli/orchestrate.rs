@@ -1,0 +1,272 @@
+//! Embedded mode: `tessera train CONFIG --workers N` runs the coordinator actor in this process
+//! (membership in memory), starts N worker processes of this binary that join it over
+//! loopback, supervises them, and serves the HTTP API and metrics. The job's connection facts
+//! go to `OUTPUT/coordinator.json` and its secrets to `OUTPUT/.tessera/` (mode 0600) so that
+//! `tessera worker --job-dir`, `tessera status|scale|checkpoint --job-dir` find them.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use rand::RngCore;
+use ractor::{Actor, ActorRef};
+use serde::{Deserialize, Serialize};
+use tessera_coordinator::actor::{Coordinator, CoordinatorArgs, JobOutcome, Launcher};
+use tessera_coordinator::catalog;
+use tessera_coordinator::control::Policy;
+use tessera_coordinator::node::CoordinatorNode;
+use tessera_coordinator::protocol::{CoordinatorMsg, JobSpec, Request, Wire};
+use tessera_coordinator::ResolvedJob;
+
+/// Where a running job can be reached (written to `OUTPUT/coordinator.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobEndpoint {
+    /// The coordinator's node address (`tessera worker --join`).
+    pub node: SocketAddr,
+    /// The HTTP API address.
+    pub api: Option<SocketAddr>,
+    /// The coordinator's pid.
+    pub pid: u32,
+    /// The secrets directory (cookie, API token).
+    pub secrets: PathBuf,
+}
+
+/// Options of an embedded run.
+#[derive(Debug, Clone)]
+pub struct EmbeddedOptions {
+    /// Worker processes to start.
+    pub workers: usize,
+    /// Fewest workers a generation may have.
+    pub min_workers: usize,
+    /// Most workers a generation may have.
+    pub max_workers: usize,
+    /// Stop after this many steps in this invocation.
+    pub max_steps: Option<u64>,
+    /// Ignore existing checkpoints.
+    pub no_resume: bool,
+    /// A worker silent this long is dead.
+    pub heartbeat_timeout: Duration,
+    /// Coordinator node address to bind.
+    pub listen: SocketAddr,
+    /// HTTP API address to bind.
+    pub api: SocketAddr,
+}
+
+fn random_hex() -> String {
+    let mut b = [0u8; 32];
+    rand::rng().fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn write_secret(path: &Path, value: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(value.as_bytes())?;
+    Ok(())
+}
+
+/// The secrets directory of a job's output directory.
+pub fn secrets_dir(output: &Path) -> PathBuf {
+    output.join(".tessera")
+}
+
+/// Reads `OUTPUT/coordinator.json`.
+pub fn read_endpoint(job_dir: &Path) -> anyhow::Result<JobEndpoint> {
+    let path = job_dir.join("coordinator.json");
+    let text = std::fs::read(&path).with_context(|| format!("reading {} (is the job running?)", path.display()))?;
+    serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// Starts worker processes of this binary and reports their exits to the coordinator.
+struct LocalLauncher {
+    exe: PathBuf,
+    node: SocketAddr,
+    cookie: String,
+    threads: usize,
+    live: Arc<Mutex<HashSet<u32>>>,
+    coordinator: Arc<Mutex<Option<ActorRef<CoordinatorMsg>>>>,
+}
+
+impl Launcher for LocalLauncher {
+    fn spawn(&mut self, n: usize) -> Result<Vec<u32>, String> {
+        let mut pids = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut cmd = Command::new(&self.exe);
+            cmd.args(["worker", "--join", &self.node.to_string(), "--threads", &self.threads.to_string()])
+                .env("TESSERA_COOKIE", &self.cookie)
+                .env("OMP_NUM_THREADS", self.threads.to_string());
+            // Own process group: a Ctrl-C at the terminal reaches the coordinator only, which
+            // checkpoints and then releases the workers.
+            std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+            let mut child: Child = cmd.spawn().map_err(|e| format!("starting {}: {e}", self.exe.display()))?;
+            let pid = child.id();
+            self.live.lock().expect("live set").insert(pid);
+            let (live, coord) = (Arc::clone(&self.live), Arc::clone(&self.coordinator));
+            std::thread::spawn(move || {
+                let how = child.wait().map_or_else(|e| format!("wait failed: {e}"), |s| s.to_string());
+                live.lock().expect("live set").remove(&pid);
+                if let Some(c) = coord.lock().expect("coordinator ref").as_ref() {
+                    let _ = c.cast(CoordinatorMsg::ProcessExited(Wire::new((pid, how))));
+                }
+            });
+            pids.push(pid);
+        }
+        Ok(pids)
+    }
+
+    fn kill(&mut self, pid: u32) {
+        if self.live.lock().expect("live set").contains(&pid) {
+            // SIGKILL also ends a stopped (SIGSTOP) process; the waiter thread reaps it.
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+    }
+
+    fn live(&self) -> usize {
+        self.live.lock().expect("live set").len()
+    }
+}
+
+/// SIGTERM to every live worker, SIGKILL after a grace period.
+fn stop_workers(live: &Arc<Mutex<HashSet<u32>>>) {
+    let pids: Vec<u32> = live.lock().expect("live set").iter().copied().collect();
+    for pid in &pids {
+        let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGCONT);
+        let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGTERM);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !live.lock().expect("live set").is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for pid in live.lock().expect("live set").iter() {
+        let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
+    }
+    std::thread::sleep(Duration::from_millis(100));
+}
+
+/// Runs the job with an in-process coordinator and local worker processes.
+pub fn run_embedded(config: &Path, job: &ResolvedJob, o: &EmbeddedOptions) -> anyhow::Result<()> {
+    anyhow::ensure!(o.workers >= 1, "--workers must be at least 1");
+    anyhow::ensure!(o.min_workers >= 1 && o.min_workers <= o.workers, "--min-workers must be in [1, --workers]");
+    anyhow::ensure!(o.max_workers >= o.workers, "--max-workers must be at least --workers");
+    std::fs::create_dir_all(&job.output_dir).with_context(|| format!("creating {}", job.output_dir.display()))?;
+    let secrets = secrets_dir(&job.output_dir);
+    std::fs::create_dir_all(&secrets).with_context(|| format!("creating {}", secrets.display()))?;
+    let (cookie, secret, token) = (random_hex(), random_hex(), random_hex());
+    write_secret(&secrets.join("cookie"), &cookie)?;
+    write_secret(&secrets.join("token"), &token)?;
+
+    let committed = if o.no_resume {
+        Vec::new()
+    } else {
+        let (ok, rejected) = catalog::committed(&job.checkpoint.dir)?;
+        for r in rejected {
+            eprintln!("warning: not resuming from {r}");
+        }
+        ok
+    };
+    let start = committed.last().copied().unwrap_or(0);
+    let stop_at = o.max_steps.map_or(job.train.total_steps, |m| (start + m).min(job.train.total_steps));
+    let total_threads = if job.train.threads > 0 { job.train.threads } else { std::thread::available_parallelism().map_or(1, |n| n.get()) };
+    let threads = (total_threads / o.workers).max(1);
+    let full = std::path::absolute(config).unwrap_or_else(|_| config.to_path_buf());
+    let spec = JobSpec {
+        config: std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?,
+        origin: config.display().to_string(),
+        base_dir: full.parent().map(Path::to_path_buf).unwrap_or_default(),
+    };
+    let heartbeat_ms = o.heartbeat_timeout.as_millis() as u64;
+    let policy = Policy {
+        min_workers: o.min_workers,
+        max_workers: o.max_workers,
+        heartbeat_timeout_ms: heartbeat_ms,
+        // Ranks take periodic checkpoints themselves, at exact multiples of the interval.
+        checkpoint_every: 0,
+        total_steps: stop_at,
+        rendezvous_grace_ms: 20_000,
+    };
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let live = Arc::new(Mutex::new(HashSet::new()));
+    let result = rt.block_on(async {
+        let node = CoordinatorNode::serve(o.listen, &cookie).await?;
+        let coordinator_ref = Arc::new(Mutex::new(None));
+        let launcher = LocalLauncher {
+            exe: std::env::current_exe().context("locating the tessera binary")?,
+            node: node.addr,
+            cookie: cookie.clone(),
+            threads,
+            live: Arc::clone(&live),
+            coordinator: Arc::clone(&coordinator_ref),
+        };
+        let endpoint = JobEndpoint { node: node.addr, api: None, pid: std::process::id(), secrets: secrets.clone() };
+        catalog::write_atomic(&job.output_dir.join("coordinator.json"), &serde_json::to_vec_pretty(&endpoint)?)?;
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let args = CoordinatorArgs {
+            name: job.name.clone(),
+            spec,
+            policy,
+            checkpoint_dir: job.checkpoint.dir.clone(),
+            keep_last: job.checkpoint.keep_last,
+            output_dir: job.output_dir.clone(),
+            secret,
+            heartbeat_ms: (heartbeat_ms / 5).max(50),
+            schedule: job.schedule.clone(),
+            dataset_names: job.datasets.iter().map(|d| d.name.clone()).collect(),
+            committed,
+            stop_at,
+            launcher: Some(Box::new(launcher)),
+            initial_workers: o.workers,
+            done: Some(done_tx),
+        };
+        eprintln!(
+            "coordinator {} ({} workers × {threads} threads, steps {start}..{stop_at}); join more with `tessera worker --job-dir {}`",
+            node.addr,
+            o.workers,
+            job.output_dir.display()
+        );
+        let (actor, handle) = Actor::spawn(None, Coordinator, args).await.map_err(|e| anyhow::anyhow!("starting the coordinator: {e}"))?;
+        *coordinator_ref.lock().expect("coordinator ref") = Some(actor.clone());
+        // SIGTERM / SIGINT: checkpoint at the next boundary, then stop.
+        let sig_actor = actor.clone();
+        let signals = tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else { return };
+            loop {
+                tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+                eprintln!("[coordinator] signal: checkpointing, then stopping");
+                let _ = ractor::call_t!(sig_actor, CoordinatorMsg::Request, 5000, Wire::new(Request::Shutdown));
+            }
+        });
+        let outcome = done_rx.await.unwrap_or(JobOutcome::Failed { reason: "the coordinator ended without an outcome".into() });
+        let _ = handle.await;
+        signals.abort();
+        node.stop();
+        Ok::<_, anyhow::Error>(outcome)
+    });
+    stop_workers(&live);
+    let _ = std::fs::remove_file(job.output_dir.join("coordinator.json"));
+    match result? {
+        JobOutcome::Finished { step } => {
+            eprintln!("done: {step} steps; checkpoints in {}", job.checkpoint.dir.display());
+            Ok(())
+        }
+        JobOutcome::Stopped { step } => {
+            eprintln!("stopped at step {step} (checkpointed); run the same command to resume");
+            Ok(())
+        }
+        JobOutcome::Failed { reason } => bail!("job failed: {reason}"),
+    }
+}

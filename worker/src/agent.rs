@@ -1,0 +1,249 @@
+//! A worker process under a coordinator (`tessera worker --join ADDR`): it links to the
+//! coordinator's node, announces itself, and then its actor relays commands to the device
+//! thread ([`device`]), sends heartbeats on its own timer (so a busy device thread never looks
+//! dead, while a stopped process does), and aborts collectives when told a peer is gone.
+
+pub mod device;
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::mpsc::{Sender, channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, pg};
+use tessera_coordinator::ResolvedJob;
+use tessera_coordinator::control::WorkerId;
+use tessera_coordinator::job::JobConfig;
+use tessera_coordinator::protocol::{Command, CoordinatorMsg, JobSpec, WORKERS_GROUP, Wire, WorkerEvent, WorkerMsg, worker_group};
+
+use device::{AbortState, DeviceCmd, DeviceCtx, device_main};
+
+use crate::error::{Result, WorkerError};
+
+/// How a worker process joins a job.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// The coordinator's node address.
+    pub coordinator: SocketAddr,
+    /// The job's cookie (node authentication).
+    pub cookie: String,
+    /// libtorch threads for this worker.
+    pub threads: usize,
+    /// How long to wait for the coordinator link.
+    pub connect_timeout: Duration,
+}
+
+/// The worker actor (configuration lives in its arguments).
+#[derive(Debug, Default)]
+pub struct WorkerAgent;
+
+/// The worker actor's arguments.
+pub struct AgentArgs {
+    coordinator: ActorRef<CoordinatorMsg>,
+    nonce: u64,
+    listener: Option<TcpListener>,
+    ring_addr: SocketAddr,
+    threads: usize,
+    /// Receives the device thread's handle when the actor stops, so the process can wait for
+    /// pending checkpoint writes before it exits.
+    done: Option<tokio::sync::oneshot::Sender<Option<JoinHandle<()>>>>,
+}
+
+/// The worker actor's state.
+pub struct AgentState {
+    args: AgentArgs,
+    id: Option<WorkerId>,
+    device: Option<(Sender<DeviceCmd>, JoinHandle<()>)>,
+    abort: Arc<Mutex<AbortState>>,
+    beat: Option<tokio::task::JoinHandle<()>>,
+}
+
+fn resolve(spec: &JobSpec) -> Result<ResolvedJob> {
+    let cfg = JobConfig::from_toml(&spec.config, &spec.origin)?;
+    Ok(ResolvedJob::resolve(&cfg, &spec.origin, &spec.base_dir)?)
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok()).collect()
+}
+
+impl AgentState {
+    fn send(&self, ev: WorkerEvent) {
+        let _ = self.args.coordinator.cast(CoordinatorMsg::Worker(Wire::new(ev)));
+    }
+
+    fn to_device(&self, cmd: DeviceCmd) {
+        if let Some((tx, _)) = &self.device {
+            let _ = tx.send(cmd);
+        }
+    }
+
+    fn welcome(&mut self, myself: &ActorRef<WorkerMsg>, worker: WorkerId, spec: JobSpec, secret: String, heartbeat_ms: u64) -> Result<()> {
+        let job = resolve(&spec)?;
+        let secret = unhex(&secret).ok_or_else(|| WorkerError::Training { step: 0, reason: "the coordinator's secret is not hex".into() })?;
+        let listener = self.args.listener.take().ok_or_else(|| WorkerError::Training { step: 0, reason: "welcomed twice".into() })?;
+        let ctx = DeviceCtx {
+            worker,
+            job,
+            secret,
+            listener,
+            threads: self.args.threads,
+            coordinator: self.args.coordinator.clone(),
+            abort: Arc::clone(&self.abort),
+        };
+        let (tx, rx) = channel();
+        let handle = std::thread::Builder::new()
+            .name(format!("device-{}", worker.0))
+            .spawn(move || device_main(ctx, rx))
+            .map_err(crate::error::io_err("starting the device thread", "thread"))?;
+        self.device = Some((tx, handle));
+        self.id = Some(worker);
+        let me = myself.clone();
+        self.beat = Some(tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_millis(heartbeat_ms.max(10)));
+            loop {
+                every.tick().await;
+                if me.cast(WorkerMsg::Beat(Wire::new(()))).is_err() {
+                    break;
+                }
+            }
+        }));
+        eprintln!("[{worker}] welcomed: job '{}', ring {}", spec.origin, self.args.ring_addr);
+        Ok(())
+    }
+}
+
+impl Actor for WorkerAgent {
+    type Msg = WorkerMsg;
+    type State = AgentState;
+    type Arguments = AgentArgs;
+
+    async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: AgentArgs) -> std::result::Result<Self::State, ActorProcessingErr> {
+        pg::join(WORKERS_GROUP.to_string(), vec![myself.get_cell()]);
+        pg::join(worker_group(args.nonce), vec![myself.get_cell()]);
+        let hello = WorkerEvent::Hello { nonce: args.nonce, pid: std::process::id(), ring_addr: args.ring_addr, threads: args.threads };
+        args.coordinator.cast(CoordinatorMsg::Worker(Wire::new(hello)))?;
+        Ok(AgentState { args, id: None, device: None, abort: Arc::default(), beat: None })
+    }
+
+    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut Self::State) -> std::result::Result<(), ActorProcessingErr> {
+        if let Some(b) = state.beat.take() {
+            b.abort();
+        }
+        let handle = state.device.take().map(|(tx, h)| {
+            let _ = tx.send(DeviceCmd::Exit);
+            h
+        });
+        if let Some(done) = state.args.done.take() {
+            let _ = done.send(handle);
+        }
+        Ok(())
+    }
+
+    async fn handle(&self, myself: ActorRef<Self::Msg>, msg: Self::Msg, state: &mut Self::State) -> std::result::Result<(), ActorProcessingErr> {
+        let cmd = match msg {
+            WorkerMsg::Beat(_) => {
+                if let Some(worker) = state.id {
+                    state.send(WorkerEvent::Heartbeat { worker });
+                }
+                return Ok(());
+            }
+            WorkerMsg::Command(Wire(Ok(cmd))) => cmd,
+            WorkerMsg::Command(Wire(Err(e))) => {
+                eprintln!("[worker] undecodable command from the coordinator: {e}");
+                return Ok(());
+            }
+        };
+        match cmd {
+            Command::Welcome { worker, job, secret, heartbeat_ms } => {
+                if let Err(e) = state.welcome(&myself, worker, job, secret, heartbeat_ms) {
+                    eprintln!("[{worker}] cannot serve this job: {e}");
+                    state.send(WorkerEvent::Leaving { worker, reason: e.to_string() });
+                    myself.stop(None);
+                }
+            }
+            Command::Start(g) => state.to_device(DeviceCmd::Start(Box::new(g))),
+            Command::Checkpoint { generation } => state.to_device(DeviceCmd::Checkpoint { generation }),
+            Command::Stop { generation, checkpoint } => state.to_device(DeviceCmd::Stop { generation, checkpoint }),
+            Command::Abort { generation, reason } => {
+                eprintln!("[{}] abort generation {generation}: {reason}", state.id.map_or("worker".into(), |w| w.to_string()));
+                state.abort.lock().expect("abort state").abort(generation);
+            }
+            Command::Exit { reason } => {
+                eprintln!("[{}] exit: {reason}", state.id.map_or("worker".into(), |w| w.to_string()));
+                myself.stop(None);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The local address this host uses to reach `peer` (advertised to the ring peers).
+fn local_ip_towards(peer: SocketAddr) -> std::net::IpAddr {
+    std::net::UdpSocket::bind(if peer.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })
+        .and_then(|s| s.connect(peer).and_then(|_| s.local_addr()))
+        .map(|a| a.ip())
+        .unwrap_or(peer.ip())
+}
+
+/// Runs a worker process until the coordinator tells it to exit (or the link breaks, or
+/// `shutdown` fires); waits for its pending checkpoint writes before returning.
+pub fn run(opts: &AgentOptions, shutdown: Arc<std::sync::atomic::AtomicBool>) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(crate::error::io_err("starting the worker runtime", "tokio"))?;
+    let device = rt.block_on(async {
+        let name = format!("worker-{}", std::process::id());
+        let (node, coordinator) = tessera_coordinator::node::connect(opts.coordinator, &opts.cookie, &name, opts.connect_timeout).await?;
+        let ip = local_ip_towards(opts.coordinator);
+        let listener = TcpListener::bind((ip, 0)).map_err(crate::error::io_err("binding the ring listener", format!("{ip}")))?;
+        let ring_addr = listener.local_addr().map_err(crate::error::io_err("reading the ring address", format!("{ip}")))?;
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let args = AgentArgs {
+            coordinator: coordinator.clone(),
+            nonce: rand::random(),
+            listener: Some(listener),
+            ring_addr,
+            threads: opts.threads,
+            done: Some(done_tx),
+        };
+        let (actor, join) = Actor::spawn(None, WorkerAgent, args)
+            .await
+            .map_err(|e| WorkerError::Training { step: 0, reason: format!("starting the worker actor: {e}") })?;
+        // The link to the coordinator is gone when its process group empties: exit then too.
+        let watch = {
+            let actor = actor.clone();
+            tokio::spawn(async move {
+                let group = tessera_coordinator::protocol::COORDINATOR_GROUP.to_string();
+                loop {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if shutdown.load(std::sync::atomic::Ordering::Relaxed) {
+                        eprintln!("[worker] interrupted: leaving the job");
+                        actor.stop(None);
+                        break;
+                    }
+                    if pg::get_members(&group).is_empty() {
+                        eprintln!("[worker] lost the coordinator: exiting");
+                        actor.stop(None);
+                        break;
+                    }
+                }
+            })
+        };
+        let _ = join.await;
+        watch.abort();
+        node.stop(None);
+        Ok::<_, WorkerError>(done_rx.await.ok().flatten())
+    })?;
+    if let Some(h) = device {
+        let _ = h.join();
+    }
+    rt.shutdown_timeout(Duration::from_secs(1));
+    Ok(())
+}

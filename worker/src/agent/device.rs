@@ -1,0 +1,238 @@
+//! The device thread: the one thread that owns libtorch and the collective of a worker. It
+//! waits for a generation, builds the ring and the FSDP trainer for it, restores the chosen
+//! checkpoint, trains step by step (reporting each step), takes the decisions that must be
+//! taken at the same step on every rank through a tiny all-reduce, and snapshots checkpoints
+//! that a background thread writes while training goes on.
+
+use std::net::TcpListener;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use ractor::ActorRef;
+use tessera_coordinator::ResolvedJob;
+use tessera_coordinator::control::WorkerId;
+use tessera_coordinator::protocol::{CoordinatorMsg, GenerationStart, Wire, WorkerEvent};
+use tessera_coordinator::report::{StepReport, StepTimings};
+use tessera_ops::{AbortHandle, Collective, JobAuth, Rank, RingConfig, Secret, TcpRing};
+
+use crate::error::{Result, WorkerError};
+use crate::fsdp::FsdpTrainer;
+
+/// What the worker actor tells the device thread.
+#[derive(Debug)]
+pub enum DeviceCmd {
+    /// Train a generation.
+    Start(Box<GenerationStart>),
+    /// Checkpoint at the next agreed boundary.
+    Checkpoint {
+        /// Generation.
+        generation: u64,
+    },
+    /// Leave the loop at the next agreed boundary.
+    Stop {
+        /// Generation.
+        generation: u64,
+        /// Checkpoint first.
+        checkpoint: bool,
+    },
+    /// Finish (pending checkpoint writes complete) and end the thread.
+    Exit,
+}
+
+/// Abort bookkeeping shared by the actor (which receives `Abort`) and the device thread
+/// (which owns the communicator): an abort can arrive before the ring of its generation exists.
+#[derive(Debug, Default)]
+pub struct AbortState {
+    current: Option<(u64, AbortHandle)>,
+    /// Generations at or below this were aborted.
+    aborted_through: Option<u64>,
+}
+
+impl AbortState {
+    /// Aborts `generation`'s collective now, or as soon as it exists.
+    pub fn abort(&mut self, generation: u64) {
+        self.aborted_through = Some(self.aborted_through.map_or(generation, |g| g.max(generation)));
+        if let Some((g, h)) = &self.current
+            && *g <= generation
+        {
+            h.abort();
+        }
+    }
+
+    fn install(&mut self, generation: u64, handle: AbortHandle) -> bool {
+        let aborted = self.aborted_through.is_some_and(|g| g >= generation);
+        if aborted {
+            handle.abort();
+        }
+        self.current = Some((generation, handle));
+        !aborted
+    }
+}
+
+/// Everything the device thread needs.
+pub struct DeviceCtx {
+    /// This worker.
+    pub worker: WorkerId,
+    /// The job.
+    pub job: ResolvedJob,
+    /// Collective handshake secret.
+    pub secret: Vec<u8>,
+    /// Ring listener (cloned for each generation).
+    pub listener: TcpListener,
+    /// libtorch threads.
+    pub threads: usize,
+    /// Where events go.
+    pub coordinator: ActorRef<CoordinatorMsg>,
+    /// Shared abort state.
+    pub abort: Arc<Mutex<AbortState>>,
+}
+
+impl DeviceCtx {
+    fn send(&self, ev: WorkerEvent) {
+        // A lost coordinator link shows up as the node session closing; nothing to do here.
+        let _ = self.coordinator.cast(CoordinatorMsg::Worker(Wire::new(ev)));
+    }
+}
+
+/// The job id of the collective handshake (the generation is added per generation).
+pub fn job_id(job: &ResolvedJob) -> u64 {
+    tessera_coordinator::ledger::mix(&[job.seed, job.name.len() as u64])
+}
+
+/// Runs the device thread until `Exit` (or the actor's end), then waits for pending writes.
+pub fn device_main(ctx: DeviceCtx, rx: Receiver<DeviceCmd>) {
+    tch::set_num_threads(ctx.threads.max(1) as i32);
+    let mut writers: Vec<JoinHandle<()>> = Vec::new();
+    while let Ok(cmd) = rx.recv() {
+        match cmd {
+            DeviceCmd::Start(g) => {
+                let generation = g.plan.generation;
+                let (step, error, exit) = run_generation(&ctx, &g, &rx, &mut writers);
+                if let Some(e) = &error {
+                    eprintln!("[{}] generation {generation} ended at step {step}: {e}", ctx.worker);
+                }
+                ctx.send(WorkerEvent::GenerationEnded { worker: ctx.worker, generation, step, error });
+                if exit {
+                    break;
+                }
+            }
+            DeviceCmd::Exit => break,
+            // A command for a generation this thread already left.
+            DeviceCmd::Checkpoint { .. } | DeviceCmd::Stop { .. } => {}
+        }
+        writers.retain(|w| !w.is_finished());
+    }
+    for w in writers {
+        let _ = w.join();
+    }
+}
+
+fn report(generation: u64, rank: u32, world: u32, r: &crate::trainer::StepReport, tokens_per_sample: u64) -> StepReport {
+    let samples = r.samples as u64;
+    StepReport {
+        generation,
+        step: r.step,
+        rank,
+        world,
+        loss: r.loss,
+        losses: r.mod_loss.iter().map(|(m, l)| (m.key().to_string(), *l)).collect(),
+        lr: r.lr,
+        grad_norm: r.grad_norm,
+        // Each rank trains its shard of the global batch; the coordinator sums over ranks.
+        samples: samples / u64::from(world) + u64::from(u64::from(rank) < samples % u64::from(world)),
+        tokens: (samples / u64::from(world) + u64::from(u64::from(rank) < samples % u64::from(world))) * tokens_per_sample,
+        skipped: r.skipped,
+        skipped_samples: 0,
+        timings: StepTimings {
+            data_s: r.data_s,
+            forward_s: r.forward_s,
+            backward_s: (r.compute_s - r.forward_s - r.comm_s).max(0.0),
+            comm_s: r.comm_s,
+            optimizer_s: r.optim_s,
+            total_s: r.step_s,
+        },
+    }
+}
+
+/// One generation; returns (steps completed, error, exit requested).
+fn run_generation(ctx: &DeviceCtx, g: &GenerationStart, rx: &Receiver<DeviceCmd>, writers: &mut Vec<JoinHandle<()>>) -> (u64, Option<String>, bool) {
+    let generation = g.plan.generation;
+    let mut step = g.plan.start_step;
+    let mut exit = false;
+    let result = (|| -> Result<()> {
+        let auth = JobAuth { job_id: job_id(&ctx.job), generation, secret: Secret::new(ctx.secret.clone()) };
+        let mut config = RingConfig::new(auth);
+        config.timeout = ctx.job.train.collective_timeout;
+        let listener = ctx.listener.try_clone().map_err(crate::error::io_err("cloning the ring listener", "ring"))?;
+        let ring = TcpRing::connect(listener, Rank(g.rank), &g.peers, config)
+            .map_err(|e| WorkerError::Training { step, reason: format!("rank {} of generation {generation}: ring: {e}", g.rank) })?;
+        if !ctx.abort.lock().expect("abort state").install(generation, ring.abort_handle()) {
+            return Err(WorkerError::Training { step, reason: format!("generation {generation} was aborted") });
+        }
+        let world = ring.world() as u32;
+        let mut job = ctx.job.clone();
+        job.schedule = g.schedule.clone();
+        let cfg = crate::four_m_config(&job.model, &job.origin)?;
+        let source = crate::data::open_job_data(&job, &cfg.all_domains())?;
+        let lens = source.dataset_lens();
+        let total = job.train.total_steps;
+        let every = job.checkpoint.every_steps;
+        let tokens_per_sample = (job.train.num_input_tokens + job.train.num_target_tokens) as u64;
+        let mut t = FsdpTrainer::new(job, &cfg, source, lens, ring)?;
+        if let Some(dir) = &g.restore_dir {
+            t.restore_from(dir)?;
+        }
+        t.set_schedule(g.schedule.clone())?;
+        step = t.state().step;
+        if step != g.plan.start_step {
+            return Err(WorkerError::Training { step, reason: format!("restored step {step}, the plan starts at {}", g.plan.start_step) });
+        }
+        let stop_at = g.stop_at.unwrap_or(total).min(total);
+        let (mut want_stop, mut want_ckpt) = (false, false);
+        while step < stop_at {
+            let r = t.step()?;
+            ctx.send(WorkerEvent::Step { worker: ctx.worker, report: report(generation, g.rank, world, &r, tokens_per_sample) });
+            step = t.state().step;
+            loop {
+                match rx.try_recv() {
+                    Ok(DeviceCmd::Checkpoint { generation: x }) if x == generation => want_ckpt = true,
+                    Ok(DeviceCmd::Stop { generation: x, checkpoint }) if x == generation => {
+                        want_stop = true;
+                        want_ckpt |= checkpoint;
+                    }
+                    Ok(DeviceCmd::Exit) | Err(TryRecvError::Disconnected) => {
+                        exit = true;
+                        want_stop = true;
+                    }
+                    Ok(_) => {}
+                    Err(TryRecvError::Empty) => break,
+                }
+            }
+            let mut flags = [i64::from(want_stop), i64::from(want_ckpt)];
+            t.agree(&mut flags)?;
+            let periodic = every > 0 && step.is_multiple_of(every);
+            if flags[1] != 0 || periodic || step >= stop_at {
+                let snap = t.snapshot(generation);
+                let (coord, worker, rank) = (ctx.coordinator.clone(), ctx.worker, g.rank);
+                let name = format!("ckpt-writer-{step}");
+                let spawned = std::thread::Builder::new().name(name).spawn(move || {
+                    let (snap_step, manifest) = (snap.step, snap.manifest.clone());
+                    let ev = match snap.write() {
+                        Ok((file, write_s)) => WorkerEvent::ShardWritten { worker, generation, step: snap_step, rank, file, manifest, write_s },
+                        Err(e) => WorkerEvent::ShardFailed { worker, generation, step: snap_step, reason: e.to_string() },
+                    };
+                    let _ = coord.cast(CoordinatorMsg::Worker(Wire::new(ev)));
+                });
+                writers.push(spawned.map_err(crate::error::io_err("starting a checkpoint writer", "thread"))?);
+                want_ckpt = false;
+            }
+            if flags[0] != 0 {
+                break;
+            }
+        }
+        Ok(())
+    })();
+    ctx.abort.lock().expect("abort state").current = None;
+    (step, result.err().map(|e| e.to_string()), exit)
+}
