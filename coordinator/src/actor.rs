@@ -4,23 +4,34 @@
 //! the tensors' path: ranks step on their own and only report.
 
 mod aggregate;
+mod bridge;
+mod journal;
+mod mixture;
+mod status;
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent, pg};
 use serde_json::json;
 
 pub use aggregate::{GenerationBook, PendingCheckpoint};
+pub use bridge::{ActorBridge, CALL_TIMEOUT};
+pub use mixture::{MixtureChange, Mixtures, MovedChange};
 
+use crate::api::{ApiError, CheckpointAck, MixtureAck, ScaleAck};
 use crate::catalog;
 use crate::control::{Action, Control, Event, GenerationPlan, Policy, StopReason, WorkerId};
+use crate::events::{EventLog, JobEvent};
 use crate::ledger::MixtureSchedule;
+use crate::metrics::JobMetrics;
 use crate::protocol::{
-    COORDINATOR_GROUP, Command, CoordinatorMsg, GenerationStart, JobSpec, Request, WORKERS_GROUP, Wire, WorkerEvent, WorkerMsg, worker_group,
+    COORDINATOR_GROUP, Command, CoordinatorMsg, GenerationStart, JobSpec, Reply, Request, WORKERS_GROUP, Wire, WorkerEvent, WorkerMsg,
+    worker_group,
 };
 use crate::report::StepReport;
 
@@ -72,10 +83,17 @@ pub struct CoordinatorArgs {
     pub secret: String,
     /// How often workers send heartbeats (ms).
     pub heartbeat_ms: u64,
-    /// The mixture schedule in force.
+    /// The mixture schedule at start (the job's, or the resumed checkpoint's); changes made while
+    /// the job runs live in the actor's state ([`Mixtures`]).
     pub schedule: MixtureSchedule,
-    /// Dataset names, by index (for mixture changes).
+    /// Dataset names, by index (for mixture changes); one per dataset of `schedule`.
     pub dataset_names: Vec<String>,
+    /// Samples per step over all ranks (a mixture change at step `s` starts at sample `s × B`).
+    pub global_batch_size: u64,
+    /// The job's event log (the caller opens `OUTPUT/events.jsonl`).
+    pub events: EventLog,
+    /// The job's metrics (also served by the HTTP API).
+    pub metrics: Arc<JobMetrics>,
     /// Committed checkpoints found at start (ascending).
     pub committed: Vec<u64>,
     /// Train until this step count (the job's total, or fewer with `--max-steps`).
@@ -123,6 +141,14 @@ pub struct CoordinatorState {
     outcome: Option<JobOutcome>,
     /// The running generation was aborted: none of its checkpoints may commit.
     aborted: bool,
+    /// The mixture schedule and the changes not yet handed to a generation.
+    mixtures: Mixtures,
+    /// Why the running generation is ending (for its `GenerationEnded` record).
+    ending: Option<String>,
+    /// When the checkpoint in flight was asked for (its duration runs from here to the commit).
+    checkpoint_asked: Option<Instant>,
+    /// Why a worker is about to be removed, set just before the event that removes it.
+    removal: BTreeMap<WorkerId, String>,
 }
 
 /// The coordinator actor (configuration lives in [`CoordinatorArgs`]).
@@ -163,12 +189,17 @@ impl CoordinatorState {
             Action::Start(plan) => self.start(plan),
             Action::Checkpoint { generation, step } => {
                 self.log(&format!("generation {generation}: checkpoint requested (next boundary, ≥ step {step})"));
+                self.checkpoint_asked.get_or_insert_with(Instant::now);
                 for id in self.book.ranks.clone() {
                     self.send(id, Command::Checkpoint { generation });
                 }
             }
             Action::StopAtBoundary { generation, checkpoint, reason } => {
                 self.log(&format!("generation {generation}: stop at the next step boundary ({reason:?})"));
+                self.ending = Some(format!("{reason:?}"));
+                if checkpoint {
+                    self.checkpoint_asked.get_or_insert_with(Instant::now);
+                }
                 for id in self.book.ranks.clone() {
                     self.send(id, Command::Stop { generation, checkpoint });
                 }
@@ -177,12 +208,15 @@ impl CoordinatorState {
                 self.log(&format!("generation {generation}: abort ({reason:?})"));
                 self.book.checkpoints.clear();
                 self.aborted = true;
+                self.checkpoint_asked = None;
                 let why = format!("{reason:?}");
+                self.ending = Some(format!("aborted: {why}"));
                 for id in self.book.ranks.clone() {
                     self.send(id, Command::Abort { generation, reason: why.clone() });
                 }
                 if matches!(reason, StopReason::MemberLost(_) | StopReason::RankFailed(_)) {
                     self.restarts += 1;
+                    self.args.metrics.inc_restarts();
                 }
                 self.check_stopped();
             }
@@ -194,6 +228,11 @@ impl CoordinatorState {
                         l.kill(c.pid);
                     }
                 }
+                // With no reason set before, the state machine found it silent for too long.
+                let timeout = self.control.policy().heartbeat_timeout_ms;
+                let reason = self.removal.remove(&id).unwrap_or_else(|| format!("no heartbeat for more than {timeout} ms"));
+                self.record(JobEvent::WorkerRemoved { worker: id.0, reason });
+                self.workers_changed();
                 self.check_stopped();
             }
             Action::Finish => {
@@ -204,6 +243,10 @@ impl CoordinatorState {
                     JobOutcome::Finished { step }
                 };
                 self.log(&format!("job done: {outcome:?}"));
+                // A stopped job is not finished: it resumes from its checkpoint.
+                if let JobOutcome::Finished { step } = outcome {
+                    self.record(JobEvent::JobFinished { step });
+                }
                 for id in self.workers.keys().copied().collect::<Vec<_>>() {
                     self.send(id, Command::Exit { reason: "the job is done".into() });
                 }
@@ -230,13 +273,23 @@ impl CoordinatorState {
         self.book = GenerationBook::new(plan.generation, plan.ranks.clone());
         self.aborted = false;
         self.generation_started = Some(Instant::now());
+        self.ending = None;
+        // Before any Start is sent: the metrics refuse reports of a generation not set here.
+        self.args.metrics.set_generation(plan.generation, plan.ranks.len() as u32);
+        self.record(JobEvent::GenerationStarted {
+            generation: plan.generation,
+            ranks: plan.ranks.iter().map(|r| r.0).collect(),
+            start_step: plan.start_step,
+            restore: plan.restore,
+        });
+        let schedule = self.settle_mixtures(plan.start_step);
         for (rank, id) in plan.ranks.iter().enumerate() {
             let start = GenerationStart {
                 plan: plan.clone(),
                 rank: rank as u32,
                 peers: peers.clone(),
                 restore_dir: restore_dir.clone(),
-                schedule: self.args.schedule.clone(),
+                schedule: schedule.clone(),
                 stop_at: Some(self.args.stop_at),
             };
             self.send(*id, Command::Start(start));
@@ -250,6 +303,8 @@ impl CoordinatorState {
             let alive: Vec<WorkerId> = self.workers.keys().copied().collect();
             if self.book.all_ended(|id| alive.contains(&id)) {
                 self.log(&format!("generation {g}: stopped"));
+                let reason = self.ending.take().unwrap_or_else(|| "stopped".into());
+                self.record(JobEvent::GenerationEnded { generation: g, reason });
                 self.drive(Event::GenerationStopped { generation: g });
             }
         }
@@ -273,9 +328,16 @@ impl CoordinatorState {
         let conn = Conn { actor: ActorRef::from(cell.clone()), cell: cell.get_id(), nonce, pid, ring_addr, last_step_s: None };
         self.workers.insert(id, conn);
         self.log(&format!("{id} joined: pid {pid}, ring {ring_addr}, {threads} threads"));
+        self.record(JobEvent::WorkerJoined { worker: id.0, addr: ring_addr.to_string() });
+        self.workers_changed();
         self.send(
             id,
-            Command::Welcome { worker: id, job: self.args.spec.clone(), secret: self.args.secret.clone(), heartbeat_ms: self.args.heartbeat_ms },
+            Command::Welcome {
+                worker: id,
+                job: self.args.spec.clone(),
+                secret: self.args.secret.clone(),
+                heartbeat_ms: self.args.heartbeat_ms,
+            },
         );
         self.drive(Event::Join { id, addr: ring_addr.to_string() });
     }
@@ -292,6 +354,7 @@ impl CoordinatorState {
             }
         }
         self.last_loss = Some(r0.loss);
+        self.observe_step(&reports);
         if let Some(log) = self.train_log.as_mut() {
             let line = json!({
                 "step": r0.step, "loss": r0.loss, "mod_loss": r0.losses, "lr": r0.lr, "grad_norm": r0.grad_norm,
@@ -326,6 +389,10 @@ impl CoordinatorState {
         match catalog::commit(&root, &tmp, manifest, files) {
             Ok((dir, bytes)) => {
                 let _ = catalog::prune(&root, self.args.keep_last, generation);
+                let asked = self.checkpoint_asked.take().unwrap_or(p.first_shard);
+                let duration_s = asked.elapsed().as_secs_f64();
+                self.args.metrics.observe_checkpoint(duration_s, bytes);
+                self.record(JobEvent::CheckpointCommitted { step, dir: dir.display().to_string(), bytes, duration_s });
                 self.log(&format!(
                     "checkpoint {} committed: {:.1} MiB, slowest shard write {:.2}s, commit {:.2}s after the first shard",
                     dir.display(),
@@ -337,6 +404,8 @@ impl CoordinatorState {
             }
             Err(e) => {
                 self.log(&format!("checkpoint of step {step} not committed: {e}"));
+                self.checkpoint_asked = None;
+                self.record(JobEvent::CheckpointFailed { step, reason: e.to_string() });
                 self.drive(Event::CheckpointFailed { step });
             }
         }
@@ -374,6 +443,8 @@ impl CoordinatorState {
                 self.log(&format!("{worker}: checkpoint shard of step {step} failed: {reason}"));
                 if generation == self.book.generation {
                     self.book.checkpoints.remove(&step);
+                    self.checkpoint_asked = None;
+                    self.record(JobEvent::CheckpointFailed { step, reason: format!("{worker}: {reason}") });
                     self.drive(Event::CheckpointFailed { step });
                 }
             }
@@ -390,7 +461,7 @@ impl CoordinatorState {
             }
             WorkerEvent::Leaving { worker, reason } => {
                 self.log(&format!("{worker} is leaving: {reason}"));
-                self.drive(Event::Leave { id: worker });
+                self.leave(worker, format!("left: {reason}"));
             }
         }
     }
@@ -399,63 +470,54 @@ impl CoordinatorState {
         let gone: Vec<WorkerId> = self.workers.iter().filter(|(_, c)| cells.contains(&c.cell)).map(|(id, _)| *id).collect();
         for id in gone {
             self.log(&format!("{id}: link lost"));
-            self.drive(Event::Leave { id });
+            self.leave(id, "link lost".into());
         }
     }
 
-    fn status(&self) -> serde_json::Value {
-        let running = self.control.running();
-        let ranks: Vec<WorkerId> = running.map(|g| g.ranks.clone()).unwrap_or_default();
-        let members: Vec<serde_json::Value> = self
-            .control
-            .members()
-            .map(|m| {
-                let c = self.workers.get(&m.id);
-                json!({
-                    "worker": m.id.0,
-                    "addr": m.addr,
-                    "pid": c.map(|c| c.pid),
-                    "rank": ranks.iter().position(|r| *r == m.id),
-                    "seen_ms_ago": self.now_ms().saturating_sub(m.last_seen_ms),
-                    "draining": m.draining,
-                    "last_step_s": c.and_then(|c| c.last_step_s),
-                })
-            })
-            .collect();
-        let phase = if self.outcome.is_some() {
-            "finished"
-        } else if running.is_none() {
-            if self.restarts > 0 { "recovering" } else { "waiting" }
-        } else if self.control.is_stopping() {
-            "stopping"
-        } else {
-            "running"
-        };
-        json!({
-            "job": self.args.name,
-            "phase": phase,
-            "generation": running.map(|g| g.generation),
-            "world_size": ranks.len(),
-            "step": self.control.next_step(),
-            "total_steps": self.args.stop_at,
-            "loss": self.last_loss,
-            "target_workers": self.control.target(),
-            "min_workers": self.control.policy().min_workers,
-            "max_workers": self.control.policy().max_workers,
-            "last_checkpoint": self.control.last_committed(),
-            "restarts": self.restarts,
-            "members": members,
-        })
+    /// Removes `id` from the job for `reason` (recorded when the state machine removes it).
+    fn leave(&mut self, id: WorkerId, reason: String) {
+        self.removal.insert(id, reason);
+        self.drive(Event::Leave { id });
+        // Not a member (already removed): nothing consumed the reason.
+        self.removal.remove(&id);
     }
 
-    fn request(&mut self, req: Request) -> Result<serde_json::Value, String> {
+    /// The schedule for a generation starting at `start_step`, with the mixture changes queued
+    /// since the last one; a change moved past where it was asked is recorded (see `mixture`).
+    fn settle_mixtures(&mut self, start_step: u64) -> MixtureSchedule {
+        match self.mixtures.settle(start_step) {
+            Ok((schedule, moved)) => {
+                for m in moved {
+                    self.log(&format!(
+                        "mixture version {} asked for step {} starts at step {}: the ranks had trained past it",
+                        m.version, m.asked_step, m.effective_step
+                    ));
+                    let weights = self.mixtures.named(&m.weights);
+                    self.record(JobEvent::MixtureChanged { version: u64::from(m.version), effective_step: m.effective_step, weights });
+                }
+                schedule
+            }
+            Err(e) => {
+                // Unreachable by construction (validated, increasing starts); the generation still
+                // starts, with the changes that made it in.
+                self.log(&format!("mixture changes not applied: {e}"));
+                self.mixtures.schedule().clone()
+            }
+        }
+    }
+
+    fn request(&mut self, req: Request) -> Reply {
         match req {
-            Request::Status => Ok(self.status()),
+            Request::Status => to_reply(&self.job_status()),
             Request::Scale { workers } => {
                 let p = *self.control.policy();
                 if workers < p.min_workers.max(1) || workers > p.max_workers {
-                    return Err(format!("workers: {workers} is outside [{}, {}] (min/max workers of the job)", p.min_workers.max(1), p.max_workers));
+                    return Err(ApiError::bad(
+                        "workers",
+                        format!("{workers} is outside [{}, {}] (min/max workers of the job)", p.min_workers.max(1), p.max_workers),
+                    ));
                 }
+                self.record(JobEvent::ScaleRequested { workers });
                 self.drive(Event::Scale { workers });
                 // Ask for more processes (embedded mode), or drain the newest surplus members.
                 let members = self.control.members().count();
@@ -464,33 +526,63 @@ impl CoordinatorState {
                 {
                     let n = workers - members.max(l.live());
                     if n > 0 {
-                        l.spawn(n).map_err(|e| format!("starting {n} workers: {e}"))?;
+                        l.spawn(n).map_err(|e| ApiError::Internal { reason: format!("starting {n} workers: {e}") })?;
                     }
                 }
                 if workers < members {
                     let mut ids: Vec<(u64, WorkerId)> = self.control.members().map(|m| (m.joined_ms, m.id)).collect();
                     ids.sort();
                     for (_, id) in ids.into_iter().skip(workers) {
+                        self.removal.insert(id, format!("drained: scaled to {workers} workers"));
                         self.control.drain(id);
                     }
                     self.drive(Event::Tick);
                 }
-                Ok(json!({"target_workers": workers}))
+                to_reply(&ScaleAck { target_workers: workers })
             }
             Request::Checkpoint => {
                 if self.control.running().is_none() {
-                    return Err("no generation is running; nothing to checkpoint".into());
+                    return Err(ApiError::Conflict { reason: "no generation is running; nothing to checkpoint".into() });
+                }
+                if self.control.is_stopping() {
+                    return Err(ApiError::Conflict { reason: "the running generation is stopping (it checkpoints if it can)".into() });
                 }
                 self.drive(Event::RequestCheckpoint);
-                Ok(json!({"requested": true, "after_step": self.control.next_step()}))
+                // The boundary is where the ranks agree to stop, at or after the next step.
+                to_reply(&CheckpointAck { step: Some(self.control.next_step()) })
             }
-            Request::Mixture { .. } => Err("mixture changes are not supported by this coordinator yet".into()),
+            Request::Mixture { weights, at_step } => {
+                if self.outcome.is_some() || self.control.is_shutting_down() {
+                    return Err(ApiError::Conflict { reason: "the job is ending; the mixture can no longer change".into() });
+                }
+                let change = self.mixtures.request(&weights, at_step, self.control.next_step(), self.args.stop_at)?;
+                self.log(&format!(
+                    "mixture version {} from step {}: {:?}",
+                    change.version,
+                    change.at_step,
+                    self.mixtures.named(&change.weights)
+                ));
+                self.record(JobEvent::MixtureChanged {
+                    version: u64::from(change.version),
+                    effective_step: change.at_step,
+                    weights: self.mixtures.named(&change.weights),
+                });
+                // The ranks get the new schedule with the next generation: end this one at a
+                // checkpointed boundary (a no-op when none runs or it is already stopping).
+                self.drive(Event::Reconfigure);
+                to_reply(&MixtureAck { version: u64::from(change.version), effective_step: change.at_step })
+            }
             Request::Shutdown => {
                 self.drive(Event::Shutdown);
-                Ok(json!({"shutting_down": true}))
+                Ok(serde_json::json!({"shutting_down": true}))
             }
         }
     }
+}
+
+/// A reply value as JSON (the API's types always serialise; a failure would be a bug).
+fn to_reply<T: serde::Serialize>(value: &T) -> Reply {
+    serde_json::to_value(value).map_err(|e| ApiError::Internal { reason: format!("encoding the reply: {e}") })
 }
 
 impl Actor for Coordinator {
@@ -507,6 +599,7 @@ impl Actor for Coordinator {
         let mut policy = args.policy;
         policy.total_steps = args.stop_at;
         let control = Control::with_committed(policy, args.committed.clone());
+        let mixtures = Mixtures::new(args.schedule.clone(), args.dataset_names.clone(), args.global_batch_size)?;
         if let Some(l) = args.launcher.as_mut()
             && args.initial_workers > 0
         {
@@ -522,7 +615,7 @@ impl Actor for Coordinator {
                 }
             }
         });
-        Ok(CoordinatorState {
+        let mut state = CoordinatorState {
             args,
             control,
             t0: Instant::now(),
@@ -537,7 +630,15 @@ impl Actor for Coordinator {
             ticker: Some(ticker),
             outcome: None,
             aborted: false,
-        })
+            mixtures,
+            ending: None,
+            checkpoint_asked: None,
+            removal: BTreeMap::new(),
+        };
+        let resumed_step = state.control.last_committed();
+        state.record(JobEvent::CoordinatorStarted { resumed_step });
+        state.workers_changed();
+        Ok(state)
     }
 
     async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
@@ -558,14 +659,14 @@ impl Actor for Coordinator {
             CoordinatorMsg::Request(Wire(req), reply) => {
                 let answer = match req {
                     Ok(r) => state.request(r),
-                    Err(e) => Err(format!("undecodable request: {e}")),
+                    Err(e) => Err(ApiError::bad("request", format!("undecodable request: {e}"))),
                 };
-                let _ = reply.send(Wire(answer));
+                let _ = reply.send(Wire::new(answer));
             }
             CoordinatorMsg::ProcessExited(Wire(Ok((pid, how)))) => {
                 if let Some(id) = state.workers.iter().find(|(_, c)| c.pid == pid).map(|(id, _)| *id) {
                     state.log(&format!("{id} (pid {pid}) exited: {how}"));
-                    state.drive(Event::Leave { id });
+                    state.leave(id, format!("process exited: {how}"));
                 }
             }
             CoordinatorMsg::ProcessExited(Wire(Err(e))) => state.log(&format!("undecodable exit notice: {e}")),
@@ -584,7 +685,11 @@ impl Actor for Coordinator {
                     && state.args.launcher.as_ref().is_none_or(|l| l.live() < p.min_workers.max(1))
                 {
                     state.outcome = Some(JobOutcome::Failed {
-                        reason: format!("{} workers left, the job needs at least {}", state.control.members().count(), p.min_workers.max(1)),
+                        reason: format!(
+                            "{} workers left, the job needs at least {}",
+                            state.control.members().count(),
+                            p.min_workers.max(1)
+                        ),
                     });
                 }
             }
@@ -595,7 +700,12 @@ impl Actor for Coordinator {
         Ok(())
     }
 
-    async fn handle_supervisor_evt(&self, _myself: ActorRef<Self::Msg>, ev: SupervisionEvent, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        ev: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         if let SupervisionEvent::ProcessGroupChanged(pg::GroupChangeMessage::Leave(_, group, cells)) = ev
             && group == WORKERS_GROUP
         {

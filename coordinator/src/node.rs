@@ -69,7 +69,12 @@ impl CoordinatorNode {
 /// A worker's link: connects to the coordinator node at `addr` and returns the coordinator
 /// actor once its process group is visible here, or an error naming the address (a wrong
 /// cookie shows as no session within `timeout`).
-pub async fn connect(addr: SocketAddr, cookie: &str, name: &str, timeout: Duration) -> Result<(ActorRef<NodeServerMessage>, ActorRef<CoordinatorMsg>)> {
+pub async fn connect(
+    addr: SocketAddr,
+    cookie: &str,
+    name: &str,
+    timeout: Duration,
+) -> Result<(ActorRef<NodeServerMessage>, ActorRef<CoordinatorMsg>)> {
     let context = format!("joining the coordinator at {addr}");
     let server = node_server(cookie, name).await?;
     ractor_cluster::client_connect(&server, addr).await.map_err(|e| actor_err(context.clone())(e.to_string()))?;

@@ -16,6 +16,7 @@ use ractor_cluster::RactorClusterMessage;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::api::ApiError;
 use crate::catalog::FileEntry;
 use crate::control::{GenerationPlan, WorkerId};
 use crate::ledger::MixtureSchedule;
@@ -224,25 +225,30 @@ pub enum Request {
     },
     /// Checkpoint now.
     Checkpoint,
-    /// Change the mixture weights from a step on.
+    /// Change the mixture weights from a step on (see `actor::mixture` for the rules).
     Mixture {
-        /// Weight per dataset name.
+        /// Weight per dataset name; datasets not named keep their weight.
         weights: std::collections::BTreeMap<String, f64>,
-        /// Step from which they apply (default: the next generation's first step).
+        /// Step from which they apply (default and minimum: the coordinator's next step + 2).
         at_step: Option<u64>,
     },
     /// Checkpoint and stop the job (SIGTERM).
     Shutdown,
 }
 
+/// The answer to a [`Request`]: the status or an acknowledgement as JSON (the API's
+/// [`crate::api::JobStatus`], [`crate::api::ScaleAck`], ... serialised), or why it was refused,
+/// typed so the HTTP API answers the right status and names the offending field.
+pub type Reply = Result<serde_json::Value, ApiError>;
+
 /// The coordinator actor's messages.
 #[derive(RactorClusterMessage)]
 pub enum CoordinatorMsg {
     /// An event from a worker.
     Worker(Wire<WorkerEvent>),
-    /// A request; the reply is JSON (the status, or an acknowledgement) or an error text.
+    /// A request, answered with a [`Reply`] (a reply that does not decode is a `Wire` error).
     #[rpc]
-    Request(Wire<Request>, RpcReplyPort<Wire<serde_json::Value>>),
+    Request(Wire<Request>, RpcReplyPort<Wire<Reply>>),
     /// A local worker process exited (from the embedded supervisor): pid and how.
     ProcessExited(Wire<(u32, String)>),
     /// Time passed (drives heartbeat deadlines and rendezvous grace).

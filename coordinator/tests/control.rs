@@ -174,3 +174,23 @@ fn a_failed_checkpoint_is_never_restored_and_a_restarted_coordinator_resumes() {
     let plan = started(&join(&mut restarted, 0, 2)).unwrap();
     assert_eq!((plan.restore, plan.start_step), (Some(6), 6));
 }
+
+#[test]
+fn a_reconfiguration_ends_the_generation_at_a_checkpointed_boundary_once() {
+    let mut c = Control::new(Policy { max_workers: 2, checkpoint_every: 0, ..POLICY });
+    assert!(c.handle(0, Event::Reconfigure).is_empty(), "nothing runs: nothing to end");
+    join(&mut c, 0, 1);
+    let plan = started(&join(&mut c, 0, 2)).unwrap();
+    let mut now = 0;
+    train(&mut c, &mut now, 3);
+    let acts = c.handle(now, Event::Reconfigure);
+    assert_eq!(acts, vec![Action::StopAtBoundary { generation: 0, checkpoint: true, reason: StopReason::Resize }]);
+    assert!(c.handle(now, Event::Reconfigure).is_empty(), "already stopping: asked once");
+    c.handle(now, Event::StepDone { generation: 0, step: 3 });
+    c.handle(now, Event::CheckpointCommitted { step: 4 });
+    let next = started(&c.handle(now, Event::GenerationStopped { generation: 0 })).unwrap();
+    assert_eq!(next, GenerationPlan { generation: 1, ranks: plan.ranks, start_step: 4, restore: Some(4) });
+    // The request was consumed: the new generation runs on.
+    let acts = train(&mut c, &mut now, 2);
+    assert!(!acts.iter().any(|a| matches!(a, Action::StopAtBoundary { .. })), "{acts:?}");
+}

@@ -61,7 +61,14 @@ impl GenerationBook {
 
     /// Records a durable shard; returns the checkpoint once every rank's shard and the
     /// manifest are in.
-    pub fn shard(&mut self, step: u64, rank: u32, file: FileEntry, manifest: Option<serde_json::Value>, write_s: f64) -> Option<PendingCheckpoint> {
+    pub fn shard(
+        &mut self,
+        step: u64,
+        rank: u32,
+        file: FileEntry,
+        manifest: Option<serde_json::Value>,
+        write_s: f64,
+    ) -> Option<PendingCheckpoint> {
         let p = self.checkpoints.entry(step).or_insert_with(|| PendingCheckpoint {
             files: BTreeMap::new(),
             manifest: None,

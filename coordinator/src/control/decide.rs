@@ -3,8 +3,9 @@
 //!    is a rank of the running generation, the generation is aborted (its work since the last
 //!    committed checkpoint is redone);
 //! 2. while a generation runs: periodic and requested checkpoints; a planned membership change
-//!    (a new worker below the target, a draining rank, a scale-down) ends the generation at the
-//!    next step boundary with a checkpoint, so no step is lost; at the end of the job a final
+//!    (a new worker below the target, a draining rank, a scale-down) or a reconfiguration (a
+//!    mixture change) ends the generation at the next step boundary with a checkpoint, so no
+//!    step is lost; at the end of the job a final
 //!    checkpoint, then a stop;
 //! 3. with no generation running: if enough members exist (all that the target asks for, or at
 //!    least `min_workers` once the rendezvous grace has passed), the next generation starts
@@ -150,6 +151,7 @@ impl Control {
                 if self.running.as_ref().is_some_and(|g| g.generation == generation) {
                     self.running = None;
                     self.stopping = false;
+                    self.reconfigure = false;
                     self.checkpoint_in_flight = None;
                     // Whatever ran after the newest commit is redone by the next generation.
                     self.next_step = self.last_committed().unwrap_or(0);
@@ -158,6 +160,8 @@ impl Control {
             Event::Scale { workers } => self.target = workers.clamp(self.policy.min_workers, self.policy.max_workers),
             Event::RequestCheckpoint => self.checkpoint_requested = true,
             Event::Shutdown => self.shutdown = true,
+            // Only a generation that is not already ending needs to be ended for it.
+            Event::Reconfigure => self.reconfigure = self.running.is_some() && !self.stopping,
             Event::Tick => {}
         }
     }
@@ -206,7 +210,8 @@ impl Control {
         let draining = g.ranks.iter().any(|id| self.members.get(id).is_some_and(|m| m.draining));
         let grow = waiting > 0 && g.ranks.len() < self.target.min(self.policy.max_workers);
         let shrink = g.ranks.len() > self.target;
-        if grow || shrink || draining {
+        if grow || shrink || draining || self.reconfigure {
+            self.reconfigure = false;
             actions.push(Action::StopAtBoundary { generation: g.generation, checkpoint: true, reason: StopReason::Resize });
             self.stopping = true;
         }

@@ -120,6 +120,11 @@ pub enum Event {
     RequestCheckpoint,
     /// Stop the job: checkpoint at the next boundary, then finish (it can be resumed later).
     Shutdown,
+    /// What every rank must be told at generation start changed (e.g. the dataset mixture):
+    /// the running generation ends at the next step boundary with a checkpoint, and the next
+    /// generation starts from it with the new settings. Ignored when no generation runs or the
+    /// running one is already stopping (the next generation gets the new settings anyway).
+    Reconfigure,
     /// Time passed; nothing else happened.
     Tick,
 }
@@ -149,6 +154,9 @@ pub struct Control {
     pub(super) shutdown: bool,
     /// Since when (ms) enough members for a generation have been waiting.
     pub(super) ready_since: Option<u64>,
+    /// The running generation must end at a boundary so the next one gets new settings.
+    #[serde(default)]
+    pub(super) reconfigure: bool,
 }
 
 impl Control {
@@ -168,6 +176,7 @@ impl Control {
             done: false,
             ready_since: None,
             shutdown: false,
+            reconfigure: false,
         }
     }
 

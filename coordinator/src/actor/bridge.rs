@@ -1,0 +1,93 @@
+//! [`ActorBridge`]: the HTTP API's [`JobControl`] over the coordinator actor. Each call sends
+//! [`CoordinatorMsg::Request`] and waits for the actor's [`Reply`] with a timeout, so a busy or
+//! dead actor answers 503 instead of hanging a request.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use ractor::ActorRef;
+use ractor::rpc::CallResult;
+use serde::de::DeserializeOwned;
+
+use crate::api::{ApiError, ApiFuture, CheckpointAck, JobControl, JobStatus, MixtureAck, ScaleAck};
+use crate::protocol::{CoordinatorMsg, Reply, Request, Wire};
+
+/// How long a call waits for the actor by default: below the API's own
+/// [`crate::api::BACKEND_TIMEOUT`], so the caller sees which part did not answer.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A [`JobControl`] that asks the coordinator actor.
+#[derive(Debug, Clone)]
+pub struct ActorBridge {
+    actor: ActorRef<CoordinatorMsg>,
+    timeout: Duration,
+}
+
+impl ActorBridge {
+    /// A bridge to `actor` with [`CALL_TIMEOUT`].
+    pub fn new(actor: ActorRef<CoordinatorMsg>) -> Self {
+        Self { actor, timeout: CALL_TIMEOUT }
+    }
+
+    /// The same bridge with another per-call timeout.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Asks the job to checkpoint and stop (what SIGTERM does); `Ok` once the actor has it.
+    pub async fn shutdown(&self) -> Result<(), ApiError> {
+        self.ask::<serde_json::Value>(Request::Shutdown).await.map(drop)
+    }
+
+    /// Sends `req` and decodes the answer as `T`.
+    async fn ask<T: DeserializeOwned>(&self, req: Request) -> Result<T, ApiError> {
+        let what = request_name(&req);
+        let call = self.actor.call(|reply| CoordinatorMsg::Request(Wire::new(req), reply), Some(self.timeout)).await;
+        let reply: Reply = match call {
+            Ok(CallResult::Success(Wire(reply))) => {
+                reply.map_err(|e| ApiError::Internal { reason: format!("{what}: undecodable reply: {e}") })?
+            }
+            Ok(CallResult::Timeout) => {
+                return Err(ApiError::Unavailable { reason: format!("{what}: the coordinator did not answer within {:?}", self.timeout) });
+            }
+            // The actor dropped the reply port (it stopped while handling) or is gone.
+            Ok(CallResult::SenderError) | Err(_) => {
+                return Err(ApiError::Unavailable { reason: format!("{what}: the coordinator is not running") });
+            }
+        };
+        let value = reply?;
+        serde_json::from_value(value).map_err(|e| ApiError::Internal { reason: format!("{what}: unexpected answer: {e}") })
+    }
+}
+
+fn request_name(req: &Request) -> &'static str {
+    match req {
+        Request::Status => "status",
+        Request::Scale { .. } => "scale",
+        Request::Checkpoint => "checkpoint",
+        Request::Mixture { .. } => "mixture",
+        Request::Shutdown => "shutdown",
+    }
+}
+
+impl JobControl for ActorBridge {
+    fn status(&self) -> ApiFuture<'_, JobStatus> {
+        Box::pin(self.ask(Request::Status))
+    }
+
+    fn scale(&self, workers: usize) -> ApiFuture<'_, ScaleAck> {
+        Box::pin(self.ask(Request::Scale { workers }))
+    }
+
+    fn checkpoint(&self) -> ApiFuture<'_, CheckpointAck> {
+        Box::pin(self.ask(Request::Checkpoint))
+    }
+
+    fn set_mixture(&self, weights: BTreeMap<String, f64>, at_step: Option<u64>) -> ApiFuture<'_, MixtureAck> {
+        Box::pin(self.ask(Request::Mixture { weights, at_step }))
+    }
+}
+
+#[cfg(test)]
+mod tests;

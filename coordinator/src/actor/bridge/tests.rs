@@ -1,0 +1,378 @@
+//! The coordinator actor in-process, with no launcher: driven through [`ActorBridge`], through
+//! the real HTTP API ([`serve`] on a loopback port from port 0, [`ApiClient`]), and by a fake
+//! worker actor that receives the actor's commands and answers with scripted worker events.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::Registry;
+use ractor::{Actor, ActorProcessingErr, ActorRef, pg};
+use tokio::runtime::Runtime;
+use tokio::sync::{mpsc, oneshot};
+
+use super::ActorBridge;
+use crate::actor::{Coordinator, CoordinatorArgs, JobOutcome};
+use crate::api::{ApiError, JobControl, JobPhase, MixtureAck, ScaleAck, serve};
+use crate::catalog;
+use crate::client::ApiClient;
+use crate::control::{Policy, WorkerId};
+use crate::error::CoordinatorError;
+use crate::events::{EventLog, JobEvent};
+use crate::ledger::MixtureSchedule;
+use crate::metrics::JobMetrics;
+use crate::protocol::{Command, CoordinatorMsg, JobSpec, WORKERS_GROUP, Wire, WorkerEvent, WorkerMsg, worker_group};
+use crate::report::{StepReport, StepTimings};
+
+const WAIT: Duration = Duration::from_secs(5);
+const TOKEN: &str = "bridge-t0ken";
+
+/// A running coordinator actor over a temp output directory.
+struct Job {
+    rt: Runtime,
+    dir: tempfile::TempDir,
+    actor: ActorRef<CoordinatorMsg>,
+    metrics: Arc<JobMetrics>,
+    done: Option<oneshot::Receiver<JobOutcome>>,
+}
+
+impl Job {
+    fn start(policy: Policy, committed: Vec<u64>) -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(JobMetrics::new(&Registry::new()).unwrap());
+        let (done_tx, done) = oneshot::channel();
+        let args = CoordinatorArgs {
+            name: "bridge-test".into(),
+            spec: JobSpec { config: String::new(), origin: "test".into(), base_dir: dir.path().into() },
+            policy,
+            checkpoint_dir: dir.path().join("checkpoints"),
+            keep_last: 3,
+            output_dir: dir.path().into(),
+            secret: "00".into(),
+            heartbeat_ms: 1000,
+            schedule: MixtureSchedule::new(vec![1.0, 1.0]).unwrap(),
+            dataset_names: vec!["cc12m".into(), "coco".into()],
+            global_batch_size: 8,
+            events: EventLog::open(&dir.path().join("events.jsonl")).unwrap(),
+            metrics: metrics.clone(),
+            committed,
+            stop_at: policy.total_steps,
+            launcher: None,
+            initial_workers: 0,
+            done: Some(done_tx),
+        };
+        let (actor, _) = rt.block_on(Actor::spawn(None, Coordinator, args)).unwrap();
+        Self { rt, dir, actor, metrics, done: Some(done) }
+    }
+
+    fn bridge(&self) -> ActorBridge {
+        ActorBridge::new(self.actor.clone())
+    }
+
+    fn events(&self) -> Vec<JobEvent> {
+        EventLog::read_all(&self.dir.path().join("events.jsonl")).unwrap().into_iter().map(|e| e.event).collect()
+    }
+
+    fn send(&self, ev: WorkerEvent) {
+        self.actor.cast(CoordinatorMsg::Worker(Wire::new(ev))).unwrap();
+    }
+
+    /// Asks the job to shut down and returns how it ended.
+    fn shutdown(&mut self) -> JobOutcome {
+        self.rt.block_on(self.bridge().shutdown()).unwrap();
+        self.outcome()
+    }
+
+    fn outcome(&mut self) -> JobOutcome {
+        let done = self.done.take().unwrap();
+        self.rt.block_on(async { tokio::time::timeout(WAIT, done).await }).expect("the job ends in time").unwrap()
+    }
+}
+
+fn policy(min: usize, max: usize) -> Policy {
+    Policy {
+        min_workers: min,
+        max_workers: max,
+        heartbeat_timeout_ms: 60_000,
+        checkpoint_every: 0,
+        total_steps: 100,
+        rendezvous_grace_ms: 50,
+    }
+}
+
+fn bad_field(e: ApiError) -> String {
+    match e {
+        ApiError::BadRequest { field, .. } => field,
+        other => panic!("not a 400: {other:?}"),
+    }
+}
+
+fn weights(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
+    pairs.iter().map(|(n, w)| (n.to_string(), *w)).collect()
+}
+
+fn http_status(r: crate::error::Result<impl std::fmt::Debug>) -> (u16, String) {
+    match r {
+        Err(CoordinatorError::Http { status, message, .. }) => (status, message),
+        other => panic!("not an HTTP error: {other:?}"),
+    }
+}
+
+#[test]
+fn the_bridge_and_the_http_api_steer_a_waiting_coordinator() {
+    let mut job = Job::start(policy(1, 2), vec![4]);
+    let bridge = job.bridge();
+
+    let status = job.rt.block_on(bridge.status()).unwrap();
+    assert_eq!((status.phase, status.step, status.last_checkpoint, status.world_size), (JobPhase::Waiting, 4, Some(4), 0));
+    assert_eq!((status.min_workers, status.max_workers, status.total_steps, status.schedule_version), (1, 2, 100, 0));
+    assert!(status.members.is_empty());
+    assert_eq!(bad_field(job.rt.block_on(bridge.scale(3)).unwrap_err()), "workers");
+    assert!(matches!(job.rt.block_on(bridge.checkpoint()), Err(ApiError::Conflict { .. })));
+    assert_eq!(bad_field(job.rt.block_on(bridge.set_mixture(weights(&[("laion", 1.0)]), None)).unwrap_err()), "weights.laion");
+    let too_soon = job.rt.block_on(bridge.set_mixture(weights(&[("coco", 3.0)]), Some(5))).unwrap_err();
+    assert!(too_soon.to_string().contains("at_step") && too_soon.to_string().contains("is 6"), "{too_soon}");
+    let ack = job.rt.block_on(bridge.set_mixture(weights(&[("coco", 3.0)]), None)).unwrap();
+    assert_eq!(ack, MixtureAck { version: 1, effective_step: 6 });
+
+    // The same through HTTP.
+    let listener = job.rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let backend: Arc<dyn JobControl> = Arc::new(bridge.clone());
+    let server = job.rt.spawn(serve(listener, TOKEN.into(), backend, job.metrics.clone(), async move {
+        let _ = stopped.await;
+    }));
+    let client = ApiClient::new(addr, TOKEN).with_timeout(WAIT);
+    let status = client.status().unwrap();
+    assert_eq!((status.job.as_str(), status.phase, status.step), ("bridge-test", JobPhase::Waiting, 4));
+    let (code, message) = http_status(client.scale(5));
+    assert!(code == 400 && message.contains("workers"), "{code} {message}");
+    let (code, message) = http_status(client.checkpoint());
+    assert!(code == 409 && message.contains("no generation"), "{code} {message}");
+    let (code, message) = http_status(client.set_mixture(weights(&[("laion", 1.0)]), None));
+    assert!(code == 400 && message.contains("weights"), "{code} {message}");
+    assert_eq!(client.scale(2).unwrap(), ScaleAck { target_workers: 2 });
+    let metrics = client.metrics().unwrap();
+    assert!(metrics.lines().any(|l| l == "tessera_workers_registered 0"), "{metrics}");
+    let _ = stop.send(());
+    job.rt.block_on(async { tokio::time::timeout(WAIT, server).await }).unwrap().unwrap().unwrap();
+
+    assert_eq!(job.shutdown(), JobOutcome::Stopped { step: 4 });
+    // A stopped coordinator answers 503-type errors, not a hang.
+    assert!(matches!(job.rt.block_on(bridge.status()), Err(ApiError::Unavailable { .. })));
+    assert_eq!(
+        job.events(),
+        vec![
+            JobEvent::CoordinatorStarted { resumed_step: Some(4) },
+            JobEvent::MixtureChanged { version: 1, effective_step: 6, weights: weights(&[("cc12m", 1.0), ("coco", 3.0)]) },
+            JobEvent::ScaleRequested { workers: 2 },
+        ]
+    );
+}
+
+/// A worker actor that forwards every command it receives to the test.
+struct FakeWorker;
+
+impl Actor for FakeWorker {
+    type Msg = WorkerMsg;
+    type State = mpsc::UnboundedSender<Command>;
+    type Arguments = (u64, mpsc::UnboundedSender<Command>);
+
+    async fn pre_start(&self, myself: ActorRef<WorkerMsg>, (nonce, tx): Self::Arguments) -> Result<Self::State, ActorProcessingErr> {
+        pg::join(worker_group(nonce), vec![myself.get_cell()]);
+        pg::join(WORKERS_GROUP.to_string(), vec![myself.get_cell()]);
+        Ok(tx)
+    }
+
+    async fn handle(&self, _myself: ActorRef<WorkerMsg>, msg: WorkerMsg, tx: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        if let WorkerMsg::Command(Wire(Ok(cmd))) = msg {
+            let _ = tx.send(cmd);
+        }
+        Ok(())
+    }
+}
+
+fn report(generation: u64, step: u64) -> StepReport {
+    StepReport {
+        generation,
+        step,
+        rank: 0,
+        world: 1,
+        loss: 2.0,
+        losses: BTreeMap::new(),
+        lr: 1e-3,
+        grad_norm: 1.0,
+        samples: 8,
+        tokens: 64,
+        skipped: false,
+        skipped_samples: 0,
+        timings: StepTimings { total_s: 0.25, ..StepTimings::default() },
+    }
+}
+
+/// What the fake worker's rank 0 writes for a checkpoint of `step`: one shard and the manifest.
+fn shard(root: &Path, worker: WorkerId, generation: u64, step: u64) -> WorkerEvent {
+    let tmp = catalog::temp_dir(root, step, generation);
+    std::fs::create_dir_all(&tmp).unwrap();
+    std::fs::write(tmp.join("rank-0.bin"), b"weights").unwrap();
+    let file = catalog::file_entry(&tmp.join("rank-0.bin")).unwrap();
+    let manifest = Some(serde_json::json!({"state": {"step": step}}));
+    WorkerEvent::ShardWritten { worker, generation, step, rank: 0, file, manifest, write_s: 0.01 }
+}
+
+#[test]
+fn a_mixture_change_restarts_the_generation_and_moves_past_steps_the_ranks_trained() {
+    let mut job = Job::start(policy(1, 1), vec![]);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (fake, _) = job.rt.block_on(Actor::spawn(None, FakeWorker, (0xfeed, tx))).unwrap();
+    let mut next = || job_cmd(&job.rt, &mut rx);
+    job.send(WorkerEvent::Hello { nonce: 0xfeed, pid: 4242, ring_addr: "127.0.0.1:41000".parse().unwrap(), threads: 1 });
+    let Command::Welcome { worker, .. } = next() else { panic!("a welcome first") };
+    let Command::Start(start) = next() else { panic!("then generation 0") };
+    assert_eq!((start.plan.generation, start.plan.start_step, start.schedule.versions().len()), (0, 0, 1));
+
+    for step in 0..3 {
+        job.send(WorkerEvent::Step { worker, report: report(0, step) });
+    }
+    // Asked while the coordinator has steps 0..3: the earliest step is 5.
+    let ack = job.rt.block_on(job.bridge().set_mixture(weights(&[("coco", 3.0)]), None)).unwrap();
+    assert_eq!(ack, MixtureAck { version: 1, effective_step: 5 });
+    assert_eq!(next(), Command::Stop { generation: 0, checkpoint: true });
+    // The rank had run ahead: it stops at boundary 7, past step 5.
+    for step in 3..7 {
+        job.send(WorkerEvent::Step { worker, report: report(0, step) });
+    }
+    job.send(shard(&job.dir.path().join("checkpoints"), worker, 0, 7));
+    job.send(WorkerEvent::GenerationEnded { worker, generation: 0, step: 7, error: None });
+    let Command::Start(start) = next() else { panic!("generation 1") };
+    assert_eq!((start.plan.generation, start.plan.start_step, start.plan.restore), (1, 7, Some(7)));
+    let versions: Vec<(u32, u64, Vec<f64>)> =
+        start.schedule.versions().iter().map(|v| (v.version, v.start_index, v.weights.clone())).collect();
+    assert_eq!(versions, vec![(0, 0, vec![1.0, 1.0]), (1, 7 * 8, vec![1.0, 3.0])], "version 1 moved to the boundary");
+
+    let metrics = job.metrics.render().unwrap();
+    for line in [
+        "tessera_step 6",
+        "tessera_generation 1",
+        "tessera_world_size 1",
+        "tessera_checkpoints_committed_total 1",
+        "tessera_workers_registered 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} missing from\n{metrics}");
+    }
+    let status = job.rt.block_on(job.bridge().status()).unwrap();
+    assert_eq!((status.phase, status.generation, status.schedule_version, status.members[0].rank), (JobPhase::Running, 1, 1, Some(0)));
+
+    // Shut down: the rank checkpoints at its boundary (it fails here) and leaves.
+    job.rt.block_on(job.bridge().shutdown()).unwrap();
+    assert_eq!(next(), Command::Stop { generation: 1, checkpoint: true });
+    job.send(WorkerEvent::ShardFailed { worker, generation: 1, step: 7, reason: "disk full".into() });
+    // Interrupted before it reports leaving the loop: its removal ends the generation.
+    job.send(WorkerEvent::Leaving { worker, reason: "interrupted".into() });
+    assert_eq!(job.outcome(), JobOutcome::Stopped { step: 7 });
+    fake.stop(None);
+    let metrics = job.metrics.render().unwrap();
+    assert!(metrics.lines().any(|l| l == "tessera_workers_registered 0"), "{metrics}");
+
+    let events = job.events();
+    let mut kinds: Vec<&str> = Vec::new();
+    for e in &events {
+        kinds.push(match e {
+            JobEvent::CoordinatorStarted { resumed_step } => {
+                assert_eq!(*resumed_step, None);
+                "started"
+            }
+            JobEvent::WorkerJoined { worker, addr } => {
+                assert_eq!((*worker, addr.as_str()), (0, "127.0.0.1:41000"));
+                "joined"
+            }
+            JobEvent::GenerationStarted { generation, start_step, .. } => {
+                assert_eq!(*start_step, [0, 7][*generation as usize]);
+                "generation started"
+            }
+            JobEvent::MixtureChanged { version, effective_step, weights: w } => {
+                assert_eq!((*version, w), (1, &weights(&[("cc12m", 1.0), ("coco", 3.0)])));
+                if *effective_step == 5 { "mixture asked" } else { "mixture moved" }
+            }
+            JobEvent::CheckpointCommitted { step, bytes, duration_s, dir } => {
+                assert!(*step == 7 && *bytes > 7 && *duration_s >= 0.0 && dir.ends_with("step-00000007"), "{e:?}");
+                "committed"
+            }
+            JobEvent::GenerationEnded { generation, reason } => {
+                assert_eq!(reason, ["Resize", "Shutdown"][*generation as usize]);
+                "generation ended"
+            }
+            JobEvent::CheckpointFailed { step, reason } => {
+                assert!(*step == 7 && reason.contains("disk full"), "{e:?}");
+                "failed"
+            }
+            JobEvent::WorkerRemoved { worker, reason } => {
+                assert_eq!((*worker, reason.as_str()), (0, "left: interrupted"));
+                "removed"
+            }
+            other => panic!("unexpected {other:?}"),
+        });
+    }
+    assert_eq!(
+        kinds,
+        vec![
+            "started",
+            "joined",
+            "generation started",
+            "mixture asked",
+            "committed",
+            "generation ended",
+            "generation started",
+            "mixture moved",
+            "failed",
+            "removed",
+            "generation ended"
+        ]
+    );
+}
+
+/// The next command the fake worker received.
+fn job_cmd(rt: &Runtime, rx: &mut mpsc::UnboundedReceiver<Command>) -> Command {
+    rt.block_on(async { tokio::time::timeout(WAIT, rx.recv()).await }).expect("a command in time").expect("the fake worker is alive")
+}
+
+/// A coordinator stand-in that keeps every reply port and never answers.
+struct Silent;
+
+impl Actor for Silent {
+    type Msg = CoordinatorMsg;
+    type State = Vec<ractor::RpcReplyPort<Wire<crate::protocol::Reply>>>;
+    type Arguments = ();
+
+    async fn pre_start(&self, _myself: ActorRef<CoordinatorMsg>, _: ()) -> Result<Self::State, ActorProcessingErr> {
+        Ok(Vec::new())
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<CoordinatorMsg>,
+        msg: CoordinatorMsg,
+        held: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let CoordinatorMsg::Request(_, reply) = msg {
+            held.push(reply);
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_coordinator_that_does_not_answer_in_time_is_unavailable() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let (silent, _) = rt.block_on(Actor::spawn(None, Silent, ())).unwrap();
+    let bridge = ActorBridge::new(silent.clone()).with_timeout(Duration::from_millis(50));
+    match rt.block_on(bridge.scale(1)) {
+        Err(ApiError::Unavailable { reason }) => assert!(reason.contains("did not answer within 50ms"), "{reason}"),
+        other => panic!("expected 503: {other:?}"),
+    }
+    silent.stop(None);
+}

@@ -1,0 +1,53 @@
+//! The job's status as `GET /status` shows it, built from the coordinator's state.
+
+use crate::api::{JobPhase, JobStatus, MemberStatus};
+
+use super::CoordinatorState;
+
+impl CoordinatorState {
+    /// The status: the API's own type, so what the actor sends is what the API answers.
+    pub(super) fn job_status(&self) -> JobStatus {
+        let running = self.control.running();
+        let ranks = running.map(|g| g.ranks.as_slice()).unwrap_or_default();
+        let now = self.now_ms();
+        let members = self
+            .control
+            .members()
+            .map(|m| MemberStatus {
+                worker: m.id.0,
+                addr: m.addr.clone(),
+                rank: ranks.iter().position(|r| *r == m.id).map(|r| r as u32),
+                seen_ms_ago: now.saturating_sub(m.last_seen_ms),
+                draining: m.draining,
+                last_step_s: self.workers.get(&m.id).and_then(|c| c.last_step_s),
+            })
+            .collect();
+        let phase = if self.outcome.is_some() {
+            JobPhase::Finished
+        } else if running.is_none() {
+            if self.restarts > 0 { JobPhase::Recovering } else { JobPhase::Waiting }
+        } else if self.control.is_stopping() {
+            JobPhase::Stopping
+        } else {
+            JobPhase::Running
+        };
+        let p = self.control.policy();
+        JobStatus {
+            job: self.args.name.clone(),
+            phase,
+            // The last generation started (0 before the first): the book is replaced at a start.
+            generation: running.map_or(self.book.generation, |g| g.generation),
+            world_size: ranks.len() as u32,
+            step: self.control.next_step(),
+            total_steps: self.args.stop_at,
+            loss: self.last_loss,
+            target_workers: self.control.target(),
+            min_workers: p.min_workers,
+            max_workers: p.max_workers,
+            last_checkpoint: self.control.last_committed(),
+            restarts: self.restarts,
+            schedule_version: u64::from(self.mixtures.version_at(self.control.next_step())),
+            members,
+        }
+    }
+}
