@@ -6,6 +6,7 @@ mod data;
 mod data_source;
 mod demo;
 mod export;
+mod jobctl;
 mod launch;
 mod model;
 mod orchestrate;
@@ -47,6 +48,9 @@ enum Command {
     Config(config::ConfigCommand),
     /// Train a job (TOML config) in this process, resuming from its newest valid checkpoint.
     Train(train::TrainArgs),
+    /// Steer a running job (status, scale, checkpoint, mixture, metrics).
+    #[command(flatten)]
+    Job(jobctl::JobCommand),
     /// Join a running job's coordinator as a worker process (adds capacity at the next step
     /// boundary).
     Worker(worker::WorkerArgs),
@@ -63,7 +67,7 @@ enum Command {
 /// Parses arguments, runs the command, and maps errors to a message and exit code 1.
 pub fn run() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG").unwrap_or_else(|_| "warn,ractor_cluster=error".into()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -75,6 +79,7 @@ pub fn run() -> ExitCode {
         Command::Config(cmd) => config::run(cmd),
         Command::Train(args) => train::run(args),
         Command::Worker(args) => worker::run_worker(args),
+        Command::Job(cmd) => jobctl::run(cmd),
         Command::TrainRank(args) => launch::run_rank(args),
         Command::Export(args) => export::run(args),
         Command::Bench(cmd) => bench::run(cmd),

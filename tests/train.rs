@@ -85,7 +85,7 @@ impl Running {
 
     /// The rank processes of a multi-worker launcher.
     fn rank_pids(&self) -> Vec<String> {
-        let out = Command::new("pgrep").args(["-P", &self.child.id().to_string(), "-f", "train-rank"]).output().unwrap();
+        let out = Command::new("pgrep").args(["-P", &self.child.id().to_string(), "-f", "worker --join"]).output().unwrap();
         String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_string).collect()
     }
 
@@ -229,7 +229,7 @@ fn workers_train_like_one_process() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = tessera(&["train", &job, "--workers", "2"]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && err.contains("resumed at step 2"), "{err}");
+    assert!(out.status.success() && err.contains("start step 2, restore"), "{err}");
     let got = losses_of(d.path());
     assert_eq!(got.len(), 4);
     for (s, (a, b)) in got.iter().zip(&reference).enumerate() {
@@ -268,7 +268,7 @@ fn a_killed_rank_stops_the_job_cleanly() {
     assert!(Command::new("kill").args(["-KILL", &pids[1]]).status().unwrap().success());
     let (status, stderr, _) = run.wait_exit(Duration::from_secs(60));
     assert!(!status.success());
-    assert!(stderr.contains("rank") && stderr.contains("failed"), "{stderr}");
+    assert!(stderr.contains("job failed") && stderr.contains("1 workers left"), "{stderr}");
     assert_gone(&pids);
 }
 
@@ -326,7 +326,7 @@ fn a_killed_worker_is_replaced_by_a_smaller_generation() {
     eprintln!("recovery: kill -> first step of the new generation logged in {:?}", killed.elapsed());
     let (status, stderr, _) = run.wait_exit(Duration::from_secs(240));
     assert!(status.success(), "{stderr}");
-    assert!(stderr.contains("generation 1") && stderr.contains("continues with 2 workers"), "{stderr}");
+    assert!(stderr.contains("generation 1: 2 ranks"), "{stderr}");
     // The last entry of each step is the one that counts (rolled-back steps are redone).
     let mut last = std::collections::BTreeMap::new();
     for l in log_lines(d.path()) {

@@ -182,6 +182,9 @@ impl CoordinatorState {
         for a in actions {
             self.act(a);
         }
+        // Ranks may have left their loop before the decision to stop (e.g. the final step's
+        // checkpoint commits after they ended): the generation is over once that is decided.
+        self.check_stopped();
     }
 
     fn act(&mut self, action: Action) {

@@ -21,7 +21,10 @@ use tessera_coordinator::actor::{Coordinator, CoordinatorArgs, JobOutcome, Launc
 use tessera_coordinator::catalog;
 use tessera_coordinator::control::Policy;
 use tessera_coordinator::node::CoordinatorNode;
-use tessera_coordinator::protocol::{CoordinatorMsg, JobSpec, Request, Wire};
+use tessera_coordinator::actor::ActorBridge;
+use tessera_coordinator::metrics::JobMetrics;
+use tessera_coordinator::protocol::{CoordinatorMsg, JobSpec, Wire};
+use tessera_coordinator::EventLog;
 use tessera_coordinator::ResolvedJob;
 
 /// Where a running job can be reached (written to `OUTPUT/coordinator.json`).
@@ -178,6 +181,15 @@ pub fn run_embedded(config: &Path, job: &ResolvedJob, o: &EmbeddedOptions) -> an
         ok
     };
     let start = committed.last().copied().unwrap_or(0);
+    // The schedule in force is the newest checkpoint's (mixture changes made while it ran).
+    let schedule = match committed.last() {
+        Some(step) => {
+            let path = job.checkpoint.dir.join(catalog::dir_name(*step)).join(catalog::MANIFEST);
+            let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?)?;
+            serde_json::from_value(m["state"]["schedule"].clone()).with_context(|| format!("{}: state.schedule", path.display()))?
+        }
+        None => job.schedule.clone(),
+    };
     let stop_at = o.max_steps.map_or(job.train.total_steps, |m| (start + m).min(job.train.total_steps));
     let total_threads = if job.train.threads > 0 { job.train.threads } else { std::thread::available_parallelism().map_or(1, |n| n.get()) };
     let threads = (total_threads / o.workers).max(1);
@@ -211,7 +223,12 @@ pub fn run_embedded(config: &Path, job: &ResolvedJob, o: &EmbeddedOptions) -> an
             live: Arc::clone(&live),
             coordinator: Arc::clone(&coordinator_ref),
         };
-        let endpoint = JobEndpoint { node: node.addr, api: None, pid: std::process::id(), secrets: secrets.clone() };
+        let registry = prometheus::Registry::new();
+        let metrics = Arc::new(JobMetrics::new(&registry)?);
+        let events = EventLog::open(&job.output_dir.join("events.jsonl"))?;
+        let api_listener = tokio::net::TcpListener::bind(o.api).await.with_context(|| format!("binding the API at {}", o.api))?;
+        let api_addr = api_listener.local_addr()?;
+        let endpoint = JobEndpoint { node: node.addr, api: Some(api_addr), pid: std::process::id(), secrets: secrets.clone() };
         catalog::write_atomic(&job.output_dir.join("coordinator.json"), &serde_json::to_vec_pretty(&endpoint)?)?;
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let args = CoordinatorArgs {
@@ -223,7 +240,10 @@ pub fn run_embedded(config: &Path, job: &ResolvedJob, o: &EmbeddedOptions) -> an
             output_dir: job.output_dir.clone(),
             secret,
             heartbeat_ms: (heartbeat_ms / 5).max(50),
-            schedule: job.schedule.clone(),
+            schedule,
+            global_batch_size: job.train.global_batch_size as u64,
+            events,
+            metrics: Arc::clone(&metrics),
             dataset_names: job.datasets.iter().map(|d| d.name.clone()).collect(),
             committed,
             stop_at,
@@ -232,27 +252,35 @@ pub fn run_embedded(config: &Path, job: &ResolvedJob, o: &EmbeddedOptions) -> an
             done: Some(done_tx),
         };
         eprintln!(
-            "coordinator {} ({} workers × {threads} threads, steps {start}..{stop_at}); join more with `tessera worker --job-dir {}`",
+            "coordinator {} (API http://{api_addr}/status, /metrics; {} workers × {threads} threads, steps {start}..{stop_at}); watch with `tessera status --job-dir {}`",
             node.addr,
             o.workers,
             job.output_dir.display()
         );
         let (actor, handle) = Actor::spawn(None, Coordinator, args).await.map_err(|e| anyhow::anyhow!("starting the coordinator: {e}"))?;
         *coordinator_ref.lock().expect("coordinator ref") = Some(actor.clone());
+        let bridge = Arc::new(ActorBridge::new(actor.clone()));
+        let (api_stop_tx, api_stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let api = tokio::spawn(tessera_coordinator::api::serve(api_listener, token.clone(), bridge.clone(), metrics, async move {
+            let _ = api_stop_rx.await;
+        }));
         // SIGTERM / SIGINT: checkpoint at the next boundary, then stop.
-        let sig_actor = actor.clone();
         let signals = tokio::spawn(async move {
             use tokio::signal::unix::{SignalKind, signal};
             let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else { return };
             loop {
                 tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
                 eprintln!("[coordinator] signal: checkpointing, then stopping");
-                let _ = ractor::call_t!(sig_actor, CoordinatorMsg::Request, 5000, Wire::new(Request::Shutdown));
+                if let Err(e) = bridge.shutdown().await {
+                    eprintln!("[coordinator] shutdown request failed: {e}");
+                }
             }
         });
         let outcome = done_rx.await.unwrap_or(JobOutcome::Failed { reason: "the coordinator ended without an outcome".into() });
         let _ = handle.await;
         signals.abort();
+        let _ = api_stop_tx.send(());
+        let _ = api.await;
         node.stop();
         Ok::<_, anyhow::Error>(outcome)
     });
