@@ -1,140 +1,11 @@
 //! `tessera train` end to end: resume across invocations, SIGTERM checkpoints, config errors.
 
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+mod common;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn tessera(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tessera")).args(args).env("OMP_NUM_THREADS", "1").output().expect("tessera runs")
-}
-
-fn write_job(dir: &Path, total_steps: u64, extra: &str) -> String {
-    let tok = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data/ml-4m/text_tokenizer_4m_wordpiece_30k.json")
-        .display()
-        .to_string();
-    let text = format!(
-        r#"
-[job]
-name = "cli-train"
-seed = 3
-output_dir = "out"
-
-[model]
-modalities = "caption,tok_rgb@224,tok_depth@224"
-dim = 64
-encoder_depth = 1
-decoder_depth = 1
-num_heads = 2
-
-[data]
-text_tokenizer = "{tok}"
-input_tokens = 16
-target_tokens = 16
-
-[[data.datasets]]
-name = "syn"
-kind = "synthetic"
-records = 64
-
-[train]
-global_batch_size = 2
-total_steps = {total_steps}
-threads = 1
-{extra}
-
-[checkpoint]
-every_steps = 2
-keep_last = 2
-"#
-    );
-    let path = dir.join("job.toml");
-    std::fs::write(&path, text).unwrap();
-    path.display().to_string()
-}
-
-/// A `tessera train` process under test. Dropping it kills the launcher and its rank
-/// processes and reaps them, whatever the test did, so no child outlives a failed assertion.
-struct Running {
-    child: std::process::Child,
-}
-
-impl Running {
-    fn start(args: &[&str]) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_tessera"))
-            .args(args)
-            .env("OMP_NUM_THREADS", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        Self { child }
-    }
-
-    /// Waits until the run logged `n` steps (panics if it exits first or takes over `limit`).
-    fn wait_for_log(&mut self, dir: &Path, n: usize, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        while log_lines(dir).len() < n {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("tessera exited early ({status}): {}", self.stderr());
-            }
-            assert!(Instant::now() < deadline, "fewer than {n} steps within {limit:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// The rank processes of a multi-worker launcher.
-    fn rank_pids(&self) -> Vec<String> {
-        let out = Command::new("pgrep").args(["-P", &self.child.id().to_string(), "-f", "worker --join"]).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_string).collect()
-    }
-
-    /// Waits for the exit (panics after `limit`); returns the status, stderr and the wait.
-    fn wait_exit(&mut self, limit: Duration) -> (std::process::ExitStatus, String, Duration) {
-        let start = Instant::now();
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return (s, self.stderr(), start.elapsed());
-            }
-            assert!(start.elapsed() < limit, "tessera did not exit within {limit:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn stderr(&mut self) -> String {
-        let mut s = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            std::io::Read::read_to_string(&mut e, &mut s).unwrap();
-        }
-        s
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        for pid in self.rank_pids() {
-            let _ = Command::new("kill").args(["-KILL", &pid]).status();
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn assert_gone(pids: &[String]) {
-    for pid in pids {
-        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| !s.contains(" Z ")).unwrap_or(false);
-        assert!(!alive, "rank {pid} left behind");
-    }
-}
-
-fn log_lines(dir: &Path) -> Vec<serde_json::Value> {
-    // A line being written while we read is incomplete: only complete lines count.
-    std::fs::read_to_string(dir.join("out/train_log.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
+use common::*;
 
 #[test]
 fn stops_and_resumes_where_it_left_off() {
@@ -188,12 +59,6 @@ fn config_errors_name_file_and_field() {
     assert!(err.contains("job.toml") && err.contains("train.clip_grad"), "{err}");
 }
 
-fn losses_of(dir: &Path) -> Vec<f64> {
-    log_lines(dir).iter().map(|l| l["loss"].as_f64().unwrap()).collect()
-}
-
-/// Two and three local worker processes (FSDP over the TCP ring) log the same losses as one
-/// process, step by step.
 #[test]
 fn workers_train_like_one_process() {
     let one = tempfile::tempdir().unwrap();

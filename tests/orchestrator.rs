@@ -1,0 +1,113 @@
+//! The orchestrator end to end, with real processes on loopback: a worker joining mid-run and a
+//! drain by `tessera scale`, SIGTERM of the coordinator and a restart, a worker dying while it
+//! writes a checkpoint, and a checkpoint corrupted on disk. Losses are compared with one
+//! uninterrupted process: FSDP losses do not depend on the world size, so any skipped or
+//! repeated sample would show.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+/// A job of `steps` steps with a global batch of 6 (splits over 1, 2 and 3 workers) and its
+/// reference losses from one process.
+fn job_and_reference(steps: u64) -> (tempfile::TempDir, String, Vec<f64>) {
+    let one = tempfile::tempdir().unwrap();
+    let job = write_job(one.path(), steps, "micro_batch_size = 1");
+    let text = std::fs::read_to_string(&job).unwrap().replace("global_batch_size = 2", "global_batch_size = 6");
+    std::fs::write(&job, &text).unwrap();
+    let out = tessera(&["train", &job]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let reference = losses_of(one.path());
+    assert_eq!(reference.len(), steps as usize);
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("job.toml"), &text).unwrap();
+    let job = d.path().join("job.toml").display().to_string();
+    (d, job, reference)
+}
+
+fn generations(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    events(dir).into_iter().filter(|e| e["type"] == "generation_started").collect()
+}
+
+#[test]
+fn a_joining_worker_is_used_from_the_next_generation_and_a_drain_loses_no_step() {
+    let (d, job, reference) = job_and_reference(10);
+    let mut run = Running::start(&["train", &job, "--workers", "2", "--max-workers", "3"]);
+    run.wait_for_log(d.path(), 2, Duration::from_secs(180));
+    let out_dir = d.path().join("out").display().to_string();
+    let mut joined = Running::start(&["worker", "--job-dir", &out_dir]);
+    // Wait until a step ran on three ranks, then drain back to two.
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    while !log_lines(d.path()).iter().any(|l| l["world_size"] == 3) {
+        assert!(std::time::Instant::now() < deadline, "no step on 3 workers: {:?}", generations(d.path()));
+        assert!(run.child.try_wait().unwrap().is_none(), "the job ended early: {}", run.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = tessera(&["status", "--job-dir", &out_dir]);
+    let table = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success() && table.contains("running"), "{table}{}", String::from_utf8_lossy(&status.stderr));
+    let scale = tessera(&["scale", "--job-dir", &out_dir, "--workers", "2"]);
+    assert!(scale.status.success(), "{}", String::from_utf8_lossy(&scale.stderr));
+    let (status, stderr, _) = run.wait_exit(Duration::from_secs(240));
+    assert!(status.success(), "{stderr}");
+    let _ = joined.wait_exit(Duration::from_secs(30));
+    let worlds: Vec<usize> = generations(d.path()).iter().map(|g| g["ranks"].as_array().unwrap().len()).collect();
+    assert!(worlds.starts_with(&[2, 3]) && worlds.last() == Some(&2), "generations: {worlds:?}");
+    let got = final_losses(d.path());
+    assert!(got.values().any(|(_, w)| *w == 3), "{got:?}");
+    assert_matches(&got, &reference);
+}
+
+#[test]
+fn sigterm_checkpoints_and_a_restart_resumes_at_the_same_step() {
+    let d = tempfile::tempdir().unwrap();
+    let job = write_job(d.path(), 1000, "");
+    let mut run = Running::start(&["train", &job, "--workers", "2"]);
+    run.wait_for_log(d.path(), 3, Duration::from_secs(180));
+    assert!(Command::new("kill").args(["-TERM", &run.child.id().to_string()]).status().unwrap().success());
+    let (status, stderr, took) = run.wait_exit(Duration::from_secs(60));
+    assert!(status.success(), "{stderr}");
+    let committed: Vec<u64> = events(d.path()).iter().filter(|e| e["type"] == "checkpoint_committed").map(|e| e["step"].as_u64().unwrap()).collect();
+    let last = *committed.last().expect("a checkpoint on SIGTERM");
+    assert!(stderr.contains(&format!("stopped at step {last}")), "{stderr}");
+    assert!(took < Duration::from_secs(30), "stopping took {took:?}");
+    let out = tessera(&["train", &job, "--workers", "2", "--max-steps", "1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains(&format!("start step {last}, restore")), "{err}");
+    let steps: Vec<u64> = log_lines(d.path()).iter().map(|l| l["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps.last(), Some(&last), "the restart trains step {last} next: {steps:?}");
+}
+
+#[test]
+fn a_checkpoint_whose_writer_dies_is_never_committed_and_a_corrupt_one_is_skipped() {
+    let (d, job, reference) = job_and_reference(8);
+    // Rank 1 dies half-way through writing its shard of step 4.
+    let mut run = Running::start_with(&["train", &job, "--workers", "2"], &[("TESSERA_FAULT_ABORT_IN_SHARD_WRITE", "4:1")]);
+    let (status, stderr, _) = run.wait_exit(Duration::from_secs(300));
+    assert!(status.success(), "{stderr}");
+    let ev = events(d.path());
+    let g1 = ev.iter().position(|e| e["type"] == "generation_started" && e["generation"] == 1).expect("a second generation");
+    assert!(
+        !ev[..g1].iter().any(|e| e["type"] == "checkpoint_committed" && e["step"] == 4),
+        "the checkpoint of step 4 was committed although a shard writer died: {ev:?}"
+    );
+    assert_eq!(ev[g1]["restore"], 2, "recovery restores the previous checkpoint: {:?}", ev[g1]);
+    assert_matches(&final_losses(d.path()), &reference);
+
+    // Corrupt the newest checkpoint on disk: a restart skips it (checksum) and resumes from the
+    // one before; the steps after it are trained again with the same losses.
+    let ckpt = d.path().join("out/checkpoints/step-00000008");
+    let shard = std::fs::read_dir(&ckpt).unwrap().map(|e| e.unwrap().path()).find(|p| p.extension().is_some_and(|x| x == "safetensors")).unwrap();
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&shard, bytes).unwrap();
+    let out = tessera(&["train", &job, "--workers", "2"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("not resuming from") && err.contains("step-00000008") && err.contains("start step 6, restore"), "{err}");
+    assert_matches(&final_losses(d.path()), &reference);
+}
