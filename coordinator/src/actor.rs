@@ -141,6 +141,9 @@ pub struct CoordinatorState {
     outcome: Option<JobOutcome>,
     /// The running generation was aborted: none of its checkpoints may commit.
     aborted: bool,
+    /// Workers removed while maybe still running (e.g. stopped, then continued): a heartbeat
+    /// from one of them is answered with `Exit`, so it never trains with a later generation.
+    removed: BTreeMap<WorkerId, ActorRef<WorkerMsg>>,
     /// The mixture schedule and the changes not yet handed to a generation.
     mixtures: Mixtures,
     /// Why the running generation is ending (for its `GenerationEnded` record).
@@ -230,6 +233,7 @@ impl CoordinatorState {
                     if let Some(l) = self.args.launcher.as_mut() {
                         l.kill(c.pid);
                     }
+                    self.removed.insert(id, c.actor);
                 }
                 // With no reason set before, the state machine found it silent for too long.
                 let timeout = self.control.policy().heartbeat_timeout_ms;
@@ -360,6 +364,7 @@ impl CoordinatorState {
         self.observe_step(&reports);
         if let Some(log) = self.train_log.as_mut() {
             let line = json!({
+                "ts_ms": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
                 "step": r0.step, "loss": r0.loss, "mod_loss": r0.losses, "lr": r0.lr, "grad_norm": r0.grad_norm,
                 "skipped": r0.skipped, "samples": samples, "step_s": step_s, "world_size": reports.len(),
                 "generation": r0.generation,
@@ -422,7 +427,10 @@ impl CoordinatorState {
                     self.drive(Event::Heartbeat { id: worker });
                 } else {
                     // Removed while it could not hear (e.g. stopped): it must not train again.
-                    self.log(&format!("{worker} is not a member; telling it to exit"));
+                    if let Some(actor) = self.removed.remove(&worker) {
+                        self.log(&format!("{worker} is not a member any more; telling it to exit"));
+                        let _ = actor.cast(WorkerMsg::Command(Wire::new(Command::Exit { reason: "removed from the job".into() })));
+                    }
                 }
             }
             WorkerEvent::Step { worker, report } => {
@@ -633,6 +641,7 @@ impl Actor for Coordinator {
             ticker: Some(ticker),
             outcome: None,
             aborted: false,
+            removed: BTreeMap::new(),
             mixtures,
             ending: None,
             checkpoint_asked: None,

@@ -14,7 +14,7 @@ for W in 1 2 3; do
   rm -rf "$OUT"
   LOG=$(mktemp)
   # --fsdp: one worker also runs the FSDP code path, so the rows measure one implementation.
-  "$BIN" train "$CONFIG" --workers "$W" --fsdp --max-steps "$STEPS" --no-resume 2>"$LOG" || { cat "$LOG"; exit 1; }
+  "$BIN" train "$CONFIG" --workers "$W" --fsdp --bare --max-steps "$STEPS" --no-resume 2>"$LOG" || { cat "$LOG"; exit 1; }
   MED=$(python3 -c "
 import json,statistics,sys
 xs=[json.loads(l)['step_s'] for l in open('$OUT/train_log.jsonl')][1:]

@@ -161,6 +161,7 @@ fn run_generation(ctx: &DeviceCtx, g: &GenerationStart, rx: &Receiver<DeviceCmd>
     let mut step = g.plan.start_step;
     let mut exit = false;
     let result = (|| -> Result<()> {
+        let t_start = std::time::Instant::now();
         let auth = JobAuth { job_id: job_id(&ctx.job), generation, secret: Secret::new(ctx.secret.clone()) };
         let mut config = RingConfig::new(auth);
         config.timeout = ctx.job.train.collective_timeout;
@@ -171,6 +172,7 @@ fn run_generation(ctx: &DeviceCtx, g: &GenerationStart, rx: &Receiver<DeviceCmd>
             return Err(WorkerError::Training { step, reason: format!("generation {generation} was aborted") });
         }
         let world = ring.world() as u32;
+        let ring_s = t_start.elapsed().as_secs_f64();
         let mut job = ctx.job.clone();
         job.schedule = g.schedule.clone();
         let cfg = crate::four_m_config(&job.model, &job.origin)?;
@@ -179,12 +181,22 @@ fn run_generation(ctx: &DeviceCtx, g: &GenerationStart, rx: &Receiver<DeviceCmd>
         let total = job.train.total_steps;
         let every = job.checkpoint.every_steps;
         let tokens_per_sample = (job.train.num_input_tokens + job.train.num_target_tokens) as u64;
+        let data_s = t_start.elapsed().as_secs_f64() - ring_s;
         let mut t = FsdpTrainer::new(job, &cfg, source, lens, ring)?;
+        let model_s = t_start.elapsed().as_secs_f64() - ring_s - data_s;
         if let Some(dir) = &g.restore_dir {
             t.restore_from(dir)?;
         }
         t.set_schedule(g.schedule.clone())?;
         step = t.state().step;
+        if g.rank == 0 {
+            eprintln!(
+                "[{}] generation {generation} ready: ring {ring_s:.2}s, model + restore {:.2}s (data {data_s:.2}s, model init {model_s:.2}s, restore {:.2}s)",
+                ctx.worker,
+                t_start.elapsed().as_secs_f64() - ring_s,
+                t_start.elapsed().as_secs_f64() - ring_s - data_s - model_s
+            );
+        }
         if step != g.plan.start_step {
             return Err(WorkerError::Training { step, reason: format!("restored step {step}, the plan starts at {}", g.plan.start_step) });
         }
@@ -213,7 +225,11 @@ fn run_generation(ctx: &DeviceCtx, g: &GenerationStart, rx: &Receiver<DeviceCmd>
             t.agree(&mut flags)?;
             let periodic = every > 0 && step.is_multiple_of(every);
             if flags[1] != 0 || periodic || step >= stop_at {
+                let ts = std::time::Instant::now();
                 let snap = t.snapshot(generation);
+                if g.rank == 0 {
+                    eprintln!("[{}] step {step}: checkpoint snapshot {:.3}s (training continues)", ctx.worker, ts.elapsed().as_secs_f64());
+                }
                 let (coord, worker, rank) = (ctx.coordinator.clone(), ctx.worker, g.rank);
                 let name = format!("ckpt-writer-{step}");
                 let spawned = std::thread::Builder::new().name(name).spawn(move || {
