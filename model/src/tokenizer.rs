@@ -11,6 +11,7 @@
 //! - [`Trainer`] (`train`): AdamW steps, metrics, checkpoint and resume; [`train_tokenizer`].
 //! - `metrics`: codebook usage, perplexity, mIoU, token agreement.
 //! - `world`: data from a generated world, evaluation, [`train_from_world`] for the CLI.
+//! - `tokenize`: [`tokenize_world_split`] writes ml-4m `tok_<modality>@<size>` token shards.
 
 // Tensor names carry shape suffixes (`z_HND`) with a legend in each file (style guide §17).
 #![allow(non_snake_case)]
@@ -28,16 +29,18 @@ mod metrics;
 mod mlp;
 mod model;
 mod quantizer;
+mod tokenize;
 mod train;
 mod world;
 
-pub use config::{ArchKind, InputKind, MAX_FSQ_VOCAB, QuantizerKind, ReconLoss, TokenizerConfig};
+pub use config::{ArchKind, InputKind, MAX_VOCAB, QuantizerKind, ReconLoss, TokenizerConfig};
 pub use ema::EmaCosineCodebook;
 pub use fsq::Fsq;
 pub use loss::recon_loss;
 pub use metrics::{CodeUsage, mean_iou, token_agreement};
 pub use model::{CONFIG_FILE, Tokenizer, TokenizerForward, WEIGHTS_FILE};
 pub use quantizer::{Quantized, Quantizer};
+pub use tokenize::{TokenizeSummary, token_folder_name, tokenize_world_split};
 pub use train::{Batches, OPTIMIZER_FILE, StepMetrics, TrainOptions, TrainReport, Trainer, encode_all, train_tokenizer};
 pub use world::{EvalReport, WorldTrainReport, evaluate, load_world_split, train_from_world};
 

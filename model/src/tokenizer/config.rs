@@ -6,9 +6,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
 
-/// Largest implicit FSQ codebook: token ids must fit the int16 arrays ml-4m stores (§6.2)
-/// widened to i64, and usage counters are dense per code.
-pub const MAX_FSQ_VOCAB: usize = 1 << 16;
+/// Largest codebook (EMA codes or the FSQ product): token ids must fit the int16 arrays ml-4m
+/// stores (§6.2), and usage counters are dense per code.
+pub const MAX_VOCAB: usize = 1 << 15;
 
 /// What a tokenizer consumes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -157,7 +157,8 @@ impl TokenizerConfig {
             "feature_map" => {
                 let cells = size / tessera_tokenizers::world::features::PATCH;
                 let input = InputKind::Image { channels: tessera_tokenizers::world::features::MAP_DIM, size: cells };
-                (input, conv(0), ReconLoss::Cosine, ema(256, cells * cells))
+                // ml-4m's feature-map tokenizers use smooth-L1; cosine would drop the cell norms.
+                (input, conv(0), ReconLoss::SmoothL1, ema(256, cells * cells))
             }
             "global_feature" => (
                 InputKind::Vector { dim: tessera_tokenizers::world::features::GLOBAL_DIM },
@@ -224,8 +225,8 @@ impl TokenizerConfig {
         }
         match &self.quantizer {
             QuantizerKind::EmaCosine { codebook_size, decay, dead_threshold } => {
-                if *codebook_size < 2 {
-                    return bad("quantizer.codebook_size", "must be at least 2".into());
+                if *codebook_size < 2 || *codebook_size > MAX_VOCAB {
+                    return bad("quantizer.codebook_size", format!("{codebook_size} is not in 2..={MAX_VOCAB}"));
                 }
                 if decay.is_nan() || *decay <= 0.0 || *decay >= 1.0 {
                     return bad("quantizer.decay", format!("{decay} is not in (0, 1)"));
@@ -242,8 +243,8 @@ impl TokenizerConfig {
                     return bad("quantizer.levels", format!("{levels:?}: every level count must be at least 2"));
                 }
                 let vocab = levels.iter().try_fold(1usize, |acc, &l| acc.checked_mul(l)).unwrap_or(usize::MAX);
-                if vocab > MAX_FSQ_VOCAB {
-                    return bad("quantizer.levels", format!("{levels:?} gives {vocab} codes, above {MAX_FSQ_VOCAB}"));
+                if vocab > MAX_VOCAB {
+                    return bad("quantizer.levels", format!("{levels:?} gives {vocab} codes, above {MAX_VOCAB}"));
                 }
             }
         }
