@@ -3,7 +3,8 @@
 //!
 //! - [`ModalityTokenizer`]: the seam the data pipeline and generation use (encode/decode).
 //! - [`TokenizerConfig`] (`config`): input kind, architecture, quantizer, loss; validated once.
-//! - `conv`: convolutional VQ-VAE encoder/decoder; `mlp`: ml-4m's Bottleneck MLP.
+//! - `conv`: convolutional VQ-VAE encoder/decoder; `vit`: the ViT one; `mlp`: ml-4m's
+//!   Bottleneck MLP.
 //! - `ema`: EMA cosine-similarity codebook with dead-code replacement; `fsq`: finite scalar
 //!   quantization; `quantizer`: the two behind one type.
 //! - `loss`: MSE, L1, smooth-L1, cross-entropy, cosine reconstruction losses.
@@ -31,6 +32,7 @@ mod model;
 mod quantizer;
 mod tokenize;
 mod train;
+mod vit;
 mod world;
 
 pub use config::{ArchKind, InputKind, MAX_VOCAB, QuantizerKind, ReconLoss, TokenizerConfig};

@@ -51,6 +51,17 @@ pub enum ArchKind {
         /// Residual blocks per stage.
         res_blocks: usize,
     },
+    /// ViT VQ-VAE (ml-4m's `ViTEncoder` / `vit_b_dec`): one token per `patch`×`patch` patch.
+    Vit {
+        /// Patch side (the image side must be a multiple).
+        patch: usize,
+        /// Transformer width (a multiple of `heads` and of 4, for the 2-D sin-cos table).
+        width: usize,
+        /// Blocks in the encoder and in the decoder.
+        depth: usize,
+        /// Attention heads.
+        heads: usize,
+    },
     /// Bottleneck MLP (ml-4m's `BottleneckMLP`): `n_heads` codes per vector, each head with its
     /// own codebook (Memcodes-style multi-head tokens).
     Mlp {
@@ -199,13 +210,21 @@ impl TokenizerConfig {
                     return bad("arch.channels", format!("{channels} is not a positive multiple of {GROUPS} (group norm)"));
                 }
             }
+            (InputKind::Image { size, .. } | InputKind::ClassMap { size, .. }, ArchKind::Vit { patch, width, depth, heads }) => {
+                if *patch == 0 || *size == 0 || !size.is_multiple_of(*patch) {
+                    return bad("arch.patch", format!("input size {size} is not a positive multiple of patch {patch}"));
+                }
+                if *heads == 0 || *depth == 0 || *width == 0 || !width.is_multiple_of(*heads) || !width.is_multiple_of(4) {
+                    return bad("arch", format!("vit width {width} must be a positive multiple of heads ({heads}) and 4, depth ≥ 1"));
+                }
+            }
             (InputKind::Vector { .. }, ArchKind::Mlp { hidden, blocks: _, n_heads }) => {
                 if *hidden == 0 || *n_heads == 0 {
                     return bad("arch", "hidden and n_heads must be at least 1".into());
                 }
             }
             (input, arch) => {
-                return bad("arch", format!("{arch:?} cannot take {input:?} (images and class maps: conv; vectors: mlp)"));
+                return bad("arch", format!("{arch:?} cannot take {input:?} (images and class maps: conv or vit; vectors: mlp)"));
             }
         }
         match &self.input {
@@ -266,7 +285,7 @@ impl TokenizerConfig {
     pub fn heads(&self) -> usize {
         match self.arch {
             ArchKind::Mlp { n_heads, .. } => n_heads,
-            ArchKind::Conv { .. } => 1,
+            ArchKind::Conv { .. } | ArchKind::Vit { .. } => 1,
         }
     }
 
@@ -276,6 +295,7 @@ impl TokenizerConfig {
             (InputKind::Image { size, .. } | InputKind::ClassMap { size, .. }, ArchKind::Conv { downsample_log2, .. }) => {
                 size >> downsample_log2
             }
+            (InputKind::Image { size, .. } | InputKind::ClassMap { size, .. }, ArchKind::Vit { patch, .. }) => size / patch,
             _ => 1,
         }
     }
@@ -283,7 +303,7 @@ impl TokenizerConfig {
     /// Tokens per sample: the grid cells, or the heads for vectors.
     pub fn tokens_per_sample(&self) -> usize {
         match self.arch {
-            ArchKind::Conv { .. } => self.grid() * self.grid(),
+            ArchKind::Conv { .. } | ArchKind::Vit { .. } => self.grid() * self.grid(),
             ArchKind::Mlp { n_heads, .. } => n_heads,
         }
     }

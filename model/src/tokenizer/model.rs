@@ -17,6 +17,7 @@ use super::conv::{ConvDecoder, ConvEncoder};
 use super::loss::recon_loss;
 use super::mlp::BottleneckMlp;
 use super::quantizer::{Quantized, Quantizer};
+use super::vit::{VitDecoder, VitDims, VitEncoder};
 use crate::error::{ModelError, Result};
 use crate::io;
 
@@ -28,7 +29,28 @@ pub const CONFIG_FILE: &str = "tokenizer.json";
 #[derive(Debug)]
 enum Net {
     Conv { class_emb: Option<nn::Embedding>, enc: Box<ConvEncoder>, dec: Box<ConvDecoder> },
+    Vit { class_emb: Option<nn::Embedding>, enc: Box<VitEncoder>, dec: Box<VitDecoder> },
     Mlp { enc: BottleneckMlp, dec: BottleneckMlp },
+}
+
+/// The class-map embedding (if any) and the encoder's input / decoder's output channels.
+fn image_io(root: &nn::Path, input: &InputKind) -> (Option<nn::Embedding>, usize, usize) {
+    match *input {
+        InputKind::Image { channels, .. } => (None, channels, channels),
+        InputKind::ClassMap { num_classes, embed_dim, .. } => {
+            let emb = nn::embedding(root / "cls_emb", num_classes as i64, embed_dim as i64, Default::default());
+            (Some(emb), embed_dim, num_classes)
+        }
+        InputKind::Vector { .. } => unreachable!("validate pairs vectors with the mlp"),
+    }
+}
+
+/// Embeds class maps `(B, S, S)` to `(B, E, S, S)`; images pass through.
+fn embed_input(class_emb: &Option<nn::Embedding>, x: &Tensor) -> Tensor {
+    match class_emb {
+        Some(emb) => emb.forward(x).permute([0, 3, 1, 2]),
+        None => x.shallow_clone(),
+    }
 }
 
 /// A modality tokenizer: encoder, quantizer and decoder owned by one store.
@@ -69,17 +91,17 @@ impl Tokenizer {
         let code_dim = cfg.code_dim;
         let net = match (&cfg.input, &cfg.arch) {
             (input, ArchKind::Conv { downsample_log2, channels, res_blocks }) => {
-                let (class_emb, in_ch, out_ch) = match *input {
-                    InputKind::Image { channels: c, .. } => (None, c, c),
-                    InputKind::ClassMap { num_classes, embed_dim, .. } => {
-                        let emb = nn::embedding(&root / "cls_emb", num_classes as i64, embed_dim as i64, Default::default());
-                        (Some(emb), embed_dim, num_classes)
-                    }
-                    InputKind::Vector { .. } => unreachable!("validate pairs vectors with the mlp"),
-                };
+                let (class_emb, in_ch, out_ch) = image_io(&root, input);
                 let enc = ConvEncoder::new(&(&root / "encoder"), in_ch, *channels, *downsample_log2, *res_blocks, code_dim);
                 let dec = ConvDecoder::new(&(&root / "decoder"), out_ch, *channels, *downsample_log2, *res_blocks, code_dim);
                 Net::Conv { class_emb, enc: Box::new(enc), dec: Box::new(dec) }
+            }
+            (input @ (InputKind::Image { size, .. } | InputKind::ClassMap { size, .. }), ArchKind::Vit { patch, width, depth, heads }) => {
+                let (class_emb, in_ch, out_ch) = image_io(&root, input);
+                let dims = VitDims { channels: in_ch, size: *size, patch: *patch, width: *width, depth: *depth, heads: *heads, code_dim };
+                let enc = VitEncoder::new(&(&root / "encoder"), dims);
+                let dec = VitDecoder::new(&(&root / "decoder"), VitDims { channels: out_ch, ..dims });
+                Net::Vit { class_emb, enc: Box::new(enc), dec: Box::new(dec) }
             }
             (InputKind::Vector { dim }, ArchKind::Mlp { hidden, blocks, n_heads }) => {
                 let latent = n_heads * code_dim;
@@ -142,18 +164,13 @@ impl Tokenizer {
         }
     }
 
-    /// Encoder latents as `(H, B·T/H… )`: conv gives `(1, B·G·G, D)` in row-major grid
-    /// order, the MLP `(H, B, D)`.
+    /// Encoder latents `(H, N, D)`: conv and ViT give `(1, B·G·G, D)` in row-major grid
+    /// order per sample, the MLP `(H, B, D)`.
     fn latents(&self, x: &Tensor) -> Tensor {
         let d = self.cfg.code_dim as i64;
         match &self.net {
-            Net::Conv { class_emb, enc, .. } => {
-                let x_BCSS = match class_emb {
-                    Some(emb) => emb.forward(x).permute([0, 3, 1, 2]),
-                    None => x.shallow_clone(),
-                };
-                enc.forward(&x_BCSS).permute([0, 2, 3, 1]).reshape([1, -1, d])
-            }
+            Net::Conv { class_emb, enc, .. } => enc.forward(&embed_input(class_emb, x)).permute([0, 2, 3, 1]).reshape([1, -1, d]),
+            Net::Vit { class_emb, enc, .. } => enc.forward(&embed_input(class_emb, x)).reshape([1, -1, d]),
             Net::Mlp { enc, .. } => {
                 let h = self.cfg.heads() as i64;
                 enc.forward(x).reshape([-1, h, d]).transpose(0, 1)
@@ -165,14 +182,14 @@ impl Tokenizer {
     fn ids_to_bt(&self, ids_HN: &Tensor) -> Tensor {
         let t = self.cfg.tokens_per_sample() as i64;
         match self.net {
-            Net::Conv { .. } => ids_HN.reshape([-1, t]),
+            Net::Conv { .. } | Net::Vit { .. } => ids_HN.reshape([-1, t]),
             Net::Mlp { .. } => ids_HN.transpose(0, 1).reshape([-1, t]),
         }
     }
 
     fn ids_to_hn(&self, ids_BT: &Tensor) -> Tensor {
         match self.net {
-            Net::Conv { .. } => ids_BT.reshape([1, -1]),
+            Net::Conv { .. } | Net::Vit { .. } => ids_BT.reshape([1, -1]),
             Net::Mlp { .. } => ids_BT.transpose(0, 1).contiguous(),
         }
     }
@@ -184,6 +201,10 @@ impl Tokenizer {
             Net::Conv { dec, .. } => {
                 let g = self.cfg.grid() as i64;
                 dec.forward(&codes_HND.reshape([-1, g, g, d]).permute([0, 3, 1, 2]))
+            }
+            Net::Vit { dec, .. } => {
+                let n = self.cfg.tokens_per_sample() as i64;
+                dec.forward(&codes_HND.reshape([-1, n, d]))
             }
             Net::Mlp { dec, .. } => {
                 let h = self.cfg.heads() as i64;

@@ -361,6 +361,23 @@ mod tests {
         }
     }
 
+    /// The ViT encoder/decoder trains through the same seam (patch 4 → 4×4 tokens).
+    #[test]
+    fn tokenizer_vit_training_lowers_the_loss() {
+        let data = smooth_images(128);
+        let vit = TokenizerConfig { arch: ArchKind::Vit { patch: 4, width: 32, depth: 1, heads: 4 }, ..cfg() };
+        assert_eq!(vit.tokens_per_sample(), 16);
+        let opts = TrainOptions { steps: 80, batch_size: 16, lr: 3e-3, warmup_steps: 5, ..Default::default() };
+        let (tok, report) = train_tokenizer(&vit, &data, &opts, Device::Cpu).unwrap();
+        let (first, last) = (report.steps[0].recon_loss, report.last().unwrap());
+        assert!(last.recon_loss < first / 2.0, "recon {first} -> {}", last.recon_loss);
+        assert!(last.usage >= 0.5, "usage {}", last.usage);
+        let dir = tempfile::tempdir().unwrap();
+        tok.save(dir.path()).unwrap();
+        let back = Tokenizer::load(dir.path(), Device::Cpu).unwrap();
+        assert!(encode_all(&back, &data, 64).unwrap().equal(&encode_all(&tok, &data, 64).unwrap()));
+    }
+
     #[test]
     fn tokenizer_training_lowers_the_loss_and_keeps_codes_alive() {
         let data = smooth_images(128);
