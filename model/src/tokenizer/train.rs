@@ -46,6 +46,9 @@ pub struct TrainOptions {
     pub usage_window: usize,
     /// Seed of the batch order (default 0).
     pub seed: u64,
+    /// [`super::train_from_world`] checkpoints every this many steps; 0 only at the end
+    /// (default 0).
+    pub checkpoint_every: usize,
 }
 
 impl Default for TrainOptions {
@@ -60,6 +63,7 @@ impl Default for TrainOptions {
             clip_grad: 1.0,
             usage_window: 20,
             seed: 0,
+            checkpoint_every: 0,
         }
     }
 }
@@ -124,7 +128,7 @@ pub struct TrainReport {
 }
 
 impl TrainReport {
-    fn from_steps(steps: Vec<StepMetrics>) -> Self {
+    pub(crate) fn from_steps(steps: Vec<StepMetrics>) -> Self {
         let mut ms: Vec<f64> = steps.iter().map(|s| s.ms).collect();
         ms.sort_by(f64::total_cmp);
         let median_ms_per_step = ms.get(ms.len() / 2).copied().unwrap_or(0.0);
@@ -250,11 +254,23 @@ impl Trainer {
     /// Runs at most `max_steps` more steps (never past `opts.steps`), so a caller can
     /// checkpoint between chunks of one schedule.
     pub fn run_for(&mut self, batches: &mut dyn Iterator<Item = Tensor>, max_steps: usize) -> Result<TrainReport> {
+        self.run_observed(batches, max_steps, &mut |_| {})
+    }
+
+    /// [`Trainer::run_for`], calling `on_step` after every step (progress, logging).
+    pub fn run_observed(
+        &mut self,
+        batches: &mut dyn Iterator<Item = Tensor>,
+        max_steps: usize,
+        on_step: &mut dyn FnMut(&StepMetrics),
+    ) -> Result<TrainReport> {
         let mut steps = Vec::new();
         let stop = self.opts.steps.min(self.step.saturating_add(max_steps));
         while self.step < stop {
             let Some(batch) = batches.next() else { break };
-            steps.push(self.step(&batch)?);
+            let m = self.step(&batch)?;
+            on_step(&m);
+            steps.push(m);
         }
         Ok(TrainReport::from_steps(steps))
     }

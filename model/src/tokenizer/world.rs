@@ -14,7 +14,7 @@ use super::config::{InputKind, TokenizerConfig};
 use super::loss::recon_loss;
 use super::metrics::{CodeUsage, mean_iou, token_agreement};
 use super::model::Tokenizer;
-use super::train::{Batches, TrainOptions, TrainReport, Trainer, encode_all};
+use super::train::{Batches, StepMetrics, TrainOptions, TrainReport, Trainer, encode_all};
 use crate::error::{ModelError, Result};
 
 /// Standardised depth is clamped to this many (truncated) standard deviations: an image whose
@@ -188,14 +188,16 @@ pub struct WorldTrainReport {
 }
 
 /// Trains a tokenizer of `cfg` (its `modality` names the world folder) on `dir/train`,
-/// checkpoints it into `out_dir` (resuming from a checkpoint already there, so an interrupted
-/// run continues), evaluates it on `dir/val` and writes `eval.json` beside the weights.
+/// checkpoints it into `out_dir` every `opts.checkpoint_every` steps and at the end (resuming
+/// from a checkpoint already there, so an interrupted run continues), evaluates it on
+/// `dir/val` and writes `eval.json` beside the weights. `on_step` sees every step's metrics.
 pub fn train_from_world(
     dir: &Path,
     cfg: &TokenizerConfig,
     opts: &TrainOptions,
     out_dir: &Path,
     device: Device,
+    on_step: &mut dyn FnMut(&StepMetrics),
 ) -> Result<WorldTrainReport> {
     let train = load_world_split(dir, "train", cfg, None)?;
     let val = load_world_split(dir, "val", cfg, None)?;
@@ -212,8 +214,19 @@ pub fn train_from_world(
         Trainer::new(Tokenizer::new(cfg, device)?, opts.clone())?
     };
     let data = train.to_device(device);
-    let report = trainer.run(&mut Batches::new(&data, opts.batch_size, opts.seed, trainer.step_count()))?;
-    trainer.save(out_dir)?;
+    let mut batches = Batches::new(&data, opts.batch_size, opts.seed, trainer.step_count());
+    let chunk = if opts.checkpoint_every == 0 { usize::MAX } else { opts.checkpoint_every };
+    let mut steps = Vec::new();
+    loop {
+        let part = trainer.run_observed(&mut batches, chunk, on_step)?;
+        let done = part.steps.is_empty();
+        steps.extend(part.steps);
+        trainer.save(out_dir)?;
+        if done || trainer.step_count() >= opts.steps {
+            break;
+        }
+    }
+    let report = TrainReport::from_steps(steps);
     let val_report = evaluate(trainer.tokenizer(), &train, &val)?;
     let out = WorldTrainReport { out_dir: out_dir.to_path_buf(), train: report, val: val_report };
     let json = serde_json::to_vec_pretty(&out).map_err(|e| ModelError::Config { field: "eval.json".into(), reason: e.to_string() })?;
@@ -268,7 +281,14 @@ mod tests {
         // MSE rather than the preset's smooth-L1: standardised depth lies in about [−1, 1.5],
         // where smooth-L1 is MSE/2, and the test compares MSEs.
         let cfg = TokenizerConfig { loss: ReconLoss::Mse, ..tiny("depth", 32) };
-        let report = train_from_world(dir.path(), &cfg, &opts(800), out.path(), Device::Cpu).unwrap();
+        let report = {
+            // Checkpoints at 300, 600 and 800 exercise the chunked loop; every step is observed.
+            let chunked = TrainOptions { checkpoint_every: 300, ..opts(800) };
+            let mut seen = 0;
+            let r = train_from_world(dir.path(), &cfg, &chunked, out.path(), Device::Cpu, &mut |m| seen = m.step).unwrap();
+            assert_eq!((seen, r.train.steps.len()), (800, 800));
+            r
+        };
         let v = report.val;
         eprintln!("depth: {v:?}, {:.1} ms/step", report.train.median_ms_per_step);
         // The mean image already holds the sky, horizon and ground gradient that every scene
@@ -313,7 +333,7 @@ mod tests {
         let out = tempfile::tempdir().unwrap();
         let cfg =
             TokenizerConfig { loss: ReconLoss::Mse, arch: ArchKind::Vit { patch: 4, width: 64, depth: 2, heads: 4 }, ..tiny("depth", 32) };
-        let report = train_from_world(dir.path(), &cfg, &opts(800), out.path(), Device::Cpu).unwrap();
+        let report = train_from_world(dir.path(), &cfg, &opts(800), out.path(), Device::Cpu, &mut |_| {}).unwrap();
         let v = report.val;
         eprintln!("vit depth: {v:?}, {:.1} ms/step", report.train.median_ms_per_step);
         // Same reasoning as the conv test; the tiny ViT (2 blocks, width 64) learns the local
@@ -329,7 +349,7 @@ mod tests {
         let out = tempfile::tempdir().unwrap();
         let cfg = tiny("semseg", 64);
         assert_eq!(cfg.loss, ReconLoss::CrossEntropy);
-        let report = train_from_world(dir.path(), &cfg, &opts(600), out.path(), Device::Cpu).unwrap();
+        let report = train_from_world(dir.path(), &cfg, &opts(600), out.path(), Device::Cpu, &mut |_| {}).unwrap();
         let v = report.val;
         eprintln!("semseg: {v:?}, {:.1} ms/step", report.train.median_ms_per_step);
         // The per-pixel majority class (background and ground) scores about 0.18 mIoU; 0.7 needs
@@ -357,7 +377,7 @@ mod tests {
         cfg.loss = ReconLoss::Mse;
         assert_eq!((cfg.tokens_per_sample(), cfg.vocab_size()), (16, 16807));
         let out = tempfile::tempdir().unwrap();
-        let report = train_from_world(dir.path(), &cfg, &opts(2000), out.path(), Device::Cpu).unwrap();
+        let report = train_from_world(dir.path(), &cfg, &opts(2000), out.path(), Device::Cpu, &mut |_| {}).unwrap();
         let v = report.val;
         eprintln!("feature_map: {v:?}, {:.1} ms/step", report.train.median_ms_per_step);
         // The mean map is the trivial predictor; 3× lower MSE on held-out maps means the 16
@@ -377,7 +397,7 @@ mod tests {
         cfg.arch = ArchKind::Mlp { hidden: 128, blocks: 1, n_heads: 8 };
         cfg.code_dim = 8;
         cfg.quantizer = QuantizerKind::EmaCosine { codebook_size: 32, decay: 0.95, dead_threshold: 0.1 };
-        let report = train_from_world(dir.path(), &cfg, &opts(600), out.path(), Device::Cpu).unwrap();
+        let report = train_from_world(dir.path(), &cfg, &opts(600), out.path(), Device::Cpu, &mut |_| {}).unwrap();
         let v = report.val;
         eprintln!("global: {v:?}, {:.1} ms/step", report.train.median_ms_per_step);
         // The world's global descriptors are close to their mean (cosine ≈ 0.94), so only a
