@@ -1,7 +1,8 @@
 //! Tokenizer training step time at the test sizes: the conv and ViT VQ-VAEs for depth (32 px →
-//! 8×8 tokens, 32 EMA codes), the conv one for semseg (class embedding + CE), the FSQ feature-map tokenizer
-//! (4×4 cells of 32 channels) and the bottleneck-MLP global tokenizer (8 heads), batch 16, with
-//! 1 and 2 libtorch threads. Each figure is the median over the timed steps, after warmup.
+//! 8×8 tokens, 32 EMA codes), the conv one for semseg (class embedding + CE), the FSQ
+//! feature-map tokenizer (4×4 cells of 32 channels) and the bottleneck-MLP global tokenizer
+//! (8 heads), batch 16, with 1 and 2 libtorch threads. Each figure is the median over the timed
+//! steps, after warmup.
 //!
 //! Run: `cargo bench -p tessera-model --bench tokenizer` (add `--profile dev` to reuse the
 //! test build). Knobs: `TOKENIZER_BENCH_STEPS` (default 60), `TOKENIZER_BENCH_THREADS`

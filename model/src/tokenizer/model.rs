@@ -110,7 +110,7 @@ impl Tokenizer {
                     dec: BottleneckMlp::new(&(&root / "decoder"), latent, *hidden, *blocks, *dim),
                 }
             }
-            _ => unreachable!("validate pairs class maps and images with conv"),
+            _ => unreachable!("validate pairs class maps and images with conv or vit, vectors with the mlp"),
         };
         let quantizer = Quantizer::new(&(&root / "quantizer"), cfg);
         Ok(Self { cfg: cfg.clone(), vs, net, quantizer })

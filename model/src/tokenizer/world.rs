@@ -362,6 +362,31 @@ mod tests {
         assert!(v.token_agreement >= 0.75, "encode→decode→encode agreement {}", v.token_agreement);
     }
 
+    /// The image folders decode to the documented layouts and ranges.
+    #[test]
+    fn tokenizer_world_loader_normalises_each_folder() {
+        let dir = world(8, 2, 16);
+        let load = |m: &str| load_world_split(dir.path(), "train", &TokenizerConfig::preset(m, 32).unwrap(), Some(4)).unwrap();
+        let (rgb, normal, semseg, depth) = (load("rgb"), load("normal"), load("semseg"), load("depth"));
+        assert_eq!(
+            (rgb.size(), normal.size(), semseg.size(), depth.size()),
+            (vec![4, 3, 32, 32], vec![4, 3, 32, 32], vec![4, 32, 32], vec![4, 1, 32, 32])
+        );
+        assert!(rgb.min().double_value(&[]) >= -1.0 && rgb.max().double_value(&[]) <= 1.0);
+        // Normals are unit vectors up to 8-bit quantisation.
+        let norms = normal.square().sum_dim_intlist(1, false, Kind::Float).sqrt();
+        assert!((norms - 1.0).abs().max().double_value(&[]) < 0.03);
+        assert!(semseg.min().int64_value(&[]) >= 0 && semseg.max().int64_value(&[]) <= 4 && semseg.max().int64_value(&[]) >= 1);
+        // Truncated standardisation: the central 80 % of each map has mean 0 and unit variance,
+        // so the whole map stays within the clamp and spans about ±1.
+        assert!(depth.abs().max().double_value(&[]) <= DEPTH_CLAMP);
+        assert!(depth.std(true).double_value(&[]) > 0.5);
+        assert_eq!(
+            load_world_split(dir.path(), "val", &TokenizerConfig::preset("global_feature", 32).unwrap(), None).unwrap().size(),
+            [2, 64]
+        );
+    }
+
     /// Feature maps take one token per cell (no downsampling, like ml-4m's `patch_proj=False`);
     /// FSQ replaces the codebook. A 64-px world gives 4×4 cells of 32 channels.
     #[test]
@@ -405,6 +430,10 @@ mod tests {
         // MSE of the decoded unit vectors. Measured at 300 steps: 10× on both.
         assert!(v.loss < v.baseline_loss / 4.0, "held-out cosine loss {} vs mean-vector {}", v.loss, v.baseline_loss);
         assert!(v.mse < v.baseline_mse / 4.0, "held-out MSE {} vs mean-vector {}", v.mse, v.baseline_mse);
+        // A checkpoint of another config is refused rather than silently continued.
+        let other = TokenizerConfig { seed: 1, ..cfg.clone() };
+        let err = train_from_world(dir.path(), &other, &opts(600), out.path(), Device::Cpu, &mut |_| {}).unwrap_err();
+        assert!(err.to_string().contains("another config"), "{err}");
         // Usage is counted per head: 8 codebooks of 32 codes on 64 vectors (2 per code if
         // uniform), so a half-used codebook is what the held-out set can show.
         assert!(v.usage >= 0.5, "held-out codebook usage {}", v.usage);
