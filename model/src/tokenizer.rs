@@ -44,7 +44,7 @@ pub use model::{CONFIG_FILE, Tokenizer, TokenizerForward, WEIGHTS_FILE};
 pub use quantizer::{Quantized, Quantizer};
 pub use tokenize::{TokenizeSummary, token_folder_name, tokenize_world_split};
 pub use train::{Batches, OPTIMIZER_FILE, StepMetrics, TrainOptions, TrainReport, Trainer, encode_all, train_tokenizer};
-pub use world::{EvalReport, WorldTrainReport, evaluate, load_world_split, train_from_world};
+pub use world::{BASELINE_SAMPLES, EvalReport, ShardBatches, WorldTrainReport, evaluate, load_world_split, train_from_world};
 
 /// A modality's tokenizer: data ↔ int64 token ids `(B, tokens_per_sample)`.
 pub trait ModalityTokenizer {

@@ -158,6 +158,12 @@ impl Batches {
     }
 }
 
+/// The sample indices of batch `step` over `n` samples: distinct, seeded by (seed, step) only.
+pub(crate) fn batch_indices(seed: u64, step: usize, n: usize, batch_size: usize) -> Vec<i64> {
+    let mut rng = ChaCha8Rng::seed_from_u64(mix(seed, step, 0xBA7C));
+    sample(&mut rng, n, batch_size.min(n)).into_iter().map(|i| i as i64).collect()
+}
+
 impl Iterator for Batches {
     type Item = Tensor;
 
@@ -166,8 +172,7 @@ impl Iterator for Batches {
         if n == 0 {
             return None;
         }
-        let mut rng = ChaCha8Rng::seed_from_u64(mix(self.seed, self.step, 0xBA7C));
-        let idx: Vec<i64> = sample(&mut rng, n, self.batch_size.min(n)).into_iter().map(|i| i as i64).collect();
+        let idx = batch_indices(self.seed, self.step, n, self.batch_size);
         self.step += 1;
         Some(self.data.index_select(0, &Tensor::from_slice(&idx).to_device(self.data.device())))
     }

@@ -1,7 +1,7 @@
 //! Tokenizer data from a generated world (`tessera data generate`): one folder's members of a
-//! split decoded into a tensor in the tokenizer's input normalisation (reference §7.2), an
-//! evaluation against the trivial mean predictor, and [`train_from_world`], the whole
-//! train → save → evaluate path the CLI calls.
+//! split decoded into the tokenizer's input normalisation (reference §7.2), in memory or as
+//! streamed minibatches, an evaluation against the trivial mean predictor, and
+//! [`train_from_world`], the whole train → save → evaluate path the CLI calls.
 
 use std::path::{Path, PathBuf};
 
@@ -14,7 +14,7 @@ use super::config::{InputKind, TokenizerConfig};
 use super::loss::recon_loss;
 use super::metrics::{CodeUsage, mean_iou, token_agreement};
 use super::model::Tokenizer;
-use super::train::{Batches, StepMetrics, TrainOptions, TrainReport, Trainer, encode_all};
+use super::train::{StepMetrics, TrainOptions, TrainReport, Trainer, batch_indices, encode_all};
 use crate::error::{ModelError, Result};
 
 /// Standardised depth is clamped to this many (truncated) standard deviations: an image whose
@@ -104,6 +104,76 @@ pub fn load_world_split(dir: &Path, split: &str, cfg: &TokenizerConfig, limit: O
     }
     Ok(Tensor::stack(&rows, 0))
 }
+
+/// Seeded minibatches read from a split's shards on demand, so training memory does not grow
+/// with the split. Batch `s` holds the samples [`super::Batches`] would pick from the same split
+/// loaded in memory. A read error ends the iteration and is kept for [`ShardBatches::finish`].
+pub struct ShardBatches {
+    ds: ShardDataset,
+    folder: String,
+    batch_size: usize,
+    seed: u64,
+    step: usize,
+    device: Device,
+    error: Option<ModelError>,
+}
+
+impl std::fmt::Debug for ShardBatches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardBatches").field("folder", &self.folder).field("samples", &self.ds.len()).field("step", &self.step).finish()
+    }
+}
+
+impl ShardBatches {
+    /// Batches of `batch_size` from folder `cfg.modality` of `split`, from step `start_step`,
+    /// placed on `device`.
+    pub fn open(
+        dir: &Path,
+        split: &str,
+        cfg: &TokenizerConfig,
+        batch_size: usize,
+        seed: u64,
+        start_step: usize,
+        device: Device,
+    ) -> Result<Self> {
+        let ds = open_folder(dir, split, cfg)?;
+        if ds.is_empty() {
+            return Err(data_err(dir, format!("split '{split}' has no samples")));
+        }
+        Ok(Self { ds, folder: cfg.modality.clone(), batch_size, seed, step: start_step, device, error: None })
+    }
+
+    /// Ends the iteration: the read error that stopped it, if any.
+    pub fn finish(&mut self) -> Result<()> {
+        self.error.take().map_or(Ok(()), Err)
+    }
+}
+
+impl Iterator for ShardBatches {
+    type Item = Tensor;
+
+    fn next(&mut self) -> Option<Tensor> {
+        if self.error.is_some() {
+            return None;
+        }
+        let idx = batch_indices(self.seed, self.step, self.ds.len(), self.batch_size);
+        let rows: Result<Vec<Tensor>> = idx.iter().map(|&i| Ok(read_sample(&self.ds, i as usize, &self.folder)?.1)).collect();
+        match rows {
+            Ok(rows) => {
+                self.step += 1;
+                Some(Tensor::stack(&rows, 0).to_device(self.device))
+            }
+            Err(e) => {
+                self.error = Some(e);
+                None
+            }
+        }
+    }
+}
+
+/// Training samples the baselines of [`train_from_world`]'s evaluation are computed from
+/// (the first ones of the split; bounds memory on large worlds).
+pub const BASELINE_SAMPLES: usize = 2048;
 
 /// Held-out quality of a tokenizer against the trivial predictor.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -199,7 +269,6 @@ pub fn train_from_world(
     device: Device,
     on_step: &mut dyn FnMut(&StepMetrics),
 ) -> Result<WorldTrainReport> {
-    let train = load_world_split(dir, "train", cfg, None)?;
     let val = load_world_split(dir, "val", cfg, None)?;
     let mut trainer = if out_dir.join(super::train::OPTIMIZER_FILE).exists() {
         let t = Trainer::resume(out_dir, device, opts.clone())?;
@@ -213,12 +282,12 @@ pub fn train_from_world(
     } else {
         Trainer::new(Tokenizer::new(cfg, device)?, opts.clone())?
     };
-    let data = train.to_device(device);
-    let mut batches = Batches::new(&data, opts.batch_size, opts.seed, trainer.step_count());
+    let mut batches = ShardBatches::open(dir, "train", cfg, opts.batch_size, opts.seed, trainer.step_count(), device)?;
     let chunk = if opts.checkpoint_every == 0 { usize::MAX } else { opts.checkpoint_every };
     let mut steps = Vec::new();
     loop {
         let part = trainer.run_observed(&mut batches, chunk, on_step)?;
+        batches.finish()?;
         let done = part.steps.is_empty();
         steps.extend(part.steps);
         trainer.save(out_dir)?;
@@ -227,6 +296,7 @@ pub fn train_from_world(
         }
     }
     let report = TrainReport::from_steps(steps);
+    let train = load_world_split(dir, "train", cfg, Some(BASELINE_SAMPLES))?;
     let val_report = evaluate(trainer.tokenizer(), &train, &val)?;
     let out = WorldTrainReport { out_dir: out_dir.to_path_buf(), train: report, val: val_report };
     let json = serde_json::to_vec_pretty(&out).map_err(|e| ModelError::Config { field: "eval.json".into(), reason: e.to_string() })?;
@@ -385,6 +455,14 @@ mod tests {
             load_world_split(dir.path(), "val", &TokenizerConfig::preset("global_feature", 32).unwrap(), None).unwrap().size(),
             [2, 64]
         );
+        // Streamed batches are the in-memory batches, from any start step.
+        let cfg = TokenizerConfig::preset("depth", 32).unwrap();
+        let all = load_world_split(dir.path(), "train", &cfg, None).unwrap();
+        let mut streamed = ShardBatches::open(dir.path(), "train", &cfg, 3, 9, 2, Device::Cpu).unwrap();
+        for (a, b) in super::super::Batches::new(&all, 3, 9, 2).zip(&mut streamed).take(4) {
+            assert!(a.equal(&b));
+        }
+        streamed.finish().unwrap();
     }
 
     /// Feature maps take one token per cell (no downsampling, like ml-4m's `patch_proj=False`);
