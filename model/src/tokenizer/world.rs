@@ -395,6 +395,24 @@ mod tests {
         }
     }
 
+    /// Normals with the cosine loss: decoded normals are unit vectors by construction.
+    #[test]
+    fn tokenizer_normals_with_cosine_loss_beat_the_mean_image() {
+        tch::set_num_threads(1);
+        let dir = world(256, 64, 17);
+        let out = tempfile::tempdir().unwrap();
+        let cfg = TokenizerConfig { loss: ReconLoss::Cosine, ..tiny("normal", 32) };
+        let report = train_from_world(dir.path(), &cfg, &opts(400), out.path(), Device::Cpu, &mut |_| {}).unwrap();
+        let v = report.val;
+        eprintln!("normal: {v:?}, {:.1} ms/step", report.train.median_ms_per_step);
+        // As for depth, the mean image holds the shared sky and ground normals; 2× in both the
+        // trained cosine loss and the MSE of the unit decoded normals after 400 steps shows
+        // per-scene objects survive tokenization. Measured: 3.3× and 2.9×.
+        assert!(v.loss < v.baseline_loss / 2.0, "held-out cosine loss {} vs mean-image {}", v.loss, v.baseline_loss);
+        assert!(v.mse < v.baseline_mse / 2.0, "held-out MSE {} vs mean-image {}", v.mse, v.baseline_mse);
+        assert!(v.usage >= 0.5, "held-out codebook usage {}", v.usage);
+    }
+
     /// The ViT VQ-VAE on the same depth data: patch 4 → 8×8 tokens, like the conv one.
     #[test]
     fn tokenizer_vit_depth_beats_the_mean_image() {
