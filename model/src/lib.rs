@@ -4,7 +4,8 @@
 //! encoder, decoder, losses), [`MaskedBatch`] (the model's input, ml-4m's `mod_dict`) and
 //! [`Checkpoint`] (a `VarStore` with the model, saved and loaded as ml-4m-named safetensors).
 //! [`tokenizer`] holds the neural modality tokenizers (VQ-VAE, FSQ, bottleneck MLP) that make
-//! the model's discrete tokens. Parallelism is applied from outside (worker/ops); nothing here knows about ranks.
+//! the model's discrete tokens. Parallelism is applied from outside (worker/ops); nothing here
+//! knows about ranks.
 
 mod batch;
 mod config;
