@@ -11,6 +11,7 @@
 //! - [`Tokenizer`] (`model`): network + quantizer in one store, save/load.
 //! - [`Trainer`] (`train`): AdamW steps, metrics, checkpoint and resume; [`train_tokenizer`].
 //! - `metrics`: codebook usage, perplexity, mIoU, token agreement.
+//! - `transform`: world member → tokenizer input (crop, flip, resize, normalise).
 //! - `world`: data from a generated world, evaluation, [`train_from_world`] for the CLI.
 //! - `tokenize`: [`tokenize_world_split`] writes ml-4m `tok_<modality>@<size>` token shards.
 
@@ -32,6 +33,7 @@ mod model;
 mod quantizer;
 mod tokenize;
 mod train;
+mod transform;
 mod vit;
 mod world;
 
@@ -44,6 +46,7 @@ pub use model::{CONFIG_FILE, Tokenizer, TokenizerForward, WEIGHTS_FILE};
 pub use quantizer::{Quantized, Quantizer};
 pub use tokenize::{TokenizeSummary, token_folder_name, tokenize_world_split};
 pub use train::{Batches, OPTIMIZER_FILE, StepMetrics, TrainOptions, TrainReport, Trainer, encode_all, train_tokenizer};
+pub use transform::{DEPTH_CLAMP, prepare, read_crops, read_raw, truncated_standardize};
 pub use world::{BASELINE_SAMPLES, EvalReport, ShardBatches, WorldTrainReport, evaluate, load_world_split, train_from_world};
 
 /// A modality's tokenizer: data ↔ int64 token ids `(B, tokens_per_sample)`.
@@ -67,4 +70,13 @@ fn mix(seed: u64, counter: usize, stream: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
+}
+
+/// Gaussian test data from a fixed seed: libtorch's generator is process-global, so draw
+/// under the crate's lock or a concurrently running test changes the numbers.
+#[cfg(test)]
+pub(crate) fn seeded_randn(seed: i64, shape: &[i64]) -> Tensor {
+    let _guard = crate::weights::RNG_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(seed);
+    Tensor::randn(shape, (tch::Kind::Float, tch::Device::Cpu))
 }

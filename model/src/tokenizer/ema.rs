@@ -150,7 +150,7 @@ mod tests {
     #[test]
     fn tokenizer_ema_codes_are_unit_and_nearest_by_cosine() {
         let (_vs, cb) = book(16, 0.0);
-        let z = Tensor::randn([1, 50, 4], (Kind::Float, Device::Cpu)) * 5.0;
+        let z = super::super::seeded_randn(5, &[1, 50, 4]) * 5.0;
         let (zn, q, ids) = cb.quantize(&z);
         let norms = q.square().sum_dim_intlist(-1, false, Kind::Float).sqrt();
         assert!((norms - 1.0).abs().max().double_value(&[]) < 1e-5);
@@ -169,7 +169,7 @@ mod tests {
     fn tokenizer_dead_codes_are_revived_from_batch_latents() {
         let (_vs, mut cb) = book(8, 0.5);
         let base = Tensor::from_slice(&[1.0f32, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0]).reshape([2, 4]);
-        let noise = Tensor::randn([1, 64, 4], (Kind::Float, Device::Cpu)) * 0.05;
+        let noise = super::super::seeded_randn(4, &[1, 64, 4]) * 0.05;
         let z = base.repeat([32, 1]).reshape([1, 64, 4]) + noise;
         let (zn, _, ids) = cb.quantize(&z);
         let used_before: std::collections::BTreeSet<i64> = Vec::<i64>::try_from(ids.reshape([-1])).unwrap().into_iter().collect();
@@ -193,7 +193,7 @@ mod tests {
     #[test]
     fn tokenizer_ema_moves_codes_towards_assigned_means() {
         let (_vs, mut cb) = book(4, 0.0);
-        let z = Tensor::randn([1, 32, 4], (Kind::Float, Device::Cpu));
+        let z = super::super::seeded_randn(6, &[1, 32, 4]);
         let (zn, _, ids) = cb.quantize(&z);
         let before = cb.embed_HKD.copy();
         let loss = |e: &Tensor| {

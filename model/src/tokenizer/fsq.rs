@@ -85,7 +85,7 @@ mod tests {
         assert!((q - &codes).abs().max().double_value(&[]) < 1e-6);
         assert!(codes.abs().max().double_value(&[]) <= 1.0);
         // Random latents: quantize → lookup reproduces the codes, and the gradient passes.
-        let z = Tensor::randn([100, 4], (Kind::Float, Device::Cpu)).set_requires_grad(true) * 3.0;
+        let z = super::super::seeded_randn(7, &[100, 4]).set_requires_grad(true) * 3.0;
         let (q, ids) = fsq.quantize(&z);
         assert!((fsq.lookup(&ids) - q.detach()).abs().max().double_value(&[]) < 1e-6);
         assert!(ids.min().int64_value(&[]) >= 0 && ids.max().int64_value(&[]) < 240);
@@ -93,7 +93,7 @@ mod tests {
 
     #[test]
     fn tokenizer_fsq_gradient_is_straight_through() {
-        let z = Tensor::randn([10, 3], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let z = super::super::seeded_randn(8, &[10, 3]).set_requires_grad(true);
         let (q, _) = Fsq::new(&[5, 5, 5]).quantize(&z);
         q.sum(Kind::Float).backward();
         // d q / d z = tanh' · half_l / half_width, positive everywhere.

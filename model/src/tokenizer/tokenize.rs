@@ -6,15 +6,15 @@
 use std::path::{Path, PathBuf};
 
 use tch::{Device, Kind, Tensor};
-use tessera_tokenizers::shards::{ArrayData, NdArray, TarWriter, encode_npy};
+use tessera_tokenizers::shards::{ArrayData, NameMap, NdArray, ShardDataset, TarWriter, encode_npy};
 
 use super::ModalityTokenizer;
 use super::config::InputKind;
 use super::model::Tokenizer;
-use super::world::{open_folder, read_sample};
+use super::transform::{prepare, read_crops, read_raw};
 use crate::error::{ModelError, Result};
 
-/// Samples encoded per forward (bounds memory, not results).
+/// Samples (with all their crops) encoded per forward (bounds memory, not results).
 const CHUNK: usize = 64;
 
 /// What [`tokenize_world_split`] wrote.
@@ -38,24 +38,25 @@ pub fn token_folder_name(tok: &Tokenizer) -> String {
 }
 
 /// Encodes split `split` of the world at `dir` with `tok` into `dir/split/<token folder>/`
-/// (ids fit int16: the config caps vocabularies at [`super::MAX_VOCAB`]).
-/// Only crop 0 (the whole image) is tokenized, so worlds generated with several crops are
-/// refused rather than given token rows that their `crop_settings` would index past.
+/// (ids fit int16: the config caps vocabularies at [`super::MAX_VOCAB`]). Each sample gets one
+/// token row per crop of its `crop_settings` (ml-4m's `(n_crops, n_tokens)`), each crop cut,
+/// flipped and resized to the tokenizer's side; feature folders have no per-crop version, so
+/// worlds with several crops are refused for them.
 pub fn tokenize_world_split(dir: &Path, split: &str, tok: &Tokenizer) -> Result<TokenizeSummary> {
     let cfg = tok.config();
-    let bad = |reason: String| ModelError::Tokenizer { modality: cfg.modality.clone(), reason };
-    let world_json = dir.join("world.json");
-    if let Ok(text) = std::fs::read(&world_json) {
-        let v: serde_json::Value = serde_json::from_slice(&text).map_err(|e| bad(format!("{}: {e}", world_json.display())))?;
-        let n_crops = v["spec"]["n_crops"].as_u64().unwrap_or(1);
-        if n_crops != 1 {
-            return Err(bad(format!("the world has {n_crops} crops per sample; only single-crop worlds can be tokenized")));
-        }
-    }
-    let ds = open_folder(dir, split, cfg)?;
-    let folder = dir.join(split).join(token_folder_name(tok));
-    std::fs::create_dir_all(&folder).map_err(|source| ModelError::Io { op: "creating directory", path: folder.clone(), source })?;
+    let folder = cfg.modality.as_str();
+    let with_crops = ShardDataset::open(
+        &format!(
+            "{}/{split}/[{folder},crop_settings]/shard-{{00000..{:05}}}.tar",
+            dir.display(),
+            count_shards(dir, split, folder)?.saturating_sub(1)
+        ),
+        &NameMap::new(),
+    )?;
+    let out = dir.join(split).join(token_folder_name(tok));
+    std::fs::create_dir_all(&out).map_err(|source| ModelError::Io { op: "creating directory", path: out.clone(), source })?;
     let t = tok.tokens_per_sample();
+    let ds = &with_crops;
     let mut shards = 0;
     let mut i = 0;
     while i < ds.len() {
@@ -64,20 +65,88 @@ pub fn tokenize_world_split(dir: &Path, split: &str, tok: &Tokenizer) -> Result<
         while end < ds.len() && ds.shard_of(end)? == shard {
             end += 1;
         }
-        let mut writer = TarWriter::create(&folder.join(format!("shard-{shard:05}.tar")))?;
+        let mut writer = TarWriter::create(&out.join(format!("shard-{shard:05}.tar")))?;
         for start in (i..end).step_by(CHUNK) {
-            let samples = (start..(start + CHUNK).min(end)).map(|j| read_sample(&ds, j, &cfg.modality)).collect::<Result<Vec<_>>>()?;
-            let x = Tensor::stack(&samples.iter().map(|(_, x)| x.shallow_clone()).collect::<Vec<_>>(), 0);
-            let ids = tok.encode(&x)?.to_device(Device::Cpu).to_kind(Kind::Int16);
+            // Encode CHUNK samples' crops in one forward, then split the rows back per sample.
+            let mut keys = Vec::new();
+            let mut rows = Vec::new();
+            for j in start..(start + CHUNK).min(end) {
+                let (key, raw) = read_raw(ds, j, folder)?;
+                let crops = read_crops(ds, j)?;
+                // Feature folders were computed on the whole image, which is crop 0 (the centre
+                // square, §6.3; the world's maps are square); other crops are refused by prepare.
+                let feature = matches!(folder, "feature_map" | "global_feature");
+                for (k, c) in crops.iter().enumerate() {
+                    rows.push(prepare(folder, &key, &raw, (!(feature && k == 0)).then_some(c), cfg)?);
+                }
+                keys.push((key, crops.len()));
+            }
+            let ids = tok.encode(&Tensor::stack(&rows, 0))?.to_device(Device::Cpu).to_kind(Kind::Int16);
             let ids: Vec<i16> = Vec::try_from(ids.reshape([-1]))?;
-            for ((key, _), row) in samples.iter().zip(ids.chunks_exact(t)) {
-                let array = NdArray { shape: vec![1, t], data: ArrayData::I16(row.to_vec()) };
+            let mut at = 0;
+            for (key, n_crops) in keys {
+                let array = NdArray { shape: vec![n_crops, t], data: ArrayData::I16(ids[at..at + n_crops * t].to_vec()) };
                 writer.append(&format!("{key}.npy"), &encode_npy(&array))?;
+                at += n_crops * t;
             }
         }
         writer.finish()?;
         shards += 1;
         i = end;
     }
-    Ok(TokenizeSummary { folder, samples: ds.len(), shards })
+    Ok(TokenizeSummary { folder: out, samples: ds.len(), shards })
+}
+
+/// Number of `shard-*.tar` files of a folder.
+fn count_shards(dir: &Path, split: &str, folder: &str) -> Result<usize> {
+    let fdir = dir.join(split).join(folder);
+    let entries = std::fs::read_dir(&fdir).map_err(|source| ModelError::Io { op: "listing", path: fdir.clone(), source })?;
+    Ok(entries
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            n.starts_with("shard-") && n.ends_with(".tar")
+        })
+        .count())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::TokenizerConfig;
+    use super::super::world::load_world_split;
+    use super::*;
+    use tessera_tokenizers::shards::Decoded;
+    use tessera_tokenizers::world::{WorldSpec, generate};
+
+    /// A 64-px world with 3 crops per sample, tokenized by an (untrained) 32-px tokenizer:
+    /// one row per crop, row 0 the whole image resized, the other rows other crops.
+    #[test]
+    fn tokenizer_multi_crop_worlds_get_one_token_row_per_crop() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = WorldSpec { samples: 10, size: 64, seed: 21, n_crops: 3, val_fraction: 0.5, shard_size: 4, threads: 1 };
+        generate(dir.path(), &spec, &mut |_| {}).unwrap();
+        let tok = Tokenizer::new(&TokenizerConfig::preset("semseg", 32).unwrap(), Device::Cpu).unwrap();
+        let summary = tokenize_world_split(dir.path(), "val", &tok).unwrap();
+        assert_eq!((summary.samples, summary.shards), (5, 2));
+        assert!(summary.folder.ends_with("val/tok_semseg@32"));
+        let whole = load_world_split(dir.path(), "val", tok.config(), None).unwrap();
+        assert_eq!(whole.size(), [5, 32, 32]);
+        let expected = tok.encode(&whole).unwrap();
+        let pattern = format!("{}/val/[semseg,tok_semseg@32]/shard-{{00000..00001}}.tar", dir.path().display());
+        let ds = ShardDataset::open(&pattern, &NameMap::new()).unwrap();
+        let mut differs = false;
+        for i in 0..5 {
+            let Decoded::Array(a) = &ds.read_decoded(i).unwrap().members["tok_semseg@32"] else { panic!("tokens are an array") };
+            assert_eq!(a.shape, [3, 64]);
+            let ids = a.to_i64().unwrap();
+            assert_eq!(ids[..64], Vec::<i64>::try_from(expected.get(i as i64)).unwrap()[..], "row 0 is the whole image");
+            differs |= ids[64..128] != ids[..64];
+        }
+        assert!(differs, "the random crops give other tokens than the whole image");
+        // Feature maps exist only for the whole image.
+        let fm = Tokenizer::new(&TokenizerConfig::preset("feature_map", 64).unwrap(), Device::Cpu).unwrap();
+        let err = tokenize_world_split(dir.path(), "val", &fm).unwrap_err().to_string();
+        assert!(err.contains("single-crop"), "{err}");
+    }
 }

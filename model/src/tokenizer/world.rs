@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
-use tessera_tokenizers::shards::{Decoded, NameMap, ShardDataset};
+use tessera_tokenizers::shards::{NameMap, ShardDataset};
 
 use super::ModalityTokenizer;
 use super::config::{InputKind, TokenizerConfig};
@@ -15,11 +15,8 @@ use super::loss::recon_loss;
 use super::metrics::{CodeUsage, mean_iou, token_agreement};
 use super::model::Tokenizer;
 use super::train::{StepMetrics, TrainOptions, TrainReport, Trainer, batch_indices, encode_all};
+use super::transform::{prepare, read_raw};
 use crate::error::{ModelError, Result};
-
-/// Standardised depth is clamped to this many (truncated) standard deviations: an image whose
-/// central 80 % is nearly constant would otherwise send its few outliers to huge values.
-const DEPTH_CLAMP: f64 = 4.0;
 
 /// Samples encoded per chunk in evaluation (bounds memory, not results).
 const EVAL_CHUNK: usize = 64;
@@ -42,54 +39,18 @@ fn folder_pattern(dir: &Path, split: &str, folder: &str) -> Result<String> {
     Ok(format!("{}/{split}/[{folder}]/shard-{{00000..{:05}}}.tar", dir.display(), shards - 1))
 }
 
-/// ml-4m's truncated standardisation of one depth map: mean and variance of the values
-/// between the 10th and 90th percentile, then `(x − mean) / sqrt(var + 1e-6)`.
-fn truncated_standardize(depth: &[f32]) -> Vec<f32> {
-    let mut sorted = depth.to_vec();
-    sorted.sort_by(f32::total_cmp);
-    let (lo, hi) = (sorted.len() / 10, sorted.len() - sorted.len() / 10);
-    let kept = if hi > lo + 1 { &sorted[lo..hi] } else { &sorted[..] };
-    let n = kept.len() as f64;
-    let mean = kept.iter().map(|&v| v as f64).sum::<f64>() / n;
-    let var = kept.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
-    let std = (var + 1e-6).sqrt();
-    depth.iter().map(|&v| ((v as f64 - mean) / std).clamp(-DEPTH_CLAMP, DEPTH_CLAMP) as f32).collect()
-}
-
 /// Opens the `split` shards of the folder `cfg.modality` names.
 pub(crate) fn open_folder(dir: &Path, split: &str, cfg: &TokenizerConfig) -> Result<ShardDataset> {
     Ok(ShardDataset::open(&folder_pattern(dir, split, &cfg.modality)?, &NameMap::new())?)
 }
 
-/// Reads and decodes record `i` of `ds` (a one-folder dataset of `folder`) into the
-/// tokenizer's input layout, without the batch dimension; also returns the sample key.
-pub(crate) fn read_sample(ds: &ShardDataset, i: usize, folder: &str) -> Result<(String, Tensor)> {
-    let rec = ds.read_only(i, &[folder])?.decode()?;
-    let bad = |reason: String| ModelError::Tokenizer { modality: folder.to_string(), reason: format!("sample {}: {reason}", rec.key) };
-    let member = rec.members.get(folder).ok_or_else(|| bad(format!("no '{folder}' member")))?;
-    let t = match (folder, member) {
-        ("depth", Decoded::Array(a)) if a.shape.len() == 2 => {
-            let (h, w) = (a.shape[0] as i64, a.shape[1] as i64);
-            Tensor::from_slice(&truncated_standardize(&a.to_f32())).reshape([1, h, w])
-        }
-        ("normal" | "rgb", Decoded::Image(img)) => {
-            let (h, w) = (img.height as i64, img.width as i64);
-            Tensor::from_slice(&img.data).reshape([h, w, 3]).permute([2, 0, 1]).to_kind(Kind::Float) / 127.5 - 1.0
-        }
-        ("semseg", Decoded::Image(img)) => {
-            // Gray PNGs decode to equal R, G, B: channel 0 is the class id.
-            let (h, w) = (img.height as i64, img.width as i64);
-            Tensor::from_slice(&img.data).reshape([h, w, 3]).select(2, 0).to_kind(Kind::Int64)
-        }
-        ("feature_map" | "global_feature", Decoded::Array(a)) => {
-            let shape: Vec<i64> = a.shape.iter().map(|&s| s as i64).collect();
-            Tensor::from_slice(&a.to_f32()).reshape(&shape)
-        }
-        ("depth" | "feature_map" | "global_feature", _) => return Err(bad("not an array of the expected rank".into())),
-        ("normal" | "rgb" | "semseg", _) => return Err(bad("not an image".into())),
-        _ => return Err(bad(format!("no tokenizer input transform for folder '{folder}'"))),
-    };
-    Ok((rec.key, t))
+/// Reads record `i` of `ds` (a dataset of folder `cfg.modality`) as a tokenizer input: the
+/// whole image resized to the tokenizer's side (crop 0 of ml-4m's settings, the centre square,
+/// is the whole image for the square world maps); also returns the sample key.
+pub(crate) fn read_sample(ds: &ShardDataset, i: usize, cfg: &TokenizerConfig) -> Result<(String, Tensor)> {
+    let (key, raw) = read_raw(ds, i, &cfg.modality)?;
+    let x = prepare(&cfg.modality, &key, &raw, None, cfg)?;
+    Ok((key, x))
 }
 
 /// Decodes the samples of folder `cfg.modality` in `split` (at most `limit`) into the input
@@ -98,7 +59,7 @@ pub(crate) fn read_sample(ds: &ShardDataset, i: usize, folder: &str) -> Result<(
 pub fn load_world_split(dir: &Path, split: &str, cfg: &TokenizerConfig, limit: Option<usize>) -> Result<Tensor> {
     let ds = open_folder(dir, split, cfg)?;
     let n = limit.map_or(ds.len(), |l| l.min(ds.len()));
-    let rows = (0..n).map(|i| Ok(read_sample(&ds, i, &cfg.modality)?.1)).collect::<Result<Vec<_>>>()?;
+    let rows = (0..n).map(|i| Ok(read_sample(&ds, i, cfg)?.1)).collect::<Result<Vec<_>>>()?;
     if rows.is_empty() {
         return Err(data_err(dir, format!("split '{split}' has no samples")));
     }
@@ -110,7 +71,7 @@ pub fn load_world_split(dir: &Path, split: &str, cfg: &TokenizerConfig, limit: O
 /// loaded in memory. A read error ends the iteration and is kept for [`ShardBatches::finish`].
 pub struct ShardBatches {
     ds: ShardDataset,
-    folder: String,
+    cfg: TokenizerConfig,
     batch_size: usize,
     seed: u64,
     step: usize,
@@ -120,7 +81,11 @@ pub struct ShardBatches {
 
 impl std::fmt::Debug for ShardBatches {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ShardBatches").field("folder", &self.folder).field("samples", &self.ds.len()).field("step", &self.step).finish()
+        f.debug_struct("ShardBatches")
+            .field("folder", &self.cfg.modality)
+            .field("samples", &self.ds.len())
+            .field("step", &self.step)
+            .finish()
     }
 }
 
@@ -140,7 +105,7 @@ impl ShardBatches {
         if ds.is_empty() {
             return Err(data_err(dir, format!("split '{split}' has no samples")));
         }
-        Ok(Self { ds, folder: cfg.modality.clone(), batch_size, seed, step: start_step, device, error: None })
+        Ok(Self { ds, cfg: cfg.clone(), batch_size, seed, step: start_step, device, error: None })
     }
 
     /// Ends the iteration: the read error that stopped it, if any.
@@ -157,7 +122,7 @@ impl Iterator for ShardBatches {
             return None;
         }
         let idx = batch_indices(self.seed, self.step, self.ds.len(), self.batch_size);
-        let rows: Result<Vec<Tensor>> = idx.iter().map(|&i| Ok(read_sample(&self.ds, i as usize, &self.folder)?.1)).collect();
+        let rows: Result<Vec<Tensor>> = idx.iter().map(|&i| Ok(read_sample(&self.ds, i as usize, &self.cfg)?.1)).collect();
         match rows {
             Ok(rows) => {
                 self.step += 1;
@@ -307,7 +272,9 @@ pub fn train_from_world(
 #[cfg(test)]
 mod tests {
     use super::super::config::{ArchKind, QuantizerKind, ReconLoss};
+    use super::super::transform::DEPTH_CLAMP;
     use super::*;
+    use tessera_tokenizers::shards::Decoded;
     use tessera_tokenizers::world::{WorldSpec, generate};
 
     /// A 32-px world: `train` train samples and `val` held-out ones.
