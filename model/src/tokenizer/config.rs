@@ -141,8 +141,9 @@ fn default_commitment_weight() -> f64 {
 }
 
 impl TokenizerConfig {
-    /// A small conv VQ-VAE preset for a world folder (`depth`, `normal`, `rgb`, `semseg`,
-    /// `feature_map`, `global_feature`) at image side `size`, with an EMA cosine codebook.
+    /// A small preset for a world folder (`depth`, `normal`, `rgb`, `semseg`, `feature_map`,
+    /// `global_feature`) at image side `size`: a conv VQ-VAE for the maps, the bottleneck MLP
+    /// for the global vector, each with an EMA cosine codebook.
     pub fn preset(modality: &str, size: usize) -> Result<Self> {
         let conv = |downsample_log2| ArchKind::Conv { downsample_log2, channels: 32, res_blocks: 1 };
         // 8×8 tokens from 32 to 128 px, then 16× downsampling like the 4M tokenizers (224 px →

@@ -54,8 +54,9 @@ pub(crate) fn read_sample(ds: &ShardDataset, i: usize, cfg: &TokenizerConfig) ->
 }
 
 /// Decodes the samples of folder `cfg.modality` in `split` (at most `limit`) into the input
-/// layout of `cfg`: `depth` (B,1,S,S) truncated-standardised, `normal`/`rgb` (B,3,S,S) in
-/// [−1, 1], `semseg` (B,S,S) class ids, `feature_map` (B,C,G,G), `global_feature` (B,D).
+/// layout of `cfg`, maps resized to its side: `depth` (B,1,S,S) truncated-standardised,
+/// `normal`/`rgb` (B,3,S,S) in [−1, 1], `semseg` (B,S,S) class ids, `feature_map` (B,C,G,G),
+/// `global_feature` (B,D).
 pub fn load_world_split(dir: &Path, split: &str, cfg: &TokenizerConfig, limit: Option<usize>) -> Result<Tensor> {
     let ds = open_folder(dir, split, cfg)?;
     let n = limit.map_or(ds.len(), |l| l.min(ds.len()));
