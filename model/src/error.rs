@@ -55,6 +55,17 @@ pub enum ModelError {
         /// What is wrong.
         reason: String,
     },
+    /// A modality tokenizer was given input it cannot take, or is misconfigured at run time.
+    #[error("tokenizer '{modality}': {reason}")]
+    Tokenizer {
+        /// The modality the tokenizer serves.
+        modality: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Reading a dataset through the tokenizers crate failed.
+    #[error("data: {0}")]
+    Data(#[from] tessera_tokenizers::Error),
     /// An error reported by libtorch.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

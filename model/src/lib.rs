@@ -3,7 +3,9 @@
 //! Main types: [`FourMConfig`] (presets and the ml-4m FM config), [`FourM`] (embeddings,
 //! encoder, decoder, losses), [`MaskedBatch`] (the model's input, ml-4m's `mod_dict`) and
 //! [`Checkpoint`] (a `VarStore` with the model, saved and loaded as ml-4m-named safetensors).
-//! Parallelism is applied from outside (worker/ops); nothing here knows about ranks.
+//! [`tokenizer`] holds the neural modality tokenizers (VQ-VAE, FSQ, bottleneck MLP) that make
+//! the model's discrete tokens. Parallelism is applied from outside (worker/ops); nothing here
+//! knows about ranks.
 
 mod batch;
 mod config;
@@ -15,6 +17,7 @@ mod layers;
 mod optim;
 mod posemb;
 mod synthetic;
+pub mod tokenizer;
 mod weights;
 
 pub use batch::{MaskedBatch, ModalityTensors};

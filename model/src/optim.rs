@@ -268,6 +268,9 @@ mod tests {
     /// textbook formula evaluated in f64 on a few elements.
     #[test]
     fn fused_update_equals_reference_formula() {
+        // The generator is process-global: hold the crate's lock so that concurrently running
+        // tests that seed and draw under it get their own numbers.
+        let _guard = crate::weights::RNG_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         tch::manual_seed(0);
         let n = 100_003; // odd size: exercises the uneven split across threads
         let p0 = Tensor::randn([n], (Kind::Float, Device::Cpu));

@@ -16,7 +16,7 @@ use crate::io;
 
 /// libtorch's default generator is process-global: seeding it and drawing a whole model must
 /// not interleave with another thread doing the same, or the same seed gives other weights.
-static RNG_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+pub(crate) static RNG_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// A model together with the store that owns its variables.
 #[derive(Debug)]
