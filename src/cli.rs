@@ -9,6 +9,7 @@ mod export;
 mod jobctl;
 mod launch;
 mod model;
+mod neural;
 mod orchestrate;
 mod output;
 mod plot;
@@ -48,6 +49,8 @@ enum Command {
     Config(config::ConfigCommand),
     /// Train a job (TOML config) in this process, resuming from its newest valid checkpoint.
     Train(train::TrainArgs),
+    /// Pre-tokenize a world's modality into token shards with a trained neural tokenizer.
+    Tokenize(neural::TokenizeArgs),
     /// Steer a running job (status, scale, checkpoint, mixture, metrics).
     #[command(flatten)]
     Job(jobctl::JobCommand),
@@ -80,6 +83,7 @@ pub fn run() -> ExitCode {
         Command::Train(args) => train::run(args),
         Command::Worker(args) => worker::run_worker(args),
         Command::Job(cmd) => jobctl::run(cmd),
+        Command::Tokenize(args) => neural::tokenize(args),
         Command::TrainRank(args) => launch::run_rank(args),
         Command::Export(args) => export::run(args),
         Command::Bench(cmd) => bench::run(cmd),

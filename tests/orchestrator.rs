@@ -70,7 +70,8 @@ fn sigterm_checkpoints_and_a_restart_resumes_at_the_same_step() {
     assert!(Command::new("kill").args(["-TERM", &run.child.id().to_string()]).status().unwrap().success());
     let (status, stderr, took) = run.wait_exit(Duration::from_secs(60));
     assert!(status.success(), "{stderr}");
-    let committed: Vec<u64> = events(d.path()).iter().filter(|e| e["type"] == "checkpoint_committed").map(|e| e["step"].as_u64().unwrap()).collect();
+    let committed: Vec<u64> =
+        events(d.path()).iter().filter(|e| e["type"] == "checkpoint_committed").map(|e| e["step"].as_u64().unwrap()).collect();
     let last = *committed.last().expect("a checkpoint on SIGTERM");
     assert!(stderr.contains(&format!("stopped at step {last}")), "{stderr}");
     assert!(took < Duration::from_secs(30), "stopping took {took:?}");
@@ -100,7 +101,8 @@ fn a_checkpoint_whose_writer_dies_is_never_committed_and_a_corrupt_one_is_skippe
     // Corrupt the newest checkpoint on disk: a restart skips it (checksum) and resumes from the
     // one before; the steps after it are trained again with the same losses.
     let ckpt = d.path().join("out/checkpoints/step-00000008");
-    let shard = std::fs::read_dir(&ckpt).unwrap().map(|e| e.unwrap().path()).find(|p| p.extension().is_some_and(|x| x == "safetensors")).unwrap();
+    let shard =
+        std::fs::read_dir(&ckpt).unwrap().map(|e| e.unwrap().path()).find(|p| p.extension().is_some_and(|x| x == "safetensors")).unwrap();
     let mut bytes = std::fs::read(&shard).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;

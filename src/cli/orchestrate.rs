@@ -14,18 +14,18 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use rand::RngCore;
 use ractor::{Actor, ActorRef};
+use rand::RngCore;
 use serde::{Deserialize, Serialize};
+use tessera_coordinator::EventLog;
+use tessera_coordinator::ResolvedJob;
+use tessera_coordinator::actor::ActorBridge;
 use tessera_coordinator::actor::{Coordinator, CoordinatorArgs, JobOutcome, Launcher};
 use tessera_coordinator::catalog;
 use tessera_coordinator::control::Policy;
-use tessera_coordinator::node::CoordinatorNode;
-use tessera_coordinator::actor::ActorBridge;
 use tessera_coordinator::metrics::JobMetrics;
+use tessera_coordinator::node::CoordinatorNode;
 use tessera_coordinator::protocol::{CoordinatorMsg, JobSpec, Wire};
-use tessera_coordinator::EventLog;
-use tessera_coordinator::ResolvedJob;
 
 /// Where a running job can be reached (written to `OUTPUT/coordinator.json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -68,8 +68,8 @@ fn random_hex() -> String {
 }
 
 fn write_secret(path: &Path, value: &str) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .write(true)
@@ -185,7 +185,8 @@ pub fn run_embedded(config: &Path, job: &ResolvedJob, o: &EmbeddedOptions) -> an
     let schedule = match committed.last() {
         Some(step) => {
             let path = job.checkpoint.dir.join(catalog::dir_name(*step)).join(catalog::MANIFEST);
-            let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?)?;
+            let m: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?)?;
             serde_json::from_value(m["state"]["schedule"].clone()).with_context(|| format!("{}: state.schedule", path.display()))?
         }
         None => job.schedule.clone(),

@@ -18,6 +18,8 @@ pub enum TokenizerCommand {
     Encode(EncodeArgs),
     /// Train a WordPiece text tokenizer with ml-4m's special-token layout.
     TrainText(TrainTextArgs),
+    /// Train a neural tokenizer (VQ-VAE / FSQ / MLP) for one modality of a generated world.
+    Train(super::neural::TrainNeuralArgs),
 }
 
 /// Arguments of `tokenizer encode`.
@@ -72,6 +74,7 @@ pub fn run(cmd: TokenizerCommand) -> anyhow::Result<()> {
     match cmd {
         TokenizerCommand::Encode(a) => encode(a),
         TokenizerCommand::TrainText(a) => train_text(a),
+        TokenizerCommand::Train(a) => super::neural::train(a),
     }
 }
 

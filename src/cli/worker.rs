@@ -47,7 +47,8 @@ pub fn run_worker(a: WorkerArgs) -> anyhow::Result<()> {
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, Arc::clone(&shutdown)).context("installing signal handlers")?;
     }
-    let opts = AgentOptions { coordinator, cookie: cookie.trim().to_string(), threads: a.threads, connect_timeout: Duration::from_secs(30) };
+    let opts =
+        AgentOptions { coordinator, cookie: cookie.trim().to_string(), threads: a.threads, connect_timeout: Duration::from_secs(30) };
     run(&opts, shutdown)?;
     Ok(())
 }

@@ -84,7 +84,8 @@ impl AgentState {
 
     fn welcome(&mut self, myself: &ActorRef<WorkerMsg>, worker: WorkerId, spec: JobSpec, secret: String, heartbeat_ms: u64) -> Result<()> {
         let job = resolve(&spec)?;
-        let secret = unhex(&secret).ok_or_else(|| WorkerError::Training { step: 0, reason: "the coordinator's secret is not hex".into() })?;
+        let secret =
+            unhex(&secret).ok_or_else(|| WorkerError::Training { step: 0, reason: "the coordinator's secret is not hex".into() })?;
         let listener = self.args.listener.take().ok_or_else(|| WorkerError::Training { step: 0, reason: "welcomed twice".into() })?;
         let ctx = DeviceCtx {
             worker,
@@ -144,7 +145,12 @@ impl Actor for WorkerAgent {
         Ok(())
     }
 
-    async fn handle(&self, myself: ActorRef<Self::Msg>, msg: Self::Msg, state: &mut Self::State) -> std::result::Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> std::result::Result<(), ActorProcessingErr> {
         let cmd = match msg {
             WorkerMsg::Beat(_) => {
                 if let Some(worker) = state.id {

@@ -156,7 +156,12 @@ fn report(generation: u64, rank: u32, world: u32, r: &crate::trainer::StepReport
 }
 
 /// One generation; returns (steps completed, error, exit requested).
-fn run_generation(ctx: &DeviceCtx, g: &GenerationStart, rx: &Receiver<DeviceCmd>, writers: &mut Vec<JoinHandle<()>>) -> (u64, Option<String>, bool) {
+fn run_generation(
+    ctx: &DeviceCtx,
+    g: &GenerationStart,
+    rx: &Receiver<DeviceCmd>,
+    writers: &mut Vec<JoinHandle<()>>,
+) -> (u64, Option<String>, bool) {
     let generation = g.plan.generation;
     let mut step = g.plan.start_step;
     let mut exit = false;
@@ -235,7 +240,9 @@ fn run_generation(ctx: &DeviceCtx, g: &GenerationStart, rx: &Receiver<DeviceCmd>
                 let spawned = std::thread::Builder::new().name(name).spawn(move || {
                     let (snap_step, manifest) = (snap.step, snap.manifest.clone());
                     let ev = match snap.write() {
-                        Ok((file, write_s)) => WorkerEvent::ShardWritten { worker, generation, step: snap_step, rank, file, manifest, write_s },
+                        Ok((file, write_s)) => {
+                            WorkerEvent::ShardWritten { worker, generation, step: snap_step, rank, file, manifest, write_s }
+                        }
                         Err(e) => WorkerEvent::ShardFailed { worker, generation, step: snap_step, reason: e.to_string() },
                     };
                     let _ = coord.cast(CoordinatorMsg::Worker(Wire::new(ev)));

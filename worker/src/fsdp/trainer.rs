@@ -587,7 +587,16 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
             };
             serde_json::to_value(&m).expect("a manifest serialises")
         });
-        Snapshot { root: self.job.checkpoint.dir.clone(), generation, step: self.state.step, rank, world, tensors, manifest, taken: Instant::now() }
+        Snapshot {
+            root: self.job.checkpoint.dir.clone(),
+            generation,
+            step: self.state.step,
+            rank,
+            world,
+            tensors,
+            manifest,
+            taken: Instant::now(),
+        }
     }
 
     /// Loads the checkpoint in `dir` (sharded at any world size, or single-process), resharded
