@@ -59,6 +59,8 @@ fn config_errors_name_file_and_field() {
     assert!(err.contains("job.toml") && err.contains("train.clip_grad"), "{err}");
 }
 
+/// Two and three local worker processes (FSDP over the TCP ring) log the same losses as one
+/// process, step by step.
 #[test]
 fn workers_train_like_one_process() {
     let one = tempfile::tempdir().unwrap();

@@ -6,10 +6,13 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// Runs `tessera ARGS` to completion with one OpenMP thread.
 pub fn tessera(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tessera")).args(args).env("OMP_NUM_THREADS", "1").output().expect("tessera runs")
 }
 
+/// Writes a small synthetic job of `total_steps` steps (plus `extra` lines in `[train]`) to
+/// `dir/job.toml`; returns its path.
 pub fn write_job(dir: &Path, total_steps: u64, extra: &str) -> String {
     let tok = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../shared/data/ml-4m/text_tokenizer_4m_wordpiece_30k.json")
@@ -63,6 +66,7 @@ pub struct Running {
 }
 
 impl Running {
+    /// Starts `tessera ARGS` with stderr captured.
     pub fn start(args: &[&str]) -> Self {
         Self::start_with(args, &[])
     }
@@ -92,7 +96,7 @@ impl Running {
         }
     }
 
-    /// The rank processes of a multi-worker launcher.
+    /// The worker processes of this run (children of the coordinator).
     pub fn rank_pids(&self) -> Vec<String> {
         let out = Command::new("pgrep").args(["-P", &self.child.id().to_string(), "-f", "worker --join"]).output().unwrap();
         String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_string).collect()
@@ -110,6 +114,7 @@ impl Running {
         }
     }
 
+    /// Everything the run wrote to stderr (once it exited).
     pub fn stderr(&mut self) -> String {
         let mut s = String::new();
         if let Some(mut e) = self.child.stderr.take() {
@@ -129,6 +134,7 @@ impl Drop for Running {
     }
 }
 
+/// Asserts that none of `pids` is alive.
 pub fn assert_gone(pids: &[String]) {
     for pid in pids {
         let alive = std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| !s.contains(" Z ")).unwrap_or(false);
@@ -136,6 +142,7 @@ pub fn assert_gone(pids: &[String]) {
     }
 }
 
+/// The complete lines of `out/train_log.jsonl`.
 pub fn log_lines(dir: &Path) -> Vec<serde_json::Value> {
     // A line being written while we read is incomplete: only complete lines count.
     std::fs::read_to_string(dir.join("out/train_log.jsonl"))
@@ -145,12 +152,10 @@ pub fn log_lines(dir: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Every logged loss, in log order.
 pub fn losses_of(dir: &Path) -> Vec<f64> {
     log_lines(dir).iter().map(|l| l["loss"].as_f64().unwrap()).collect()
 }
-
-/// Two and three local worker processes (FSDP over the TCP ring) log the same losses as one
-/// process, step by step.
 
 /// The job's event log (`out/events.jsonl`), one JSON value per event.
 pub fn events(dir: &Path) -> Vec<serde_json::Value> {
