@@ -7,11 +7,12 @@
 #      first completed step of the new generation;
 #   3. checkpoints: shard write throughput vs the disk's sequential write bandwidth (dd with
 #      fsync, same file system) and the training stall per checkpoint (the host snapshot).
-#   tools/bench/orchestrator.sh [CONFIG] [STEPS]
+#   [ROUNDS=3] [SKIP_RECOVERY=1] tools/bench/orchestrator.sh [CONFIG] [STEPS]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 CONFIG=${1:-configs/bench-fsdp-tiny.toml}
 STEPS=${2:-8}
+ROUNDS=${ROUNDS:-3}
 BIN=${TESSERA_BIN:-target/release/tessera}
 WORK=$(mktemp -d)
 trap 'pkill -P $$ 2>/dev/null || true; rm -rf "$WORK"' EXIT
@@ -33,9 +34,9 @@ xs=[json.loads(l)['step_s'] for l in open('$1')][2:]
 print(f'{statistics.median(xs):.3f}')"
 }
 
-echo "== overhead (2 workers, $STEPS steps, median of steps 3..)"
+echo "== overhead (2 workers, $STEPS steps, median of steps 3.., $ROUNDS alternating rounds)"
 declare -a BARE ORCH
-for round in 1 2; do
+for round in $(seq "$ROUNDS"); do
   J=$(job "bare$round" 0); "$BIN" train "$J" --workers 2 --bare --max-steps "$STEPS" --no-resume 2>/dev/null
   BARE+=("$(median_step "$WORK/bare$round/out/train_log.jsonl")")
   J=$(job "orch$round" 0); "$BIN" train "$J" --workers 2 --max-steps "$STEPS" --no-resume 2>/dev/null
@@ -48,6 +49,7 @@ print(f'{\"bare FSDP s/step\":34s} {\" \".join(map(str,b))}')
 print(f'{\"orchestrated s/step\":34s} {\" \".join(map(str,o))}')
 print(f'{\"overhead (median ratio - 1)\":34s} {100*(mo/mb-1):+.1f}%')"
 
+[ -n "${SKIP_RECOVERY:-}" ] && exit 0
 echo "== recovery (3 workers, kill -9 of one after step 4, checkpoint every 2 steps)"
 J=$(job recovery 2)
 "$BIN" train "$J" --workers 3 --max-steps 12 --no-resume 2>"$WORK/recovery.log" &
