@@ -8,7 +8,6 @@ pub mod device;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::mpsc::{Sender, channel};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, pg};
@@ -45,16 +44,17 @@ pub struct AgentArgs {
     listener: Option<TcpListener>,
     ring_addr: SocketAddr,
     threads: usize,
-    /// Receives the device thread's handle when the actor stops, so the process can wait for
-    /// pending checkpoint writes before it exits.
-    done: Option<tokio::sync::oneshot::Sender<Option<JoinHandle<()>>>>,
+    /// Hands the device loop (context and command channel) to the process's main thread,
+    /// which runs it: libtorch then allocates from the main malloc arena, exactly as in a
+    /// one-process run (a device loop on a spawned thread measured up to 16% slower steps).
+    device_home: Option<std::sync::mpsc::Sender<(DeviceCtx, std::sync::mpsc::Receiver<DeviceCmd>)>>,
 }
 
 /// The worker actor's state.
 pub struct AgentState {
     args: AgentArgs,
     id: Option<WorkerId>,
-    device: Option<(Sender<DeviceCmd>, JoinHandle<()>)>,
+    device: Option<Sender<DeviceCmd>>,
     abort: Arc<Mutex<AbortState>>,
     beat: Option<tokio::task::JoinHandle<()>>,
 }
@@ -77,7 +77,7 @@ impl AgentState {
     }
 
     fn to_device(&self, cmd: DeviceCmd) {
-        if let Some((tx, _)) = &self.device {
+        if let Some(tx) = &self.device {
             let _ = tx.send(cmd);
         }
     }
@@ -97,11 +97,9 @@ impl AgentState {
             abort: Arc::clone(&self.abort),
         };
         let (tx, rx) = channel();
-        let handle = std::thread::Builder::new()
-            .name(format!("device-{}", worker.0))
-            .spawn(move || device_main(ctx, rx))
-            .map_err(crate::error::io_err("starting the device thread", "thread"))?;
-        self.device = Some((tx, handle));
+        let home = self.args.device_home.take().ok_or_else(|| WorkerError::Training { step: 0, reason: "welcomed twice".into() })?;
+        home.send((ctx, rx)).map_err(|_| WorkerError::Training { step: 0, reason: "the main thread is gone".into() })?;
+        self.device = Some(tx);
         self.id = Some(worker);
         let me = myself.clone();
         self.beat = Some(tokio::spawn(async move {
@@ -135,12 +133,8 @@ impl Actor for WorkerAgent {
         if let Some(b) = state.beat.take() {
             b.abort();
         }
-        let handle = state.device.take().map(|(tx, h)| {
+        if let Some(tx) = state.device.take() {
             let _ = tx.send(DeviceCmd::Exit);
-            h
-        });
-        if let Some(done) = state.args.done.take() {
-            let _ = done.send(handle);
         }
         Ok(())
     }
@@ -204,20 +198,21 @@ pub fn run(opts: &AgentOptions, shutdown: Arc<std::sync::atomic::AtomicBool>) ->
         .enable_all()
         .build()
         .map_err(crate::error::io_err("starting the worker runtime", "tokio"))?;
-    let device = rt.block_on(async {
+    let (home_tx, home_rx) = channel();
+    let opts = opts.clone();
+    let control = rt.spawn(async move {
         let name = format!("worker-{}", std::process::id());
         let (node, coordinator) = tessera_coordinator::node::connect(opts.coordinator, &opts.cookie, &name, opts.connect_timeout).await?;
         let ip = local_ip_towards(opts.coordinator);
         let listener = TcpListener::bind((ip, 0)).map_err(crate::error::io_err("binding the ring listener", format!("{ip}")))?;
         let ring_addr = listener.local_addr().map_err(crate::error::io_err("reading the ring address", format!("{ip}")))?;
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let args = AgentArgs {
             coordinator: coordinator.clone(),
             nonce: rand::random(),
             listener: Some(listener),
             ring_addr,
             threads: opts.threads,
-            done: Some(done_tx),
+            device_home: Some(home_tx),
         };
         let (actor, join) = Actor::spawn(None, WorkerAgent, args)
             .await
@@ -245,11 +240,15 @@ pub fn run(opts: &AgentOptions, shutdown: Arc<std::sync::atomic::AtomicBool>) ->
         let _ = join.await;
         watch.abort();
         node.stop(None);
-        Ok::<_, WorkerError>(done_rx.await.ok().flatten())
-    })?;
-    if let Some(h) = device {
-        let _ = h.join();
+        Ok::<_, WorkerError>(())
+    });
+    // The device loop runs here, on the main thread, once the coordinator has welcomed this
+    // worker; if the actor ends first (refused, link lost) the channel closes instead.
+    if let Ok((ctx, rx)) = home_rx.recv() {
+        device_main(ctx, rx);
     }
+    let result =
+        rt.block_on(control).map_err(|e| WorkerError::Training { step: 0, reason: format!("the worker's control task failed: {e}") })?;
     rt.shutdown_timeout(Duration::from_secs(1));
-    Ok(())
+    result
 }
