@@ -26,6 +26,36 @@ impl Secret {
     pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
         Secret(bytes.into())
     }
+
+    /// Parses the hex form processes pass it around in (environment, control messages);
+    /// `None` when `hex` is not an even number of hex digits.
+    pub fn from_hex(hex: &str) -> Option<Self> {
+        if !hex.len().is_multiple_of(2) {
+            return None;
+        }
+        let bytes: Option<Vec<u8>> = (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect();
+        bytes.map(Secret)
+    }
+
+    /// The hex form (for handing the secret to another process; never for logs).
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+#[cfg(test)]
+mod hex_tests {
+    use super::Secret;
+
+    #[test]
+    fn hex_round_trips_and_rejects_garbage() {
+        let s = Secret::new(vec![0x00, 0x7f, 0xab, 0xff]);
+        assert_eq!(s.to_hex(), "007fabff");
+        assert_eq!(Secret::from_hex("007fabff").unwrap().0, vec![0x00, 0x7f, 0xab, 0xff]);
+        assert!(Secret::from_hex("abc").is_none());
+        assert!(Secret::from_hex("zz").is_none());
+        assert!(Secret::from_hex("é0").is_none());
+    }
 }
 
 impl std::fmt::Debug for Secret {

@@ -1,7 +1,8 @@
 //! The NCCL backend. Without a GPU (CI): constructors fail cleanly with `Unavailable`, and the
-//! unique id travels through the authenticated rendezvous. With a GPU (`cargo test -p
-//! tessera-ops --test nccl -- --ignored`): the conformance suite, the device APIs and abort run
-//! on the real thing; on a host without one those tests print that they were skipped.
+//! unique id travels through the authenticated rendezvous. With a GPU, the same `cargo test`
+//! runs the conformance suite, the device APIs and abort on the real thing (no `--ignored`
+//! needed, so a GPU CI runs them by default); on a host without one those tests print
+//! `SKIPPED` with the reason.
 
 mod common;
 
@@ -119,7 +120,6 @@ fn gpu_count() -> usize {
 }
 
 #[test]
-#[ignore = "needs a GPU: cargo test -p tessera-ops --test nccl -- --ignored"]
 fn nccl_conformance_on_the_gpus_of_this_host() {
     if let Some(reason) = skip_reason() {
         println!("SKIPPED nccl_conformance_on_the_gpus_of_this_host: {reason}");
@@ -134,7 +134,6 @@ fn nccl_conformance_on_the_gpus_of_this_host() {
 }
 
 #[test]
-#[ignore = "needs a GPU: cargo test -p tessera-ops --test nccl -- --ignored"]
 fn device_apis_reduce_in_place_on_one_gpu() {
     if let Some(reason) = skip_reason() {
         println!("SKIPPED device_apis_reduce_in_place_on_one_gpu: {reason}");
@@ -178,7 +177,6 @@ fn device_apis_reduce_in_place_on_one_gpu() {
 }
 
 #[test]
-#[ignore = "needs a GPU: cargo test -p tessera-ops --test nccl -- --ignored"]
 fn abort_poisons_the_communicator_and_the_process_goes_on() {
     if let Some(reason) = skip_reason() {
         println!("SKIPPED abort_poisons_the_communicator_and_the_process_goes_on: {reason}");
@@ -235,7 +233,6 @@ fn nccl_peer(rendezvous: SocketAddr, rank: usize, world: usize, timeout_ms: u64)
 }
 
 #[test]
-#[ignore = "needs two GPUs: cargo test -p tessera-ops --test nccl -- --ignored"]
 fn a_killed_peer_process_cannot_hang_the_survivor() {
     if let Some(reason) = skip_reason() {
         println!("SKIPPED a_killed_peer_process_cannot_hang_the_survivor: {reason}");

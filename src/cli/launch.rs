@@ -53,20 +53,9 @@ pub struct RankArgs {
     generation: u64,
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(s: &str) -> anyhow::Result<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        bail!("{SECRET_ENV} is not hex");
-    }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).with_context(|| format!("{SECRET_ENV} is not hex"))).collect()
-}
-
-fn auth(job: &ResolvedJob, secret: Vec<u8>, generation: u64) -> JobAuth {
+fn auth(job: &ResolvedJob, secret: Secret, generation: u64) -> JobAuth {
     // The generation is part of every handshake: a rank of an older generation is refused.
-    JobAuth { job_id: tessera_coordinator::ledger::mix(&[job.seed, job.name.len() as u64]), generation, secret: Secret::new(secret) }
+    JobAuth { job_id: tessera_worker::agent::device::job_id(job), generation, secret }
 }
 
 /// How one generation of rank processes ended.
@@ -97,8 +86,9 @@ pub fn run_local(
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, Arc::clone(&stop)).context("installing signal handlers")?;
     }
-    let mut secret = vec![0u8; 32];
-    rand::rng().fill_bytes(&mut secret);
+    let mut bytes = vec![0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let secret = Secret::new(bytes);
     let mut world = workers;
     let mut generation = 0u64;
     let mut fresh = no_resume;
@@ -136,12 +126,12 @@ fn run_generation(
     job: &ResolvedJob,
     world: usize,
     generation: u64,
-    secret: &[u8],
+    secret: &Secret,
     max_steps: Option<u64>,
     no_resume: bool,
     stop: &Arc<AtomicBool>,
 ) -> anyhow::Result<Outcome> {
-    let server = RendezvousServer::bind("127.0.0.1:0", world, auth(job, secret.to_vec(), generation))?;
+    let server = RendezvousServer::bind("127.0.0.1:0", world, auth(job, secret.clone(), generation))?;
     let addr = server.local_addr()?;
     let serving = server.spawn(RENDEZVOUS_TIMEOUT);
     let total_threads = if job.train.threads > 0 { job.train.threads } else { std::thread::available_parallelism().map_or(1, |n| n.get()) };
@@ -154,7 +144,7 @@ fn run_generation(
             .arg(config)
             .args(["--rank", &rank.to_string(), "--world", &world.to_string(), "--rendezvous", &addr.to_string()])
             .args(["--threads", &threads.to_string(), "--generation", &generation.to_string()])
-            .env(SECRET_ENV, hex(secret))
+            .env(SECRET_ENV, secret.to_hex())
             .env("OMP_NUM_THREADS", threads.to_string());
         if let Some(m) = max_steps {
             cmd.args(["--max-steps", &m.to_string()]);
@@ -238,10 +228,9 @@ fn stop_all(children: &mut [Child]) {
 pub fn run_rank(a: RankArgs) -> anyhow::Result<()> {
     let job = ResolvedJob::from_file(&a.config)?;
     tch::set_num_threads(a.threads.max(1));
-    let secret = unhex(
-        &std::env::var(SECRET_ENV)
-            .with_context(|| format!("{SECRET_ENV} is not set (train-rank is started by `tessera train --workers`)"))?,
-    )?;
+    let hex = std::env::var(SECRET_ENV)
+        .with_context(|| format!("{SECRET_ENV} is not set (train-rank is started by `tessera train --workers --bare`)"))?;
+    let secret = Secret::from_hex(&hex).with_context(|| format!("{SECRET_ENV} is not hex"))?;
     let auth = auth(&job, secret, a.generation);
     let listener = TcpListener::bind("127.0.0.1:0").context("binding the ring listener")?;
     let req = JoinRequest { rank: Rank(a.rank), world: a.world, listen_addr: listener.local_addr()?, timeout: RENDEZVOUS_TIMEOUT };

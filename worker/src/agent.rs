@@ -15,6 +15,7 @@ use tessera_coordinator::ResolvedJob;
 use tessera_coordinator::control::WorkerId;
 use tessera_coordinator::job::JobConfig;
 use tessera_coordinator::protocol::{Command, CoordinatorMsg, JobSpec, WORKERS_GROUP, Wire, WorkerEvent, WorkerMsg, worker_group};
+use tessera_ops::Secret;
 
 use device::{AbortState, DeviceCmd, DeviceCtx, device_main};
 
@@ -64,13 +65,6 @@ fn resolve(spec: &JobSpec) -> Result<ResolvedJob> {
     Ok(ResolvedJob::resolve(&cfg, &spec.origin, &spec.base_dir)?)
 }
 
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok()).collect()
-}
-
 impl AgentState {
     fn send(&self, ev: WorkerEvent) {
         let _ = self.args.coordinator.cast(CoordinatorMsg::Worker(Wire::new(ev)));
@@ -84,8 +78,8 @@ impl AgentState {
 
     fn welcome(&mut self, myself: &ActorRef<WorkerMsg>, worker: WorkerId, spec: JobSpec, secret: String, heartbeat_ms: u64) -> Result<()> {
         let job = resolve(&spec)?;
-        let secret =
-            unhex(&secret).ok_or_else(|| WorkerError::Training { step: 0, reason: "the coordinator's secret is not hex".into() })?;
+        let secret = Secret::from_hex(&secret)
+            .ok_or_else(|| WorkerError::Training { step: 0, reason: "the coordinator's secret is not hex".into() })?;
         let listener = self.args.listener.take().ok_or_else(|| WorkerError::Training { step: 0, reason: "welcomed twice".into() })?;
         let ctx = DeviceCtx {
             worker,

@@ -77,7 +77,7 @@ pub struct DeviceCtx {
     /// The job.
     pub job: ResolvedJob,
     /// Collective handshake secret.
-    pub secret: Vec<u8>,
+    pub secret: Secret,
     /// Ring listener (cloned for each generation).
     pub listener: TcpListener,
     /// libtorch threads.
@@ -129,7 +129,7 @@ pub fn device_main(ctx: DeviceCtx, rx: Receiver<DeviceCmd>) {
 }
 
 fn report(generation: u64, rank: u32, world: u32, r: &crate::trainer::StepReport, tokens_per_sample: u64) -> StepReport {
-    let samples = r.samples as u64;
+    let mine = tessera_ops::shard_len(r.samples, world as usize, rank as usize) as u64;
     StepReport {
         generation,
         step: r.step,
@@ -140,8 +140,8 @@ fn report(generation: u64, rank: u32, world: u32, r: &crate::trainer::StepReport
         lr: r.lr,
         grad_norm: r.grad_norm,
         // Each rank trains its shard of the global batch; the coordinator sums over ranks.
-        samples: samples / u64::from(world) + u64::from(u64::from(rank) < samples % u64::from(world)),
-        tokens: (samples / u64::from(world) + u64::from(u64::from(rank) < samples % u64::from(world))) * tokens_per_sample,
+        samples: mine,
+        tokens: mine * tokens_per_sample,
         skipped: r.skipped,
         skipped_samples: 0,
         timings: StepTimings {
@@ -167,7 +167,7 @@ fn run_generation(
     let mut exit = false;
     let result = (|| -> Result<()> {
         let t_start = std::time::Instant::now();
-        let auth = JobAuth { job_id: job_id(&ctx.job), generation, secret: Secret::new(ctx.secret.clone()) };
+        let auth = JobAuth { job_id: job_id(&ctx.job), generation, secret: ctx.secret.clone() };
         let mut config = RingConfig::new(auth);
         config.timeout = ctx.job.train.collective_timeout;
         let listener = ctx.listener.try_clone().map_err(crate::error::io_err("cloning the ring listener", "ring"))?;

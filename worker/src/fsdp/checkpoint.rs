@@ -88,14 +88,19 @@ pub fn temp_dir(root: &Path, step: u64, job_id: u64) -> PathBuf {
 /// Phase 1 (every rank): writes this rank's shards into `tmp` (fsynced by the atomic write).
 pub fn write_shards(tmp: &Path, rank: usize, world: usize, units: &[UnitRecord], shards: &[ShardTensors]) -> Result<()> {
     fs::create_dir_all(tmp).map_err(io_err("creating", tmp))?;
+    io::write(&tmp.join(shard_file(rank, world)), &named_shards(units, shards), &Default::default())?;
+    Ok(())
+}
+
+/// A rank's shard tensors under their names in a shard file (views, not copies).
+pub fn named_shards(units: &[UnitRecord], shards: &[ShardTensors]) -> Vec<(String, Tensor)> {
     let mut named = Vec::with_capacity(3 * shards.len());
     for (u, s) in units.iter().zip(shards) {
         named.push((format!("{}.master", u.name), s.master.shallow_clone()));
         named.push((format!("{}.exp_avg", u.name), s.exp_avg.shallow_clone()));
         named.push((format!("{}.exp_avg_sq", u.name), s.exp_avg_sq.shallow_clone()));
     }
-    io::write(&tmp.join(shard_file(rank, world)), &named, &Default::default())?;
-    Ok(())
+    named
 }
 
 /// Phase 2 (rank 0, after every rank finished phase 1): checksums the shards, writes the

@@ -425,6 +425,19 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
         })
     }
 
+    /// The manifest of a checkpoint of the current state (its `files` are filled in on commit).
+    fn manifest(&self, units: Vec<UnitRecord>) -> ShardedManifest {
+        ShardedManifest {
+            format: sharded::FORMAT.into(),
+            job: self.job.name.clone(),
+            seed: self.job.seed,
+            world: self.coll.world(),
+            state: self.state.clone(),
+            units,
+            files: Vec::new(),
+        }
+    }
+
     /// The flat layout as recorded in checkpoints.
     fn unit_records(&self) -> Vec<UnitRecord> {
         sharded::unit_records(&self.units, Some(&self.steps))
@@ -445,16 +458,7 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
         let mut ok = [1i64];
         let mut committed = None;
         if rank == 0 {
-            let manifest = ShardedManifest {
-                format: sharded::FORMAT.into(),
-                job: self.job.name.clone(),
-                seed: self.job.seed,
-                world,
-                state: self.state.clone(),
-                units,
-                files: Vec::new(),
-            };
-            match sharded::commit(&root, &tmp, manifest)
+            match sharded::commit(&root, &tmp, self.manifest(units))
                 .and_then(|d| crate::checkpoint::prune(&root, self.job.checkpoint.keep_last).map(|_| d))
             {
                 Ok(d) => committed = Some(d),
@@ -478,7 +482,7 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
     /// Resumes every rank from the newest valid sharded checkpoint (rank 0 chooses, all load
     /// it resharded to this world size). Collective. Returns the step resumed at, if any.
     pub fn resume(&mut self) -> Result<Option<u64>> {
-        let (world, rank) = (self.coll.world(), self.coll.rank().0 as usize);
+        let rank = self.coll.rank().0 as usize;
         let root = self.job.checkpoint.dir.clone();
         let mut chosen = [-1i64];
         if rank == 0 {
@@ -500,30 +504,7 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
         let found = found
             .filter(|c| c.dir() == dir)
             .ok_or_else(|| WorkerError::Checkpoint { path: dir.clone(), reason: "rank 0 chose it but it no longer verifies".into() })?;
-        if found.seed() != self.job.seed {
-            return Err(WorkerError::Checkpoint {
-                path: dir,
-                reason: format!("written with seed {}, the job has seed {}", found.seed(), self.job.seed),
-            });
-        }
-        let mine = self.unit_records();
-        let state = found.state().clone();
-        match found {
-            sharded::AnyCheckpoint::Sharded((_, m)) => {
-                sharded::check_layout(&dir, &m.units, &mine)?;
-                self.shards = sharded::load_shards(&dir, &m, rank, world)?;
-                self.steps = m.units.iter().map(|u| u.params.iter().map(|p| p.steps).collect()).collect();
-            }
-            sharded::AnyCheckpoint::Single(_) => {
-                let (shards, steps) = sharded::shards_from_single(&dir, &mine, rank, world)?;
-                self.shards = shards;
-                self.steps = steps;
-            }
-        }
-        self.ledger = SampleLedger::new(self.job.seed, state.schedule.clone(), self.ledger.dataset_lens().to_vec())?;
-        self.source.set_ledger(&self.ledger);
-        self.state = state;
-        Ok(Some(self.state.step))
+        self.install(found).map(Some)
     }
 
     /// True on every rank when any rank asks to stop (e.g. got SIGTERM): ranks must leave the
@@ -569,24 +550,9 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
     pub fn snapshot(&self, generation: u64) -> Snapshot {
         let (world, rank) = (self.coll.world(), self.coll.rank().0 as usize);
         let units = self.unit_records();
-        let mut tensors = Vec::with_capacity(3 * self.shards.len());
-        for (u, s) in units.iter().zip(&self.shards) {
-            tensors.push((format!("{}.master", u.name), s.master.copy()));
-            tensors.push((format!("{}.exp_avg", u.name), s.exp_avg.copy()));
-            tensors.push((format!("{}.exp_avg_sq", u.name), s.exp_avg_sq.copy()));
-        }
-        let manifest = (rank == 0).then(|| {
-            let m = ShardedManifest {
-                format: sharded::FORMAT.into(),
-                job: self.job.name.clone(),
-                seed: self.job.seed,
-                world,
-                state: self.state.clone(),
-                units,
-                files: Vec::new(),
-            };
-            serde_json::to_value(&m).expect("a manifest serialises")
-        });
+        // Deep copies: the live shards keep changing while the copy is written.
+        let tensors = sharded::named_shards(&units, &self.shards).into_iter().map(|(n, t)| (n, t.copy())).collect();
+        let manifest = (rank == 0).then(|| serde_json::to_value(self.manifest(units)).expect("a manifest serialises"));
         Snapshot {
             root: self.job.checkpoint.dir.clone(),
             generation,
@@ -603,29 +569,41 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
     /// to this world. Each rank reads what it needs; no collective. The caller chose `dir` among
     /// committed checkpoints; sizes and layout are checked here, checksums when it was chosen.
     pub fn restore_from(&mut self, dir: &std::path::Path) -> Result<u64> {
-        let (world, rank) = (self.coll.world(), self.coll.rank().0 as usize);
-        let mine = self.unit_records();
-        let state = match sharded::read_manifest(dir) {
-            Ok(m) => {
-                if m.seed != self.job.seed {
-                    return Err(WorkerError::Checkpoint {
-                        path: dir.to_path_buf(),
-                        reason: format!("written with seed {}, the job has seed {}", m.seed, self.job.seed),
-                    });
-                }
-                sharded::check_layout(dir, &m.units, &mine)?;
-                self.shards = sharded::load_shards(dir, &m, rank, world)?;
-                self.steps = m.units.iter().map(|u| u.params.iter().map(|p| p.steps).collect()).collect();
-                m.state
-            }
+        let found = match sharded::read_manifest(dir) {
+            Ok(m) => sharded::AnyCheckpoint::Sharded((dir.to_path_buf(), m)),
             Err(sharded_err) => {
-                let m = crate::checkpoint::verify(dir).map_err(|_| sharded_err)?;
-                let (shards, steps) = sharded::shards_from_single(dir, &mine, rank, world)?;
-                self.shards = shards;
-                self.steps = steps;
-                m.state
+                let manifest = crate::checkpoint::verify(dir).map_err(|_| sharded_err)?;
+                sharded::AnyCheckpoint::Single(crate::checkpoint::ValidCheckpoint { dir: dir.to_path_buf(), manifest })
             }
         };
+        self.install(found)
+    }
+
+    /// Loads a chosen checkpoint (either format) resharded to this world: shards, update
+    /// counts, training position and ledger. Returns the step it holds.
+    fn install(&mut self, found: sharded::AnyCheckpoint) -> Result<u64> {
+        let (world, rank) = (self.coll.world(), self.coll.rank().0 as usize);
+        let dir = found.dir().to_path_buf();
+        if found.seed() != self.job.seed {
+            return Err(WorkerError::Checkpoint {
+                path: dir,
+                reason: format!("written with seed {}, the job has seed {}", found.seed(), self.job.seed),
+            });
+        }
+        let mine = self.unit_records();
+        let state = found.state().clone();
+        match found {
+            sharded::AnyCheckpoint::Sharded((_, m)) => {
+                sharded::check_layout(&dir, &m.units, &mine)?;
+                self.shards = sharded::load_shards(&dir, &m, rank, world)?;
+                self.steps = m.units.iter().map(|u| u.params.iter().map(|p| p.steps).collect()).collect();
+            }
+            sharded::AnyCheckpoint::Single(_) => {
+                let (shards, steps) = sharded::shards_from_single(&dir, &mine, rank, world)?;
+                self.shards = shards;
+                self.steps = steps;
+            }
+        }
         self.ledger = SampleLedger::new(self.job.seed, state.schedule.clone(), self.ledger.dataset_lens().to_vec())?;
         self.source.set_ledger(&self.ledger);
         self.state = state;
