@@ -104,6 +104,8 @@ pub struct CoordinatorArgs {
     pub initial_workers: usize,
     /// Receives the outcome when the job ends.
     pub done: Option<tokio::sync::oneshot::Sender<JobOutcome>>,
+    /// Where progress and log lines go (a bar on a terminal).
+    pub console: crate::console::Console,
 }
 
 impl std::fmt::Debug for CoordinatorArgs {
@@ -139,6 +141,8 @@ pub struct CoordinatorState {
     generation_started: Option<Instant>,
     ticker: Option<tokio::task::JoinHandle<()>>,
     outcome: Option<JobOutcome>,
+    /// The newest error a rank reported (quoted when the job fails).
+    last_rank_error: Option<String>,
     /// The running generation was aborted: none of its checkpoints may commit.
     aborted: bool,
     /// Workers removed while maybe still running (e.g. stopped, then continued): a heartbeat
@@ -175,7 +179,7 @@ impl CoordinatorState {
     }
 
     fn log(&self, line: &str) {
-        eprintln!("[coordinator] {line}");
+        self.args.console.log(line);
     }
 
     /// Feeds one event to the state machine and carries out what it decides.
@@ -249,6 +253,7 @@ impl CoordinatorState {
                 } else {
                     JobOutcome::Finished { step }
                 };
+                self.args.console.finish();
                 self.log(&format!("job done: {outcome:?}"));
                 // A stopped job is not finished: it resumes from its checkpoint.
                 if let JobOutcome::Finished { step } = outcome {
@@ -258,6 +263,18 @@ impl CoordinatorState {
                     self.send(id, Command::Exit { reason: "the job is done".into() });
                 }
                 self.outcome = Some(outcome);
+            }
+            Action::Fail { reason } => {
+                let reason = match &self.last_rank_error {
+                    Some(e) => format!("{reason}; the last error: {e}"),
+                    None => reason,
+                };
+                self.args.console.finish();
+                self.log(&format!("job failed: {reason}"));
+                for id in self.workers.keys().copied().collect::<Vec<_>>() {
+                    self.send(id, Command::Exit { reason: "the job failed".into() });
+                }
+                self.outcome = Some(JobOutcome::Failed { reason });
             }
         }
     }
@@ -373,17 +390,17 @@ impl CoordinatorState {
             });
             let _ = writeln!(log, "{line}");
         }
-        eprintln!(
-            "{} step {}/{}  loss {:.4}  lr {:.2e}  |g| {:.3}  {:.2}s/step ({} ranks, generation {})",
-            self.args.name,
+        self.args.console.step(
             r0.step + 1,
-            self.args.stop_at,
-            r0.loss,
-            r0.lr,
-            r0.grad_norm,
-            step_s,
-            reports.len(),
-            r0.generation
+            &format!(
+                "loss {:.4}  lr {:.2e}  |g| {:.3}  {:.2}s/step ({} ranks, generation {})",
+                r0.loss,
+                r0.lr,
+                r0.grad_norm,
+                step_s,
+                reports.len(),
+                r0.generation
+            ),
         );
         self.drive(Event::StepDone { generation: r0.generation, step: r0.step });
     }
@@ -465,6 +482,7 @@ impl CoordinatorState {
                 }
                 if let Some(e) = &error {
                     self.log(&format!("{worker} left generation {generation} at step {step}: {e}"));
+                    self.last_rank_error = Some(format!("{worker}: {e}"));
                     self.drive(Event::GenerationFailed { generation, id: worker });
                 }
                 self.book.ended.insert(worker);
@@ -640,6 +658,7 @@ impl Actor for Coordinator {
             generation_started: None,
             ticker: Some(ticker),
             outcome: None,
+            last_rank_error: None,
             aborted: false,
             removed: BTreeMap::new(),
             mixtures,

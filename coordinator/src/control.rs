@@ -9,4 +9,4 @@ mod decide;
 mod state;
 
 pub use decide::{Action, StopReason};
-pub use state::{Control, Event, GenerationPlan, Member, Policy, WorkerId};
+pub use state::{Control, Event, GenerationPlan, MAX_FAILED_STARTS, Member, Policy, WorkerId};

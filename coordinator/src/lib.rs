@@ -10,6 +10,7 @@ pub mod actor;
 pub mod api;
 pub mod catalog;
 pub mod client;
+pub mod console;
 pub mod control;
 pub mod error;
 pub mod events;

@@ -194,3 +194,64 @@ fn a_reconfiguration_ends_the_generation_at_a_checkpointed_boundary_once() {
     let acts = train(&mut c, &mut now, 2);
     assert!(!acts.iter().any(|a| matches!(a, Action::StopAtBoundary { .. })), "{acts:?}");
 }
+
+/// A generation that fails before its first step with every rank alive (a checkpoint that does
+/// not load) is retried, but not forever: the third failure in a row fails the job. A failure
+/// explained by a lost rank, or one after a trained step, does not count.
+#[test]
+fn generations_failing_before_their_first_step_fail_the_job_after_three() {
+    let mut c = Control::new(POLICY);
+    for id in 1..=3 {
+        join(&mut c, 0, id);
+    }
+    let mut now = 0;
+    train(&mut c, &mut now, 2);
+    // Fails at start with every rank alive: counted, then retried with the same members.
+    let fail_start = |c: &mut Control, now: &mut u64| -> Vec<Action> {
+        let g = c.running().expect("a generation runs").generation;
+        *now += 10;
+        let aborted = c.handle(*now, Event::GenerationFailed { generation: g, id: w(1) });
+        assert!(aborted.iter().any(|a| matches!(a, Action::Abort { reason: StopReason::RankFailed(_), .. })), "{aborted:?}");
+        for id in 1..=3 {
+            c.handle(*now, Event::Heartbeat { id: w(id) });
+        }
+        c.handle(*now, Event::GenerationStopped { generation: g })
+    };
+    // A failure after a trained step is a rank's problem, not the generation's start.
+    let g = c.running().unwrap().generation;
+    c.handle(now, Event::GenerationFailed { generation: g, id: w(2) });
+    let next = started(&c.handle(now, Event::GenerationStopped { generation: g })).expect("restarted");
+    assert_eq!(next.restore, Some(2));
+    for round in 1..=2 {
+        let acts = fail_start(&mut c, &mut now);
+        assert!(started(&acts).is_some(), "round {round}: retried: {acts:?}");
+    }
+    // A lost rank explains the next failure: no count, a new generation of the survivors.
+    let g = c.running().unwrap().generation;
+    c.handle(now, Event::GenerationFailed { generation: g, id: w(1) });
+    c.handle(now, Event::Leave { id: w(3) });
+    let plan = started(&c.handle(now, Event::GenerationStopped { generation: g })).expect("survivors go on");
+    assert_eq!(plan.ranks, vec![w(1), w(2)]);
+    // The third failure with everyone alive fails the job, naming the checkpoint.
+    let g = c.running().unwrap().generation;
+    c.handle(now, Event::GenerationFailed { generation: g, id: w(1) });
+    let acts = c.handle(now, Event::GenerationStopped { generation: g });
+    assert!(started(&acts).is_none(), "{acts:?}");
+    let reason = acts.iter().find_map(|a| if let Action::Fail { reason } = a { Some(reason.clone()) } else { None }).expect("Fail");
+    assert!(reason.contains("3 generations") && reason.contains("step 2"), "{reason}");
+    assert!(c.handle(now + 10, Event::Tick).is_empty(), "failed once, then quiet");
+    // Training a step resets the count.
+    let mut c2 = Control::new(POLICY);
+    for id in 1..=2 {
+        join(&mut c2, 0, id);
+    }
+    let mut t = 600;
+    c2.handle(t, Event::Tick);
+    for _ in 0..2 {
+        fail_start(&mut c2, &mut t);
+    }
+    train(&mut c2, &mut t, 1);
+    for _ in 0..2 {
+        assert!(started(&fail_start(&mut c2, &mut t)).is_some());
+    }
+}

@@ -39,9 +39,13 @@ pub struct DemoArgs {
     /// Seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// CPU threads for libtorch (0 = all cores).
+    /// CPU threads for libtorch (0 = all cores), split between the workers.
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Local worker processes training the model together (FSDP under the embedded
+    /// coordinator); 1 trains in this process.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
 }
 
 /// Runs the demo.
@@ -169,8 +173,8 @@ baseline_samples = {baseline_samples}
 
     // 4. Training (resumes from the newest checkpoint; done when every step is).
     let t = Instant::now();
-    println!("[4/5] training (`tessera train {}`)", job_path.display());
-    super::train::run(super::train::TrainArgs::new(job_path.clone()))?;
+    println!("[4/5] training (`tessera train {} --workers {}`)", job_path.display(), a.workers);
+    super::train::run(super::train::TrainArgs::new(job_path.clone()).with_workers(a.workers))?;
     println!("      {:.1}s", t.elapsed().as_secs_f64());
 
     // 5. Report.

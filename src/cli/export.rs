@@ -6,9 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use tch::Device;
 use tessera_coordinator::ResolvedJob;
-use tessera_model::Checkpoint;
 use tessera_worker::fsdp::checkpoint::{self as sharded, AnyCheckpoint};
 use tessera_worker::{checkpoint, four_m_config};
 
@@ -53,26 +51,8 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
             }
         }
     };
-    let model = Checkpoint::init(&cfg, Device::Cpu, job.seed as i64)?;
     let step = found.state().step;
-    match found {
-        AnyCheckpoint::Single(c) => {
-            let path = c.dir.join(checkpoint::MODEL_FILE);
-            let (weights, _) = tessera_model::io::read(&path)?;
-            model.copy_from(weights, &path)?;
-        }
-        AnyCheckpoint::Sharded((dir, m)) => {
-            let units = tessera_worker::fsdp::units_of(&model.vs, 1, 0);
-            sharded::check_layout(&dir, &m.units, &sharded::unit_records(&units, None))?;
-            let shards = sharded::load_shards(&dir, &m, 0, 1)?;
-            for (u, s) in units.iter().zip(&shards) {
-                for p in &u.params {
-                    let piece = s.master.narrow(0, p.offset as i64, p.numel as i64).view(p.shape.as_slice());
-                    tch::no_grad(|| p.tensor.shallow_clone().copy_(&piece));
-                }
-            }
-        }
-    }
+    let model = sharded::consolidate(&cfg, &found)?;
     model.save(&a.out)?;
     println!("exported step {step} of job '{}' to {}", job.name, a.out.display());
     Ok(())

@@ -26,6 +26,7 @@ use tessera_coordinator::control::Policy;
 use tessera_coordinator::metrics::JobMetrics;
 use tessera_coordinator::node::CoordinatorNode;
 use tessera_coordinator::protocol::{CoordinatorMsg, JobSpec, Wire};
+use tessera_worker::fsdp::checkpoint as sharded;
 
 /// Where a running job can be reached (written to `OUTPUT/coordinator.json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -251,6 +252,7 @@ pub fn run_embedded(config: &Path, job: &ResolvedJob, o: &EmbeddedOptions) -> an
             launcher: Some(Box::new(launcher)),
             initial_workers: o.workers,
             done: Some(done_tx),
+            console: tessera_coordinator::console::Console::new(&job.name, start, stop_at),
         };
         eprintln!(
             "coordinator {} (API http://{api_addr}/status, /metrics; {} workers × {threads} threads, steps {start}..{stop_at}); watch with `tessera status --job-dir {}`",
@@ -290,7 +292,7 @@ pub fn run_embedded(config: &Path, job: &ResolvedJob, o: &EmbeddedOptions) -> an
     match result? {
         JobOutcome::Finished { step } => {
             eprintln!("done: {step} steps; checkpoints in {}", job.checkpoint.dir.display());
-            Ok(())
+            validate_final(job, step)
         }
         JobOutcome::Stopped { step } => {
             eprintln!("stopped at step {step} (checkpointed); run the same command to resume");
@@ -298,4 +300,34 @@ pub fn run_embedded(config: &Path, job: &ResolvedJob, o: &EmbeddedOptions) -> an
         }
         JobOutcome::Failed { reason } => bail!("job failed: {reason}"),
     }
+}
+
+/// `[eval]` after a multi-worker run: the ranks hold only shards, so the final committed
+/// checkpoint is put back together here and scored by the same validation as one-process
+/// training (same held-out batches, baseline and `eval_log.jsonl`). Skipped when the log already
+/// has this step (a rerun of a finished job).
+fn validate_final(job: &ResolvedJob, step: u64) -> anyhow::Result<()> {
+    let log = job.output_dir.join("eval_log.jsonl");
+    let logged = std::fs::read_to_string(&log)
+        .ok()
+        .and_then(|t| t.lines().rev().find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).and_then(|v| v["step"].as_u64()));
+    if logged == Some(step) {
+        return Ok(());
+    }
+    let cfg = tessera_worker::four_m_config(&job.model, &job.origin)?;
+    let Some(validation) = super::validation::Validation::prepare(job, &cfg)? else { return Ok(()) };
+    let (found, rejected) = sharded::latest_any(&job.checkpoint.dir)?;
+    for r in rejected {
+        eprintln!("warning: validation skips checkpoint: {r}");
+    }
+    let found = found.with_context(|| format!("no valid checkpoint in {} to validate", job.checkpoint.dir.display()))?;
+    if found.state().step != step {
+        bail!("the newest valid checkpoint holds step {}, the job finished at {step}", found.state().step);
+    }
+    if job.train.threads > 0 {
+        tch::set_num_threads(job.train.threads as i32);
+    }
+    let model = sharded::consolidate(&cfg, &found)?;
+    validation.run_model(job, &model.model, step, &job.output_dir)?;
+    Ok(())
 }

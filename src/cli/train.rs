@@ -74,6 +74,13 @@ impl TrainArgs {
             api: "127.0.0.1:0".parse().expect("a socket address"),
         }
     }
+
+    /// The same, on `n` local worker processes under the embedded coordinator (one process
+    /// when `n` is 1).
+    pub fn with_workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
 }
 
 /// Runs `tessera train`.

@@ -7,9 +7,10 @@ use std::path::Path;
 use anyhow::Context;
 use indicatif::ProgressBar;
 use tessera_coordinator::{ResolvedJob, SampleLedger};
-use tessera_model::{FourMConfig, MaskedBatch};
+use tessera_model::{ForwardOptions, FourM, FourMConfig, MaskedBatch};
 use tessera_worker::data::{open_job_data, open_val_data};
-use tessera_worker::eval::{EvalReport, UnigramBaseline};
+use tessera_worker::eval::{EvalReport, UnigramBaseline, evaluate};
+use tessera_worker::trainer::eval_options;
 use tessera_worker::{BatchSource, Trainer};
 
 /// The validation set, the baseline's training batches and the schedule.
@@ -52,17 +53,46 @@ impl Validation {
         step.is_multiple_of(self.every)
     }
 
-    /// Validates, prints a table and appends the report to `OUT/eval_log.jsonl`.
+    /// Validates the one-process trainer's model, prints a table and appends the report to
+    /// `OUT/eval_log.jsonl`.
     pub fn run<S: BatchSource>(&self, trainer: &Trainer<S>, out: &Path, bar: &ProgressBar, plain: bool) -> anyhow::Result<EvalReport> {
+        let model = &trainer.model().model;
+        let on_device: Vec<MaskedBatch> = self.val.iter().map(|b| b.to_device(trainer.model().vs.device())).collect();
+        let report = self.score(model, &on_device, &eval_options(trainer.job()))?;
+        let text = self.table(trainer.state().step, &report);
+        if plain {
+            eprint!("{text}");
+        } else {
+            bar.println(text.trim_end());
+        }
+        append(out, trainer.state().step, &report)?;
+        Ok(report)
+    }
+
+    /// Validates a whole model loaded from a checkpoint of step `step` (after a multi-worker
+    /// run, whose ranks hold only shards): same batches, baseline and log as [`Self::run`].
+    pub fn run_model(&self, job: &ResolvedJob, model: &FourM, step: u64, out: &Path) -> anyhow::Result<EvalReport> {
+        let report = self.score(model, &self.val, &eval_options(job))?;
+        eprint!("{}", self.table(step, &report));
+        append(out, step, &report)?;
+        Ok(report)
+    }
+
+    fn score(&self, model: &FourM, val: &[MaskedBatch], opts: &ForwardOptions) -> anyhow::Result<EvalReport> {
         let baseline = match self.baseline.get() {
             Some(b) => b,
             None => {
-                let b = trainer.fit_baseline(&self.fit)?;
+                let mut b = UnigramBaseline::new();
+                for batch in &self.fit {
+                    b.fit(model, batch, opts)?;
+                }
                 self.baseline.get_or_init(|| b)
             }
         };
-        let report = trainer.evaluate(&self.val, Some(baseline))?;
-        let step = trainer.state().step;
+        Ok(evaluate(model, val, opts, Some(baseline))?)
+    }
+
+    fn table(&self, step: u64, report: &EvalReport) -> String {
         let mut text = format!(
             "validation at step {step} ({} samples):\n  {:<22} {:>9} {:>9} {:>8}\n",
             self.val.iter().map(|b| b.batch_size()).sum::<i64>(),
@@ -80,15 +110,14 @@ impl Validation {
                 e.tokens
             ));
         }
-        if plain {
-            eprint!("{text}");
-        } else {
-            bar.println(text.trim_end());
-        }
-        let path = out.join("eval_log.jsonl");
-        let mut f =
-            std::fs::OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
-        writeln!(f, "{}", serde_json::json!({ "step": step, "modalities": report.modalities }))?;
-        Ok(report)
+        text
     }
+}
+
+/// Appends one validation to `OUT/eval_log.jsonl`.
+fn append(out: &Path, step: u64, report: &EvalReport) -> anyhow::Result<()> {
+    let path = out.join("eval_log.jsonl");
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
+    writeln!(f, "{}", serde_json::json!({ "step": step, "modalities": report.modalities }))?;
+    Ok(())
 }

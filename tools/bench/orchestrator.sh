@@ -7,7 +7,7 @@
 #      first completed step of the new generation;
 #   3. checkpoints: shard write throughput vs the disk's sequential write bandwidth (dd with
 #      fsync, same file system) and the training stall per checkpoint (the host snapshot).
-#   [ROUNDS=3] [SKIP_RECOVERY=1] tools/bench/orchestrator.sh [CONFIG] [STEPS]
+#   [KEEP=1] [ROUNDS=3] [SKIP_OVERHEAD=1] [SKIP_RECOVERY=1] [SKIP_CHECKPOINTS=1] tools/bench/orchestrator.sh [CONFIG] [STEPS]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 CONFIG=${1:-configs/bench-fsdp-tiny.toml}
@@ -15,7 +15,7 @@ STEPS=${2:-8}
 ROUNDS=${ROUNDS:-3}
 BIN=${TESSERA_BIN:-target/release/tessera}
 WORK=$(mktemp -d)
-trap 'pkill -P $$ 2>/dev/null || true; rm -rf "$WORK"' EXIT
+trap 'pkill -P $$ 2>/dev/null || true; [ -n "${KEEP:-}" ] && echo "kept $WORK" || rm -rf "$WORK"' EXIT
 
 # A copy of the job writing under $WORK/NAME, with checkpoints every EVERY steps.
 job() {
@@ -34,6 +34,7 @@ xs=[json.loads(l)['step_s'] for l in open('$1')][2:]
 print(f'{statistics.median(xs):.3f}')"
 }
 
+if [ -z "${SKIP_OVERHEAD:-}" ]; then
 echo "== overhead (2 workers, $STEPS steps, median of steps 3.., $ROUNDS alternating rounds)"
 declare -a BARE ORCH
 for round in $(seq "$ROUNDS"); do
@@ -48,8 +49,9 @@ mb=b[len(b)//2]; mo=o[len(o)//2]
 print(f'{\"bare FSDP s/step\":34s} {\" \".join(map(str,b))}')
 print(f'{\"orchestrated s/step\":34s} {\" \".join(map(str,o))}')
 print(f'{\"overhead (median ratio - 1)\":34s} {100*(mo/mb-1):+.1f}%')"
+fi
 
-[ -n "${SKIP_RECOVERY:-}" ] && exit 0
+if [ -z "${SKIP_RECOVERY:-}" ]; then
 echo "== recovery (3 workers, kill -9 of one after step 4, checkpoint every 2 steps)"
 J=$(job recovery 2)
 "$BIN" train "$J" --workers 3 --max-steps 12 --no-resume 2>"$WORK/recovery.log" &
@@ -74,11 +76,18 @@ print(f"{'detection (kill -> removed)':34s} {(removed - killed) / 1000:.2f} s")
 print(f"{'re-rendezvous (removed -> planned)':34s} {(started - removed) / 1000:.2f} s")
 if ready:
     print(f"{'ring connect on the new ranks':34s} {float(ready[0][0]):.2f} s")
-    print(f"{'model init + restore':34s} {float(ready[0][1]):.2f} s")
+    print(f"{'model + restore':34s} {float(ready[0][1]):.2f} s")
+    parts = re.findall(r"generation 1 ready: .*?\(model and data ([^:]+): ([0-9.]+)s, restore ([0-9.]+)s\)", log)
+    if parts:
+        print(f"{'  model and data (' + parts[0][0] + ')':34s} {float(parts[0][1]):.2f} s")
+        print(f"{'  checkpoint restore':34s} {float(parts[0][2]):.2f} s")
 print(f"{'first step of the new generation':34s} {step_s:.2f} s")
 print(f"{'total kill -> first step done':34s} {(first - killed) / 1000:.2f} s")
 EOF
 
+fi
+
+[ -n "${SKIP_CHECKPOINTS:-}" ] && exit 0
 echo "== checkpoints (2 workers, every 2 steps)"
 J=$(job ckpt 2)
 "$BIN" train "$J" --workers 2 --max-steps 8 --no-resume 2>"$WORK/ckpt.log"

@@ -14,5 +14,5 @@ pub mod tensors;
 pub mod trainer;
 pub mod units;
 
-pub use trainer::FsdpTrainer;
+pub use trainer::{FsdpTrainer, Resident};
 pub use units::{Unit, units_of};

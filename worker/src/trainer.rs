@@ -35,6 +35,13 @@ pub fn forward_options(t: &ResolvedTrain) -> ForwardOptions {
     }
 }
 
+/// The forward settings validation uses for a job: the training budgets with a fixed decoder
+/// order seed, so that every evaluation of the job (in training or on a checkpoint after a
+/// multi-worker run) scores the same tokens.
+pub fn eval_options(job: &ResolvedJob) -> ForwardOptions {
+    ForwardOptions { decoder_order_seed: Some(mix(&[job.seed, 0x6576_616c])), ..forward_options(&job.train) }
+}
+
 /// What one optimizer step did.
 #[derive(Debug, Clone, Serialize)]
 pub struct StepReport {
@@ -258,7 +265,7 @@ impl<S: BatchSource> Trainer<S> {
         batches: &[tessera_model::MaskedBatch],
         baseline: Option<&crate::eval::UnigramBaseline>,
     ) -> Result<crate::eval::EvalReport> {
-        let opts = ForwardOptions { decoder_order_seed: Some(mix(&[self.job.seed, 0x6576_616c])), ..self.fwd.clone() };
+        let opts = eval_options(&self.job);
         let device = self.model.vs.device();
         let on_device: Vec<_> = batches.iter().map(|b| b.to_device(device)).collect();
         crate::eval::evaluate(&self.model.model, &on_device, &opts, baseline)
@@ -266,7 +273,7 @@ impl<S: BatchSource> Trainer<S> {
 
     /// Fits a unigram baseline on `batches` (the targets this model's forward would score).
     pub fn fit_baseline(&self, batches: &[tessera_model::MaskedBatch]) -> Result<crate::eval::UnigramBaseline> {
-        let opts = ForwardOptions { decoder_order_seed: Some(mix(&[self.job.seed, 0x6576_616c])), ..self.fwd.clone() };
+        let opts = eval_options(&self.job);
         let mut b = crate::eval::UnigramBaseline::new();
         for batch in batches {
             b.fit(&self.model.model, batch, &opts)?;

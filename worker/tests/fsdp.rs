@@ -125,6 +125,58 @@ fn checkpoint_at_3_ranks_resumes_at_2_and_1() {
     assert_eq!(on_world(d.path(), 2, |t| t.resume().unwrap()), vec![None, None]);
 }
 
+/// What a rank keeps between generations (model, units, data source) restores a checkpoint at
+/// another world size exactly like a fresh process: 3 ranks checkpoint at step 2 and train on,
+/// then two of them keep their model, form a 2-rank ring and restore step 2 from it; their next
+/// loss equals the one the 3 ranks computed after the checkpoint.
+#[test]
+fn a_kept_model_restores_at_another_world_size() {
+    tch::set_num_threads(1);
+    let d = tempfile::tempdir().unwrap();
+    let bind = |_| TcpListener::bind("127.0.0.1:0").unwrap();
+    let (l3, l2): (Vec<TcpListener>, Vec<TcpListener>) = ((0..3).map(bind).collect(), (0..2).map(bind).collect());
+    let peers3: Vec<_> = l3.iter().map(|l| l.local_addr().unwrap()).collect();
+    let peers2: Vec<_> = l2.iter().map(|l| l.local_addr().unwrap()).collect();
+    let mut l2 = l2.into_iter();
+    let handles: Vec<_> = l3
+        .into_iter()
+        .enumerate()
+        .map(|(rank, listener)| {
+            let next = if rank < 2 { l2.next() } else { None };
+            let (peers3, peers2, dir) = (peers3.clone(), peers2.clone(), d.path().to_path_buf());
+            std::thread::spawn(move || {
+                let config = |generation| {
+                    let mut c = RingConfig::new(JobAuth { job_id: 7, generation, secret: Secret::new(b"fsdp-test-secret".to_vec()) });
+                    c.timeout = Duration::from_secs(120);
+                    c
+                };
+                let job = job(&dir);
+                let cfg = four_m_config(&job.model, &job.origin).unwrap();
+                let ring = TcpRing::connect(listener, Rank(rank as u32), &peers3, config(0)).unwrap();
+                let source = open_job_data(&job, &cfg.all_domains()).unwrap();
+                let mut t = FsdpTrainer::new(job.clone(), &cfg, source, vec![200], ring).unwrap();
+                t.step().unwrap();
+                t.step().unwrap();
+                let ckpt = t.save_checkpoint().unwrap();
+                let after = t.step().unwrap().loss;
+                let Some(listener) = next else { return (after, None) };
+                let kept = t.into_resident().unwrap();
+                let ring = TcpRing::connect(listener, Rank(rank as u32), &peers2, config(1)).unwrap();
+                let mut t = FsdpTrainer::restored(job, &cfg, kept, ring, &ckpt).unwrap();
+                assert_eq!(t.state().step, 2);
+                (after, Some(t.step().unwrap().loss))
+            })
+        })
+        .collect();
+    let results: Vec<(f64, Option<f64>)> = handles.into_iter().map(|h| h.join().expect("rank thread")).collect();
+    let want = results[0].0;
+    let again: Vec<f64> = results.iter().filter_map(|r| r.1).collect();
+    assert_eq!(again.len(), 2);
+    for l in again {
+        assert!((l - want).abs() / want.abs() < 1e-6, "kept model at 2 ranks: {l} vs {want} at 3");
+    }
+}
+
 fn sharded(dir: &Path, world: usize) -> Vec<Run> {
     on_world(dir, world, |t| {
         let losses: Vec<f64> = (0..STEPS).map(|_| t.step().unwrap().loss).collect();

@@ -13,7 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::state::{Control, Event, GenerationPlan, Member, WorkerId};
+use super::state::{Control, Event, GenerationPlan, MAX_FAILED_STARTS, Member, WorkerId};
 
 /// Why a generation ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,6 +65,12 @@ pub enum Action {
     },
     /// The job is complete.
     Finish,
+    /// The job cannot go on: generations keep failing before their first step although no
+    /// rank was lost (the ranks' errors say why).
+    Fail {
+        /// What the coordinator concluded.
+        reason: String,
+    },
 }
 
 impl Control {
@@ -127,6 +133,8 @@ impl Control {
                     && g.generation == generation
                 {
                     self.next_step = self.next_step.max(step + 1);
+                    self.progressed = true;
+                    self.failed_starts = 0;
                     for id in g.ranks.clone() {
                         if let Some(m) = self.members.get_mut(&id) {
                             m.last_seen_ms = now_ms;
@@ -144,11 +152,20 @@ impl Control {
             Event::CheckpointFailed { .. } => self.checkpoint_in_flight = None,
             Event::GenerationFailed { generation, id } => {
                 if self.running.as_ref().is_some_and(|g| g.generation == generation) {
+                    self.rank_failed = true;
                     self.abort(StopReason::RankFailed(id), actions);
                 }
             }
             Event::GenerationStopped { generation } => {
-                if self.running.as_ref().is_some_and(|g| g.generation == generation) {
+                if let Some(g) = self.running.as_ref().filter(|g| g.generation == generation) {
+                    // A lost rank explains a failure; a failure with every rank alive and no step
+                    // trained would happen again.
+                    let all_alive = g.ranks.iter().all(|id| self.members.contains_key(id));
+                    if self.rank_failed && !self.progressed && all_alive {
+                        self.failed_starts += 1;
+                    }
+                    self.progressed = false;
+                    self.rank_failed = false;
                     self.running = None;
                     self.stopping = false;
                     self.reconfigure = false;
@@ -221,6 +238,19 @@ impl Control {
         if self.finished() || self.shutdown {
             if !self.done {
                 actions.push(Action::Finish);
+                self.done = true;
+            }
+            return;
+        }
+        if self.failed_starts >= MAX_FAILED_STARTS {
+            if !self.done {
+                let from = self.last_committed().map_or("the start".to_string(), |s| format!("the checkpoint of step {s}"));
+                actions.push(Action::Fail {
+                    reason: format!(
+                        "{} generations in a row failed before their first step, restoring {from}, with every rank alive",
+                        self.failed_starts
+                    ),
+                });
                 self.done = true;
             }
             return;

@@ -157,7 +157,21 @@ pub struct Control {
     /// The running generation must end at a boundary so the next one gets new settings.
     #[serde(default)]
     pub(super) reconfigure: bool,
+    /// The running generation has trained at least one step.
+    #[serde(default)]
+    pub(super) progressed: bool,
+    /// The running generation was aborted because a rank failed.
+    #[serde(default)]
+    pub(super) rank_failed: bool,
+    /// Generations in a row that failed before their first step with every rank alive: a
+    /// failure that restarting cannot fix (a checkpoint that does not load, a bad job).
+    #[serde(default)]
+    pub(super) failed_starts: u32,
 }
+
+/// After this many generations in a row fail before their first step with all ranks alive,
+/// the job fails instead of starting the same generation again forever.
+pub const MAX_FAILED_STARTS: u32 = 3;
 
 impl Control {
     /// A job with no members yet; it wants `policy.max_workers` workers.
@@ -177,6 +191,9 @@ impl Control {
             ready_since: None,
             shutdown: false,
             reconfigure: false,
+            progressed: false,
+            rank_failed: false,
+            failed_starts: 0,
         }
     }
 

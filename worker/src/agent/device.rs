@@ -16,8 +16,9 @@ use tessera_coordinator::protocol::{CoordinatorMsg, GenerationStart, Wire, Worke
 use tessera_coordinator::report::{StepReport, StepTimings};
 use tessera_ops::{AbortHandle, Collective, JobAuth, Rank, RingConfig, Secret, TcpRing};
 
+use crate::data::DataPipeline;
 use crate::error::{Result, WorkerError};
-use crate::fsdp::FsdpTrainer;
+use crate::fsdp::{FsdpTrainer, Resident};
 
 /// What the worker actor tells the device thread.
 #[derive(Debug)]
@@ -104,11 +105,14 @@ pub fn job_id(job: &ResolvedJob) -> u64 {
 pub fn device_main(ctx: DeviceCtx, rx: Receiver<DeviceCmd>) {
     tch::set_num_threads(ctx.threads.max(1) as i32);
     let mut writers: Vec<JoinHandle<()>> = Vec::new();
+    // The model and data source outlive a generation: a generation that restores a checkpoint
+    // (every one after a failure or resize) reuses them instead of initialising again.
+    let mut resident: Option<Resident<DataPipeline>> = None;
     while let Ok(cmd) = rx.recv() {
         match cmd {
             DeviceCmd::Start(g) => {
                 let generation = g.plan.generation;
-                let (step, error, exit) = run_generation(&ctx, &g, &rx, &mut writers);
+                let (step, error, exit) = run_generation(&ctx, &g, &rx, &mut writers, &mut resident);
                 if let Some(e) = &error {
                     eprintln!("[{}] generation {generation} ended at step {step}: {e}", ctx.worker);
                 }
@@ -161,10 +165,13 @@ fn run_generation(
     g: &GenerationStart,
     rx: &Receiver<DeviceCmd>,
     writers: &mut Vec<JoinHandle<()>>,
+    resident: &mut Option<Resident<DataPipeline>>,
 ) -> (u64, Option<String>, bool) {
     let generation = g.plan.generation;
     let mut step = g.plan.start_step;
     let mut exit = false;
+    // Holds the trainer so that what it keeps survives an error (an aborted ring).
+    let mut slot: Option<FsdpTrainer<TcpRing, DataPipeline>> = None;
     let result = (|| -> Result<()> {
         let t_start = std::time::Instant::now();
         let auth = JobAuth { job_id: job_id(&ctx.job), generation, secret: ctx.secret.clone() };
@@ -181,25 +188,44 @@ fn run_generation(
         let mut job = ctx.job.clone();
         job.schedule = g.schedule.clone();
         let cfg = crate::four_m_config(&job.model, &job.origin)?;
-        let source = crate::data::open_job_data(&job, &cfg.all_domains())?;
-        let lens = source.dataset_lens();
         let total = job.train.total_steps;
         let every = job.checkpoint.every_steps;
         let tokens_per_sample = (job.train.num_input_tokens + job.train.num_target_tokens) as u64;
-        let data_s = t_start.elapsed().as_secs_f64() - ring_s;
-        let mut t = FsdpTrainer::new(job, &cfg, source, lens, ring)?;
-        let model_s = t_start.elapsed().as_secs_f64() - ring_s - data_s;
-        if let Some(dir) = &g.restore_dir {
-            t.restore_from(dir)?;
-        }
+        let open = |job: &ResolvedJob| -> Result<(DataPipeline, Vec<u64>)> {
+            let source = crate::data::open_job_data(job, &cfg.all_domains())?;
+            let lens = source.dataset_lens();
+            Ok((source, lens))
+        };
+        let (reused, model_s, t) = match (&g.restore_dir, resident.take()) {
+            (Some(dir), kept) => {
+                let reused = kept.is_some();
+                let kept = match kept {
+                    Some(r) => r,
+                    None => {
+                        let (source, lens) = open(&job)?;
+                        Resident::new(&cfg, job.seed, source, lens)?
+                    }
+                };
+                let model_s = t_start.elapsed().as_secs_f64() - ring_s;
+                (reused, model_s, slot.insert(FsdpTrainer::restored(job, &cfg, kept, ring, dir)?))
+            }
+            // Without a checkpoint the model must be the seed's: a kept one is never reused.
+            (None, _) => {
+                let (source, lens) = open(&job)?;
+                let t = FsdpTrainer::new(job, &cfg, source, lens, ring)?;
+                (false, t_start.elapsed().as_secs_f64() - ring_s, slot.insert(t))
+            }
+        };
         t.set_schedule(g.schedule.clone())?;
         step = t.state().step;
         if g.rank == 0 {
+            let total_s = t_start.elapsed().as_secs_f64();
             eprintln!(
-                "[{}] generation {generation} ready: ring {ring_s:.2}s, model + restore {:.2}s (data {data_s:.2}s, model init {model_s:.2}s, restore {:.2}s)",
+                "[{}] generation {generation} ready: ring {ring_s:.2}s, model + restore {:.2}s (model and data {}: {model_s:.2}s, restore {:.2}s)",
                 ctx.worker,
-                t_start.elapsed().as_secs_f64() - ring_s,
-                t_start.elapsed().as_secs_f64() - ring_s - data_s - model_s
+                total_s - ring_s,
+                if reused { "kept from the last generation" } else { "built" },
+                total_s - ring_s - model_s
             );
         }
         if step != g.plan.start_step {
@@ -257,5 +283,11 @@ fn run_generation(
         Ok(())
     })();
     ctx.abort.lock().expect("abort state").current = None;
+    if let Some(t) = slot {
+        match t.into_resident() {
+            Ok(r) => *resident = Some(r),
+            Err(e) => eprintln!("[{}] generation {generation}: the model is rebuilt next time: {e}", ctx.worker),
+        }
+    }
     (step, result.err().map(|e| e.to_string()), exit)
 }

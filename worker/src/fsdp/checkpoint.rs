@@ -173,7 +173,9 @@ pub fn latest_valid(root: &Path) -> Result<(Option<FoundCheckpoint>, Vec<String>
 /// world size: the overlap of the new shard range with each old rank's range is copied.
 pub fn load_shards(dir: &Path, m: &ShardedManifest, rank: usize, world: usize) -> Result<Vec<ShardTensors>> {
     let bad = |reason: String| WorkerError::Checkpoint { path: dir.to_path_buf(), reason };
-    let mut files: Vec<Option<std::collections::BTreeMap<String, Tensor>>> = (0..m.world).map(|_| None).collect();
+    // Only the overlapping slices are read (positional reads): after a failure each survivor
+    // reads about 1/world of the checkpoint instead of whole old-rank files.
+    let mut files: Vec<Option<io::SliceReader>> = (0..m.world).map(|_| None).collect();
     let mut out = Vec::with_capacity(m.units.len());
     for u in &m.units {
         let want = shard_range(u.numel, world, rank);
@@ -185,17 +187,16 @@ pub fn load_shards(dir: &Path, m: &ShardedManifest, rank: usize, world: usize) -
                 continue;
             }
             if cached.is_none() {
-                let path = dir.join(shard_file(old, m.world));
-                *cached = Some(io::read(&path)?.0.into_iter().collect());
+                *cached = Some(io::SliceReader::open(&dir.join(shard_file(old, m.world)))?);
             }
-            let file = cached.as_ref().expect("just loaded");
+            let file = cached.as_ref().expect("just opened");
             for (k, what) in ["master", "exp_avg", "exp_avg_sq"].iter().enumerate() {
                 let key = format!("{}.{what}", u.name);
-                let src = file.get(&key).ok_or_else(|| bad(format!("{}: missing '{key}'", shard_file(old, m.world))))?;
-                if src.numel() != have.len() {
-                    return Err(bad(format!("'{key}' of rank {old} has {} elements, expected {}", src.numel(), have.len())));
+                let n = file.numel(&key).ok_or_else(|| bad(format!("{}: missing '{key}'", shard_file(old, m.world))))?;
+                if n != have.len() {
+                    return Err(bad(format!("'{key}' of rank {old} has {n} elements, expected {}", have.len())));
                 }
-                let piece = src.narrow(0, (lo - have.start) as i64, (hi - lo) as i64);
+                let piece = file.read_f32(&key, lo - have.start..hi - have.start)?;
                 parts[k].narrow(0, (lo - want.start) as i64, (hi - lo) as i64).copy_(&piece);
             }
         }
@@ -318,6 +319,32 @@ impl AnyCheckpoint {
             Self::Sharded((d, _)) => d,
         }
     }
+}
+
+/// The whole model a checkpoint of either format holds, on the CPU: the one-process weights,
+/// or every rank's master shards put back together (what `tessera export` writes and what
+/// validation after a multi-worker run scores).
+pub fn consolidate(cfg: &tessera_model::FourMConfig, found: &AnyCheckpoint) -> Result<tessera_model::Checkpoint> {
+    let model = tessera_model::Checkpoint::init(cfg, tch::Device::Cpu, found.seed() as i64)?;
+    match found {
+        AnyCheckpoint::Single(c) => {
+            let path = c.dir.join(crate::checkpoint::MODEL_FILE);
+            let (weights, _) = io::read(&path)?;
+            model.copy_from(weights, &path)?;
+        }
+        AnyCheckpoint::Sharded((dir, m)) => {
+            let units = super::units::units_of(&model.vs, 1, 0);
+            check_layout(dir, &m.units, &unit_records(&units, None))?;
+            let shards = load_shards(dir, m, 0, 1)?;
+            for (u, s) in units.iter().zip(&shards) {
+                for p in &u.params {
+                    let piece = s.master.narrow(0, p.offset as i64, p.numel as i64).view(p.shape.as_slice());
+                    tch::no_grad(|| p.tensor.shallow_clone().copy_(&piece));
+                }
+            }
+        }
+    }
+    Ok(model)
 }
 
 /// The newest checkpoint under `root` of either format that verifies, and why newer ones

@@ -57,29 +57,23 @@ impl<C: Collective, S: BatchSource> std::fmt::Debug for FsdpTrainer<C, S> {
     }
 }
 
-impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
-    /// Builds rank `coll.rank()`'s trainer. Every rank initialises the model from the job seed,
-    /// so the shards start consistent without communication.
-    pub fn new(job: ResolvedJob, cfg: &FourMConfig, source: S, dataset_lens: Vec<u64>, coll: C) -> Result<Self> {
-        let (world, rank) = (coll.world(), coll.rank().0 as usize);
-        if job.train.global_batch_size < world {
-            return Err(WorkerError::Training {
-                step: 0,
-                reason: format!("global batch {} is smaller than the world size {world}", job.train.global_batch_size),
-            });
-        }
-        let model = Checkpoint::init(cfg, Device::Cpu, job.seed as i64)?;
-        let units = units_of(&model.vs, world, rank);
-        let mut shards = Vec::with_capacity(units.len());
-        for u in &units {
-            let mut flat = Vec::with_capacity(u.numel);
-            for p in &u.params {
-                append_f32(&p.tensor, &mut flat);
-            }
-            let master = Tensor::from_slice(&flat[u.shard.clone()]);
-            shards.push(ShardTensors { exp_avg: master.zeros_like(), exp_avg_sq: master.zeros_like(), master });
-        }
-        let steps = units.iter().map(|u| vec![0; u.params.len()]).collect();
+/// What one rank keeps from a generation to the next: the single-device model (its structure;
+/// parameter values come from shards), its parameter units (re-sharded for every world) and
+/// the data source (pure in the sample references, so reusing it changes no batch).
+pub struct Resident<S> {
+    model: Checkpoint,
+    units: Vec<Unit>,
+    grad_resets: Vec<tch::COptimizer>,
+    source: S,
+    dataset_lens: Vec<u64>,
+}
+
+impl<S: BatchSource> Resident<S> {
+    /// A freshly initialised model (from `seed`) with its units, around `source`.
+    pub fn new(cfg: &FourMConfig, seed: u64, source: S, dataset_lens: Vec<u64>) -> Result<Self> {
+        let model = Checkpoint::init(cfg, Device::Cpu, seed as i64)?;
+        // The world-1 layout; `assemble` sets each rank's shard ranges.
+        let units = units_of(&model.vs, 1, 0);
         let mut grad_resets = Vec::with_capacity(units.len());
         for u in &units {
             let mut opt = tch::COptimizer::sgd(0.0, 0.0, 0.0, 0.0, false)?;
@@ -88,19 +82,90 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
             }
             grad_resets.push(opt);
         }
+        Ok(Self { model, units, grad_resets, source, dataset_lens })
+    }
+}
+
+impl<S> std::fmt::Debug for Resident<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resident").field("units", &self.units.len()).field("dataset_lens", &self.dataset_lens).finish()
+    }
+}
+
+impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
+    /// Builds rank `coll.rank()`'s trainer. Every rank initialises the model from the job seed,
+    /// so the shards start consistent without communication.
+    pub fn new(job: ResolvedJob, cfg: &FourMConfig, source: S, dataset_lens: Vec<u64>, coll: C) -> Result<Self> {
+        let resident = Resident::new(cfg, job.seed, source, dataset_lens)?;
+        let mut me = Self::assemble(job, cfg, resident, coll)?;
+        let mut shards = Vec::with_capacity(me.units.len());
+        for u in &me.units {
+            let mut flat = Vec::with_capacity(u.numel);
+            for p in &u.params {
+                append_f32(&p.tensor, &mut flat);
+            }
+            let master = Tensor::from_slice(&flat[u.shard.clone()]);
+            shards.push(ShardTensors { exp_avg: master.zeros_like(), exp_avg_sq: master.zeros_like(), master });
+        }
+        me.shards = shards;
+        me.free_blocks()?;
+        Ok(me)
+    }
+
+    /// Builds rank `coll.rank()`'s trainer from what this rank kept of an earlier generation
+    /// (or a fresh [`Resident`]) and the checkpoint in `dir`, resharded to this world: no model
+    /// initialisation and no data indexing, which is most of a recovery's restore time.
+    pub fn restored(job: ResolvedJob, cfg: &FourMConfig, resident: Resident<S>, coll: C, dir: &std::path::Path) -> Result<Self> {
+        let mut me = Self::assemble(job, cfg, resident, coll)?;
+        me.restore_from(dir)?;
+        me.free_blocks()?;
+        Ok(me)
+    }
+
+    /// Gives back what a later generation of this rank can reuse (model structure, units, data
+    /// source); the shards and optimizer state are dropped, they come from a checkpoint.
+    pub fn into_resident(mut self) -> Result<Resident<S>> {
+        // A generation aborted mid-step may have left units gathered and gradients defined.
+        self.free_blocks()?;
+        if let Some(r) = self.units.iter().position(|u| u.name == "rest") {
+            self.free_grads(r)?;
+        }
+        Ok(Resident {
+            model: self.model,
+            units: self.units,
+            grad_resets: self.grad_resets,
+            source: self.source,
+            dataset_lens: self.ledger.dataset_lens().to_vec(),
+        })
+    }
+
+    /// The trainer around `resident` for this collective's world and rank, with empty shards
+    /// (the caller fills them from the model or a checkpoint).
+    fn assemble(job: ResolvedJob, cfg: &FourMConfig, resident: Resident<S>, coll: C) -> Result<Self> {
+        let (world, rank) = (coll.world(), coll.rank().0 as usize);
+        if job.train.global_batch_size < world {
+            return Err(WorkerError::Training {
+                step: 0,
+                reason: format!("global batch {} is smaller than the world size {world}", job.train.global_batch_size),
+            });
+        }
+        let Resident { model, mut units, grad_resets, source, dataset_lens } = resident;
+        for u in &mut units {
+            u.shard = shard_range(u.numel, world, rank);
+        }
+        let steps = units.iter().map(|u| vec![0; u.params.len()]).collect();
         let ledger = SampleLedger::new(job.seed, job.schedule.clone(), dataset_lens)?;
         let state = TrainState { step: 0, next_sample_index: 0, schedule: job.schedule.clone(), counters: Counters::default() };
-        let t = &job.train;
-        let fwd = forward_options(t);
+        let fwd = forward_options(&job.train);
         let outputs = cfg.domains_out.clone();
         let skipped = source.skipped_counter();
-        let mut me = Self {
+        Ok(Self {
             job,
             model,
             coll,
             units,
             grad_resets,
-            shards,
+            shards: Vec::new(),
             steps,
             ledger,
             source,
@@ -110,14 +175,17 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
             skipped,
             comm_s: 0.0,
             forward_s: 0.0,
-        };
-        // Only the shards stay resident; block units are gathered when used.
-        for ui in 0..me.units.len() {
-            if me.units[ui].name != "rest" {
-                me.free_unit(ui)?;
+        })
+    }
+
+    /// Frees every block unit: only the shards (and the `rest` unit) stay resident.
+    fn free_blocks(&mut self) -> Result<()> {
+        for ui in 0..self.units.len() {
+            if self.units[ui].name != "rest" {
+                self.free_unit(ui)?;
             }
         }
-        Ok(me)
+        Ok(())
     }
 
     fn comm<T>(&self, r: tessera_ops::Result<T>) -> Result<T> {
