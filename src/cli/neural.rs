@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tch::Device;
-use tessera_model::tokenizer::{Tokenizer, TokenizerConfig, TrainOptions, tokenize_world_split, train_from_world};
+use tessera_model::tokenizer::{TokenizeOptions, Tokenizer, TokenizerConfig, TrainOptions, tokenize_world_split, train_from_world};
 
 /// Arguments of `tessera tokenizer train`.
 #[derive(Debug, Args)]
@@ -54,6 +54,10 @@ pub struct TokenizeArgs {
     /// libtorch threads.
     #[arg(long, default_value_t = 1)]
     threads: i32,
+    /// Write at most this many shards per split, then stop (a rerun continues; finished
+    /// shards are always kept). Default: all.
+    #[arg(long)]
+    max_shards: Option<usize>,
 }
 
 /// Runs `tessera tokenizer train`.
@@ -93,14 +97,18 @@ pub fn tokenize(a: TokenizeArgs) -> anyhow::Result<()> {
     let tok = Tokenizer::load(&a.tokenizer, Device::Cpu).with_context(|| format!("loading {}", a.tokenizer.display()))?;
     for split in &a.splits {
         let t0 = std::time::Instant::now();
-        let s = tokenize_world_split(&a.data, split, &tok)?;
+        let s = tokenize_world_split(&a.data, split, &tok, &TokenizeOptions { max_shards: a.max_shards })?;
         let secs = t0.elapsed().as_secs_f64();
         println!(
-            "{split}: {} samples into {} shards of {} ({:.0} images/s)",
+            "{split}: {} samples, {} shards in {}: {} written ({} samples, {:.0} images/s), {} kept from an earlier run{}",
             s.samples,
             s.shards,
             s.folder.display(),
-            s.samples as f64 / secs.max(1e-9)
+            s.written,
+            s.encoded,
+            s.encoded as f64 / secs.max(1e-9),
+            s.kept,
+            if s.complete { "" } else { "; stopped early (--max-shards): rerun to finish" }
         );
     }
     Ok(())
