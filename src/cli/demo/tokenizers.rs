@@ -154,7 +154,9 @@ pub fn reconstruction_grid(world: &Path, tokenizers: &[PathBuf], size: usize, pn
             row.push(rec);
         }
     }
-    plot::tile_grid(&rows, 2, 0, png)
+    // A wider gap after the RGB column and between the tokenizers' column pairs.
+    let group_starts: Vec<usize> = (0..tokenizers.len()).map(|k| 1 + 2 * k).collect();
+    plot::tile_grid(&rows, 2, &group_starts, png)
 }
 
 /// A (1, S, S) map as grey levels, `lo` black and `hi` white.
