@@ -7,7 +7,10 @@ use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tch::Device;
-use tessera_model::tokenizer::{TokenizeOptions, Tokenizer, TokenizerConfig, TrainOptions, tokenize_world_split, train_from_world};
+use tessera_model::tokenizer::{
+    MODALITY_FILE, TokenizeOptions, Tokenizer, TokenizerConfig, TrainOptions, token_folder_name, token_modality_def, tokenize_world_split,
+    train_from_world,
+};
 
 /// Arguments of `tessera tokenizer train`.
 #[derive(Debug, Args)]
@@ -95,6 +98,17 @@ pub fn train(a: TrainNeuralArgs) -> anyhow::Result<()> {
 pub fn tokenize(a: TokenizeArgs) -> anyhow::Result<()> {
     tch::set_num_threads(a.threads.max(1));
     let tok = Tokenizer::load(&a.tokenizer, Device::Cpu).with_context(|| format!("loading {}", a.tokenizer.display()))?;
+    match token_modality_def(&tok) {
+        Some(d) => println!(
+            "{}: {} codes, {}x{} tokens per sample; declare it in a job as [[model.token_modalities]] (see {MODALITY_FILE} in each split's folder)",
+            d.key, d.vocab_size, d.grid, d.grid
+        ),
+        None => println!(
+            "{}: {} codes per sample do not form a square grid, so no {MODALITY_FILE} is written (4M cannot train on them yet)",
+            token_folder_name(&tok),
+            tok.config().tokens_per_sample()
+        ),
+    }
     for split in &a.splits {
         let t0 = std::time::Instant::now();
         let s = tokenize_world_split(&a.data, split, &tok, &TokenizeOptions { max_shards: a.max_shards })?;
