@@ -57,6 +57,10 @@ pub struct TokenizeArgs {
     /// libtorch threads.
     #[arg(long, default_value_t = 1)]
     threads: i32,
+    /// Shards encoded concurrently, each on its own thread with its own copy of the tokenizer
+    /// (the output does not depend on it).
+    #[arg(long, default_value_t = 1)]
+    parallel_shards: usize,
     /// Write at most this many shards per split, then stop (a rerun continues; finished
     /// shards are always kept). Default: all.
     #[arg(long)]
@@ -111,7 +115,8 @@ pub fn tokenize(a: TokenizeArgs) -> anyhow::Result<()> {
     }
     for split in &a.splits {
         let t0 = std::time::Instant::now();
-        let s = tokenize_world_split(&a.data, split, &tok, &TokenizeOptions { max_shards: a.max_shards })?;
+        let s =
+            tokenize_world_split(&a.data, split, &tok, &TokenizeOptions { max_shards: a.max_shards, parallel_shards: a.parallel_shards })?;
         let secs = t0.elapsed().as_secs_f64();
         println!(
             "{split}: {} samples, {} shards in {}: {} written ({} samples, {:.0} images/s), {} kept from an earlier run{}",

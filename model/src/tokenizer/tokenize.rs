@@ -56,6 +56,9 @@ pub struct TokenizeSummary {
 pub struct TokenizeOptions {
     /// Stop after writing this many shards (the rest are written by a rerun); `None`: all.
     pub max_shards: Option<usize>,
+    /// Shards encoded concurrently, one thread each (0 or 1: one at a time). The bytes do not
+    /// depend on it.
+    pub parallel_shards: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,21 +153,39 @@ pub fn tokenize_world_split(dir: &Path, split: &str, tok: &Tokenizer, opts: &Tok
     }
     let mut summary =
         TokenizeSummary { folder: out.clone(), samples: ds.len(), shards: ranges.len(), written: 0, kept: 0, encoded: 0, complete: true };
+    // Finished shards are kept; the first `max_shards` missing ones are written.
+    let mut todo = Vec::new();
     for (shard, start, end) in ranges {
         let path = out.join(format!("shard-{shard:05}.tar"));
         let keys = (start..end).map(|j| ds.key(j).map(str::to_string)).collect::<std::result::Result<Vec<_>, _>>()?;
         if path.is_file() && finished_shard_is_valid(&path, &keys, t) {
             summary.kept += 1;
-            continue;
+        } else {
+            todo.push((start..end, path));
         }
-        if opts.max_shards.is_some_and(|m| summary.written >= m) {
-            summary.complete = false;
-            break;
-        }
-        write_shard(ds, folder, tok, start..end, &path)?;
-        summary.written += 1;
-        summary.encoded += end - start;
     }
+    if let Some(m) = opts.max_shards.filter(|m| *m < todo.len()) {
+        todo.truncate(m);
+        summary.complete = false;
+    }
+    // Helper threads each own a copy of the tokenizer (tensors stay on one thread) and take
+    // the next missing shard until none is left.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let work = |tok: &Tokenizer| -> Result<()> {
+        loop {
+            let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some((range, path)) = todo.get(k) else { return Ok(()) };
+            write_shard(ds, folder, tok, range.clone(), path)?;
+        }
+    };
+    let copies = (1..opts.parallel_shards.clamp(1, todo.len().max(1))).map(|_| tok.duplicate()).collect::<Result<Vec<_>>>()?;
+    std::thread::scope(|s| {
+        let helpers: Vec<_> = copies.into_iter().map(|copy| s.spawn(move || work(&copy))).collect();
+        let mine = work(tok);
+        helpers.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).fold(mine, Result::and)
+    })?;
+    summary.written = todo.len();
+    summary.encoded = todo.iter().map(|(r, _)| r.len()).sum();
     Ok(summary)
 }
 
@@ -324,13 +345,14 @@ mod tests {
         let def: TokenModalityDef = serde_json::from_slice(&std::fs::read(full.folder.join(MODALITY_FILE)).unwrap()).unwrap();
         assert_eq!((def.key.as_str(), def.vocab_size, def.grid), ("tok_depth@32", 256, 8));
 
-        let first = tokenize_world_split(b.path(), "train", &tok, &TokenizeOptions { max_shards: Some(1) }).unwrap();
+        let first = tokenize_world_split(b.path(), "train", &tok, &TokenizeOptions { max_shards: Some(1), ..Default::default() }).unwrap();
         assert_eq!((first.written, first.complete), (1, false));
         let out = first.folder;
         // What a killed run leaves: a temp file, and (from some other writer) a truncated shard.
         std::fs::write(out.join("shard-00001.tar.tmp-4242"), b"partial").unwrap();
         std::fs::write(out.join("shard-00002.tar"), &reference.iter().find(|(n, _)| n == "shard-00002.tar").unwrap().1[..700]).unwrap();
-        let rest = tokenize_world_split(b.path(), "train", &tok, &TokenizeOptions::default()).unwrap();
+        // The rest on two threads: the bytes do not depend on it.
+        let rest = tokenize_world_split(b.path(), "train", &tok, &TokenizeOptions { parallel_shards: 2, ..Default::default() }).unwrap();
         assert_eq!((rest.kept, rest.written, rest.encoded, rest.complete), (1, n - 1, full.samples - 4, true));
         assert_eq!(folder_bytes(&out), reference, "resumed shards equal an uninterrupted run's");
         let again = tokenize_world_split(b.path(), "train", &tok, &TokenizeOptions::default()).unwrap();

@@ -74,16 +74,16 @@ pub fn train_all(world: &Path, out: &Path, modalities: &[String], size: usize, s
     Ok(dirs)
 }
 
-/// Tokenizes the train and val splits with every tokenizer (finished shards are kept) and
-/// returns the token modalities to declare in the job.
-pub fn tokenize_all(world: &Path, tokenizers: &[PathBuf]) -> anyhow::Result<Vec<TokenModalityDef>> {
+/// Tokenizes the train and val splits with every tokenizer, `parallel` shards at a time
+/// (finished shards are kept), and returns the token modalities to declare in the job.
+pub fn tokenize_all(world: &Path, tokenizers: &[PathBuf], parallel: usize) -> anyhow::Result<Vec<TokenModalityDef>> {
     let mut defs = Vec::new();
     for dir in tokenizers {
         let tok = Tokenizer::load(dir, Device::Cpu).with_context(|| format!("loading {}", dir.display()))?;
         let mut folder = None;
         for split in ["train", "val"] {
             let t = Instant::now();
-            let s = tokenize_world_split(world, split, &tok, &TokenizeOptions::default())?;
+            let s = tokenize_world_split(world, split, &tok, &TokenizeOptions { parallel_shards: parallel, ..TokenizeOptions::default() })?;
             let secs = t.elapsed().as_secs_f64();
             if s.written == 0 {
                 println!("      {split}/{}: {} shards exist, skipped", folder_name(&s.folder), s.kept);
