@@ -124,9 +124,10 @@ fn bad_files_fail_with_a_message_not_a_panic() {
 fn demo_runs_every_stage_and_skips_them_when_rerun() {
     let dir = tempfile::tempdir().unwrap();
     let out_dir = dir.path().join("demo").display().to_string();
-    let args = ["demo", "--out", &out_dir, "--samples", "160", "--steps", "4", "--batch-size", "4", "--threads", "1"];
+    let args =
+        ["demo", "--out", &out_dir, "--samples", "160", "--steps", "4", "--batch-size", "4", "--threads", "1", "--tokenizer-steps", "4"];
     let stdout = ok(&args);
-    assert!(stdout.contains("[5/5] validation at step 4"), "{stdout}");
+    assert!(stdout.contains("[7/8] validation at step 4"), "{stdout}");
     let d = dir.path().join("demo");
     for f in [
         "world/world.json",
@@ -136,11 +137,16 @@ fn demo_runs_every_stage_and_skips_them_when_rerun() {
         "run/eval_log.jsonl",
         "run/report.json",
         "run/loss_curve.png",
+        "reconstructions.png",
+        "tokenizers/depth/eval.json",
+        "tokenizers/semseg/eval.json",
+        "tokenizers/normal/eval.json",
+        "world/train/tok_semseg@64/modality.json",
     ] {
         assert!(d.join(f).is_file(), "{f} missing");
     }
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("run/report.json")).unwrap()).unwrap();
-    for m in ["caption", "det", "metadata", "color_palette"] {
+    for m in ["caption", "det", "metadata", "color_palette", "tok_depth@64", "tok_semseg@64", "tok_normal@64"] {
         assert!(report["modalities"][m]["loss"].as_f64().unwrap() > 0.0, "{m}: {report}");
     }
     let png = std::fs::read(d.join("run/loss_curve.png")).unwrap();
@@ -148,6 +154,8 @@ fn demo_runs_every_stage_and_skips_them_when_rerun() {
     // A second run finds every stage done.
     let again = ok(&args);
     assert!(again.contains("world: ") && again.contains("skipped") && again.contains("text tokenizer: "), "{again}");
+    assert!(again.contains("depth: ") && again.contains("val/tok_normal@64: 1 shards exist, skipped"), "{again}");
+    assert!(again.contains("reconstructions: ") && !again.contains("images/s"), "{again}");
 }
 
 #[test]
@@ -264,23 +272,109 @@ fn bench_text_reports_throughput() {
     assert!(v["tokens_per_caption_mean"].as_f64().unwrap() > 5.0);
 }
 
-/// A neural tokenizer trained by the CLI on a generated world, then `tessera tokenize`: the
-/// token shards appear beside the raw folders, and tokenizing again gives the same bytes.
+fn folder_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap())
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// A neural tokenizer trained by the CLI on a generated world, then `tessera tokenize`: an
+/// interrupted run (`--max-shards`, plus a temp file a killed writer leaves) finishes on a rerun
+/// with the bytes of an uninterrupted one; the token shards, declared by their `modality.json`,
+/// train a 4M model through the data path, and the checkpoint reloads in another process.
 #[test]
-fn tokenizer_train_then_tokenize_writes_deterministic_token_shards() {
+fn tokenizer_train_then_tokenize_resumes_and_the_tokens_train() {
     let d = tempfile::tempdir().unwrap();
     let world = d.path().join("world").display().to_string();
     let tok = d.path().join("tok").display().to_string();
-    ok(&["data", "generate", "--out", &world, "--samples", "48", "--size", "32"]);
+    ok(&["data", "generate", "--out", &world, "--samples", "48", "--size", "32", "--shard-size", "16"]);
     let out =
         ok(&["tokenizer", "train", "--modality", "depth", "--data", &world, "--out", &tok, "--steps", "20", "--checkpoint-every", "10"]);
     assert!(out.contains("depth: val MSE") && out.contains("codebook usage"), "{out}");
     assert!(Path::new(&tok).join("tokenizer.json").is_file());
+    let folder = d.path().join("world/train/tok_depth@32");
+    let out = ok(&["tokenize", "--data", &world, "--tokenizer", &tok, "--max-shards", "1"]);
+    assert!(out.contains("stopped early"), "{out}");
+    assert_eq!(
+        std::fs::read_dir(&folder).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".tar")).count(),
+        1
+    );
+    std::fs::write(folder.join("shard-00001.tar.tmp-999999"), b"killed mid-write").unwrap();
     let out = ok(&["tokenize", "--data", &world, "--tokenizer", &tok]);
-    assert!(out.contains("train:") && out.contains("val:"), "{out}");
-    let shard = d.path().join("world/train/tok_depth@32/shard-00000.tar");
-    let first = std::fs::read(&shard).unwrap();
-    assert!(!first.is_empty());
+    assert!(out.contains("train:") && out.contains("val:") && out.contains("1 kept"), "{out}");
+    let resumed = folder_bytes(&folder);
+    std::fs::remove_dir_all(&folder).unwrap();
     ok(&["tokenize", "--data", &world, "--tokenizer", &tok, "--splits", "train"]);
-    assert_eq!(std::fs::read(&shard).unwrap(), first, "tokenizing is deterministic");
+    assert_eq!(folder_bytes(&folder), resumed, "an interrupted and resumed run equals an uninterrupted one");
+    assert_eq!(resumed.iter().filter(|(n, _)| n.ends_with(".tar")).count(), 3);
+
+    // Train on the tokens: the job declares the modality from its modality.json.
+    let def: serde_json::Value = serde_json::from_slice(&std::fs::read(folder.join("modality.json")).unwrap()).unwrap();
+    assert_eq!((def["key"].as_str(), def["grid"].as_u64()), (Some("tok_depth@32"), Some(8)));
+    let job = d.path().join("job.toml");
+    let shards = |split: &str, n: usize| format!("{world}/{split}/[rgb,tok_depth@32]/shard-{{00000..{:05}}}.tar", n - 1);
+    std::fs::write(
+        &job,
+        format!(
+            r#"[job]
+name = "tok"
+output_dir = "run"
+[model]
+modalities = "rgb@224,tok_depth@32"
+[[model.token_modalities]]
+key = "tok_depth@32"
+vocab_size = {vocab}
+grid = 8
+[data]
+input_tokens = 32
+target_tokens = 32
+decode_threads = 1
+[[data.datasets]]
+name = "world"
+kind = "shards"
+path = "{train}"
+val_path = "{val}"
+[train]
+global_batch_size = 4
+total_steps = 3
+threads = 1
+[checkpoint]
+every_steps = 3
+[eval]
+every_steps = 3
+samples = 4
+baseline_samples = 16
+"#,
+            vocab = def["vocab_size"],
+            train = shards("train", 3),
+            val = shards("val", 1),
+        ),
+    )
+    .unwrap();
+    ok(&["train", &job.display().to_string()]);
+    let log = std::fs::read_to_string(d.path().join("run/train_log.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
+    assert_eq!(last["step"].as_u64(), Some(2), "{last}");
+    assert!(last["mod_loss"]["tok_depth@32"].as_f64().unwrap() > 0.0, "{last}");
+    let eval = std::fs::read_to_string(d.path().join("run/eval_log.jsonl")).unwrap();
+    assert!(eval.contains("tok_depth@32"), "{eval}");
+    // The exported weights carry the definition: other processes load them without the job.
+    let p = |n: &str| d.path().join(n).display().to_string();
+    ok(&["export", &job.display().to_string(), "--out", &p("model.safetensors")]);
+    let budget = ["--num-input-tokens", "32", "--num-target-tokens", "32"];
+    ok(&[&["model", "synth-batch", "--weights", &p("model.safetensors"), "--out", &p("batch.safetensors")][..], &budget].concat());
+    let fwd = ok(&[
+        &["model", "forward", "--weights", &p("model.safetensors"), "--batch", &p("batch.safetensors"), "--out", &p("fwd.safetensors")][..],
+        &budget,
+        &["--json"],
+    ]
+    .concat());
+    let v: serde_json::Value = serde_json::from_str(&fwd).unwrap();
+    assert!(v["mod_loss"]["tok_depth@32"].as_f64().unwrap() > 0.0, "{v}");
 }

@@ -81,6 +81,31 @@ fn errors_name_the_field() {
     }
 }
 
+/// Tokenizer-defined keys declared in `[[model.token_modalities]]` resolve everywhere a key is
+/// accepted; a redefinition with other numbers names the field.
+#[test]
+fn token_modalities_are_declared_by_the_job() {
+    let text = MINIMAL.replace(
+        "modalities = \"caption,tok_rgb@224\"",
+        "modalities = \"caption,tok_jobtest@32\"\n[[model.token_modalities]]\nkey = \"tok_jobtest@32\"\nvocab_size = 64\ngrid = 4",
+    );
+    let cfg = JobConfig::from_toml(&text, "tok.toml").unwrap();
+    let job = ResolvedJob::resolve(&cfg, "tok.toml", Path::new("/")).unwrap();
+    let m = Modality::from_key("tok_jobtest@32").unwrap();
+    assert_eq!((m.spec().vocab_size, m.spec().max_tokens, m.spec().patch_size), (64, 16, 8));
+    assert_eq!(job.datasets[0].mixture.modalities(), &[Modality::Caption, m]);
+    assert_eq!(JobConfig::from_toml(&cfg.to_toml(), "again").unwrap(), cfg);
+    // The same declaration again is fine; other numbers under the same key are not.
+    ResolvedJob::resolve(&cfg, "tok.toml", Path::new("/")).unwrap();
+    let cfg = JobConfig::from_toml(&text.replace("vocab_size = 64", "vocab_size = 65"), "bad.toml").unwrap();
+    let err = ResolvedJob::resolve(&cfg, "bad.toml", Path::new("/")).unwrap_err().to_string();
+    assert!(err.contains("model.token_modalities[0]") && err.contains("tok_jobtest@32") && err.contains("already registered"), "{err}");
+    // Undeclared keys say how to declare them.
+    let cfg = JobConfig::from_toml(&MINIMAL.replace("tok_rgb@224", "tok_undeclared@32"), "u.toml").unwrap();
+    let err = ResolvedJob::resolve(&cfg, "u.toml", Path::new("/")).unwrap_err().to_string();
+    assert!(err.contains("tok_undeclared@32") && err.contains("token_modalities"), "{err}");
+}
+
 /// ml-4m's 4M-B 4M-21 run config: the derived numbers equal reference §5.1-5.2.
 #[test]
 fn imports_ml4m_4m21_base_config() {

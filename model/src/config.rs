@@ -6,9 +6,13 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
-use tessera_tokenizers::{Modality, ModalityKind, ModalitySet, PosEmb};
+use tessera_tokenizers::{Modality, ModalityKind, ModalitySet, PosEmb, TokenModalityDef};
 
 use crate::error::{ModelError, Result};
+
+/// The `__metadata__` key listing the definitions of tokenizer-defined modalities (a JSON list
+/// of [`TokenModalityDef`]); present only when the model has some.
+pub const TOKEN_MODALITIES_KEY: &str = "tessera_token_modalities";
 
 /// Size presets. `tiny` is the 256-wide, 4+4-layer model that the peer benchmarks call tiny
 /// (ml-4m's own `fm_tiny_6e_6d` is 384/6+6: use explicit overrides for it); the others equal
@@ -260,7 +264,13 @@ impl FourMConfig {
         put("decoder_sep_mask", self.decoder_sep_mask.to_string());
         put("num_register_tokens", "0".to_string());
         put("share_modality_embeddings", self.share_modality_embeddings.to_string());
-        // Only FM(config) keys: ml-4m passes every metadata entry to FourM as a keyword.
+        // Only FM(config) keys: ml-4m passes every metadata entry to FourM as a keyword. The one
+        // exception is written only for models ml-4m cannot build anyway: the definitions of
+        // tokenizer-defined modalities, so the file can be loaded without its job.
+        let custom: Vec<_> = self.all_domains().into_iter().filter_map(Modality::token_def).collect();
+        if !custom.is_empty() {
+            put(TOKEN_MODALITIES_KEY, serde_json::to_string(&custom).unwrap_or_default());
+        }
         md
     }
 
@@ -290,6 +300,14 @@ impl FourMConfig {
                 (Some(v), _) => v.as_bool().ok_or_else(|| field_err(k, &v, "a boolean")),
             }
         };
+        if let Some(raw) = md.get(TOKEN_MODALITIES_KEY) {
+            let defs: Vec<TokenModalityDef> = serde_json::from_str(raw).map_err(|e| ModelError::Config {
+                field: TOKEN_MODALITIES_KEY.into(),
+                reason: format!("expected a JSON list of token modality definitions in {source}: {e}"),
+            })?;
+            TokenModalityDef::register_all(&defs)
+                .map_err(|e| ModelError::Config { field: TOKEN_MODALITIES_KEY.into(), reason: format!("{e} (in {source})") })?;
+        }
         let as_mods = |k: &str| -> Result<Vec<Modality>> {
             let v = get(k)?;
             let list = v.as_array().ok_or_else(|| field_err(k, &v, "a list of modality keys"))?;
@@ -420,7 +438,8 @@ impl FourMConfig {
 pub(crate) fn image_and_patch(cfg: &FourMConfig, m: Modality) -> (usize, usize) {
     let s = m.spec();
     match s.kind {
-        ModalityKind::GlobalTokens => (cfg.image_size, s.patch_size),
+        // Tokenizer-defined global tokens carry their own one-pixel-per-token grid.
+        ModalityKind::GlobalTokens if !m.is_custom() => (cfg.image_size, s.patch_size),
         _ => (s.image_size, s.patch_size),
     }
 }
@@ -515,5 +534,26 @@ mod tests {
         md.remove("dim");
         let err = FourMConfig::from_metadata(&md, "ckpt.safetensors").unwrap_err().to_string();
         assert!(err.contains("dim") && err.contains("ckpt.safetensors"), "{err}");
+    }
+
+    #[test]
+    fn metadata_carries_tokenizer_defined_modalities() {
+        let def = TokenModalityDef { key: "tok_cfgtest@32".into(), vocab_size: 128, grid: 4, kind: ModalityKind::ImageTokens };
+        let m = def.register().unwrap();
+        let set = ModalitySet::new(&[Modality::Caption, m], &[m]);
+        let c = FourMConfig::preset(Preset::Tiny, Flavor::SwigluNobias, &set);
+        assert_eq!(c.grid_tokens(m), 16);
+        let md = c.to_metadata();
+        let listed: Vec<TokenModalityDef> = serde_json::from_str(&md[TOKEN_MODALITIES_KEY]).unwrap();
+        assert_eq!(listed, vec![def.clone()]);
+        assert_eq!(FourMConfig::from_metadata(&md, "test").unwrap(), c);
+        // Built-in-only models keep ml-4m's exact key set.
+        let plain = FourMConfig::preset(Preset::Tiny, Flavor::SwigluNobias, &ModalitySet::parse("caption").unwrap());
+        assert!(!plain.to_metadata().contains_key(TOKEN_MODALITIES_KEY));
+        // A file that redefines a registered key with other numbers is refused, naming it.
+        let mut bad = md.clone();
+        bad.insert(TOKEN_MODALITIES_KEY.into(), serde_json::to_string(&[TokenModalityDef { vocab_size: 64, ..def }]).unwrap());
+        let err = FourMConfig::from_metadata(&bad, "ckpt.safetensors").unwrap_err().to_string();
+        assert!(err.contains("tok_cfgtest@32") && err.contains("ckpt.safetensors"), "{err}");
     }
 }

@@ -21,7 +21,7 @@ pub mod tokenizer;
 mod weights;
 
 pub use batch::{MaskedBatch, ModalityTensors};
-pub use config::{Activation, Flavor, FourMConfig, ParamCounts, Preset};
+pub use config::{Activation, Flavor, FourMConfig, ParamCounts, Preset, TOKEN_MODALITIES_KEY};
 pub use error::{ModelError, Result};
 pub use fourm::{ForwardOptions, ForwardOutput, FourM, LossType, Staged};
 pub use optim::{AdamW, AdamWConfig, adamw_update, is_no_decay};

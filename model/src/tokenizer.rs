@@ -44,7 +44,10 @@ pub use loss::recon_loss;
 pub use metrics::{CodeUsage, mean_iou, token_agreement};
 pub use model::{CONFIG_FILE, Tokenizer, TokenizerForward, WEIGHTS_FILE};
 pub use quantizer::{Quantized, Quantizer};
-pub use tokenize::{TokenizeSummary, token_folder_name, tokenize_world_split};
+pub use tokenize::{
+    MODALITY_FILE, TOKENIZE_MANIFEST, TokenizeOptions, TokenizeSummary, token_folder_name, token_modality_def, tokenize_world_split,
+    tokenizer_digest,
+};
 pub use train::{Batches, OPTIMIZER_FILE, StepMetrics, TrainOptions, TrainReport, Trainer, encode_all, train_tokenizer};
 pub use transform::{DEPTH_CLAMP, prepare, read_crops, read_raw, truncated_standardize};
 pub use world::{BASELINE_SAMPLES, EvalReport, ShardBatches, WorldTrainReport, evaluate, load_world_split, train_from_world};

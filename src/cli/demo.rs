@@ -3,10 +3,14 @@
 //! 1. generate the world (aligned RGB, depth, normals, segmentation, captions, boxes, metadata,
 //!    palettes; ml-4m shard layout, train/val);
 //! 2. train a WordPiece text tokenizer with ml-4m's special-token layout on its captions;
-//! 3. write the training job (TOML) over the world's shards;
-//! 4. train a 4M model on it through the full data path (masking, checkpoints, validation);
-//! 5. report validation loss per modality against the unigram baseline, and draw the loss
-//!    curves (`loss_curve.png`).
+//! 3. train small VQ tokenizers on its dense maps (depth, semantic segmentation, normals);
+//! 4. pre-tokenize train/val with them into `tok_<m>@<size>` folders;
+//! 5. write the training job (TOML) over the world's shards, the token folders declared as
+//!    `[[model.token_modalities]]`;
+//! 6. train a 4M model on it through the full data path (masking, checkpoints, validation);
+//! 7. report validation loss per modality against the unigram baseline, and draw the loss
+//!    curves (`loss_curve.png`);
+//! 8. draw the tokenizers' reconstructions of validation samples (`reconstructions.png`).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -17,6 +21,8 @@ use tessera_tokenizers::text::{TextTokenizer, TrainSpec};
 use tessera_tokenizers::world::{ShapeClass, WorldSample, WorldSpec, generate};
 
 use super::plot;
+
+mod tokenizers;
 
 /// Arguments of `tessera demo`.
 #[derive(Debug, Args)]
@@ -46,6 +52,19 @@ pub struct DemoArgs {
     /// coordinator); 1 trains in this process.
     #[arg(long, default_value_t = 2)]
     workers: usize,
+    /// World folders to train VQ tokenizers on and train 4M on as `tok_<m>@<size>` (empty:
+    /// none).
+    #[arg(long, value_delimiter = ',', default_value = tokenizers::DEFAULT_TOKENIZERS)]
+    tokenizers: Vec<String>,
+    /// Optimizer steps of each modality tokenizer.
+    #[arg(long, default_value_t = 300)]
+    tokenizer_steps: usize,
+    /// Samples per step of the modality tokenizers.
+    #[arg(long, default_value_t = 16)]
+    tokenizer_batch: usize,
+    /// Encoder (and decoder) tokens per sample of the 4M model.
+    #[arg(long, default_value_t = 128)]
+    tokens: usize,
 }
 
 /// Runs the demo.
@@ -60,9 +79,9 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     let t = Instant::now();
     let marker = world_dir.join("world.json");
     if marker.is_file() {
-        println!("[1/5] world: {} exists, skipped", marker.display());
+        println!("[1/8] world: {} exists, skipped", marker.display());
     } else {
-        println!("[1/5] generating {} scenes at {} px into {}", spec.samples, spec.size, world_dir.display());
+        println!("[1/8] generating {} scenes at {} px into {}", spec.samples, spec.size, world_dir.display());
         let mut last = 0;
         let summary = generate(&world_dir, &spec, &mut |p| {
             if p.done * 10 / p.total.max(1) > last {
@@ -82,7 +101,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     let t = Instant::now();
     let tok_path = out.join("text_tokenizer.json");
     if tok_path.is_file() && TextTokenizer::from_file(&tok_path).is_ok() {
-        println!("[2/5] text tokenizer: {} exists, skipped", tok_path.display());
+        println!("[2/8] text tokenizer: {} exists, skipped", tok_path.display());
     } else {
         let corpus = out.join("captions.txt");
         let train_n = spec.splits()[0].2;
@@ -92,16 +111,33 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         let tok = TextTokenizer::train(&[&corpus], &TrainSpec { vocab_size: 5_000, object_classes: classes, ..TrainSpec::default() })?;
         tok.save(&tok_path)?;
         println!(
-            "[2/5] trained a WordPiece tokenizer on {train_n} captions ({} tokens) in {:.1}s",
+            "[2/8] trained a WordPiece tokenizer on {train_n} captions ({} tokens) in {:.1}s",
             tok.vocab_size(),
             t.elapsed().as_secs_f64()
         );
     }
 
-    // 3. The job.
+    // 3. and 4. The modality tokenizers and the token shards.
+    let tokenizers = &a.tokenizers;
+    let threads = if a.threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { a.threads };
+    tch::set_num_threads(threads as i32);
+    let t = Instant::now();
+    println!("[3/8] modality tokenizers ({}) at {} px, {} steps each", tokenizers.join(", "), spec.size, a.tokenizer_steps);
+    let tok_dirs = tokenizers::train_all(&world_dir, &out, tokenizers, spec.size, a.tokenizer_steps, a.tokenizer_batch)?;
+    println!("      {:.1}s", t.elapsed().as_secs_f64());
+    let t = Instant::now();
+    println!("[4/8] tokenizing train and val");
+    // The world's splits have one big shard and a small one (1000 samples a shard), so one
+    // shard at a time on every core beats a shard per core here.
+    let token_defs = tokenizers::tokenize_all(&world_dir, &tok_dirs, 1)?;
+    println!("      {:.1}s", t.elapsed().as_secs_f64());
+
+    // 5. The job.
     let job_path = out.join("job.toml");
-    let split_path =
-        |split: &str| format!("{}/{split}/[rgb,caption,det,metadata,color_palette]/shard-{{00000..{:05}}}.tar", world_dir.display(), 0);
+    let mut folders = vec!["rgb", "caption", "det", "metadata", "color_palette"];
+    folders.extend(token_defs.iter().map(|d| d.key.as_str()));
+    let folders = folders.join(",");
+    let split_path = |split: &str| format!("{}/{split}/[{folders}]/shard-{{00000..{:05}}}.tar", world_dir.display(), 0);
     let shards = |split: &str| -> anyhow::Result<String> {
         // world.json names every split's data_path; use it so the shard count is right.
         let text = std::fs::read_to_string(&marker).with_context(|| format!("reading {}", marker.display()))?;
@@ -110,13 +146,27 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         let full = found.map(str::to_string).unwrap_or_else(|| split_path(split));
         // Keep the modalities this demo trains on.
         Ok(match (full.find('['), full.find(']')) {
-            (Some(a), Some(b)) => format!("{}[rgb,caption,det,metadata,color_palette]{}", &full[..a], &full[b + 1..]),
+            (Some(a), Some(b)) => format!("{}[{folders}]{}", &full[..a], &full[b + 1..]),
             _ => full,
         })
     };
+    let mut modalities = "rgb@224,caption,det,metadata,color_palette".to_string();
+    let mut declared = String::new();
+    for d in &token_defs {
+        modalities += &format!(",{}", d.key);
+        declared += &format!(
+            "\n[[model.token_modalities]]\n# from {}/train/{}/modality.json\nkey = \"{}\"\nvocab_size = {}\ngrid = {}\n",
+            world_dir.display(),
+            d.key,
+            d.key,
+            d.vocab_size,
+            d.grid
+        );
+    }
     let job = format!(
         r#"# Written by `tessera demo`: a {preset} 4M model on the generated world (RGB in; captions,
-# boxes, metadata and palettes in and out), 64/64 tokens per sample.
+# boxes, metadata, palettes and the VQ tokens of the dense maps in and out), {tokens}/{tokens}
+# tokens per sample.
 [job]
 name = "demo"
 seed = {seed}
@@ -124,12 +174,12 @@ output_dir = "run"
 
 [model]
 preset = "{preset}"
-modalities = "rgb@224,caption,det,metadata,color_palette"
-
+modalities = "{modalities}"
+{declared}
 [data]
 text_tokenizer = "text_tokenizer.json"
-input_tokens = 64
-target_tokens = 64
+input_tokens = {tokens}
+target_tokens = {tokens}
 decode_threads = 1
 
 [[data.datasets]]
@@ -167,19 +217,34 @@ baseline_samples = {baseline_samples}
         eval_samples = spec.splits()[1].2.clamp(1, 96),
         baseline_samples = spec.splits()[0].2.min(1024),
         threads = a.threads,
+        tokens = a.tokens,
     );
     std::fs::write(&job_path, job).with_context(|| format!("writing {}", job_path.display()))?;
-    println!("[3/5] job: {}", job_path.display());
+    println!("[5/8] job: {}", job_path.display());
 
-    // 4. Training (resumes from the newest checkpoint; done when every step is).
+    // 6. Training (resumes from the newest checkpoint; done when every step is).
     let t = Instant::now();
-    println!("[4/5] training (`tessera train {} --workers {}`)", job_path.display(), a.workers);
+    println!("[6/8] training (`tessera train {} --workers {}`)", job_path.display(), a.workers);
     super::train::run(super::train::TrainArgs::new(job_path.clone()).with_workers(a.workers))?;
     println!("      {:.1}s", t.elapsed().as_secs_f64());
 
-    // 5. Report.
+    // 7. Report.
     let run_dir = out.join("run");
     report(&run_dir)?;
+
+    // 8. Reconstructions.
+    let png = out.join("reconstructions.png");
+    if png.is_file() {
+        println!("[8/8] reconstructions: {} exists, skipped", png.display());
+    } else if !tok_dirs.is_empty() {
+        tokenizers::reconstruction_grid(&world_dir, &tok_dirs, spec.size, &png)?;
+        println!(
+            "[8/8] reconstructions of {} val samples (columns: rgb, then original | reconstruction of {}): {}",
+            6,
+            tokenizers.join(", "),
+            png.display()
+        );
+    }
     println!("done in {:.1}s; everything is under {}", t_all.elapsed().as_secs_f64(), out.display());
     Ok(())
 }
@@ -190,7 +255,7 @@ fn report(run_dir: &Path) -> anyhow::Result<()> {
     let eval_path = run_dir.join("eval_log.jsonl");
     let text = std::fs::read_to_string(&eval_path).with_context(|| format!("reading {}", eval_path.display()))?;
     let last: serde_json::Value = serde_json::from_str(text.lines().last().context("no validation was logged")?)?;
-    println!("[5/5] validation at step {} (nats per target token):", last["step"]);
+    println!("[7/8] validation at step {} (nats per target token):", last["step"]);
     println!("      {:<16} {:>9} {:>9} {:>8}", "modality", "4M", "unigram", "better");
     let mut all_better = true;
     for (m, e) in last["modalities"].as_object().context("malformed eval log")? {

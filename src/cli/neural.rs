@@ -7,7 +7,10 @@ use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tch::Device;
-use tessera_model::tokenizer::{Tokenizer, TokenizerConfig, TrainOptions, tokenize_world_split, train_from_world};
+use tessera_model::tokenizer::{
+    MODALITY_FILE, TokenizeOptions, Tokenizer, TokenizerConfig, TrainOptions, token_folder_name, token_modality_def, tokenize_world_split,
+    train_from_world,
+};
 
 /// Arguments of `tessera tokenizer train`.
 #[derive(Debug, Args)]
@@ -54,6 +57,14 @@ pub struct TokenizeArgs {
     /// libtorch threads.
     #[arg(long, default_value_t = 1)]
     threads: i32,
+    /// Shards encoded concurrently, each on its own thread with its own copy of the tokenizer
+    /// (the output does not depend on it).
+    #[arg(long, default_value_t = 1)]
+    parallel_shards: usize,
+    /// Write at most this many shards per split, then stop (a rerun continues; finished
+    /// shards are always kept). Default: all.
+    #[arg(long)]
+    max_shards: Option<usize>,
 }
 
 /// Runs `tessera tokenizer train`.
@@ -91,16 +102,32 @@ pub fn train(a: TrainNeuralArgs) -> anyhow::Result<()> {
 pub fn tokenize(a: TokenizeArgs) -> anyhow::Result<()> {
     tch::set_num_threads(a.threads.max(1));
     let tok = Tokenizer::load(&a.tokenizer, Device::Cpu).with_context(|| format!("loading {}", a.tokenizer.display()))?;
+    match token_modality_def(&tok) {
+        Some(d) => println!(
+            "{}: {} codes, {}x{} tokens per sample; declare it in a job as [[model.token_modalities]] (see {MODALITY_FILE} in each split's folder)",
+            d.key, d.vocab_size, d.grid, d.grid
+        ),
+        None => println!(
+            "{}: {} codes per sample do not form a square grid, so no {MODALITY_FILE} is written (4M cannot train on them yet)",
+            token_folder_name(&tok),
+            tok.config().tokens_per_sample()
+        ),
+    }
     for split in &a.splits {
         let t0 = std::time::Instant::now();
-        let s = tokenize_world_split(&a.data, split, &tok)?;
+        let s =
+            tokenize_world_split(&a.data, split, &tok, &TokenizeOptions { max_shards: a.max_shards, parallel_shards: a.parallel_shards })?;
         let secs = t0.elapsed().as_secs_f64();
         println!(
-            "{split}: {} samples into {} shards of {} ({:.0} images/s)",
+            "{split}: {} samples, {} shards in {}: {} written ({} samples, {:.0} images/s), {} kept from an earlier run{}",
             s.samples,
             s.shards,
             s.folder.display(),
-            s.samples as f64 / secs.max(1e-9)
+            s.written,
+            s.encoded,
+            s.encoded as f64 / secs.max(1e-9),
+            s.kept,
+            if s.complete { "" } else { "; stopped early (--max-shards): rerun to finish" }
         );
     }
     Ok(())

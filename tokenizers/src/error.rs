@@ -5,12 +5,23 @@
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A modality key that the registry does not know.
-    #[error("unknown modality '{key}' (known: {known})")]
+    #[error("unknown modality '{key}'{hint} (known: {known})")]
     UnknownModality {
         /// The key as given.
         key: String,
+        /// Extra advice (how to declare a tokenizer-defined key), or empty.
+        hint: &'static str,
         /// The known keys, comma separated, to help the user.
         known: String,
+    },
+    /// A tokenizer-defined modality that cannot be registered (bad key or numbers, a key
+    /// already registered with another spec, an id that collides with another modality's).
+    #[error("token modality '{key}': {reason}")]
+    CustomModality {
+        /// The key as declared.
+        key: String,
+        /// Why it was refused.
+        reason: String,
     },
     /// A named or listed modality set that cannot be resolved.
     #[error("invalid modality set '{spec}': {reason}")]

@@ -21,4 +21,4 @@ pub mod text;
 pub mod world;
 
 pub use error::{Divergence, Error, Result};
-pub use modality::{Modality, ModalityKind, ModalitySet, ModalitySpec, PosEmb};
+pub use modality::{CustomModality, Modality, ModalityKind, ModalitySet, ModalitySpec, PosEmb, TokenModalityDef};

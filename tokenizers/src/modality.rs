@@ -3,6 +3,10 @@
 //!
 //! Serde names and `Display` equal ml-4m's keys (`tok_rgb@224`, `caption`, …) so configs,
 //! checkpoints and shard folders interoperate with ml-4m.
+//!
+//! Tokenizer-defined token modalities (`tok_depth@32` from `tessera tokenize`) are
+//! [`Modality::Custom`]: a job or checkpoint declares them as [`TokenModalityDef`]s, which are
+//! registered (idempotently, append-only) before any key is resolved; see [`custom`].
 
 use std::fmt;
 use std::str::FromStr;
@@ -10,6 +14,10 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+
+mod custom;
+
+pub use custom::{CustomModality, TokenModalityDef};
 
 /// What kind of data a modality carries; decides embedding module, masking and collation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -112,23 +120,28 @@ impl ModalitySpec {
 
 macro_rules! modalities {
     ($( $(#[$doc:meta])* $variant:ident = $key:literal => $spec:expr ),+ $(,)?) => {
-        /// Every modality tessera knows, one variant per ml-4m key.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        /// Every modality tessera knows: one variant per ml-4m key, plus the tokenizer-defined
+        /// token modalities registered at run time. Serialised as its key.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub enum Modality {
-            $( $(#[$doc])* #[serde(rename = $key)] $variant, )+
+            $( $(#[$doc])* $variant, )+
+            /// A tokenizer-defined token modality (`tok_<name>@<size>`), see [`TokenModalityDef`].
+            Custom(CustomModality),
         }
 
         impl Modality {
-            /// Every modality, in declaration order.
+            /// Every built-in (ml-4m) modality, in declaration order; registered custom ones are
+            /// listed by [`Modality::custom`].
             pub const ALL: &'static [Modality] = &[$(Modality::$variant),+];
 
-            /// The static spec of this modality.
+            /// The spec of this modality (static for built-ins, interned for custom ones).
             pub fn spec(self) -> &'static ModalitySpec {
                 match self {
                     $( Modality::$variant => {
                         const SPEC: ModalitySpec = $spec;
                         &SPEC
                     } )+
+                    Modality::Custom(c) => c.spec(),
                 }
             }
         }
@@ -286,17 +299,67 @@ impl Modality {
         self.spec().id
     }
 
-    /// Looks a modality up by its ml-4m key.
+    /// Looks a modality up by its key: a built-in ml-4m key or a registered custom one.
     pub fn from_key(key: &str) -> Result<Self> {
-        Self::ALL.iter().copied().find(|m| m.key() == key).ok_or_else(|| Error::UnknownModality {
-            key: key.to_string(),
-            known: Self::ALL.iter().map(|m| m.key()).collect::<Vec<_>>().join(", "),
+        if let Some(m) = Self::ALL.iter().copied().find(|m| m.key() == key) {
+            return Ok(m);
+        }
+        custom::find(|s| s.key == key).ok_or_else(|| {
+            let mut known: Vec<&str> = Self::ALL.iter().map(|m| m.key()).collect();
+            known.extend(Self::custom().iter().map(|m| m.key()));
+            let hint = if key.starts_with("tok_") {
+                " (tokenizer-defined keys must be declared, e.g. in the job's [[model.token_modalities]])"
+            } else {
+                ""
+            };
+            Error::UnknownModality { key: key.to_string(), hint, known: known.join(", ") }
         })
     }
 
-    /// Finds the modality whose ml-4m id is `id`.
+    /// Finds the modality (built-in or registered) whose ml-4m id is `id`.
     pub fn from_id(id: u16) -> Option<Self> {
-        Self::ALL.iter().copied().find(|m| m.id() == id)
+        Self::ALL.iter().copied().find(|m| m.id() == id).or_else(|| custom::find(|s| s.id == id))
+    }
+
+    /// The custom modalities registered in this process, in registration order.
+    pub fn custom() -> Vec<Self> {
+        custom::all()
+    }
+
+    /// True for a tokenizer-defined modality (not one of ml-4m's keys).
+    pub fn is_custom(self) -> bool {
+        matches!(self, Self::Custom(_))
+    }
+
+    /// The definition of a custom modality (what a job or checkpoint must carry to rebuild
+    /// it); `None` for built-ins.
+    pub fn token_def(self) -> Option<TokenModalityDef> {
+        match self {
+            Self::Custom(c) => Some(c.def()),
+            _ => None,
+        }
+    }
+}
+
+impl Serialize for Modality {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.key())
+    }
+}
+
+impl<'de> Deserialize<'de> for Modality {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl serde::de::Visitor<'_> for KeyVisitor {
+            type Value = Modality;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a modality key such as \"caption\" or \"tok_rgb@224\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Modality, E> {
+                Modality::from_key(v).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(KeyVisitor)
     }
 }
 

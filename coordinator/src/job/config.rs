@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use tessera_tokenizers::TokenModalityDef;
 
 use crate::error::{CoordinatorError, Result};
 
@@ -80,9 +81,15 @@ pub struct ModelSection {
     /// Block flavour: swiglu_nobias (4M-21) or gelu. Default: swiglu_nobias.
     #[serde(default = "default_flavor")]
     pub flavor: String,
-    /// Modality set: `4m21`, `4m7`, `mod11` or a comma-separated list of ml-4m keys. Default: 4m21.
+    /// Modality set: `4m21`, `4m7`, `mod11` or a comma-separated list of ml-4m keys (and keys
+    /// declared in `token_modalities`). Default: 4m21.
     #[serde(default = "default_modalities")]
     pub modalities: String,
+    /// Tokenizer-defined token modalities (`[[model.token_modalities]]`: `key =
+    /// "tok_depth@32"`, `vocab_size`, `grid`, optional `kind`), registered before any key is
+    /// resolved; `tessera tokenize` writes each one's `modality.json`. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub token_modalities: Vec<TokenModalityDef>,
     /// Width override. Default: the preset's.
     #[serde(default)]
     pub dim: Option<usize>,

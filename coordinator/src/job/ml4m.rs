@@ -253,6 +253,7 @@ pub fn import_ml4m(run_yaml: &Path, ml4m_root: Option<&Path>, world_size: usize)
             preset: model.preset,
             flavor: model.flavor,
             modalities: union.join(","),
+            token_modalities: Vec::new(),
             dim: model.dim,
             encoder_depth: Some(model.encoder_depth),
             decoder_depth: Some(model.decoder_depth),

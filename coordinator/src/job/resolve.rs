@@ -161,6 +161,10 @@ impl ResolvedJob {
         if cfg.job.name.trim().is_empty() {
             return Err(bad("job.name", "must not be empty".into()));
         }
+        // Tokenizer-defined keys first: every later key lookup (sets, name maps) may use them.
+        for (i, def) in cfg.model.token_modalities.iter().enumerate() {
+            def.register().map_err(|e| bad(&format!("model.token_modalities[{i}]"), e.to_string()))?;
+        }
         let model_set = set("model.modalities", &cfg.model.modalities)?;
         let model = ModelSpec {
             preset: cfg.model.preset.clone(),

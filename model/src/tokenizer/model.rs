@@ -271,6 +271,14 @@ impl Tokenizer {
         Ok(tok)
     }
 
+    /// An independent copy (its own store, same config and values), e.g. for another thread:
+    /// tensors are never shared between threads.
+    pub(crate) fn duplicate(&self) -> Result<Self> {
+        let copy = Self::new(&self.cfg, self.device())?;
+        copy.copy_from(self.vs.variables().into_iter().collect(), Path::new("<in-memory tokenizer>"))?;
+        Ok(copy)
+    }
+
     /// Copies named tensors into the store, refusing missing, unexpected or mismatched ones.
     pub(crate) fn copy_from(&self, tensors: Vec<(String, Tensor)>, path: &Path) -> Result<()> {
         let mut vars = self.vs.variables();

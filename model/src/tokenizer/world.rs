@@ -351,7 +351,7 @@ mod tests {
         assert!(ids.equal(&before));
         assert!(out.path().join("eval.json").exists());
         // Pre-tokenized shards join the source folder key for key and hold the same ids.
-        let summary = super::super::tokenize::tokenize_world_split(dir.path(), "val", &loaded).unwrap();
+        let summary = super::super::tokenize::tokenize_world_split(dir.path(), "val", &loaded, &Default::default()).unwrap();
         assert_eq!((summary.samples, summary.shards), (64, 1));
         let pattern = format!("{}/val/[depth,tok_depth@32]/shard-{{00000..00000}}.tar", dir.path().display());
         let ds = ShardDataset::open(&pattern, &NameMap::new()).unwrap();
