@@ -82,10 +82,7 @@ impl Validation {
         let baseline = match self.baseline.get() {
             Some(b) => b,
             None => {
-                let mut b = UnigramBaseline::new();
-                for batch in &self.fit {
-                    b.fit(model, batch, opts)?;
-                }
+                let b = UnigramBaseline::fitted(model, &self.fit, opts)?;
                 self.baseline.get_or_init(|| b)
             }
         };

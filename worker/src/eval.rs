@@ -23,6 +23,15 @@ impl UnigramBaseline {
         Self::default()
     }
 
+    /// A baseline fitted on every batch of `batches`.
+    pub fn fitted(model: &FourM, batches: &[MaskedBatch], opts: &ForwardOptions) -> Result<Self> {
+        let mut b = Self::new();
+        for batch in batches {
+            b.fit(model, batch, opts)?;
+        }
+        Ok(b)
+    }
+
     /// Counts the label ids a forward of `batch` would score (see `FourM::target_tokens`).
     pub fn fit(&mut self, model: &FourM, batch: &MaskedBatch, opts: &ForwardOptions) -> Result<()> {
         for (m, ids) in model.target_tokens(batch, opts)? {
@@ -134,10 +143,7 @@ mod tests {
             assert!((e.loss - l).abs() < 1e-5 * l, "{m}: {} vs {l}", e.loss);
             assert!(e.unigram.is_none());
         }
-        let mut uni = UnigramBaseline::new();
-        for b in &batches {
-            uni.fit(&ckpt.model, b, &opts).unwrap();
-        }
+        let uni = UnigramBaseline::fitted(&ckpt.model, &batches, &opts).unwrap();
         let report = evaluate(&ckpt.model, &batches, &opts, Some(&uni)).unwrap();
         let tok = &report.modalities[&Modality::TokRgb224];
         // Synthetic token ids are uniform over 8192: the fitted unigram cannot beat ln(8192)

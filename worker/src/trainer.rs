@@ -258,29 +258,6 @@ impl<S: BatchSource> Trainer<S> {
         })
     }
 
-    /// Validates the current model on `batches` beside `baseline` (no gradients; the decoder
-    /// modality order is fixed so repeated evaluations are comparable).
-    pub fn evaluate(
-        &self,
-        batches: &[tessera_model::MaskedBatch],
-        baseline: Option<&crate::eval::UnigramBaseline>,
-    ) -> Result<crate::eval::EvalReport> {
-        let opts = eval_options(&self.job);
-        let device = self.model.vs.device();
-        let on_device: Vec<_> = batches.iter().map(|b| b.to_device(device)).collect();
-        crate::eval::evaluate(&self.model.model, &on_device, &opts, baseline)
-    }
-
-    /// Fits a unigram baseline on `batches` (the targets this model's forward would score).
-    pub fn fit_baseline(&self, batches: &[tessera_model::MaskedBatch]) -> Result<crate::eval::UnigramBaseline> {
-        let opts = eval_options(&self.job);
-        let mut b = crate::eval::UnigramBaseline::new();
-        for batch in batches {
-            b.fit(&self.model.model, batch, &opts)?;
-        }
-        Ok(b)
-    }
-
     /// Writes a checkpoint of the current state and prunes to `keep_last`.
     pub fn save_checkpoint(&self) -> Result<PathBuf> {
         let c = &self.job.checkpoint;
