@@ -61,6 +61,23 @@ impl AbortHandle {
     pub fn abort(&self) {
         self.0.abort();
     }
+
+    /// One handle that aborts every communicator of `handles` (e.g. a rank's TCP ring and the
+    /// NCCL communicator built over it).
+    pub fn all(handles: Vec<AbortHandle>) -> Self {
+        AbortHandle(Arc::new(Several(handles)))
+    }
+}
+
+/// The target of [`AbortHandle::all`].
+struct Several(Vec<AbortHandle>);
+
+impl AbortTarget for Several {
+    fn abort(&self) {
+        for h in &self.0 {
+            h.abort();
+        }
+    }
 }
 
 impl std::fmt::Debug for AbortHandle {

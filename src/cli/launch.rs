@@ -58,6 +58,21 @@ fn auth(job: &ResolvedJob, secret: Secret, generation: u64) -> JobAuth {
     JobAuth { job_id: tessera_worker::agent::device::job_id(job), generation, secret }
 }
 
+/// The GPU the `i`-th local worker process should see (as `CUDA_VISIBLE_DEVICES`), round robin
+/// over this process's visible GPUs, when there are at least two: every worker trains on its
+/// own device 0. `None` leaves the environment as it is (no GPU, or only one to share).
+pub(crate) fn visible_gpu(i: usize) -> Option<String> {
+    let count = usize::try_from(tch::Cuda::device_count()).unwrap_or(0);
+    if count < 2 {
+        return None;
+    }
+    let listed: Vec<String> = std::env::var("CUDA_VISIBLE_DEVICES")
+        .map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect())
+        .unwrap_or_default();
+    let gpus = if listed.len() >= count { listed } else { (0..count).map(|g| g.to_string()).collect() };
+    Some(gpus[i % gpus.len()].clone())
+}
+
 /// How one generation of rank processes ended.
 enum Outcome {
     /// Every rank exited cleanly (done, --max-steps, or stopped by a signal).
@@ -146,6 +161,9 @@ fn run_generation(
             .args(["--threads", &threads.to_string(), "--generation", &generation.to_string()])
             .env(SECRET_ENV, secret.to_hex())
             .env("OMP_NUM_THREADS", threads.to_string());
+        if let Some(gpu) = visible_gpu(rank) {
+            cmd.env("CUDA_VISIBLE_DEVICES", gpu);
+        }
         if let Some(m) = max_steps {
             cmd.args(["--max-steps", &m.to_string()]);
         }
@@ -235,9 +253,10 @@ pub fn run_rank(a: RankArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind("127.0.0.1:0").context("binding the ring listener")?;
     let req = JoinRequest { rank: Rank(a.rank), world: a.world, listen_addr: listener.local_addr()?, timeout: RENDEZVOUS_TIMEOUT };
     let peers = join(a.rendezvous, &auth, &req)?;
-    let mut config = RingConfig::new(auth);
+    let mut config = RingConfig::new(auth.clone());
     config.timeout = job.train.collective_timeout;
-    let ring = TcpRing::connect(listener, Rank(a.rank), &peers, config)?;
+    let mut ring = TcpRing::connect(listener, Rank(a.rank), &peers, config)?;
+    let nccl = tessera_worker::fsdp::flat::device_comm(&mut ring, &job, auth)?;
 
     let cfg = four_m_config(&job.model, &job.origin)?;
     let source = tessera_worker::data::open_job_data(&job, &cfg.all_domains())?;
@@ -249,7 +268,7 @@ pub fn run_rank(a: RankArgs) -> anyhow::Result<()> {
         std::fs::create_dir_all(&job.output_dir).with_context(|| format!("creating {}", job.output_dir.display()))?;
     }
     let (every, auto_resume) = (job.checkpoint.every_steps, job.checkpoint.auto_resume && !a.no_resume);
-    let mut trainer = FsdpTrainer::new(job, &cfg, source, lens, ring)?;
+    let mut trainer = FsdpTrainer::new(job, &cfg, source, lens, ring)?.with_device_comm(nccl)?;
     if auto_resume
         && let Some(step) = trainer.resume()?
         && a.rank == 0

@@ -100,6 +100,8 @@ struct LocalLauncher {
     node: SocketAddr,
     cookie: String,
     threads: usize,
+    /// Workers started so far (round robin over the GPUs).
+    spawned: usize,
     live: Arc<Mutex<HashSet<u32>>>,
     coordinator: Arc<Mutex<Option<ActorRef<CoordinatorMsg>>>>,
 }
@@ -112,6 +114,10 @@ impl Launcher for LocalLauncher {
             cmd.args(["worker", "--join", &self.node.to_string(), "--threads", &self.threads.to_string()])
                 .env("TESSERA_COOKIE", &self.cookie)
                 .env("OMP_NUM_THREADS", self.threads.to_string());
+            if let Some(gpu) = super::launch::visible_gpu(self.spawned) {
+                cmd.env("CUDA_VISIBLE_DEVICES", gpu);
+            }
+            self.spawned += 1;
             // Own process group: a Ctrl-C at the terminal reaches the coordinator only, which
             // checkpoints and then releases the workers.
             std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
@@ -222,6 +228,7 @@ pub fn run_embedded(config: &Path, job: &ResolvedJob, o: &EmbeddedOptions) -> an
             node: node.addr,
             cookie: cookie.clone(),
             threads,
+            spawned: 0,
             live: Arc::clone(&live),
             coordinator: Arc::clone(&coordinator_ref),
         };

@@ -7,9 +7,16 @@
 //!   rank's slice of the global batch, reduce-scatters gradients, agrees on the global gradient
 //!   norm, the loss and which parameters were used, and steps AdamW on the local shard only
 //!   (fp32 master shard + moments: optimizer state scales as 1/N).
-//! - [`tensors`]: tch ⇄ flat `Vec` helpers for the collective calls.
+//! - [`flat`]: how the flat vectors travel: through the host collective, or with NCCL on the
+//!   GPU (equal-row staging for NCCL's equal shards).
+//! - [`tensors`]: tch ⇄ flat `Vec` helpers for the host collective calls.
+//!
+//! The trainer runs on the job's device: master shards, moments and gathered units live there.
+//! With `train.bf16` the forward passes (and the backward recomputations) run under bf16
+//! autocast while parameters, gradients and their reduce-scatter stay fp32.
 
 pub mod checkpoint;
+pub mod flat;
 pub mod tensors;
 pub mod trainer;
 pub mod units;

@@ -85,6 +85,18 @@ pub struct Trainer<S: BatchSource> {
     skipped: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
+/// The libtorch device of the job's `train.device`; an error when it asks for CUDA and this
+/// process has none.
+pub fn job_device(train: &ResolvedTrain) -> Result<Device> {
+    match train.device {
+        DeviceKind::Cpu => Ok(Device::Cpu),
+        DeviceKind::Cuda if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
+        DeviceKind::Cuda => {
+            Err(WorkerError::Training { step: 0, reason: "train.device = \"cuda\" but no CUDA device is available".into() })
+        }
+    }
+}
+
 impl<S: BatchSource> std::fmt::Debug for Trainer<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Trainer").field("job", &self.job.name).field("state", &self.state).finish()
@@ -95,13 +107,7 @@ impl<S: BatchSource> Trainer<S> {
     /// Builds the model (seeded init, or the job's initial weights), the optimizer and the
     /// ledger over datasets of `dataset_lens` records.
     pub fn new(job: ResolvedJob, cfg: &FourMConfig, source: S, dataset_lens: Vec<u64>) -> Result<Self> {
-        let device = match job.train.device {
-            DeviceKind::Cpu => Device::Cpu,
-            DeviceKind::Cuda => Device::cuda_if_available(),
-        };
-        if job.train.device == DeviceKind::Cuda && device == Device::Cpu {
-            return Err(WorkerError::Training { step: 0, reason: "train.device = \"cuda\" but no CUDA device is available".into() });
-        }
+        let device = job_device(&job.train)?;
         let model = match &job.model.init {
             Some(path) => {
                 let m = Checkpoint::init(cfg, device, job.seed as i64)?;

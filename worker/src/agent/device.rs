@@ -101,6 +101,11 @@ pub fn job_id(job: &ResolvedJob) -> u64 {
     tessera_coordinator::ledger::mix(&[job.seed, job.name.len() as u64])
 }
 
+/// The identity and secret of `generation`'s communicators.
+fn auth_of(ctx: &DeviceCtx, generation: u64) -> JobAuth {
+    JobAuth { job_id: job_id(&ctx.job), generation, secret: ctx.secret.clone() }
+}
+
 /// Runs the device thread until `Exit` (or the actor's end), then waits for pending writes.
 pub fn device_main(ctx: DeviceCtx, rx: Receiver<DeviceCmd>) {
     tch::set_num_threads(ctx.threads.max(1) as i32);
@@ -174,16 +179,28 @@ fn run_generation(
     let mut slot: Option<FsdpTrainer<TcpRing, DataPipeline>> = None;
     let result = (|| -> Result<()> {
         let t_start = std::time::Instant::now();
-        let auth = JobAuth { job_id: job_id(&ctx.job), generation, secret: ctx.secret.clone() };
-        let mut config = RingConfig::new(auth);
+        let mut config = RingConfig::new(auth_of(ctx, generation));
         config.timeout = ctx.job.train.collective_timeout;
         let listener = ctx.listener.try_clone().map_err(crate::error::io_err("cloning the ring listener", "ring"))?;
-        let ring = TcpRing::connect(listener, Rank(g.rank), &g.peers, config)
+        let mut ring = TcpRing::connect(listener, Rank(g.rank), &g.peers, config)
             .map_err(|e| WorkerError::Training { step, reason: format!("rank {} of generation {generation}: ring: {e}", g.rank) })?;
         if !ctx.abort.lock().expect("abort state").install(generation, ring.abort_handle()) {
             return Err(WorkerError::Training { step, reason: format!("generation {generation} was aborted") });
         }
         let world = ring.world() as u32;
+        // CUDA jobs move the units' flat vectors with NCCL; the ring keeps the small host
+        // collectives (counts, flags, losses) and carries NCCL's unique id.
+        let nccl = match crate::fsdp::flat::device_comm(&mut ring, &ctx.job, auth_of(ctx, generation)) {
+            Ok(n) => n,
+            Err(e) => return Err(WorkerError::Training { step, reason: format!("generation {generation}: {e}") }),
+        };
+        if let Some(n) = &nccl {
+            // An abort of this generation must also end a call blocked inside NCCL.
+            let both = AbortHandle::all(vec![ring.abort_handle(), n.abort_handle()]);
+            if !ctx.abort.lock().expect("abort state").install(generation, both) {
+                return Err(WorkerError::Training { step, reason: format!("generation {generation} was aborted") });
+            }
+        }
         let ring_s = t_start.elapsed().as_secs_f64();
         let mut job = ctx.job.clone();
         job.schedule = g.schedule.clone();
@@ -203,16 +220,16 @@ fn run_generation(
                     Some(r) => r,
                     None => {
                         let (source, lens) = open(&job)?;
-                        Resident::new(&cfg, job.seed, source, lens)?
+                        Resident::new(&cfg, &job, source, lens)?
                     }
                 };
                 let model_s = t_start.elapsed().as_secs_f64() - ring_s;
-                (reused, model_s, slot.insert(FsdpTrainer::restored(job, &cfg, kept, ring, dir)?))
+                (reused, model_s, slot.insert(FsdpTrainer::restored(job, &cfg, kept, ring, dir)?.with_device_comm(nccl)?))
             }
             // Without a checkpoint the model must be the seed's: a kept one is never reused.
             (None, _) => {
                 let (source, lens) = open(&job)?;
-                let t = FsdpTrainer::new(job, &cfg, source, lens, ring)?;
+                let t = FsdpTrainer::new(job, &cfg, source, lens, ring)?.with_device_comm(nccl)?;
                 (false, t_start.elapsed().as_secs_f64() - ring_s, slot.insert(t))
             }
         };

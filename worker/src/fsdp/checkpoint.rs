@@ -75,6 +75,14 @@ pub struct ShardTensors {
     pub exp_avg_sq: Tensor,
 }
 
+impl ShardTensors {
+    /// The same shard on `device` (no copy when it is there already).
+    pub fn to_device(self, device: tch::Device) -> Self {
+        let ShardTensors { master, exp_avg, exp_avg_sq } = self;
+        ShardTensors { master: master.to_device(device), exp_avg: exp_avg.to_device(device), exp_avg_sq: exp_avg_sq.to_device(device) }
+    }
+}
+
 /// Name of rank `rank`'s shard file in a world of `world`.
 pub fn shard_file(rank: usize, world: usize) -> String {
     format!("rank-{rank:05}-of-{world:05}.safetensors")

@@ -10,11 +10,3 @@ pub fn append_f32(t: &Tensor, out: &mut Vec<f32>) {
     out.resize(start + n, 0.0);
     t.copy_data(&mut out[start..], n);
 }
-
-/// Copies `values` into `t` (same number of elements), converting to its kind and device.
-pub fn copy_into(t: &Tensor, values: &[f32]) {
-    let src = Tensor::from_slice(values).view(t.size().as_slice()).to_kind(t.kind()).to_device(t.device());
-    tch::no_grad(|| {
-        t.shallow_clone().copy_(&src);
-    });
-}

@@ -12,22 +12,27 @@ use tessera_coordinator::job::ResolvedJob;
 use tessera_coordinator::ledger::mix;
 use tessera_coordinator::{SampleLedger, SampleRef};
 use tessera_model::{AdamWConfig, Checkpoint, ForwardOptions, FourMConfig, adamw_update};
-use tessera_ops::{Collective, ReduceOp, shard_range};
+use tessera_ops::{Collective, NcclComm, ReduceOp, shard_range};
 use tessera_tokenizers::Modality;
 
 use super::checkpoint::{self as sharded, ShardTensors, ShardedManifest, UnitRecord};
+use super::flat;
 use super::tensors::append_f32;
 use super::units::{Unit, units_of};
 use crate::checkpoint::{Counters, TrainState};
 use crate::error::{Result, WorkerError};
 use crate::source::BatchSource;
-use crate::trainer::{StepReport, forward_options};
+use crate::trainer::{StepReport, forward_options, job_device};
 
 /// One rank of an FSDP job.
 pub struct FsdpTrainer<C: Collective, S: BatchSource> {
     job: ResolvedJob,
     model: Checkpoint,
     coll: C,
+    /// Where the model, shards and optimizer state live (the job's `train.device`).
+    device: Device,
+    /// Moves the units' flat vectors on the GPU when set; otherwise they go through `coll`.
+    nccl: Option<NcclComm>,
     units: Vec<Unit>,
     /// Per unit: holds its parameters only to reset their gradients to undefined (PyTorch's
     /// `set_to_none`), which frees them and keeps "no gradient" distinguishable from zero.
@@ -61,6 +66,7 @@ impl<C: Collective, S: BatchSource> std::fmt::Debug for FsdpTrainer<C, S> {
 /// parameter values come from shards), its parameter units (re-sharded for every world) and
 /// the data source (pure in the sample references, so reusing it changes no batch).
 pub struct Resident<S> {
+    device: Device,
     model: Checkpoint,
     units: Vec<Unit>,
     grad_resets: Vec<tch::COptimizer>,
@@ -69,9 +75,11 @@ pub struct Resident<S> {
 }
 
 impl<S: BatchSource> Resident<S> {
-    /// A freshly initialised model (from `seed`) with its units, around `source`.
-    pub fn new(cfg: &FourMConfig, seed: u64, source: S, dataset_lens: Vec<u64>) -> Result<Self> {
-        let model = Checkpoint::init(cfg, Device::Cpu, seed as i64)?;
+    /// A freshly initialised model (from the job's seed, on its device) with its units, around
+    /// `source`.
+    pub fn new(cfg: &FourMConfig, job: &ResolvedJob, source: S, dataset_lens: Vec<u64>) -> Result<Self> {
+        let device = job_device(&job.train)?;
+        let model = Checkpoint::init(cfg, device, job.seed as i64)?;
         // The world-1 layout; `assemble` sets each rank's shard ranges.
         let units = units_of(&model.vs, 1, 0);
         let mut grad_resets = Vec::with_capacity(units.len());
@@ -82,7 +90,7 @@ impl<S: BatchSource> Resident<S> {
             }
             grad_resets.push(opt);
         }
-        Ok(Self { model, units, grad_resets, source, dataset_lens })
+        Ok(Self { device, model, units, grad_resets, source, dataset_lens })
     }
 }
 
@@ -96,15 +104,12 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
     /// Builds rank `coll.rank()`'s trainer. Every rank initialises the model from the job seed,
     /// so the shards start consistent without communication.
     pub fn new(job: ResolvedJob, cfg: &FourMConfig, source: S, dataset_lens: Vec<u64>, coll: C) -> Result<Self> {
-        let resident = Resident::new(cfg, job.seed, source, dataset_lens)?;
+        let resident = Resident::new(cfg, &job, source, dataset_lens)?;
         let mut me = Self::assemble(job, cfg, resident, coll)?;
         let mut shards = Vec::with_capacity(me.units.len());
         for u in &me.units {
-            let mut flat = Vec::with_capacity(u.numel);
-            for p in &u.params {
-                append_f32(&p.tensor, &mut flat);
-            }
-            let master = Tensor::from_slice(&flat[u.shard.clone()]);
+            let parts: Vec<Tensor> = u.params.iter().map(|p| p.tensor.detach().to_kind(tch::Kind::Float).view([-1])).collect();
+            let master = Tensor::cat(&parts, 0).narrow(0, u.shard.start as i64, u.shard.len() as i64).copy();
             shards.push(ShardTensors { exp_avg: master.zeros_like(), exp_avg_sq: master.zeros_like(), master });
         }
         me.shards = shards;
@@ -131,6 +136,7 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
             self.free_grads(r)?;
         }
         Ok(Resident {
+            device: self.device,
             model: self.model,
             units: self.units,
             grad_resets: self.grad_resets,
@@ -149,7 +155,14 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
                 reason: format!("global batch {} is smaller than the world size {world}", job.train.global_batch_size),
             });
         }
-        let Resident { model, mut units, grad_resets, source, dataset_lens } = resident;
+        let Resident { device, model, mut units, grad_resets, source, dataset_lens } = resident;
+        let wanted = job_device(&job.train)?;
+        if device != wanted {
+            return Err(WorkerError::Training {
+                step: 0,
+                reason: format!("the kept model is on {device:?}, the job trains on {wanted:?}"),
+            });
+        }
         for u in &mut units {
             u.shard = shard_range(u.numel, world, rank);
         }
@@ -163,6 +176,8 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
             job,
             model,
             coll,
+            device,
+            nccl: None,
             units,
             grad_resets,
             shards: Vec::new(),
@@ -176,6 +191,36 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
             comm_s: 0.0,
             forward_s: 0.0,
         })
+    }
+
+    /// Moves the units' flat vectors through `comm` on the GPU instead of through the host
+    /// collective. `comm` must span the same ranks as the collective, on this trainer's device.
+    pub fn with_nccl(mut self, comm: NcclComm) -> Result<Self> {
+        let same = comm.world() == self.coll.world() && comm.rank() == self.coll.rank();
+        if !same || self.device != Device::Cuda(comm.device()) {
+            return Err(WorkerError::Training {
+                step: self.state.step,
+                reason: format!(
+                    "NCCL communicator (rank {} of {}, cuda:{}) does not match the trainer (rank {} of {}, {:?})",
+                    comm.rank().0,
+                    comm.world(),
+                    comm.device(),
+                    self.coll.rank().0,
+                    self.coll.world(),
+                    self.device
+                ),
+            });
+        }
+        self.nccl = Some(comm);
+        Ok(self)
+    }
+
+    /// [`Self::with_nccl`] when `comm` is given; the trainer unchanged otherwise.
+    pub fn with_device_comm(self, comm: Option<NcclComm>) -> Result<Self> {
+        match comm {
+            Some(c) => self.with_nccl(c),
+            None => Ok(self),
+        }
     }
 
     /// Frees every block unit: only the shards (and the `rest` unit) stay resident.
@@ -192,19 +237,37 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
         r.map_err(|e| WorkerError::Training { step: self.state.step, reason: format!("rank {}: {e}", self.coll.rank().0) })
     }
 
-    /// All-gathers unit `ui`'s shards into the model's parameters (re-allocating them).
+    /// All-gathers unit `ui`'s shards into the model's parameters (re-allocating them). Each
+    /// parameter gets its own allocation rather than a view into the flat vector: a view at an
+    /// arbitrary element offset is misaligned for the GEMM kernels, which measurably slowed the
+    /// CPU step.
     fn gather_unit(&mut self, ui: usize) -> Result<()> {
         let u = &self.units[ui];
-        let mut local = Vec::with_capacity(u.shard.len());
-        append_f32(&self.shards[ui].master, &mut local);
-        let mut full = vec![0f32; u.numel];
         let tc = Instant::now();
-        let r = self.coll.all_gather(&local, &mut full);
-        self.comm_s += tc.elapsed().as_secs_f64();
-        r.map_err(|e| WorkerError::Training { step: self.state.step, reason: format!("all-gather of {}: {e}", u.name) })?;
-        for p in &u.params {
-            let mut var = p.tensor.shallow_clone();
-            var.set_data(&Tensor::from_slice(&full[p.offset..p.offset + p.numel]).view(p.shape.as_slice()));
+        let step = self.state.step;
+        let failed = |e: tessera_ops::OpsError| WorkerError::Training { step, reason: format!("all-gather of {}: {e}", u.name) };
+        match self.nccl.as_mut() {
+            Some(comm) => {
+                let full = flat::nccl_all_gather(comm, &self.shards[ui].master, u.numel).map_err(failed)?;
+                self.comm_s += tc.elapsed().as_secs_f64();
+                for p in &u.params {
+                    let mut var = p.tensor.shallow_clone();
+                    var.set_data(&full.narrow(0, p.offset as i64, p.numel as i64).view(p.shape.as_slice()).copy());
+                }
+            }
+            None => {
+                let mut local = Vec::with_capacity(u.shard.len());
+                append_f32(&self.shards[ui].master, &mut local);
+                let mut full = vec![0f32; u.numel];
+                let r = self.coll.all_gather(&local, &mut full);
+                self.comm_s += tc.elapsed().as_secs_f64();
+                r.map_err(failed)?;
+                for p in &u.params {
+                    let mut var = p.tensor.shallow_clone();
+                    let t = Tensor::from_slice(&full[p.offset..p.offset + p.numel]).view(p.shape.as_slice());
+                    var.set_data(&t.to_device(self.device));
+                }
+            }
         }
         Ok(())
     }
@@ -214,7 +277,7 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
         self.free_grads(ui)?;
         for p in &self.units[ui].params {
             let mut var = p.tensor.shallow_clone();
-            var.set_data(&Tensor::empty([0], (tch::Kind::Float, Device::Cpu)));
+            var.set_data(&Tensor::empty([0], (tch::Kind::Float, self.device)));
         }
         Ok(())
     }
@@ -227,28 +290,50 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
         Ok(())
     }
 
-    /// Reduce-scatters unit `ui`'s gradients (zeros where undefined) into its shard gradient
-    /// accumulator, records which parameters got a gradient here, and drops the full gradients.
-    fn reduce_unit_grads(&mut self, ui: usize, acc: &mut [Vec<f32>], used: &mut [Vec<i64>]) -> Result<()> {
+    /// Reduce-scatters unit `ui`'s gradients (zeros where undefined; in fp32 whatever the
+    /// compute precision) into its shard gradient accumulator, records which parameters got a
+    /// gradient here, and drops the full gradients.
+    fn reduce_unit_grads(&mut self, ui: usize, acc: &mut [GradShard], used: &mut [Vec<i64>]) -> Result<()> {
         let u = &self.units[ui];
-        let mut flat = Vec::with_capacity(u.numel);
         for (pi, p) in u.params.iter().enumerate() {
-            let g = p.tensor.grad();
-            if g.defined() {
-                append_f32(&g, &mut flat);
+            if p.tensor.grad().defined() {
                 used[ui][pi] = 1;
-            } else {
-                flat.resize(flat.len() + p.numel, 0.0);
             }
         }
-        let mut shard = vec![0f32; u.shard.len()];
         let tc = Instant::now();
-        let r = self.coll.reduce_scatter(&flat, &mut shard, ReduceOp::Sum);
+        let r = match self.nccl.as_mut() {
+            Some(comm) => {
+                let parts: Vec<Tensor> = u
+                    .params
+                    .iter()
+                    .map(|p| {
+                        let g = p.tensor.grad();
+                        if g.defined() {
+                            g.to_kind(tch::Kind::Float).view([-1])
+                        } else {
+                            Tensor::zeros([p.numel as i64], (tch::Kind::Float, self.device))
+                        }
+                    })
+                    .collect();
+                flat::nccl_reduce_scatter(comm, &Tensor::cat(&parts, 0), u.numel, ReduceOp::Sum).map(|g| acc[ui].add_tensor(&g))
+            }
+            None => {
+                let mut full = Vec::with_capacity(u.numel);
+                for p in &u.params {
+                    let g = p.tensor.grad();
+                    if g.defined() {
+                        append_f32(&g, &mut full);
+                    } else {
+                        full.resize(full.len() + p.numel, 0.0);
+                    }
+                }
+                let mut shard = vec![0f32; u.shard.len()];
+                let r = self.coll.reduce_scatter(&full, &mut shard, ReduceOp::Sum);
+                r.map(|()| acc[ui].add_host(&shard, self.device))
+            }
+        };
         self.comm_s += tc.elapsed().as_secs_f64();
         r.map_err(|e| WorkerError::Training { step: self.state.step, reason: format!("reduce-scatter of {}: {e}", u.name) })?;
-        for (a, g) in acc[ui].iter_mut().zip(&shard) {
-            *a += g;
-        }
         self.free_grads(ui)
     }
 
@@ -260,9 +345,12 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
         &mut self,
         batch: &tessera_model::MaskedBatch,
         opts: &ForwardOptions,
-        acc: &mut [Vec<f32>],
+        acc: &mut [GradShard],
         used: &mut [Vec<i64>],
     ) -> Result<tessera_model::ForwardOutput> {
+        // bf16 autocast around every forward computation (and recomputation); backward passes
+        // run outside it, as PyTorch recommends. Gradients and their reduction stay fp32.
+        let bf16 = self.job.train.bf16;
         let (n_enc, n_dec) = (self.model.model.num_encoder_blocks(), self.model.model.num_decoder_blocks());
         let unit = |name: String| self.units.iter().position(|u| u.name == name);
         let enc_units: Vec<Option<usize>> = (0..n_enc).map(|i| unit(format!("encoder.{i}"))).collect();
@@ -271,7 +359,7 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
         let tf = Instant::now();
         let comm_before = self.comm_s;
         // Embeddings (the `rest` unit is resident for the whole step), with autograd.
-        let staged = self.model.model.stage_embed(batch, opts)?;
+        let staged = amp(bf16, || self.model.model.stage_embed(batch, opts))?;
         let x0 = staged.encoder_input();
         let emb = staged.encoder_emb();
         let y0 = staged.decoder_input();
@@ -281,7 +369,7 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
             if let Some(u) = *u {
                 self.gather_unit(u)?;
             }
-            let next = tch::no_grad(|| self.model.model.stage_encoder_block(i, &xs[i], &staged));
+            let next = tch::no_grad(|| amp(bf16, || self.model.model.stage_encoder_block(i, &xs[i], &staged)));
             xs.push(next);
             if let Some(u) = *u {
                 self.free_unit(u)?;
@@ -289,21 +377,21 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
         }
         let x_last = xs[n_enc].detach().set_requires_grad(true);
         let emb_leaf = emb.detach().set_requires_grad(true);
-        let context = self.model.model.stage_context_with(&x_last, &emb_leaf);
+        let context = amp(bf16, || self.model.model.stage_context_with(&x_last, &emb_leaf));
         let ctx_leaf = context.detach().set_requires_grad(true);
         let mut ys = vec![y0.detach()];
         for (j, u) in dec_units.iter().enumerate() {
             if let Some(u) = *u {
                 self.gather_unit(u)?;
             }
-            let next = tch::no_grad(|| self.model.model.stage_decoder_block(j, &ys[j], &ctx_leaf, &staged));
+            let next = tch::no_grad(|| amp(bf16, || self.model.model.stage_decoder_block(j, &ys[j], &ctx_leaf, &staged)));
             ys.push(next);
             if let Some(u) = *u {
                 self.free_unit(u)?;
             }
         }
         let y_last = ys[n_dec].detach().set_requires_grad(true);
-        let out = self.model.model.stage_losses(&y_last, &staged, opts)?;
+        let out = amp(bf16, || self.model.model.stage_losses(&y_last, &staged, opts))?;
         // Forward time excludes the all-gathers it waited for (they count as communication).
         self.forward_s += tf.elapsed().as_secs_f64() - (self.comm_s - comm_before);
         out.loss.backward();
@@ -315,7 +403,7 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
                 self.gather_unit(u)?;
             }
             let input = ys[j].detach().set_requires_grad(true);
-            let recomputed = self.model.model.stage_decoder_block(j, &input, &ctx_leaf, &staged);
+            let recomputed = amp(bf16, || self.model.model.stage_decoder_block(j, &input, &ctx_leaf, &staged));
             (recomputed * &g).sum(tch::Kind::Float).backward();
             g = input.grad();
             if let Some(u) = *u {
@@ -331,7 +419,7 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
                 self.gather_unit(u)?;
             }
             let input = xs[i].detach().set_requires_grad(true);
-            let recomputed = self.model.model.stage_encoder_block(i, &input, &staged);
+            let recomputed = amp(bf16, || self.model.model.stage_encoder_block(i, &input, &staged));
             (recomputed * &g).sum(tch::Kind::Float).backward();
             g = input.grad();
             if let Some(u) = *u {
@@ -372,7 +460,7 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
         let mut batches = Vec::new();
         let mut local_counts: BTreeMap<Modality, i64> = BTreeMap::new();
         for chunk in mine.chunks(micro) {
-            let batch = self.source.batch(chunk)?;
+            let batch = self.source.batch(chunk)?.to_device(self.device);
             // Seeded by the chunk's first global index, as the single-process trainer does.
             let opts = ForwardOptions { decoder_order_seed: Some(mix(&[self.job.seed, step, chunk[0].index])), ..self.fwd.clone() };
             for (m, n) in self.model.model.target_counts(&batch, &opts)? {
@@ -391,7 +479,7 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
         let tc = Instant::now();
         // Partial losses: [total, per output modality...], summed over micro-batches then ranks.
         let mut partial = vec![0f32; 1 + self.outputs.len()];
-        let mut acc: Vec<Vec<f32>> = self.units.iter().map(|u| vec![0f32; u.shard.len()]).collect();
+        let mut acc: Vec<GradShard> = self.units.iter().map(|u| GradShard::new(u.shard.len(), self.nccl.is_some())).collect();
         let mut used: Vec<Vec<i64>> = self.units.iter().map(|u| vec![0i64; u.params.len()]).collect();
         for (batch, opts) in batches {
             let opts = ForwardOptions { loss_normalizer: Some(normalizer.clone()), ..opts };
@@ -418,8 +506,10 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
             let r = self.coll.all_reduce(flags, ReduceOp::Max);
             self.comm(r)?;
         }
-        let sq_sum: f64 = acc.iter().flatten().map(|&g| f64::from(g) * f64::from(g)).sum();
-        let grad_shards = acc;
+        // One vectorised pass per shard (torch's cascade-summed f32 norm); no f64 copy of the
+        // gradients, which for the embeddings' unit would be hundreds of MiB per step.
+        let sq_sum: f64 = acc.iter().map(GradShard::sq_sum).sum();
+        let grad_shards: Vec<Tensor> = acc.into_iter().map(|g| g.into_tensor(self.device)).collect();
         let mut norm_sq = [sq_sum as f32];
         let r = self.coll.all_reduce(&mut norm_sq, ReduceOp::Sum);
         self.comm(r)?;
@@ -440,7 +530,7 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
             };
             let cfg = AdamWConfig { lr, beta1: t.betas[0], beta2: t.betas[1], eps: t.eps, weight_decay: t.weight_decay };
             for (ui, u) in self.units.iter().enumerate() {
-                let grad = Tensor::from_slice(&grad_shards[ui]);
+                let grad = &grad_shards[ui];
                 if scale != 1.0 {
                     let _ = grad.shallow_clone().g_mul_scalar_(scale);
                 }
@@ -618,8 +708,11 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
     pub fn snapshot(&self, generation: u64) -> Snapshot {
         let (world, rank) = (self.coll.world(), self.coll.rank().0 as usize);
         let units = self.unit_records();
-        // Deep copies: the live shards keep changing while the copy is written.
-        let tensors = sharded::named_shards(&units, &self.shards).into_iter().map(|(n, t)| (n, t.copy())).collect();
+        // Deep copies in host memory: the live shards keep changing while the copy is written.
+        let tensors = sharded::named_shards(&units, &self.shards)
+            .into_iter()
+            .map(|(n, t)| (n, if t.device() == Device::Cpu { t.copy() } else { t.to_device(Device::Cpu) }))
+            .collect();
         let manifest = (rank == 0).then(|| serde_json::to_value(self.manifest(units)).expect("a manifest serialises"));
         Snapshot {
             root: self.job.checkpoint.dir.clone(),
@@ -663,12 +756,12 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
         match found {
             sharded::AnyCheckpoint::Sharded((_, m)) => {
                 sharded::check_layout(&dir, &m.units, &mine)?;
-                self.shards = sharded::load_shards(&dir, &m, rank, world)?;
+                self.shards = sharded::load_shards(&dir, &m, rank, world)?.into_iter().map(|s| s.to_device(self.device)).collect();
                 self.steps = m.units.iter().map(|u| u.params.iter().map(|p| p.steps).collect()).collect();
             }
             sharded::AnyCheckpoint::Single(_) => {
                 let (shards, steps) = sharded::shards_from_single(&dir, &mine, rank, world)?;
-                self.shards = shards;
+                self.shards = shards.into_iter().map(|s| s.to_device(self.device)).collect();
                 self.steps = steps;
             }
         }
@@ -693,6 +786,75 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
         let r = self.coll.all_reduce(flags, ReduceOp::Max);
         self.comm(r)
     }
+}
+
+/// One unit's shard gradient, summed over micro-batches: a host vector when the reduce-scatter
+/// runs on the host (adding into it allocates nothing: a fresh tensor per add cost page faults
+/// on the embeddings' unit every step), a device tensor when it runs on the GPU.
+enum GradShard {
+    /// Host path.
+    Host(Vec<f32>),
+    /// Device path: its length, and the sum (allocated by the first add).
+    Device(usize, Option<Tensor>),
+}
+
+impl GradShard {
+    fn new(len: usize, device: bool) -> Self {
+        if device { GradShard::Device(len, None) } else { GradShard::Host(vec![0.0; len]) }
+    }
+
+    /// Adds a host shard (host path).
+    fn add_host(&mut self, g: &[f32], device: Device) {
+        match self {
+            GradShard::Host(acc) => acc.iter_mut().zip(g).for_each(|(a, g)| *a += g),
+            GradShard::Device(_, acc) => Self::add_tensor_to(acc, &Tensor::from_slice(g).to_device(device)),
+        }
+    }
+
+    /// Adds a device shard (device path).
+    fn add_tensor(&mut self, g: &Tensor) {
+        match self {
+            GradShard::Host(acc) => {
+                let mut host = Vec::with_capacity(acc.len());
+                append_f32(g, &mut host);
+                acc.iter_mut().zip(&host).for_each(|(a, g)| *a += g);
+            }
+            GradShard::Device(_, acc) => Self::add_tensor_to(acc, g),
+        }
+    }
+
+    fn add_tensor_to(acc: &mut Option<Tensor>, g: &Tensor) {
+        match acc {
+            Some(a) => {
+                let _ = a.g_add_(g);
+            }
+            None => *acc = Some(g.to_kind(tch::Kind::Float).copy()),
+        }
+    }
+
+    /// Sum of squares (f64 accumulation on the host; torch's cascade-summed f32 norm on the
+    /// device, no f64 copy of the gradients).
+    fn sq_sum(&self) -> f64 {
+        match self {
+            GradShard::Host(acc) => acc.iter().map(|&g| f64::from(g) * f64::from(g)).sum(),
+            GradShard::Device(_, Some(t)) => t.norm().double_value(&[]).powi(2),
+            GradShard::Device(_, None) => 0.0,
+        }
+    }
+
+    /// The summed gradient as an f32 tensor on `device` (zeros of `len` if nothing was added).
+    fn into_tensor(self, device: Device) -> Tensor {
+        match self {
+            GradShard::Host(acc) => Tensor::from_slice(&acc).to_device(device),
+            GradShard::Device(_, Some(t)) => t,
+            GradShard::Device(len, None) => Tensor::zeros([len as i64], (tch::Kind::Float, device)),
+        }
+    }
+}
+
+/// Runs `f` under bf16 autocast when `on` (CUDA; the job refuses bf16 elsewhere).
+fn amp<T>(on: bool, f: impl FnOnce() -> T) -> T {
+    if on { tch::autocast(true, f) } else { f() }
 }
 
 /// Fault injection for the end-to-end tests: `TESSERA_FAULT_ABORT_IN_SHARD_WRITE=STEP:RANK`
