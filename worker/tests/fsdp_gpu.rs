@@ -27,7 +27,11 @@ fn skip_reason() -> Option<String> {
 }
 
 fn job(dir: &Path, bf16: bool) -> ResolvedJob {
-    let tok = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/ml-4m/text_tokenizer_4m_wordpiece_30k.json");
+    // `TESSERA_SHARED_DIR`: where `tools/gpu/check.sh` puts the shared data on a device machine,
+    // whose checkout has no `../shared` beside it.
+    let shared = std::env::var_os("TESSERA_SHARED_DIR")
+        .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"), std::path::PathBuf::from);
+    let tok = shared.join("data/ml-4m/text_tokenizer_4m_wordpiece_30k.json");
     let text = format!(
         r#"
 [job]

@@ -180,6 +180,25 @@ pub fn latest_valid(root: &Path) -> Result<(Option<FoundCheckpoint>, Vec<String>
 /// Rank `rank` of `world`'s shards of every unit, assembled from a checkpoint written at any
 /// world size: the overlap of the new shard range with each old rank's range is copied.
 pub fn load_shards(dir: &Path, m: &ShardedManifest, rank: usize, world: usize) -> Result<Vec<ShardTensors>> {
+    let parts = load_parts(dir, m, rank, world, &["master", "exp_avg", "exp_avg_sq"])?;
+    Ok(parts
+        .into_iter()
+        .map(|p| {
+            let [master, exp_avg, exp_avg_sq]: [Tensor; 3] = p.try_into().expect("three parts asked for");
+            ShardTensors { master, exp_avg, exp_avg_sq }
+        })
+        .collect())
+}
+
+/// Like [`load_shards`], the fp32 master shards only: a third of the bytes, for consumers of the
+/// weights (export, validation) that need no optimizer state.
+pub fn load_masters(dir: &Path, m: &ShardedManifest, rank: usize, world: usize) -> Result<Vec<Tensor>> {
+    let parts = load_parts(dir, m, rank, world, &["master"])?;
+    Ok(parts.into_iter().map(|mut p| p.remove(0)).collect())
+}
+
+/// Per unit, the tensors `what` (suffixes of the shard files' keys) of rank `rank` of `world`.
+fn load_parts(dir: &Path, m: &ShardedManifest, rank: usize, world: usize, what: &[&str]) -> Result<Vec<Vec<Tensor>>> {
     let bad = |reason: String| WorkerError::Checkpoint { path: dir.to_path_buf(), reason };
     // Only the overlapping slices are read (positional reads): after a failure each survivor
     // reads about 1/world of the checkpoint instead of whole old-rank files.
@@ -187,7 +206,7 @@ pub fn load_shards(dir: &Path, m: &ShardedManifest, rank: usize, world: usize) -
     let mut out = Vec::with_capacity(m.units.len());
     for u in &m.units {
         let want = shard_range(u.numel, world, rank);
-        let parts: [Tensor; 3] = std::array::from_fn(|_| Tensor::zeros([want.len() as i64], (tch::Kind::Float, tch::Device::Cpu)));
+        let parts: Vec<Tensor> = what.iter().map(|_| Tensor::zeros([want.len() as i64], (tch::Kind::Float, tch::Device::Cpu))).collect();
         for (old, cached) in files.iter_mut().enumerate() {
             let have = shard_range(u.numel, m.world, old);
             let (lo, hi) = (want.start.max(have.start), want.end.min(have.end));
@@ -198,7 +217,7 @@ pub fn load_shards(dir: &Path, m: &ShardedManifest, rank: usize, world: usize) -
                 *cached = Some(io::SliceReader::open(&dir.join(shard_file(old, m.world)))?);
             }
             let file = cached.as_ref().expect("just opened");
-            for (k, what) in ["master", "exp_avg", "exp_avg_sq"].iter().enumerate() {
+            for (k, what) in what.iter().enumerate() {
                 let key = format!("{}.{what}", u.name);
                 let n = file.numel(&key).ok_or_else(|| bad(format!("{}: missing '{key}'", shard_file(old, m.world))))?;
                 if n != have.len() {
@@ -208,8 +227,7 @@ pub fn load_shards(dir: &Path, m: &ShardedManifest, rank: usize, world: usize) -
                 parts[k].narrow(0, (lo - want.start) as i64, (hi - lo) as i64).copy_(&piece);
             }
         }
-        let [master, exp_avg, exp_avg_sq] = parts;
-        out.push(ShardTensors { master, exp_avg, exp_avg_sq });
+        out.push(parts);
     }
     Ok(out)
 }
@@ -343,10 +361,11 @@ pub fn consolidate(cfg: &tessera_model::FourMConfig, found: &AnyCheckpoint) -> R
         AnyCheckpoint::Sharded((dir, m)) => {
             let units = super::units::units_of(&model.vs, 1, 0);
             check_layout(dir, &m.units, &unit_records(&units, None))?;
-            let shards = load_shards(dir, m, 0, 1)?;
-            for (u, s) in units.iter().zip(&shards) {
+            // Masters only: the moments would triple the bytes read and the memory held.
+            let masters = load_masters(dir, m, 0, 1)?;
+            for (u, master) in units.iter().zip(&masters) {
                 for p in &u.params {
-                    let piece = s.master.narrow(0, p.offset as i64, p.numel as i64).view(p.shape.as_slice());
+                    let piece = master.narrow(0, p.offset as i64, p.numel as i64).view(p.shape.as_slice());
                     tch::no_grad(|| p.tensor.shallow_clone().copy_(&piece));
                 }
             }
