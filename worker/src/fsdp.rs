@@ -7,6 +7,8 @@
 //!   rank's slice of the global batch, reduce-scatters gradients, agrees on the global gradient
 //!   norm, the loss and which parameters were used, and steps AdamW on the local shard only
 //!   (fp32 master shard + moments: optimizer state scales as 1/N).
+//! - [`comm`]: the host collective on its own thread: unit all-gathers start one unit ahead
+//!   of use (prefetch) and reduce-scatters trail the block that produced them.
 //! - [`flat`]: how the flat vectors travel: through the host collective, or with NCCL on the
 //!   GPU (equal-row staging for NCCL's equal shards).
 //! - [`tensors`]: tch ⇄ flat `Vec` helpers for the host collective calls.
@@ -16,6 +18,7 @@
 //! autocast while parameters, gradients and their reduce-scatter stay fp32.
 
 pub mod checkpoint;
+pub mod comm;
 pub mod flat;
 pub mod tensors;
 pub mod trainer;

@@ -14,6 +14,11 @@ use tessera_worker::{Trainer, four_m_config};
 const STEPS: usize = 3;
 
 fn job(dir: &Path) -> ResolvedJob {
+    job_with(dir, false)
+}
+
+/// The test job; `prefetch`: FSDP's collective on its own thread, gathers one unit ahead.
+fn job_with(dir: &Path, prefetch: bool) -> ResolvedJob {
     let tok = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/ml-4m/text_tokenizer_4m_wordpiece_30k.json");
     let text = format!(
         r#"
@@ -47,6 +52,7 @@ total_steps = 10
 warmup_steps = 1
 clip_grad = 0.5
 threads = 1
+fsdp_prefetch = {prefetch}
 "#,
         tok = tok.display()
     );
@@ -72,6 +78,16 @@ type Rank0Trainer = FsdpTrainer<TcpRing, tessera_worker::data::DataPipeline>;
 
 /// Runs `f` on every rank of a `world`-rank FSDP job (threads, TCP ring on loopback).
 fn on_world<T: Send + 'static>(dir: &Path, world: usize, f: impl Fn(&mut Rank0Trainer) -> T + Send + Sync + Clone + 'static) -> Vec<T> {
+    on_world_with(dir, world, false, f)
+}
+
+/// [`on_world`] with the job's `fsdp_prefetch` set to `prefetch`.
+fn on_world_with<T: Send + 'static>(
+    dir: &Path,
+    world: usize,
+    prefetch: bool,
+    f: impl Fn(&mut Rank0Trainer) -> T + Send + Sync + Clone + 'static,
+) -> Vec<T> {
     let listeners: Vec<TcpListener> = (0..world).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
     let peers: Vec<_> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
     let handles: Vec<_> = listeners
@@ -83,7 +99,7 @@ fn on_world<T: Send + 'static>(dir: &Path, world: usize, f: impl Fn(&mut Rank0Tr
                 let mut config = RingConfig::new(JobAuth { job_id: 7, generation: 0, secret: Secret::new(b"fsdp-test-secret".to_vec()) });
                 config.timeout = Duration::from_secs(120);
                 let ring = TcpRing::connect(listener, Rank(rank as u32), &peers, config).unwrap();
-                let job = job(&dir);
+                let job = job_with(&dir, prefetch);
                 let cfg = four_m_config(&job.model, &job.origin).unwrap();
                 let source = open_job_data(&job, &cfg.all_domains()).unwrap();
                 let mut t = FsdpTrainer::new(job, &cfg, source, vec![200], ring).unwrap();
@@ -177,8 +193,8 @@ fn a_kept_model_restores_at_another_world_size() {
     }
 }
 
-fn sharded(dir: &Path, world: usize) -> Vec<Run> {
-    on_world(dir, world, |t| {
+fn sharded(dir: &Path, world: usize, prefetch: bool) -> Vec<Run> {
+    on_world_with(dir, world, prefetch, |t| {
         let losses: Vec<f64> = (0..STEPS).map(|_| t.step().unwrap().loss).collect();
         (losses, t.full_parameters().unwrap().into_iter().collect())
     })
@@ -189,11 +205,12 @@ fn fsdp_over_2_and_3_ranks_equals_one_process() {
     tch::set_num_threads(1);
     let d = tempfile::tempdir().unwrap();
     let (losses, params) = single(d.path());
-    for world in [2, 3] {
-        let runs = sharded(d.path(), world);
+    // Both ways of running the collective: inline, and on its own thread with prefetch.
+    for (world, prefetch) in [(2, false), (2, true), (3, true)] {
+        let runs = sharded(d.path(), world, prefetch);
         for (rank, (l, p)) in runs.iter().enumerate() {
             for (s, (a, b)) in l.iter().zip(&losses).enumerate() {
-                assert!((a - b).abs() / b.abs() < 1e-6, "world {world} rank {rank} step {s}: loss {a} vs {b}");
+                assert!((a - b).abs() / b.abs() < 1e-6, "world {world} prefetch {prefetch} rank {rank} step {s}: loss {a} vs {b}");
             }
             assert_eq!(p.len(), params.len());
             for ((na, ta), (nb, tb)) in p.iter().zip(&params) {
@@ -202,7 +219,7 @@ fn fsdp_over_2_and_3_ranks_equals_one_process() {
                 // gradient shows up as ~1e-7-absolute jitter in single elements.
                 let diff = (ta - tb).norm().double_value(&[]);
                 let scale = tb.norm().double_value(&[]).max(1e-6);
-                assert!(diff / scale < 1e-5, "world {world} rank {rank} {na}: relative L2 difference {}", diff / scale);
+                assert!(diff / scale < 1e-5, "world {world} prefetch {prefetch} rank {rank} {na}: relative L2 difference {}", diff / scale);
             }
         }
     }

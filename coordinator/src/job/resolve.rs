@@ -97,6 +97,8 @@ pub struct ResolvedTrain {
     pub num_target_tokens: usize,
     /// Deadline of every collective call.
     pub collective_timeout: std::time::Duration,
+    /// FSDP: host collective on its own thread with prefetch of the next unit.
+    pub fsdp_prefetch: bool,
 }
 
 /// Checkpoint settings, validated.
@@ -336,6 +338,7 @@ impl ResolvedJob {
             num_input_tokens: max_in,
             num_target_tokens: max_tgt,
             collective_timeout: std::time::Duration::from_secs(t.collective_timeout_s),
+            fsdp_prefetch: t.fsdp_prefetch,
         };
         let output_dir = abs(&cfg.job.output_dir);
         let c = &cfg.checkpoint;

@@ -16,6 +16,7 @@ use tessera_ops::{Collective, NcclComm, ReduceOp, shard_range};
 use tessera_tokenizers::Modality;
 
 use super::checkpoint::{self as sharded, ShardTensors, ShardedManifest, UnitRecord};
+use super::comm::{CommThread, Ticket};
 use super::flat;
 use super::tensors::append_f32;
 use super::units::{Unit, units_of};
@@ -25,10 +26,16 @@ use crate::source::BatchSource;
 use crate::trainer::{StepReport, forward_options, job_device};
 
 /// One rank of an FSDP job.
-pub struct FsdpTrainer<C: Collective, S: BatchSource> {
+pub struct FsdpTrainer<C: Collective + 'static, S: BatchSource> {
     job: ResolvedJob,
     model: Checkpoint,
-    coll: C,
+    /// The rank's host collective: inline, or on its own thread (prefetching gathers, trailing
+    /// reduces) with `train.fsdp_prefetch`.
+    coll: CommThread<C>,
+    /// Whether unit all-gathers start one unit ahead of use (host path).
+    prefetch: bool,
+    /// Reduce-scatters started and not yet added into the gradient shards: (unit, result).
+    reducing: std::collections::VecDeque<(usize, Ticket<Vec<f32>>)>,
     /// Where the model, shards and optimizer state live (the job's `train.device`).
     device: Device,
     /// Moves the units' flat vectors on the GPU when set; otherwise they go through `coll`.
@@ -52,7 +59,7 @@ pub struct FsdpTrainer<C: Collective, S: BatchSource> {
     forward_s: f64,
 }
 
-impl<C: Collective, S: BatchSource> std::fmt::Debug for FsdpTrainer<C, S> {
+impl<C: Collective + 'static, S: BatchSource> std::fmt::Debug for FsdpTrainer<C, S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FsdpTrainer")
             .field("rank", &self.coll.rank())
@@ -100,7 +107,7 @@ impl<S> std::fmt::Debug for Resident<S> {
     }
 }
 
-impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
+impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
     /// Builds rank `coll.rank()`'s trainer. Every rank initialises the model from the job seed,
     /// so the shards start consistent without communication.
     pub fn new(job: ResolvedJob, cfg: &FourMConfig, source: S, dataset_lens: Vec<u64>, coll: C) -> Result<Self> {
@@ -130,7 +137,9 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
     /// Gives back what a later generation of this rank can reuse (model structure, units, data
     /// source); the shards and optimizer state are dropped, they come from a checkpoint.
     pub fn into_resident(mut self) -> Result<Resident<S>> {
-        // A generation aborted mid-step may have left units gathered and gradients defined.
+        // A generation aborted mid-step may have left units gathered and gradients defined,
+        // and reduce-scatters in flight.
+        self.reducing.clear();
         self.free_blocks()?;
         if let Some(r) = self.units.iter().position(|u| u.name == "rest") {
             self.free_grads(r)?;
@@ -167,6 +176,12 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
             u.shard = shard_range(u.numel, world, rank);
         }
         let steps = units.iter().map(|u| vec![0; u.params.len()]).collect();
+        let prefetch = job.train.fsdp_prefetch;
+        let coll = if prefetch {
+            CommThread::spawn(coll).map_err(crate::error::io_err("starting the communication thread", "comm"))?
+        } else {
+            CommThread::inline(coll)
+        };
         let ledger = SampleLedger::new(job.seed, job.schedule.clone(), dataset_lens)?;
         let state = TrainState { step: 0, next_sample_index: 0, schedule: job.schedule.clone(), counters: Counters::default() };
         let fwd = forward_options(&job.train);
@@ -176,6 +191,8 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
             job,
             model,
             coll,
+            prefetch,
+            reducing: Default::default(),
             device,
             nccl: None,
             units,
@@ -237,17 +254,35 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
         r.map_err(|e| WorkerError::Training { step: self.state.step, reason: format!("rank {}: {e}", self.coll.rank().0) })
     }
 
-    /// All-gathers unit `ui`'s shards into the model's parameters (re-allocating them). Each
-    /// parameter gets its own allocation rather than a view into the flat vector: a view at an
-    /// arbitrary element offset is misaligned for the GEMM kernels, which measurably slowed the
-    /// CPU step.
+    /// All-gathers unit `ui`'s shards into the model's parameters, now.
     fn gather_unit(&mut self, ui: usize) -> Result<()> {
+        let pending = self.start_gather(ui);
+        self.finish_gather(ui, pending)
+    }
+
+    /// Starts unit `ui`'s all-gather: on the comm thread for the host path (it runs while the
+    /// caller computes); the NCCL path gathers in [`Self::finish_gather`].
+    fn start_gather(&mut self, ui: usize) -> Gather {
+        if self.nccl.is_some() {
+            return Gather::Later;
+        }
+        let u = &self.units[ui];
+        let mut local = Vec::with_capacity(u.shard.len());
+        append_f32(&self.shards[ui].master, &mut local);
+        Gather::Host(self.coll.start_all_gather(local, u.numel))
+    }
+
+    /// Waits for unit `ui`'s all-gather and installs it into the model's parameters
+    /// (re-allocating them). Each parameter gets its own allocation rather than a view into the
+    /// flat vector: a view at an arbitrary element offset is misaligned for the GEMM kernels,
+    /// which measurably slowed the CPU step.
+    fn finish_gather(&mut self, ui: usize, pending: Gather) -> Result<()> {
         let u = &self.units[ui];
         let tc = Instant::now();
         let step = self.state.step;
         let failed = |e: tessera_ops::OpsError| WorkerError::Training { step, reason: format!("all-gather of {}: {e}", u.name) };
-        match self.nccl.as_mut() {
-            Some(comm) => {
+        match (pending, self.nccl.as_mut()) {
+            (Gather::Later, Some(comm)) => {
                 let full = flat::nccl_all_gather(comm, &self.shards[ui].master, u.numel).map_err(failed)?;
                 self.comm_s += tc.elapsed().as_secs_f64();
                 for p in &u.params {
@@ -255,19 +290,32 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
                     var.set_data(&full.narrow(0, p.offset as i64, p.numel as i64).view(p.shape.as_slice()).copy());
                 }
             }
-            None => {
-                let mut local = Vec::with_capacity(u.shard.len());
-                append_f32(&self.shards[ui].master, &mut local);
-                let mut full = vec![0f32; u.numel];
-                let r = self.coll.all_gather(&local, &mut full);
+            (Gather::Host(ticket), _) => {
+                let full = ticket.wait().map_err(failed)?;
                 self.comm_s += tc.elapsed().as_secs_f64();
-                r.map_err(failed)?;
                 for p in &u.params {
                     let mut var = p.tensor.shallow_clone();
                     let t = Tensor::from_slice(&full[p.offset..p.offset + p.numel]).view(p.shape.as_slice());
                     var.set_data(&t.to_device(self.device));
                 }
             }
+            (Gather::Later, None) => unreachable!("start_gather defers only on the NCCL path"),
+        }
+        Ok(())
+    }
+
+    /// Installs `order[k]` (started ahead as `ahead`, or gathered now) and, with prefetch,
+    /// starts `order[k + 1]` before the caller computes with `order[k]`.
+    fn advance(&mut self, order: &[usize], k: usize, ahead: &mut Option<Gather>) -> Result<()> {
+        let pending = match ahead.take() {
+            Some(p) => p,
+            None => self.start_gather(order[k]),
+        };
+        self.finish_gather(order[k], pending)?;
+        if self.prefetch
+            && let Some(&next) = order.get(k + 1)
+        {
+            *ahead = Some(self.start_gather(next));
         }
         Ok(())
     }
@@ -300,7 +348,7 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
                 used[ui][pi] = 1;
             }
         }
-        let tc = Instant::now();
+        let mut tc = Instant::now();
         let r = match self.nccl.as_mut() {
             Some(comm) => {
                 let parts: Vec<Tensor> = u
@@ -327,14 +375,31 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
                         full.resize(full.len() + p.numel, 0.0);
                     }
                 }
-                let mut shard = vec![0f32; u.shard.len()];
-                let r = self.coll.reduce_scatter(&full, &mut shard, ReduceOp::Sum);
-                r.map(|()| acc[ui].add_host(&shard, self.device))
+                // Runs on the comm thread while the next block computes; at most two trail.
+                tc = Instant::now();
+                self.reducing.push_back((ui, self.coll.start_reduce_scatter(full, u.shard.len())));
+                Ok(())
             }
         };
         self.comm_s += tc.elapsed().as_secs_f64();
         r.map_err(|e| WorkerError::Training { step: self.state.step, reason: format!("reduce-scatter of {}: {e}", u.name) })?;
-        self.free_grads(ui)
+        self.free_grads(ui)?;
+        self.settle_reduces(acc, 2)
+    }
+
+    /// Adds finished reduce-scatters into their gradient shards until at most `keep` trail.
+    fn settle_reduces(&mut self, acc: &mut [GradShard], keep: usize) -> Result<()> {
+        while self.reducing.len() > keep {
+            let (ui, ticket) = self.reducing.pop_front().expect("longer than keep");
+            let tc = Instant::now();
+            let shard = ticket.wait().map_err(|e| WorkerError::Training {
+                step: self.state.step,
+                reason: format!("reduce-scatter of {}: {e}", self.units[ui].name),
+            })?;
+            self.comm_s += tc.elapsed().as_secs_f64();
+            acc[ui].add_host(&shard, self.device);
+        }
+        Ok(())
     }
 
     /// Forward and backward of one micro-batch, block by block: each block's unit is gathered
@@ -352,9 +417,18 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
         // run outside it, as PyTorch recommends. Gradients and their reduction stay fp32.
         let bf16 = self.job.train.bf16;
         let (n_enc, n_dec) = (self.model.model.num_encoder_blocks(), self.model.model.num_decoder_blocks());
-        let unit = |name: String| self.units.iter().position(|u| u.name == name);
-        let enc_units: Vec<Option<usize>> = (0..n_enc).map(|i| unit(format!("encoder.{i}"))).collect();
-        let dec_units: Vec<Option<usize>> = (0..n_dec).map(|j| unit(format!("decoder.{j}"))).collect();
+        let unit = |name: String| {
+            self.units.iter().position(|u| u.name == name).ok_or_else(|| WorkerError::Training {
+                step: self.state.step,
+                reason: format!("block {name} has no trainable parameters to shard"),
+            })
+        };
+        let enc_units = (0..n_enc).map(|i| unit(format!("encoder.{i}"))).collect::<Result<Vec<usize>>>()?;
+        let dec_units = (0..n_dec).map(|j| unit(format!("decoder.{j}"))).collect::<Result<Vec<usize>>>()?;
+        // The order units are used in; each gather starts while the unit before it computes.
+        let forward: Vec<usize> = enc_units.iter().chain(&dec_units).copied().collect();
+        let backward: Vec<usize> = dec_units.iter().rev().chain(enc_units.iter().rev()).copied().collect();
+        let mut ahead = None;
 
         let tf = Instant::now();
         let comm_before = self.comm_s;
@@ -365,30 +439,22 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
         let y0 = staged.decoder_input();
         // Forward through the stacks without autograd, keeping each block's input.
         let mut xs = vec![x0.detach()];
-        for (i, u) in enc_units.iter().enumerate() {
-            if let Some(u) = *u {
-                self.gather_unit(u)?;
-            }
+        for (i, &u) in enc_units.iter().enumerate() {
+            self.advance(&forward, i, &mut ahead)?;
             let next = tch::no_grad(|| amp(bf16, || self.model.model.stage_encoder_block(i, &xs[i], &staged)));
             xs.push(next);
-            if let Some(u) = *u {
-                self.free_unit(u)?;
-            }
+            self.free_unit(u)?;
         }
         let x_last = xs[n_enc].detach().set_requires_grad(true);
         let emb_leaf = emb.detach().set_requires_grad(true);
         let context = amp(bf16, || self.model.model.stage_context_with(&x_last, &emb_leaf));
         let ctx_leaf = context.detach().set_requires_grad(true);
         let mut ys = vec![y0.detach()];
-        for (j, u) in dec_units.iter().enumerate() {
-            if let Some(u) = *u {
-                self.gather_unit(u)?;
-            }
+        for (j, &u) in dec_units.iter().enumerate() {
+            self.advance(&forward, n_enc + j, &mut ahead)?;
             let next = tch::no_grad(|| amp(bf16, || self.model.model.stage_decoder_block(j, &ys[j], &ctx_leaf, &staged)));
             ys.push(next);
-            if let Some(u) = *u {
-                self.free_unit(u)?;
-            }
+            self.free_unit(u)?;
         }
         let y_last = ys[n_dec].detach().set_requires_grad(true);
         let out = amp(bf16, || self.model.model.stage_losses(&y_last, &staged, opts))?;
@@ -398,34 +464,26 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
 
         // Backward: decoder blocks in reverse, recomputed.
         let mut g = y_last.grad();
-        for (j, u) in dec_units.iter().enumerate().rev() {
-            if let Some(u) = *u {
-                self.gather_unit(u)?;
-            }
+        for (k, (j, &u)) in dec_units.iter().enumerate().rev().enumerate() {
+            self.advance(&backward, k, &mut ahead)?;
             let input = ys[j].detach().set_requires_grad(true);
             let recomputed = amp(bf16, || self.model.model.stage_decoder_block(j, &input, &ctx_leaf, &staged));
             (recomputed * &g).sum(tch::Kind::Float).backward();
             g = input.grad();
-            if let Some(u) = *u {
-                self.reduce_unit_grads(u, acc, used)?;
-                self.free_unit(u)?;
-            }
+            self.reduce_unit_grads(u, acc, used)?;
+            self.free_unit(u)?;
         }
         let gy0 = g;
         (&context * ctx_leaf.grad()).sum(tch::Kind::Float).backward();
         let mut g = x_last.grad();
-        for (i, u) in enc_units.iter().enumerate().rev() {
-            if let Some(u) = *u {
-                self.gather_unit(u)?;
-            }
+        for (k, (i, &u)) in enc_units.iter().enumerate().rev().enumerate() {
+            self.advance(&backward, n_dec + k, &mut ahead)?;
             let input = xs[i].detach().set_requires_grad(true);
             let recomputed = amp(bf16, || self.model.model.stage_encoder_block(i, &input, &staged));
             (recomputed * &g).sum(tch::Kind::Float).backward();
             g = input.grad();
-            if let Some(u) = *u {
-                self.reduce_unit_grads(u, acc, used)?;
-                self.free_unit(u)?;
-            }
+            self.reduce_unit_grads(u, acc, used)?;
+            self.free_unit(u)?;
         }
         // One backward through the embedding graph with every gradient that reached it.
         let emb_grad = emb_leaf.grad();
@@ -434,6 +492,7 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
             total += (&emb * &emb_grad).sum(tch::Kind::Float);
         }
         total.backward();
+        self.settle_reduces(acc, 0)?;
         Ok(out)
     }
 
@@ -494,6 +553,8 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
         if let Some(r) = rest {
             self.reduce_unit_grads(r, &mut acc, &mut used)?;
         }
+        // Every reduce-scatter lands in its shard before the norm and the update read them.
+        self.settle_reduces(&mut acc, 0)?;
         let compute_s = tc.elapsed().as_secs_f64();
 
         let to = Instant::now();
@@ -694,14 +755,9 @@ impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
     pub fn state(&self) -> &TrainState {
         &self.state
     }
-
-    /// The collective (e.g. to abort it).
-    pub fn collective(&self) -> &C {
-        &self.coll
-    }
 }
 
-impl<C: Collective, S: BatchSource> FsdpTrainer<C, S> {
+impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
     /// Copies this rank's shards and the training position to host memory so they can be
     /// written in the background while training goes on (the copy is the only stall).
     /// `generation` names the temp directory; rank 0's snapshot carries the manifest.
@@ -850,6 +906,14 @@ impl GradShard {
             GradShard::Device(len, None) => Tensor::zeros([len as i64], (tch::Kind::Float, device)),
         }
     }
+}
+
+/// A unit all-gather started by [`FsdpTrainer::start_gather`].
+enum Gather {
+    /// Running on the comm thread.
+    Host(Ticket<Vec<f32>>),
+    /// Done by `finish_gather` (NCCL: synchronous on the device).
+    Later,
 }
 
 /// Runs `f` under bf16 autocast when `on` (CUDA; the job refuses bf16 elsewhere).
