@@ -1,62 +1,33 @@
 //! FSDP equals one-process training: 2 and 3 ranks (threads, each with its own TCP ring
 //! endpoint on loopback) against the single-process trainer on the same job, seed and data.
 
-use std::net::TcpListener;
 use std::path::Path;
-use std::time::Duration;
 
-use tessera_coordinator::job::{JobConfig, ResolvedJob};
-use tessera_ops::{JobAuth, Rank, RingConfig, Secret, TcpRing};
+use tessera_coordinator::job::ResolvedJob;
+use tessera_ops::{Rank, TcpRing};
 use tessera_worker::data::open_job_data;
 use tessera_worker::fsdp::FsdpTrainer;
 use tessera_worker::{Trainer, four_m_config};
 
+mod common;
+
 const STEPS: usize = 3;
 
 fn job(dir: &Path) -> ResolvedJob {
-    job_with(dir, false)
+    job_with(dir, Mode::default())
 }
 
-/// The test job; `prefetch`: FSDP's collective on its own thread, gathers one unit ahead.
-fn job_with(dir: &Path, prefetch: bool) -> ResolvedJob {
-    let tok = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/ml-4m/text_tokenizer_4m_wordpiece_30k.json");
-    let text = format!(
-        r#"
-[job]
-name = "fsdp-test"
-seed = 21
-output_dir = "out"
+/// How FSDP runs: `prefetch`, the collective on its own thread gathering one unit ahead;
+/// `keep`, blocks keep their graphs from the forward to the backward pass (no recomputation).
+#[derive(Clone, Copy, Debug, Default)]
+struct Mode {
+    prefetch: bool,
+    keep: bool,
+}
 
-[model]
-modalities = "caption,det,tok_rgb@224,tok_depth@224"
-dim = 64
-encoder_depth = 2
-decoder_depth = 2
-num_heads = 2
-
-[data]
-text_tokenizer = "{tok}"
-input_tokens = 32
-target_tokens = 32
-
-[[data.datasets]]
-name = "syn"
-kind = "synthetic"
-records = 200
-
-[train]
-global_batch_size = 6
-micro_batch_size = 2
-blr = 0.1
-total_steps = 10
-warmup_steps = 1
-clip_grad = 0.5
-threads = 1
-fsdp_prefetch = {prefetch}
-"#,
-        tok = tok.display()
-    );
-    ResolvedJob::resolve(&JobConfig::from_toml(&text, "fsdp-test.toml").unwrap(), "fsdp-test.toml", dir).unwrap()
+fn job_with(dir: &Path, m: Mode) -> ResolvedJob {
+    let extra = format!("threads = 1\nfsdp_prefetch = {}\nfsdp_recompute = {}", m.prefetch, !m.keep);
+    common::fsdp_job(dir, "fsdp-test", &extra)
 }
 
 type Run = (Vec<f64>, Vec<(String, tch::Tensor)>);
@@ -78,36 +49,24 @@ type Rank0Trainer = FsdpTrainer<TcpRing, tessera_worker::data::DataPipeline>;
 
 /// Runs `f` on every rank of a `world`-rank FSDP job (threads, TCP ring on loopback).
 fn on_world<T: Send + 'static>(dir: &Path, world: usize, f: impl Fn(&mut Rank0Trainer) -> T + Send + Sync + Clone + 'static) -> Vec<T> {
-    on_world_with(dir, world, false, f)
+    on_world_with(dir, world, Mode::default(), f)
 }
 
-/// [`on_world`] with the job's `fsdp_prefetch` set to `prefetch`.
+/// [`on_world`] in FSDP mode `mode`.
 fn on_world_with<T: Send + 'static>(
     dir: &Path,
     world: usize,
-    prefetch: bool,
+    mode: Mode,
     f: impl Fn(&mut Rank0Trainer) -> T + Send + Sync + Clone + 'static,
 ) -> Vec<T> {
-    let listeners: Vec<TcpListener> = (0..world).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    let peers: Vec<_> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
-    let handles: Vec<_> = listeners
-        .into_iter()
-        .enumerate()
-        .map(|(rank, listener)| {
-            let (peers, dir, f) = (peers.clone(), dir.to_path_buf(), f.clone());
-            std::thread::spawn(move || {
-                let mut config = RingConfig::new(JobAuth { job_id: 7, generation: 0, secret: Secret::new(b"fsdp-test-secret".to_vec()) });
-                config.timeout = Duration::from_secs(120);
-                let ring = TcpRing::connect(listener, Rank(rank as u32), &peers, config).unwrap();
-                let job = job_with(&dir, prefetch);
-                let cfg = four_m_config(&job.model, &job.origin).unwrap();
-                let source = open_job_data(&job, &cfg.all_domains()).unwrap();
-                let mut t = FsdpTrainer::new(job, &cfg, source, vec![200], ring).unwrap();
-                f(&mut t)
-            })
-        })
-        .collect();
-    handles.into_iter().map(|h| h.join().expect("rank thread")).collect()
+    let dir = dir.to_path_buf();
+    common::on_rings(world, move |_, ring| {
+        let job = job_with(&dir, mode);
+        let cfg = four_m_config(&job.model, &job.origin).unwrap();
+        let source = open_job_data(&job, &cfg.all_domains()).unwrap();
+        let mut t = FsdpTrainer::new(job, &cfg, source, vec![200], ring).unwrap();
+        f(&mut t)
+    })
 }
 
 /// A checkpoint written by 3 ranks, loaded by 2 and by 1: the next step's loss equals the one
@@ -149,10 +108,7 @@ fn checkpoint_at_3_ranks_resumes_at_2_and_1() {
 fn a_kept_model_restores_at_another_world_size() {
     tch::set_num_threads(1);
     let d = tempfile::tempdir().unwrap();
-    let bind = |_| TcpListener::bind("127.0.0.1:0").unwrap();
-    let (l3, l2): (Vec<TcpListener>, Vec<TcpListener>) = ((0..3).map(bind).collect(), (0..2).map(bind).collect());
-    let peers3: Vec<_> = l3.iter().map(|l| l.local_addr().unwrap()).collect();
-    let peers2: Vec<_> = l2.iter().map(|l| l.local_addr().unwrap()).collect();
+    let ((l3, peers3), (l2, peers2)) = (common::listeners(3), common::listeners(2));
     let mut l2 = l2.into_iter();
     let handles: Vec<_> = l3
         .into_iter()
@@ -161,11 +117,7 @@ fn a_kept_model_restores_at_another_world_size() {
             let next = if rank < 2 { l2.next() } else { None };
             let (peers3, peers2, dir) = (peers3.clone(), peers2.clone(), d.path().to_path_buf());
             std::thread::spawn(move || {
-                let config = |generation| {
-                    let mut c = RingConfig::new(JobAuth { job_id: 7, generation, secret: Secret::new(b"fsdp-test-secret".to_vec()) });
-                    c.timeout = Duration::from_secs(120);
-                    c
-                };
+                let config = common::ring_config;
                 let job = job(&dir);
                 let cfg = four_m_config(&job.model, &job.origin).unwrap();
                 let ring = TcpRing::connect(listener, Rank(rank as u32), &peers3, config(0)).unwrap();
@@ -193,8 +145,8 @@ fn a_kept_model_restores_at_another_world_size() {
     }
 }
 
-fn sharded(dir: &Path, world: usize, prefetch: bool) -> Vec<Run> {
-    on_world_with(dir, world, prefetch, |t| {
+fn sharded(dir: &Path, world: usize, mode: Mode) -> Vec<Run> {
+    on_world_with(dir, world, mode, |t| {
         let losses: Vec<f64> = (0..STEPS).map(|_| t.step().unwrap().loss).collect();
         (losses, t.full_parameters().unwrap().into_iter().collect())
     })
@@ -205,12 +157,18 @@ fn fsdp_over_2_and_3_ranks_equals_one_process() {
     tch::set_num_threads(1);
     let d = tempfile::tempdir().unwrap();
     let (losses, params) = single(d.path());
-    // Both ways of running the collective: inline, and on its own thread with prefetch.
-    for (world, prefetch) in [(2, false), (2, true), (3, true)] {
-        let runs = sharded(d.path(), world, prefetch);
+    // The collective inline or on its own thread with prefetch; blocks recomputed or kept.
+    let modes = [
+        (2, Mode { prefetch: false, keep: false }),
+        (2, Mode { prefetch: true, keep: false }),
+        (3, Mode { prefetch: true, keep: false }),
+        (3, Mode { prefetch: false, keep: true }),
+    ];
+    for (world, mode) in modes {
+        let runs = sharded(d.path(), world, mode);
         for (rank, (l, p)) in runs.iter().enumerate() {
             for (s, (a, b)) in l.iter().zip(&losses).enumerate() {
-                assert!((a - b).abs() / b.abs() < 1e-6, "world {world} prefetch {prefetch} rank {rank} step {s}: loss {a} vs {b}");
+                assert!((a - b).abs() / b.abs() < 1e-6, "world {world} {mode:?} rank {rank} step {s}: loss {a} vs {b}");
             }
             assert_eq!(p.len(), params.len());
             for ((na, ta), (nb, tb)) in p.iter().zip(&params) {
@@ -219,7 +177,7 @@ fn fsdp_over_2_and_3_ranks_equals_one_process() {
                 // gradient shows up as ~1e-7-absolute jitter in single elements.
                 let diff = (ta - tb).norm().double_value(&[]);
                 let scale = tb.norm().double_value(&[]).max(1e-6);
-                assert!(diff / scale < 1e-5, "world {world} prefetch {prefetch} rank {rank} {na}: relative L2 difference {}", diff / scale);
+                assert!(diff / scale < 1e-5, "world {world} {mode:?} rank {rank} {na}: relative L2 difference {}", diff / scale);
             }
         }
     }

@@ -6,15 +6,15 @@
 //! On a host without CUDA or NCCL every test prints `SKIPPED` with the reason (CI); a GPU host
 //! runs them with the plain `cargo test`.
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::time::Duration;
 
-use tessera_coordinator::job::{JobConfig, ResolvedJob};
-use tessera_ops::{JobAuth, Rank, RingConfig, Secret, TcpRing};
+use tessera_coordinator::job::ResolvedJob;
 use tessera_worker::data::open_job_data;
 use tessera_worker::fsdp::{FsdpTrainer, flat};
 use tessera_worker::{Trainer, four_m_config};
+
+mod common;
 
 const STEPS: usize = 3;
 
@@ -27,48 +27,7 @@ fn skip_reason() -> Option<String> {
 }
 
 fn job(dir: &Path, bf16: bool) -> ResolvedJob {
-    // `TESSERA_SHARED_DIR`: where `tools/gpu/check.sh` puts the shared data on a device machine,
-    // whose checkout has no `../shared` beside it.
-    let shared = std::env::var_os("TESSERA_SHARED_DIR")
-        .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"), std::path::PathBuf::from);
-    let tok = shared.join("data/ml-4m/text_tokenizer_4m_wordpiece_30k.json");
-    let text = format!(
-        r#"
-[job]
-name = "fsdp-gpu-test"
-seed = 21
-output_dir = "out"
-
-[model]
-modalities = "caption,det,tok_rgb@224,tok_depth@224"
-dim = 64
-encoder_depth = 2
-decoder_depth = 2
-num_heads = 2
-
-[data]
-text_tokenizer = "{tok}"
-input_tokens = 32
-target_tokens = 32
-
-[[data.datasets]]
-name = "syn"
-kind = "synthetic"
-records = 200
-
-[train]
-global_batch_size = 6
-micro_batch_size = 2
-blr = 0.1
-total_steps = 10
-warmup_steps = 1
-clip_grad = 0.5
-device = "cuda"
-bf16 = {bf16}
-"#,
-        tok = tok.display()
-    );
-    ResolvedJob::resolve(&JobConfig::from_toml(&text, "fsdp-gpu-test.toml").unwrap(), "fsdp-gpu-test.toml", dir).unwrap()
+    common::fsdp_job(dir, "fsdp-gpu-test", &format!("device = \"cuda\"\nbf16 = {bf16}"))
 }
 
 fn single(dir: &Path, bf16: bool) -> Vec<f64> {
@@ -82,34 +41,21 @@ fn single(dir: &Path, bf16: bool) -> Vec<f64> {
 /// Per-step losses of every rank of a `world`-rank FSDP job on the GPU, flat vectors through
 /// NCCL when `nccl`, else through the ring.
 fn fsdp(dir: &Path, world: usize, bf16: bool, nccl: bool) -> Vec<Vec<f64>> {
-    let listeners: Vec<TcpListener> = (0..world).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    let peers: Vec<_> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
-    let handles: Vec<_> = listeners
-        .into_iter()
-        .enumerate()
-        .map(|(rank, listener)| {
-            let (peers, dir) = (peers.clone(), dir.to_path_buf());
-            std::thread::spawn(move || {
-                let auth = JobAuth { job_id: 9, generation: 0, secret: Secret::new(b"fsdp-gpu-secret".to_vec()) };
-                let mut config = RingConfig::new(auth.clone());
-                config.timeout = Duration::from_secs(120);
-                let mut ring = TcpRing::connect(listener, Rank(rank as u32), &peers, config).unwrap();
-                let job = job(&dir, bf16);
-                let comm = if nccl {
-                    let mut c = tessera_ops::NcclConfig::new(auth, 0);
-                    c.timeout = Duration::from_secs(60);
-                    Some(flat::nccl_over(&mut ring, &c).unwrap())
-                } else {
-                    None
-                };
-                let cfg = four_m_config(&job.model, &job.origin).unwrap();
-                let source = open_job_data(&job, &cfg.all_domains()).unwrap();
-                let mut t = FsdpTrainer::new(job, &cfg, source, vec![200], ring).unwrap().with_device_comm(comm).unwrap();
-                (0..STEPS).map(|_| t.step().unwrap().loss).collect::<Vec<f64>>()
-            })
-        })
-        .collect();
-    handles.into_iter().map(|h| h.join().expect("rank thread")).collect()
+    let dir = dir.to_path_buf();
+    common::on_rings(world, move |_, mut ring| {
+        let job = job(&dir, bf16);
+        let comm = if nccl {
+            let mut c = tessera_ops::NcclConfig::new(common::auth(0), 0);
+            c.timeout = Duration::from_secs(60);
+            Some(flat::nccl_over(&mut ring, &c).unwrap())
+        } else {
+            None
+        };
+        let cfg = four_m_config(&job.model, &job.origin).unwrap();
+        let source = open_job_data(&job, &cfg.all_domains()).unwrap();
+        let mut t = FsdpTrainer::new(job, &cfg, source, vec![200], ring).unwrap().with_device_comm(comm).unwrap();
+        (0..STEPS).map(|_| t.step().unwrap().loss).collect::<Vec<f64>>()
+    })
 }
 
 fn assert_close(got: &[f64], want: &[f64], rel: f64, what: &str) {
@@ -163,28 +109,14 @@ fn without_nccl_every_rank_fails_fast_or_falls_back_to_the_host_path() {
         return;
     }
     let d = tempfile::tempdir().unwrap();
-    let world = 3;
-    let listeners: Vec<TcpListener> = (0..world).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    let peers: Vec<_> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
-    let handles: Vec<_> = listeners
-        .into_iter()
-        .enumerate()
-        .map(|(rank, listener)| {
-            let (peers, dir) = (peers.clone(), d.path().to_path_buf());
-            std::thread::spawn(move || {
-                let auth = JobAuth { job_id: 9, generation: 0, secret: Secret::new(b"fsdp-gpu-secret".to_vec()) };
-                let mut config = RingConfig::new(auth.clone());
-                config.timeout = Duration::from_secs(30);
-                let mut ring = TcpRing::connect(listener, Rank(rank as u32), &peers, config).unwrap();
-                let start = std::time::Instant::now();
-                let err = flat::nccl_over(&mut ring, &tessera_ops::NcclConfig::new(auth.clone(), 0)).err().expect("no NCCL here");
-                let fallback = flat::device_comm(&mut ring, &job(&dir, false), auth).unwrap();
-                (err.to_string(), fallback.is_none(), start.elapsed())
-            })
-        })
-        .collect();
-    for (rank, h) in handles.into_iter().enumerate() {
-        let (err, host_path, took) = h.join().expect("rank thread");
+    let dir = d.path().to_path_buf();
+    let results = common::on_rings(3, move |_, mut ring| {
+        let start = std::time::Instant::now();
+        let err = flat::nccl_over(&mut ring, &tessera_ops::NcclConfig::new(common::auth(0), 0)).err().expect("no NCCL here");
+        let fallback = flat::device_comm(&mut ring, &job(&dir, false), common::auth(0)).unwrap();
+        (err.to_string(), fallback.is_none(), start.elapsed())
+    });
+    for (rank, (err, host_path, took)) in results.into_iter().enumerate() {
         assert!(err.contains(&format!("rank {rank}: NCCL: ")), "{err}");
         assert!(err.contains("unavailable") || err.contains("could not create"), "{err}");
         assert!(host_path, "rank {rank} must fall back to the host path");

@@ -322,6 +322,13 @@ pub struct TrainSection {
     /// 2 cores) it measured 7% slower, hence off by default. Default: false.
     #[serde(default)]
     pub fsdp_prefetch: bool,
+    /// FSDP: recompute each block in the backward pass (activation checkpointing: only block
+    /// inputs are kept, each unit is gathered again for its backward). `false` keeps every
+    /// block's autograd graph and its gathered parameters from the forward to the backward
+    /// pass: no recomputation and no second all-gather, for the memory of all parameters and
+    /// activations during the step (like PyTorch FSDP without checkpointing). Default: true.
+    #[serde(default = "default_true")]
+    pub fsdp_recompute: bool,
 }
 
 fn default_collective_timeout() -> u64 {

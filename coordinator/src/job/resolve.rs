@@ -99,6 +99,8 @@ pub struct ResolvedTrain {
     pub collective_timeout: std::time::Duration,
     /// FSDP: host collective on its own thread with prefetch of the next unit.
     pub fsdp_prefetch: bool,
+    /// FSDP: recompute blocks in the backward pass (else keep their graphs and parameters).
+    pub fsdp_recompute: bool,
 }
 
 /// Checkpoint settings, validated.
@@ -339,6 +341,7 @@ impl ResolvedJob {
             num_target_tokens: max_tgt,
             collective_timeout: std::time::Duration::from_secs(t.collective_timeout_s),
             fsdp_prefetch: t.fsdp_prefetch,
+            fsdp_recompute: t.fsdp_recompute,
         };
         let output_dir = abs(&cfg.job.output_dir);
         let c = &cfg.checkpoint;

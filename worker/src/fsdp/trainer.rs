@@ -438,12 +438,24 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
         let emb = staged.encoder_emb();
         let y0 = staged.decoder_input();
         // Forward through the stacks without autograd, keeping each block's input.
+        // Without recomputation: each block's (input leaf, output with its graph), and its unit
+        // stays gathered until its backward (the graph holds the parameters).
+        let recompute = self.job.train.fsdp_recompute;
+        let mut enc_graphs: Vec<(Tensor, Tensor)> = Vec::new();
+        let mut dec_graphs: Vec<(Tensor, Tensor)> = Vec::new();
         let mut xs = vec![x0.detach()];
         for (i, &u) in enc_units.iter().enumerate() {
             self.advance(&forward, i, &mut ahead)?;
-            let next = tch::no_grad(|| amp(bf16, || self.model.model.stage_encoder_block(i, &xs[i], &staged)));
-            xs.push(next);
-            self.free_unit(u)?;
+            if recompute {
+                let next = tch::no_grad(|| amp(bf16, || self.model.model.stage_encoder_block(i, &xs[i], &staged)));
+                xs.push(next);
+                self.free_unit(u)?;
+            } else {
+                let input = xs[i].detach().set_requires_grad(true);
+                let out = amp(bf16, || self.model.model.stage_encoder_block(i, &input, &staged));
+                xs.push(out.detach());
+                enc_graphs.push((input, out));
+            }
         }
         let x_last = xs[n_enc].detach().set_requires_grad(true);
         let emb_leaf = emb.detach().set_requires_grad(true);
@@ -452,9 +464,16 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
         let mut ys = vec![y0.detach()];
         for (j, &u) in dec_units.iter().enumerate() {
             self.advance(&forward, n_enc + j, &mut ahead)?;
-            let next = tch::no_grad(|| amp(bf16, || self.model.model.stage_decoder_block(j, &ys[j], &ctx_leaf, &staged)));
-            ys.push(next);
-            self.free_unit(u)?;
+            if recompute {
+                let next = tch::no_grad(|| amp(bf16, || self.model.model.stage_decoder_block(j, &ys[j], &ctx_leaf, &staged)));
+                ys.push(next);
+                self.free_unit(u)?;
+            } else {
+                let input = ys[j].detach().set_requires_grad(true);
+                let out = amp(bf16, || self.model.model.stage_decoder_block(j, &input, &ctx_leaf, &staged));
+                ys.push(out.detach());
+                dec_graphs.push((input, out));
+            }
         }
         let y_last = ys[n_dec].detach().set_requires_grad(true);
         let out = amp(bf16, || self.model.model.stage_losses(&y_last, &staged, opts))?;
@@ -462,13 +481,19 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
         self.forward_s += tf.elapsed().as_secs_f64() - (self.comm_s - comm_before);
         out.loss.backward();
 
-        // Backward: decoder blocks in reverse, recomputed.
+        // Backward: decoder blocks in reverse, recomputed (or from their kept graphs).
         let mut g = y_last.grad();
         for (k, (j, &u)) in dec_units.iter().enumerate().rev().enumerate() {
-            self.advance(&backward, k, &mut ahead)?;
-            let input = ys[j].detach().set_requires_grad(true);
-            let recomputed = amp(bf16, || self.model.model.stage_decoder_block(j, &input, &ctx_leaf, &staged));
-            (recomputed * &g).sum(tch::Kind::Float).backward();
+            let (input, output) = match dec_graphs.pop() {
+                Some(kept) => kept,
+                None => {
+                    self.advance(&backward, k, &mut ahead)?;
+                    let input = ys[j].detach().set_requires_grad(true);
+                    let recomputed = amp(bf16, || self.model.model.stage_decoder_block(j, &input, &ctx_leaf, &staged));
+                    (input, recomputed)
+                }
+            };
+            (output * &g).sum(tch::Kind::Float).backward();
             g = input.grad();
             self.reduce_unit_grads(u, acc, used)?;
             self.free_unit(u)?;
@@ -477,10 +502,16 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
         (&context * ctx_leaf.grad()).sum(tch::Kind::Float).backward();
         let mut g = x_last.grad();
         for (k, (i, &u)) in enc_units.iter().enumerate().rev().enumerate() {
-            self.advance(&backward, n_dec + k, &mut ahead)?;
-            let input = xs[i].detach().set_requires_grad(true);
-            let recomputed = amp(bf16, || self.model.model.stage_encoder_block(i, &input, &staged));
-            (recomputed * &g).sum(tch::Kind::Float).backward();
+            let (input, output) = match enc_graphs.pop() {
+                Some(kept) => kept,
+                None => {
+                    self.advance(&backward, n_dec + k, &mut ahead)?;
+                    let input = xs[i].detach().set_requires_grad(true);
+                    let recomputed = amp(bf16, || self.model.model.stage_encoder_block(i, &input, &staged));
+                    (input, recomputed)
+                }
+            };
+            (output * &g).sum(tch::Kind::Float).backward();
             g = input.grad();
             self.reduce_unit_grads(u, acc, used)?;
             self.free_unit(u)?;
