@@ -20,6 +20,8 @@
 pub mod checkpoint;
 pub mod comm;
 pub mod flat;
+mod grads;
+mod snapshot;
 pub mod tensors;
 pub mod trainer;
 pub mod units;

@@ -18,6 +18,8 @@ use tessera_tokenizers::Modality;
 use super::checkpoint::{self as sharded, ShardTensors, ShardedManifest, UnitRecord};
 use super::comm::{CommThread, Ticket};
 use super::flat;
+use super::grads::GradShard;
+pub use super::snapshot::{FAULT_ABORT_IN_SHARD_WRITE, Snapshot};
 use super::tensors::append_f32;
 use super::units::{Unit, units_of};
 use crate::checkpoint::{Counters, TrainState};
@@ -875,70 +877,6 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
     }
 }
 
-/// One unit's shard gradient, summed over micro-batches: a host vector when the reduce-scatter
-/// runs on the host (adding into it allocates nothing: a fresh tensor per add cost page faults
-/// on the embeddings' unit every step), a device tensor when it runs on the GPU.
-enum GradShard {
-    /// Host path.
-    Host(Vec<f32>),
-    /// Device path: its length, and the sum (allocated by the first add).
-    Device(usize, Option<Tensor>),
-}
-
-impl GradShard {
-    fn new(len: usize, device: bool) -> Self {
-        if device { GradShard::Device(len, None) } else { GradShard::Host(vec![0.0; len]) }
-    }
-
-    /// Adds a host shard (host path).
-    fn add_host(&mut self, g: &[f32], device: Device) {
-        match self {
-            GradShard::Host(acc) => acc.iter_mut().zip(g).for_each(|(a, g)| *a += g),
-            GradShard::Device(_, acc) => Self::add_tensor_to(acc, &Tensor::from_slice(g).to_device(device)),
-        }
-    }
-
-    /// Adds a device shard (device path).
-    fn add_tensor(&mut self, g: &Tensor) {
-        match self {
-            GradShard::Host(acc) => {
-                let mut host = Vec::with_capacity(acc.len());
-                append_f32(g, &mut host);
-                acc.iter_mut().zip(&host).for_each(|(a, g)| *a += g);
-            }
-            GradShard::Device(_, acc) => Self::add_tensor_to(acc, g),
-        }
-    }
-
-    fn add_tensor_to(acc: &mut Option<Tensor>, g: &Tensor) {
-        match acc {
-            Some(a) => {
-                let _ = a.g_add_(g);
-            }
-            None => *acc = Some(g.to_kind(tch::Kind::Float).copy()),
-        }
-    }
-
-    /// Sum of squares (f64 accumulation on the host; torch's cascade-summed f32 norm on the
-    /// device, no f64 copy of the gradients).
-    fn sq_sum(&self) -> f64 {
-        match self {
-            GradShard::Host(acc) => acc.iter().map(|&g| f64::from(g) * f64::from(g)).sum(),
-            GradShard::Device(_, Some(t)) => t.norm().double_value(&[]).powi(2),
-            GradShard::Device(_, None) => 0.0,
-        }
-    }
-
-    /// The summed gradient as an f32 tensor on `device` (zeros of `len` if nothing was added).
-    fn into_tensor(self, device: Device) -> Tensor {
-        match self {
-            GradShard::Host(acc) => Tensor::from_slice(&acc).to_device(device),
-            GradShard::Device(_, Some(t)) => t,
-            GradShard::Device(len, None) => Tensor::zeros([len as i64], (tch::Kind::Float, device)),
-        }
-    }
-}
-
 /// A unit all-gather started by [`FsdpTrainer::start_gather`].
 enum Gather {
     /// Running on the comm thread.
@@ -950,51 +888,4 @@ enum Gather {
 /// Runs `f` under bf16 autocast when `on` (CUDA; the job refuses bf16 elsewhere).
 fn amp<T>(on: bool, f: impl FnOnce() -> T) -> T {
     if on { tch::autocast(true, f) } else { f() }
-}
-
-/// Fault injection for the end-to-end tests: `TESSERA_FAULT_ABORT_IN_SHARD_WRITE=STEP:RANK`
-/// makes that rank die (SIGABRT) half-way through writing its shard of that step, the way a
-/// killed or crashed worker leaves a partial file behind.
-pub const FAULT_ABORT_IN_SHARD_WRITE: &str = "TESSERA_FAULT_ABORT_IN_SHARD_WRITE";
-
-/// A rank's checkpoint shards copied to host memory, ready to be written off the training
-/// thread (see [`FsdpTrainer::snapshot`]).
-#[derive(Debug)]
-pub struct Snapshot {
-    root: std::path::PathBuf,
-    /// Generation that took it.
-    pub generation: u64,
-    /// Step count it holds.
-    pub step: u64,
-    /// Rank.
-    pub rank: usize,
-    world: usize,
-    tensors: Vec<(String, Tensor)>,
-    /// The manifest to commit (rank 0 only; `files` is filled in by the committer).
-    pub manifest: Option<serde_json::Value>,
-    taken: Instant,
-}
-
-impl Snapshot {
-    fn fault_injection(&self, path: &std::path::Path) {
-        let Ok(spec) = std::env::var(FAULT_ABORT_IN_SHARD_WRITE) else { return };
-        let target = spec.split_once(':').and_then(|(s, r)| Some((s.parse::<u64>().ok()?, r.parse::<usize>().ok()?)));
-        if target == Some((self.step, self.rank)) {
-            let _ = std::fs::write(path, b"partial shard: the writer died here");
-            eprintln!("fault injection: rank {} dies writing its shard of step {}", self.rank, self.step);
-            std::process::abort();
-        }
-    }
-
-    /// Writes the shard file durably (temp, fsync, rename) into the generation's temp
-    /// directory; returns its entry and the seconds since the snapshot was taken.
-    pub fn write(self) -> Result<(tessera_coordinator::catalog::FileEntry, f64)> {
-        let tmp = tessera_coordinator::catalog::temp_dir(&self.root, self.step, self.generation);
-        std::fs::create_dir_all(&tmp).map_err(crate::error::io_err("creating", &tmp))?;
-        let path = tmp.join(sharded::shard_file(self.rank, self.world));
-        self.fault_injection(&path);
-        tessera_model::io::write(&path, &self.tensors, &Default::default())?;
-        let entry = tessera_coordinator::catalog::file_entry(&path)?;
-        Ok((entry, self.taken.elapsed().as_secs_f64()))
-    }
 }

@@ -1,0 +1,57 @@
+//! [`Snapshot`]: a rank's checkpoint shards copied to host memory, written off the training
+//! thread (see `FsdpTrainer::snapshot`), and the shard-write fault injection of the end-to-end
+//! tests.
+
+use std::time::Instant;
+
+use tch::Tensor;
+
+use super::checkpoint as sharded;
+use crate::error::Result;
+
+/// Fault injection for the end-to-end tests: `TESSERA_FAULT_ABORT_IN_SHARD_WRITE=STEP:RANK`
+/// makes that rank die (SIGABRT) half-way through writing its shard of that step, the way a
+/// killed or crashed worker leaves a partial file behind.
+pub const FAULT_ABORT_IN_SHARD_WRITE: &str = "TESSERA_FAULT_ABORT_IN_SHARD_WRITE";
+
+/// A rank's checkpoint shards copied to host memory, ready to be written off the training
+/// thread (see [`super::FsdpTrainer::snapshot`]).
+#[derive(Debug)]
+pub struct Snapshot {
+    pub(super) root: std::path::PathBuf,
+    /// Generation that took it.
+    pub generation: u64,
+    /// Step count it holds.
+    pub step: u64,
+    /// Rank.
+    pub rank: usize,
+    pub(super) world: usize,
+    pub(super) tensors: Vec<(String, Tensor)>,
+    /// The manifest to commit (rank 0 only; `files` is filled in by the committer).
+    pub manifest: Option<serde_json::Value>,
+    pub(super) taken: Instant,
+}
+
+impl Snapshot {
+    fn fault_injection(&self, path: &std::path::Path) {
+        let Ok(spec) = std::env::var(FAULT_ABORT_IN_SHARD_WRITE) else { return };
+        let target = spec.split_once(':').and_then(|(s, r)| Some((s.parse::<u64>().ok()?, r.parse::<usize>().ok()?)));
+        if target == Some((self.step, self.rank)) {
+            let _ = std::fs::write(path, b"partial shard: the writer died here");
+            eprintln!("fault injection: rank {} dies writing its shard of step {}", self.rank, self.step);
+            std::process::abort();
+        }
+    }
+
+    /// Writes the shard file durably (temp, fsync, rename) into the generation's temp
+    /// directory; returns its entry and the seconds since the snapshot was taken.
+    pub fn write(self) -> Result<(tessera_coordinator::catalog::FileEntry, f64)> {
+        let tmp = tessera_coordinator::catalog::temp_dir(&self.root, self.step, self.generation);
+        std::fs::create_dir_all(&tmp).map_err(crate::error::io_err("creating", &tmp))?;
+        let path = tmp.join(sharded::shard_file(self.rank, self.world));
+        self.fault_injection(&path);
+        tessera_model::io::write(&path, &self.tensors, &Default::default())?;
+        let entry = tessera_coordinator::catalog::file_entry(&path)?;
+        Ok((entry, self.taken.elapsed().as_secs_f64()))
+    }
+}
