@@ -11,6 +11,7 @@
 //!   of use (prefetch) and reduce-scatters trail the block that produced them.
 //! - [`flat`]: how the flat vectors travel: through the host collective, or with NCCL on the
 //!   GPU (equal-row staging for NCCL's equal shards).
+//! - [`snapshot`]: checkpoint shards copied to host memory and written off the training thread.
 //! - [`tensors`]: tch ⇄ flat `Vec` helpers for the host collective calls.
 //!
 //! The trainer runs on the job's device: master shards, moments and gathered units live there.
@@ -21,7 +22,7 @@ pub mod checkpoint;
 pub mod comm;
 pub mod flat;
 mod grads;
-mod snapshot;
+pub mod snapshot;
 pub mod tensors;
 pub mod trainer;
 pub mod units;

@@ -77,11 +77,6 @@ impl<C: Collective + 'static> CommThread<C> {
         Self { rank, world, abort, in_flight, tx: None, thread: None, inline: Some(std::cell::RefCell::new(coll)) }
     }
 
-    /// Whether calls run on a thread of their own (and so overlap the caller's work).
-    pub fn is_threaded(&self) -> bool {
-        self.inline.is_none()
-    }
-
     /// This rank.
     pub fn rank(&self) -> Rank {
         self.rank
@@ -159,12 +154,6 @@ impl<C: Collective + 'static> CommThread<C> {
     /// Blocking barrier.
     pub fn barrier(&self) -> Result<(), OpsError> {
         self.submit(OpKind::Barrier, |c| c.barrier()).wait()
-    }
-
-    /// Runs `f` on the collective itself, after every call already submitted (e.g. to build
-    /// another communicator over it).
-    pub fn with<T: Send + 'static>(&self, f: impl FnOnce(&mut C) -> T + Send + 'static) -> Result<T, OpsError> {
-        self.submit(OpKind::Barrier, move |c| Ok(f(c))).wait()
     }
 }
 

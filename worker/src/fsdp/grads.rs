@@ -2,8 +2,6 @@
 
 use tch::{Device, Tensor};
 
-use super::tensors::append_f32;
-
 /// One unit's shard gradient, summed over micro-batches: a host vector when the reduce-scatter
 /// runs on the host (adding into it allocates nothing: a fresh tensor per add cost page faults
 /// on the embeddings' unit every step), a device tensor when it runs on the GPU.
@@ -19,32 +17,22 @@ impl GradShard {
         if device { GradShard::Device(len, None) } else { GradShard::Host(vec![0.0; len]) }
     }
 
-    /// Adds a host shard (host path).
-    pub(super) fn add_host(&mut self, g: &[f32], device: Device) {
+    /// Adds a host shard (host path; the trainer creates every shard for the path it runs).
+    pub(super) fn add_host(&mut self, g: &[f32]) {
         match self {
             GradShard::Host(acc) => acc.iter_mut().zip(g).for_each(|(a, g)| *a += g),
-            GradShard::Device(_, acc) => Self::add_tensor_to(acc, &Tensor::from_slice(g).to_device(device)),
+            GradShard::Device(..) => unreachable!("a host reduce-scatter on the device path"),
         }
     }
 
     /// Adds a device shard (device path).
     pub(super) fn add_tensor(&mut self, g: &Tensor) {
         match self {
-            GradShard::Host(acc) => {
-                let mut host = Vec::with_capacity(acc.len());
-                append_f32(g, &mut host);
-                acc.iter_mut().zip(&host).for_each(|(a, g)| *a += g);
-            }
-            GradShard::Device(_, acc) => Self::add_tensor_to(acc, g),
-        }
-    }
-
-    fn add_tensor_to(acc: &mut Option<Tensor>, g: &Tensor) {
-        match acc {
-            Some(a) => {
+            GradShard::Device(_, Some(a)) => {
                 let _ = a.g_add_(g);
             }
-            None => *acc = Some(g.to_kind(tch::Kind::Float).copy()),
+            GradShard::Device(_, acc) => *acc = Some(g.to_kind(tch::Kind::Float).copy()),
+            GradShard::Host(_) => unreachable!("a device reduce-scatter on the host path"),
         }
     }
 

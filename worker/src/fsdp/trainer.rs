@@ -19,7 +19,7 @@ use super::checkpoint::{self as sharded, ShardTensors, ShardedManifest, UnitReco
 use super::comm::{CommThread, Ticket};
 use super::flat;
 use super::grads::GradShard;
-pub use super::snapshot::{FAULT_ABORT_IN_SHARD_WRITE, Snapshot};
+use super::snapshot::Snapshot;
 use super::tensors::append_f32;
 use super::units::{Unit, units_of};
 use crate::checkpoint::{Counters, TrainState};
@@ -214,7 +214,7 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
 
     /// Moves the units' flat vectors through `comm` on the GPU instead of through the host
     /// collective. `comm` must span the same ranks as the collective, on this trainer's device.
-    pub fn with_nccl(mut self, comm: NcclComm) -> Result<Self> {
+    fn with_nccl(mut self, comm: NcclComm) -> Result<Self> {
         let same = comm.world() == self.coll.world() && comm.rank() == self.coll.rank();
         if !same || self.device != Device::Cuda(comm.device()) {
             return Err(WorkerError::Training {
@@ -399,7 +399,7 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
                 reason: format!("reduce-scatter of {}: {e}", self.units[ui].name),
             })?;
             self.comm_s += tc.elapsed().as_secs_f64();
-            acc[ui].add_host(&shard, self.device);
+            acc[ui].add_host(&shard);
         }
         Ok(())
     }
