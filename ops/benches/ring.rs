@@ -1,6 +1,7 @@
 //! Bus bandwidth of the TCP ring over loopback, in real processes, next to PyTorch Gloo.
 //!
-//! `cargo bench -p tessera-ops --bench ring [-- --worlds 2,3 --sizes 1K,...,256M --iters 10]`
+//! `cargo bench -p tessera-ops --bench ring [-- --worlds 2,3 --sizes 1K,...,256M --iters 10
+//!  --ops all_reduce,reduce_scatter,all_gather --arena 8M (0: all-gather on the ring) --gloo FILE]`
 //!
 //! Conventions follow nccl-tests (and /work/shared/peers/gloo_allreduce.py): S is the full f32
 //! tensor in bytes; all-reduce busbw = S/t·2(n-1)/n, reduce-scatter and all-gather busbw =
@@ -59,17 +60,23 @@ struct Opts {
     sizes: Vec<usize>,
     iters: usize,
     chunk_bytes: usize,
+    arena_bytes: usize,
+    ops: Vec<String>,
+    gloo: String,
 }
 
 fn opts() -> Opts {
     let argv: Vec<String> = std::env::args().collect();
     let get = |name: &str| argv.iter().position(|a| a == name).and_then(|i| argv.get(i + 1)).cloned();
-    let default_chunk = RingConfig::new(auth()).chunk_bytes;
+    let defaults = RingConfig::new(auth());
     Opts {
         worlds: get("--worlds").unwrap_or("2,3".into()).split(',').map(|w| w.parse().expect("world")).collect(),
         sizes: get("--sizes").unwrap_or("1K,4K,16K,64K,256K,1M,4M,16M,64M,256M".into()).split(',').map(parse_size).collect(),
         iters: get("--iters").map_or(10, |i| i.parse().expect("iters")),
-        chunk_bytes: get("--chunk").map_or(default_chunk, |c| parse_size(&c)),
+        chunk_bytes: get("--chunk").map_or(defaults.chunk_bytes, |c| parse_size(&c)),
+        arena_bytes: get("--arena").map_or(defaults.arena_bytes, |c| parse_size(&c)),
+        ops: get("--ops").map_or(OPS.map(String::from).to_vec(), |o| o.split(',').map(String::from).collect()),
+        gloo: get("--gloo").unwrap_or(GLOO_RESULTS.into()),
     }
 }
 
@@ -81,8 +88,8 @@ fn main() {
     let o = opts();
     let memcpy = memcpy_gbps();
     println!("single-thread memcpy (256 MiB copy_from_slice, median of 10): {memcpy:.2} GB/s");
-    let gloo = gloo_figures();
-    println!("chunk {} ; busbw in GB/s (1e9 B/s) ; Gloo from {GLOO_RESULTS}", human(o.chunk_bytes));
+    let gloo = gloo_figures(&o.gloo);
+    println!("chunk {} ; arena {} ; busbw in GB/s (1e9 B/s) ; Gloo from {}", human(o.chunk_bytes), human(o.arena_bytes), o.gloo);
     println!("{:<15} {:>2} {:>8} | {:>9} {:>9} | {:>9} {:>9} | {:>7}", "op", "n", "size", "ring", "ring btb", "gloo", "gloo btb", "ratio");
     for &world in &o.worlds {
         for line in run_world(world, &o) {
@@ -127,9 +134,9 @@ fn memcpy_gbps() -> f64 {
 }
 
 /// `(op, world, bytes, busbw, back-to-back busbw)` from the Gloo peer's results, if present.
-fn gloo_figures() -> Vec<(String, usize, usize, f64, Option<f64>)> {
-    let Ok(text) = std::fs::read_to_string(GLOO_RESULTS) else {
-        println!("(no Gloo results at {GLOO_RESULTS}: run /work/main/.venv/bin/python /work/shared/peers/gloo_allreduce.py --worlds 2,3)");
+fn gloo_figures(path: &str) -> Vec<(String, usize, usize, f64, Option<f64>)> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        println!("(no Gloo results at {path}: run .venv/bin/python ../shared/peers/gloo_allreduce.py --worlds 2,3 [--out FILE])");
         return Vec::new();
     };
     let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { return Vec::new() };
@@ -167,7 +174,7 @@ fn run_world(world: usize, o: &Opts) -> Vec<String> {
     let exe = std::env::current_exe().expect("current exe");
     let mut ranks = Ranks(Vec::new());
     for rank in 0..world {
-        let role = format!("{rank};{world};{addr};{};{};{}", sizes.join(","), o.iters, o.chunk_bytes);
+        let role = format!("{rank};{world};{addr};{};{};{};{};{}", sizes.join(","), o.iters, o.chunk_bytes, o.arena_bytes, o.ops.join(","));
         let child = Command::new(&exe).env(ROLE_ENV, role).stdout(Stdio::piped()).spawn().expect("spawn rank");
         ranks.0.push(child);
     }
@@ -194,6 +201,8 @@ fn worker(role: &str) {
         join(server, &auth(), &JoinRequest { rank: Rank(rank), world, listen_addr: me, timeout: Duration::from_secs(30) }).expect("join");
     let mut config = RingConfig::new(auth());
     config.chunk_bytes = f[5].parse().expect("chunk");
+    config.arena_bytes = f[6].parse().expect("arena");
+    let ops: Vec<&str> = f[7].split(',').collect();
     config.timeout = Duration::from_secs(120);
     let mut ring = TcpRing::connect(listener, Rank(rank), &peers, config).expect("ring");
     let r = rank as usize;
@@ -202,7 +211,7 @@ fn worker(role: &str) {
         let mut buf = vec![1.0f32; numel];
         let input = vec![1.0f32; numel];
         let mut shard = vec![1.0f32; shard_len(numel, world, r)];
-        for op in OPS {
+        for &op in &ops {
             let mut run = |ring: &mut TcpRing| match op {
                 "all_reduce" => ring.all_reduce(&mut buf, ReduceOp::Sum),
                 "reduce_scatter" => ring.reduce_scatter(&input, &mut shard, ReduceOp::Sum),

@@ -1,5 +1,5 @@
 //! Fault injection with real processes: a rank is SIGKILLed or SIGSTOPped in the middle of a
-//! stream of all-reduces; every other rank must fail with a clear error within its deadline,
+//! stream of all-reduces (or all-gathers, which go through the same-host arena); every other rank must fail with a clear error within its deadline,
 //! and no process may be left behind.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -29,18 +29,25 @@ impl Drop for Group {
 }
 
 impl Group {
-    fn spawn(world: usize, rendezvous: SocketAddr, timeout_ms: u64) -> Group {
-        Group::spawn_with(world, rendezvous, timeout_ms, 0)
-    }
-
-    /// Spawns `world` ranks running `iters` all-reduces (0: until failure).
-    fn spawn_with(world: usize, rendezvous: SocketAddr, timeout_ms: u64, iters: u64) -> Group {
+    /// Spawns `world` ranks running `iters` calls of `op` (0: until failure).
+    fn spawn_with(world: usize, rendezvous: SocketAddr, timeout_ms: u64, iters: u64, op: &str) -> Group {
         let (tx, ready) = mpsc::channel();
         let mut group = Group { children: Vec::new(), ready };
         for rank in 0..world {
             let mut child = Command::new(env!("CARGO_BIN_EXE_tessera-ops-peer"))
                 .args(["--rendezvous", &rendezvous.to_string(), "--rank", &rank.to_string(), "--world", &world.to_string()])
-                .args(["--secret", SECRET, "--len", "262144", "--timeout-ms", &timeout_ms.to_string(), "--iters", &iters.to_string()])
+                .args([
+                    "--secret",
+                    SECRET,
+                    "--len",
+                    "262144",
+                    "--timeout-ms",
+                    &timeout_ms.to_string(),
+                    "--iters",
+                    &iters.to_string(),
+                    "--op",
+                    op,
+                ])
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -134,7 +141,7 @@ fn strays_at_the_rendezvous_and_ring_ports_do_not_disturb_the_job() {
     let refused = join(addr, &auth("wrong secret"), &req).expect_err("wrong secret must be refused");
     assert!(refused.to_string().contains("handshake"), "{refused}");
 
-    let mut group = Group::spawn_with(world, addr, 10_000, 200);
+    let mut group = Group::spawn_with(world, addr, 10_000, 200, "all_gather");
     let table = served.join().expect("rendezvous thread").expect("rendezvous");
     // While the ranks build their ring and run: strays at every ring port.
     for ring_addr in &table {
@@ -153,10 +160,16 @@ fn strays_at_the_rendezvous_and_ring_ports_do_not_disturb_the_job() {
 
 #[test]
 fn killed_rank_makes_the_others_fail_promptly() {
+    for op in ["all_reduce", "all_gather"] {
+        killed_rank_during(op);
+    }
+}
+
+fn killed_rank_during(op: &str) {
     let world = 3;
     // A long deadline: the survivors must notice the dead peer through the closed sockets, not
     // through the deadline.
-    let mut group = Group::spawn(world, rendezvous(world), 30_000);
+    let mut group = Group::spawn_with(world, rendezvous(world), 30_000, 0, op);
     group.wait_ready(world);
     let start = Instant::now();
     group.children[1].kill().expect("SIGKILL rank 1");
@@ -164,7 +177,7 @@ fn killed_rank_makes_the_others_fail_promptly() {
         let (code, err) = group.wait_exit(rank, Duration::from_secs(10));
         eprintln!("rank {rank} after {:?}: {}", start.elapsed(), err.trim());
         assert_eq!(code, Some(3), "rank {rank} stderr: {err}");
-        assert!(err.contains("all_reduce #") && err.contains("rank "), "rank {rank}: {err}");
+        assert!(err.contains(&format!("{op} #")) && err.contains("rank "), "{op}: rank {rank}: {err}");
     }
     assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
     let pids: Vec<u32> = group.children.iter().map(Child::id).collect();
@@ -174,9 +187,15 @@ fn killed_rank_makes_the_others_fail_promptly() {
 
 #[test]
 fn stopped_rank_makes_the_others_time_out() {
+    for op in ["all_reduce", "all_gather"] {
+        stopped_rank_during(op);
+    }
+}
+
+fn stopped_rank_during(op: &str) {
     let world = 3;
     let timeout = Duration::from_millis(1500);
-    let mut group = Group::spawn(world, rendezvous(world), timeout.as_millis() as u64);
+    let mut group = Group::spawn_with(world, rendezvous(world), timeout.as_millis() as u64, 0, op);
     group.wait_ready(world);
     let pid = group.children[2].id().to_string();
     let status = Command::new("kill").args(["-STOP", &pid]).status().expect("run kill");
@@ -186,7 +205,7 @@ fn stopped_rank_makes_the_others_time_out() {
         let (code, err) = group.wait_exit(rank, timeout + Duration::from_secs(10));
         eprintln!("rank {rank} after {:?}: {}", start.elapsed(), err.trim());
         assert_eq!(code, Some(3), "rank {rank} stderr: {err}");
-        assert!(err.contains("all_reduce #") && err.contains("rank "), "rank {rank}: {err}");
+        assert!(err.contains(&format!("{op} #")) && err.contains("rank "), "{op}: rank {rank}: {err}");
     }
     // The one whose neighbour is stopped times out; the other may learn it from closed sockets.
     assert!(start.elapsed() < timeout + Duration::from_secs(10));

@@ -1,9 +1,10 @@
 //! Helper process for multi-process tests: joins a rendezvous, builds a TCP ring (or an NCCL
-//! communicator on GPU `--device`, default the rank) and runs f32 all-reduces until done or failed. Prints `ready` after its first successful call and
+//! communicator on GPU `--device`, default the rank) and runs f32 all-reduces (or all-gathers) until done or failed. Prints `ready` after its first successful call and
 //! `error: …` (exit code 3) on failure, so a test can inject faults and check the messages.
 //!
 //! Usage: tessera-ops-peer --rendezvous ADDR --rank R --world N --secret S [--len ELEMS]
 //!        [--iters K (0 = until failure)] [--timeout-ms MS] [--backend tcp|nccl] [--device D]
+//!        [--op all_reduce|all_gather]
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
@@ -22,6 +23,8 @@ struct Args {
     timeout: Duration,
     nccl: bool,
     device: usize,
+    /// Run all-gathers (of a `len`-element output) instead of all-reduces.
+    gather: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -43,6 +46,11 @@ fn parse() -> Result<Args, String> {
             Some(other) => return Err(format!("--backend: unknown backend {other}")),
         },
         device: num("--device", num("--rank", 0)?)? as usize,
+        gather: match get("--op").as_deref() {
+            None | Some("all_reduce") => false,
+            Some("all_gather") => true,
+            Some(other) => return Err(format!("--op: unknown op {other}")),
+        },
     })
 }
 
@@ -66,12 +74,14 @@ fn run(a: &Args) -> Result<(), String> {
     drive(&mut ring, a)
 }
 
-/// The all-reduce loop, the same on every backend.
+/// The all-reduce (or all-gather) loop, the same on every backend.
 fn drive<C: Collective>(comm: &mut C, a: &Args) -> Result<(), String> {
     let mut buf = vec![1.0f32; a.len];
+    let shard = vec![1.0f32; tessera_ops::shard_len(a.len, comm.world(), comm.rank().index())];
     let mut i = 0u64;
     while a.iters == 0 || i < a.iters {
-        comm.all_reduce(&mut buf, ReduceOp::Avg).map_err(|e| e.to_string())?;
+        let r = if a.gather { comm.all_gather(&shard, &mut buf) } else { comm.all_reduce(&mut buf, ReduceOp::Avg) };
+        r.map_err(|e| e.to_string())?;
         if i == 0 {
             println!("ready");
             let _ = std::io::stdout().flush();
