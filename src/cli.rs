@@ -91,7 +91,7 @@ pub fn run() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            tessera_worker::say!("error: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -183,7 +183,7 @@ pub fn run_embedded(config: &Path, job: &ResolvedJob, o: &EmbeddedOptions) -> an
     } else {
         let (ok, rejected) = catalog::committed(&job.checkpoint.dir)?;
         for r in rejected {
-            eprintln!("warning: not resuming from {r}");
+            tessera_worker::say!("warning: not resuming from {r}");
         }
         ok
     };
@@ -261,7 +261,7 @@ pub fn run_embedded(config: &Path, job: &ResolvedJob, o: &EmbeddedOptions) -> an
             done: Some(done_tx),
             console: tessera_coordinator::console::Console::new(&job.name, start, stop_at),
         };
-        eprintln!(
+        tessera_worker::say!(
             "coordinator {} (API http://{api_addr}/status, /metrics; {} workers × {threads} threads, steps {start}..{stop_at}); watch with `tessera status --job-dir {}`",
             node.addr,
             o.workers,
@@ -280,9 +280,9 @@ pub fn run_embedded(config: &Path, job: &ResolvedJob, o: &EmbeddedOptions) -> an
             let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else { return };
             loop {
                 tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-                eprintln!("[coordinator] signal: checkpointing, then stopping");
+                tessera_worker::say!("[coordinator] signal: checkpointing, then stopping");
                 if let Err(e) = bridge.shutdown().await {
-                    eprintln!("[coordinator] shutdown request failed: {e}");
+                    tessera_worker::say!("[coordinator] shutdown request failed: {e}");
                 }
             }
         });
@@ -298,11 +298,11 @@ pub fn run_embedded(config: &Path, job: &ResolvedJob, o: &EmbeddedOptions) -> an
     let _ = std::fs::remove_file(job.output_dir.join("coordinator.json"));
     match result? {
         JobOutcome::Finished { step } => {
-            eprintln!("done: {step} steps; checkpoints in {}", job.checkpoint.dir.display());
+            tessera_worker::say!("done: {step} steps; checkpoints in {}", job.checkpoint.dir.display());
             validate_final(job, step)
         }
         JobOutcome::Stopped { step } => {
-            eprintln!("stopped at step {step} (checkpointed); run the same command to resume");
+            tessera_worker::say!("stopped at step {step} (checkpointed); run the same command to resume");
             Ok(())
         }
         JobOutcome::Failed { reason } => bail!("job failed: {reason}"),
@@ -325,7 +325,7 @@ fn validate_final(job: &ResolvedJob, step: u64) -> anyhow::Result<()> {
     let Some(validation) = super::validation::Validation::prepare(job, &cfg)? else { return Ok(()) };
     let (found, rejected) = sharded::latest_any(&job.checkpoint.dir)?;
     for r in rejected {
-        eprintln!("warning: validation skips checkpoint: {r}");
+        tessera_worker::say!("warning: validation skips checkpoint: {r}");
     }
     let found = found.with_context(|| format!("no valid checkpoint in {} to validate", job.checkpoint.dir.display()))?;
     if found.state().step != step {

@@ -9,6 +9,9 @@ STEPS=${2:-6}
 BIN=${TESSERA_BIN:-target/release/tessera}
 OUT=$(sed -n 's/^output_dir = "\(.*\)"/\1/p' "$CONFIG")
 OUT="$(dirname "$CONFIG")/$OUT"
+# The peer runs the same preset at the same global batch.
+PRESET=$(sed -n 's/^preset = "\(.*\)"/\1/p' "$CONFIG")
+BATCH=$(sed -n 's/^global_batch_size = \([0-9]*\)/\1/p' "$CONFIG")
 printf "%-24s %12s %14s %18s\n" "run" "s/step (med)" "peak RSS/rank" "sharded state/rank"
 for W in 1 2 3; do
   rm -rf "$OUT"
@@ -26,7 +29,7 @@ print(f'{statistics.median(xs):.3f}')")
 done
 if [ -n "${ML4M_DIR:-}" ] && [ -n "${PEER_PY:-}" ]; then
   PEER_OUT=$(mktemp --suffix .json)
-  ML4M_DIR=$ML4M_DIR "$PEER_PY" ../shared/peers/fsdp_step.py --configs tiny --modes fsdp1_full_shard \
+  ML4M_DIR=$ML4M_DIR "$PEER_PY" ../shared/peers/fsdp_step.py --configs "$PRESET" --global-batch "$BATCH" --modes fsdp1_full_shard \
     --steps "$((STEPS - 1))" --warmup 1 --out "$PEER_OUT" >/dev/null 2>&1 || echo "peer run failed"
   python3 - "$PEER_OUT" <<'PY'
 import json, sys
