@@ -16,6 +16,7 @@ mod plot;
 mod tokenizer;
 mod train;
 mod validation;
+mod validator;
 mod worker;
 
 use std::process::ExitCode;

@@ -232,6 +232,43 @@ fn periodic_validation_with_a_unigram_baseline() {
     }
 }
 
+/// `[eval]` with workers: the checkpoints of validation steps are scored while the job runs
+/// (the ranks checkpoint there even off the checkpoint interval), with one-process scores.
+#[test]
+fn periodic_validation_of_a_multi_worker_run_scores_like_one_process() {
+    let eval = "\n[eval]\nevery_steps = 3\nsamples = 6\nbaseline_samples = 8\n";
+    let run = |workers: &[&str]| {
+        let d = tempfile::tempdir().unwrap();
+        let job = write_job(d.path(), 6, "");
+        std::fs::write(&job, std::fs::read_to_string(&job).unwrap() + eval).unwrap();
+        let out = tessera(&[&["train", job.as_str()][..], workers].concat());
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let log = std::fs::read_to_string(d.path().join("out/eval_log.jsonl")).unwrap();
+        let lines: Vec<serde_json::Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        (d, lines)
+    };
+    let (_one_dir, one) = run(&[]);
+    let (many_dir, many) = run(&["--workers", "2"]);
+    let steps = |v: &[serde_json::Value]| v.iter().map(|l| l["step"].as_u64().unwrap()).collect::<Vec<_>>();
+    assert_eq!(steps(&one), vec![3, 6]);
+    assert_eq!(steps(&many), vec![3, 6], "each validation step once, in order");
+    for (a, b) in one.iter().zip(&many) {
+        let (a, b) = (a["modalities"].as_object().unwrap(), b["modalities"].as_object().unwrap());
+        assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+        for (m, ea) in a {
+            let eb = &b[m];
+            assert_eq!(ea["tokens"], eb["tokens"], "{m}");
+            assert_eq!(ea["unigram"], eb["unigram"], "{m}: the same baseline");
+            let (la, lb) = (ea["loss"].as_f64().unwrap(), eb["loss"].as_f64().unwrap());
+            assert!((la - lb).abs() / la.abs() < 1e-4, "{m}: one process {la}, two workers {lb}");
+        }
+    }
+    // Step 3 is off the checkpoint interval (2): it was checkpointed for validation.
+    let committed: Vec<u64> =
+        events(many_dir.path()).iter().filter(|e| e["type"] == "checkpoint_committed").map(|e| e["step"].as_u64().unwrap()).collect();
+    assert!(committed.contains(&3), "committed: {committed:?}");
+}
+
 /// `tessera export` writes the weights of a sharded (multi-worker) checkpoint as one
 /// ml-4m-compatible file, equal to what a one-process run of the same steps saved.
 #[test]

@@ -106,6 +106,9 @@ pub struct CoordinatorArgs {
     pub done: Option<tokio::sync::oneshot::Sender<JobOutcome>>,
     /// Where progress and log lines go (a bar on a terminal).
     pub console: crate::console::Console,
+    /// Told the step and directory of every checkpoint committed (the embedded launcher
+    /// validates them); a closed receiver is ignored.
+    pub committed_tx: Option<std::sync::mpsc::Sender<(u64, PathBuf)>>,
 }
 
 impl std::fmt::Debug for CoordinatorArgs {
@@ -425,6 +428,9 @@ impl CoordinatorState {
                     p.write_s,
                     p.first_shard.elapsed().as_secs_f64()
                 ));
+                if let Some(tx) = &self.args.committed_tx {
+                    let _ = tx.send((step, dir.clone()));
+                }
                 self.drive(Event::CheckpointCommitted { step });
             }
             Err(e) => {

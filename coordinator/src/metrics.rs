@@ -51,6 +51,8 @@ pub struct JobMetrics {
     skipped_steps: IntCounter,
     skipped_samples: IntCounter,
     workers_registered: IntGauge,
+    val_step: IntGauge,
+    val_loss: GaugeVec,
     /// The running generation and its world size, once [`JobMetrics::set_generation`] was
     /// called: reports of other generations are refused so that no stale rank label comes back.
     current: Mutex<Option<(u64, u32)>>,
@@ -116,6 +118,14 @@ impl JobMetrics {
             skipped_steps: register(r, IntCounter::new("tessera_skipped_steps_total", "Steps whose optimizer step was skipped.")?)?,
             skipped_samples: register(r, IntCounter::new("tessera_skipped_samples_total", "Samples dropped by the ranks, summed.")?)?,
             workers_registered: register(r, IntGauge::new("tessera_workers_registered", "Workers currently registered.")?)?,
+            val_step: register(r, IntGauge::new("tessera_validation_step", "Step count of the last validated checkpoint.")?)?,
+            val_loss: register(
+                r,
+                GaugeVec::new(
+                    Opts::new("tessera_validation_loss", "Held-out loss per target modality at the last validation."),
+                    &["modality"],
+                )?,
+            )?,
             current: Mutex::new(None),
         })
     }
@@ -195,6 +205,14 @@ impl JobMetrics {
         self.checkpoint_bytes_total.inc_by(bytes);
         self.checkpoint_last_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
         self.checkpoints_committed.inc();
+    }
+
+    /// The held-out set was scored at step count `step`: `losses` per target modality.
+    pub fn observe_validation<'a>(&self, step: u64, losses: impl IntoIterator<Item = (&'a str, f64)>) {
+        self.val_step.set(i64::try_from(step).unwrap_or(i64::MAX));
+        for (modality, loss) in losses {
+            self.val_loss.with_label_values(&[modality]).set(loss);
+        }
     }
 
     /// `n` workers are registered (members, whether or not they hold a rank).

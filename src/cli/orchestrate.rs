@@ -26,7 +26,6 @@ use tessera_coordinator::control::Policy;
 use tessera_coordinator::metrics::JobMetrics;
 use tessera_coordinator::node::CoordinatorNode;
 use tessera_coordinator::protocol::{CoordinatorMsg, JobSpec, Wire};
-use tessera_worker::fsdp::checkpoint as sharded;
 
 /// Where a running job can be reached (written to `OUTPUT/coordinator.json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -220,6 +219,7 @@ pub fn run_embedded(config: &Path, job: &ResolvedJob, o: &EmbeddedOptions) -> an
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let live = Arc::new(Mutex::new(HashSet::new()));
+    let validator_slot: Mutex<Option<super::validator::Validator>> = Mutex::new(None);
     let result = rt.block_on(async {
         let node = CoordinatorNode::serve(o.listen, &cookie).await?;
         let coordinator_ref = Arc::new(Mutex::new(None));
@@ -234,6 +234,8 @@ pub fn run_embedded(config: &Path, job: &ResolvedJob, o: &EmbeddedOptions) -> an
         };
         let registry = prometheus::Registry::new();
         let metrics = Arc::new(JobMetrics::new(&registry)?);
+        *validator_slot.lock().expect("validator slot") = super::validator::Validator::spawn(job, Arc::clone(&metrics))?;
+        let committed_tx = validator_slot.lock().expect("validator slot").as_ref().and_then(|v| v.sender());
         let events = EventLog::open(&job.output_dir.join("events.jsonl"))?;
         let api_listener = tokio::net::TcpListener::bind(o.api).await.with_context(|| format!("binding the API at {}", o.api))?;
         let api_addr = api_listener.local_addr()?;
@@ -260,6 +262,7 @@ pub fn run_embedded(config: &Path, job: &ResolvedJob, o: &EmbeddedOptions) -> an
             initial_workers: o.workers,
             done: Some(done_tx),
             console: tessera_coordinator::console::Console::new(&job.name, start, stop_at),
+            committed_tx,
         };
         tessera_worker::say!(
             "coordinator {} (API http://{api_addr}/status, /metrics; {} workers × {threads} threads, steps {start}..{stop_at}); watch with `tessera status --job-dir {}`",
@@ -296,10 +299,12 @@ pub fn run_embedded(config: &Path, job: &ResolvedJob, o: &EmbeddedOptions) -> an
     });
     stop_workers(&live);
     let _ = std::fs::remove_file(job.output_dir.join("coordinator.json"));
+    // The coordinator (holding the other sender) has stopped: what it reported gets scored.
+    let scored = validator_slot.into_inner().expect("validator slot").map(super::validator::Validator::finish).unwrap_or_default();
     match result? {
         JobOutcome::Finished { step } => {
             tessera_worker::say!("done: {step} steps; checkpoints in {}", job.checkpoint.dir.display());
-            validate_final(job, step)
+            super::validator::validate_final(job, step, &scored)
         }
         JobOutcome::Stopped { step } => {
             tessera_worker::say!("stopped at step {step} (checkpointed); run the same command to resume");
@@ -307,34 +312,4 @@ pub fn run_embedded(config: &Path, job: &ResolvedJob, o: &EmbeddedOptions) -> an
         }
         JobOutcome::Failed { reason } => bail!("job failed: {reason}"),
     }
-}
-
-/// `[eval]` after a multi-worker run: the ranks hold only shards, so the final committed
-/// checkpoint is put back together here and scored by the same validation as one-process
-/// training (same held-out batches, baseline and `eval_log.jsonl`). Skipped when the log already
-/// has this step (a rerun of a finished job).
-fn validate_final(job: &ResolvedJob, step: u64) -> anyhow::Result<()> {
-    let log = job.output_dir.join("eval_log.jsonl");
-    let logged = std::fs::read_to_string(&log)
-        .ok()
-        .and_then(|t| t.lines().rev().find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).and_then(|v| v["step"].as_u64()));
-    if logged == Some(step) {
-        return Ok(());
-    }
-    let cfg = tessera_worker::four_m_config(&job.model, &job.origin)?;
-    let Some(validation) = super::validation::Validation::prepare(job, &cfg)? else { return Ok(()) };
-    let (found, rejected) = sharded::latest_any(&job.checkpoint.dir)?;
-    for r in rejected {
-        tessera_worker::say!("warning: validation skips checkpoint: {r}");
-    }
-    let found = found.with_context(|| format!("no valid checkpoint in {} to validate", job.checkpoint.dir.display()))?;
-    if found.state().step != step {
-        bail!("the newest valid checkpoint holds step {}, the job finished at {step}", found.state().step);
-    }
-    if job.train.threads > 0 {
-        tch::set_num_threads(job.train.threads as i32);
-    }
-    let model = sharded::consolidate(&cfg, &found)?;
-    validation.run_model(job, &model.model, step, &job.output_dir)?;
-    Ok(())
 }

@@ -115,3 +115,15 @@ fn metrics_refuse_a_second_registration_on_one_registry() {
     let _first = JobMetrics::new(&registry).unwrap();
     assert!(matches!(JobMetrics::new(&registry), Err(CoordinatorError::Metrics { .. })));
 }
+
+#[test]
+fn validation_scores_are_gauges_per_modality() {
+    let m = JobMetrics::new(&Registry::new()).unwrap();
+    m.observe_validation(100, [("rgb", 2.5), ("caption", 4.0)]);
+    m.observe_validation(200, [("rgb", 2.0)]);
+    let text = m.render().unwrap();
+    assert_eq!(value(&text, "tessera_validation_step"), Some(200.0));
+    assert_eq!(value(&text, r#"tessera_validation_loss{modality="rgb"}"#), Some(2.0));
+    // A modality without targets this time keeps its last score.
+    assert_eq!(value(&text, r#"tessera_validation_loss{modality="caption"}"#), Some(4.0));
+}

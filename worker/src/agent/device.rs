@@ -207,6 +207,9 @@ fn run_generation(
         let cfg = crate::four_m_config(&job.model, &job.origin)?;
         let total = job.train.total_steps;
         let every = job.checkpoint.every_steps;
+        // Multi-worker validation scores committed checkpoints in the coordinator's process, so
+        // the ranks never stop for it: a validation step is also a checkpoint step.
+        let eval_every = if crate::data::has_val_split(&job) { job.eval.every_steps } else { 0 };
         let tokens_per_sample = (job.train.num_input_tokens + job.train.num_target_tokens) as u64;
         let open = |job: &ResolvedJob| -> Result<(DataPipeline, Vec<u64>)> {
             let source = crate::data::open_job_data(job, &cfg.all_domains())?;
@@ -271,7 +274,7 @@ fn run_generation(
             }
             let mut flags = [i64::from(want_stop), i64::from(want_ckpt)];
             t.agree(&mut flags)?;
-            let periodic = every > 0 && step.is_multiple_of(every);
+            let periodic = (every > 0 && step.is_multiple_of(every)) || (eval_every > 0 && step.is_multiple_of(eval_every));
             if flags[1] != 0 || periodic || step >= stop_at {
                 let ts = std::time::Instant::now();
                 let snap = t.snapshot(generation);

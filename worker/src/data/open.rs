@@ -44,6 +44,12 @@ pub fn open_val_data(job: &ResolvedJob, model_modalities: &[Modality]) -> Result
     Ok(Some((pipeline, ledger)))
 }
 
+/// Whether the job has a held-out split to validate on (what [`open_val_data`] would open):
+/// a synthetic dataset or one with a `val_path`.
+pub fn has_val_split(job: &ResolvedJob) -> bool {
+    job.datasets.iter().any(|ds| matches!(ds.kind, DatasetKind::Synthetic) || ds.val_path.is_some())
+}
+
 /// The pipeline of one split and the job positions of the datasets it holds.
 fn open_split(job: &ResolvedJob, model_modalities: &[Modality], split: Split) -> Result<(DataPipeline, Vec<usize>)> {
     let tokenizer = Arc::new(match &job.text_tokenizer {
