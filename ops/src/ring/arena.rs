@@ -20,19 +20,16 @@
 //! rank mapped every arena, and then every owner unlinks its file. Any failure (another host,
 //! the feature off at some rank, different half sizes) leaves every rank on the ring algorithm.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::ops::Range;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::element::Element;
 use crate::shard::shard_range;
 
 use super::mapping::Mapping;
-
-/// Where the files live (tmpfs on Linux).
-const SHM_DIR: &str = "/dev/shm";
+use super::shm::SHM_DIR;
 /// Bytes before the two halves: the nonce, padded to a cache line.
 const HEADER_BYTES: usize = 64;
 /// Longest path a record carries.
@@ -178,21 +175,7 @@ impl Arena {
 
 /// Creates and maps a fresh arena file with a random nonce; the name is unlinked on failure.
 fn create(half: usize) -> io::Result<(PathBuf, Mapping)> {
-    let name = format!("tessera-ops-{}-arena-{:016x}", std::process::id(), rand::random::<u64>());
-    let path = PathBuf::from(SHM_DIR).join(name);
-    let len = HEADER_BYTES + 2 * half;
-    let file = OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&path)?;
-    let mapped = file.set_len(len as u64).and_then(|()| Mapping::new(&file, len, true)).and_then(|mut map| {
-        map.write(0, &rand::random::<[u8; 16]>())?;
-        Ok(map)
-    });
-    match mapped {
-        Ok(map) => Ok((path, map)),
-        Err(e) => {
-            let _ = std::fs::remove_file(&path);
-            Err(e)
-        }
-    }
+    super::shm::create_mapped("arena-", HEADER_BYTES + 2 * half, |map| map.write(0, &rand::random::<[u8; 16]>()))
 }
 
 /// Maps the arena a record names, read-only, if it is one of ours and carries the nonce.

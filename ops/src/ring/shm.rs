@@ -27,7 +27,7 @@ use super::mapping::Mapping;
 /// Slots per link file.
 pub(crate) const SLOTS: usize = 8;
 /// Where the files live (tmpfs on Linux).
-const SHM_DIR: &str = "/dev/shm";
+pub(crate) const SHM_DIR: &str = "/dev/shm";
 /// Longest path accepted from the neighbour.
 const MAX_PATH: usize = 512;
 
@@ -126,10 +126,17 @@ pub(crate) fn negotiate(
 
 /// Creates and maps a fresh link file; the name is unlinked again on failure.
 fn create(slot_bytes: usize) -> io::Result<(PathBuf, Mapping)> {
-    let name = format!("tessera-ops-{}-{:016x}", std::process::id(), rand::random::<u64>());
+    create_mapped("", SLOTS * slot_bytes, |_| Ok(()))
+}
+
+/// Creates a fresh `len`-byte file in the shared-memory directory (mode 0600, a unique name
+/// `tessera-ops-PID-{tag}RANDOM`), maps it writable and runs `init` on the mapping; the name
+/// is unlinked again if any of that fails.
+pub(crate) fn create_mapped(tag: &str, len: usize, init: impl FnOnce(&mut Mapping) -> io::Result<()>) -> io::Result<(PathBuf, Mapping)> {
+    let name = format!("tessera-ops-{}-{tag}{:016x}", std::process::id(), rand::random::<u64>());
     let path = PathBuf::from(SHM_DIR).join(name);
     let file = OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&path)?;
-    let mapped = file.set_len((SLOTS * slot_bytes) as u64).and_then(|()| Mapping::new(&file, SLOTS * slot_bytes, true));
+    let mapped = file.set_len(len as u64).and_then(|()| Mapping::new(&file, len, true)).and_then(|mut map| init(&mut map).map(|()| map));
     match mapped {
         Ok(map) => Ok((path, map)),
         Err(e) => {
