@@ -92,7 +92,7 @@ pub fn run() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tessera_worker::say!("error: {e:#}");
+            tessera_coordinator::say!("error: {e:#}");
             ExitCode::FAILURE
         }
     }

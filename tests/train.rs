@@ -242,13 +242,18 @@ fn periodic_validation_of_a_multi_worker_run_scores_like_one_process() {
         let job = write_job(d.path(), 6, "");
         std::fs::write(&job, std::fs::read_to_string(&job).unwrap() + eval).unwrap();
         let out = tessera(&[&["train", job.as_str()][..], workers].concat());
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{err}");
         let log = std::fs::read_to_string(d.path().join("out/eval_log.jsonl")).unwrap();
         let lines: Vec<serde_json::Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-        (d, lines)
+        (d, lines, err)
     };
-    let (_one_dir, one) = run(&[]);
-    let (many_dir, many) = run(&["--workers", "2"]);
+    let (_one_dir, one, _) = run(&[]);
+    let (many_dir, many, err) = run(&["--workers", "2"]);
+    // The workers' stderr reaches the launcher's (through the coordinator's console).
+    for w in ["[worker#0] welcomed: ", "[worker#1] welcomed: "] {
+        assert!(err.lines().any(|l| l.starts_with(w)), "no line {w:?} in:\n{err}");
+    }
     let steps = |v: &[serde_json::Value]| v.iter().map(|l| l["step"].as_u64().unwrap()).collect::<Vec<_>>();
     assert_eq!(steps(&one), vec![3, 6]);
     assert_eq!(steps(&many), vec![3, 6], "each validation step once, in order");

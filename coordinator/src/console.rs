@@ -46,7 +46,7 @@ impl Console {
                 bar.set_position(done);
                 bar.set_message(msg.to_string());
             }
-            None => eprintln!("{} step {done}/{}  {msg}", self.name, self.total),
+            None => crate::say!("{} step {done}/{}  {msg}", self.name, self.total),
         }
     }
 
@@ -54,7 +54,15 @@ impl Console {
     pub fn log(&self, line: &str) {
         match &self.bar {
             Some(bar) => bar.println(format!("[coordinator] {line}")),
-            None => eprintln!("[coordinator] {line}"),
+            None => crate::say!("[coordinator] {line}"),
+        }
+    }
+
+    /// A line another process wrote (a local worker's stderr), printed above the bar.
+    pub fn relay(&self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => crate::say!("{line}"),
         }
     }
 

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod node;
 pub mod protocol;
 pub mod report;
+pub mod say;
 
 pub use api::{ApiError, JobControl, JobPhase, JobStatus, MemberStatus};
 pub use client::ApiClient;

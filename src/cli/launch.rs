@@ -125,7 +125,7 @@ pub fn run_local(
                 generation += 1;
                 // The next generation must continue the run, not restart it.
                 fresh = false;
-                tessera_worker::say!(
+                tessera_coordinator::say!(
                     "rank {rank} failed ({status}) after {:.1}s: generation {generation} continues with {world} workers from the last checkpoint",
                     t0.elapsed().as_secs_f64()
                 );
@@ -178,7 +178,7 @@ fn run_generation(
             }
         }
     }
-    tessera_worker::say!("generation {generation}: started {world} ranks ({threads} threads each), rendezvous {addr}");
+    tessera_coordinator::say!("generation {generation}: started {world} ranks ({threads} threads each), rendezvous {addr}");
     let mut forwarded = false;
     let mut done = vec![false; world];
     loop {
@@ -273,7 +273,7 @@ pub fn run_rank(a: RankArgs) -> anyhow::Result<()> {
         && let Some(step) = trainer.resume()?
         && a.rank == 0
     {
-        tessera_worker::say!("resumed at step {step} ({} ranks)", a.world);
+        tessera_coordinator::say!("resumed at step {step} ({} ranks)", a.world);
     }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -299,7 +299,7 @@ pub fn run_rank(a: RankArgs) -> anyhow::Result<()> {
             let mut line = serde_json::to_value(&r)?;
             line["world_size"] = a.world.into();
             writeln!(log, "{line}")?;
-            tessera_worker::say!(
+            tessera_coordinator::say!(
                 "{name} step {}/{total}  loss {:.4}  lr {:.2e}  |g| {:.3}  {:.2}s/step ({} ranks)",
                 r.step + 1,
                 r.loss,
@@ -313,13 +313,13 @@ pub fn run_rank(a: RankArgs) -> anyhow::Result<()> {
         if every > 0 && step % every == 0 && step < total {
             let dir = trainer.save_checkpoint()?;
             if a.rank == 0 {
-                tessera_worker::say!("checkpoint {}", dir.display());
+                tessera_coordinator::say!("checkpoint {}", dir.display());
             }
         }
         if trainer.agree_to_stop(stop.load(Ordering::Relaxed))? {
             let dir = trainer.save_checkpoint()?;
             if a.rank == 0 {
-                tessera_worker::say!("interrupted: checkpoint {} at step {step}", dir.display());
+                tessera_coordinator::say!("interrupted: checkpoint {} at step {step}", dir.display());
             }
             return Ok(());
         }
@@ -327,9 +327,9 @@ pub fn run_rank(a: RankArgs) -> anyhow::Result<()> {
     // The end of the run, or of this invocation (--max-steps): keep the progress.
     let dir = trainer.save_checkpoint()?;
     if a.rank == 0 {
-        tessera_worker::say!("checkpoint {} at step {}", dir.display(), trainer.state().step);
+        tessera_coordinator::say!("checkpoint {} at step {}", dir.display(), trainer.state().step);
     }
-    tessera_worker::say!(
+    tessera_coordinator::say!(
         "rank {}: peak RSS {:.1} MiB, sharded master weights + AdamW state {:.1} MiB",
         a.rank,
         peak_rss_kib() as f64 / 1024.0,

@@ -5,9 +5,10 @@
 //! `tessera worker --job-dir`, `tessera status|scale|checkpoint --job-dir` find them.
 
 use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ use tessera_coordinator::ResolvedJob;
 use tessera_coordinator::actor::ActorBridge;
 use tessera_coordinator::actor::{Coordinator, CoordinatorArgs, JobOutcome, Launcher};
 use tessera_coordinator::catalog;
+use tessera_coordinator::console::Console;
 use tessera_coordinator::control::Policy;
 use tessera_coordinator::metrics::JobMetrics;
 use tessera_coordinator::node::CoordinatorNode;
@@ -103,6 +105,10 @@ struct LocalLauncher {
     spawned: usize,
     live: Arc<Mutex<HashSet<u32>>>,
     coordinator: Arc<Mutex<Option<ActorRef<CoordinatorMsg>>>>,
+    /// Workers' stderr lines are printed through it, so they do not tear the progress bar.
+    console: Console,
+    /// The threads relaying them (joined at the end so that no last line is lost).
+    relays: Arc<Mutex<Vec<std::thread::JoinHandle<()>>>>,
 }
 
 impl Launcher for LocalLauncher {
@@ -120,8 +126,19 @@ impl Launcher for LocalLauncher {
             // Own process group: a Ctrl-C at the terminal reaches the coordinator only, which
             // checkpoints and then releases the workers.
             std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+            cmd.stderr(Stdio::piped());
             let mut child: Child = cmd.spawn().map_err(|e| format!("starting {}: {e}", self.exe.display()))?;
             let pid = child.id();
+            if let Some(err) = child.stderr.take() {
+                let console = self.console.clone();
+                // Ends when the worker exits (its end of the pipe closes).
+                let relay = std::thread::spawn(move || {
+                    for line in BufReader::new(err).lines().map_while(Result::ok) {
+                        console.relay(&line);
+                    }
+                });
+                self.relays.lock().expect("relays").push(relay);
+            }
             self.live.lock().expect("live set").insert(pid);
             let (live, coord) = (Arc::clone(&self.live), Arc::clone(&self.coordinator));
             std::thread::spawn(move || {
@@ -165,6 +182,20 @@ fn stop_workers(live: &Arc<Mutex<HashSet<u32>>>) {
     std::thread::sleep(Duration::from_millis(100));
 }
 
+/// Waits (at most `within`) for the threads relaying the stopped workers' stderr to print
+/// their last lines.
+fn finish_relays(relays: &Mutex<Vec<std::thread::JoinHandle<()>>>, within: Duration) {
+    let deadline = std::time::Instant::now() + within;
+    for relay in std::mem::take(&mut *relays.lock().expect("relays")) {
+        while !relay.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if relay.is_finished() {
+            let _ = relay.join();
+        }
+    }
+}
+
 /// Runs the job with an in-process coordinator and local worker processes.
 pub fn run_embedded(config: &Path, job: &ResolvedJob, o: &EmbeddedOptions) -> anyhow::Result<()> {
     anyhow::ensure!(o.workers >= 1, "--workers must be at least 1");
@@ -182,7 +213,7 @@ pub fn run_embedded(config: &Path, job: &ResolvedJob, o: &EmbeddedOptions) -> an
     } else {
         let (ok, rejected) = catalog::committed(&job.checkpoint.dir)?;
         for r in rejected {
-            tessera_worker::say!("warning: not resuming from {r}");
+            tessera_coordinator::say!("warning: not resuming from {r}");
         }
         ok
     };
@@ -219,10 +250,12 @@ pub fn run_embedded(config: &Path, job: &ResolvedJob, o: &EmbeddedOptions) -> an
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let live = Arc::new(Mutex::new(HashSet::new()));
+    let relays = Arc::new(Mutex::new(Vec::new()));
     let validator_slot: Mutex<Option<super::validator::Validator>> = Mutex::new(None);
     let result = rt.block_on(async {
         let node = CoordinatorNode::serve(o.listen, &cookie).await?;
         let coordinator_ref = Arc::new(Mutex::new(None));
+        let console = Console::new(&job.name, start, stop_at);
         let launcher = LocalLauncher {
             exe: std::env::current_exe().context("locating the tessera binary")?,
             node: node.addr,
@@ -231,10 +264,12 @@ pub fn run_embedded(config: &Path, job: &ResolvedJob, o: &EmbeddedOptions) -> an
             spawned: 0,
             live: Arc::clone(&live),
             coordinator: Arc::clone(&coordinator_ref),
+            console: console.clone(),
+            relays: Arc::clone(&relays),
         };
         let registry = prometheus::Registry::new();
         let metrics = Arc::new(JobMetrics::new(&registry)?);
-        *validator_slot.lock().expect("validator slot") = super::validator::Validator::spawn(job, Arc::clone(&metrics))?;
+        *validator_slot.lock().expect("validator slot") = super::validator::Validator::spawn(job, Arc::clone(&metrics), console.clone())?;
         let committed_tx = validator_slot.lock().expect("validator slot").as_ref().and_then(|v| v.sender());
         let events = EventLog::open(&job.output_dir.join("events.jsonl"))?;
         let api_listener = tokio::net::TcpListener::bind(o.api).await.with_context(|| format!("binding the API at {}", o.api))?;
@@ -261,10 +296,10 @@ pub fn run_embedded(config: &Path, job: &ResolvedJob, o: &EmbeddedOptions) -> an
             launcher: Some(Box::new(launcher)),
             initial_workers: o.workers,
             done: Some(done_tx),
-            console: tessera_coordinator::console::Console::new(&job.name, start, stop_at),
+            console,
             committed_tx,
         };
-        tessera_worker::say!(
+        tessera_coordinator::say!(
             "coordinator {} (API http://{api_addr}/status, /metrics; {} workers × {threads} threads, steps {start}..{stop_at}); watch with `tessera status --job-dir {}`",
             node.addr,
             o.workers,
@@ -283,9 +318,9 @@ pub fn run_embedded(config: &Path, job: &ResolvedJob, o: &EmbeddedOptions) -> an
             let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else { return };
             loop {
                 tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-                tessera_worker::say!("[coordinator] signal: checkpointing, then stopping");
+                tessera_coordinator::say!("[coordinator] signal: checkpointing, then stopping");
                 if let Err(e) = bridge.shutdown().await {
-                    tessera_worker::say!("[coordinator] shutdown request failed: {e}");
+                    tessera_coordinator::say!("[coordinator] shutdown request failed: {e}");
                 }
             }
         });
@@ -298,16 +333,17 @@ pub fn run_embedded(config: &Path, job: &ResolvedJob, o: &EmbeddedOptions) -> an
         Ok::<_, anyhow::Error>(outcome)
     });
     stop_workers(&live);
+    finish_relays(&relays, Duration::from_secs(2));
     let _ = std::fs::remove_file(job.output_dir.join("coordinator.json"));
     // The coordinator (holding the other sender) has stopped: what it reported gets scored.
     let scored = validator_slot.into_inner().expect("validator slot").map(super::validator::Validator::finish).unwrap_or_default();
     match result? {
         JobOutcome::Finished { step } => {
-            tessera_worker::say!("done: {step} steps; checkpoints in {}", job.checkpoint.dir.display());
+            tessera_coordinator::say!("done: {step} steps; checkpoints in {}", job.checkpoint.dir.display());
             super::validator::validate_final(job, step, &scored)
         }
         JobOutcome::Stopped { step } => {
-            tessera_worker::say!("stopped at step {step} (checkpointed); run the same command to resume");
+            tessera_coordinator::say!("stopped at step {step} (checkpointed); run the same command to resume");
             Ok(())
         }
         JobOutcome::Failed { reason } => bail!("job failed: {reason}"),

@@ -126,10 +126,10 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     if auto_resume {
         let (from, rejected) = trainer.resume()?;
         for r in rejected {
-            tessera_worker::say!("warning: skipping checkpoint: {r}");
+            tessera_coordinator::say!("warning: skipping checkpoint: {r}");
         }
         if let Some(dir) = from {
-            tessera_worker::say!("resumed from {} at step {}", dir.display(), trainer.state().step);
+            tessera_coordinator::say!("resumed from {} at step {}", dir.display(), trainer.state().step);
         }
     }
 
@@ -171,7 +171,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
             if r.skipped { "  SKIPPED (non-finite)" } else { "" }
         );
         if plain && (r.step % log_every == 0) {
-            tessera_worker::say!("{name} step {}/{total}  {msg}", r.step + 1);
+            tessera_coordinator::say!("{name} step {}/{total}  {msg}", r.step + 1);
         }
         bar.set_message(msg);
         bar.set_position(state.step);
@@ -185,7 +185,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         if periodic || trainer.finished() {
             let dir = trainer.save_checkpoint()?;
             if plain {
-                tessera_worker::say!("checkpoint {}", dir.display());
+                tessera_coordinator::say!("checkpoint {}", dir.display());
             }
             bar.println(format!("checkpoint {}", dir.display()));
         }
@@ -212,7 +212,7 @@ fn job_output<S: tessera_worker::BatchSource>(t: &Trainer<S>) -> std::path::Path
 /// Ends the progress bar with `msg`, printing it when the bar is hidden (not a terminal).
 fn finish(bar: &ProgressBar, plain: bool, msg: String) {
     if plain {
-        tessera_worker::say!("{msg}");
+        tessera_coordinator::say!("{msg}");
     }
     bar.abandon_with_message(msg);
 }

@@ -71,9 +71,10 @@ impl Validation {
 
     /// Validates a whole model loaded from a checkpoint of step `step` (after a multi-worker
     /// run, whose ranks hold only shards): same batches, baseline and log as [`Self::run`].
-    pub fn run_model(&self, job: &ResolvedJob, model: &FourM, step: u64, out: &Path) -> anyhow::Result<EvalReport> {
+    /// Each line of the table goes to `print`.
+    pub fn run_model(&self, job: &ResolvedJob, model: &FourM, step: u64, out: &Path, print: impl Fn(&str)) -> anyhow::Result<EvalReport> {
         let report = self.score(model, &self.val, &eval_options(job))?;
-        eprint!("{}", self.table(step, &report));
+        self.table(step, &report).lines().for_each(print);
         append(out, step, &report)?;
         Ok(report)
     }

@@ -13,6 +13,7 @@ use std::thread::JoinHandle;
 
 use anyhow::{Context, bail};
 use tessera_coordinator::ResolvedJob;
+use tessera_coordinator::console::Console;
 use tessera_coordinator::metrics::JobMetrics;
 use tessera_model::FourMConfig;
 use tessera_worker::fsdp::checkpoint as sharded;
@@ -28,7 +29,8 @@ pub struct Validator {
 
 impl Validator {
     /// Starts the thread when the job validates periodically and has a held-out split.
-    pub fn spawn(job: &ResolvedJob, metrics: Arc<JobMetrics>) -> anyhow::Result<Option<Self>> {
+    /// Tables go to `console` (above the progress bar on a terminal).
+    pub fn spawn(job: &ResolvedJob, metrics: Arc<JobMetrics>, console: Console) -> anyhow::Result<Option<Self>> {
         let every = job.eval.every_steps;
         if every == 0 || !tessera_worker::data::has_val_split(job) {
             return Ok(None);
@@ -45,11 +47,11 @@ impl Validator {
                     if !step.is_multiple_of(every) || scored.contains(&step) {
                         continue;
                     }
-                    match score(&job, &mut prepared, step, &dir, &metrics) {
+                    match score(&job, &mut prepared, step, &dir, &metrics, &console) {
                         Ok(()) => {
                             scored.insert(step);
                         }
-                        Err(e) => tessera_worker::say!("warning: validation of step {step} skipped: {e:#}"),
+                        Err(e) => tessera_coordinator::say!("warning: validation of step {step} skipped: {e:#}"),
                     }
                 }
                 scored
@@ -68,7 +70,7 @@ impl Validator {
     pub fn finish(mut self) -> BTreeSet<u64> {
         self.tx = None;
         self.thread.join().unwrap_or_else(|_| {
-            tessera_worker::say!("warning: the validation thread panicked");
+            tessera_coordinator::say!("warning: the validation thread panicked");
             BTreeSet::new()
         })
     }
@@ -81,6 +83,7 @@ fn score(
     step: u64,
     dir: &std::path::Path,
     metrics: &JobMetrics,
+    console: &Console,
 ) -> anyhow::Result<()> {
     if prepared.is_none() {
         // One thread: the ranks train on the other cores meanwhile.
@@ -96,7 +99,7 @@ fn score(
     }
     let model = sharded::consolidate(cfg, &sharded::AnyCheckpoint::Sharded((dir.to_path_buf(), manifest)))
         .with_context(|| format!("reading {} (pruned by a newer checkpoint?)", dir.display()))?;
-    let report = validation.run_model(job, &model.model, step, &job.output_dir)?;
+    let report = validation.run_model(job, &model.model, step, &job.output_dir, |l| console.relay(l))?;
     metrics.observe_validation(step, report.modalities.iter().map(|(m, e)| (m.key(), e.loss)));
     Ok(())
 }
@@ -120,7 +123,7 @@ pub fn validate_final(job: &ResolvedJob, step: u64, scored: &BTreeSet<u64>) -> a
     let Some(validation) = Validation::prepare(job, &cfg)? else { return Ok(()) };
     let (found, rejected) = sharded::latest_any(&job.checkpoint.dir)?;
     for r in rejected {
-        tessera_worker::say!("warning: validation skips checkpoint: {r}");
+        tessera_coordinator::say!("warning: validation skips checkpoint: {r}");
     }
     let found = found.with_context(|| format!("no valid checkpoint in {} to validate", job.checkpoint.dir.display()))?;
     if found.state().step != step {
@@ -130,6 +133,6 @@ pub fn validate_final(job: &ResolvedJob, step: u64, scored: &BTreeSet<u64>) -> a
         tch::set_num_threads(job.train.threads as i32);
     }
     let model = sharded::consolidate(&cfg, &found)?;
-    validation.run_model(job, &model.model, step, &job.output_dir)?;
+    validation.run_model(job, &model.model, step, &job.output_dir, |l| tessera_coordinator::say!("{l}"))?;
     Ok(())
 }

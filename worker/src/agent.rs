@@ -105,7 +105,7 @@ impl AgentState {
                 }
             }
         }));
-        crate::say!("[{worker}] welcomed: job '{}', ring {}", spec.origin, self.args.ring_addr);
+        tessera_coordinator::say!("[{worker}] welcomed: job '{}', ring {}", spec.origin, self.args.ring_addr);
         Ok(())
     }
 }
@@ -148,14 +148,14 @@ impl Actor for WorkerAgent {
             }
             WorkerMsg::Command(Wire(Ok(cmd))) => cmd,
             WorkerMsg::Command(Wire(Err(e))) => {
-                crate::say!("[worker] undecodable command from the coordinator: {e}");
+                tessera_coordinator::say!("[worker] undecodable command from the coordinator: {e}");
                 return Ok(());
             }
         };
         match cmd {
             Command::Welcome { worker, job, secret, heartbeat_ms } => {
                 if let Err(e) = state.welcome(&myself, worker, job, secret, heartbeat_ms) {
-                    crate::say!("[{worker}] cannot serve this job: {e}");
+                    tessera_coordinator::say!("[{worker}] cannot serve this job: {e}");
                     state.send(WorkerEvent::Leaving { worker, reason: e.to_string() });
                     myself.stop(None);
                 }
@@ -164,11 +164,14 @@ impl Actor for WorkerAgent {
             Command::Checkpoint { generation } => state.to_device(DeviceCmd::Checkpoint { generation }),
             Command::Stop { generation, checkpoint } => state.to_device(DeviceCmd::Stop { generation, checkpoint }),
             Command::Abort { generation, reason } => {
-                crate::say!("[{}] abort generation {generation}: {reason}", state.id.map_or("worker".into(), |w| w.to_string()));
+                tessera_coordinator::say!(
+                    "[{}] abort generation {generation}: {reason}",
+                    state.id.map_or("worker".into(), |w| w.to_string())
+                );
                 state.abort.lock().expect("abort state").abort(generation);
             }
             Command::Exit { reason } => {
-                crate::say!("[{}] exit: {reason}", state.id.map_or("worker".into(), |w| w.to_string()));
+                tessera_coordinator::say!("[{}] exit: {reason}", state.id.map_or("worker".into(), |w| w.to_string()));
                 myself.stop(None);
             }
         }
@@ -219,12 +222,12 @@ pub fn run(opts: &AgentOptions, shutdown: Arc<std::sync::atomic::AtomicBool>) ->
                 loop {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     if shutdown.load(std::sync::atomic::Ordering::Relaxed) {
-                        crate::say!("[worker] interrupted: leaving the job");
+                        tessera_coordinator::say!("[worker] interrupted: leaving the job");
                         actor.stop(None);
                         break;
                     }
                     if pg::get_members(&group).is_empty() {
-                        crate::say!("[worker] lost the coordinator: exiting");
+                        tessera_coordinator::say!("[worker] lost the coordinator: exiting");
                         actor.stop(None);
                         break;
                     }

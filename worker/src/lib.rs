@@ -9,7 +9,6 @@ pub mod eval;
 pub mod fsdp;
 pub mod model_spec;
 pub mod prefetch;
-pub mod say;
 pub mod source;
 pub mod trainer;
 

@@ -11,14 +11,14 @@ impl CoordinatorState {
     /// progress does not depend on its audit trail, and the next record may succeed).
     pub(super) fn record(&mut self, event: JobEvent) {
         if let Err(e) = self.args.events.record(&event) {
-            eprintln!("[coordinator] event log {}: {e} (event {event:?} not recorded)", self.args.events.path().display());
+            crate::say!("[coordinator] event log {}: {e} (event {event:?} not recorded)", self.args.events.path().display());
         }
     }
 
     /// Exports one completed step; reports the metrics refuse (they would be a bug) are logged.
     pub(super) fn observe_step(&self, reports: &[StepReport]) {
         if let Err(e) = self.args.metrics.observe_step(reports) {
-            eprintln!("[coordinator] metrics: step not exported: {e}");
+            crate::say!("[coordinator] metrics: step not exported: {e}");
         }
     }
 

@@ -119,7 +119,7 @@ pub fn device_main(ctx: DeviceCtx, rx: Receiver<DeviceCmd>) {
                 let generation = g.plan.generation;
                 let (step, error, exit) = run_generation(&ctx, &g, &rx, &mut writers, &mut resident);
                 if let Some(e) = &error {
-                    crate::say!("[{}] generation {generation} ended at step {step}: {e}", ctx.worker);
+                    tessera_coordinator::say!("[{}] generation {generation} ended at step {step}: {e}", ctx.worker);
                 }
                 ctx.send(WorkerEvent::GenerationEnded { worker: ctx.worker, generation, step, error });
                 if exit {
@@ -240,7 +240,7 @@ fn run_generation(
         step = t.state().step;
         if g.rank == 0 {
             let total_s = t_start.elapsed().as_secs_f64();
-            crate::say!(
+            tessera_coordinator::say!(
                 "[{}] generation {generation} ready: ring {ring_s:.2}s, model + restore {:.2}s (model and data {}: {model_s:.2}s, restore {:.2}s)",
                 ctx.worker,
                 total_s - ring_s,
@@ -279,7 +279,7 @@ fn run_generation(
                 let ts = std::time::Instant::now();
                 let snap = t.snapshot(generation);
                 if g.rank == 0 {
-                    crate::say!(
+                    tessera_coordinator::say!(
                         "[{}] step {step}: checkpoint snapshot {:.3}s (training continues)",
                         ctx.worker,
                         ts.elapsed().as_secs_f64()
@@ -310,7 +310,7 @@ fn run_generation(
     if let Some(t) = slot {
         match t.into_resident() {
             Ok(r) => *resident = Some(r),
-            Err(e) => crate::say!("[{}] generation {generation}: the model is rebuilt next time: {e}", ctx.worker),
+            Err(e) => tessera_coordinator::say!("[{}] generation {generation}: the model is rebuilt next time: {e}", ctx.worker),
         }
     }
     (step, result.err().map(|e| e.to_string()), exit)

@@ -38,7 +38,7 @@ impl Snapshot {
         let target = spec.split_once(':').and_then(|(s, r)| Some((s.parse::<u64>().ok()?, r.parse::<usize>().ok()?)));
         if target == Some((self.step, self.rank)) {
             let _ = std::fs::write(path, b"partial shard: the writer died here");
-            crate::say!("fault injection: rank {} dies writing its shard of step {}", self.rank, self.step);
+            tessera_coordinator::say!("fault injection: rank {} dies writing its shard of step {}", self.rank, self.step);
             std::process::abort();
         }
     }
