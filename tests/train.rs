@@ -250,8 +250,9 @@ fn periodic_validation_of_a_multi_worker_run_scores_like_one_process() {
     };
     let (_one_dir, one, _) = run(&[]);
     let (many_dir, many, err) = run(&["--workers", "2"]);
-    // The workers' stderr reaches the launcher's (through the coordinator's console).
-    for w in ["[worker#0] welcomed: ", "[worker#1] welcomed: "] {
+    // The workers' stderr reaches the launcher's (through the coordinator's console), to the
+    // last line: told that the job is done, each exits on its own, before any signal.
+    for w in ["[worker#0] welcomed: ", "[worker#1] welcomed: ", "[worker#0] exit: the job is done", "[worker#1] exit: the job is done"] {
         assert!(err.lines().any(|l| l.starts_with(w)), "no line {w:?} in:\n{err}");
     }
     let steps = |v: &[serde_json::Value]| v.iter().map(|l| l["step"].as_u64().unwrap()).collect::<Vec<_>>();

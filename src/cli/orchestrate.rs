@@ -165,6 +165,14 @@ impl Launcher for LocalLauncher {
     }
 }
 
+/// Waits at most `within` for every live worker to exit.
+fn wait_for_exits(live: &Mutex<HashSet<u32>>, within: Duration) {
+    let deadline = std::time::Instant::now() + within;
+    while !live.lock().expect("live set").is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// SIGTERM to every live worker, SIGKILL after a grace period.
 fn stop_workers(live: &Arc<Mutex<HashSet<u32>>>) {
     let pids: Vec<u32> = live.lock().expect("live set").iter().copied().collect();
@@ -172,10 +180,7 @@ fn stop_workers(live: &Arc<Mutex<HashSet<u32>>>) {
         let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGCONT);
         let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGTERM);
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while !live.lock().expect("live set").is_empty() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_exits(live, Duration::from_secs(15));
     for pid in live.lock().expect("live set").iter() {
         let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
     }
@@ -325,6 +330,15 @@ pub fn run_embedded(config: &Path, job: &ResolvedJob, o: &EmbeddedOptions) -> an
             }
         });
         let outcome = done_rx.await.unwrap_or(JobOutcome::Failed { reason: "the coordinator ended without an outcome".into() });
+        // The workers of a finished or stopped job were told to exit: a moment for that while
+        // the node still carries the message, before the link drops or any signal reaches them.
+        let exits = std::time::Instant::now() + Duration::from_secs(5);
+        while !matches!(outcome, JobOutcome::Failed { .. })
+            && !live.lock().expect("live set").is_empty()
+            && std::time::Instant::now() < exits
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let _ = handle.await;
         signals.abort();
         let _ = api_stop_tx.send(());
