@@ -132,11 +132,19 @@ fn create(slot_bytes: usize) -> io::Result<(PathBuf, Mapping)> {
 /// Creates a fresh `len`-byte file in the shared-memory directory (mode 0600, a unique name
 /// `tessera-ops-PID-{tag}RANDOM`), maps it writable and runs `init` on the mapping; the name
 /// is unlinked again if any of that fails.
+///
+/// The pages are allocated up front: a sparse file on a full tmpfs (Docker's default
+/// `/dev/shm` is 64 MiB) would map fine and then kill the process with SIGBUS at the first
+/// write past the limit. Allocated, it fails here with ENOSPC and the caller falls back.
 pub(crate) fn create_mapped(tag: &str, len: usize, init: impl FnOnce(&mut Mapping) -> io::Result<()>) -> io::Result<(PathBuf, Mapping)> {
     let name = format!("tessera-ops-{}-{tag}{:016x}", std::process::id(), rand::random::<u64>());
     let path = PathBuf::from(SHM_DIR).join(name);
     let file = OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&path)?;
-    let mapped = file.set_len(len as u64).and_then(|()| Mapping::new(&file, len, true)).and_then(|mut map| init(&mut map).map(|()| map));
+    let size = i64::try_from(len).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "shared-memory file too large"))?;
+    let mapped = nix::fcntl::posix_fallocate(&file, 0, size)
+        .map_err(io::Error::from)
+        .and_then(|()| Mapping::new(&file, len, true))
+        .and_then(|mut map| init(&mut map).map(|()| map));
     match mapped {
         Ok(map) => Ok((path, map)),
         Err(e) => {
@@ -157,4 +165,32 @@ fn open(path: &[u8], slot_bytes: usize) -> Option<Inbox> {
     let file = File::open(&p).ok()?;
     let map = Mapping::new(&file, SLOTS * slot_bytes, false).ok()?;
     Some(Inbox { map, slot_bytes, next: 0 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Files of this process with `tag` left in the shared-memory directory.
+    fn leftovers(tag: &str) -> usize {
+        let prefix = format!("tessera-ops-{}-{tag}", std::process::id());
+        std::fs::read_dir(SHM_DIR).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with(&prefix)).count()
+    }
+
+    #[test]
+    fn a_file_larger_than_the_shared_memory_fails_at_creation_not_at_first_write() {
+        let fs = nix::sys::statvfs::statvfs(SHM_DIR).unwrap();
+        let capacity = fs.blocks() as u64 * fs.fragment_size() as u64;
+        if capacity == 0 {
+            eprintln!("SKIPPED: {SHM_DIR} has no size limit");
+            return;
+        }
+        // Sparse, this would map fine and fault with SIGBUS once written past the limit.
+        let err = create_mapped("toolarge-", 2 * capacity as usize, |_| Ok(())).err().expect("no room for it");
+        assert_eq!(err.raw_os_error(), Some(nix::libc::ENOSPC), "{err}");
+        assert_eq!(leftovers("toolarge-"), 0, "the name is unlinked again");
+        let (path, mut map) = create_mapped("fits-", 1 << 20, |m| m.write(0, b"ok")).unwrap();
+        map.write((1 << 20) - 2, b"ok").unwrap();
+        std::fs::remove_file(path).unwrap();
+    }
 }
