@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 pub use error::{ApiError, ErrorBody};
 pub use routes::{BACKEND_TIMEOUT, METRICS_CONTENT_TYPE, router};
-pub use types::{CheckpointAck, JobPhase, JobStatus, MemberStatus, MixtureAck, MixtureRequest, ScaleAck, ScaleRequest};
+pub use types::{CheckpointAck, JobPhase, JobStatus, MemberStatus, MixtureAck, MixtureRequest, ScaleAck, ScaleRequest, ValidationStatus};
 
 use crate::error::{CoordinatorError, Result};
 use crate::metrics::JobMetrics;

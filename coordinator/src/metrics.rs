@@ -53,6 +53,8 @@ pub struct JobMetrics {
     workers_registered: IntGauge,
     val_step: IntGauge,
     val_loss: GaugeVec,
+    /// The last validation as observed (for `GET /status`).
+    last_validation: Mutex<Option<(u64, BTreeMap<String, f64>)>>,
     /// The running generation and its world size, once [`JobMetrics::set_generation`] was
     /// called: reports of other generations are refused so that no stale rank label comes back.
     current: Mutex<Option<(u64, u32)>>,
@@ -126,6 +128,7 @@ impl JobMetrics {
                     &["modality"],
                 )?,
             )?,
+            last_validation: Mutex::new(None),
             current: Mutex::new(None),
         })
     }
@@ -210,9 +213,17 @@ impl JobMetrics {
     /// The held-out set was scored at step count `step`: `losses` per target modality.
     pub fn observe_validation<'a>(&self, step: u64, losses: impl IntoIterator<Item = (&'a str, f64)>) {
         self.val_step.set(i64::try_from(step).unwrap_or(i64::MAX));
+        let mut last = BTreeMap::new();
         for (modality, loss) in losses {
             self.val_loss.with_label_values(&[modality]).set(loss);
+            last.insert(modality.to_string(), loss);
         }
+        *self.last_validation.lock().expect("validation lock") = Some((step, last));
+    }
+
+    /// The last validation observed: its step and the loss per modality it scored.
+    pub fn last_validation(&self) -> Option<(u64, BTreeMap<String, f64>)> {
+        self.last_validation.lock().expect("validation lock").clone()
     }
 
     /// `n` workers are registered (members, whether or not they hold a rank).

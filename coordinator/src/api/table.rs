@@ -23,6 +23,10 @@ impl JobStatus {
         let _ = writeln!(out, "checkpoint   {}", opt(self.last_checkpoint));
         let _ = writeln!(out, "restarts     {}", self.restarts);
         let _ = writeln!(out, "mixture      v{}", self.schedule_version);
+        if let Some(v) = &self.validation {
+            let losses: Vec<String> = v.loss.iter().map(|(m, l)| format!("{m} {l:.4}")).collect();
+            let _ = writeln!(out, "validation   step {}: {}", v.step, losses.join(", "));
+        }
 
         let header = ["WORKER", "ADDR", "RANK", "SEEN", "DRAINING", "STEP_S"];
         let mut members: Vec<_> = self.members.iter().collect();

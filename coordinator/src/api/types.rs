@@ -54,6 +54,15 @@ pub struct MemberStatus {
     pub last_step_s: Option<f64>,
 }
 
+/// The last validation of the held-out set (multi-worker runs score committed checkpoints).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ValidationStatus {
+    /// The step count of the checkpoint scored.
+    pub step: u64,
+    /// Held-out loss per target modality (nats per token).
+    pub loss: BTreeMap<String, f64>,
+}
+
 /// The answer of `GET /status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobStatus {
@@ -85,6 +94,9 @@ pub struct JobStatus {
     pub schedule_version: u64,
     /// The registered workers.
     pub members: Vec<MemberStatus>,
+    /// The last validation, if one ran in this process's lifetime.
+    #[serde(default)]
+    pub validation: Option<ValidationStatus>,
 }
 
 /// The body of `POST /scale`.

@@ -126,4 +126,6 @@ fn validation_scores_are_gauges_per_modality() {
     assert_eq!(value(&text, r#"tessera_validation_loss{modality="rgb"}"#), Some(2.0));
     // A modality without targets this time keeps its last score.
     assert_eq!(value(&text, r#"tessera_validation_loss{modality="caption"}"#), Some(4.0));
+    // The status shows the last validation as it was.
+    assert_eq!(m.last_validation(), Some((200, [("rgb".to_string(), 2.0)].into())));
 }
