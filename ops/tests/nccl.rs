@@ -221,9 +221,11 @@ fn a_wrong_secret_gets_no_unique_id() {
     served.join().unwrap().expect("serve");
 }
 
-/// A peer process (`tessera-ops-peer --backend nccl`) on GPU `rank`.
+/// A peer process (`tessera-ops-peer --backend nccl`) on GPU `rank`. `TESSERA_OPS_PEER` names
+/// the binary where this test runs away from its build tree (`tools/gpu/check.sh`).
 fn nccl_peer(rendezvous: SocketAddr, rank: usize, world: usize, timeout_ms: u64) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_tessera-ops-peer"))
+    let exe = std::env::var_os("TESSERA_OPS_PEER").unwrap_or_else(|| env!("CARGO_BIN_EXE_tessera-ops-peer").into());
+    std::process::Command::new(exe)
         .args(["--backend", "nccl", "--rendezvous", &rendezvous.to_string(), "--rank", &rank.to_string(), "--world", &world.to_string()])
         .args(["--secret", "integration-test-secret", "--len", "1000000", "--timeout-ms", &timeout_ms.to_string()])
         .stdout(std::process::Stdio::piped())

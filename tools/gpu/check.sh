@@ -22,10 +22,12 @@ for l in sys.stdin:
     m=json.loads(l)
     if m.get("reason")=="compiler-artifact" and m.get("executable") and m["profile"]["test"]: print(m["executable"])'; }
   cp "$(bins -p tessera-ops --test nccl)" .gpu/nccl-test
+  cargo build --release --locked -p tessera-ops --bin tessera-ops-peer
+  cp target/release/tessera-ops-peer .gpu/tessera-ops-peer
   cp "$(bins -p tessera-worker --test fsdp_gpu)" .gpu/fsdp-gpu-test
   cargo build --release --locked
   cp target/release/tessera .gpu/tessera
-  strip .gpu/nccl-test .gpu/fsdp-gpu-test .gpu/tessera
+  strip .gpu/nccl-test .gpu/fsdp-gpu-test .gpu/tessera .gpu/tessera-ops-peer
   mkdir -p .gpu/shared/data/ml-4m
   cp ../shared/data/ml-4m/text_tokenizer_4m_wordpiece_30k.json .gpu/shared/data/ml-4m/
   du -sh .gpu
@@ -41,6 +43,7 @@ run)
   [ -n "$NCCL" ] && ln -sfn "$NCCL" .gpu/lib/libnccl.so
   export LD_LIBRARY_PATH="$PWD/.gpu/lib:$SITE/torch/lib:${LD_LIBRARY_PATH:-}"
   export TESSERA_SHARED_DIR="$PWD/.gpu/shared"
+  export TESSERA_OPS_PEER="$PWD/.gpu/tessera-ops-peer"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee -a "$OUT/env.txt" || true
   set +e
   .gpu/nccl-test --test-threads 1 --nocapture 2>&1 | tee "$OUT/nccl.txt"
