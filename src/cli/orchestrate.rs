@@ -332,12 +332,8 @@ pub fn run_embedded(config: &Path, job: &ResolvedJob, o: &EmbeddedOptions) -> an
         let outcome = done_rx.await.unwrap_or(JobOutcome::Failed { reason: "the coordinator ended without an outcome".into() });
         // The workers of a finished or stopped job were told to exit: a moment for that while
         // the node still carries the message, before the link drops or any signal reaches them.
-        let exits = std::time::Instant::now() + Duration::from_secs(5);
-        while !matches!(outcome, JobOutcome::Failed { .. })
-            && !live.lock().expect("live set").is_empty()
-            && std::time::Instant::now() < exits
-        {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        if !matches!(outcome, JobOutcome::Failed { .. }) {
+            tokio::task::block_in_place(|| wait_for_exits(&live, Duration::from_secs(5)));
         }
         let _ = handle.await;
         signals.abort();

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use tessera_coordinator::job::{DatasetKind, ResolvedJob};
+use tessera_coordinator::job::{DatasetKind, ResolvedDataset, ResolvedJob};
 use tessera_coordinator::ledger::mix;
 use tessera_coordinator::{MixtureSchedule, SampleLedger};
 use tessera_tokenizers::Modality;
@@ -44,10 +44,14 @@ pub fn open_val_data(job: &ResolvedJob, model_modalities: &[Modality]) -> Result
     Ok(Some((pipeline, ledger)))
 }
 
-/// Whether the job has a held-out split to validate on (what [`open_val_data`] would open):
-/// a synthetic dataset or one with a `val_path`.
+/// Whether the job has a held-out split to validate on (what [`open_val_data`] would open).
 pub fn has_val_split(job: &ResolvedJob) -> bool {
-    job.datasets.iter().any(|ds| matches!(ds.kind, DatasetKind::Synthetic) || ds.val_path.is_some())
+    job.datasets.iter().any(has_val)
+}
+
+/// Whether a dataset has held-out records: a `val_path`, or synthetic (another seed).
+fn has_val(ds: &ResolvedDataset) -> bool {
+    matches!(ds.kind, DatasetKind::Synthetic) || ds.val_path.is_some()
 }
 
 /// The pipeline of one split and the job positions of the datasets it holds.
@@ -59,6 +63,9 @@ fn open_split(job: &ResolvedJob, model_modalities: &[Modality], split: Split) ->
     let mut datasets = Vec::new();
     let mut kept = Vec::new();
     for (i, ds) in job.datasets.iter().enumerate() {
+        if split == Split::Val && !has_val(ds) {
+            continue;
+        }
         let path =
             match (split, ds.kind) {
                 (_, DatasetKind::Synthetic) => None,
@@ -66,10 +73,7 @@ fn open_split(job: &ResolvedJob, model_modalities: &[Modality], split: Split) ->
                     step: 0,
                     reason: format!("{}: dataset '{}' has no path", job.origin, ds.name),
                 })?),
-                (Split::Val, _) => match &ds.val_path {
-                    Some(p) => Some(p.clone()),
-                    None => continue,
-                },
+                (Split::Val, _) => ds.val_path.clone(),
             };
         let salt = if split == Split::Val { 0x0076_616c } else { 0 };
         let budgets = BudgetSampler::new(ds.mixture.clone(), ds.budget)?;
