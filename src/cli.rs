@@ -16,7 +16,6 @@ mod plot;
 mod tokenizer;
 mod train;
 mod validation;
-mod validator;
 mod worker;
 
 use std::process::ExitCode;

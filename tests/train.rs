@@ -232,15 +232,19 @@ fn periodic_validation_with_a_unigram_baseline() {
     }
 }
 
-/// `[eval]` with workers: the checkpoints of validation steps are scored while the job runs
-/// (the ranks checkpoint there even off the checkpoint interval), with one-process scores.
+/// `[eval]` with workers: the ranks score the held-out set together (forward only, each on its
+/// share of the held-out batches, several batches per unit gather) at every validation step,
+/// with exactly one process's scores: through the coordinator (2 workers) and bare (3 ranks).
 #[test]
 fn periodic_validation_of_a_multi_worker_run_scores_like_one_process() {
     let eval = "\n[eval]\nevery_steps = 3\nsamples = 6\nbaseline_samples = 8\n";
     let run = |workers: &[&str]| {
         let d = tempfile::tempdir().unwrap();
-        let job = write_job(d.path(), 6, "");
-        std::fs::write(&job, std::fs::read_to_string(&job).unwrap() + eval).unwrap();
+        // A learning rate that moves the model between validations (the default is ~1e-6 here):
+        // scoring stale parameters would show.
+        let job = write_job(d.path(), 6, "micro_batch_size = 1\nlr = 0.01");
+        let text = std::fs::read_to_string(&job).unwrap().replace("global_batch_size = 2", "global_batch_size = 6");
+        std::fs::write(&job, text + eval).unwrap();
         let out = tessera(&[&["train", job.as_str()][..], workers].concat());
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(out.status.success(), "{err}");
@@ -250,29 +254,39 @@ fn periodic_validation_of_a_multi_worker_run_scores_like_one_process() {
     };
     let (_one_dir, one, _) = run(&[]);
     let (many_dir, many, err) = run(&["--workers", "2"]);
+    let (_bare_dir, bare, bare_err) = run(&["--workers", "3", "--bare"]);
     // The workers' stderr reaches the launcher's (through the coordinator's console), to the
     // last line: told that the job is done, each exits on its own, before any signal.
     for w in ["[worker#0] welcomed: ", "[worker#1] welcomed: ", "[worker#0] exit: the job is done", "[worker#1] exit: the job is done"] {
         assert!(err.lines().any(|l| l.starts_with(w)), "no line {w:?} in:\n{err}");
     }
+    assert!(err.contains("validation at step 3 (6 samples):"), "{err}");
+    assert!(bare_err.contains("validation at step 6 (6 samples):"), "{bare_err}");
     let steps = |v: &[serde_json::Value]| v.iter().map(|l| l["step"].as_u64().unwrap()).collect::<Vec<_>>();
     assert_eq!(steps(&one), vec![3, 6]);
     assert_eq!(steps(&many), vec![3, 6], "each validation step once, in order");
-    for (a, b) in one.iter().zip(&many) {
+    assert_eq!(steps(&bare), vec![3, 6]);
+    let caption = |v: &serde_json::Value| v["modalities"]["caption"]["loss"].as_f64().unwrap();
+    assert!((caption(&one[0]) - caption(&one[1])).abs() > 1e-3, "the model moved between validations: {one:?}");
+    for (a, b) in one.iter().flat_map(|a| [a, a]).zip(many.iter().zip(&bare).flat_map(|(m, b)| [m, b])) {
         let (a, b) = (a["modalities"].as_object().unwrap(), b["modalities"].as_object().unwrap());
         assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
         for (m, ea) in a {
             let eb = &b[m];
             assert_eq!(ea["tokens"], eb["tokens"], "{m}");
+            // The baseline's per-batch sums travel bit for bit and are added in batch order.
             assert_eq!(ea["unigram"], eb["unigram"], "{m}: the same baseline");
             let (la, lb) = (ea["loss"].as_f64().unwrap(), eb["loss"].as_f64().unwrap());
-            assert!((la - lb).abs() / la.abs() < 1e-4, "{m}: one process {la}, two workers {lb}");
+            assert!((la - lb).abs() / la.abs() < 1e-5, "{m}: one process {la}, workers {lb}");
         }
     }
-    // Step 3 is off the checkpoint interval (2): it was checkpointed for validation.
-    let committed: Vec<u64> =
-        events(many_dir.path()).iter().filter(|e| e["type"] == "checkpoint_committed").map(|e| e["step"].as_u64().unwrap()).collect();
-    assert!(committed.contains(&3), "committed: {committed:?}");
+    // The ranks validate in place: no checkpoint off the interval (2) for it, and the job's
+    // event log records each validation.
+    let ev = events(many_dir.path());
+    let committed: Vec<u64> = ev.iter().filter(|e| e["type"] == "checkpoint_committed").map(|e| e["step"].as_u64().unwrap()).collect();
+    assert!(!committed.contains(&3), "committed: {committed:?}");
+    let validated: Vec<u64> = ev.iter().filter(|e| e["type"] == "validated").map(|e| e["step"].as_u64().unwrap()).collect();
+    assert_eq!(validated, vec![3, 6]);
 }
 
 /// `tessera export` writes the weights of a sharded (multi-worker) checkpoint as one

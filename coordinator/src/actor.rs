@@ -106,9 +106,6 @@ pub struct CoordinatorArgs {
     pub done: Option<tokio::sync::oneshot::Sender<JobOutcome>>,
     /// Where progress and log lines go (a bar on a terminal).
     pub console: crate::console::Console,
-    /// Told the step and directory of every checkpoint committed (the embedded launcher
-    /// validates them); a closed receiver is ignored.
-    pub committed_tx: Option<std::sync::mpsc::Sender<(u64, PathBuf)>>,
 }
 
 impl std::fmt::Debug for CoordinatorArgs {
@@ -157,6 +154,9 @@ pub struct CoordinatorState {
     ending: Option<String>,
     /// When the checkpoint in flight was asked for (its duration runs from here to the commit).
     checkpoint_asked: Option<Instant>,
+    /// The newest step whose validation is in `eval_log.jsonl` (a generation that repeats
+    /// steps after a rollback scores them again; the log keeps the first).
+    validated: Option<u64>,
     /// Why a worker is about to be removed, set just before the event that removes it.
     removal: BTreeMap<WorkerId, String>,
 }
@@ -428,9 +428,6 @@ impl CoordinatorState {
                     p.write_s,
                     p.first_shard.elapsed().as_secs_f64()
                 ));
-                if let Some(tx) = &self.args.committed_tx {
-                    let _ = tx.send((step, dir.clone()));
-                }
                 self.drive(Event::CheckpointCommitted { step });
             }
             Err(e) => {
@@ -440,6 +437,23 @@ impl CoordinatorState {
                 self.drive(Event::CheckpointFailed { step });
             }
         }
+    }
+
+    /// Logs, prints and exports a validation the ranks reported, once per step.
+    fn validated(&mut self, report: crate::validation::ValidationReport) {
+        if self.validated.is_some_and(|v| report.step <= v) {
+            return;
+        }
+        self.validated = Some(report.step);
+        for line in report.table() {
+            self.args.console.relay(&line);
+        }
+        if let Err(e) = report.append_to_log(&self.args.output_dir) {
+            self.log(&format!("validation of step {} not logged: {e}", report.step));
+        }
+        let loss: BTreeMap<String, f64> = report.modalities.iter().map(|(m, e)| (m.clone(), e.loss)).collect();
+        self.args.metrics.observe_validation(report.step, loss.iter().map(|(m, l)| (m.as_str(), *l)));
+        self.record(JobEvent::Validated { step: report.step, loss });
     }
 
     fn worker_event(&mut self, ev: WorkerEvent) {
@@ -462,6 +476,11 @@ impl CoordinatorState {
                     && let Some(all) = self.book.step(report)
                 {
                     self.step_done(all);
+                }
+            }
+            WorkerEvent::Validated { worker, report } => {
+                if self.is_alive(worker) {
+                    self.validated(report);
                 }
             }
             WorkerEvent::ShardWritten { worker, generation, step, rank, file, manifest, write_s } => {
@@ -671,7 +690,9 @@ impl Actor for Coordinator {
             ending: None,
             checkpoint_asked: None,
             removal: BTreeMap::new(),
+            validated: None,
         };
+        state.validated = crate::validation::last_logged_step(&state.args.output_dir);
         let resumed_step = state.control.last_committed();
         state.record(JobEvent::CoordinatorStarted { resumed_step });
         state.workers_changed();

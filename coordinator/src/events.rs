@@ -71,6 +71,13 @@ pub enum JobEvent {
         /// Seconds from request to commit.
         duration_s: f64,
     },
+    /// The ranks scored the held-out set (the whole table is in `eval_log.jsonl`).
+    Validated {
+        /// The step count scored.
+        step: u64,
+        /// Mean cross-entropy per target modality.
+        loss: BTreeMap<String, f64>,
+    },
     /// A checkpoint attempt failed and will never be used.
     CheckpointFailed {
         /// The step it was for.

@@ -2,7 +2,7 @@
 //! dataset-mixture schedule and the global sample ledger (the determinism contract), and the
 //! learning-rate schedule, and the coordinator's membership/generation/checkpoint decisions as a
 //! pure state machine ([`control`]). Around it: the per-step [`StepReport`] of every rank, the
-//! job's Prometheus metrics ([`JobMetrics`]), the append-only job event log ([`EventLog`]), and
+//! job's Prometheus metrics ([`JobMetrics`]), the held-out [`ValidationReport`], the append-only job event log ([`EventLog`]), and
 //! the HTTP API ([`api::serve`] over a [`JobControl`] backend) with its blocking CLI client
 //! ([`ApiClient`]).
 
@@ -22,6 +22,7 @@ pub mod node;
 pub mod protocol;
 pub mod report;
 pub mod say;
+pub mod validation;
 
 pub use api::{ApiError, JobControl, JobPhase, JobStatus, MemberStatus};
 pub use client::ApiClient;
@@ -32,3 +33,4 @@ pub use ledger::{DatasetId, MixtureSchedule, SampleLedger, SampleRef};
 pub use lr::CosineSchedule;
 pub use metrics::JobMetrics;
 pub use report::{StepReport, StepTimings};
+pub use validation::{ModalityScore, ValidationReport};

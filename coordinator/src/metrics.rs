@@ -120,7 +120,7 @@ impl JobMetrics {
             skipped_steps: register(r, IntCounter::new("tessera_skipped_steps_total", "Steps whose optimizer step was skipped.")?)?,
             skipped_samples: register(r, IntCounter::new("tessera_skipped_samples_total", "Samples dropped by the ranks, summed.")?)?,
             workers_registered: register(r, IntGauge::new("tessera_workers_registered", "Workers currently registered.")?)?,
-            val_step: register(r, IntGauge::new("tessera_validation_step", "Step count of the last validated checkpoint.")?)?,
+            val_step: register(r, IntGauge::new("tessera_validation_step", "Step count of the last validation.")?)?,
             val_loss: register(
                 r,
                 GaugeVec::new(

@@ -97,6 +97,13 @@ pub enum WorkerEvent {
         /// The report.
         report: StepReport,
     },
+    /// The ranks scored the held-out set (sent by rank 0 for all of them).
+    Validated {
+        /// The worker.
+        worker: WorkerId,
+        /// The scores.
+        report: crate::validation::ValidationReport,
+    },
     /// A rank's checkpoint shard is durable in the generation's temp directory.
     ShardWritten {
         /// The worker.

@@ -268,6 +268,8 @@ pub fn run_rank(a: RankArgs) -> anyhow::Result<()> {
         std::fs::create_dir_all(&job.output_dir).with_context(|| format!("creating {}", job.output_dir.display()))?;
     }
     let (every, auto_resume) = (job.checkpoint.every_steps, job.checkpoint.auto_resume && !a.no_resume);
+    let held_out = if tessera_worker::data::has_val_split(&job) { tessera_worker::eval::ValidationSet::prepare(&job, &cfg)? } else { None };
+    let out_dir = job.output_dir.clone();
     let mut trainer = FsdpTrainer::new(job, &cfg, source, lens, ring)?.with_device_comm(nccl)?;
     if auto_resume
         && let Some(step) = trainer.resume()?
@@ -310,6 +312,15 @@ pub fn run_rank(a: RankArgs) -> anyhow::Result<()> {
             );
         }
         let step = trainer.state().step;
+        if let Some(set) = &held_out
+            && (set.due(step) || step >= total)
+        {
+            let report = trainer.evaluate(set)?.to_report(a.generation, step, set.samples());
+            if a.rank == 0 {
+                report.table().iter().for_each(|l| tessera_coordinator::say!("{l}"));
+                report.append_to_log(&out_dir)?;
+            }
+        }
         if every > 0 && step % every == 0 && step < total {
             let dir = trainer.save_checkpoint()?;
             if a.rank == 0 {

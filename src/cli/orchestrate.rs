@@ -256,7 +256,6 @@ pub fn run_embedded(config: &Path, job: &ResolvedJob, o: &EmbeddedOptions) -> an
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let live = Arc::new(Mutex::new(HashSet::new()));
     let relays = Arc::new(Mutex::new(Vec::new()));
-    let validator_slot: Mutex<Option<super::validator::Validator>> = Mutex::new(None);
     let result = rt.block_on(async {
         let node = CoordinatorNode::serve(o.listen, &cookie).await?;
         let coordinator_ref = Arc::new(Mutex::new(None));
@@ -274,8 +273,6 @@ pub fn run_embedded(config: &Path, job: &ResolvedJob, o: &EmbeddedOptions) -> an
         };
         let registry = prometheus::Registry::new();
         let metrics = Arc::new(JobMetrics::new(&registry)?);
-        *validator_slot.lock().expect("validator slot") = super::validator::Validator::spawn(job, Arc::clone(&metrics), console.clone())?;
-        let committed_tx = validator_slot.lock().expect("validator slot").as_ref().and_then(|v| v.sender());
         let events = EventLog::open(&job.output_dir.join("events.jsonl"))?;
         let api_listener = tokio::net::TcpListener::bind(o.api).await.with_context(|| format!("binding the API at {}", o.api))?;
         let api_addr = api_listener.local_addr()?;
@@ -302,7 +299,6 @@ pub fn run_embedded(config: &Path, job: &ResolvedJob, o: &EmbeddedOptions) -> an
             initial_workers: o.workers,
             done: Some(done_tx),
             console,
-            committed_tx,
         };
         tessera_coordinator::say!(
             "coordinator {} (API http://{api_addr}/status, /metrics; {} workers × {threads} threads, steps {start}..{stop_at}); watch with `tessera status --job-dir {}`",
@@ -345,12 +341,10 @@ pub fn run_embedded(config: &Path, job: &ResolvedJob, o: &EmbeddedOptions) -> an
     stop_workers(&live);
     finish_relays(&relays, Duration::from_secs(2));
     let _ = std::fs::remove_file(job.output_dir.join("coordinator.json"));
-    // The coordinator (holding the other sender) has stopped: what it reported gets scored.
-    let scored = validator_slot.into_inner().expect("validator slot").map(super::validator::Validator::finish).unwrap_or_default();
     match result? {
         JobOutcome::Finished { step } => {
             tessera_coordinator::say!("done: {step} steps; checkpoints in {}", job.checkpoint.dir.display());
-            super::validator::validate_final(job, step, &scored)
+            Ok(())
         }
         JobOutcome::Stopped { step } => {
             tessera_coordinator::say!("stopped at step {step} (checkpointed); run the same command to resume");

@@ -178,7 +178,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         if let Some(v) = &validation
             && (v.due(state.step) || trainer.finished())
         {
-            v.run(&trainer, &job_output(&trainer), &bar, plain)?;
+            v.run(&trainer, &bar, plain)?;
         }
         let state = trainer.state();
         let periodic = every > 0 && state.step % every == 0;
@@ -203,10 +203,6 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     }
     finish(&bar, plain, format!("done: {} steps, log {}", trainer.state().step, log_path.display()));
     Ok(())
-}
-
-fn job_output<S: tessera_worker::BatchSource>(t: &Trainer<S>) -> std::path::PathBuf {
-    t.job().output_dir.clone()
 }
 
 /// Ends the progress bar with `msg`, printing it when the bar is hidden (not a terminal).

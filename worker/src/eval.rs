@@ -6,10 +6,13 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 use tch::{Kind, Tensor};
-use tessera_model::{ForwardOptions, FourM, MaskedBatch};
+use tessera_coordinator::{ModalityScore, ResolvedJob, SampleLedger, SampleRef, ValidationReport};
+use tessera_model::{ForwardOptions, FourM, FourMConfig, MaskedBatch};
 use tessera_tokenizers::Modality;
 
+use crate::data::{open_job_data, open_val_data};
 use crate::error::Result;
+use crate::source::BatchSource;
 
 /// Per-modality target-token frequencies.
 #[derive(Debug, Clone, Default)]
@@ -73,34 +76,58 @@ pub struct EvalReport {
     pub modalities: BTreeMap<Modality, ModalityEval>,
 }
 
-/// Scores `model` on `batches` (no gradients): per-modality token-weighted cross-entropy, and
-/// the baseline's on the same tokens.
-pub fn evaluate<'a>(
-    model: &FourM,
-    batches: impl IntoIterator<Item = &'a MaskedBatch>,
-    opts: &ForwardOptions,
+/// One batch's contribution to one modality's score: what ranks exchange so that the world's
+/// validation sums the same numbers in the same order as one process.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BatchScore {
+    /// The modality.
+    pub modality: Modality,
+    /// Its target tokens in the batch.
+    pub tokens: u64,
+    /// The model's mean cross-entropy over them.
+    pub loss: f64,
+    /// The baseline's summed negative log-likelihood over them (0 without a fitted baseline).
+    pub unigram_nll: f64,
+}
+
+/// The options that make a forward's per-modality losses exact means over `batch`'s targets:
+/// its own target counts as the normaliser. Also returns the target ids (for the baseline).
+pub fn scoring_options(model: &FourM, batch: &MaskedBatch, opts: &ForwardOptions) -> Result<(ForwardOptions, BTreeMap<Modality, Tensor>)> {
+    let tokens = model.target_tokens(batch, opts)?;
+    let counts: BTreeMap<Modality, i64> = tokens.iter().map(|(m, t)| (*m, t.numel() as i64)).collect();
+    Ok((ForwardOptions { loss_normalizer: Some(counts), ..opts.clone() }, tokens))
+}
+
+/// The scores of one batch from its forward's per-modality losses (under [`scoring_options`])
+/// and its target ids; modalities without targets are left out.
+pub fn batch_scores(
+    mod_loss: &BTreeMap<Modality, Tensor>,
+    tokens: &BTreeMap<Modality, Tensor>,
     baseline: Option<&UnigramBaseline>,
-) -> Result<EvalReport> {
-    let mut sums: BTreeMap<Modality, (u64, f64, f64)> = BTreeMap::new();
-    for batch in batches {
-        let tokens = model.target_tokens(batch, opts)?;
-        let counts: BTreeMap<Modality, i64> = tokens.iter().map(|(m, t)| (*m, t.numel() as i64)).collect();
-        // With the batch's own counts as normaliser each modality's loss is sum/N: exact sums.
-        let o = ForwardOptions { loss_normalizer: Some(counts.clone()), ..opts.clone() };
-        let out = tch::no_grad(|| model.forward(batch, &o))?;
-        for (m, n) in counts {
-            if n == 0 {
-                continue;
-            }
-            let e = sums.entry(m).or_default();
-            e.0 += n as u64;
-            e.1 += out.mod_loss[&m].double_value(&[]) * n as f64;
-            if let Some(b) = baseline
-                && let Some(nll) = b.nll_sum(m, &tokens[&m])?
-            {
-                e.2 += nll;
-            }
+) -> Result<Vec<BatchScore>> {
+    let mut scores = Vec::new();
+    for (&modality, ids) in tokens {
+        let n = ids.numel() as u64;
+        if n == 0 {
+            continue;
         }
+        let unigram_nll = match baseline {
+            Some(b) => b.nll_sum(modality, ids)?.unwrap_or(0.0),
+            None => 0.0,
+        };
+        scores.push(BatchScore { modality, tokens: n, loss: mod_loss[&modality].double_value(&[]), unigram_nll });
+    }
+    Ok(scores)
+}
+
+/// Folds batch scores, in batch order, into the token-weighted report.
+pub fn fold_scores<'a>(scores: impl IntoIterator<Item = &'a BatchScore>, baseline: Option<&UnigramBaseline>) -> EvalReport {
+    let mut sums: BTreeMap<Modality, (u64, f64, f64)> = BTreeMap::new();
+    for s in scores {
+        let e = sums.entry(s.modality).or_default();
+        e.0 += s.tokens;
+        e.1 += s.loss * s.tokens as f64;
+        e.2 += s.unigram_nll;
     }
     let modalities = sums
         .into_iter()
@@ -109,7 +136,100 @@ pub fn evaluate<'a>(
             (m, ModalityEval { tokens: n, loss: loss / n as f64, unigram: fitted.then(|| uni / n as f64) })
         })
         .collect();
-    Ok(EvalReport { modalities })
+    EvalReport { modalities }
+}
+
+/// Scores `model` on `batches` (no gradients): per-modality token-weighted cross-entropy, and
+/// the baseline's on the same tokens.
+pub fn evaluate<'a>(
+    model: &FourM,
+    batches: impl IntoIterator<Item = &'a MaskedBatch>,
+    opts: &ForwardOptions,
+    baseline: Option<&UnigramBaseline>,
+) -> Result<EvalReport> {
+    let mut scores = Vec::new();
+    for batch in batches {
+        let (o, tokens) = scoring_options(model, batch, opts)?;
+        let out = tch::no_grad(|| model.forward(batch, &o))?;
+        scores.extend(batch_scores(&out.mod_loss, &tokens, baseline)?);
+    }
+    Ok(fold_scores(&scores, baseline))
+}
+
+impl EvalReport {
+    /// The report as ranks send it and logs record it.
+    pub fn to_report(&self, generation: u64, step: u64, samples: u64) -> ValidationReport {
+        let modalities = self
+            .modalities
+            .iter()
+            .map(|(m, e)| (m.key().to_string(), ModalityScore { tokens: e.tokens, loss: e.loss, unigram: e.unigram }))
+            .collect();
+        ValidationReport { generation, step, samples, modalities }
+    }
+}
+
+/// A job's fixed held-out batches, the training batches its unigram baseline is fitted on
+/// (once, at first use) and the validation interval.
+#[derive(Debug)]
+pub struct ValidationSet {
+    every: u64,
+    /// The held-out batches, in micro-batches, in ledger order.
+    pub val: Vec<MaskedBatch>,
+    fit: Vec<MaskedBatch>,
+    baseline: std::cell::OnceCell<UnigramBaseline>,
+}
+
+impl ValidationSet {
+    /// Loads the held-out batches (and the baseline's training batches) when the job validates
+    /// (`eval.every_steps > 0`) and has a held-out split; `None` otherwise.
+    pub fn prepare(job: &ResolvedJob, cfg: &FourMConfig) -> Result<Option<Self>> {
+        let e = &job.eval;
+        if e.every_steps == 0 {
+            return Ok(None);
+        }
+        let mods = cfg.all_domains();
+        let Some((mut pipeline, ledger)) = open_val_data(job, &mods)? else {
+            tessera_coordinator::say!("note: [eval] is set but no dataset has a held-out split (val_path); validation is off");
+            return Ok(None);
+        };
+        let batch = job.train.micro_batch_size as u64;
+        let chunks = |p: &mut dyn FnMut(&[SampleRef]) -> Result<MaskedBatch>, l: &SampleLedger, n: u64| {
+            (0..n.div_ceil(batch)).map(|k| p(&l.locate_range(k * batch, batch.min(n - k * batch)))).collect::<Result<Vec<_>>>()
+        };
+        let val = chunks(&mut |r| pipeline.batch(r), &ledger, e.samples)?;
+        let mut train = open_job_data(job, &mods)?;
+        let train_ledger = SampleLedger::new(job.seed, job.schedule.clone(), train.dataset_lens())?;
+        let fit = chunks(&mut |r| train.batch(r), &train_ledger, e.baseline_samples)?;
+        Ok(Some(Self { every: e.every_steps, val, fit, baseline: std::cell::OnceCell::new() }))
+    }
+
+    /// True when step count `step` is a validation point.
+    pub fn due(&self, step: u64) -> bool {
+        step.is_multiple_of(self.every)
+    }
+
+    /// Held-out samples.
+    pub fn samples(&self) -> u64 {
+        self.val.iter().map(|b| b.batch_size() as u64).sum()
+    }
+
+    /// The unigram baseline, fitted on the training batches at the first call (the target
+    /// ids depend on the masks and `opts` only, not on parameter values).
+    pub fn baseline(&self, model: &FourM, opts: &ForwardOptions) -> Result<&UnigramBaseline> {
+        if let Some(b) = self.baseline.get() {
+            return Ok(b);
+        }
+        let b = UnigramBaseline::fitted(model, &self.fit, opts)?;
+        Ok(self.baseline.get_or_init(|| b))
+    }
+
+    /// Scores a whole single-device `model` (no gradients) on the held-out batches, moved to
+    /// `device`.
+    pub fn score(&self, model: &FourM, device: tch::Device, opts: &ForwardOptions) -> Result<EvalReport> {
+        let baseline = self.baseline(model, opts)?;
+        let on_device: Vec<MaskedBatch> = self.val.iter().map(|b| b.to_device(device)).collect();
+        evaluate(model, &on_device, opts, Some(baseline))
+    }
 }
 
 #[cfg(test)]

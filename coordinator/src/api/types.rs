@@ -54,10 +54,10 @@ pub struct MemberStatus {
     pub last_step_s: Option<f64>,
 }
 
-/// The last validation of the held-out set (multi-worker runs score committed checkpoints).
+/// The last validation of the held-out set (scored by the ranks).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ValidationStatus {
-    /// The step count of the checkpoint scored.
+    /// The step count at which it was scored.
     pub step: u64,
     /// Held-out loss per target modality (nats per token).
     pub loss: BTreeMap<String, f64>,

@@ -1,8 +1,9 @@
 //! The device thread: the one thread that owns libtorch and the collective of a worker. It
 //! waits for a generation, builds the ring and the FSDP trainer for it, restores the chosen
 //! checkpoint, trains step by step (reporting each step), takes the decisions that must be
-//! taken at the same step on every rank through a tiny all-reduce, and snapshots checkpoints
-//! that a background thread writes while training goes on.
+//! taken at the same step on every rank through a tiny all-reduce, scores the held-out set
+//! at validation steps (all ranks together; rank 0 reports), and snapshots checkpoints that a
+//! background thread writes while training goes on.
 
 use std::net::TcpListener;
 use std::sync::mpsc::{Receiver, TryRecvError};
@@ -18,6 +19,7 @@ use tessera_ops::{AbortHandle, Collective, JobAuth, Rank, RingConfig, Secret, Tc
 
 use crate::data::DataPipeline;
 use crate::error::{Result, WorkerError};
+use crate::eval::ValidationSet;
 use crate::fsdp::{FsdpTrainer, Resident};
 
 /// What the worker actor tells the device thread.
@@ -113,11 +115,14 @@ pub fn device_main(ctx: DeviceCtx, rx: Receiver<DeviceCmd>) {
     // The model and data source outlive a generation: a generation that restores a checkpoint
     // (every one after a failure or resize) reuses them instead of initialising again.
     let mut resident: Option<Resident<DataPipeline>> = None;
+    // The held-out set, loaded at the first validation step and kept too (`Some(None)`: this
+    // rank could not load it).
+    let mut held_out: Option<Option<ValidationSet>> = None;
     while let Ok(cmd) = rx.recv() {
         match cmd {
             DeviceCmd::Start(g) => {
                 let generation = g.plan.generation;
-                let (step, error, exit) = run_generation(&ctx, &g, &rx, &mut writers, &mut resident);
+                let (step, error, exit) = run_generation(&ctx, &g, &rx, &mut writers, &mut resident, &mut held_out);
                 if let Some(e) = &error {
                     tessera_coordinator::say!("[{}] generation {generation} ended at step {step}: {e}", ctx.worker);
                 }
@@ -171,6 +176,7 @@ fn run_generation(
     rx: &Receiver<DeviceCmd>,
     writers: &mut Vec<JoinHandle<()>>,
     resident: &mut Option<Resident<DataPipeline>>,
+    held_out: &mut Option<Option<ValidationSet>>,
 ) -> (u64, Option<String>, bool) {
     let generation = g.plan.generation;
     let mut step = g.plan.start_step;
@@ -207,8 +213,6 @@ fn run_generation(
         let cfg = crate::four_m_config(&job.model, &job.origin)?;
         let total = job.train.total_steps;
         let every = job.checkpoint.every_steps;
-        // Multi-worker validation scores committed checkpoints in the coordinator's process, so
-        // the ranks never stop for it: a validation step is also a checkpoint step.
         let eval_every = if crate::data::has_val_split(&job) { job.eval.every_steps } else { 0 };
         let tokens_per_sample = (job.train.num_input_tokens + job.train.num_target_tokens) as u64;
         let open = |job: &ResolvedJob| -> Result<(DataPipeline, Vec<u64>)> {
@@ -274,7 +278,11 @@ fn run_generation(
             }
             let mut flags = [i64::from(want_stop), i64::from(want_ckpt)];
             t.agree(&mut flags)?;
-            let periodic = (every > 0 && step.is_multiple_of(every)) || (eval_every > 0 && step.is_multiple_of(eval_every));
+            // As one process does: at every validation point and at the end of training.
+            if eval_every > 0 && (step.is_multiple_of(eval_every) || step >= total) {
+                validate(ctx, t, g, held_out, &cfg)?;
+            }
+            let periodic = every > 0 && step.is_multiple_of(every);
             if flags[1] != 0 || periodic || step >= stop_at {
                 let ts = std::time::Instant::now();
                 let snap = t.snapshot(generation);
@@ -314,4 +322,37 @@ fn run_generation(
         }
     }
     (step, result.err().map(|e| e.to_string()), exit)
+}
+
+/// Scores the held-out set with every rank at the trainer's step; rank 0 sends the report.
+/// Collective. A rank that cannot load the held-out set makes every rank skip (they agree
+/// first), so nobody waits for it in the scoring collectives.
+fn validate(
+    ctx: &DeviceCtx,
+    t: &mut FsdpTrainer<TcpRing, DataPipeline>,
+    g: &GenerationStart,
+    held_out: &mut Option<Option<ValidationSet>>,
+    cfg: &tessera_model::FourMConfig,
+) -> Result<()> {
+    let step = t.state().step;
+    let set = held_out.get_or_insert_with(|| match ValidationSet::prepare(&ctx.job, cfg) {
+        Ok(set) => set,
+        Err(e) => {
+            tessera_coordinator::say!("[{}] cannot load the held-out set; validation is off: {e}", ctx.worker);
+            None
+        }
+    });
+    let mut missing = [i64::from(set.is_none())];
+    t.agree(&mut missing)?;
+    let Some(set) = set.as_ref().filter(|_| missing[0] == 0) else {
+        if g.rank == 0 {
+            tessera_coordinator::say!("[{}] validation of step {step} skipped: a rank has no held-out set", ctx.worker);
+        }
+        return Ok(());
+    };
+    let report = t.evaluate(set)?;
+    if g.rank == 0 {
+        ctx.send(WorkerEvent::Validated { worker: ctx.worker, report: report.to_report(g.plan.generation, step, set.samples()) });
+    }
+    Ok(())
 }

@@ -27,6 +27,8 @@ use crate::error::{Result, WorkerError};
 use crate::source::BatchSource;
 use crate::trainer::{StepReport, forward_options, job_device};
 
+mod eval;
+
 /// One rank of an FSDP job.
 pub struct FsdpTrainer<C: Collective + 'static, S: BatchSource> {
     job: ResolvedJob,
@@ -404,6 +406,20 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
         Ok(())
     }
 
+    /// The units of the encoder blocks and of the decoder blocks, in model order.
+    fn block_units(&self) -> Result<(Vec<usize>, Vec<usize>)> {
+        let unit = |name: String| {
+            self.units.iter().position(|u| u.name == name).ok_or_else(|| WorkerError::Training {
+                step: self.state.step,
+                reason: format!("block {name} has no trainable parameters to shard"),
+            })
+        };
+        let (n_enc, n_dec) = (self.model.model.num_encoder_blocks(), self.model.model.num_decoder_blocks());
+        let enc = (0..n_enc).map(|i| unit(format!("encoder.{i}"))).collect::<Result<Vec<usize>>>()?;
+        let dec = (0..n_dec).map(|j| unit(format!("decoder.{j}"))).collect::<Result<Vec<usize>>>()?;
+        Ok((enc, dec))
+    }
+
     /// Forward and backward of one micro-batch, block by block: each block's unit is gathered
     /// just before it runs and freed after; the stacks run without autograd in the forward pass
     /// (keeping only block inputs) and each block is recomputed with autograd in the backward
@@ -418,15 +434,8 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
         // bf16 autocast around every forward computation (and recomputation); backward passes
         // run outside it, as PyTorch recommends. Gradients and their reduction stay fp32.
         let bf16 = self.job.train.bf16;
-        let (n_enc, n_dec) = (self.model.model.num_encoder_blocks(), self.model.model.num_decoder_blocks());
-        let unit = |name: String| {
-            self.units.iter().position(|u| u.name == name).ok_or_else(|| WorkerError::Training {
-                step: self.state.step,
-                reason: format!("block {name} has no trainable parameters to shard"),
-            })
-        };
-        let enc_units = (0..n_enc).map(|i| unit(format!("encoder.{i}"))).collect::<Result<Vec<usize>>>()?;
-        let dec_units = (0..n_dec).map(|j| unit(format!("decoder.{j}"))).collect::<Result<Vec<usize>>>()?;
+        let (enc_units, dec_units) = self.block_units()?;
+        let (n_enc, n_dec) = (enc_units.len(), dec_units.len());
         // The order units are used in; each gather starts while the unit before it computes.
         let forward: Vec<usize> = enc_units.iter().chain(&dec_units).copied().collect();
         let backward: Vec<usize> = dec_units.iter().rev().chain(enc_units.iter().rev()).copied().collect();

@@ -64,7 +64,6 @@ impl Job {
             initial_workers: 0,
             done: Some(done_tx),
             console: crate::console::Console::plain("bridge-test", policy.total_steps),
-            committed_tx: None,
         };
         let (actor, _) = rt.block_on(Actor::spawn(None, Coordinator, args)).unwrap();
         Self { rt, dir, actor, metrics, done: Some(done) }
