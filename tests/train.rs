@@ -235,14 +235,17 @@ fn periodic_validation_with_a_unigram_baseline() {
 /// `[eval]` with workers: the ranks score the held-out set together (forward only, each on its
 /// share of the held-out batches, several batches per unit gather) at every validation step,
 /// with exactly one process's scores: through the coordinator (2 workers) and bare (3 ranks).
+/// 7 held-out batches: the shares (4/3, 3/2/2) are uneven, and so are the ranks' groups.
 #[test]
 fn periodic_validation_of_a_multi_worker_run_scores_like_one_process() {
-    let eval = "\n[eval]\nevery_steps = 3\nsamples = 6\nbaseline_samples = 8\n";
+    let eval = "\n[eval]\nevery_steps = 3\nsamples = 7\nbaseline_samples = 8\n";
     let run = |workers: &[&str]| {
         let d = tempfile::tempdir().unwrap();
         // A learning rate that moves the model between validations (the default is ~1e-6 here):
         // scoring stale parameters would show.
-        let job = write_job(d.path(), 6, "micro_batch_size = 1\nlr = 0.01");
+        // Ranks that disagree on the collectives to call would wait for each other until the
+        // collective timeout: a short one makes such a bug fail fast.
+        let job = write_job(d.path(), 6, "micro_batch_size = 1\nlr = 0.01\ncollective_timeout_s = 30");
         let text = std::fs::read_to_string(&job).unwrap().replace("global_batch_size = 2", "global_batch_size = 6");
         std::fs::write(&job, text + eval).unwrap();
         let out = tessera(&[&["train", job.as_str()][..], workers].concat());
@@ -260,8 +263,8 @@ fn periodic_validation_of_a_multi_worker_run_scores_like_one_process() {
     for w in ["[worker#0] welcomed: ", "[worker#1] welcomed: ", "[worker#0] exit: the job is done", "[worker#1] exit: the job is done"] {
         assert!(err.lines().any(|l| l.starts_with(w)), "no line {w:?} in:\n{err}");
     }
-    assert!(err.contains("validation at step 3 (6 samples):"), "{err}");
-    assert!(bare_err.contains("validation at step 6 (6 samples):"), "{bare_err}");
+    assert!(err.contains("validation at step 3 (7 samples, "), "{err}");
+    assert!(bare_err.contains("validation at step 6 (7 samples, "), "{bare_err}");
     let steps = |v: &[serde_json::Value]| v.iter().map(|l| l["step"].as_u64().unwrap()).collect::<Vec<_>>();
     assert_eq!(steps(&one), vec![3, 6]);
     assert_eq!(steps(&many), vec![3, 6], "each validation step once, in order");

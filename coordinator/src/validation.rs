@@ -36,13 +36,15 @@ pub struct ValidationReport {
     pub samples: u64,
     /// Scores by modality key (`caption`, `tok_rgb@224`, ...).
     pub modalities: BTreeMap<String, ModalityScore>,
+    /// Wall-clock seconds the scoring took (training waits for it).
+    pub seconds: f64,
 }
 
 impl ValidationReport {
     /// The table printed on the terminal, one line per element (no trailing newline).
     pub fn table(&self) -> Vec<String> {
         let mut lines = vec![
-            format!("validation at step {} ({} samples):", self.step, self.samples),
+            format!("validation at step {} ({} samples, {:.2}s):", self.step, self.samples, self.seconds),
             format!("  {:<22} {:>9} {:>9} {:>8}", "modality", "loss", "unigram", "tokens"),
         ];
         for (m, e) in &self.modalities {
@@ -52,11 +54,12 @@ impl ValidationReport {
         lines
     }
 
-    /// Appends this validation as one line of `out/eval_log.jsonl` (`{"step", "modalities"}`).
+    /// Appends this validation as one line of `out/eval_log.jsonl` (`{"step", "modalities",
+    /// "seconds"}`).
     pub fn append_to_log(&self, out: &Path) -> Result<()> {
         let path = out.join(EVAL_LOG);
         let io = |source| CoordinatorError::Io { path: path.display().to_string(), source };
-        let line = serde_json::json!({ "step": self.step, "modalities": self.modalities });
+        let line = serde_json::json!({ "step": self.step, "modalities": self.modalities, "seconds": self.seconds });
         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io)?;
         // One write per line: a crash leaves at most a torn last line, which readers skip.
         f.write_all(format!("{line}\n").as_bytes()).map_err(io)
@@ -83,13 +86,14 @@ mod tests {
                 ("caption".to_string(), ModalityScore { tokens: 40, loss: 2.5, unigram: Some(3.25) }),
                 ("tok_rgb@224".to_string(), ModalityScore { tokens: 7, loss: 9.0, unigram: None }),
             ]),
+            seconds: 1.25,
         }
     }
 
     #[test]
     fn the_table_has_a_line_per_modality_with_a_dash_for_no_baseline() {
         let t = report(12).table();
-        assert_eq!(t[0], "validation at step 12 (6 samples):");
+        assert_eq!(t[0], "validation at step 12 (6 samples, 1.25s):");
         assert_eq!(t.len(), 4);
         assert!(t[2].contains("caption") && t[2].contains("2.5000") && t[2].contains("3.2500") && t[2].ends_with("40"), "{}", t[2]);
         assert!(t[3].contains("tok_rgb@224") && t[3].contains(" - "), "{}", t[3]);

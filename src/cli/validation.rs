@@ -30,7 +30,9 @@ impl Validation {
     pub fn run<S: BatchSource>(&self, trainer: &Trainer<S>, bar: &ProgressBar, plain: bool) -> anyhow::Result<ValidationReport> {
         let model = trainer.model();
         let step = trainer.state().step;
-        let report = self.set.score(&model.model, model.vs.device(), &eval_options(trainer.job()))?.to_report(0, step, self.set.samples());
+        let started = std::time::Instant::now();
+        let scored = self.set.score(&model.model, model.vs.device(), &eval_options(trainer.job()))?;
+        let report = scored.to_report(0, step, self.set.samples(), started.elapsed().as_secs_f64());
         for line in report.table() {
             if plain {
                 tessera_coordinator::say!("{line}");

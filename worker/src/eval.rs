@@ -157,14 +157,14 @@ pub fn evaluate<'a>(
 }
 
 impl EvalReport {
-    /// The report as ranks send it and logs record it.
-    pub fn to_report(&self, generation: u64, step: u64, samples: u64) -> ValidationReport {
+    /// The report as ranks send it and logs record it (`seconds`: how long scoring took).
+    pub fn to_report(&self, generation: u64, step: u64, samples: u64, seconds: f64) -> ValidationReport {
         let modalities = self
             .modalities
             .iter()
             .map(|(m, e)| (m.key().to_string(), ModalityScore { tokens: e.tokens, loss: e.loss, unigram: e.unigram }))
             .collect();
-        ValidationReport { generation, step, samples, modalities }
+        ValidationReport { generation, step, samples, modalities, seconds }
     }
 }
 

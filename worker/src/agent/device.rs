@@ -350,9 +350,11 @@ fn validate(
         }
         return Ok(());
     };
+    let started = std::time::Instant::now();
     let report = t.evaluate(set)?;
     if g.rank == 0 {
-        ctx.send(WorkerEvent::Validated { worker: ctx.worker, report: report.to_report(g.plan.generation, step, set.samples()) });
+        let report = report.to_report(g.plan.generation, step, set.samples(), started.elapsed().as_secs_f64());
+        ctx.send(WorkerEvent::Validated { worker: ctx.worker, report });
     }
     Ok(())
 }

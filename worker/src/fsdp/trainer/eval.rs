@@ -40,8 +40,12 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
             self.gather_unit(r)?;
         }
         let mine: Vec<usize> = shard_range(n, world, rank).collect();
+        // Every rank runs as many groups as the largest share needs (rank 0's): each group
+        // gathers every unit, so a rank with fewer batches (or none) still takes part.
+        let rounds = shard_range(n, world, 0).len().div_ceil(group);
         let mut slots = vec![0i64; n * k * SLOTS];
-        for chunk in mine.chunks(group) {
+        for r in 0..rounds {
+            let chunk = &mine[(r * group).min(mine.len())..((r + 1) * group).min(mine.len())];
             let batches: Vec<&MaskedBatch> = chunk.iter().map(|&b| &set.val[b]).collect();
             for (&b, scores) in chunk.iter().zip(self.forward_scores(&batches, &opts, baseline)?) {
                 for s in scores {
@@ -73,7 +77,7 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
     }
 
     /// Forward passes of `batches` together, unit by unit (gathered just before use, freed
-    /// after), without autograd; the scores of each batch.
+    /// after), without autograd; the scores of each batch. Collective even for no batches.
     fn forward_scores(
         &mut self,
         batches: &[&MaskedBatch],
