@@ -255,3 +255,42 @@ fn generations_failing_before_their_first_step_fail_the_job_after_three() {
         assert!(started(&fail_start(&mut c2, &mut t)).is_some());
     }
 }
+
+/// A deterministic error some steps after the restored checkpoint (every rank alive, each
+/// generation trains a step and fails at the same step again) fails the job after three
+/// retries instead of restarting forever; a generation that gets past that step resets it.
+#[test]
+fn generations_failing_again_at_the_same_step_fail_the_job_after_three_retries() {
+    let run = |recover_after: Option<u32>| -> Vec<Action> {
+        let mut c = Control::new(POLICY);
+        for id in 1..=3 {
+            join(&mut c, 0, id);
+        }
+        let mut now = 0;
+        train(&mut c, &mut now, 2);
+        let mut last = Vec::new();
+        for attempt in 0..5u32 {
+            let Some(g) = c.running().map(|g| g.generation) else { break };
+            // Restored at the checkpoint of step 2, it trains step 2, and fails at step 3.
+            assert_eq!(c.next_step(), 2, "attempt {attempt}");
+            train(&mut c, &mut now, if recover_after == Some(attempt) { 2 } else { 1 });
+            now += 10;
+            c.handle(now, Event::GenerationFailed { generation: g, id: w(2) });
+            for id in 1..=3 {
+                c.handle(now, Event::Heartbeat { id: w(id) });
+            }
+            last = c.handle(now, Event::GenerationStopped { generation: g });
+            if recover_after == Some(attempt) {
+                break;
+            }
+        }
+        last
+    };
+    let acts = run(None);
+    let reason = acts.iter().find_map(|a| if let Action::Fail { reason } = a { Some(reason.clone()) } else { None });
+    let reason = reason.unwrap_or_else(|| panic!("the job fails: {acts:?}"));
+    assert!(reason.contains("3 generations") && reason.contains("past step 3") && reason.contains("step 2"), "{reason}");
+    // The third attempt trains past step 3 before failing (at step 4): a new point, retried.
+    let acts = run(Some(2));
+    assert!(started(&acts).is_some(), "{acts:?}");
+}

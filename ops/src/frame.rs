@@ -47,11 +47,14 @@ impl Header {
         if raw == &want {
             return Ok(());
         }
+        if raw[0..4] == want[0..4] && raw[4] != want[4] {
+            // The likeliest desync (ranks calling different collectives): say which.
+            let theirs = OpKind::from_code(raw[4]).map_or(format!("unknown op code {}", raw[4]), |op| op.to_string());
+            return Err(format!("the peer called {theirs} where this rank called {} (mismatched call order)", self.op));
+        }
         let field = |r: std::ops::Range<usize>| (le(&raw[r.clone()]), le(&want[r]));
         let (what, got, expected) = if raw[0..4] != want[0..4] {
             ("magic", field(0..4).0, field(0..4).1)
-        } else if raw[4] != want[4] {
-            ("op code", u64::from(raw[4]), u64::from(want[4]))
         } else if raw[5] != want[5] {
             ("dtype code", u64::from(raw[5]), u64::from(want[5]))
         } else if raw[8..16] != want[8..16] {
@@ -87,7 +90,10 @@ mod tests {
         let other = Header { seq: 10, ..h }.encode();
         assert!(h.check(&other).unwrap_err().contains("sequence number is 10, expected 9"));
         let other = Header { op: OpKind::Broadcast, ..h }.encode();
-        assert!(h.check(&other).unwrap_err().contains("op code"));
+        assert_eq!(h.check(&other).unwrap_err(), "the peer called broadcast where this rank called all_reduce (mismatched call order)");
+        let mut unknown = h.encode();
+        unknown[4] = 99;
+        assert!(h.check(&unknown).unwrap_err().contains("unknown op code 99"));
         let other = Header { len: 8, ..h }.encode();
         assert!(h.check(&other).unwrap_err().contains("payload length is 8, expected 400"));
     }

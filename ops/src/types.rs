@@ -96,6 +96,13 @@ impl OpKind {
             OpKind::Rendezvous => 7,
         }
     }
+
+    /// The op of a wire code (`None` for a code no version of [`Self::code`] produces).
+    pub fn from_code(code: u8) -> Option<Self> {
+        [Self::AllReduce, Self::ReduceScatter, Self::AllGather, Self::Broadcast, Self::Barrier, Self::Connect, Self::Rendezvous]
+            .into_iter()
+            .find(|op| op.code() == code)
+    }
 }
 
 impl fmt::Display for OpKind {

@@ -134,7 +134,11 @@ impl Control {
                 {
                     self.next_step = self.next_step.max(step + 1);
                     self.progressed = true;
-                    self.failed_starts = 0;
+                    // Past the point where the last failure happened: that failure was transient.
+                    if self.failed_at.is_none_or(|f| step + 1 > f) {
+                        self.failed_starts = 0;
+                        self.failed_at = None;
+                    }
                     for id in g.ranks.clone() {
                         if let Some(m) = self.members.get_mut(&id) {
                             m.last_seen_ms = now_ms;
@@ -158,11 +162,16 @@ impl Control {
             }
             Event::GenerationStopped { generation } => {
                 if let Some(g) = self.running.as_ref().filter(|g| g.generation == generation) {
-                    // A lost rank explains a failure; a failure with every rank alive and no step
-                    // trained would happen again.
+                    // A lost rank explains a failure; a failure with every rank alive that did not
+                    // get past the previous one (no step trained, or failing at the same step
+                    // again) would happen again.
                     let all_alive = g.ranks.iter().all(|id| self.members.contains_key(id));
-                    if self.rank_failed && !self.progressed && all_alive {
-                        self.failed_starts += 1;
+                    if self.rank_failed && all_alive {
+                        let reached = self.next_step;
+                        if !self.progressed || self.failed_at.is_some_and(|f| reached <= f) {
+                            self.failed_starts += 1;
+                        }
+                        self.failed_at = Some(self.failed_at.map_or(reached, |f| f.max(reached)));
                     }
                     self.progressed = false;
                     self.rank_failed = false;
@@ -245,9 +254,10 @@ impl Control {
         if self.failed_starts >= MAX_FAILED_STARTS {
             if !self.done {
                 let from = self.last_committed().map_or("the start".to_string(), |s| format!("the checkpoint of step {s}"));
+                let at = self.failed_at.unwrap_or(0);
                 actions.push(Action::Fail {
                     reason: format!(
-                        "{} generations in a row failed before their first step, restoring {from}, with every rank alive",
+                        "{} generations in a row failed again without getting past step {at}, restoring {from}, with every rank alive",
                         self.failed_starts
                     ),
                 });

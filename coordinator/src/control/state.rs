@@ -163,14 +163,19 @@ pub struct Control {
     /// The running generation was aborted because a rank failed.
     #[serde(default)]
     pub(super) rank_failed: bool,
-    /// Generations in a row that failed before their first step with every rank alive: a
-    /// failure that restarting cannot fix (a checkpoint that does not load, a bad job).
+    /// Generations in a row that failed with every rank alive without getting past the point
+    /// where the one before them failed (before their first step, or at the same step again):
+    /// a failure that restarting cannot fix (a checkpoint that does not load, a bad job, a
+    /// deterministic error at some step).
     #[serde(default)]
     pub(super) failed_starts: u32,
+    /// The step count the last generation that failed with every rank alive had reached.
+    #[serde(default)]
+    pub(super) failed_at: Option<u64>,
 }
 
-/// After this many generations in a row fail before their first step with all ranks alive,
-/// the job fails instead of starting the same generation again forever.
+/// After this many generations in a row fail with all ranks alive without getting past the
+/// point of the failure before them, the job fails instead of restarting forever.
 pub const MAX_FAILED_STARTS: u32 = 3;
 
 impl Control {
@@ -194,6 +199,7 @@ impl Control {
             progressed: false,
             rank_failed: false,
             failed_starts: 0,
+            failed_at: None,
         }
     }
 
