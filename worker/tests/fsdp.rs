@@ -182,3 +182,41 @@ fn fsdp_over_2_and_3_ranks_equals_one_process() {
         }
     }
 }
+
+/// Validation on the ranks (forward only, each rank its share of the held-out batches) equals
+/// one process's, also with more ranks than held-out batches (3 ranks, 2 batches: one rank
+/// has none and still takes part in every gather) and with the gathers on the comm thread.
+#[test]
+fn validation_on_the_ranks_scores_like_one_process() {
+    tch::set_num_threads(1);
+    let d = tempfile::tempdir().unwrap();
+    let job_of = |dir: &Path, prefetch: bool| {
+        common::fsdp_job(dir, "fsdp-eval", &format!("threads = 1\nfsdp_prefetch = {prefetch}{}", common::eval_table(4)))
+    };
+    let job = job_of(d.path(), false);
+    let cfg = four_m_config(&job.model, &job.origin).unwrap();
+    let set = tessera_worker::eval::ValidationSet::prepare(&job, &cfg).unwrap().expect("a held-out set");
+    assert_eq!(set.val.len(), 2, "4 samples in micro-batches of 2");
+    let source = open_job_data(&job, &cfg.all_domains()).unwrap();
+    let mut t = Trainer::new(job.clone(), &cfg, source, vec![200]).unwrap();
+    t.step().unwrap();
+    t.step().unwrap();
+    let opts = tessera_worker::trainer::eval_options(&job);
+    let want = set.score(&t.model().model, tch::Device::Cpu, &opts).unwrap();
+    for (world, prefetch) in [(2, false), (3, true)] {
+        let dir = d.path().to_path_buf();
+        let reports = common::on_rings(world, move |_, ring| {
+            let job = job_of(&dir, prefetch);
+            let cfg = four_m_config(&job.model, &job.origin).unwrap();
+            let set = tessera_worker::eval::ValidationSet::prepare(&job, &cfg).unwrap().unwrap();
+            let source = open_job_data(&job, &cfg.all_domains()).unwrap();
+            let mut t = FsdpTrainer::new(job, &cfg, source, vec![200], ring).unwrap();
+            t.step().unwrap();
+            t.step().unwrap();
+            t.evaluate(&set).unwrap()
+        });
+        for (rank, got) in reports.iter().enumerate() {
+            common::assert_same_validation(got, &want, 1e-5, &format!("world {world}, rank {rank}"));
+        }
+    }
+}

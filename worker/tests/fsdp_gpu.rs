@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tessera_coordinator::job::ResolvedJob;
 use tessera_worker::data::open_job_data;
+use tessera_worker::eval::ValidationSet;
 use tessera_worker::fsdp::{FsdpTrainer, flat};
 use tessera_worker::{Trainer, four_m_config};
 
@@ -97,6 +98,39 @@ fn fsdp_bf16_on_the_gpu_follows_one_process_bf16() {
     for got in fsdp(d.path(), 1, true, true) {
         assert_close(&got, &want, 2e-2, "FSDP bf16 vs single-process bf16");
     }
+}
+
+/// Validation on the ranks with the units gathered through NCCL equals the single-process
+/// trainer's on the same GPU.
+#[test]
+fn validation_through_nccl_scores_like_one_process() {
+    if let Some(why) = skip_reason() {
+        println!("SKIPPED: {why}");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let job_eval = |dir: &Path| common::fsdp_job(dir, "fsdp-gpu-eval", &format!("device = \"cuda\"{}", common::eval_table(6)));
+    let job = job_eval(d.path());
+    let cfg = four_m_config(&job.model, &job.origin).unwrap();
+    let set = ValidationSet::prepare(&job, &cfg).unwrap().expect("a held-out set");
+    let source = open_job_data(&job, &cfg.all_domains()).unwrap();
+    let mut t = Trainer::new(job.clone(), &cfg, source, vec![200]).unwrap();
+    t.step().unwrap();
+    let want = set.score(&t.model().model, tch::Device::Cuda(0), &tessera_worker::trainer::eval_options(&job)).unwrap();
+    let dir = d.path().to_path_buf();
+    let got = common::on_rings(1, move |_, mut ring| {
+        let job = job_eval(&dir);
+        let mut c = tessera_ops::NcclConfig::new(common::auth(0), 0);
+        c.timeout = Duration::from_secs(60);
+        let comm = flat::nccl_over(&mut ring, &c).unwrap();
+        let cfg = four_m_config(&job.model, &job.origin).unwrap();
+        let set = ValidationSet::prepare(&job, &cfg).unwrap().unwrap();
+        let source = open_job_data(&job, &cfg.all_domains()).unwrap();
+        let mut t = FsdpTrainer::new(job, &cfg, source, vec![200], ring).unwrap().with_device_comm(Some(comm)).unwrap();
+        t.step().unwrap();
+        t.evaluate(&set).unwrap()
+    });
+    common::assert_same_validation(&got[0], &want, 1e-4, "NCCL, world 1");
 }
 
 /// Without NCCL (CI): building the communicator fails on every rank with an error naming NCCL,

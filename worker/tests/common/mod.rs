@@ -58,6 +58,25 @@ clip_grad = 0.5
     ResolvedJob::resolve(&JobConfig::from_toml(&text, &file).unwrap(), &file, dir).unwrap()
 }
 
+/// `[eval]` for [`fsdp_job`]'s `extra_train` (it closes `[train]`): validation every step on
+/// `samples` held-out samples (synthetic records the training split never draws).
+pub fn eval_table(samples: u64) -> String {
+    format!("\n[eval]\nevery_steps = 1\nsamples = {samples}\nbaseline_samples = 8\n")
+}
+
+/// Asserts that FSDP's validation `got` equals one process's `want`: the same modalities and
+/// tokens, the same baseline to the bit (its per-batch sums travel exactly), losses within `rel`.
+pub fn assert_same_validation(got: &tessera_worker::eval::EvalReport, want: &tessera_worker::eval::EvalReport, rel: f64, what: &str) {
+    assert_eq!(got.modalities.keys().collect::<Vec<_>>(), want.modalities.keys().collect::<Vec<_>>(), "{what}");
+    for (m, w) in &want.modalities {
+        let g = &got.modalities[m];
+        assert_eq!(g.tokens, w.tokens, "{what}: {m}");
+        assert_eq!(g.unigram, w.unigram, "{what}: {m}");
+        assert!(w.unigram.is_some(), "{what}: {m} has a fitted baseline");
+        assert!((g.loss - w.loss).abs() / w.loss.abs() < rel, "{what}: {m}: loss {} vs {}", g.loss, w.loss);
+    }
+}
+
 /// The test rings' identity: job 7, generation `generation`, a fixed secret.
 pub fn auth(generation: u64) -> JobAuth {
     JobAuth { job_id: 7, generation, secret: Secret::new(b"fsdp-test-secret".to_vec()) }
