@@ -175,7 +175,9 @@ pub struct ValidationSet {
     every: u64,
     /// The held-out batches, in micro-batches, in ledger order.
     pub val: Vec<MaskedBatch>,
-    fit: Vec<MaskedBatch>,
+    /// The baseline's training batches, emptied once it is fitted (with image modalities they
+    /// are hundreds of MiB that a long job would otherwise keep for nothing).
+    fit: std::cell::RefCell<Vec<MaskedBatch>>,
     baseline: std::cell::OnceCell<UnigramBaseline>,
 }
 
@@ -200,7 +202,7 @@ impl ValidationSet {
         let mut train = open_job_data(job, &mods)?;
         let train_ledger = SampleLedger::new(job.seed, job.schedule.clone(), train.dataset_lens())?;
         let fit = chunks(&mut |r| train.batch(r), &train_ledger, e.baseline_samples)?;
-        Ok(Some(Self { every: e.every_steps, val, fit, baseline: std::cell::OnceCell::new() }))
+        Ok(Some(Self { every: e.every_steps, val, fit: std::cell::RefCell::new(fit), baseline: std::cell::OnceCell::new() }))
     }
 
     /// True when step count `step` is a validation point.
@@ -219,7 +221,8 @@ impl ValidationSet {
         if let Some(b) = self.baseline.get() {
             return Ok(b);
         }
-        let b = UnigramBaseline::fitted(model, &self.fit, opts)?;
+        let b = UnigramBaseline::fitted(model, &self.fit.borrow(), opts)?;
+        *self.fit.borrow_mut() = Vec::new();
         Ok(self.baseline.get_or_init(|| b))
     }
 
