@@ -451,8 +451,8 @@ impl CoordinatorState {
         if let Err(e) = report.append_to_log(&self.args.output_dir) {
             self.log(&format!("validation of step {} not logged: {e}", report.step));
         }
+        self.args.metrics.observe_validation(&report);
         let loss: BTreeMap<String, f64> = report.modalities.iter().map(|(m, e)| (m.clone(), e.loss)).collect();
-        self.args.metrics.observe_validation(report.step, loss.iter().map(|(m, l)| (m.as_str(), *l)));
         self.record(JobEvent::Validated { step: report.step, loss });
     }
 

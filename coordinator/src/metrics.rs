@@ -20,8 +20,10 @@ use std::sync::Mutex;
 
 use prometheus::{Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntGauge, Opts, Registry, TextEncoder};
 
+use crate::api::ValidationStatus;
 use crate::error::{CoordinatorError, Result};
 use crate::report::StepReport;
+use crate::validation::ValidationReport;
 
 /// The step phases exported as values of the `phase` label, in report order.
 pub const PHASES: [&str; 6] = ["data", "forward", "backward", "comm", "optimizer", "total"];
@@ -53,8 +55,9 @@ pub struct JobMetrics {
     workers_registered: IntGauge,
     val_step: IntGauge,
     val_loss: GaugeVec,
+    val_seconds: Gauge,
     /// The last validation as observed (for `GET /status`).
-    last_validation: Mutex<Option<(u64, BTreeMap<String, f64>)>>,
+    last_validation: Mutex<Option<ValidationStatus>>,
     /// The running generation and its world size, once [`JobMetrics::set_generation`] was
     /// called: reports of other generations are refused so that no stale rank label comes back.
     current: Mutex<Option<(u64, u32)>>,
@@ -128,6 +131,7 @@ impl JobMetrics {
                     &["modality"],
                 )?,
             )?,
+            val_seconds: register(r, Gauge::new("tessera_validation_seconds", "Seconds the ranks spent on the last validation.")?)?,
             last_validation: Mutex::new(None),
             current: Mutex::new(None),
         })
@@ -210,19 +214,21 @@ impl JobMetrics {
         self.checkpoints_committed.inc();
     }
 
-    /// The held-out set was scored at step count `step`: `losses` per target modality.
-    pub fn observe_validation<'a>(&self, step: u64, losses: impl IntoIterator<Item = (&'a str, f64)>) {
-        self.val_step.set(i64::try_from(step).unwrap_or(i64::MAX));
-        let mut last = BTreeMap::new();
-        for (modality, loss) in losses {
-            self.val_loss.with_label_values(&[modality]).set(loss);
-            last.insert(modality.to_string(), loss);
+    /// The ranks scored the held-out set: its step, loss per target modality and duration.
+    pub fn observe_validation(&self, report: &ValidationReport) {
+        self.val_step.set(i64::try_from(report.step).unwrap_or(i64::MAX));
+        self.val_seconds.set(report.seconds);
+        let mut loss = BTreeMap::new();
+        for (modality, score) in &report.modalities {
+            self.val_loss.with_label_values(&[modality.as_str()]).set(score.loss);
+            loss.insert(modality.clone(), score.loss);
         }
-        *self.last_validation.lock().expect("validation lock") = Some((step, last));
+        *self.last_validation.lock().expect("validation lock") =
+            Some(ValidationStatus { step: report.step, loss, seconds: report.seconds });
     }
 
-    /// The last validation observed: its step and the loss per modality it scored.
-    pub fn last_validation(&self) -> Option<(u64, BTreeMap<String, f64>)> {
+    /// The last validation observed.
+    pub fn last_validation(&self) -> Option<ValidationStatus> {
         self.last_validation.lock().expect("validation lock").clone()
     }
 

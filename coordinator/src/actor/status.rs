@@ -1,6 +1,6 @@
 //! The job's status as `GET /status` shows it, built from the coordinator's state.
 
-use crate::api::{JobPhase, JobStatus, MemberStatus, ValidationStatus};
+use crate::api::{JobPhase, JobStatus, MemberStatus};
 
 use super::CoordinatorState;
 
@@ -48,7 +48,7 @@ impl CoordinatorState {
             restarts: self.restarts,
             schedule_version: u64::from(self.mixtures.version_at(self.control.next_step())),
             members,
-            validation: self.args.metrics.last_validation().map(|(step, loss)| ValidationStatus { step, loss }),
+            validation: self.args.metrics.last_validation(),
         }
     }
 }

@@ -25,7 +25,7 @@ impl JobStatus {
         let _ = writeln!(out, "mixture      v{}", self.schedule_version);
         if let Some(v) = &self.validation {
             let losses: Vec<String> = v.loss.iter().map(|(m, l)| format!("{m} {l:.4}")).collect();
-            let _ = writeln!(out, "validation   step {}: {}", v.step, losses.join(", "));
+            let _ = writeln!(out, "validation   step {} ({:.2}s): {}", v.step, v.seconds, losses.join(", "));
         }
 
         let header = ["WORKER", "ADDR", "RANK", "SEEN", "DRAINING", "STEP_S"];

@@ -82,7 +82,11 @@ fn sample_status() -> JobStatus {
         last_checkpoint: Some(1000),
         restarts: 1,
         schedule_version: 2,
-        validation: Some(ValidationStatus { step: 1000, loss: [("caption".to_string(), 2.5), ("tok_rgb@224".to_string(), 4.25)].into() }),
+        validation: Some(ValidationStatus {
+            step: 1000,
+            loss: [("caption".to_string(), 2.5), ("tok_rgb@224".to_string(), 4.25)].into(),
+            seconds: 3.5,
+        }),
         members: vec![
             MemberStatus { worker: 9, addr: "127.0.0.1:41002".into(), rank: None, seen_ms_ago: 50, draining: false, last_step_s: None },
             MemberStatus {
@@ -205,7 +209,7 @@ fn api_status_round_trips_and_renders_a_table() {
     assert!(table.contains("step         1200/10000 (12.0%)"), "{table}");
     assert!(table.contains("loss         2.3457"), "{table}");
     assert!(table.contains("checkpoint   1000"), "{table}");
-    assert!(table.contains("validation   step 1000: caption 2.5000, tok_rgb@224 4.2500"), "{table}");
+    assert!(table.contains("validation   step 1000 (3.50s): caption 2.5000, tok_rgb@224 4.2500"), "{table}");
     let rows: Vec<&str> = table.lines().skip_while(|l| !l.starts_with("WORKER")).collect();
     assert_eq!(rows[0], "WORKER  ADDR             RANK  SEEN  DRAINING  STEP_S");
     // Ranked members first, by rank; the spare worker last.

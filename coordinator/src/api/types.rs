@@ -61,6 +61,9 @@ pub struct ValidationStatus {
     pub step: u64,
     /// Held-out loss per target modality (nats per token).
     pub loss: BTreeMap<String, f64>,
+    /// Seconds the ranks spent scoring it (training waited for them).
+    #[serde(default)]
+    pub seconds: f64,
 }
 
 /// The answer of `GET /status`.

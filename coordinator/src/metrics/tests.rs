@@ -3,8 +3,10 @@ use std::collections::BTreeMap;
 use prometheus::Registry;
 
 use super::JobMetrics;
+use crate::api::ValidationStatus;
 use crate::error::CoordinatorError;
 use crate::report::{StepReport, StepTimings};
+use crate::validation::{ModalityScore, ValidationReport};
 
 fn report(generation: u64, step: u64, rank: u32, world: u32, samples: u64, tokens: u64, total_s: f64) -> StepReport {
     StepReport {
@@ -119,13 +121,21 @@ fn metrics_refuse_a_second_registration_on_one_registry() {
 #[test]
 fn validation_scores_are_gauges_per_modality() {
     let m = JobMetrics::new(&Registry::new()).unwrap();
-    m.observe_validation(100, [("rgb", 2.5), ("caption", 4.0)]);
-    m.observe_validation(200, [("rgb", 2.0)]);
+    let report = |step: u64, scores: &[(&str, f64)], seconds: f64| ValidationReport {
+        generation: 0,
+        step,
+        samples: 8,
+        modalities: scores.iter().map(|(m, l)| (m.to_string(), ModalityScore { tokens: 10, loss: *l, unigram: None })).collect(),
+        seconds,
+    };
+    m.observe_validation(&report(100, &[("rgb", 2.5), ("caption", 4.0)], 1.5));
+    m.observe_validation(&report(200, &[("rgb", 2.0)], 2.25));
     let text = m.render().unwrap();
     assert_eq!(value(&text, "tessera_validation_step"), Some(200.0));
+    assert_eq!(value(&text, "tessera_validation_seconds"), Some(2.25));
     assert_eq!(value(&text, r#"tessera_validation_loss{modality="rgb"}"#), Some(2.0));
     // A modality without targets this time keeps its last score.
     assert_eq!(value(&text, r#"tessera_validation_loss{modality="caption"}"#), Some(4.0));
     // The status shows the last validation as it was.
-    assert_eq!(m.last_validation(), Some((200, [("rgb".to_string(), 2.0)].into())));
+    assert_eq!(m.last_validation(), Some(ValidationStatus { step: 200, loss: [("rgb".to_string(), 2.0)].into(), seconds: 2.25 }));
 }
