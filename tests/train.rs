@@ -168,12 +168,16 @@ fn checkpoints_move_between_one_and_many_workers() {
 
 /// kill -9 of a worker mid-run: the job continues on the remaining workers from the last
 /// committed checkpoint without intervention, and every step's final loss equals that of an
-/// uninterrupted one-process run (FSDP losses do not depend on the world size).
+/// uninterrupted one-process run (FSDP losses do not depend on the world size). Validations
+/// (every 2 steps, 5 held-out batches over 3 and then 2 ranks) have one process's scores and
+/// are logged once per step (if the kill lands between a validation and the next commit, the
+/// rollback scores that step again).
 #[test]
 fn a_killed_worker_is_replaced_by_a_smaller_generation() {
     let one = tempfile::tempdir().unwrap();
     let job = write_job(one.path(), 8, "micro_batch_size = 1");
-    let text = std::fs::read_to_string(&job).unwrap().replace("global_batch_size = 2", "global_batch_size = 6");
+    let eval = "\n[eval]\nevery_steps = 2\nsamples = 5\nbaseline_samples = 4\n";
+    let text = std::fs::read_to_string(&job).unwrap().replace("global_batch_size = 2", "global_batch_size = 6") + eval;
     std::fs::write(&job, &text).unwrap();
     assert!(tessera(&["train", &job]).status.success());
     let reference = losses_of(one.path());
@@ -204,6 +208,22 @@ fn a_killed_worker_is_replaced_by_a_smaller_generation() {
     for (s, (l, _)) in &last {
         let r = reference[*s as usize];
         assert!((l - r).abs() / r.abs() < 1e-6, "step {s}: {l} vs {r}");
+    }
+    let evals = |dir: &std::path::Path| -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(dir.join("out/eval_log.jsonl")).unwrap();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let (want, got) = (evals(one.path()), evals(d.path()));
+    let steps = |v: &[serde_json::Value]| v.iter().map(|l| l["step"].as_u64().unwrap()).collect::<Vec<_>>();
+    assert_eq!(steps(&want), vec![2, 4, 6, 8]);
+    assert_eq!(steps(&got), vec![2, 4, 6, 8], "each validation step once, in order");
+    for (a, b) in want.iter().zip(&got) {
+        for (m, ea) in a["modalities"].as_object().unwrap() {
+            let eb = &b["modalities"][m];
+            assert_eq!((&ea["tokens"], &ea["unigram"]), (&eb["tokens"], &eb["unigram"]), "step {}: {m}", a["step"]);
+            let (la, lb) = (ea["loss"].as_f64().unwrap(), eb["loss"].as_f64().unwrap());
+            assert!((la - lb).abs() / la.abs() < 1e-5, "step {}: {m}: one process {la}, workers {lb}", a["step"]);
+        }
     }
 }
 
