@@ -669,6 +669,7 @@ impl Actor for Coordinator {
                 }
             }
         });
+        let validated = crate::validation::last_logged_step(&args.output_dir);
         let mut state = CoordinatorState {
             args,
             control,
@@ -690,9 +691,8 @@ impl Actor for Coordinator {
             ending: None,
             checkpoint_asked: None,
             removal: BTreeMap::new(),
-            validated: None,
+            validated,
         };
-        state.validated = crate::validation::last_logged_step(&state.args.output_dir);
         let resumed_step = state.control.last_committed();
         state.record(JobEvent::CoordinatorStarted { resumed_step });
         state.workers_changed();

@@ -2,9 +2,9 @@
 //! dataset-mixture schedule and the global sample ledger (the determinism contract), and the
 //! learning-rate schedule, and the coordinator's membership/generation/checkpoint decisions as a
 //! pure state machine ([`control`]). Around it: the per-step [`StepReport`] of every rank, the
-//! job's Prometheus metrics ([`JobMetrics`]), the held-out [`ValidationReport`], the append-only job event log ([`EventLog`]), and
-//! the HTTP API ([`api::serve`] over a [`JobControl`] backend) with its blocking CLI client
-//! ([`ApiClient`]).
+//! held-out [`ValidationReport`], the job's Prometheus metrics ([`JobMetrics`]), the
+//! append-only job event log ([`EventLog`]), and the HTTP API ([`api::serve`] over a
+//! [`JobControl`] backend) with its blocking CLI client ([`ApiClient`]).
 
 pub mod actor;
 pub mod api;

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -69,8 +69,11 @@ impl ValidationReport {
 /// The step of the last complete line of `out/eval_log.jsonl` (the log is appended to across
 /// runs of a job), `None` without one.
 pub fn last_logged_step(out: &Path) -> Option<u64> {
-    let path: PathBuf = out.join(EVAL_LOG);
-    std::fs::read_to_string(path).ok()?.lines().rev().find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["step"].as_u64())
+    std::fs::read_to_string(out.join(EVAL_LOG))
+        .ok()?
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["step"].as_u64())
 }
 
 #[cfg(test)]

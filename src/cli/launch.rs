@@ -315,8 +315,7 @@ pub fn run_rank(a: RankArgs) -> anyhow::Result<()> {
         if let Some(set) = &held_out
             && (set.due(step) || step >= total)
         {
-            let started = Instant::now();
-            let report = trainer.evaluate(set)?.to_report(a.generation, step, set.samples(), started.elapsed().as_secs_f64());
+            let report = trainer.validation_report(set, a.generation)?;
             if a.rank == 0 {
                 report.table().iter().for_each(|l| tessera_coordinator::say!("{l}"));
                 report.append_to_log(&out_dir)?;

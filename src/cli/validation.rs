@@ -29,10 +29,7 @@ impl Validation {
     /// `OUT/eval_log.jsonl`.
     pub fn run<S: BatchSource>(&self, trainer: &Trainer<S>, bar: &ProgressBar, plain: bool) -> anyhow::Result<ValidationReport> {
         let model = trainer.model();
-        let step = trainer.state().step;
-        let started = std::time::Instant::now();
-        let scored = self.set.score(&model.model, model.vs.device(), &eval_options(trainer.job()))?;
-        let report = scored.to_report(0, step, self.set.samples(), started.elapsed().as_secs_f64());
+        let report = self.set.report(&model.model, model.vs.device(), &eval_options(trainer.job()), trainer.state().step)?;
         for line in report.table() {
             if plain {
                 tessera_coordinator::say!("{line}");

@@ -226,6 +226,13 @@ impl ValidationSet {
         Ok(self.baseline.get_or_init(|| b))
     }
 
+    /// [`Self::score`] at step count `step`, timed, as the report logs record.
+    pub fn report(&self, model: &FourM, device: tch::Device, opts: &ForwardOptions, step: u64) -> Result<ValidationReport> {
+        let started = std::time::Instant::now();
+        let scored = self.score(model, device, opts)?;
+        Ok(scored.to_report(0, step, self.samples(), started.elapsed().as_secs_f64()))
+    }
+
     /// Scores a whole single-device `model` (no gradients) on the held-out batches, moved to
     /// `device`.
     pub fn score(&self, model: &FourM, device: tch::Device, opts: &ForwardOptions) -> Result<EvalReport> {

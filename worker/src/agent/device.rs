@@ -350,10 +350,8 @@ fn validate(
         }
         return Ok(());
     };
-    let started = std::time::Instant::now();
-    let report = t.evaluate(set)?;
+    let report = t.validation_report(set, g.plan.generation)?;
     if g.rank == 0 {
-        let report = report.to_report(g.plan.generation, step, set.samples(), started.elapsed().as_secs_f64());
         ctx.send(WorkerEvent::Validated { worker: ctx.worker, report });
     }
     Ok(())

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use tch::Tensor;
+use tessera_coordinator::ValidationReport;
 use tessera_model::{ForwardOptions, MaskedBatch, Staged};
 use tessera_ops::{Collective, ReduceOp, shard_range};
 use tessera_tokenizers::Modality;
@@ -74,6 +75,14 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
             }
         }
         Ok(fold_scores(&scores, Some(baseline)))
+    }
+
+    /// [`Self::evaluate`] at the current step, timed, as the report ranks send and logs record
+    /// (`generation`: the generation the ranks train in).
+    pub fn validation_report(&mut self, set: &ValidationSet, generation: u64) -> Result<ValidationReport> {
+        let started = std::time::Instant::now();
+        let report = self.evaluate(set)?;
+        Ok(report.to_report(generation, self.state.step, set.samples(), started.elapsed().as_secs_f64()))
     }
 
     /// Forward passes of `batches` together, unit by unit (gathered just before use, freed
