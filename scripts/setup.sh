@@ -29,14 +29,14 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if ! .venv/bin/python -c "import torch,sys; sys.exit(0 if torch.__version__.split('+')[0]=='$TORCH_VERSION' else 1)" 2>/dev/null; then
   log "pip: installing torch==$TORCH_VERSION into .venv (about 2 minutes, 5 GB)"
-  .venv/bin/pip install -q --disable-pip-version-check "torch==$TORCH_VERSION"
+  .venv/bin/pip install -q --no-cache-dir --disable-pip-version-check "torch==$TORCH_VERSION"
 fi
 
 SITE=$(.venv/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 # The peers' benchmark scripts (../shared/peers, e.g. gloo_allreduce.py) need numpy beside torch.
 if ! .venv/bin/python -c "import numpy" 2>/dev/null; then
   log "pip: installing numpy into .venv (for the peer benchmark scripts)"
-  .venv/bin/pip install -q --disable-pip-version-check numpy
+  .venv/bin/pip install -q --no-cache-dir --disable-pip-version-check numpy
 fi
 ln -sfn "$SITE/torch" .libtorch
 
