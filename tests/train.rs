@@ -340,3 +340,37 @@ fn export_consolidates_a_sharded_checkpoint() {
         assert!(diff / scale < 1e-5, "{name}: relative difference {}", diff / scale);
     }
 }
+
+/// A held-out split that no rank can read (a corrupt file behind `val_path`): each rank says
+/// why, the ranks agree to skip every validation instead of waiting for each other in a
+/// collective, and the job trains to its end.
+#[test]
+fn workers_skip_validation_when_the_held_out_set_cannot_be_read() {
+    let d = tempfile::tempdir().unwrap();
+    let job = write_job(d.path(), 4, "collective_timeout_s = 30");
+    let lines: Vec<String> =
+        (0..40).map(|i| serde_json::json!({ "text": format!("document {i}: a red dog near a blue house") }).to_string()).collect();
+    std::fs::write(d.path().join("train.jsonl"), lines.join("\n") + "\n").unwrap();
+    std::fs::write(d.path().join("val.jsonl"), "this is not json\n{\"text\": 3}\n").unwrap();
+    let text = std::fs::read_to_string(&job).unwrap().replace(
+        "name = \"syn\"\nkind = \"synthetic\"\nrecords = 64",
+        "name = \"corpus\"\nkind = \"text\"\npath = \"train.jsonl\"\nval_path = \"val.jsonl\"",
+    );
+    assert!(text.contains("val_path"), "the fixture's dataset block changed: {text}");
+    std::fs::write(&job, text + "\n[eval]\nevery_steps = 2\nsamples = 2\nbaseline_samples = 4\n").unwrap();
+    let out = tessera(&["train", &job, "--workers", "2"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    for w in ["[worker#0]", "[worker#1]"] {
+        assert!(
+            err.lines().any(|l| l.starts_with(w) && l.contains("cannot load the held-out set") && l.contains("val.jsonl")),
+            "{w}: {err}"
+        );
+    }
+    for step in [2, 4] {
+        assert!(err.contains(&format!("validation of step {step} skipped: a rank has no held-out set")), "step {step}: {err}");
+    }
+    assert!(!err.contains("validation at step"), "{err}");
+    assert!(!d.path().join("out/eval_log.jsonl").exists());
+    assert_eq!(log_lines(d.path()).last().unwrap()["step"].as_u64(), Some(3), "trained to the end");
+}
