@@ -1,26 +1,16 @@
 //! Transformer building blocks, each a line-by-line port of ml-4m's `fm_utils.py` so that the
-//! same libtorch kernels run in the same order: bias-optional LayerNorm (zero bias buffer),
-//! attention with finite `-max` masking, plain and gated MLPs, encoder and decoder blocks.
+//! same libtorch kernels run in the same order (but for the attention core, which is fused and
+//! keeps ml-4m's `-max` masking semantics): bias-optional LayerNorm (zero bias buffer),
+//! attention, plain and gated MLPs, encoder and decoder blocks.
 //! Initialisation follows ml-4m's `init_weights` (xavier-uniform linears with the split
 //! fan-out rule for `qkv`/`kv`, zero biases, unit norms).
 //!
 //! Shape legend: B batch, N query tokens, M key/context tokens, D width, H heads, K head dim.
 
+use tch::Tensor;
 use tch::nn::{self, Init};
-use tch::{Kind, Tensor};
 
 use crate::config::{Activation, FourMConfig};
-
-/// The most negative finite value of a float kind: ml-4m fills blocked attention logits with
-/// `-finfo(dtype).max` (not -inf) so that fully blocked rows become uniform instead of NaN.
-pub fn neg_max(kind: Kind) -> f64 {
-    match kind {
-        Kind::BFloat16 => -3.389_531_389_251_535_5e38,
-        Kind::Half => -65504.0,
-        Kind::Double => -f64::MAX,
-        _ => -(f32::MAX as f64),
-    }
-}
 
 /// How a linear layer's weight is initialised (ml-4m treats fused projections per part).
 #[derive(Debug, Clone, Copy)]
@@ -125,14 +115,24 @@ impl Attention {
     }
 }
 
-/// softmax(q kᵀ · scale, blocked → -max) v, exactly as ml-4m orders the operations.
+/// softmax(q kᵀ · scale, blocked → -max) v with ml-4m's semantics, through libtorch's fused
+/// scaled-dot-product attention (1.4-1.7x faster than the unfused ops per attention on CPU, and
+/// no (B, H, N, M) logits kept for the backward pass).
+///
+/// ml-4m fills blocked logits with the most negative finite value, so a query row whose keys
+/// are all blocked attends uniformly: its output is the mean of `v`, with no gradient to `q`
+/// or `k`. The fused kernel cannot express that (a `-max` additive mask survives its forward
+/// but its saved log-sum-exp rounds to `-max` and breaks the backward; a boolean mask gives
+/// NaN), so such rows run unmasked and are replaced by the mean of `v` afterwards.
 fn attend(q_bhnk: &Tensor, k_bhmk: &Tensor, v_bhmk: &Tensor, mask: Option<&Tensor>, scale: f64) -> Tensor {
-    let mut attn_bhnm = q_bhnk.matmul(&k_bhmk.transpose(-2, -1)) * scale;
-    if let Some(mask) = mask {
-        attn_bhnm = attn_bhnm.masked_fill(&mask.unsqueeze(1), neg_max(attn_bhnm.kind()));
-    }
-    let kind = attn_bhnm.kind();
-    attn_bhnm.softmax(-1, kind).matmul(v_bhmk)
+    let Some(mask) = mask else {
+        return Tensor::scaled_dot_product_attention::<Tensor>(q_bhnk, k_bhmk, v_bhmk, None, 0.0, false, scale, false);
+    };
+    let blocked_b1nm = mask.unsqueeze(1);
+    let full_b1n1 = blocked_b1nm.all_dim(-1, true);
+    let allowed_b1nm = blocked_b1nm.logical_not().logical_or(&full_b1n1);
+    let out_bhnk = Tensor::scaled_dot_product_attention(q_bhnk, k_bhmk, v_bhmk, Some(&allowed_b1nm), 0.0, false, scale, false);
+    out_bhnk.where_self(&full_b1n1.logical_not(), &v_bhmk.mean_dim(-2, true, None))
 }
 
 /// Cross-attention from decoder queries to the encoder context (`CrossAttention`).
@@ -273,5 +273,63 @@ impl DecoderBlock {
         let y = y_bnd + self.self_attn.forward(&self.norm1.forward(y_bnd), Some(sa_mask));
         let y = &y + self.cross_attn.forward(&self.query_norm.forward(&y), &self.context_norm.forward(context_bmd), Some(xa_mask));
         &y + self.mlp.forward(&self.norm2.forward(&y))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tch::{Device, Kind, Tensor};
+
+    use super::attend;
+
+    /// ml-4m's order of operations (`fm_utils.Attention`): the semantics the fused path keeps.
+    fn reference(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Tensor {
+        let logits = (q.matmul(&k.transpose(-2, -1)) * scale).masked_fill(&mask.unsqueeze(1), -f64::from(f32::MAX));
+        logits.softmax(-1, Kind::Float).matmul(v)
+    }
+
+    /// Output and gradients (to q, k and v) of both paths under a weighted sum.
+    fn run(f: impl Fn(&Tensor, &Tensor, &Tensor) -> Tensor, qkv: &[Tensor; 3], w: &Tensor) -> Vec<Tensor> {
+        let leaves: Vec<Tensor> = qkv.iter().map(|t| t.detach().set_requires_grad(true)).collect();
+        let out = f(&leaves[0], &leaves[1], &leaves[2]);
+        (&out * w).sum(Kind::Float).backward();
+        std::iter::once(out.detach()).chain(leaves.iter().map(Tensor::grad)).collect()
+    }
+
+    #[test]
+    fn fused_attention_keeps_ml4m_masking_including_fully_blocked_rows() {
+        tch::manual_seed(7);
+        let (b, h, n, m, k) = (3, 2, 5, 7, 4);
+        let opts = (Kind::Float, Device::Cpu);
+        let qkv = [Tensor::randn([b, h, n, k], opts), Tensor::randn([b, h, m, k], opts), Tensor::randn([b, h, m, k], opts)];
+        let w = Tensor::randn([b, h, n, k], opts);
+        // A query-by-key mask (the decoder's) with one fully blocked query row, and a key mask
+        // (the encoder's) with one sample whose keys are all blocked: both attend uniformly.
+        let per_query = Tensor::rand([b, n, m], opts).lt(0.4);
+        let _ = per_query.get(0).get(1).fill_(1);
+        let per_key = Tensor::rand([b, 1, m], opts).lt(0.4);
+        let _ = per_key.get(2).fill_(1);
+        for (name, mask) in [("per query", &per_query), ("per key", &per_key)] {
+            let want = run(|q, k, v| reference(q, k, v, mask, 0.5), &qkv, &w);
+            let got = run(|q, k, v| attend(q, k, v, Some(mask), 0.5), &qkv, &w);
+            for (what, (a, b)) in ["output", "dq", "dk", "dv"].iter().zip(want.iter().zip(&got)) {
+                let err = (a - b).abs().max().double_value(&[]);
+                assert!(err < 1e-5, "{name} {what}: max abs error {err}");
+            }
+            // The fully blocked rows average v and send no gradient to q.
+            let uniform = qkv[2].mean_dim(-2, true, None);
+            let (row, dq) = if name == "per query" {
+                (got[0].get(0).narrow(1, 1, 1), got[1].get(0).narrow(1, 1, 1))
+            } else {
+                (got[0].get(2), got[1].get(2))
+            };
+            let uniform = if name == "per query" { uniform.get(0) } else { uniform.get(2).expand([h, n, k], false) };
+            assert!((row - uniform).abs().max().double_value(&[]) < 1e-6, "{name}: blocked rows attend uniformly");
+            assert_eq!(dq.abs().max().double_value(&[]), 0.0, "{name}: no gradient to blocked queries");
+        }
+        let unmasked = run(|q, k, v| attend(q, k, v, None, 0.5), &qkv, &w);
+        let none = Tensor::zeros([b, n, m], (Kind::Bool, Device::Cpu));
+        let want = run(|q, k, v| reference(q, k, v, &none, 0.5), &qkv, &w);
+        assert!((&unmasked[0] - &want[0]).abs().max().double_value(&[]) < 1e-5, "without a mask");
     }
 }
