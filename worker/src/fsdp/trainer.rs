@@ -477,9 +477,9 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
         for (j, &u) in dec_units.iter().enumerate() {
             self.advance(&forward, n_enc + j, &mut ahead)?;
             // The last decoder block's backward comes first, right after the loss: keeping its
-            // graph costs no more memory than recomputing it there would, and saves one block
-            // forward and one all-gather per micro-batch. The next backward unit's gather
-            // starts now and overlaps the loss.
+            // graph holds one block's activations through the loss (its recomputation would
+            // need them right after it anyway) and saves one block forward and one all-gather
+            // per micro-batch. The next backward unit's gather starts now and overlaps the loss.
             if recompute && j + 1 == n_dec {
                 let input = ys[j].detach().set_requires_grad(true);
                 let out = amp(bf16, || self.model.model.stage_decoder_block(j, &input, &ctx_leaf, &staged));
