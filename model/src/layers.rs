@@ -123,7 +123,7 @@ impl Attention {
 /// are all blocked attends uniformly: its output is the mean of `v`, with no gradient to `q`
 /// or `k`. The fused kernel cannot express that (a `-max` additive mask survives its forward
 /// but its saved log-sum-exp rounds to `-max` and breaks the backward; a boolean mask gives
-/// NaN), so such rows run unmasked and are replaced by the mean of `v` afterwards.
+/// zeros there on CPU), so such rows run unmasked and are replaced by the mean of `v`.
 fn attend(q_bhnk: &Tensor, k_bhmk: &Tensor, v_bhmk: &Tensor, mask: Option<&Tensor>, scale: f64) -> Tensor {
     let Some(mask) = mask else {
         return Tensor::scaled_dot_product_attention::<Tensor>(q_bhnk, k_bhmk, v_bhmk, None, 0.0, false, scale, false);
