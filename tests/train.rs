@@ -374,3 +374,31 @@ fn workers_skip_validation_when_the_held_out_set_cannot_be_read() {
     assert!(!d.path().join("out/eval_log.jsonl").exists());
     assert_eq!(log_lines(d.path()).last().unwrap()["step"].as_u64(), Some(3), "trained to the end");
 }
+
+/// `[eval]` on a job whose datasets have no held-out split: every launch mode says once, at
+/// start, that validation is off (coordinated workers do not repeat it), and trains on.
+#[test]
+fn eval_without_a_held_out_split_is_noted_once() {
+    let d = tempfile::tempdir().unwrap();
+    let job = write_job(d.path(), 1, "");
+    let lines: Vec<String> = (0..20).map(|i| serde_json::json!({ "text": format!("document {i}: a green cat") }).to_string()).collect();
+    std::fs::write(d.path().join("train.jsonl"), lines.join("\n") + "\n").unwrap();
+    let text = std::fs::read_to_string(&job)
+        .unwrap()
+        .replace("name = \"syn\"\nkind = \"synthetic\"\nrecords = 64", "name = \"corpus\"\nkind = \"text\"\npath = \"train.jsonl\"");
+    assert!(text.contains("train.jsonl"), "the fixture's dataset block changed: {text}");
+    std::fs::write(&job, text + "\n[eval]\nevery_steps = 1\nsamples = 2\nbaseline_samples = 2\n").unwrap();
+    let note = "[eval] every_steps = 1 but no dataset has a held-out split (val_path); validation is off";
+
+    let out = tessera(&["config", "check", &job]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains(note), "{err}");
+    for args in [vec!["train", &job, "--no-resume"], vec!["train", &job, "--no-resume", "--workers", "2"]] {
+        let out = tessera(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {err}");
+        assert_eq!(err.matches(note).count(), 1, "{args:?}: {err}");
+        assert!(!d.path().join("out/eval_log.jsonl").exists(), "{args:?}");
+        assert_eq!(log_lines(d.path()).last().unwrap()["step"].as_u64(), Some(0), "{args:?}: trained");
+    }
+}

@@ -50,6 +50,9 @@ pub fn run(cmd: ConfigCommand) -> anyhow::Result<()> {
     match cmd {
         ConfigCommand::Check(a) => {
             let job = ResolvedJob::from_file(&a.config)?;
+            for n in job.notes() {
+                eprintln!("note: {n}");
+            }
             emit(a.json, &job, || {
                 let t = &job.train;
                 let mut s = format!(

@@ -268,7 +268,7 @@ pub fn run_rank(a: RankArgs) -> anyhow::Result<()> {
         std::fs::create_dir_all(&job.output_dir).with_context(|| format!("creating {}", job.output_dir.display()))?;
     }
     let (every, auto_resume) = (job.checkpoint.every_steps, job.checkpoint.auto_resume && !a.no_resume);
-    let held_out = if tessera_worker::data::has_val_split(&job) { tessera_worker::eval::ValidationSet::prepare(&job, &cfg)? } else { None };
+    let held_out = if job.validates() { tessera_worker::eval::ValidationSet::prepare(&job, &cfg)? } else { None };
     let out_dir = job.output_dir.clone();
     let mut trainer = FsdpTrainer::new(job, &cfg, source, lens, ring)?.with_device_comm(nccl)?;
     if auto_resume

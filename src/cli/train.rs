@@ -87,6 +87,10 @@ impl TrainArgs {
 pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     let job = ResolvedJob::from_file(&a.config)?;
     anyhow::ensure!(a.workers >= 1, "--workers must be at least 1");
+    // Once, here, whatever the launch mode: workers and ranks do not repeat them.
+    for n in job.notes() {
+        tessera_coordinator::say!("note: {n}");
+    }
     if a.bare {
         return super::launch::run_local(&a.config, &job, a.workers, a.min_workers, a.max_steps, a.no_resume);
     }

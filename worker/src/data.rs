@@ -12,7 +12,7 @@ pub mod records;
 pub mod shard_records;
 pub mod tensors;
 
-pub use open::{Split, has_val_split, open_job_data, open_val_data};
+pub use open::{Split, open_job_data, open_val_data};
 pub use pipeline::DataPipeline;
 pub use records::{RecordReader, SyntheticRecords};
 pub use shard_records::{ShardRecords, TextRecords};

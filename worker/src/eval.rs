@@ -183,7 +183,8 @@ pub struct ValidationSet {
 
 impl ValidationSet {
     /// Loads the held-out batches (and the baseline's training batches) when the job validates
-    /// (`eval.every_steps > 0`) and has a held-out split; `None` otherwise.
+    /// ([`ResolvedJob::validates`]); `None` otherwise (the launcher prints why, see
+    /// [`ResolvedJob::notes`]).
     pub fn prepare(job: &ResolvedJob, cfg: &FourMConfig) -> Result<Option<Self>> {
         let e = &job.eval;
         if e.every_steps == 0 {
@@ -191,7 +192,6 @@ impl ValidationSet {
         }
         let mods = cfg.all_domains();
         let Some((mut pipeline, ledger)) = open_val_data(job, &mods)? else {
-            tessera_coordinator::say!("note: [eval] is set but no dataset has a held-out split (val_path); validation is off");
             return Ok(None);
         };
         let batch = job.train.micro_batch_size as u64;

@@ -147,7 +147,37 @@ pub struct ResolvedJob {
     pub eval: super::config::EvalSection,
 }
 
+impl ResolvedDataset {
+    /// Whether it has held-out records: a `val_path`, or synthetic (drawn with another seed).
+    pub fn has_held_out(&self) -> bool {
+        matches!(self.kind, DatasetKind::Synthetic) || self.val_path.is_some()
+    }
+}
+
 impl ResolvedJob {
+    /// Whether some dataset has a held-out split to validate on.
+    pub fn has_held_out(&self) -> bool {
+        self.datasets.iter().any(ResolvedDataset::has_held_out)
+    }
+
+    /// Whether the job validates: `[eval]` asks for it and there is a held-out split.
+    pub fn validates(&self) -> bool {
+        self.eval.every_steps > 0 && self.has_held_out()
+    }
+
+    /// Settings that are valid but probably not what the author meant, one line each; every
+    /// launch mode prints them once, at start (workers stay quiet about them).
+    pub fn notes(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        if self.eval.every_steps > 0 && !self.has_held_out() {
+            notes.push(format!(
+                "[eval] every_steps = {} but no dataset has a held-out split (val_path); validation is off",
+                self.eval.every_steps
+            ));
+        }
+        notes
+    }
+
     /// Reads, parses and validates a TOML job config.
     pub fn from_file(path: &Path) -> Result<Self> {
         let cfg = JobConfig::from_file(path)?;

@@ -213,7 +213,7 @@ fn run_generation(
         let cfg = crate::four_m_config(&job.model, &job.origin)?;
         let total = job.train.total_steps;
         let every = job.checkpoint.every_steps;
-        let eval_every = if crate::data::has_val_split(&job) { job.eval.every_steps } else { 0 };
+        let eval_every = if job.validates() { job.eval.every_steps } else { 0 };
         let tokens_per_sample = (job.train.num_input_tokens + job.train.num_target_tokens) as u64;
         let open = |job: &ResolvedJob| -> Result<(DataPipeline, Vec<u64>)> {
             let source = crate::data::open_job_data(job, &cfg.all_domains())?;

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use tessera_coordinator::job::{DatasetKind, ResolvedDataset, ResolvedJob};
+use tessera_coordinator::job::{DatasetKind, ResolvedJob};
 use tessera_coordinator::ledger::mix;
 use tessera_coordinator::{MixtureSchedule, SampleLedger};
 use tessera_tokenizers::Modality;
@@ -44,16 +44,6 @@ pub fn open_val_data(job: &ResolvedJob, model_modalities: &[Modality]) -> Result
     Ok(Some((pipeline, ledger)))
 }
 
-/// Whether the job has a held-out split to validate on (what [`open_val_data`] would open).
-pub fn has_val_split(job: &ResolvedJob) -> bool {
-    job.datasets.iter().any(has_val)
-}
-
-/// Whether a dataset has held-out records: a `val_path`, or synthetic (another seed).
-fn has_val(ds: &ResolvedDataset) -> bool {
-    matches!(ds.kind, DatasetKind::Synthetic) || ds.val_path.is_some()
-}
-
 /// The pipeline of one split and the job positions of the datasets it holds.
 fn open_split(job: &ResolvedJob, model_modalities: &[Modality], split: Split) -> Result<(DataPipeline, Vec<usize>)> {
     let tokenizer = Arc::new(match &job.text_tokenizer {
@@ -63,7 +53,7 @@ fn open_split(job: &ResolvedJob, model_modalities: &[Modality], split: Split) ->
     let mut datasets = Vec::new();
     let mut kept = Vec::new();
     for (i, ds) in job.datasets.iter().enumerate() {
-        if split == Split::Val && !has_val(ds) {
+        if split == Split::Val && !ds.has_held_out() {
             continue;
         }
         let path =
