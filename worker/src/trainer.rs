@@ -214,7 +214,11 @@ impl<S: BatchSource> Trainer<S> {
                 self.model.model.forward(&batch, &opts)?
             };
             forward_s += tc.elapsed().as_secs_f64();
-            out.loss.backward();
+            // A micro-batch without a single target token (short texts can give one) has a
+            // constant loss: it adds nothing to any gradient, and has no graph to go back through.
+            if out.loss.requires_grad() {
+                out.loss.f_backward()?;
+            }
             loss_sum += out.loss.double_value(&[]);
             for (m, l) in &out.mod_loss {
                 *mod_sum.entry(*m).or_default() += l.double_value(&[]);

@@ -3,11 +3,13 @@
 
 use std::path::Path;
 
+use tessera_coordinator::SampleRef;
 use tessera_coordinator::job::ResolvedJob;
+use tessera_model::{FourMConfig, MaskedBatch};
 use tessera_ops::{Rank, TcpRing};
-use tessera_worker::data::open_job_data;
+use tessera_worker::data::{DataPipeline, open_job_data};
 use tessera_worker::fsdp::FsdpTrainer;
-use tessera_worker::{Trainer, four_m_config};
+use tessera_worker::{BatchSource, Trainer, four_m_config};
 
 mod common;
 
@@ -18,11 +20,42 @@ fn job(dir: &Path) -> ResolvedJob {
 }
 
 /// How FSDP runs: `prefetch`, the collective on its own thread gathering one unit ahead;
-/// `keep`, blocks keep their graphs from the forward to the backward pass (no recomputation).
+/// `keep`, blocks keep their graphs from the forward to the backward pass (no recomputation);
+/// `blank`, global samples whose targets are all masked out (see [`Blanked`]).
 #[derive(Clone, Copy, Debug, Default)]
 struct Mode {
     prefetch: bool,
     keep: bool,
+    blank: &'static [u64],
+}
+
+/// The job's data with every target of some samples masked out: a micro-batch made only of
+/// them has no target token at all (as short texts can give), so its loss has no graph.
+struct Blanked {
+    inner: DataPipeline,
+    blank: &'static [u64],
+}
+
+impl BatchSource for Blanked {
+    fn batch(&mut self, refs: &[SampleRef]) -> tessera_worker::Result<MaskedBatch> {
+        let batch = self.inner.batch(refs)?;
+        for (row, r) in refs.iter().enumerate() {
+            if self.blank.contains(&r.index) {
+                for t in batch.modalities.values() {
+                    let _ = t.target_mask.get(row as i64).fill_(1);
+                }
+            }
+        }
+        Ok(batch)
+    }
+
+    fn skipped_counter(&self) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+        self.inner.skipped_counter()
+    }
+}
+
+fn source(job: &ResolvedJob, cfg: &FourMConfig, mode: Mode) -> Blanked {
+    Blanked { inner: open_job_data(job, &cfg.all_domains()).unwrap(), blank: mode.blank }
 }
 
 fn job_with(dir: &Path, m: Mode) -> ResolvedJob {
@@ -32,10 +65,10 @@ fn job_with(dir: &Path, m: Mode) -> ResolvedJob {
 
 type Run = (Vec<f64>, Vec<(String, tch::Tensor)>);
 
-fn single(dir: &Path) -> Run {
+fn single(dir: &Path, mode: Mode) -> Run {
     let job = job(dir);
     let cfg = four_m_config(&job.model, &job.origin).unwrap();
-    let source = open_job_data(&job, &cfg.all_domains()).unwrap();
+    let source = source(&job, &cfg, mode);
     let mut t = Trainer::new(job, &cfg, source, vec![200]).unwrap();
     let losses = (0..STEPS).map(|_| t.step().unwrap().loss).collect();
     let vars = t.model().vs.variables();
@@ -45,7 +78,7 @@ fn single(dir: &Path) -> Run {
     (losses, params)
 }
 
-type Rank0Trainer = FsdpTrainer<TcpRing, tessera_worker::data::DataPipeline>;
+type Rank0Trainer = FsdpTrainer<TcpRing, Blanked>;
 
 /// Runs `f` on every rank of a `world`-rank FSDP job (threads, TCP ring on loopback).
 fn on_world<T: Send + 'static>(dir: &Path, world: usize, f: impl Fn(&mut Rank0Trainer) -> T + Send + Sync + Clone + 'static) -> Vec<T> {
@@ -63,7 +96,7 @@ fn on_world_with<T: Send + 'static>(
     common::on_rings(world, move |_, ring| {
         let job = job_with(&dir, mode);
         let cfg = four_m_config(&job.model, &job.origin).unwrap();
-        let source = open_job_data(&job, &cfg.all_domains()).unwrap();
+        let source = source(&job, &cfg, mode);
         let mut t = FsdpTrainer::new(job, &cfg, source, vec![200], ring).unwrap();
         f(&mut t)
     })
@@ -156,16 +189,39 @@ fn sharded(dir: &Path, world: usize, mode: Mode) -> Vec<Run> {
 fn fsdp_over_2_and_3_ranks_equals_one_process() {
     tch::set_num_threads(1);
     let d = tempfile::tempdir().unwrap();
-    let (losses, params) = single(d.path());
     // The collective inline or on its own thread with prefetch; blocks recomputed or kept.
     let modes = [
-        (2, Mode { prefetch: false, keep: false }),
-        (2, Mode { prefetch: true, keep: false }),
-        (3, Mode { prefetch: true, keep: false }),
-        (3, Mode { prefetch: false, keep: true }),
+        (2, Mode { prefetch: false, keep: false, blank: &[] }),
+        (2, Mode { prefetch: true, keep: false, blank: &[] }),
+        (3, Mode { prefetch: true, keep: false, blank: &[] }),
+        (3, Mode { prefetch: false, keep: true, blank: &[] }),
     ];
-    for (world, mode) in modes {
-        let runs = sharded(d.path(), world, mode);
+    assert_sharded_equal_single(d.path(), &modes);
+}
+
+/// Micro-batches without a single target token train like one process: step 1's samples 8
+/// and 9 (its 3rd and 4th) have none, which leaves rank 0 of 2 (samples 6-8 in micro-batches
+/// 6-7, 8) and rank 1 of 3 (8-9) a micro-batch whose loss has no graph, and one process a
+/// micro-batch of its own (8-9). Those ranks still gather and reduce every unit with the rest.
+#[test]
+fn micro_batches_without_targets_train_like_one_process() {
+    tch::set_num_threads(1);
+    let d = tempfile::tempdir().unwrap();
+    let blank: &[u64] = &[8, 9];
+    let modes = [
+        (2, Mode { prefetch: false, keep: false, blank }),
+        (3, Mode { prefetch: true, keep: false, blank }),
+        (3, Mode { prefetch: false, keep: true, blank }),
+    ];
+    assert_sharded_equal_single(d.path(), &modes);
+}
+
+/// Each `(world, mode)` run's per-step losses (1e-6) and final parameters (1e-5 relative L2)
+/// equal one process's on the same data (`mode.blank` of the first run).
+fn assert_sharded_equal_single(dir: &Path, modes: &[(usize, Mode)]) {
+    let (losses, params) = single(dir, modes[0].1);
+    for &(world, mode) in modes {
+        let runs = sharded(dir, world, mode);
         for (rank, (l, p)) in runs.iter().enumerate() {
             for (s, (a, b)) in l.iter().zip(&losses).enumerate() {
                 assert!((a - b).abs() / b.abs() < 1e-6, "world {world} {mode:?} rank {rank} step {s}: loss {a} vs {b}");

@@ -505,50 +505,70 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
         let out = amp(bf16, || self.model.model.stage_losses(&y_last, &staged, opts))?;
         // Forward time excludes the all-gathers it waited for (they count as communication).
         self.forward_s += tf.elapsed().as_secs_f64() - (self.comm_s - comm_before);
-        out.loss.backward();
+        // A micro-batch without a single target token (short texts can give one) has a
+        // constant loss and no gradient anywhere; the ranks still gather and reduce every unit
+        // below, in the same order as the others (undefined gradients reduce as zeros).
+        let has_graph = out.loss.requires_grad();
+        if has_graph {
+            out.loss.f_backward()?;
+        }
 
         // Backward: decoder blocks in reverse, recomputed (or from their kept graphs).
-        let mut g = y_last.grad();
+        let mut g = if has_graph { y_last.grad() } else { Tensor::new() };
         for (k, (j, &u)) in dec_units.iter().enumerate().rev().enumerate() {
-            let (input, output) = match dec_graphs.pop() {
-                Some(kept) => kept,
-                None => {
-                    self.advance(&backward, k, &mut ahead)?;
-                    let input = ys[j].detach().set_requires_grad(true);
-                    let recomputed = amp(bf16, || self.model.model.stage_decoder_block(j, &input, &ctx_leaf, &staged));
-                    (input, recomputed)
-                }
-            };
-            (output * &g).sum(tch::Kind::Float).backward();
-            g = input.grad();
+            let kept = dec_graphs.pop();
+            if kept.is_none() {
+                self.advance(&backward, k, &mut ahead)?;
+            }
+            if has_graph {
+                let (input, output) = match kept {
+                    Some(kept) => kept,
+                    None => {
+                        let input = ys[j].detach().set_requires_grad(true);
+                        let recomputed = amp(bf16, || self.model.model.stage_decoder_block(j, &input, &ctx_leaf, &staged));
+                        (input, recomputed)
+                    }
+                };
+                (output * &g).sum(tch::Kind::Float).f_backward()?;
+                g = input.grad();
+            }
             self.reduce_unit_grads(u, acc, used)?;
             self.free_unit(u)?;
         }
         let gy0 = g;
-        (&context * ctx_leaf.grad()).sum(tch::Kind::Float).backward();
-        let mut g = x_last.grad();
+        if has_graph {
+            (&context * ctx_leaf.grad()).sum(tch::Kind::Float).f_backward()?;
+        }
+        let mut g = if has_graph { x_last.grad() } else { Tensor::new() };
         for (k, (i, &u)) in enc_units.iter().enumerate().rev().enumerate() {
-            let (input, output) = match enc_graphs.pop() {
-                Some(kept) => kept,
-                None => {
-                    self.advance(&backward, n_dec + k, &mut ahead)?;
-                    let input = xs[i].detach().set_requires_grad(true);
-                    let recomputed = amp(bf16, || self.model.model.stage_encoder_block(i, &input, &staged));
-                    (input, recomputed)
-                }
-            };
-            (output * &g).sum(tch::Kind::Float).backward();
-            g = input.grad();
+            let kept = enc_graphs.pop();
+            if kept.is_none() {
+                self.advance(&backward, n_dec + k, &mut ahead)?;
+            }
+            if has_graph {
+                let (input, output) = match kept {
+                    Some(kept) => kept,
+                    None => {
+                        let input = xs[i].detach().set_requires_grad(true);
+                        let recomputed = amp(bf16, || self.model.model.stage_encoder_block(i, &input, &staged));
+                        (input, recomputed)
+                    }
+                };
+                (output * &g).sum(tch::Kind::Float).f_backward()?;
+                g = input.grad();
+            }
             self.reduce_unit_grads(u, acc, used)?;
             self.free_unit(u)?;
         }
         // One backward through the embedding graph with every gradient that reached it.
-        let emb_grad = emb_leaf.grad();
-        let mut total = (&x0 * &g).sum(tch::Kind::Float) + (&y0 * &gy0).sum(tch::Kind::Float);
-        if emb_grad.defined() {
-            total += (&emb * &emb_grad).sum(tch::Kind::Float);
+        if has_graph {
+            let emb_grad = emb_leaf.grad();
+            let mut total = (&x0 * &g).sum(tch::Kind::Float) + (&y0 * &gy0).sum(tch::Kind::Float);
+            if emb_grad.defined() {
+                total += (&emb * &emb_grad).sum(tch::Kind::Float);
+            }
+            total.f_backward()?;
         }
-        total.backward();
         self.settle_reduces(acc, 0)?;
         Ok(out)
     }
