@@ -735,19 +735,22 @@ impl Actor for Coordinator {
                 }
                 state.drive(Event::Tick);
                 let p = *state.control.policy();
+                let min = p.min_workers.max(1);
+                // Nobody is coming: too few of the processes this coordinator started are alive
+                // (whether they were lost in an abort, during a planned stop or before joining),
+                // or, with no launcher, a generation was lost and joiners cannot be counted on.
+                let stranded = match state.args.launcher.as_ref() {
+                    Some(l) => l.live() < min,
+                    None => state.restarts > 0,
+                };
                 if state.control.running().is_none()
                     && !state.control.is_stopping()
                     && state.outcome.is_none()
-                    && state.restarts > 0
-                    && state.control.members().count() < p.min_workers.max(1)
-                    && state.args.launcher.as_ref().is_none_or(|l| l.live() < p.min_workers.max(1))
+                    && state.control.members().count() < min
+                    && stranded
                 {
                     state.outcome = Some(JobOutcome::Failed {
-                        reason: format!(
-                            "{} workers left, the job needs at least {}",
-                            state.control.members().count(),
-                            p.min_workers.max(1)
-                        ),
+                        reason: format!("{} workers left, the job needs at least {min}", state.control.members().count()),
                     });
                 }
             }

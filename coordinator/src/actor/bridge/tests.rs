@@ -1,11 +1,13 @@
-//! The coordinator actor in-process, with no launcher: driven through [`ActorBridge`], through
-//! the real HTTP API ([`serve`] on a loopback port from port 0, [`ApiClient`]), and by a fake
-//! worker actor that receives the actor's commands and answers with scripted worker events.
+//! The coordinator actor in-process, with no launcher (or one that only counts processes):
+//! driven through [`ActorBridge`], through the real HTTP API ([`serve`] on a loopback port
+//! from port 0, [`ApiClient`]), and by a fake worker actor that receives the actor's commands
+//! and answers with scripted worker events.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use prometheus::Registry;
@@ -14,7 +16,7 @@ use tokio::runtime::Runtime;
 use tokio::sync::{mpsc, oneshot};
 
 use super::ActorBridge;
-use crate::actor::{Coordinator, CoordinatorArgs, JobOutcome};
+use crate::actor::{Coordinator, CoordinatorArgs, JobOutcome, Launcher};
 use crate::api::{ApiError, JobControl, JobPhase, MixtureAck, ScaleAck, serve};
 use crate::catalog;
 use crate::client::ApiClient;
@@ -40,6 +42,10 @@ struct Job {
 
 impl Job {
     fn start(policy: Policy, committed: Vec<u64>) -> Self {
+        Self::start_with(policy, committed, None)
+    }
+
+    fn start_with(policy: Policy, committed: Vec<u64>, launcher: Option<Box<dyn Launcher>>) -> Self {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let metrics = Arc::new(JobMetrics::new(&Registry::new()).unwrap());
@@ -60,7 +66,7 @@ impl Job {
             metrics: metrics.clone(),
             committed,
             stop_at: policy.total_steps,
-            launcher: None,
+            launcher,
             initial_workers: 0,
             done: Some(done_tx),
             console: crate::console::Console::plain("bridge-test", policy.total_steps),
@@ -334,6 +340,49 @@ fn a_mixture_change_restarts_the_generation_and_moves_past_steps_the_ranks_train
             "generation ended"
         ]
     );
+}
+
+/// A launcher whose live process count the test sets; it starts and kills nothing.
+struct CountedLauncher(Arc<AtomicUsize>);
+
+impl Launcher for CountedLauncher {
+    fn spawn(&mut self, n: usize) -> Result<Vec<u32>, String> {
+        Err(format!("this test starts no process ({n} asked)"))
+    }
+
+    fn kill(&mut self, _pid: u32) {}
+
+    fn live(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// The only worker process dies while its generation is already stopping at a boundary (no
+/// abort, so no restart is counted): with none of the launcher's processes left to join, the
+/// job fails with the reason instead of waiting forever.
+#[test]
+fn losing_the_last_worker_process_during_a_planned_stop_fails_the_job() {
+    let live = Arc::new(AtomicUsize::new(1));
+    let mut job = Job::start_with(policy(1, 1), vec![], Some(Box::new(CountedLauncher(Arc::clone(&live)))));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (fake, _) = job.rt.block_on(Actor::spawn(None, FakeWorker, (0xbeef, tx))).unwrap();
+    let mut next = || job_cmd(&job.rt, &mut rx);
+    job.send(WorkerEvent::Hello { nonce: 0xbeef, pid: 4343, ring_addr: "127.0.0.1:41001".parse().unwrap(), threads: 1 });
+    let Command::Welcome { worker, .. } = next() else { panic!("a welcome first") };
+    let Command::Start(start) = next() else { panic!("then generation 0") };
+    assert_eq!(start.plan.generation, 0);
+    for step in 0..2 {
+        job.send(WorkerEvent::Step { worker, report: report(0, step) });
+    }
+    job.rt.block_on(job.bridge().set_mixture(weights(&[("coco", 3.0)]), None)).unwrap();
+    assert_eq!(next(), Command::Stop { generation: 0, checkpoint: true });
+    live.store(0, Ordering::SeqCst);
+    job.actor.cast(CoordinatorMsg::ProcessExited(Wire::new((4343, "signal: 6 (SIGABRT)".to_string())))).unwrap();
+    match job.outcome() {
+        JobOutcome::Failed { reason } => assert_eq!(reason, "0 workers left, the job needs at least 1"),
+        other => panic!("expected a failure: {other:?}"),
+    }
+    fake.stop(None);
 }
 
 /// The next command the fake worker received.
