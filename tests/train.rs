@@ -375,6 +375,52 @@ fn workers_skip_validation_when_the_held_out_set_cannot_be_read() {
     assert_eq!(log_lines(d.path()).last().unwrap()["step"].as_u64(), Some(3), "trained to the end");
 }
 
+/// A coordinated rank that could not read the held-out set tries again in the next generation:
+/// once the file is readable and the job is resized, validation resumes.
+#[test]
+fn a_rank_loads_the_held_out_set_again_in_a_new_generation() {
+    let d = tempfile::tempdir().unwrap();
+    let job = write_job(d.path(), 100_000, "collective_timeout_s = 30");
+    let lines: Vec<String> =
+        (0..40).map(|i| serde_json::json!({ "text": format!("document {i}: a red dog near a blue house") }).to_string()).collect();
+    std::fs::write(d.path().join("train.jsonl"), lines.join("\n") + "\n").unwrap();
+    std::fs::write(d.path().join("val.jsonl"), "{\"text\": 3}\n").unwrap();
+    let text = std::fs::read_to_string(&job).unwrap().replace(
+        "name = \"syn\"\nkind = \"synthetic\"\nrecords = 64",
+        "name = \"corpus\"\nkind = \"text\"\npath = \"train.jsonl\"\nval_path = \"val.jsonl\"",
+    );
+    assert!(text.contains("val_path"), "the fixture's dataset block changed: {text}");
+    std::fs::write(&job, text + "\n[eval]\nevery_steps = 2\nsamples = 2\nbaseline_samples = 4\n").unwrap();
+    let mut run = Running::start(&["train", &job, "--workers", "2"]);
+    // Step 2's validation has been tried (and skipped) once step index 2 is logged.
+    run.wait_for_log(d.path(), 3, Duration::from_secs(120));
+    let eval_log = d.path().join("out/eval_log.jsonl");
+    assert!(!eval_log.exists(), "nothing to validate with yet");
+    std::fs::write(d.path().join("val.jsonl"), lines[..4].join("\n") + "\n").unwrap();
+    let out_dir = d.path().join("out").display().to_string();
+    let scale = tessera(&["scale", "--job-dir", &out_dir, "--workers", "1"]);
+    assert!(scale.status.success(), "{}", String::from_utf8_lossy(&scale.stderr));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while std::fs::read_to_string(&eval_log).map(|t| t.lines().count()).unwrap_or(0) == 0 {
+        if Instant::now() > deadline {
+            let _ = run.child.kill();
+            panic!("no validation after the resize: {}", run.stderr());
+        }
+        assert!(run.child.try_wait().unwrap().is_none(), "the job ended early: {}", run.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(Command::new("kill").args(["-TERM", &run.child.id().to_string()]).status().unwrap().success());
+    let (status, stderr, _) = run.wait_exit(Duration::from_secs(120));
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("cannot load the held-out set") && stderr.contains("a rank has no held-out set"), "{stderr}");
+    let worlds: Vec<usize> =
+        events(d.path()).iter().filter(|e| e["type"] == "generation_started").map(|e| e["ranks"].as_array().unwrap().len()).collect();
+    assert_eq!(worlds.last(), Some(&1), "resized to one rank: {worlds:?}");
+    let first: serde_json::Value = serde_json::from_str(std::fs::read_to_string(&eval_log).unwrap().lines().next().unwrap()).unwrap();
+    assert!(first["step"].as_u64().unwrap() > 2, "{first}");
+    assert!(first["modalities"]["caption"]["tokens"].as_u64().unwrap() > 0, "{first}");
+}
+
 /// `[eval]` on a job whose datasets have no held-out split: every launch mode says once, at
 /// start, that validation is off (coordinated workers do not repeat it), and trains on.
 #[test]

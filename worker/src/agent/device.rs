@@ -121,6 +121,12 @@ pub fn device_main(ctx: DeviceCtx, rx: Receiver<DeviceCmd>) {
     while let Ok(cmd) = rx.recv() {
         match cmd {
             DeviceCmd::Start(g) => {
+                // A held-out set this rank could not load is tried again in each new generation:
+                // what stopped it (a file being rewritten, a mount that was away) may be gone,
+                // and a long job should not lose validation for good.
+                if matches!(held_out, Some(None)) {
+                    held_out = None;
+                }
                 let generation = g.plan.generation;
                 let (step, error, exit) = run_generation(&ctx, &g, &rx, &mut writers, &mut resident, &mut held_out);
                 if let Some(e) = &error {
