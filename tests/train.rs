@@ -139,6 +139,26 @@ fn a_killed_rank_stops_the_job_cleanly() {
     assert_gone(&pids);
 }
 
+/// The coordinator killed with SIGKILL (it cannot release anyone): its worker processes see
+/// the link drop and exit on their own within seconds instead of training on.
+#[test]
+fn workers_exit_when_the_coordinator_is_killed() {
+    let d = tempfile::tempdir().unwrap();
+    let job = write_job(d.path(), 100_000, "");
+    let mut run = Running::start(&["train", &job, "--workers", "2"]);
+    run.wait_for_log(d.path(), 2, Duration::from_secs(120));
+    let pids = run.rank_pids();
+    assert_eq!(pids.len(), 2, "two worker processes: {pids:?}");
+    let _reap = KillOnDrop(pids.clone());
+    run.child.kill().unwrap();
+    run.child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pids.iter().any(|p| alive(p)) {
+        assert!(Instant::now() < deadline, "workers still running 30 s after their coordinator died: {pids:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Checkpoints move between one process and several: 1 worker for a step, 2 workers for two,
 /// then 1 worker to the end; the losses are those of an uninterrupted single process.
 #[test]
@@ -403,6 +423,7 @@ fn a_rank_loads_the_held_out_set_again_in_a_new_generation() {
     let deadline = Instant::now() + Duration::from_secs(120);
     while std::fs::read_to_string(&eval_log).map(|t| t.lines().count()).unwrap_or(0) == 0 {
         if Instant::now() > deadline {
+            let _reap = KillOnDrop(run.rank_pids());
             let _ = run.child.kill();
             panic!("no validation after the resize: {}", run.stderr());
         }

@@ -134,11 +134,27 @@ impl Drop for Running {
     }
 }
 
+/// Whether process `pid` is alive (a zombie is not).
+pub fn alive(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| !s.contains(" Z ")).unwrap_or(false)
+}
+
 /// Asserts that none of `pids` is alive.
 pub fn assert_gone(pids: &[String]) {
     for pid in pids {
-        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| !s.contains(" Z ")).unwrap_or(false);
-        assert!(!alive, "rank {pid} left behind");
+        assert!(!alive(pid), "rank {pid} left behind");
+    }
+}
+
+/// SIGKILLs its processes when dropped: for workers that are no longer the run's children
+/// (their coordinator died), so that no test leaves one behind, pass or fail.
+pub struct KillOnDrop(pub Vec<String>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = Command::new("kill").args(["-KILL", pid]).status();
+        }
     }
 }
 

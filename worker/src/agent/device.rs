@@ -274,9 +274,12 @@ fn run_generation(
                         want_stop = true;
                         want_ckpt |= checkpoint;
                     }
+                    // A closed channel stays closed: without the break this loop would spin
+                    // forever once the agent is gone (a coordinator lost to SIGKILL).
                     Ok(DeviceCmd::Exit) | Err(TryRecvError::Disconnected) => {
                         exit = true;
                         want_stop = true;
+                        break;
                     }
                     Ok(_) => {}
                     Err(TryRecvError::Empty) => break,
