@@ -56,6 +56,10 @@ fn a_joining_worker_is_used_from_the_next_generation_and_a_drain_loses_no_step()
     let _ = joined.wait_exit(Duration::from_secs(30));
     let worlds: Vec<usize> = generations(d.path()).iter().map(|g| g["ranks"].as_array().unwrap().len()).collect();
     assert!(worlds.starts_with(&[2, 3]) && worlds.last() == Some(&2), "generations: {worlds:?}");
+    // A resize redoes no step: each generation restores the checkpoint its predecessor wrote
+    // at the boundary where it stopped.
+    let steps: Vec<u64> = log_lines(d.path()).iter().map(|l| l["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, (0..10).collect::<Vec<u64>>(), "every step trained once");
     let got = final_losses(d.path());
     assert!(got.values().any(|(_, w)| *w == 3), "{got:?}");
     assert_matches(&got, &reference);
@@ -65,6 +69,9 @@ fn a_joining_worker_is_used_from_the_next_generation_and_a_drain_loses_no_step()
 fn sigterm_checkpoints_and_a_restart_resumes_at_the_same_step() {
     let d = tempfile::tempdir().unwrap();
     let job = write_job(d.path(), 1000, "");
+    // No periodic checkpoint: the only one is the stop's, at the boundary after the signal.
+    let text = std::fs::read_to_string(&job).unwrap().replace("every_steps = 2", "every_steps = 0");
+    std::fs::write(&job, text).unwrap();
     let mut run = Running::start(&["train", &job, "--workers", "2"]);
     run.wait_for_log(d.path(), 3, Duration::from_secs(180));
     assert!(Command::new("kill").args(["-TERM", &run.child.id().to_string()]).status().unwrap().success());
@@ -72,7 +79,12 @@ fn sigterm_checkpoints_and_a_restart_resumes_at_the_same_step() {
     assert!(status.success(), "{stderr}");
     let committed: Vec<u64> =
         events(d.path()).iter().filter(|e| e["type"] == "checkpoint_committed").map(|e| e["step"].as_u64().unwrap()).collect();
-    let last = *committed.last().expect("a checkpoint on SIGTERM");
+    assert_eq!(committed.len(), 1, "{committed:?}");
+    let last = committed[0];
+    // Every step trained before the stop is in it: the ranks report the boundary checkpoint
+    // written before they report the generation ended.
+    let trained = log_lines(d.path()).len() as u64;
+    assert_eq!(last, trained, "{stderr}");
     assert!(stderr.contains(&format!("stopped at step {last}")), "{stderr}");
     assert!(took < Duration::from_secs(30), "stopping took {took:?}");
     let out = tessera(&["train", &job, "--workers", "2", "--max-steps", "1"]);

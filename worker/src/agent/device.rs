@@ -318,6 +318,12 @@ fn run_generation(
                 want_ckpt = false;
             }
             if flags[0] != 0 {
+                // A stop's boundary checkpoint is what the next generation (or a restart)
+                // resumes from: report it written before the generation's end, so that the
+                // coordinator commits it instead of rolling back to the one before.
+                for w in writers.drain(..) {
+                    let _ = w.join();
+                }
                 break;
             }
         }
