@@ -94,6 +94,29 @@ fn sigterm_checkpoints_and_a_restart_resumes_at_the_same_step() {
     assert_eq!(steps.last(), Some(&last), "the restart trains step {last} next: {steps:?}");
 }
 
+/// The coordinator stopped (SIGSTOP) for longer than the heartbeat timeout, then continued:
+/// the workers' heartbeats of that time were only queued, so it removes nobody and the job goes
+/// on in the same generation.
+#[test]
+fn a_paused_coordinator_keeps_its_workers() {
+    let d = tempfile::tempdir().unwrap();
+    let job = write_job(d.path(), 100_000, "");
+    let mut run = Running::start(&["train", &job, "--workers", "2", "--heartbeat-timeout-ms", "2000"]);
+    run.wait_for_log(d.path(), 2, Duration::from_secs(180));
+    let pid = run.child.id().to_string();
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    let logged = log_lines(d.path()).len();
+    run.wait_for_log(d.path(), logged + 3, Duration::from_secs(120));
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let (status, stderr, _) = run.wait_exit(Duration::from_secs(60));
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("the coordinator was not running for"), "{stderr}");
+    assert!(!stderr.contains("removed"), "{stderr}");
+    assert_eq!(generations(d.path()).len(), 1, "{stderr}");
+}
+
 #[test]
 fn a_checkpoint_whose_writer_dies_is_never_committed_and_a_corrupt_one_is_skipped() {
     let (d, job, reference) = job_and_reference(8);

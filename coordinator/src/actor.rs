@@ -5,6 +5,7 @@
 
 mod aggregate;
 mod bridge;
+mod clock;
 mod journal;
 mod mixture;
 mod status;
@@ -129,7 +130,8 @@ struct Conn {
 pub struct CoordinatorState {
     args: CoordinatorArgs,
     control: Control,
-    t0: Instant,
+    /// The state machine's time: heartbeat deadlines skip the coordinator's own absences.
+    clock: clock::PresenceClock,
     workers: BTreeMap<WorkerId, Conn>,
     /// Hellos whose sender's process group is not visible yet: (event, first seen).
     pending: Vec<(WorkerEvent, Instant)>,
@@ -167,7 +169,7 @@ pub struct Coordinator;
 
 impl CoordinatorState {
     fn now_ms(&self) -> u64 {
-        self.t0.elapsed().as_millis() as u64
+        self.clock.now_ms(Instant::now())
     }
 
     fn send(&self, id: WorkerId, cmd: Command) {
@@ -673,7 +675,7 @@ impl Actor for Coordinator {
         let mut state = CoordinatorState {
             args,
             control,
-            t0: Instant::now(),
+            clock: clock::PresenceClock::new(Instant::now()),
             workers: BTreeMap::new(),
             pending: Vec::new(),
             next_worker: 0,
@@ -711,6 +713,12 @@ impl Actor for Coordinator {
     }
 
     async fn handle(&self, myself: ActorRef<Self::Msg>, msg: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        if let Some(gap) = state.clock.observe(Instant::now()) {
+            state.log(&format!(
+                "the coordinator was not running for {:.1}s (stopped or stalled); heartbeat deadlines skip that time",
+                gap.as_secs_f64()
+            ));
+        }
         match msg {
             CoordinatorMsg::Worker(Wire(Ok(ev))) => state.worker_event(ev),
             CoordinatorMsg::Worker(Wire(Err(e))) => state.log(&format!("undecodable worker event: {e}")),
