@@ -94,6 +94,29 @@ fn sigterm_checkpoints_and_a_restart_resumes_at_the_same_step() {
     assert_eq!(steps.last(), Some(&last), "the restart trains step {last} next: {steps:?}");
 }
 
+/// A worker interrupted with SIGTERM (a preemption notice) asks to be drained: the generation
+/// ends at a checkpointed boundary, the next one goes on without it from that checkpoint, and
+/// no step is trained twice; the worker process exits.
+#[test]
+fn an_interrupted_worker_is_drained_without_a_rollback() {
+    let (d, job, reference) = job_and_reference(40);
+    let mut run = Running::start(&["train", &job, "--workers", "3"]);
+    run.wait_for_log(d.path(), 2, Duration::from_secs(180));
+    let pids = run.rank_pids();
+    assert_eq!(pids.len(), 3, "{pids:?}");
+    assert!(Command::new("kill").args(["-TERM", &pids[2]]).status().unwrap().success());
+    let (status, stderr, _) = run.wait_exit(Duration::from_secs(240));
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("asks to leave (interrupted): draining it"), "{stderr}");
+    assert!(!stderr.contains("abort"), "{stderr}");
+    let worlds: Vec<usize> = generations(d.path()).iter().map(|g| g["ranks"].as_array().unwrap().len()).collect();
+    assert_eq!(worlds, vec![3, 2], "{stderr}");
+    let steps: Vec<u64> = log_lines(d.path()).iter().map(|l| l["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, (0..40).collect::<Vec<u64>>(), "every step trained once");
+    assert_matches(&final_losses(d.path()), &reference);
+    assert_gone(&pids);
+}
+
 /// The coordinator stopped (SIGSTOP) for longer than the heartbeat timeout, then continued:
 /// the workers' heartbeats of that time were only queued, so it removes nobody and the job goes
 /// on in the same generation.

@@ -515,6 +515,14 @@ impl CoordinatorState {
                 self.book.ended.insert(worker);
                 self.check_stopped();
             }
+            WorkerEvent::Draining { worker, reason } => {
+                if self.is_alive(worker) {
+                    self.log(&format!("{worker} asks to leave ({reason}): draining it at the next step boundary"));
+                    self.removal.insert(worker, format!("drained: {reason}"));
+                    self.control.drain(worker);
+                    self.drive(Event::Tick);
+                }
+            }
             WorkerEvent::Leaving { worker, reason } => {
                 self.log(&format!("{worker} is leaving: {reason}"));
                 self.leave(worker, format!("left: {reason}"));

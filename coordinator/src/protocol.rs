@@ -143,6 +143,14 @@ pub enum WorkerEvent {
         /// Why (`None`: asked to stop or finished; `Some`: error text).
         error: Option<String>,
     },
+    /// The worker asks to leave at the next step boundary, after a checkpoint (its process was
+    /// interrupted: SIGTERM/SIGINT, e.g. a preemption notice); it trains on until released.
+    Draining {
+        /// The worker.
+        worker: WorkerId,
+        /// Why.
+        reason: String,
+    },
     /// The worker is leaving (interrupted, or told to exit).
     Leaving {
         /// The worker.
@@ -218,6 +226,9 @@ pub enum WorkerMsg {
     Command(Wire<Command>),
     /// Time to send a heartbeat.
     Beat(Wire<()>),
+    /// The worker's process was interrupted (sent by its own signal watcher): ask the
+    /// coordinator to drain it.
+    Interrupted(Wire<String>),
 }
 
 /// What the HTTP API and CLI ask the coordinator (answered through an RPC port).

@@ -26,6 +26,10 @@ pub struct WorkerArgs {
     /// libtorch threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// On SIGTERM/SIGINT, seconds to wait for the coordinator to drain this worker at a
+    /// checkpointed step boundary before leaving anyway (a second signal exits at once).
+    #[arg(long, default_value_t = 120)]
+    drain_timeout_s: u64,
 }
 
 /// Runs `tessera worker`.
@@ -45,10 +49,18 @@ pub fn run_worker(a: WorkerArgs) -> anyhow::Result<()> {
     tch::set_num_threads(a.threads.max(1) as i32);
     let shutdown = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        // Registered first, so that it sees the flag as the earlier signal left it: a second
+        // signal exits at once (status 130) instead of waiting for the drain.
+        signal_hook::flag::register_conditional_shutdown(sig, 130, Arc::clone(&shutdown)).context("installing signal handlers")?;
         signal_hook::flag::register(sig, Arc::clone(&shutdown)).context("installing signal handlers")?;
     }
-    let opts =
-        AgentOptions { coordinator, cookie: cookie.trim().to_string(), threads: a.threads, connect_timeout: Duration::from_secs(30) };
+    let opts = AgentOptions {
+        coordinator,
+        cookie: cookie.trim().to_string(),
+        threads: a.threads,
+        connect_timeout: Duration::from_secs(30),
+        drain_timeout: Duration::from_secs(a.drain_timeout_s),
+    };
     run(&opts, shutdown)?;
     Ok(())
 }

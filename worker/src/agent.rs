@@ -32,6 +32,9 @@ pub struct AgentOptions {
     pub threads: usize,
     /// How long to wait for the coordinator link.
     pub connect_timeout: Duration,
+    /// Interrupted, how long to wait for the coordinator to drain this worker before leaving
+    /// anyway (which makes the others roll back to the last checkpoint).
+    pub drain_timeout: Duration,
 }
 
 /// The worker actor (configuration lives in its arguments).
@@ -146,6 +149,15 @@ impl Actor for WorkerAgent {
                 }
                 return Ok(());
             }
+            WorkerMsg::Interrupted(Wire(reason)) => {
+                let reason = reason.unwrap_or_else(|e| e.to_string());
+                match state.id {
+                    // Trains on until the coordinator releases it at a checkpointed boundary.
+                    Some(worker) => state.send(WorkerEvent::Draining { worker, reason }),
+                    None => myself.stop(None),
+                }
+                return Ok(());
+            }
             WorkerMsg::Command(Wire(Ok(cmd))) => cmd,
             WorkerMsg::Command(Wire(Err(e))) => {
                 tessera_coordinator::say!("[worker] undecodable command from the coordinator: {e}");
@@ -215,14 +227,26 @@ pub fn run(opts: &AgentOptions, shutdown: Arc<std::sync::atomic::AtomicBool>) ->
             .await
             .map_err(|e| WorkerError::Training { step: 0, reason: format!("starting the worker actor: {e}") })?;
         // The link to the coordinator is gone when its process group empties: exit then too.
+        // Interrupted, the worker asks to be drained and leaves on its own only if it is not
+        // released within `drain_timeout` (a second signal ends the process at once).
+        let drain_timeout = opts.drain_timeout;
         let watch = {
             let actor = actor.clone();
             tokio::spawn(async move {
                 let group = tessera_coordinator::protocol::COORDINATOR_GROUP.to_string();
+                let mut interrupted: Option<std::time::Instant> = None;
                 loop {
                     tokio::time::sleep(Duration::from_millis(100)).await;
-                    if shutdown.load(std::sync::atomic::Ordering::Relaxed) {
-                        tessera_coordinator::say!("[worker] interrupted: leaving the job");
+                    if interrupted.is_none() && shutdown.load(std::sync::atomic::Ordering::Relaxed) {
+                        tessera_coordinator::say!(
+                            "[worker] interrupted: asking to leave at the next step boundary (at most {}s; a second signal exits now)",
+                            drain_timeout.as_secs()
+                        );
+                        interrupted = Some(std::time::Instant::now());
+                        let _ = actor.cast(WorkerMsg::Interrupted(Wire::new("interrupted".to_string())));
+                    }
+                    if interrupted.is_some_and(|t| t.elapsed() > drain_timeout) {
+                        tessera_coordinator::say!("[worker] not released within {}s: leaving the job now", drain_timeout.as_secs());
                         actor.stop(None);
                         break;
                     }
