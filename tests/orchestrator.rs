@@ -54,7 +54,7 @@ fn a_joining_worker_is_used_from_the_next_generation_and_a_drain_loses_no_step()
     let (status, stderr, _) = run.wait_exit(Duration::from_secs(240));
     assert!(status.success(), "{stderr}");
     let _ = joined.wait_exit(Duration::from_secs(30));
-    let worlds: Vec<usize> = generations(d.path()).iter().map(|g| g["ranks"].as_array().unwrap().len()).collect();
+    let worlds = generation_worlds(d.path());
     assert!(worlds.starts_with(&[2, 3]) && worlds.last() == Some(&2), "generations: {worlds:?}");
     // A resize redoes no step: each generation restores the checkpoint its predecessor wrote
     // at the boundary where it stopped.
@@ -104,12 +104,12 @@ fn an_interrupted_worker_is_drained_without_a_rollback() {
     run.wait_for_log(d.path(), 2, Duration::from_secs(180));
     let pids = run.rank_pids();
     assert_eq!(pids.len(), 3, "{pids:?}");
-    assert!(Command::new("kill").args(["-TERM", &pids[2]]).status().unwrap().success());
+    signal("-TERM", &pids[2]);
     let (status, stderr, _) = run.wait_exit(Duration::from_secs(240));
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("asks to leave (interrupted): draining it"), "{stderr}");
     assert!(!stderr.contains("abort"), "{stderr}");
-    let worlds: Vec<usize> = generations(d.path()).iter().map(|g| g["ranks"].as_array().unwrap().len()).collect();
+    let worlds = generation_worlds(d.path());
     assert_eq!(worlds, vec![3, 2], "{stderr}");
     let steps: Vec<u64> = log_lines(d.path()).iter().map(|l| l["step"].as_u64().unwrap()).collect();
     assert_eq!(steps, (0..40).collect::<Vec<u64>>(), "every step trained once");
@@ -127,12 +127,12 @@ fn a_paused_coordinator_keeps_its_workers() {
     let mut run = Running::start(&["train", &job, "--workers", "2", "--heartbeat-timeout-ms", "2000"]);
     run.wait_for_log(d.path(), 2, Duration::from_secs(180));
     let pid = run.child.id().to_string();
-    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    signal("-STOP", &pid);
     std::thread::sleep(Duration::from_secs(5));
-    assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    signal("-CONT", &pid);
     let logged = log_lines(d.path()).len();
     run.wait_for_log(d.path(), logged + 3, Duration::from_secs(120));
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    signal("-TERM", &pid);
     let (status, stderr, _) = run.wait_exit(Duration::from_secs(60));
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("the coordinator was not running for"), "{stderr}");

@@ -361,23 +361,33 @@ fn export_consolidates_a_sharded_checkpoint() {
     }
 }
 
+/// `write_job` (with `extra` in `[train]`) over a text corpus of 40 short documents
+/// (`train.jsonl`) instead of the synthetic dataset, with `val.jsonl` holding `val` as its
+/// held-out split when given, and `eval` appended; returns the job and the corpus lines.
+fn text_corpus_job(dir: &std::path::Path, total_steps: u64, extra: &str, val: Option<&str>, eval: &str) -> (String, Vec<String>) {
+    let job = write_job(dir, total_steps, extra);
+    let lines: Vec<String> =
+        (0..40).map(|i| serde_json::json!({ "text": format!("document {i}: a red dog near a blue house") }).to_string()).collect();
+    std::fs::write(dir.join("train.jsonl"), lines.join("\n") + "\n").unwrap();
+    let mut dataset = "name = \"corpus\"\nkind = \"text\"\npath = \"train.jsonl\"".to_string();
+    if let Some(val) = val {
+        std::fs::write(dir.join("val.jsonl"), val).unwrap();
+        dataset.push_str("\nval_path = \"val.jsonl\"");
+    }
+    let text = std::fs::read_to_string(&job).unwrap().replace("name = \"syn\"\nkind = \"synthetic\"\nrecords = 64", &dataset);
+    assert!(text.contains("train.jsonl"), "the fixture's dataset block changed: {text}");
+    std::fs::write(&job, text + eval).unwrap();
+    (job, lines)
+}
+
 /// A held-out split that no rank can read (a corrupt file behind `val_path`): each rank says
 /// why, the ranks agree to skip every validation instead of waiting for each other in a
 /// collective, and the job trains to its end.
 #[test]
 fn workers_skip_validation_when_the_held_out_set_cannot_be_read() {
     let d = tempfile::tempdir().unwrap();
-    let job = write_job(d.path(), 4, "collective_timeout_s = 30");
-    let lines: Vec<String> =
-        (0..40).map(|i| serde_json::json!({ "text": format!("document {i}: a red dog near a blue house") }).to_string()).collect();
-    std::fs::write(d.path().join("train.jsonl"), lines.join("\n") + "\n").unwrap();
-    std::fs::write(d.path().join("val.jsonl"), "this is not json\n{\"text\": 3}\n").unwrap();
-    let text = std::fs::read_to_string(&job).unwrap().replace(
-        "name = \"syn\"\nkind = \"synthetic\"\nrecords = 64",
-        "name = \"corpus\"\nkind = \"text\"\npath = \"train.jsonl\"\nval_path = \"val.jsonl\"",
-    );
-    assert!(text.contains("val_path"), "the fixture's dataset block changed: {text}");
-    std::fs::write(&job, text + "\n[eval]\nevery_steps = 2\nsamples = 2\nbaseline_samples = 4\n").unwrap();
+    let eval = "\n[eval]\nevery_steps = 2\nsamples = 2\nbaseline_samples = 4\n";
+    let (job, _) = text_corpus_job(d.path(), 4, "collective_timeout_s = 30", Some("this is not json\n{\"text\": 3}\n"), eval);
     let out = tessera(&["train", &job, "--workers", "2"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
@@ -400,17 +410,8 @@ fn workers_skip_validation_when_the_held_out_set_cannot_be_read() {
 #[test]
 fn a_rank_loads_the_held_out_set_again_in_a_new_generation() {
     let d = tempfile::tempdir().unwrap();
-    let job = write_job(d.path(), 100_000, "collective_timeout_s = 30");
-    let lines: Vec<String> =
-        (0..40).map(|i| serde_json::json!({ "text": format!("document {i}: a red dog near a blue house") }).to_string()).collect();
-    std::fs::write(d.path().join("train.jsonl"), lines.join("\n") + "\n").unwrap();
-    std::fs::write(d.path().join("val.jsonl"), "{\"text\": 3}\n").unwrap();
-    let text = std::fs::read_to_string(&job).unwrap().replace(
-        "name = \"syn\"\nkind = \"synthetic\"\nrecords = 64",
-        "name = \"corpus\"\nkind = \"text\"\npath = \"train.jsonl\"\nval_path = \"val.jsonl\"",
-    );
-    assert!(text.contains("val_path"), "the fixture's dataset block changed: {text}");
-    std::fs::write(&job, text + "\n[eval]\nevery_steps = 2\nsamples = 2\nbaseline_samples = 4\n").unwrap();
+    let eval = "\n[eval]\nevery_steps = 2\nsamples = 2\nbaseline_samples = 4\n";
+    let (job, lines) = text_corpus_job(d.path(), 100_000, "collective_timeout_s = 30", Some("{\"text\": 3}\n"), eval);
     let mut run = Running::start(&["train", &job, "--workers", "2"]);
     // Step 2's validation has been tried (and skipped) once step index 2 is logged.
     run.wait_for_log(d.path(), 3, Duration::from_secs(120));
@@ -430,12 +431,11 @@ fn a_rank_loads_the_held_out_set_again_in_a_new_generation() {
         assert!(run.child.try_wait().unwrap().is_none(), "the job ended early: {}", run.stderr());
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(Command::new("kill").args(["-TERM", &run.child.id().to_string()]).status().unwrap().success());
+    signal("-TERM", &run.child.id().to_string());
     let (status, stderr, _) = run.wait_exit(Duration::from_secs(120));
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("cannot load the held-out set") && stderr.contains("a rank has no held-out set"), "{stderr}");
-    let worlds: Vec<usize> =
-        events(d.path()).iter().filter(|e| e["type"] == "generation_started").map(|e| e["ranks"].as_array().unwrap().len()).collect();
+    let worlds = generation_worlds(d.path());
     assert_eq!(worlds.last(), Some(&1), "resized to one rank: {worlds:?}");
     let first: serde_json::Value = serde_json::from_str(std::fs::read_to_string(&eval_log).unwrap().lines().next().unwrap()).unwrap();
     assert!(first["step"].as_u64().unwrap() > 2, "{first}");
@@ -447,14 +447,7 @@ fn a_rank_loads_the_held_out_set_again_in_a_new_generation() {
 #[test]
 fn eval_without_a_held_out_split_is_noted_once() {
     let d = tempfile::tempdir().unwrap();
-    let job = write_job(d.path(), 1, "");
-    let lines: Vec<String> = (0..20).map(|i| serde_json::json!({ "text": format!("document {i}: a green cat") }).to_string()).collect();
-    std::fs::write(d.path().join("train.jsonl"), lines.join("\n") + "\n").unwrap();
-    let text = std::fs::read_to_string(&job)
-        .unwrap()
-        .replace("name = \"syn\"\nkind = \"synthetic\"\nrecords = 64", "name = \"corpus\"\nkind = \"text\"\npath = \"train.jsonl\"");
-    assert!(text.contains("train.jsonl"), "the fixture's dataset block changed: {text}");
-    std::fs::write(&job, text + "\n[eval]\nevery_steps = 1\nsamples = 2\nbaseline_samples = 2\n").unwrap();
+    let (job, _) = text_corpus_job(d.path(), 1, "", None, "\n[eval]\nevery_steps = 1\nsamples = 2\nbaseline_samples = 2\n");
     let note = "[eval] every_steps = 1 but no dataset has a held-out split (val_path); validation is off";
 
     let out = tessera(&["config", "check", &job]);

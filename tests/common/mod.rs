@@ -134,6 +134,16 @@ impl Drop for Running {
     }
 }
 
+/// Sends `signal` (`-TERM`, `-STOP`, ...) to process `pid`, which must exist.
+pub fn signal(sig: &str, pid: &str) {
+    assert!(Command::new("kill").args([sig, pid]).status().unwrap().success(), "kill {sig} {pid}");
+}
+
+/// The world size of each generation the job started, in order (from `out/events.jsonl`).
+pub fn generation_worlds(dir: &Path) -> Vec<usize> {
+    events(dir).iter().filter(|e| e["type"] == "generation_started").map(|e| e["ranks"].as_array().unwrap().len()).collect()
+}
+
 /// Whether process `pid` is alive (a zombie is not).
 pub fn alive(pid: &str) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| !s.contains(" Z ")).unwrap_or(false)

@@ -25,7 +25,7 @@ use crate::error::CoordinatorError;
 use crate::events::{EventLog, JobEvent};
 use crate::ledger::MixtureSchedule;
 use crate::metrics::JobMetrics;
-use crate::protocol::{Command, CoordinatorMsg, JobSpec, WORKERS_GROUP, Wire, WorkerEvent, WorkerMsg, worker_group};
+use crate::protocol::{Command, CoordinatorMsg, GenerationStart, JobSpec, WORKERS_GROUP, Wire, WorkerEvent, WorkerMsg, worker_group};
 use crate::report::{StepReport, StepTimings};
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -203,6 +203,20 @@ impl Actor for FakeWorker {
     }
 }
 
+/// The pid every fake worker announces.
+const FAKE_PID: u32 = 4242;
+
+/// A fake worker (private group `nonce`) that says hello, is welcomed and started: its actor,
+/// the commands it receives next, its id and the generation it was started in.
+fn join_fake(job: &Job, nonce: u64) -> (ActorRef<WorkerMsg>, mpsc::UnboundedReceiver<Command>, WorkerId, GenerationStart) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (fake, _) = job.rt.block_on(Actor::spawn(None, FakeWorker, (nonce, tx))).unwrap();
+    job.send(WorkerEvent::Hello { nonce, pid: FAKE_PID, ring_addr: "127.0.0.1:41000".parse().unwrap(), threads: 1 });
+    let Command::Welcome { worker, .. } = job_cmd(&job.rt, &mut rx) else { panic!("a welcome first") };
+    let Command::Start(start) = job_cmd(&job.rt, &mut rx) else { panic!("then generation 0") };
+    (fake, rx, worker, start)
+}
+
 fn report(generation: u64, step: u64) -> StepReport {
     StepReport {
         generation,
@@ -234,12 +248,8 @@ fn shard(root: &Path, worker: WorkerId, generation: u64, step: u64) -> WorkerEve
 #[test]
 fn a_mixture_change_restarts_the_generation_and_moves_past_steps_the_ranks_trained() {
     let mut job = Job::start(policy(1, 1), vec![]);
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let (fake, _) = job.rt.block_on(Actor::spawn(None, FakeWorker, (0xfeed, tx))).unwrap();
+    let (fake, mut rx, worker, start) = join_fake(&job, 0xfeed);
     let mut next = || job_cmd(&job.rt, &mut rx);
-    job.send(WorkerEvent::Hello { nonce: 0xfeed, pid: 4242, ring_addr: "127.0.0.1:41000".parse().unwrap(), threads: 1 });
-    let Command::Welcome { worker, .. } = next() else { panic!("a welcome first") };
-    let Command::Start(start) = next() else { panic!("then generation 0") };
     assert_eq!((start.plan.generation, start.plan.start_step, start.schedule.versions().len()), (0, 0, 1));
 
     for step in 0..3 {
@@ -364,12 +374,8 @@ impl Launcher for CountedLauncher {
 fn losing_the_last_worker_process_during_a_planned_stop_fails_the_job() {
     let live = Arc::new(AtomicUsize::new(1));
     let mut job = Job::start_with(policy(1, 1), vec![], Some(Box::new(CountedLauncher(Arc::clone(&live)))));
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let (fake, _) = job.rt.block_on(Actor::spawn(None, FakeWorker, (0xbeef, tx))).unwrap();
+    let (fake, mut rx, worker, start) = join_fake(&job, 0xbeef);
     let mut next = || job_cmd(&job.rt, &mut rx);
-    job.send(WorkerEvent::Hello { nonce: 0xbeef, pid: 4343, ring_addr: "127.0.0.1:41001".parse().unwrap(), threads: 1 });
-    let Command::Welcome { worker, .. } = next() else { panic!("a welcome first") };
-    let Command::Start(start) = next() else { panic!("then generation 0") };
     assert_eq!(start.plan.generation, 0);
     for step in 0..2 {
         job.send(WorkerEvent::Step { worker, report: report(0, step) });
@@ -377,7 +383,7 @@ fn losing_the_last_worker_process_during_a_planned_stop_fails_the_job() {
     job.rt.block_on(job.bridge().set_mixture(weights(&[("coco", 3.0)]), None)).unwrap();
     assert_eq!(next(), Command::Stop { generation: 0, checkpoint: true });
     live.store(0, Ordering::SeqCst);
-    job.actor.cast(CoordinatorMsg::ProcessExited(Wire::new((4343, "signal: 6 (SIGABRT)".to_string())))).unwrap();
+    job.actor.cast(CoordinatorMsg::ProcessExited(Wire::new((FAKE_PID, "signal: 6 (SIGABRT)".to_string())))).unwrap();
     match job.outcome() {
         JobOutcome::Failed { reason } => assert_eq!(reason, "0 workers left, the job needs at least 1"),
         other => panic!("expected a failure: {other:?}"),
