@@ -94,6 +94,25 @@ fn sigterm_checkpoints_and_a_restart_resumes_at_the_same_step() {
     assert_eq!(steps.last(), Some(&last), "the restart trains step {last} next: {steps:?}");
 }
 
+/// A worker process killed with SIGKILL is replaced by a new local process: the survivor goes
+/// on at once in a smaller generation, and the replacement joins at a checkpointed boundary;
+/// the losses are those of an uninterrupted process.
+#[test]
+fn a_killed_worker_process_is_replaced() {
+    let (d, job, reference) = job_and_reference(40);
+    let mut run = Running::start(&["train", &job, "--workers", "2"]);
+    run.wait_for_log(d.path(), 2, Duration::from_secs(180));
+    let pids = run.rank_pids();
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    signal("-KILL", &pids[1]);
+    let (status, stderr, _) = run.wait_exit(Duration::from_secs(240));
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("replacing a lost worker: started process"), "{stderr}");
+    let worlds = generation_worlds(d.path());
+    assert!(worlds.starts_with(&[2, 1]) && worlds.last() == Some(&2), "generations: {worlds:?}\n{stderr}");
+    assert_matches(&final_losses(d.path()), &reference);
+}
+
 /// A worker interrupted with SIGTERM (a preemption notice) asks to be drained: the generation
 /// ends at a checkpointed boundary, the next one goes on without it from that checkpoint, and
 /// no step is trained twice; the worker process exits.

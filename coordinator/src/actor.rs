@@ -140,6 +140,10 @@ pub struct CoordinatorState {
     train_log: Option<std::fs::File>,
     last_loss: Option<f64>,
     restarts: u64,
+    /// Members lost (died, link lost, silent) not yet replaced by a local process.
+    lost: usize,
+    /// The step the job was at when the last replacement for a lost worker started.
+    replaced_at: Option<u64>,
     generation_started: Option<Instant>,
     ticker: Option<tokio::task::JoinHandle<()>>,
     outcome: Option<JobOutcome>,
@@ -247,6 +251,10 @@ impl CoordinatorState {
                 // With no reason set before, the state machine found it silent for too long.
                 let timeout = self.control.policy().heartbeat_timeout_ms;
                 let reason = self.removal.remove(&id).unwrap_or_else(|| format!("no heartbeat for more than {timeout} ms"));
+                // Lost, not asked to go (drained, scaled down, or leaving on its own).
+                if !reason.starts_with("drained") && !reason.starts_with("left") {
+                    self.lost += 1;
+                }
                 self.record(JobEvent::WorkerRemoved { worker: id.0, reason });
                 self.workers_changed();
                 self.check_stopped();
@@ -530,6 +538,37 @@ impl CoordinatorState {
         }
     }
 
+    /// Starts a local process for each lost member once the launcher has fewer alive than the
+    /// job wants (a killed process is reaped a moment after its link drops). Only if training
+    /// moved since the last replacement: a worker that dies again before any step would
+    /// otherwise crash-loop.
+    fn replace_lost(&mut self) {
+        if self.lost == 0 {
+            return;
+        }
+        if self.outcome.is_some() || self.control.is_shutting_down() || self.args.launcher.is_none() {
+            self.lost = 0;
+            return;
+        }
+        let step = self.control.next_step();
+        let target = self.control.target();
+        let live = self.args.launcher.as_ref().map_or(0, |l| l.live());
+        if live >= target {
+            return;
+        }
+        self.lost -= 1;
+        if let Some(at) = self.replaced_at.filter(|&at| step <= at) {
+            self.log(&format!("not replacing a lost worker: no step trained since the last replacement (at step {at})"));
+            return;
+        }
+        self.replaced_at = Some(step);
+        match self.args.launcher.as_mut().map(|l| l.spawn(1)) {
+            Some(Ok(pids)) => self.log(&format!("replacing a lost worker: started process {pids:?}; it joins at a step boundary")),
+            Some(Err(e)) => self.log(&format!("cannot start a replacement for a lost worker: {e}")),
+            None => {}
+        }
+    }
+
     fn lost_cells(&mut self, cells: &[ActorId]) {
         let gone: Vec<WorkerId> = self.workers.iter().filter(|(_, c)| cells.contains(&c.cell)).map(|(id, _)| *id).collect();
         for id in gone {
@@ -691,6 +730,8 @@ impl Actor for Coordinator {
             train_log: Some(train_log),
             last_loss: None,
             restarts: 0,
+            lost: 0,
+            replaced_at: None,
             generation_started: None,
             ticker: Some(ticker),
             outcome: None,
@@ -750,6 +791,7 @@ impl Actor for Coordinator {
                     state.hello(ev, since);
                 }
                 state.drive(Event::Tick);
+                state.replace_lost();
                 let p = *state.control.policy();
                 let min = p.min_workers.max(1);
                 // Nobody is coming: too few of the processes this coordinator started are alive

@@ -391,6 +391,58 @@ fn losing_the_last_worker_process_during_a_planned_stop_fails_the_job() {
     fake.stop(None);
 }
 
+/// A launcher that pretends to start processes: it counts what it was asked to start and
+/// counts them alive (the test plays the processes with fake workers).
+struct SpawnCounter {
+    live: Arc<AtomicUsize>,
+    spawned: Arc<AtomicUsize>,
+}
+
+impl Launcher for SpawnCounter {
+    fn spawn(&mut self, n: usize) -> Result<Vec<u32>, String> {
+        self.live.fetch_add(n, Ordering::SeqCst);
+        let first = self.spawned.fetch_add(n, Ordering::SeqCst) as u32;
+        Ok((0..n as u32).map(|i| 9000 + first + i).collect())
+    }
+
+    fn kill(&mut self, _pid: u32) {}
+
+    fn live(&self) -> usize {
+        self.live.load(Ordering::SeqCst)
+    }
+}
+
+/// A lost worker is replaced once; a replacement that is lost before any step is trained gets
+/// no successor (a crash loop), and with nobody left the job fails.
+#[test]
+fn a_lost_worker_is_replaced_once_until_a_step_is_trained() {
+    let (live, spawned) = (Arc::new(AtomicUsize::new(1)), Arc::new(AtomicUsize::new(0)));
+    let launcher = SpawnCounter { live: Arc::clone(&live), spawned: Arc::clone(&spawned) };
+    let mut job = Job::start_with(policy(1, 1), vec![], Some(Box::new(launcher)));
+    let lose = |job: &Job| {
+        live.store(0, Ordering::SeqCst);
+        job.actor.cast(CoordinatorMsg::ProcessExited(Wire::new((FAKE_PID, "signal: 9 (SIGKILL)".to_string())))).unwrap();
+    };
+    let (first, _rx1, worker, _) = join_fake(&job, 0xa1);
+    job.send(WorkerEvent::Step { worker, report: report(0, 0) });
+    lose(&job);
+    let deadline = std::time::Instant::now() + WAIT;
+    while spawned.load(Ordering::SeqCst) == 0 {
+        assert!(std::time::Instant::now() < deadline, "no replacement asked for");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (second, _rx2, _, start) = join_fake(&job, 0xa2);
+    assert_eq!(start.plan.generation, 1);
+    lose(&job);
+    match job.outcome() {
+        JobOutcome::Failed { reason } => assert_eq!(reason, "0 workers left, the job needs at least 1"),
+        other => panic!("expected a failure: {other:?}"),
+    }
+    assert_eq!(spawned.load(Ordering::SeqCst), 1, "one replacement only");
+    first.stop(None);
+    second.stop(None);
+}
+
 /// The next command the fake worker received.
 fn job_cmd(rt: &Runtime, rx: &mut mpsc::UnboundedReceiver<Command>) -> Command {
     rt.block_on(async { tokio::time::timeout(WAIT, rx.recv()).await }).expect("a command in time").expect("the fake worker is alive")
