@@ -105,7 +105,8 @@ fn workers_train_like_one_process() {
 }
 
 /// A rank stopped with SIGSTOP mid-run: the other rank's collective times out after the job's
-/// `collective_timeout_s`, the launcher stops everyone and exits naming a rank; nobody hangs.
+/// `collective_timeout_s`, the stopped rank is removed (its process killed) and replaced, and
+/// the job trains on in a new generation; nobody hangs.
 #[test]
 fn a_stopped_rank_is_detected_within_the_deadline() {
     let d = tempfile::tempdir().unwrap();
@@ -114,11 +115,23 @@ fn a_stopped_rank_is_detected_within_the_deadline() {
     run.wait_for_log(d.path(), 2, Duration::from_secs(120));
     let pids = run.rank_pids();
     assert_eq!(pids.len(), 2, "{pids:?}");
-    assert!(Command::new("kill").args(["-STOP", &pids[1]]).status().unwrap().success());
-    let (status, stderr, took) = run.wait_exit(Duration::from_secs(60));
-    assert!(!status.success() && stderr.contains("failed"), "{stderr}");
-    // Detection by the 3 s collective deadline, plus the launcher's shutdown.
+    signal("-STOP", &pids[1]);
+    let stopped = Instant::now();
+    while !log_lines(d.path()).iter().any(|l| l["generation"].as_u64().is_some_and(|g| g > 0)) {
+        assert!(stopped.elapsed() < Duration::from_secs(60), "no step of a new generation within 60 s");
+        assert!(run.child.try_wait().unwrap().is_none(), "the job ended: {}", run.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Detection by the 3 s collective deadline (or the 5 s heartbeat), a replacement process
+    // starting and joining, and the restore.
+    let took = stopped.elapsed();
+    eprintln!("SIGSTOP -> first step of the next generation: {took:?}");
     assert!(took < Duration::from_secs(30), "took {took:?}");
+    assert!(!alive(&pids[1]), "the stopped rank was killed");
+    signal("-TERM", &run.child.id().to_string());
+    let (status, stderr, _) = run.wait_exit(Duration::from_secs(60));
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("replacing a lost worker: started process"), "{stderr}");
     assert_gone(&pids);
 }
 
@@ -150,6 +163,26 @@ fn a_killed_rank_stops_the_job_cleanly() {
     assert!(stderr.contains("replacing a lost worker: started process"), "{stderr}");
     assert!(stderr.contains("job failed") && stderr.contains("1 workers left"), "{stderr}");
     assert_gone(&pids);
+}
+
+/// The coordinator killed with SIGKILL (it cannot release anyone): its worker processes see
+/// the link drop and exit on their own within seconds instead of training on.
+#[test]
+fn workers_exit_when_the_coordinator_is_killed() {
+    let d = tempfile::tempdir().unwrap();
+    let job = write_job(d.path(), 100_000, "");
+    let mut run = Running::start(&["train", &job, "--workers", "2"]);
+    run.wait_for_log(d.path(), 2, Duration::from_secs(120));
+    let pids = run.rank_pids();
+    assert_eq!(pids.len(), 2, "two worker processes: {pids:?}");
+    let _reap = KillOnDrop(pids.clone());
+    run.child.kill().unwrap();
+    run.child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pids.iter().any(|p| alive(p)) {
+        assert!(Instant::now() < deadline, "workers still running 30 s after their coordinator died: {pids:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Checkpoints move between one process and several: 1 worker for a step, 2 workers for two,
