@@ -164,7 +164,15 @@ pub struct CoordinatorState {
     /// steps after a rollback scores them again; the log keeps the first).
     validated: Option<u64>,
     /// Why a worker is about to be removed, set just before the event that removes it.
-    removal: BTreeMap<WorkerId, String>,
+    removal: BTreeMap<WorkerId, Removal>,
+}
+
+/// Why a worker leaves the job: the text recorded, and whether it was lost (died, link lost,
+/// silent) rather than asked to go (drained, scaled down, leaving on its own). A lost local
+/// worker is replaced.
+struct Removal {
+    reason: String,
+    lost: bool,
 }
 
 /// The coordinator actor (configuration lives in [`CoordinatorArgs`]).
@@ -250,9 +258,11 @@ impl CoordinatorState {
                 }
                 // With no reason set before, the state machine found it silent for too long.
                 let timeout = self.control.policy().heartbeat_timeout_ms;
-                let reason = self.removal.remove(&id).unwrap_or_else(|| format!("no heartbeat for more than {timeout} ms"));
-                // Lost, not asked to go (drained, scaled down, or leaving on its own).
-                if !reason.starts_with("drained") && !reason.starts_with("left") {
+                let Removal { reason, lost } = self
+                    .removal
+                    .remove(&id)
+                    .unwrap_or_else(|| Removal { reason: format!("no heartbeat for more than {timeout} ms"), lost: true });
+                if lost {
                     self.lost += 1;
                 }
                 self.record(JobEvent::WorkerRemoved { worker: id.0, reason });
@@ -526,14 +536,14 @@ impl CoordinatorState {
             WorkerEvent::Draining { worker, reason } => {
                 if self.is_alive(worker) {
                     self.log(&format!("{worker} asks to leave ({reason}): draining it at the next step boundary"));
-                    self.removal.insert(worker, format!("drained: {reason}"));
+                    self.removal.insert(worker, Removal { reason: format!("drained: {reason}"), lost: false });
                     self.control.drain(worker);
                     self.drive(Event::Tick);
                 }
             }
             WorkerEvent::Leaving { worker, reason } => {
                 self.log(&format!("{worker} is leaving: {reason}"));
-                self.leave(worker, format!("left: {reason}"));
+                self.leave(worker, Removal { reason: format!("left: {reason}"), lost: false });
             }
         }
     }
@@ -573,13 +583,13 @@ impl CoordinatorState {
         let gone: Vec<WorkerId> = self.workers.iter().filter(|(_, c)| cells.contains(&c.cell)).map(|(id, _)| *id).collect();
         for id in gone {
             self.log(&format!("{id}: link lost"));
-            self.leave(id, "link lost".into());
+            self.leave(id, Removal { reason: "link lost".into(), lost: true });
         }
     }
 
-    /// Removes `id` from the job for `reason` (recorded when the state machine removes it).
-    fn leave(&mut self, id: WorkerId, reason: String) {
-        self.removal.insert(id, reason);
+    /// Removes `id` from the job for `why` (recorded when the state machine removes it).
+    fn leave(&mut self, id: WorkerId, why: Removal) {
+        self.removal.insert(id, why);
         self.drive(Event::Leave { id });
         // Not a member (already removed): nothing consumed the reason.
         self.removal.remove(&id);
@@ -636,7 +646,7 @@ impl CoordinatorState {
                     let mut ids: Vec<(u64, WorkerId)> = self.control.members().map(|m| (m.joined_ms, m.id)).collect();
                     ids.sort();
                     for (_, id) in ids.into_iter().skip(workers) {
-                        self.removal.insert(id, format!("drained: scaled to {workers} workers"));
+                        self.removal.insert(id, Removal { reason: format!("drained: scaled to {workers} workers"), lost: false });
                         self.control.drain(id);
                     }
                     self.drive(Event::Tick);
@@ -781,7 +791,7 @@ impl Actor for Coordinator {
             CoordinatorMsg::ProcessExited(Wire(Ok((pid, how)))) => {
                 if let Some(id) = state.workers.iter().find(|(_, c)| c.pid == pid).map(|(id, _)| *id) {
                     state.log(&format!("{id} (pid {pid}) exited: {how}"));
-                    state.leave(id, format!("process exited: {how}"));
+                    state.leave(id, Removal { reason: format!("process exited: {how}"), lost: true });
                 }
             }
             CoordinatorMsg::ProcessExited(Wire(Err(e))) => state.log(&format!("undecodable exit notice: {e}")),

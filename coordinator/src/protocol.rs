@@ -151,7 +151,8 @@ pub enum WorkerEvent {
         /// Why.
         reason: String,
     },
-    /// The worker is leaving (interrupted, or told to exit).
+    /// The worker is leaving now (it cannot serve the job); an interrupted worker sends
+    /// [`WorkerEvent::Draining`] instead.
     Leaving {
         /// The worker.
         worker: WorkerId,
