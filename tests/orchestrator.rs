@@ -34,7 +34,9 @@ fn generations(dir: &std::path::Path) -> Vec<serde_json::Value> {
 
 #[test]
 fn a_joining_worker_is_used_from_the_next_generation_and_a_drain_loses_no_step() {
-    let (d, job, reference) = job_and_reference(10);
+    // Enough steps that the scale request below lands before the job ends on a loaded machine
+    // (with 10, CI once finished on three ranks before the drain).
+    let (d, job, reference) = job_and_reference(40);
     let mut run = Running::start(&["train", &job, "--workers", "2", "--max-workers", "3"]);
     run.wait_for_log(d.path(), 2, Duration::from_secs(180));
     let out_dir = d.path().join("out").display().to_string();
@@ -46,11 +48,11 @@ fn a_joining_worker_is_used_from_the_next_generation_and_a_drain_loses_no_step()
         assert!(run.child.try_wait().unwrap().is_none(), "the job ended early: {}", run.stderr());
         std::thread::sleep(Duration::from_millis(50));
     }
+    let scale = tessera(&["scale", "--job-dir", &out_dir, "--workers", "2"]);
+    assert!(scale.status.success(), "{}", String::from_utf8_lossy(&scale.stderr));
     let status = tessera(&["status", "--job-dir", &out_dir]);
     let table = String::from_utf8_lossy(&status.stdout);
     assert!(status.status.success() && table.contains("running"), "{table}{}", String::from_utf8_lossy(&status.stderr));
-    let scale = tessera(&["scale", "--job-dir", &out_dir, "--workers", "2"]);
-    assert!(scale.status.success(), "{}", String::from_utf8_lossy(&scale.stderr));
     let (status, stderr, _) = run.wait_exit(Duration::from_secs(240));
     assert!(status.success(), "{stderr}");
     let _ = joined.wait_exit(Duration::from_secs(30));
@@ -59,7 +61,7 @@ fn a_joining_worker_is_used_from_the_next_generation_and_a_drain_loses_no_step()
     // A resize redoes no step: each generation restores the checkpoint its predecessor wrote
     // at the boundary where it stopped.
     let steps: Vec<u64> = log_lines(d.path()).iter().map(|l| l["step"].as_u64().unwrap()).collect();
-    assert_eq!(steps, (0..10).collect::<Vec<u64>>(), "every step trained once");
+    assert_eq!(steps, (0..40).collect::<Vec<u64>>(), "every step trained once");
     let got = final_losses(d.path());
     assert!(got.values().any(|(_, w)| *w == 3), "{got:?}");
     assert_matches(&got, &reference);
