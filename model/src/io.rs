@@ -1,12 +1,11 @@
 //! safetensors reading and writing for tch tensors, with metadata, clear errors on corrupt
 //! files, and atomic writes (temp file, fsync, rename) so a crash never leaves half a file.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use safetensors::tensor::{Dtype, SafeTensors, View};
+use safetensors::tensor::{Dtype, Metadata, TensorInfo};
 use tch::{Kind, Tensor};
 
 use crate::error::{ModelError, Result};
@@ -46,25 +45,18 @@ fn dtype_of(kind: Kind) -> Option<Dtype> {
     })
 }
 
-/// Reads every tensor of a safetensors file onto the CPU.
+/// Reads every tensor of a safetensors file onto the CPU, one tensor at a time (the extra
+/// memory is the largest tensor's bytes, not the whole file).
 pub fn read(path: &Path) -> Result<TensorFile> {
-    let bytes = std::fs::read(path).map_err(|source| ModelError::Io { op: "reading", path: path.to_path_buf(), source })?;
-    let format = |reason: String| ModelError::Format { path: path.to_path_buf(), reason };
-    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| format(e.to_string()))?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| format(e.to_string()))?;
-    let metadata: BTreeMap<String, String> = header.metadata().clone().map(|m| m.into_iter().collect()).unwrap_or_default();
-    // Keep the header's tensor order (offset order) for reproducible iteration.
-    let mut names: Vec<(usize, String)> = header.tensors().iter().map(|(name, info)| (info.data_offsets.0, name.clone())).collect();
+    let reader = SliceReader::open(path)?;
+    let mut names: Vec<(u64, &String)> = reader.entries.iter().map(|(name, e)| (e.bytes.start, name)).collect();
+    // The header's tensor order (offset order) for reproducible iteration.
     names.sort();
     let mut tensors = Vec::with_capacity(names.len());
     for (_, name) in names {
-        let view = st.tensor(&name).map_err(|e| format(format!("tensor '{name}': {e}")))?;
-        let kind = kind_of(view.dtype()).ok_or_else(|| format(format!("tensor '{name}': unsupported dtype {:?}", view.dtype())))?;
-        let shape: Vec<i64> = view.shape().iter().map(|&s| s as i64).collect();
-        let t = Tensor::f_from_data_size(view.data(), &shape, kind)?;
-        tensors.push((name, t));
+        tensors.push((name.clone(), reader.read_tensor(name)?));
     }
-    Ok((tensors, metadata))
+    Ok((tensors, reader.metadata.clone()))
 }
 
 /// Random-access reads of parts of f32 tensors in a safetensors file, by positional reads of
@@ -76,8 +68,19 @@ pub struct SliceReader {
     file: std::fs::File,
     /// Absolute byte offset of the data area (after the 8-byte length and the JSON header).
     data_start: u64,
-    /// Name -> (dtype, element count, byte range inside the data area).
-    entries: BTreeMap<String, (Dtype, usize, std::ops::Range<u64>)>,
+    entries: BTreeMap<String, Entry>,
+    /// The file's `__metadata__`.
+    metadata: BTreeMap<String, String>,
+}
+
+/// Where one tensor lies in a safetensors file.
+#[derive(Debug)]
+struct Entry {
+    dtype: Dtype,
+    shape: Vec<i64>,
+    numel: usize,
+    /// Byte range inside the data area.
+    bytes: std::ops::Range<u64>,
 }
 
 impl SliceReader {
@@ -109,91 +112,133 @@ impl SliceReader {
                 return Err(format(format!("tensor '{name}': offsets {lo}..{hi} do not hold {numel} {:?} values", info.dtype)));
             }
             end = end.max(hi);
-            entries.insert(name.clone(), (info.dtype, numel, lo..hi));
+            let shape = info.shape.iter().map(|&d| d as i64).collect();
+            entries.insert(name.clone(), Entry { dtype: info.dtype, shape, numel, bytes: lo..hi });
         }
         if data_start + end != file_len {
             return Err(format(format!("the tensors end at byte {}, the file has {file_len} (truncated or padded)", data_start + end)));
         }
-        Ok(Self { path: path.to_path_buf(), file, data_start, entries })
+        let metadata = meta.metadata().clone().map(|m| m.into_iter().collect()).unwrap_or_default();
+        Ok(Self { path: path.to_path_buf(), file, data_start, entries, metadata })
     }
 
     /// Element count of tensor `name`, if the file has it.
     pub fn numel(&self, name: &str) -> Option<usize> {
-        self.entries.get(name).map(|e| e.1)
+        self.entries.get(name).map(|e| e.numel)
+    }
+
+    /// The whole tensor `name`, in its dtype and shape.
+    pub fn read_tensor(&self, name: &str) -> Result<Tensor> {
+        let format = |reason: String| ModelError::Format { path: self.path.clone(), reason };
+        let e = self.entries.get(name).ok_or_else(|| format(format!("missing tensor '{name}'")))?;
+        let kind = kind_of(e.dtype).ok_or_else(|| format(format!("tensor '{name}': unsupported dtype {:?}", e.dtype)))?;
+        let buf = self.read_bytes(e.bytes.start, (e.bytes.end - e.bytes.start) as usize)?;
+        Ok(Tensor::f_from_data_size(&buf, &e.shape, kind)?)
+    }
+
+    /// `len` bytes at `at` inside the data area.
+    fn read_bytes(&self, at: u64, len: usize) -> Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; len];
+        self.file.read_exact_at(&mut buf, self.data_start + at).map_err(|source| ModelError::Io {
+            op: "reading",
+            path: self.path.clone(),
+            source,
+        })?;
+        Ok(buf)
     }
 
     /// Elements `range` of the flattened f32 tensor `name`, as a 1-D tensor.
     pub fn read_f32(&self, name: &str, range: std::ops::Range<usize>) -> Result<Tensor> {
-        use std::os::unix::fs::FileExt;
         let format = |reason: String| ModelError::Format { path: self.path.clone(), reason };
-        let (dtype, numel, bytes) = self.entries.get(name).ok_or_else(|| format(format!("missing tensor '{name}'")))?;
+        let Entry { dtype, numel, bytes, .. } = self.entries.get(name).ok_or_else(|| format(format!("missing tensor '{name}'")))?;
         if *dtype != Dtype::F32 {
             return Err(format(format!("tensor '{name}' is {dtype:?}, expected F32")));
         }
         if range.start > range.end || range.end > *numel {
             return Err(format(format!("elements {range:?} are outside tensor '{name}' of {numel}")));
         }
-        let mut buf = vec![0u8; range.len() * 4];
-        let at = self.data_start + bytes.start + range.start as u64 * 4;
-        self.file.read_exact_at(&mut buf, at).map_err(|source| ModelError::Io { op: "reading", path: self.path.clone(), source })?;
+        let buf = self.read_bytes(bytes.start + range.start as u64 * 4, range.len() * 4)?;
         Ok(Tensor::f_from_data_size(&buf, &[range.len() as i64], Kind::Float)?)
     }
 }
 
-struct Raw {
-    dtype: Dtype,
-    shape: Vec<usize>,
-    data: Vec<u8>,
-}
-
-impl View for &Raw {
-    fn dtype(&self) -> Dtype {
-        self.dtype
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Borrowed(&self.data)
-    }
-    fn data_len(&self) -> usize {
-        self.data.len()
-    }
-}
-
-fn to_raw(name: &str, t: &Tensor, path: &Path) -> Result<Raw> {
-    let t = t.to_device(tch::Device::Cpu).contiguous();
-    let dtype = dtype_of(t.kind()).ok_or_else(|| ModelError::Format {
-        path: path.to_path_buf(),
-        reason: format!("tensor '{name}': cannot store kind {:?}", t.kind()),
-    })?;
-    let numel = t.numel();
-    let mut data = vec![0u8; numel * t.kind().elt_size_in_bytes()];
-    t.f_copy_data_u8(&mut data, numel)?;
-    Ok(Raw { dtype, shape: t.size().iter().map(|&s| s as usize).collect(), data })
-}
+/// Bytes copied out of a tensor per write: the writer's whole buffer, whatever the tensor size.
+const CHUNK_BYTES: usize = 8 << 20;
 
 /// Writes tensors and metadata atomically: a temp file in the same directory is written,
-/// fsynced and renamed over `path`.
+/// fsynced and renamed over `path`. The tensors are streamed into the file a chunk at a time,
+/// so writing a multi-GiB shard needs [`CHUNK_BYTES`] of extra memory, not a copy of it
+/// (a CPU tensor is never copied whole; a GPU tensor is brought to the host one at a time).
 pub fn write(path: &Path, tensors: &[(String, Tensor)], metadata: &BTreeMap<String, String>) -> Result<()> {
-    let raws: Vec<(String, Raw)> = tensors.iter().map(|(n, t)| Ok((n.clone(), to_raw(n, t, path)?))).collect::<Result<_>>()?;
+    let format = |reason: String| ModelError::Format { path: path.to_path_buf(), reason };
+    // safetensors' own layout rule: descending dtype alignment, then name.
+    let mut order: Vec<(&String, &Tensor, Dtype)> = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let dtype = dtype_of(t.kind()).ok_or_else(|| format(format!("tensor '{name}': cannot store kind {:?}", t.kind())))?;
+        order.push((name, t, dtype));
+    }
+    order.sort_by(|(ln, _, ld), (rn, _, rd)| rd.cmp(ld).then(ln.cmp(rn)));
+    let mut infos = Vec::with_capacity(order.len());
+    let mut offset = 0;
+    for (name, t, dtype) in &order {
+        let n = t.numel() * t.kind().elt_size_in_bytes();
+        let shape = t.size().iter().map(|&s| s as usize).collect();
+        infos.push(((*name).clone(), TensorInfo { dtype: *dtype, shape, data_offsets: (offset, offset + n) }));
+        offset += n;
+    }
     let md: HashMap<String, String> = metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    let bytes = safetensors::tensor::serialize(raws.iter().map(|(n, r)| (n.as_str(), r)), Some(md))
-        .map_err(|e| ModelError::Format { path: path.to_path_buf(), reason: e.to_string() })?;
-    write_atomic(path, &bytes)
+    let header = Metadata::new(Some(md), infos).map_err(|e| format(e.to_string()))?;
+    let mut header = serde_json::to_vec(&header).map_err(|e| format(e.to_string()))?;
+    header.resize(header.len().next_multiple_of(8), b' ');
+    write_atomic_with(path, |f| {
+        f.write_all(&(header.len() as u64).to_le_bytes())?;
+        f.write_all(&header)?;
+        let mut buf = Vec::new();
+        for (name, t, _) in &order {
+            let t = t.to_device(tch::Device::Cpu).contiguous().view([-1]);
+            let (numel, elt) = (t.numel(), t.kind().elt_size_in_bytes());
+            let per_chunk = (CHUNK_BYTES / elt).max(1);
+            let mut at = 0;
+            while at < numel {
+                let n = per_chunk.min(numel - at);
+                buf.resize(n * elt, 0);
+                t.narrow(0, at as i64, n as i64)
+                    .f_copy_data_u8(&mut buf, n)
+                    .map_err(|e| std::io::Error::other(format!("tensor '{name}': {e}")))?;
+                f.write_all(&buf)?;
+                at += n;
+            }
+        }
+        Ok(())
+    })
 }
 
 /// Writes `bytes` to `path` through a temp file + fsync + rename (+ directory fsync).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_with(path, |f| f.write_all(bytes))
+}
+
+/// Fills a temp file beside `path` with `fill` (buffered), fsyncs it and renames it over
+/// `path` (then fsyncs the directory); a failure removes the temp file and leaves `path` as
+/// it was.
+fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>) -> Result<()> {
     let io = |op: &'static str, p: PathBuf| move |source| ModelError::Io { op, path: p, source };
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io("creating directory", dir.to_path_buf()))?;
     let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{file_name}.tmp.{}", std::process::id()));
-    let mut f = std::fs::File::create(&tmp).map_err(io("creating", tmp.clone()))?;
-    f.write_all(bytes).map_err(io("writing", tmp.clone()))?;
-    f.sync_all().map_err(io("syncing", tmp.clone()))?;
-    drop(f);
+    let written = (|| -> Result<()> {
+        let f = std::fs::File::create(&tmp).map_err(io("creating", tmp.clone()))?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+        fill(&mut w).map_err(io("writing", tmp.clone()))?;
+        let f = w.into_inner().map_err(|e| io("writing", tmp.clone())(e.into_error()))?;
+        f.sync_all().map_err(io("syncing", tmp.clone()))
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     std::fs::rename(&tmp, path).map_err(io("renaming into place", path.to_path_buf()))?;
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
@@ -204,6 +249,68 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tensor as the safetensors crate's own serializer sees it.
+    struct Bytes(Dtype, Vec<usize>, Vec<u8>);
+
+    impl safetensors::tensor::View for &Bytes {
+        fn dtype(&self) -> Dtype {
+            self.0
+        }
+        fn shape(&self) -> &[usize] {
+            &self.1
+        }
+        fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+            std::borrow::Cow::Borrowed(&self.2)
+        }
+        fn data_len(&self) -> usize {
+            self.2.len()
+        }
+    }
+
+    #[test]
+    fn streamed_files_are_byte_identical_to_the_safetensors_serializer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.safetensors");
+        let cpu = tch::Device::Cpu;
+        // Several dtypes (the file orders them by alignment, then name), a tensor spanning
+        // several write chunks, a non-contiguous one, an empty one.
+        let big = Tensor::arange((CHUNK_BYTES / 4 * 2 + 123) as i64, (Kind::Float, cpu)).view([-1, 1]);
+        let tensors: Vec<(String, Tensor)> = vec![
+            ("z.big".into(), big),
+            ("a.ids".into(), Tensor::arange(5, (Kind::Int64, cpu))),
+            ("m.half".into(), Tensor::arange(7, (Kind::Float, cpu)).to_kind(Kind::BFloat16)),
+            ("t.transposed".into(), Tensor::arange(6, (Kind::Float, cpu)).view([2, 3]).tr()),
+            ("e.empty".into(), Tensor::zeros([0, 4], (Kind::Float, cpu))),
+        ];
+        let md: BTreeMap<String, String> = [("dim".to_string(), "8".to_string())].into();
+        write(&path, &tensors, &md).unwrap();
+        let raw: Vec<(String, Bytes)> = tensors
+            .iter()
+            .map(|(n, t)| {
+                let t = t.contiguous();
+                let mut data = vec![0u8; t.numel() * t.kind().elt_size_in_bytes()];
+                t.copy_data_u8(&mut data, t.numel());
+                (n.clone(), Bytes(dtype_of(t.kind()).unwrap(), t.size().iter().map(|&s| s as usize).collect(), data))
+            })
+            .collect();
+        let want = safetensors::tensor::serialize(
+            raw.iter().map(|(n, b)| (n.as_str(), b)),
+            Some(md.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+        )
+        .unwrap();
+        let got = std::fs::read(&path).unwrap();
+        assert_eq!(got.len(), want.len());
+        assert!(got == want, "the streamed file differs from safetensors::serialize");
+        let (back, meta) = read(&path).unwrap();
+        assert_eq!(meta.get("dim").map(String::as_str), Some("8"));
+        for (name, t) in &tensors {
+            let b = &back.iter().find(|(n, _)| n == name).unwrap().1;
+            assert!(b.equal(&t.contiguous()), "{name}");
+        }
+        // No temp file is left beside it.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
 
     #[test]
     fn slice_reader_reads_exact_ranges_and_refuses_bad_ones() {
