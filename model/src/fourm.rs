@@ -112,6 +112,14 @@ pub struct FourM {
 impl FourM {
     /// Builds and initialises the model under `p` (normally a fresh `VarStore`'s root).
     pub fn new(p: &nn::Path, cfg: &FourMConfig) -> Result<Self> {
+        Self::new_with(p, cfg, &mut |_| {})
+    }
+
+    /// [`FourM::new`], calling `after_block` with each transformer block's path (`encoder.3`,
+    /// `decoder.0`) right after its variables are drawn: a sharded trainer keeps its slice of
+    /// the block and frees the rest there, so no rank ever holds every block at once. The
+    /// values drawn are those of [`FourM::new`] (the callback must not use the RNG).
+    pub fn new_with(p: &nn::Path, cfg: &FourMConfig, after_block: &mut dyn FnMut(&str)) -> Result<Self> {
         cfg.validate()?;
         let mut aliases = Vec::new();
         let mut encoder_embeddings = BTreeMap::new();
@@ -132,8 +140,16 @@ impl FourM {
             }
             decoder_embeddings.insert(m, DecoderEmbedding::new(p / "decoder_embeddings" / m.key(), cfg, m, shared));
         }
-        let encoder = (0..cfg.encoder_depth).map(|i| Block::new(p / "encoder" / i, cfg)).collect();
-        let decoder = (0..cfg.decoder_depth).map(|i| DecoderBlock::new(p / "decoder" / i, cfg)).collect();
+        let mut encoder = Vec::with_capacity(cfg.encoder_depth);
+        for i in 0..cfg.encoder_depth {
+            encoder.push(Block::new(p / "encoder" / i, cfg));
+            after_block(&format!("encoder.{i}"));
+        }
+        let mut decoder = Vec::with_capacity(cfg.decoder_depth);
+        for i in 0..cfg.decoder_depth {
+            decoder.push(DecoderBlock::new(p / "decoder" / i, cfg));
+            after_block(&format!("decoder.{i}"));
+        }
         Ok(Self {
             cfg: cfg.clone(),
             encoder_embeddings,

@@ -30,10 +30,16 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// A freshly initialised model (ml-4m initialisation) on `device`, seeded by `seed`.
     pub fn init(cfg: &FourMConfig, device: Device, seed: i64) -> Result<Self> {
+        Self::init_with(cfg, device, seed, &mut |_, _| {})
+    }
+
+    /// [`Checkpoint::init`], calling `after_block` with the store and each transformer block's
+    /// path as soon as the block is drawn (see [`FourM::new_with`]).
+    pub fn init_with(cfg: &FourMConfig, device: Device, seed: i64, after_block: &mut dyn FnMut(&VarStore, &str)) -> Result<Self> {
         let _guard = RNG_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         tch::manual_seed(seed);
         let vs = VarStore::new(device);
-        let model = FourM::new(&vs.root(), cfg)?;
+        let model = FourM::new_with(&vs.root(), cfg, &mut |block| after_block(&vs, block))?;
         Ok(Self { vs, model })
     }
 

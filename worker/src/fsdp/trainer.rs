@@ -21,7 +21,7 @@ use super::flat;
 use super::grads::GradShard;
 use super::snapshot::Snapshot;
 use super::tensors::append_f32;
-use super::units::{Unit, units_of};
+use super::units::{Unit, block_params, flat_slice, free_param, units_with_shapes};
 use crate::checkpoint::{Counters, TrainState};
 use crate::error::{Result, WorkerError};
 use crate::source::BatchSource;
@@ -86,13 +86,39 @@ pub struct Resident<S> {
 }
 
 impl<S: BatchSource> Resident<S> {
-    /// A freshly initialised model (from the job's seed, on its device) with its units, around
-    /// `source`.
+    /// The model's structure on the job's device, with its units, around `source`, for a
+    /// trainer whose values come from a checkpoint: each block is freed as soon as it is drawn,
+    /// so building it never holds more than the `rest` unit and one block.
     pub fn new(cfg: &FourMConfig, job: &ResolvedJob, source: S, dataset_lens: Vec<u64>) -> Result<Self> {
+        Ok(Self::build(cfg, job, source, dataset_lens, None)?.0)
+    }
+
+    /// Draws the model from the job's seed, freeing each block right after it is drawn; with
+    /// `keep = Some((world, rank))`, that rank's fp32 master shard of each block is copied out
+    /// first (returned by unit name; the `rest` unit stays whole in the model).
+    fn build(
+        cfg: &FourMConfig,
+        job: &ResolvedJob,
+        source: S,
+        dataset_lens: Vec<u64>,
+        keep: Option<(usize, usize)>,
+    ) -> Result<(Self, BTreeMap<String, Tensor>)> {
         let device = job_device(&job.train)?;
-        let model = Checkpoint::init(cfg, device, job.seed as i64)?;
+        let mut masters = BTreeMap::new();
+        let mut freed = BTreeMap::new();
+        let model = Checkpoint::init_with(cfg, device, job.seed as i64, &mut |vs, block| {
+            let params = block_params(vs, block);
+            if let Some((world, rank)) = keep {
+                let numel = params.iter().map(|(_, t)| t.numel()).sum();
+                masters.insert(block.to_string(), flat_slice(params.iter().map(|(_, t)| t), shard_range(numel, world, rank), device));
+            }
+            for (name, t) in params {
+                freed.insert(name, t.size());
+                free_param(&t, device);
+            }
+        })?;
         // The world-1 layout; `assemble` sets each rank's shard ranges.
-        let units = units_of(&model.vs, 1, 0);
+        let units = units_with_shapes(&model.vs, 1, 0, &freed);
         let mut grad_resets = Vec::with_capacity(units.len());
         for u in &units {
             let mut opt = tch::COptimizer::sgd(0.0, 0.0, 0.0, 0.0, false)?;
@@ -101,7 +127,7 @@ impl<S: BatchSource> Resident<S> {
             }
             grad_resets.push(opt);
         }
-        Ok(Self { device, model, units, grad_resets, source, dataset_lens })
+        Ok((Self { device, model, units, grad_resets, source, dataset_lens }, masters))
     }
 }
 
@@ -115,12 +141,23 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
     /// Builds rank `coll.rank()`'s trainer. Every rank initialises the model from the job seed,
     /// so the shards start consistent without communication.
     pub fn new(job: ResolvedJob, cfg: &FourMConfig, source: S, dataset_lens: Vec<u64>, coll: C) -> Result<Self> {
-        let resident = Resident::new(cfg, &job, source, dataset_lens)?;
+        let keep = (coll.world(), coll.rank().0 as usize);
+        // Each block's shard is taken while the model is drawn, and the block freed at once:
+        // a rank never holds the whole model (at 4M-21 XL that is 15.8 GB).
+        let (resident, mut masters) = Resident::build(cfg, &job, source, dataset_lens, Some(keep))?;
         let mut me = Self::assemble(job, cfg, resident, coll)?;
         let mut shards = Vec::with_capacity(me.units.len());
         for u in &me.units {
-            let parts: Vec<Tensor> = u.params.iter().map(|p| p.tensor.detach().to_kind(tch::Kind::Float).view([-1])).collect();
-            let master = Tensor::cat(&parts, 0).narrow(0, u.shard.start as i64, u.shard.len() as i64).copy();
+            let master = match masters.remove(&u.name) {
+                Some(m) => m,
+                None => flat_slice(u.params.iter().map(|p| &p.tensor), u.shard.clone(), me.device),
+            };
+            if master.numel() != u.shard.len() {
+                return Err(WorkerError::Training {
+                    step: 0,
+                    reason: format!("unit {}: initial shard has {} elements, its range {:?}", u.name, master.numel(), u.shard),
+                });
+            }
             shards.push(ShardTensors { exp_avg: master.zeros_like(), exp_avg_sq: master.zeros_like(), master });
         }
         me.shards = shards;
@@ -328,8 +365,7 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
     fn free_unit(&mut self, ui: usize) -> Result<()> {
         self.free_grads(ui)?;
         for p in &self.units[ui].params {
-            let mut var = p.tensor.shallow_clone();
-            var.set_data(&Tensor::empty([0], (tch::Kind::Float, self.device)));
+            free_param(&p.tensor, self.device);
         }
         Ok(())
     }

@@ -3,8 +3,10 @@
 
 use std::ops::Range;
 
-use tch::Tensor;
+use std::collections::BTreeMap;
+
 use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
 use tessera_model::is_no_decay;
 use tessera_ops::shard_range;
 
@@ -68,6 +70,12 @@ fn unit_name(name: &str) -> String {
 /// The units of every trainable variable of `vs`, sharded for `rank` of `world`: blocks in
 /// stack order, then `rest`. Buffers (no gradient) are not sharded: every rank has them.
 pub fn units_of(vs: &VarStore, world: usize, rank: usize) -> Vec<Unit> {
+    units_with_shapes(vs, world, rank, &BTreeMap::new())
+}
+
+/// [`units_of`] where the variables named in `freed` were already emptied ([`free_param`]):
+/// their shapes are taken from there.
+pub fn units_with_shapes(vs: &VarStore, world: usize, rank: usize, freed: &BTreeMap<String, Vec<i64>>) -> Vec<Unit> {
     let vars = vs.variables();
     let mut names: Vec<&String> = vars.keys().filter(|n| vars[*n].requires_grad()).collect();
     names.sort();
@@ -83,8 +91,8 @@ pub fn units_of(vs: &VarStore, world: usize, rank: usize) -> Vec<Unit> {
         };
         let unit = &mut units[idx];
         let t = vars[name].shallow_clone();
-        let numel = t.numel();
-        let shape = t.size();
+        let shape = freed.get(name.as_str()).cloned().unwrap_or_else(|| t.size());
+        let numel = shape.iter().product::<i64>() as usize;
         unit.params.push(UnitParam { name: name.clone(), tensor: t, offset: unit.numel, numel, shape, decay: !is_no_decay(name) });
         unit.numel += numel;
     }
@@ -100,6 +108,39 @@ pub fn units_of(vs: &VarStore, world: usize, rank: usize) -> Vec<Unit> {
         u.shard = shard_range(u.numel, world, rank);
     }
     units
+}
+
+/// The trainable variables of transformer block `block` (`encoder.3`) in `vs`, in name order:
+/// its unit's parameters in the unit's flat order.
+pub fn block_params(vs: &VarStore, block: &str) -> Vec<(String, Tensor)> {
+    let prefix = format!("{block}.");
+    let mut out: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(n, t)| n.starts_with(&prefix) && t.requires_grad()).collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Elements `range` of the flat fp32 vector that `params` (flattened, in order) make up, as a
+/// new tensor on `device`: a rank's master shard, copied without concatenating the whole unit.
+pub fn flat_slice<'a>(params: impl IntoIterator<Item = &'a Tensor>, range: Range<usize>, device: Device) -> Tensor {
+    let mut parts = Vec::new();
+    let mut offset = 0;
+    for t in params {
+        let n = t.numel();
+        let (lo, hi) = (range.start.max(offset), range.end.min(offset + n));
+        if lo < hi {
+            parts.push(t.detach().to_kind(Kind::Float).view([-1]).narrow(0, (lo - offset) as i64, (hi - lo) as i64));
+        }
+        offset += n;
+    }
+    // `cat` copies, even a single part: the shard never shares the parameter's storage.
+    if parts.is_empty() { Tensor::empty([0], (Kind::Float, device)) } else { Tensor::cat(&parts, 0) }
+}
+
+/// Empties a parameter's storage (it keeps its identity, autograd flag and optimizer
+/// registration): how a unit is freed between uses.
+pub fn free_param(t: &Tensor, device: Device) {
+    let mut var = t.shallow_clone();
+    var.set_data(&Tensor::empty([0], (Kind::Float, device)));
 }
 
 #[cfg(test)]
