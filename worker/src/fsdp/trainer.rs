@@ -337,7 +337,13 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
                 for p in &u.params {
                     let mut var = p.tensor.shallow_clone();
                     let t = Tensor::from_slice(&full[p.offset..p.offset + p.numel]).view(p.shape.as_slice());
-                    var.set_data(&t.to_device(self.device));
+                    if var.numel() == p.numel {
+                        // Still gathered (the `rest` unit, from the step before): overwrite in
+                        // place rather than hold the old and the new copy of it at once.
+                        tch::no_grad(|| var.copy_(&t));
+                    } else {
+                        var.set_data(&t.to_device(self.device));
+                    }
                 }
             }
             (Gather::Later, None) => unreachable!("start_gather defers only on the NCCL path"),
