@@ -50,9 +50,16 @@ fn a_joining_worker_is_used_from_the_next_generation_and_a_drain_loses_no_step()
     }
     let scale = tessera(&["scale", "--job-dir", &out_dir, "--workers", "2"]);
     assert!(scale.status.success(), "{}", String::from_utf8_lossy(&scale.stderr));
+    // The live job answers `status`: running, or already stopping its generation for the resize
+    // just asked for, or between that generation and the next.
     let status = tessera(&["status", "--job-dir", &out_dir]);
     let table = String::from_utf8_lossy(&status.stdout);
-    assert!(status.status.success() && table.contains("running"), "{table}{}", String::from_utf8_lossy(&status.stderr));
+    let phase = table.lines().find_map(|l| l.strip_prefix("phase")).map(str::trim);
+    assert!(
+        status.status.success() && table.contains("cli-train") && matches!(phase, Some("running" | "stopping" | "waiting")),
+        "{table}{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
     let (status, stderr, _) = run.wait_exit(Duration::from_secs(240));
     assert!(status.success(), "{stderr}");
     let _ = joined.wait_exit(Duration::from_secs(30));
