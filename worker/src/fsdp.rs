@@ -11,6 +11,7 @@
 //!   of use (prefetch) and reduce-scatters trail the block that produced them.
 //! - [`flat`]: how the flat vectors travel: through the host collective, or with NCCL on the
 //!   GPU (equal-row staging for NCCL's equal shards).
+//! - [`pieces`]: the `rest` unit's collectives in pieces, so no whole-unit host copy is made.
 //! - [`snapshot`]: checkpoint shards copied to host memory and written off the training thread.
 //! - [`tensors`]: tch ⇄ flat `Vec` helpers for the host collective calls.
 //!
@@ -22,6 +23,7 @@ pub mod checkpoint;
 pub mod comm;
 pub mod flat;
 mod grads;
+pub mod pieces;
 pub mod snapshot;
 pub mod tensors;
 pub mod trainer;

@@ -21,12 +21,14 @@ fn job(dir: &Path) -> ResolvedJob {
 
 /// How FSDP runs: `prefetch`, the collective on its own thread gathering one unit ahead;
 /// `keep`, blocks keep their graphs from the forward to the backward pass (no recomputation);
-/// `blank`, global samples whose targets are all masked out (see [`Blanked`]).
+/// `blank`, global samples whose targets are all masked out (see [`Blanked`]); `pieces`, the
+/// `rest` unit gathered and reduced in pieces of this many elements per rank.
 #[derive(Clone, Copy, Debug, Default)]
 struct Mode {
     prefetch: bool,
     keep: bool,
     blank: &'static [u64],
+    pieces: Option<usize>,
 }
 
 /// The job's data with every target of some samples masked out: a micro-batch made only of
@@ -98,6 +100,9 @@ fn on_world_with<T: Send + 'static>(
         let cfg = four_m_config(&job.model, &job.origin).unwrap();
         let source = source(&job, &cfg, mode);
         let mut t = FsdpTrainer::new(job, &cfg, source, vec![200], ring).unwrap();
+        if let Some(n) = mode.pieces {
+            t = t.with_piece_elems(n);
+        }
         f(&mut t)
     })
 }
@@ -190,11 +195,12 @@ fn fsdp_over_2_and_3_ranks_equals_one_process() {
     tch::set_num_threads(1);
     let d = tempfile::tempdir().unwrap();
     // The collective inline or on its own thread with prefetch; blocks recomputed or kept.
+    // The `rest` unit whole, or in pieces (many, with an uneven last one).
     let modes = [
-        (2, Mode { prefetch: false, keep: false, blank: &[] }),
-        (2, Mode { prefetch: true, keep: false, blank: &[] }),
-        (3, Mode { prefetch: true, keep: false, blank: &[] }),
-        (3, Mode { prefetch: false, keep: true, blank: &[] }),
+        (2, Mode { prefetch: false, keep: false, blank: &[], pieces: None }),
+        (2, Mode { prefetch: true, keep: false, blank: &[], pieces: Some(100_003) }),
+        (3, Mode { prefetch: true, keep: false, blank: &[], pieces: None }),
+        (3, Mode { prefetch: false, keep: true, blank: &[], pieces: Some(77_777) }),
     ];
     assert_sharded_equal_single(d.path(), &modes);
 }
@@ -209,9 +215,9 @@ fn micro_batches_without_targets_train_like_one_process() {
     let d = tempfile::tempdir().unwrap();
     let blank: &[u64] = &[8, 9];
     let modes = [
-        (2, Mode { prefetch: false, keep: false, blank }),
-        (3, Mode { prefetch: true, keep: false, blank }),
-        (3, Mode { prefetch: false, keep: true, blank }),
+        (2, Mode { prefetch: false, keep: false, blank, pieces: None }),
+        (3, Mode { prefetch: true, keep: false, blank, pieces: Some(50_001) }),
+        (3, Mode { prefetch: false, keep: true, blank, pieces: None }),
     ];
     assert_sharded_equal_single(d.path(), &modes);
 }

@@ -25,6 +25,15 @@ impl GradShard {
         }
     }
 
+    /// Adds a host result for elements `at..at + g.len()` of the shard (host path, a unit
+    /// reduced in pieces).
+    pub(super) fn add_host_at(&mut self, at: usize, g: &[f32]) {
+        match self {
+            GradShard::Host(acc) => acc[at..at + g.len()].iter_mut().zip(g).for_each(|(a, g)| *a += g),
+            GradShard::Device(..) => unreachable!("a host reduce-scatter on the device path"),
+        }
+    }
+
     /// Adds a device shard (device path).
     pub(super) fn add_tensor(&mut self, g: &Tensor) {
         match self {

@@ -19,6 +19,7 @@ use super::checkpoint::{self as sharded, ShardTensors, ShardedManifest, UnitReco
 use super::comm::{CommThread, Ticket};
 use super::flat;
 use super::grads::GradShard;
+use super::pieces::{piece_len, pieces};
 use super::snapshot::Snapshot;
 use super::tensors::append_f32;
 use super::units::{Unit, block_params, flat_slice, free_param, units_with_shapes};
@@ -61,7 +62,13 @@ pub struct FsdpTrainer<C: Collective + 'static, S: BatchSource> {
     comm_s: f64,
     /// Seconds spent in forward passes during the current step.
     forward_s: f64,
+    /// Elements per rank per piece when the `rest` unit moves in pieces (host path).
+    piece_per_rank: usize,
 }
+
+/// Default [`FsdpTrainer::with_piece_elems`]: 16 MiB of f32 per rank per piece, large enough
+/// for the ring's full bandwidth.
+pub const PIECE_PER_RANK: usize = 4 << 20;
 
 impl<C: Collective + 'static, S: BatchSource> std::fmt::Debug for FsdpTrainer<C, S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -248,6 +255,7 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
             skipped,
             comm_s: 0.0,
             forward_s: 0.0,
+            piece_per_rank: PIECE_PER_RANK,
         })
     }
 
@@ -279,6 +287,76 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
             Some(c) => self.with_nccl(c),
             None => Ok(self),
         }
+    }
+
+    /// Sets how many elements per rank a piece of the `rest` unit holds when it is gathered and
+    /// reduced in pieces (see [`super::pieces`]); results do not depend on it (tests use small
+    /// pieces to cover many).
+    pub fn with_piece_elems(mut self, per_rank: usize) -> Self {
+        self.piece_per_rank = per_rank.max(1);
+        self
+    }
+
+    /// The pieces unit `ui` moves in on the host path, when it is large enough to need more
+    /// than one and stays allocated (the `rest` unit); `None`: it moves whole.
+    fn rest_pieces(&self, ui: usize) -> Option<Vec<Vec<std::ops::Range<usize>>>> {
+        let u = &self.units[ui];
+        let allocated = u.params.iter().all(|p| p.tensor.numel() == p.numel);
+        let ps = pieces(u.numel, self.coll.world(), self.piece_per_rank);
+        (self.nccl.is_none() && allocated && ps.len() > 1).then_some(ps)
+    }
+
+    /// All-gathers unit `ui` (the `rest` unit, gathered for the whole step) into its
+    /// parameters: in place and in pieces when it is large, so no whole-unit copy is made.
+    fn gather_rest(&mut self, ui: usize) -> Result<()> {
+        let Some(ps) = self.rest_pieces(ui) else { return self.gather_unit(ui) };
+        let rank = self.coll.rank().0 as usize;
+        let start = self.units[ui].shard.start;
+        for piece in &ps {
+            let mine = &piece[rank];
+            let mut local = Vec::with_capacity(mine.len());
+            append_f32(&self.shards[ui].master.narrow(0, (mine.start - start) as i64, mine.len() as i64), &mut local);
+            let tc = Instant::now();
+            let full = self.coll.start_all_gather(local, piece_len(piece)).wait();
+            self.comm_s += tc.elapsed().as_secs_f64();
+            let full = full.map_err(|e| WorkerError::Training {
+                step: self.state.step,
+                reason: format!("all-gather of {}: {e}", self.units[ui].name),
+            })?;
+            let mut at = 0;
+            for range in piece {
+                self.units[ui].write_flat(range.clone(), &full[at..at + range.len()]);
+                at += range.len();
+            }
+        }
+        Ok(())
+    }
+
+    /// Reduce-scatters unit `ui`'s gradients (the `rest` unit, at the end of a step): in
+    /// pieces when it is large, so the whole flat gradient vector is never copied out.
+    fn reduce_rest(&mut self, ui: usize, acc: &mut [GradShard], used: &mut [Vec<i64>]) -> Result<()> {
+        let Some(ps) = self.rest_pieces(ui) else { return self.reduce_unit_grads(ui, acc, used) };
+        let rank = self.coll.rank().0 as usize;
+        let u = &self.units[ui];
+        for (pi, p) in u.params.iter().enumerate() {
+            if p.tensor.grad().defined() {
+                used[ui][pi] = 1;
+            }
+        }
+        for piece in &ps {
+            let u = &self.units[ui];
+            let mut input = Vec::with_capacity(piece_len(piece));
+            for range in piece {
+                u.append_flat_grads(range.clone(), &mut input);
+            }
+            let tc = Instant::now();
+            let shard = self.coll.start_reduce_scatter(input, piece[rank].len()).wait();
+            self.comm_s += tc.elapsed().as_secs_f64();
+            let shard =
+                shard.map_err(|e| WorkerError::Training { step: self.state.step, reason: format!("reduce-scatter of {}: {e}", u.name) })?;
+            acc[ui].add_host_at(piece[rank].start - u.shard.start, &shard);
+        }
+        self.free_grads(ui)
     }
 
     /// Frees every block unit: only the shards (and the `rest` unit) stay resident.
@@ -628,7 +706,7 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
 
         let rest = self.units.iter().position(|u| u.name == "rest");
         if let Some(r) = rest {
-            self.gather_unit(r)?;
+            self.gather_rest(r)?;
             self.free_grads(r)?;
         }
         // This rank's contiguous slice of the step's samples, in micro-batches.
@@ -670,7 +748,7 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
             }
         }
         if let Some(r) = rest {
-            self.reduce_unit_grads(r, &mut acc, &mut used)?;
+            self.reduce_rest(r, &mut acc, &mut used)?;
         }
         // Every reduce-scatter lands in its shard before the norm and the update read them.
         self.settle_reduces(&mut acc, 0)?;

@@ -41,6 +41,42 @@ pub struct Unit {
 }
 
 impl Unit {
+    /// The parts of flat range `range` inside this unit's parameters: (parameter index, range
+    /// inside that parameter's flattened elements), in order.
+    pub fn flat_segments(&self, range: Range<usize>) -> Vec<(usize, Range<usize>)> {
+        let mut out = Vec::new();
+        for (i, p) in self.params.iter().enumerate() {
+            let (lo, hi) = (p.offset.max(range.start), (p.offset + p.numel).min(range.end));
+            if lo < hi {
+                out.push((i, lo - p.offset..hi - p.offset));
+            }
+        }
+        out
+    }
+
+    /// Writes `src` over flat elements `range` of the unit's (allocated) parameters.
+    pub fn write_flat(&self, range: Range<usize>, src: &[f32]) {
+        let mut at = 0;
+        for (i, r) in self.flat_segments(range) {
+            let n = r.len();
+            let dst = self.params[i].tensor.view([-1]).narrow(0, r.start as i64, n as i64);
+            tch::no_grad(|| dst.shallow_clone().copy_(&Tensor::from_slice(&src[at..at + n])));
+            at += n;
+        }
+    }
+
+    /// Appends the gradients of flat elements `range` (zeros where a parameter has none) to `out`.
+    pub fn append_flat_grads(&self, range: Range<usize>, out: &mut Vec<f32>) {
+        for (i, r) in self.flat_segments(range) {
+            let g = self.params[i].tensor.grad();
+            if g.defined() {
+                super::tensors::append_f32(&g.reshape([-1]).narrow(0, r.start as i64, r.len() as i64), out);
+            } else {
+                out.resize(out.len() + r.len(), 0.0);
+            }
+        }
+    }
+
     /// The parts of this rank's shard: (range inside the shard, parameter index).
     pub fn shard_segments(&self) -> Vec<(Range<usize>, usize)> {
         let mut out = Vec::new();
