@@ -1,9 +1,8 @@
 //! The flat-parameter layout of FSDP: which parameters form a unit, where each lies in the
 //! unit's flat vector, and which part of that vector this rank owns.
 
-use std::ops::Range;
-
 use std::collections::BTreeMap;
+use std::ops::Range;
 
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
@@ -79,14 +78,14 @@ impl Unit {
 
     /// The parts of this rank's shard: (range inside the shard, parameter index).
     pub fn shard_segments(&self) -> Vec<(Range<usize>, usize)> {
-        let mut out = Vec::new();
-        for (i, p) in self.params.iter().enumerate() {
-            let (lo, hi) = (p.offset.max(self.shard.start), (p.offset + p.numel).min(self.shard.end));
-            if lo < hi {
-                out.push((lo - self.shard.start..hi - self.shard.start, i));
-            }
-        }
-        out
+        let start = self.shard.start;
+        self.flat_segments(self.shard.clone())
+            .into_iter()
+            .map(|(i, r)| {
+                let at = self.params[i].offset;
+                (at + r.start - start..at + r.end - start, i)
+            })
+            .collect()
     }
 }
 
