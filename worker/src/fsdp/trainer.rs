@@ -319,10 +319,7 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
             let tc = Instant::now();
             let full = self.coll.start_all_gather(local, piece_len(piece)).wait();
             self.comm_s += tc.elapsed().as_secs_f64();
-            let full = full.map_err(|e| WorkerError::Training {
-                step: self.state.step,
-                reason: format!("all-gather of {}: {e}", self.units[ui].name),
-            })?;
+            let full = full.map_err(|e| unit_failed(self.state.step, "all-gather", &self.units[ui].name, e))?;
             let mut at = 0;
             for range in piece {
                 self.units[ui].write_flat(range.clone(), &full[at..at + range.len()]);
@@ -338,11 +335,7 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
         let Some(ps) = self.rest_pieces(ui) else { return self.reduce_unit_grads(ui, acc, used) };
         let rank = self.coll.rank().0 as usize;
         let u = &self.units[ui];
-        for (pi, p) in u.params.iter().enumerate() {
-            if p.tensor.grad().defined() {
-                used[ui][pi] = 1;
-            }
-        }
+        u.mark_used(&mut used[ui]);
         for piece in &ps {
             let u = &self.units[ui];
             let mut input = Vec::with_capacity(piece_len(piece));
@@ -352,8 +345,7 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
             let tc = Instant::now();
             let shard = self.coll.start_reduce_scatter(input, piece[rank].len()).wait();
             self.comm_s += tc.elapsed().as_secs_f64();
-            let shard =
-                shard.map_err(|e| WorkerError::Training { step: self.state.step, reason: format!("reduce-scatter of {}: {e}", u.name) })?;
+            let shard = shard.map_err(|e| unit_failed(self.state.step, "reduce-scatter", &u.name, e))?;
             acc[ui].add_host_at(piece[rank].start - u.shard.start, &shard);
         }
         self.free_grads(ui)
@@ -399,7 +391,7 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
         let u = &self.units[ui];
         let tc = Instant::now();
         let step = self.state.step;
-        let failed = |e: tessera_ops::OpsError| WorkerError::Training { step, reason: format!("all-gather of {}: {e}", u.name) };
+        let failed = |e| unit_failed(step, "all-gather", &u.name, e);
         match (pending, self.nccl.as_mut()) {
             (Gather::Later, Some(comm)) => {
                 let full = flat::nccl_all_gather(comm, &self.shards[ui].master, u.numel).map_err(failed)?;
@@ -467,11 +459,7 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
     /// gradient here, and drops the full gradients.
     fn reduce_unit_grads(&mut self, ui: usize, acc: &mut [GradShard], used: &mut [Vec<i64>]) -> Result<()> {
         let u = &self.units[ui];
-        for (pi, p) in u.params.iter().enumerate() {
-            if p.tensor.grad().defined() {
-                used[ui][pi] = 1;
-            }
-        }
+        u.mark_used(&mut used[ui]);
         let mut tc = Instant::now();
         let r = match self.nccl.as_mut() {
             Some(comm) => {
@@ -506,7 +494,7 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
             }
         };
         self.comm_s += tc.elapsed().as_secs_f64();
-        r.map_err(|e| WorkerError::Training { step: self.state.step, reason: format!("reduce-scatter of {}: {e}", u.name) })?;
+        r.map_err(|e| unit_failed(self.state.step, "reduce-scatter", &u.name, e))?;
         self.free_grads(ui)?;
         self.settle_reduces(acc, 2)
     }
@@ -516,10 +504,7 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
         while self.reducing.len() > keep {
             let (ui, ticket) = self.reducing.pop_front().expect("longer than keep");
             let tc = Instant::now();
-            let shard = ticket.wait().map_err(|e| WorkerError::Training {
-                step: self.state.step,
-                reason: format!("reduce-scatter of {}: {e}", self.units[ui].name),
-            })?;
+            let shard = ticket.wait().map_err(|e| unit_failed(self.state.step, "reduce-scatter", &self.units[ui].name, e))?;
             self.comm_s += tc.elapsed().as_secs_f64();
             acc[ui].add_host(&shard);
         }
@@ -1050,6 +1035,11 @@ enum Gather {
 }
 
 /// Runs `f` under bf16 autocast when `on` (CUDA; the job refuses bf16 elsewhere).
+/// The error of collective `op` on unit `unit` failing at `step`.
+fn unit_failed(step: u64, op: &str, unit: &str, e: tessera_ops::OpsError) -> WorkerError {
+    WorkerError::Training { step, reason: format!("{op} of {unit}: {e}") }
+}
+
 fn amp<T>(on: bool, f: impl FnOnce() -> T) -> T {
     if on { tch::autocast(true, f) } else { f() }
 }

@@ -53,6 +53,15 @@ impl Unit {
         out
     }
 
+    /// Sets `used[i]` to 1 for each parameter `i` that has a gradient now.
+    pub fn mark_used(&self, used: &mut [i64]) {
+        for (flag, p) in used.iter_mut().zip(&self.params) {
+            if p.tensor.grad().defined() {
+                *flag = 1;
+            }
+        }
+    }
+
     /// Writes `src` over flat elements `range` of the unit's (allocated) parameters.
     pub fn write_flat(&self, range: Range<usize>, src: &[f32]) {
         let mut at = 0;
