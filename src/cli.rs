@@ -7,6 +7,7 @@ mod data_source;
 mod demo;
 mod export;
 mod jobctl;
+mod joblock;
 mod launch;
 mod model;
 mod neural;

@@ -8,10 +8,10 @@ mod bridge;
 mod clock;
 mod journal;
 mod mixture;
+mod request;
 mod status;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,15 +24,14 @@ pub use aggregate::{GenerationBook, PendingCheckpoint};
 pub use bridge::{ActorBridge, CALL_TIMEOUT};
 pub use mixture::{MixtureChange, Mixtures, MovedChange};
 
-use crate::api::{ApiError, CheckpointAck, MixtureAck, ScaleAck};
+use crate::api::ApiError;
 use crate::catalog;
-use crate::control::{Action, Control, Event, GenerationPlan, Policy, StopReason, WorkerId};
+use crate::control::{Action, Control, Event, GenerationPlan, NoReplacement, Policy, StopReason, WorkerId};
 use crate::events::{EventLog, JobEvent};
 use crate::ledger::MixtureSchedule;
 use crate::metrics::JobMetrics;
 use crate::protocol::{
-    COORDINATOR_GROUP, Command, CoordinatorMsg, GenerationStart, JobSpec, Reply, Request, WORKERS_GROUP, Wire, WorkerEvent, WorkerMsg,
-    worker_group,
+    COORDINATOR_GROUP, Command, CoordinatorMsg, GenerationStart, JobSpec, WORKERS_GROUP, Wire, WorkerEvent, WorkerMsg, worker_group,
 };
 use crate::report::StepReport;
 
@@ -56,8 +55,10 @@ pub enum JobOutcome {
     },
     /// Stopped on request (SIGTERM, `shutdown`) after a checkpoint.
     Stopped {
-        /// Steps completed (the checkpoint's).
+        /// Steps completed (the newest checkpoint's, where a rerun resumes).
         step: u64,
+        /// A checkpoint of `step` exists (false: stopped before any step was checkpointed).
+        checkpointed: bool,
     },
     /// Too few workers remain.
     Failed {
@@ -137,20 +138,20 @@ pub struct CoordinatorState {
     pending: Vec<(WorkerEvent, Instant)>,
     next_worker: u64,
     book: GenerationBook,
-    train_log: Option<std::fs::File>,
+    train_log: Option<crate::jsonl::JsonLines>,
     last_loss: Option<f64>,
-    restarts: u64,
-    /// Members lost (died, link lost, silent) not yet replaced by a local process.
-    lost: usize,
-    /// The step the job was at when the last replacement for a lost worker started.
-    replaced_at: Option<u64>,
+    /// Pids of the local processes started to replace lost workers (they join as
+    /// replacements, which the crash-loop guard of rule 5 looks at).
+    replacement_pids: std::collections::BTreeSet<u32>,
+    /// Checkpoints whose shards are all written, waiting for the state machine's decision.
+    ready: BTreeMap<(u64, u64), PendingCheckpoint>,
+    /// Why the last `Launch` failed (a scale request answers with it).
+    launch_error: Option<String>,
     generation_started: Option<Instant>,
     ticker: Option<tokio::task::JoinHandle<()>>,
     outcome: Option<JobOutcome>,
     /// The newest error a rank reported (quoted when the job fails).
     last_rank_error: Option<String>,
-    /// The running generation was aborted: none of its checkpoints may commit.
-    aborted: bool,
     /// Workers removed while maybe still running (e.g. stopped, then continued): a heartbeat
     /// from one of them is answered with `Exit`, so it never trains with a later generation.
     removed: BTreeMap<WorkerId, ActorRef<WorkerMsg>>,
@@ -168,8 +169,8 @@ pub struct CoordinatorState {
 }
 
 /// Why a worker leaves the job: the text recorded, and whether it was lost (died, link lost,
-/// silent) rather than asked to go (drained, scaled down, leaving on its own). A lost local
-/// worker is replaced.
+/// silent) rather than asked to go (drained, scaled down, leaving on its own); the state
+/// machine replaces a lost local worker (rule 5).
 struct Removal {
     reason: String,
     lost: bool,
@@ -234,7 +235,7 @@ impl CoordinatorState {
             Action::Abort { generation, reason } => {
                 self.log(&format!("generation {generation}: abort ({reason:?})"));
                 self.book.checkpoints.clear();
-                self.aborted = true;
+                self.ready.clear();
                 self.checkpoint_asked = None;
                 let why = format!("{reason:?}");
                 self.ending = Some(format!("aborted: {why}"));
@@ -242,7 +243,6 @@ impl CoordinatorState {
                     self.send(id, Command::Abort { generation, reason: why.clone() });
                 }
                 if matches!(reason, StopReason::MemberLost(_) | StopReason::RankFailed(_)) {
-                    self.restarts += 1;
                     self.args.metrics.inc_restarts();
                 }
                 self.check_stopped();
@@ -258,21 +258,33 @@ impl CoordinatorState {
                 }
                 // With no reason set before, the state machine found it silent for too long.
                 let timeout = self.control.policy().heartbeat_timeout_ms;
-                let Removal { reason, lost } = self
+                let Removal { reason, .. } = self
                     .removal
                     .remove(&id)
                     .unwrap_or_else(|| Removal { reason: format!("no heartbeat for more than {timeout} ms"), lost: true });
-                if lost {
-                    self.lost += 1;
-                }
                 self.record(JobEvent::WorkerRemoved { worker: id.0, reason });
                 self.workers_changed();
                 self.check_stopped();
             }
+            Action::Commit { generation, step } => {
+                if let Some(p) = self.ready.remove(&(generation, step)) {
+                    self.commit(step, p);
+                }
+            }
+            Action::Launch { count, replacing } => self.launch(count, replacing),
+            Action::NotReplaced { lost, why } => {
+                let text = match why {
+                    NoReplacement::CrashLoop => "it was itself a replacement, lost before it trained a step (a crash loop)".to_string(),
+                    NoReplacement::AtTarget { workers, target } => format!("the job has {workers} of the {target} workers it wants"),
+                    NoReplacement::Ending => "the job is ending".to_string(),
+                    NoReplacement::WasLeaving => "it was leaving the job".to_string(),
+                };
+                self.log(&format!("not replacing lost {lost}: {text}"));
+            }
             Action::Finish => {
                 let step = self.control.next_step();
                 let outcome = if self.control.is_shutting_down() && !self.control.finished() {
-                    JobOutcome::Stopped { step }
+                    JobOutcome::Stopped { step, checkpointed: self.control.last_committed() == Some(step) }
                 } else {
                     JobOutcome::Finished { step }
                 };
@@ -318,7 +330,7 @@ impl CoordinatorState {
             restore_dir.as_ref().map_or("none (fresh)".into(), |d| d.display().to_string())
         ));
         self.book = GenerationBook::new(plan.generation, plan.ranks.clone());
-        self.aborted = false;
+        self.ready.clear();
         self.generation_started = Some(Instant::now());
         self.ending = None;
         // Before any Start is sent: the metrics refuse reports of a generation not set here.
@@ -386,7 +398,8 @@ impl CoordinatorState {
                 heartbeat_ms: self.args.heartbeat_ms,
             },
         );
-        self.drive(Event::Join { id, addr: ring_addr.to_string() });
+        let replacement = self.replacement_pids.contains(&pid);
+        self.drive(Event::Join { id, addr: ring_addr.to_string(), replacement });
     }
 
     fn step_done(&mut self, reports: Vec<StepReport>) {
@@ -411,7 +424,9 @@ impl CoordinatorState {
                 "rank_step_s": reports.iter().map(|r| r.timings.total_s).collect::<Vec<_>>(),
                 "timings": r0.timings,
             });
-            let _ = writeln!(log, "{line}");
+            if let Err(e) = log.append(&line, false) {
+                self.args.console.log(&format!("step {} not logged: {e}", r0.step));
+            }
         }
         self.args.console.step(
             r0.step + 1,
@@ -454,7 +469,7 @@ impl CoordinatorState {
                 self.log(&format!("checkpoint of step {step} not committed: {e}"));
                 self.checkpoint_asked = None;
                 self.record(JobEvent::CheckpointFailed { step, reason: e.to_string() });
-                self.drive(Event::CheckpointFailed { step });
+                self.drive(Event::CheckpointFailed { step, reason: e.to_string() });
             }
         }
     }
@@ -506,10 +521,12 @@ impl CoordinatorState {
             WorkerEvent::ShardWritten { worker, generation, step, rank, file, manifest, write_s } => {
                 if generation == self.book.generation
                     && self.is_alive(worker)
-                    && !self.aborted
                     && let Some(p) = self.book.shard(step, rank, file, manifest, write_s)
                 {
-                    self.commit(step, p);
+                    // Rule 4 decides whether it may be committed.
+                    self.ready.insert((generation, step), p);
+                    self.drive(Event::CheckpointReady { generation, step });
+                    self.ready.remove(&(generation, step));
                 }
             }
             WorkerEvent::ShardFailed { worker, generation, step, reason } => {
@@ -517,8 +534,9 @@ impl CoordinatorState {
                 if generation == self.book.generation {
                     self.book.checkpoints.remove(&step);
                     self.checkpoint_asked = None;
-                    self.record(JobEvent::CheckpointFailed { step, reason: format!("{worker}: {reason}") });
-                    self.drive(Event::CheckpointFailed { step });
+                    let reason = format!("{worker}: {reason}");
+                    self.record(JobEvent::CheckpointFailed { step, reason: reason.clone() });
+                    self.drive(Event::CheckpointFailed { step, reason });
                 }
             }
             WorkerEvent::GenerationEnded { worker, generation, step, error } => {
@@ -548,34 +566,25 @@ impl CoordinatorState {
         }
     }
 
-    /// Starts a local process for each lost member once the launcher has fewer alive than the
-    /// job wants (a killed process is reaped a moment after its link drops). Only if training
-    /// moved since the last replacement: a worker that dies again before any step would
-    /// otherwise crash-loop.
-    fn replace_lost(&mut self) {
-        if self.lost == 0 {
-            return;
-        }
-        if self.outcome.is_some() || self.control.is_shutting_down() || self.args.launcher.is_none() {
-            self.lost = 0;
-            return;
-        }
-        let step = self.control.next_step();
-        let target = self.control.target();
-        let live = self.args.launcher.as_ref().map_or(0, |l| l.live());
-        if live >= target {
-            return;
-        }
-        self.lost -= 1;
-        if let Some(at) = self.replaced_at.filter(|&at| step <= at) {
-            self.log(&format!("not replacing a lost worker: no step trained since the last replacement (at step {at})"));
-            return;
-        }
-        self.replaced_at = Some(step);
-        match self.args.launcher.as_mut().map(|l| l.spawn(1)) {
-            Some(Ok(pids)) => self.log(&format!("replacing a lost worker: started process {pids:?}; it joins at a step boundary")),
-            Some(Err(e)) => self.log(&format!("cannot start a replacement for a lost worker: {e}")),
-            None => {}
+    /// Starts `count` local worker processes for the state machine (a replacement for
+    /// `replacing`, or a scale-up); a failure is reported back to it.
+    fn launch(&mut self, count: usize, replacing: Option<WorkerId>) {
+        let Some(launcher) = self.args.launcher.as_mut() else { return };
+        match launcher.spawn(count) {
+            Ok(pids) => {
+                if let Some(lost) = replacing {
+                    self.replacement_pids.extend(pids.iter().copied());
+                    self.log(&format!("replacing lost {lost}: started process {pids:?}; it joins at a step boundary"));
+                } else {
+                    self.log(&format!("started {count} worker processes {pids:?}"));
+                }
+            }
+            Err(e) => {
+                let what = replacing.map_or(format!("starting {count} workers"), |lost| format!("starting a replacement for lost {lost}"));
+                self.log(&format!("{what}: {e}"));
+                self.launch_error = Some(format!("{what}: {e}"));
+                self.drive(Event::LaunchFailed { count, replacement: replacing.is_some() });
+            }
         }
     }
 
@@ -589,8 +598,9 @@ impl CoordinatorState {
 
     /// Removes `id` from the job for `why` (recorded when the state machine removes it).
     fn leave(&mut self, id: WorkerId, why: Removal) {
+        let event = if why.lost { Event::Lost { id } } else { Event::Leave { id } };
         self.removal.insert(id, why);
-        self.drive(Event::Leave { id });
+        self.drive(event);
         // Not a member (already removed): nothing consumed the reason.
         self.removal.remove(&id);
     }
@@ -618,84 +628,6 @@ impl CoordinatorState {
             }
         }
     }
-
-    fn request(&mut self, req: Request) -> Reply {
-        match req {
-            Request::Status => to_reply(&self.job_status()),
-            Request::Scale { workers } => {
-                let p = *self.control.policy();
-                if workers < p.min_workers.max(1) || workers > p.max_workers {
-                    return Err(ApiError::bad(
-                        "workers",
-                        format!("{workers} is outside [{}, {}] (min/max workers of the job)", p.min_workers.max(1), p.max_workers),
-                    ));
-                }
-                self.record(JobEvent::ScaleRequested { workers });
-                self.drive(Event::Scale { workers });
-                // Ask for more processes (embedded mode), or drain the newest surplus members.
-                let members = self.control.members().count();
-                if workers > members
-                    && let Some(l) = self.args.launcher.as_mut()
-                {
-                    let n = workers - members.max(l.live());
-                    if n > 0 {
-                        l.spawn(n).map_err(|e| ApiError::Internal { reason: format!("starting {n} workers: {e}") })?;
-                    }
-                }
-                if workers < members {
-                    let mut ids: Vec<(u64, WorkerId)> = self.control.members().map(|m| (m.joined_ms, m.id)).collect();
-                    ids.sort();
-                    for (_, id) in ids.into_iter().skip(workers) {
-                        self.removal.insert(id, Removal { reason: format!("drained: scaled to {workers} workers"), lost: false });
-                        self.control.drain(id);
-                    }
-                    self.drive(Event::Tick);
-                }
-                to_reply(&ScaleAck { target_workers: workers })
-            }
-            Request::Checkpoint => {
-                if self.control.running().is_none() {
-                    return Err(ApiError::Conflict { reason: "no generation is running; nothing to checkpoint".into() });
-                }
-                if self.control.is_stopping() {
-                    return Err(ApiError::Conflict { reason: "the running generation is stopping (it checkpoints if it can)".into() });
-                }
-                self.drive(Event::RequestCheckpoint);
-                // The boundary is where the ranks agree to stop, at or after the next step.
-                to_reply(&CheckpointAck { step: Some(self.control.next_step()) })
-            }
-            Request::Mixture { weights, at_step } => {
-                if self.outcome.is_some() || self.control.is_shutting_down() {
-                    return Err(ApiError::Conflict { reason: "the job is ending; the mixture can no longer change".into() });
-                }
-                let change = self.mixtures.request(&weights, at_step, self.control.next_step(), self.args.stop_at)?;
-                self.log(&format!(
-                    "mixture version {} from step {}: {:?}",
-                    change.version,
-                    change.at_step,
-                    self.mixtures.named(&change.weights)
-                ));
-                self.record(JobEvent::MixtureChanged {
-                    version: u64::from(change.version),
-                    effective_step: change.at_step,
-                    weights: self.mixtures.named(&change.weights),
-                });
-                // The ranks get the new schedule with the next generation: end this one at a
-                // checkpointed boundary (a no-op when none runs or it is already stopping).
-                self.drive(Event::Reconfigure);
-                to_reply(&MixtureAck { version: u64::from(change.version), effective_step: change.at_step })
-            }
-            Request::Shutdown => {
-                self.drive(Event::Shutdown);
-                Ok(serde_json::json!({"shutting_down": true}))
-            }
-        }
-    }
-}
-
-/// A reply value as JSON (the API's types always serialise; a failure would be a bug).
-fn to_reply<T: serde::Serialize>(value: &T) -> Reply {
-    serde_json::to_value(value).map_err(|e| ApiError::Internal { reason: format!("encoding the reply: {e}") })
 }
 
 impl Actor for Coordinator {
@@ -708,9 +640,12 @@ impl Actor for Coordinator {
         pg::monitor(WORKERS_GROUP.to_string(), myself.get_cell());
         std::fs::create_dir_all(&args.output_dir)?;
         let log_path = args.output_dir.join("train_log.jsonl");
-        let train_log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        let train_log = crate::jsonl::JsonLines::open(&log_path)?;
         let mut policy = args.policy;
         policy.total_steps = args.stop_at;
+        // The processes this coordinator starts are what the first generation waits for.
+        policy.launches = args.launcher.is_some();
+        policy.initial_workers = if policy.launches { args.initial_workers } else { 0 };
         let control = Control::with_committed(policy, args.committed.clone());
         let mixtures = Mixtures::new(args.schedule.clone(), args.dataset_names.clone(), args.global_batch_size)?;
         if let Some(l) = args.launcher.as_mut()
@@ -739,14 +674,13 @@ impl Actor for Coordinator {
             book: GenerationBook::default(),
             train_log: Some(train_log),
             last_loss: None,
-            restarts: 0,
-            lost: 0,
-            replaced_at: None,
+            replacement_pids: std::collections::BTreeSet::new(),
+            ready: BTreeMap::new(),
+            launch_error: None,
             generation_started: None,
             ticker: Some(ticker),
             outcome: None,
             last_rank_error: None,
-            aborted: false,
             removed: BTreeMap::new(),
             mixtures,
             ending: None,
@@ -789,9 +723,19 @@ impl Actor for Coordinator {
                 let _ = reply.send(Wire::new(answer));
             }
             CoordinatorMsg::ProcessExited(Wire(Ok((pid, how)))) => {
-                if let Some(id) = state.workers.iter().find(|(_, c)| c.pid == pid).map(|(id, _)| *id) {
-                    state.log(&format!("{id} (pid {pid}) exited: {how}"));
-                    state.leave(id, Removal { reason: format!("process exited: {how}"), lost: true });
+                let replacement = state.replacement_pids.remove(&pid);
+                let worker = state.workers.iter().find(|(_, c)| c.pid == pid).map(|(id, _)| *id);
+                match worker {
+                    Some(id) => {
+                        state.log(&format!("{id} (pid {pid}) exited: {how}"));
+                        state.removal.insert(id, Removal { reason: format!("process exited: {how}"), lost: true });
+                    }
+                    None if replacement => state.log(&format!("replacement process {pid} exited before joining: {how}")),
+                    None => {}
+                }
+                state.drive(Event::ProcessExited { worker, replacement });
+                if let Some(id) = worker {
+                    state.removal.remove(&id);
                 }
             }
             CoordinatorMsg::ProcessExited(Wire(Err(e))) => state.log(&format!("undecodable exit notice: {e}")),
@@ -800,27 +744,12 @@ impl Actor for Coordinator {
                 for (ev, since) in pending {
                     state.hello(ev, since);
                 }
-                state.drive(Event::Tick);
-                state.replace_lost();
-                let p = *state.control.policy();
-                let min = p.min_workers.max(1);
-                // Nobody is coming: too few of the processes this coordinator started are alive
-                // (whether they were lost in an abort, during a planned stop or before joining),
-                // or, with no launcher, a generation was lost and joiners cannot be counted on.
-                let stranded = match state.args.launcher.as_ref() {
-                    Some(l) => l.live() < min,
-                    None => state.restarts > 0,
+                // The launcher's count of live processes is what rule 6 looks at (embedded mode).
+                let event = match state.args.launcher.as_ref() {
+                    Some(l) => Event::Processes { live: l.live() },
+                    None => Event::Tick,
                 };
-                if state.control.running().is_none()
-                    && !state.control.is_stopping()
-                    && state.outcome.is_none()
-                    && state.control.members().count() < min
-                    && stranded
-                {
-                    state.outcome = Some(JobOutcome::Failed {
-                        reason: format!("{} workers left, the job needs at least {min}", state.control.members().count()),
-                    });
-                }
+                state.drive(event);
             }
         }
         if state.outcome.is_some() {

@@ -6,7 +6,8 @@
 //! messages into events and actions into messages.
 
 mod decide;
+mod local;
 mod state;
 
-pub use decide::{Action, StopReason};
-pub use state::{Control, Event, GenerationPlan, MAX_FAILED_STARTS, Member, Policy, WorkerId};
+pub use decide::{Action, NoReplacement, StopReason};
+pub use state::{Control, Event, GenerationPlan, MAX_FAILED_STARTS, MAX_FINAL_CHECKPOINT_ATTEMPTS, Member, Policy, WorkerId};

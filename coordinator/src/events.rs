@@ -10,14 +10,13 @@
 //! Any complete line that does not parse is corruption and is reported with its line number.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CoordinatorError, Result};
+use crate::jsonl::JsonLines;
 
 /// Something that happened to the job, as recorded in the event log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -118,31 +117,18 @@ pub struct LoggedEvent {
 /// An open event log, appending.
 #[derive(Debug)]
 pub struct EventLog {
-    file: File,
-    path: PathBuf,
+    lines: JsonLines,
 }
 
 impl EventLog {
     /// Opens (or creates) the log at `path` for appending, cutting off a torn last line.
     pub fn open(path: &Path) -> Result<Self> {
-        let io = |source| CoordinatorError::Io { path: path.display().to_string(), source };
-        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(io)?;
-        let mut text = Vec::new();
-        file.read_to_end(&mut text).map_err(io)?;
-        let complete = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-        if complete < text.len() {
-            file.set_len(complete as u64).map_err(io)?;
-            file.sync_all().map_err(io)?;
-        }
-        // Writes go to the end we just established; no O_APPEND, because set_len above and
-        // seek here already position us and there is a single writer (the coordinator).
-        file.seek(SeekFrom::Start(complete as u64)).map_err(io)?;
-        Ok(Self { file, path: path.to_path_buf() })
+        Ok(Self { lines: JsonLines::open(path)? })
     }
 
     /// The log's path.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.lines.path()
     }
 
     /// Appends `event` stamped with the current time; durable when this returns.
@@ -154,26 +140,16 @@ impl EventLog {
 
     /// Appends `event` stamped `ts_ms`; durable when this returns.
     pub fn record_at(&mut self, ts_ms: u64, event: &JobEvent) -> Result<()> {
-        let line = LoggedEvent { ts_ms, event: event.clone() };
-        let mut bytes = serde_json::to_vec(&line)
-            .map_err(|e| CoordinatorError::Io { path: self.path.display().to_string(), source: std::io::Error::other(e) })?;
-        bytes.push(b'\n');
-        let io = |source| CoordinatorError::Io { path: self.path.display().to_string(), source };
-        // One write per record so a crash tears at most this record, never a previous one.
-        self.file.write_all(&bytes).map_err(io)?;
-        self.file.flush().map_err(io)?;
-        self.file.sync_data().map_err(io)
+        self.lines.append(&LoggedEvent { ts_ms, event: event.clone() }, true)
     }
 
     /// Every complete record of the log at `path`, oldest first (a torn last line is skipped).
     pub fn read_all(path: &Path) -> Result<Vec<LoggedEvent>> {
-        let text = std::fs::read(path).map_err(|source| CoordinatorError::Io { path: path.display().to_string(), source })?;
-        let complete = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-        text[..complete]
-            .split_inclusive(|b| *b == b'\n')
+        JsonLines::complete_lines(path)?
+            .iter()
             .enumerate()
             .map(|(i, line)| {
-                serde_json::from_slice(&line[..line.len() - 1]).map_err(|e| CoordinatorError::EventLog {
+                serde_json::from_slice(line).map_err(|e| CoordinatorError::EventLog {
                     path: path.display().to_string(),
                     line: i + 1,
                     reason: e.to_string(),

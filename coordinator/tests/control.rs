@@ -2,15 +2,23 @@
 
 use tessera_coordinator::control::{Action, Control, Event, GenerationPlan, Policy, StopReason, WorkerId};
 
-const POLICY: Policy =
-    Policy { min_workers: 2, max_workers: 3, heartbeat_timeout_ms: 1000, checkpoint_every: 2, total_steps: 10, rendezvous_grace_ms: 500 };
+const POLICY: Policy = Policy {
+    min_workers: 2,
+    max_workers: 3,
+    heartbeat_timeout_ms: 1000,
+    checkpoint_every: 2,
+    total_steps: 10,
+    rendezvous_grace_ms: 500,
+    initial_workers: 0,
+    launches: false,
+};
 
 fn w(i: u64) -> WorkerId {
     WorkerId(i)
 }
 
 fn join(c: &mut Control, now: u64, id: u64) -> Vec<Action> {
-    c.handle(now, Event::Join { id: w(id), addr: format!("127.0.0.1:{}", 9000 + id) })
+    c.handle(now, Event::Join { id: w(id), addr: format!("127.0.0.1:{}", 9000 + id), replacement: false })
 }
 
 fn started(actions: &[Action]) -> Option<GenerationPlan> {
@@ -163,7 +171,7 @@ fn a_failed_checkpoint_is_never_restored_and_a_restarted_coordinator_resumes() {
     c.handle(10, Event::StepDone { generation: 0, step: 0 });
     let acts = c.handle(20, Event::StepDone { generation: 0, step: 1 });
     assert!(acts.contains(&Action::Checkpoint { generation: 0, step: 2 }));
-    c.handle(30, Event::CheckpointFailed { step: 2 });
+    c.handle(30, Event::CheckpointFailed { step: 2, reason: "disk full".into() });
     c.handle(40, Event::Leave { id: w(2) });
     c.handle(40, Event::GenerationStopped { generation: 0 });
     let plan = started(&join(&mut c, 50, 3)).unwrap();

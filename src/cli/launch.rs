@@ -281,26 +281,15 @@ pub fn run_rank(a: RankArgs) -> anyhow::Result<()> {
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, Arc::clone(&stop)).context("installing signal handlers")?;
     }
-    let mut log = if a.rank == 0 {
-        Some(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&log_path)
-                .with_context(|| format!("opening {}", log_path.display()))?,
-        )
-    } else {
-        None
-    };
+    let mut log = if a.rank == 0 { Some(tessera_coordinator::JsonLines::open(&log_path)?) } else { None };
     let mut ran = 0;
     while trainer.state().step < total && a.max_steps.is_none_or(|m| ran < m) {
         let r = trainer.step()?;
         ran += 1;
         if let Some(log) = log.as_mut() {
-            use std::io::Write;
             let mut line = serde_json::to_value(&r)?;
             line["world_size"] = a.world.into();
-            writeln!(log, "{line}")?;
+            log.append(&line, false)?;
             tessera_coordinator::say!(
                 "{name} step {}/{total}  loss {:.4}  lr {:.2e}  |g| {:.3}  {:.2}s/step ({} ranks)",
                 r.step + 1,

@@ -69,18 +69,33 @@ fn random_hex() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// Writes a secret as a new file of mode 0600 renamed over `path`: a file that existed with a
+/// wider mode (say 0644) is replaced, never reused, so the secret is never world-readable.
 fn write_secret(path: &Path, value: &str) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(value.as_bytes())?;
-    Ok(())
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new().create_new(true).write(true).mode(0o600).open(&tmp)?;
+        f.write_all(value.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        anyhow::anyhow!("writing {}: {e}", path.display())
+    })
+}
+
+/// Creates the secrets directory with mode 0700 (also when it existed with a wider mode,
+/// or the umask would give one).
+pub fn secrets_dir_private(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if !dir.is_dir() {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).with_context(|| format!("making {} private", dir.display()))
 }
 
 /// The secrets directory of a job's output directory.
@@ -203,12 +218,18 @@ fn finish_relays(relays: &Mutex<Vec<std::thread::JoinHandle<()>>>, within: Durat
 
 /// Runs the job with an in-process coordinator and local worker processes.
 pub fn run_embedded(config: &Path, job: &ResolvedJob, o: &EmbeddedOptions) -> anyhow::Result<()> {
+    // First of all, so that a signal at any moment stops the job truthfully (before the
+    // coordinator runs, the default action would end the process silently with 143).
+    let interrupted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, Arc::clone(&interrupted)).context("installing signal handlers")?;
+    }
     anyhow::ensure!(o.workers >= 1, "--workers must be at least 1");
     anyhow::ensure!(o.min_workers >= 1 && o.min_workers <= o.workers, "--min-workers must be in [1, --workers]");
     anyhow::ensure!(o.max_workers >= o.workers, "--max-workers must be at least --workers");
     std::fs::create_dir_all(&job.output_dir).with_context(|| format!("creating {}", job.output_dir.display()))?;
     let secrets = secrets_dir(&job.output_dir);
-    std::fs::create_dir_all(&secrets).with_context(|| format!("creating {}", secrets.display()))?;
+    secrets_dir_private(&secrets)?;
     let (cookie, secret, token) = (random_hex(), random_hex(), random_hex());
     write_secret(&secrets.join("cookie"), &cookie)?;
     write_secret(&secrets.join("token"), &token)?;
@@ -251,6 +272,9 @@ pub fn run_embedded(config: &Path, job: &ResolvedJob, o: &EmbeddedOptions) -> an
         checkpoint_every: 0,
         total_steps: stop_at,
         rendezvous_grace_ms: 20_000,
+        // Set by the coordinator from its launcher (the processes it starts).
+        initial_workers: o.workers,
+        launches: true,
     };
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -313,22 +337,25 @@ pub fn run_embedded(config: &Path, job: &ResolvedJob, o: &EmbeddedOptions) -> an
         let api = tokio::spawn(tessera_coordinator::api::serve(api_listener, token.clone(), bridge.clone(), metrics, async move {
             let _ = api_stop_rx.await;
         }));
-        // SIGTERM / SIGINT: checkpoint at the next boundary, then stop.
+        // SIGTERM / SIGINT (also one that came before this point): checkpoint at the next
+        // boundary, then stop.
         let signals = tokio::spawn(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else { return };
             loop {
-                tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-                tessera_coordinator::say!("[coordinator] signal: checkpointing, then stopping");
-                if let Err(e) = bridge.shutdown().await {
-                    tessera_coordinator::say!("[coordinator] shutdown request failed: {e}");
+                if interrupted.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                    tessera_coordinator::say!("[coordinator] signal: stopping (with a checkpoint if any step was trained)");
+                    if let Err(e) = bridge.shutdown().await {
+                        tessera_coordinator::say!("[coordinator] shutdown request failed: {e}");
+                    }
                 }
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         });
         let outcome = done_rx.await.unwrap_or(JobOutcome::Failed { reason: "the coordinator ended without an outcome".into() });
         // The workers of a finished or stopped job were told to exit: a moment for that while
-        // the node still carries the message, before the link drops or any signal reaches them.
-        if !matches!(outcome, JobOutcome::Failed { .. }) {
+        // the node still carries the message, before the link drops or any signal reaches them
+        // (not when nothing was checkpointed: there is nothing to flush, and workers that never
+        // joined were told nothing; SIGTERM ends them at once).
+        if matches!(outcome, JobOutcome::Finished { .. } | JobOutcome::Stopped { checkpointed: true, .. }) {
             tokio::task::block_in_place(|| wait_for_exits(&live, Duration::from_secs(5)));
         }
         let _ = handle.await;
@@ -346,8 +373,16 @@ pub fn run_embedded(config: &Path, job: &ResolvedJob, o: &EmbeddedOptions) -> an
             tessera_coordinator::say!("done: {step} steps; checkpoints in {}", job.checkpoint.dir.display());
             Ok(())
         }
-        JobOutcome::Stopped { step } => {
+        JobOutcome::Stopped { step, checkpointed: true } => {
             tessera_coordinator::say!("stopped at step {step} (checkpointed); run the same command to resume");
+            Ok(())
+        }
+        JobOutcome::Stopped { step: 0, checkpointed: false } => {
+            tessera_coordinator::say!("stopped before any step was trained; nothing to checkpoint");
+            Ok(())
+        }
+        JobOutcome::Stopped { step, checkpointed: false } => {
+            tessera_coordinator::say!("stopped; the newest checkpoint is at step {step}, where the same command resumes");
             Ok(())
         }
         JobOutcome::Failed { reason } => bail!("job failed: {reason}"),

@@ -1,8 +1,6 @@
 //! `tessera train CONFIG`: one-process training of a TOML job, with auto-resume, a progress
 //! bar, a JSON-lines log, periodic checkpoints and a checkpoint on SIGTERM/SIGINT.
 
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -87,6 +85,9 @@ impl TrainArgs {
 pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     let job = ResolvedJob::from_file(&a.config)?;
     anyhow::ensure!(a.workers >= 1, "--workers must be at least 1");
+    // Held until this run ends, whatever the launch mode: one run per job directory.
+    std::fs::create_dir_all(&job.output_dir).with_context(|| format!("creating {}", job.output_dir.display()))?;
+    let _lock = super::joblock::JobDirLock::acquire(&job.output_dir)?;
     // Once, here, whatever the launch mode: workers and ranks do not repeat them.
     for n in job.notes() {
         tessera_coordinator::say!("note: {n}");
@@ -141,8 +142,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, Arc::clone(&stop)).context("installing signal handlers")?;
     }
-    let mut log =
-        OpenOptions::new().create(true).append(true).open(&log_path).with_context(|| format!("opening {}", log_path.display()))?;
+    let mut log = tessera_coordinator::JsonLines::open(&log_path)?;
 
     let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
     bar.set_style(
@@ -163,7 +163,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         line["skipped_steps"] = state.counters.skipped_steps.into();
         line["skipped_samples"] = state.counters.skipped_samples.into();
         if r.step % log_every == 0 || trainer.finished() {
-            writeln!(log, "{line}").with_context(|| format!("writing {}", log_path.display()))?;
+            log.append(&line, false)?;
         }
         let msg = format!(
             "loss {:.4}  lr {:.2e}  |g| {:.3}  {:.2}s/step (data {:.2}s){}",

@@ -6,9 +6,15 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// The `tessera` binary under test: this build's, or `TESSERA_BIN` (to replay a test against
+/// another build, e.g. the one before a fix, and see the test fail there).
+pub fn bin() -> String {
+    std::env::var("TESSERA_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tessera").to_string())
+}
+
 /// Runs `tessera ARGS` to completion with one OpenMP thread.
 pub fn tessera(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tessera")).args(args).env("OMP_NUM_THREADS", "1").output().expect("tessera runs")
+    Command::new(bin()).args(args).env("OMP_NUM_THREADS", "1").output().expect("tessera runs")
 }
 
 /// Writes a small synthetic job of `total_steps` steps (plus `extra` lines in `[train]`) to
@@ -58,6 +64,23 @@ keep_last = 2
     path.display().to_string()
 }
 
+/// A job of `steps` steps with a global batch of 6 (splits over 1, 2 and 3 workers) and its
+/// reference losses from one process.
+pub fn job_and_reference(steps: u64) -> (tempfile::TempDir, String, Vec<f64>) {
+    let one = tempfile::tempdir().unwrap();
+    let job = write_job(one.path(), steps, "micro_batch_size = 1");
+    let text = std::fs::read_to_string(&job).unwrap().replace("global_batch_size = 2", "global_batch_size = 6");
+    std::fs::write(&job, &text).unwrap();
+    let out = tessera(&["train", &job]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let reference = losses_of(one.path());
+    assert_eq!(reference.len(), steps as usize);
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("job.toml"), &text).unwrap();
+    let job = d.path().join("job.toml").display().to_string();
+    (d, job, reference)
+}
+
 /// A `tessera train` process under test. Dropping it kills the launcher and its rank
 /// processes and reaps them, whatever the test did, so no child outlives a failed assertion.
 pub struct Running {
@@ -73,7 +96,7 @@ impl Running {
 
     /// Starts `tessera ARGS` with extra environment variables.
     pub fn start_with(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        let child = Command::new(bin())
             .args(args)
             .envs(env.iter().copied())
             .env("OMP_NUM_THREADS", "1")

@@ -211,7 +211,20 @@ pub fn run(opts: &AgentOptions, shutdown: Arc<std::sync::atomic::AtomicBool>) ->
     let opts = opts.clone();
     let control = rt.spawn(async move {
         let name = format!("worker-{}", std::process::id());
-        let (node, coordinator) = tessera_coordinator::node::connect(opts.coordinator, &opts.cookie, &name, opts.connect_timeout).await?;
+        // A signal before this worker has joined ends it at once: there is nothing to drain.
+        let early = Arc::clone(&shutdown);
+        let interrupted = async move {
+            while !early.load(std::sync::atomic::Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        let (node, coordinator) = tokio::select! {
+            connected = tessera_coordinator::node::connect(opts.coordinator, &opts.cookie, &name, opts.connect_timeout) => connected?,
+            () = interrupted => {
+                tessera_coordinator::say!("[worker] interrupted before joining: exiting");
+                return Ok(());
+            }
+        };
         let ip = local_ip_towards(opts.coordinator);
         let listener = TcpListener::bind((ip, 0)).map_err(crate::error::io_err("binding the ring listener", format!("{ip}")))?;
         let ring_addr = listener.local_addr().map_err(crate::error::io_err("reading the ring address", format!("{ip}")))?;

@@ -25,7 +25,7 @@ impl CoordinatorState {
         let phase = if self.outcome.is_some() {
             JobPhase::Finished
         } else if running.is_none() {
-            if self.restarts > 0 { JobPhase::Recovering } else { JobPhase::Waiting }
+            if self.control.lost_generations() > 0 { JobPhase::Recovering } else { JobPhase::Waiting }
         } else if self.control.is_stopping() {
             JobPhase::Stopping
         } else {
@@ -45,7 +45,7 @@ impl CoordinatorState {
             min_workers: p.min_workers,
             max_workers: p.max_workers,
             last_checkpoint: self.control.last_committed(),
-            restarts: self.restarts,
+            restarts: self.control.lost_generations(),
             schedule_version: u64::from(self.mixtures.version_at(self.control.next_step())),
             members,
             validation: self.args.metrics.last_validation(),

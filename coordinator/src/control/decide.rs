@@ -1,19 +1,31 @@
 //! [`Control::handle`]: applies an event, then decides. The rules, in order:
-//! 1. a member silent for longer than the heartbeat timeout is dead: it is removed and, if it
-//!    is a rank of the running generation, the generation is aborted (its work since the last
-//!    committed checkpoint is redone);
+//! 1. a member silent for longer than the heartbeat timeout is dead: it is removed (as lost,
+//!    see rule 5) and, if it is a rank of the running generation, the generation is aborted
+//!    (its work since the last committed checkpoint is redone);
 //! 2. while a generation runs: periodic and requested checkpoints; a planned membership change
 //!    (a new worker below the target, a draining rank, a scale-down) or a reconfiguration (a
 //!    mixture change) ends the generation at the next step boundary with a checkpoint, so no
-//!    step is lost; at the end of the job a final
-//!    checkpoint, then a stop;
-//! 3. with no generation running: if enough members exist (all that the target asks for, or at
-//!    least `min_workers` once the rendezvous grace has passed), the next generation starts
-//!    with the longest-standing ones, restoring the newest committed checkpoint.
+//!    step is lost; at the end of the job a final checkpoint, then a stop. The final
+//!    checkpoint is tried at most [`MAX_FINAL_CHECKPOINT_ATTEMPTS`] times, then the job fails
+//!    with the write error (the last good checkpoint stays intact); a shutdown always ends the
+//!    generation, at the next boundary, checkpointing if it still can;
+//! 3. with no generation running: a job that cannot go on fails; otherwise, if enough members
+//!    exist (all that the first generation waits for, or at least `min_workers` once the
+//!    rendezvous grace has passed), the next generation starts with the longest-standing ones,
+//!    restoring the newest committed checkpoint. The first generation waits for the workers
+//!    the coordinator started (`initial_workers`), not for `max_workers`;
+//! 4. a checkpoint whose shards are all written is committed only if the newest generation
+//!    wrote it and was not aborted (an aborted generation's state is not trusted);
+//! 5. (embedded mode, see `local`) every lost worker is replaced by a new local process while
+//!    the job has fewer workers than it wants, except a replacement that is lost before it
+//!    trained a step (it would crash-loop);
+//! 6. (see `local`) with no generation running and fewer members than `min_workers`, the job
+//!    fails when nobody can come: fewer local processes alive than `min_workers` (embedded),
+//!    or, with workers joined by hand, once a generation was lost.
 
 use serde::{Deserialize, Serialize};
 
-use super::state::{Control, Event, GenerationPlan, MAX_FAILED_STARTS, Member, WorkerId};
+use super::state::{Control, Event, GenerationPlan, MAX_FAILED_STARTS, MAX_FINAL_CHECKPOINT_ATTEMPTS, Member, WorkerId};
 
 /// Why a generation ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,6 +40,27 @@ pub enum StopReason {
     Finished,
     /// The job is shutting down (SIGTERM or a user's request).
     Shutdown,
+    /// The final checkpoint keeps failing; the job fails.
+    CheckpointFailing,
+}
+
+/// Why a lost worker gets no replacement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NoReplacement {
+    /// It was itself a replacement, lost before it trained a step: a successor would most
+    /// likely crash the same way (a crash loop).
+    CrashLoop,
+    /// The job already has (or is starting) as many workers as it wants.
+    AtTarget {
+        /// Members plus replacements starting.
+        workers: usize,
+        /// Workers the job wants.
+        target: usize,
+    },
+    /// The job is ending (done, failing or shutting down).
+    Ending,
+    /// It was draining (asked to leave) when it was lost.
+    WasLeaving,
 }
 
 /// What the coordinator must do.
@@ -63,6 +96,27 @@ pub enum Action {
         /// The worker.
         id: WorkerId,
     },
+    /// Commit the checkpoint of `step` that `generation` wrote (rule 4).
+    Commit {
+        /// The generation.
+        generation: u64,
+        /// The step count it holds.
+        step: u64,
+    },
+    /// Start `count` local worker processes (embedded mode).
+    Launch {
+        /// How many.
+        count: usize,
+        /// The lost worker they replace (`None`: a scale-up).
+        replacing: Option<WorkerId>,
+    },
+    /// A lost worker is not replaced (rule 5).
+    NotReplaced {
+        /// The lost worker.
+        lost: WorkerId,
+        /// Why not.
+        why: NoReplacement,
+    },
     /// The job is complete.
     Finish,
     /// The job cannot go on: generations keep failing before their first step although no
@@ -83,19 +137,25 @@ impl Control {
             self.while_running(&mut actions);
         } else if !self.stopping {
             self.when_idle(now_ms, &mut actions);
+            self.fail_if_stranded(&mut actions);
         }
         actions
     }
 
-    fn is_rank(&self, id: WorkerId) -> bool {
+    pub(super) fn is_rank(&self, id: WorkerId) -> bool {
         self.running.as_ref().is_some_and(|g| g.ranks.contains(&id))
     }
 
-    fn abort(&mut self, reason: StopReason, actions: &mut Vec<Action>) {
+    pub(super) fn abort(&mut self, reason: StopReason, actions: &mut Vec<Action>) {
         if let Some(g) = &self.running
             && !self.stopping
         {
             actions.push(Action::Abort { generation: g.generation, reason });
+            // Rule 4: what the aborted generation wrote is not committed.
+            self.commit_barred = true;
+            if matches!(reason, StopReason::MemberLost(_) | StopReason::RankFailed(_)) {
+                self.lost_generations += 1;
+            }
         }
         // An abort also ends a planned stop: nothing in flight will be committed.
         self.stopping = true;
@@ -104,13 +164,18 @@ impl Control {
 
     fn apply(&mut self, now_ms: u64, event: Event, actions: &mut Vec<Action>) {
         match event {
-            Event::Join { id, addr } => {
+            Event::Join { id, addr, replacement } => {
+                if replacement && !self.members.contains_key(&id) {
+                    self.launching = self.launching.saturating_sub(1);
+                }
                 let m = self.members.entry(id).or_insert(Member {
                     id,
                     addr: addr.clone(),
                     joined_ms: now_ms,
                     last_seen_ms: now_ms,
                     draining: false,
+                    replacement,
+                    trained: false,
                 });
                 m.addr = addr;
                 m.last_seen_ms = now_ms;
@@ -128,6 +193,23 @@ impl Control {
                     self.abort(StopReason::MemberLost(id), actions);
                 }
             }
+            Event::Lost { id } => self.lose(id, actions),
+            Event::ProcessExited { worker, replacement } => {
+                self.processes = self.processes.saturating_sub(1);
+                match worker {
+                    Some(id) => self.lose(id, actions),
+                    // A replacement that died before joining never trained: no successor.
+                    None if replacement => self.launching = self.launching.saturating_sub(1),
+                    None => {}
+                }
+            }
+            Event::Processes { live } => self.processes = live,
+            Event::LaunchFailed { count, replacement } => {
+                self.processes = self.processes.saturating_sub(count);
+                if replacement {
+                    self.launching = self.launching.saturating_sub(count);
+                }
+            }
             Event::StepDone { generation, step } => {
                 if let Some(g) = &self.running
                     && g.generation == generation
@@ -142,6 +224,7 @@ impl Control {
                     for id in g.ranks.clone() {
                         if let Some(m) = self.members.get_mut(&id) {
                             m.last_seen_ms = now_ms;
+                            m.trained = true;
                         }
                     }
                 }
@@ -152,8 +235,22 @@ impl Control {
                     self.committed.sort_unstable();
                 }
                 self.checkpoint_in_flight = None;
+                self.final_failures = 0;
             }
-            Event::CheckpointFailed { .. } => self.checkpoint_in_flight = None,
+            Event::CheckpointReady { generation, step } => {
+                // Rule 4: only the newest generation, and only if it was not aborted.
+                if generation + 1 == self.next_generation && !self.commit_barred {
+                    actions.push(Action::Commit { generation, step });
+                }
+            }
+            Event::CheckpointFailed { step, reason } => {
+                // Each rank reports its own failed shard: one attempt counts once.
+                if self.checkpoint_in_flight == Some(step) && self.running.is_some() && self.finished() {
+                    self.final_failures += 1;
+                }
+                self.checkpoint_in_flight = None;
+                self.last_checkpoint_error = Some(reason);
+            }
             Event::GenerationFailed { generation, id } => {
                 if self.running.as_ref().is_some_and(|g| g.generation == generation) {
                     self.rank_failed = true;
@@ -183,7 +280,10 @@ impl Control {
                     self.next_step = self.last_committed().unwrap_or(0);
                 }
             }
-            Event::Scale { workers } => self.target = workers.clamp(self.policy.min_workers, self.policy.max_workers),
+            Event::Scale { workers } => {
+                self.target = workers.clamp(self.policy.min_workers, self.policy.max_workers);
+                self.launch_for_target(actions);
+            }
             Event::RequestCheckpoint => self.checkpoint_requested = true,
             Event::Shutdown => self.shutdown = true,
             // Only a generation that is not already ending needs to be ended for it.
@@ -196,11 +296,7 @@ impl Control {
         let timeout = self.policy.heartbeat_timeout_ms;
         let dead: Vec<WorkerId> = self.members.values().filter(|m| now_ms.saturating_sub(m.last_seen_ms) > timeout).map(|m| m.id).collect();
         for id in dead {
-            self.members.remove(&id);
-            actions.push(Action::Remove { id });
-            if self.is_rank(id) {
-                self.abort(StopReason::MemberLost(id), actions);
-            }
+            self.lose(id, actions);
         }
     }
 
@@ -214,7 +310,21 @@ impl Control {
             if self.last_committed() == Some(step) {
                 actions.push(Action::StopAtBoundary { generation: g.generation, checkpoint: false, reason: StopReason::Finished });
                 self.stopping = true;
-            } else if self.checkpoint_in_flight.is_none() {
+            } else if self.checkpoint_in_flight.is_some() {
+                // Wait for it: it commits or fails, and either way this rule runs again.
+            } else if self.final_failures >= MAX_FINAL_CHECKPOINT_ATTEMPTS {
+                let cause = self.last_checkpoint_error.clone().unwrap_or_else(|| "no cause reported".into());
+                let kept = self
+                    .last_committed()
+                    .map_or("no checkpoint was committed".to_string(), |s| format!("the checkpoint of step {s} is intact"));
+                self.fatal = Some(format!("the final checkpoint (step {step}) failed {} times: {cause}; {kept}", self.final_failures));
+                actions.push(Action::StopAtBoundary { generation: g.generation, checkpoint: false, reason: StopReason::CheckpointFailing });
+                self.stopping = true;
+            } else if self.shutdown {
+                // One last attempt as part of the stop; the generation ends whatever it gives.
+                actions.push(Action::StopAtBoundary { generation: g.generation, checkpoint: true, reason: StopReason::Shutdown });
+                self.stopping = true;
+            } else {
                 actions.push(Action::Checkpoint { generation: g.generation, step });
                 self.checkpoint_in_flight = Some(step);
             }
@@ -226,11 +336,20 @@ impl Control {
             return;
         }
         let every = self.policy.checkpoint_every;
-        let periodic = every > 0 && step > g.start_step && step.is_multiple_of(every) && self.last_committed() != Some(step);
+        // A periodic checkpoint that failed is not asked for again at the same step: the next
+        // interval tries again (a full disk would otherwise be hammered at every answer).
+        let periodic = every > 0
+            && step > g.start_step
+            && step.is_multiple_of(every)
+            && self.last_committed() != Some(step)
+            && self.periodic_asked != Some(step);
         if (periodic || self.checkpoint_requested) && self.checkpoint_in_flight.is_none() {
             actions.push(Action::Checkpoint { generation: g.generation, step });
             self.checkpoint_in_flight = Some(step);
             self.checkpoint_requested = false;
+            if periodic {
+                self.periodic_asked = Some(step);
+            }
         }
         let waiting = self.members.values().filter(|m| !m.draining && !g.ranks.contains(&m.id)).count();
         let draining = g.ranks.iter().any(|id| self.members.get(id).is_some_and(|m| m.draining));
@@ -244,6 +363,13 @@ impl Control {
     }
 
     fn when_idle(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
+        if let Some(reason) = &self.fatal {
+            if !self.done {
+                actions.push(Action::Fail { reason: reason.clone() });
+                self.done = true;
+            }
+            return;
+        }
         if self.finished() || self.shutdown {
             if !self.done {
                 actions.push(Action::Finish);
@@ -276,7 +402,11 @@ impl Control {
             self.ready_since = None;
             return;
         }
-        let want = self.target.min(self.policy.max_workers);
+        let mut want = self.target.min(self.policy.max_workers);
+        if self.policy.initial_workers > 0 && self.next_generation == 0 {
+            // Nobody may ever start the rest up to `max_workers`; joiners come in later.
+            want = want.min(self.policy.initial_workers);
+        }
         let since = *self.ready_since.get_or_insert(now_ms);
         // Only the first generation waits: after a failure the survivors go on at once.
         if self.next_generation == 0 && eligible.len() < want && now_ms < since + self.policy.rendezvous_grace_ms {
@@ -292,6 +422,8 @@ impl Control {
             restore,
         };
         self.next_generation += 1;
+        self.commit_barred = false;
+        self.periodic_asked = None;
         self.ready_since = None;
         self.next_step = plan.start_step;
         self.running = Some(plan.clone());

@@ -31,6 +31,14 @@ pub struct Policy {
     /// With at least `min_workers` but fewer than the target, wait this long (ms) for more
     /// before starting the first generation (so a job launched with N workers starts with N).
     pub rendezvous_grace_ms: u64,
+    /// Workers the coordinator starts with the job (0: none, they join by hand): the first
+    /// generation waits for these, not for `max_workers` that nobody may ever start.
+    #[serde(default)]
+    pub initial_workers: usize,
+    /// The coordinator starts the job's worker processes itself (embedded mode): it replaces
+    /// lost ones and knows when none are left to come.
+    #[serde(default)]
+    pub launches: bool,
 }
 
 /// One registered worker.
@@ -46,6 +54,12 @@ pub struct Member {
     pub last_seen_ms: u64,
     /// Asked to leave at the next step boundary.
     pub draining: bool,
+    /// Started by the coordinator to replace a lost worker.
+    #[serde(default)]
+    pub replacement: bool,
+    /// Has completed a step as a rank.
+    #[serde(default)]
+    pub trained: bool,
 }
 
 /// A generation: the ranks that train together until the membership changes.
@@ -70,16 +84,44 @@ pub enum Event {
         id: WorkerId,
         /// Its address.
         addr: String,
+        /// It is a process the coordinator started to replace a lost worker.
+        replacement: bool,
     },
     /// A worker is alive.
     Heartbeat {
         /// Its id.
         id: WorkerId,
     },
-    /// A worker left or its link broke.
+    /// A worker left on its own (it asked to, or was told to go).
     Leave {
         /// Its id.
         id: WorkerId,
+    },
+    /// A worker was lost: its link broke or its process died (a silent one is found by the
+    /// heartbeat rule). A lost local worker is replaced (rule 5).
+    Lost {
+        /// Its id.
+        id: WorkerId,
+    },
+    /// A local worker process that the coordinator started exited (embedded mode).
+    ProcessExited {
+        /// The member it was, if it had joined.
+        worker: Option<WorkerId>,
+        /// It was started to replace a lost worker.
+        replacement: bool,
+    },
+    /// How many local worker processes are alive (embedded mode; observed by the launcher,
+    /// it corrects the state machine's own count, e.g. for processes that never joined).
+    Processes {
+        /// Processes alive.
+        live: usize,
+    },
+    /// Starting local worker processes failed (after an [`Action::Launch`](super::Action)).
+    LaunchFailed {
+        /// How many did not start.
+        count: usize,
+        /// They were to replace lost workers.
+        replacement: bool,
     },
     /// Every rank of `generation` finished `step` (the coordinator has all step reports).
     StepDone {
@@ -93,10 +135,19 @@ pub enum Event {
         /// The step count it holds (training resumes at this step).
         step: u64,
     },
+    /// Every rank of `generation` wrote its shard of the checkpoint of `step`: commit it?
+    CheckpointReady {
+        /// The generation that wrote it.
+        generation: u64,
+        /// The step count it holds.
+        step: u64,
+    },
     /// A checkpoint attempt failed (it is not committed and never used).
     CheckpointFailed {
         /// The step it was for.
         step: u64,
+        /// What failed (e.g. a write error such as a full disk).
+        reason: String,
     },
     /// A rank of `generation` left its loop with an error (e.g. a collective timed out): the
     /// generation is aborted; its members stay (a dead one is found by its heartbeat).
@@ -172,14 +223,43 @@ pub struct Control {
     /// The step count the last generation that failed with every rank alive had reached.
     #[serde(default)]
     pub(super) failed_at: Option<u64>,
+    /// The checkpoints of the newest generation may not be committed (it was aborted).
+    #[serde(default)]
+    pub(super) commit_barred: bool,
+    /// Failed attempts at the final checkpoint of the job, and the newest failure's cause.
+    #[serde(default)]
+    pub(super) final_failures: u32,
+    /// The cause of the newest failed checkpoint.
+    #[serde(default)]
+    pub(super) last_checkpoint_error: Option<String>,
+    /// The job cannot go on: it fails with this reason once no generation runs.
+    #[serde(default)]
+    pub(super) fatal: Option<String>,
+    /// Local worker processes started and not yet exited (embedded mode).
+    #[serde(default)]
+    pub(super) processes: usize,
+    /// Replacement processes started that have not joined (or exited) yet.
+    #[serde(default)]
+    pub(super) launching: usize,
+    /// Generations aborted because a rank was lost or failed.
+    #[serde(default)]
+    pub(super) lost_generations: u64,
+    /// The step at which the newest periodic checkpoint was asked for.
+    #[serde(default)]
+    pub(super) periodic_asked: Option<u64>,
 }
 
 /// After this many generations in a row fail with all ranks alive without getting past the
 /// point of the failure before them, the job fails instead of restarting forever.
 pub const MAX_FAILED_STARTS: u32 = 3;
 
+/// Attempts at the job's final checkpoint before the job fails with the write error (a full
+/// disk does not empty itself; the last good checkpoint stays intact).
+pub const MAX_FINAL_CHECKPOINT_ATTEMPTS: u32 = 3;
+
 impl Control {
-    /// A job with no members yet; it wants `policy.max_workers` workers.
+    /// A job with no members yet; it wants `policy.max_workers` workers (and, in embedded
+    /// mode, has started `policy.initial_workers` processes).
     pub fn new(policy: Policy) -> Self {
         Self {
             policy,
@@ -200,6 +280,14 @@ impl Control {
             rank_failed: false,
             failed_starts: 0,
             failed_at: None,
+            commit_barred: false,
+            final_failures: 0,
+            last_checkpoint_error: None,
+            fatal: None,
+            processes: if policy.launches { policy.initial_workers } else { 0 },
+            launching: 0,
+            lost_generations: 0,
+            periodic_asked: None,
         }
     }
 
@@ -250,6 +338,16 @@ impl Control {
     /// True once the job is shutting down.
     pub fn is_shutting_down(&self) -> bool {
         self.shutdown
+    }
+
+    /// Generations aborted because a rank was lost or failed.
+    pub fn lost_generations(&self) -> u64 {
+        self.lost_generations
+    }
+
+    /// Local worker processes started and not yet exited (embedded mode).
+    pub fn processes(&self) -> usize {
+        self.processes
     }
 
     /// True when every step of the job is done.

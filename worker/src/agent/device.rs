@@ -63,6 +63,11 @@ impl AbortState {
         }
     }
 
+    /// True once `generation` was aborted.
+    fn is_aborted(&self, generation: u64) -> bool {
+        self.aborted_through.is_some_and(|g| g >= generation)
+    }
+
     fn install(&mut self, generation: u64, handle: AbortHandle) -> bool {
         let aborted = self.aborted_through.is_some_and(|g| g >= generation);
         if aborted {
@@ -291,30 +296,11 @@ fn run_generation(
             if eval_every > 0 && (step.is_multiple_of(eval_every) || step >= total) {
                 validate(ctx, t, g, held_out, &cfg)?;
             }
-            let periodic = every > 0 && step.is_multiple_of(every);
-            if flags[1] != 0 || periodic || step >= stop_at {
-                let ts = std::time::Instant::now();
-                let snap = t.snapshot(generation);
-                if g.rank == 0 {
-                    tessera_coordinator::say!(
-                        "[{}] step {step}: checkpoint snapshot {:.3}s (training continues)",
-                        ctx.worker,
-                        ts.elapsed().as_secs_f64()
-                    );
-                }
-                let (coord, worker, rank) = (ctx.coordinator.clone(), ctx.worker, g.rank);
-                let name = format!("ckpt-writer-{step}");
-                let spawned = std::thread::Builder::new().name(name).spawn(move || {
-                    let (snap_step, manifest) = (snap.step, snap.manifest.clone());
-                    let ev = match snap.write() {
-                        Ok((file, write_s)) => {
-                            WorkerEvent::ShardWritten { worker, generation, step: snap_step, rank, file, manifest, write_s }
-                        }
-                        Err(e) => WorkerEvent::ShardFailed { worker, generation, step: snap_step, reason: e.to_string() },
-                    };
-                    let _ = coord.cast(CoordinatorMsg::Worker(Wire::new(ev)));
-                });
-                writers.push(spawned.map_err(crate::error::io_err("starting a checkpoint writer", "thread"))?);
+            // The end of the job is the coordinator's to checkpoint (it asks, and asks again
+            // after a failed write); periodic ones the ranks take on their own.
+            let periodic = every > 0 && step.is_multiple_of(every) && step < stop_at;
+            if flags[1] != 0 || periodic {
+                write_checkpoint(ctx, t, g, writers)?;
                 want_ckpt = false;
             }
             if flags[0] != 0 {
@@ -324,8 +310,11 @@ fn run_generation(
                 for w in writers.drain(..) {
                     let _ = w.join();
                 }
-                break;
+                return Ok(());
             }
+        }
+        if !exit {
+            exit = final_boundary(ctx, t, g, rx, writers)?;
         }
         Ok(())
     })();
@@ -337,6 +326,73 @@ fn run_generation(
         }
     }
     (step, result.err().map(|e| e.to_string()), exit)
+}
+
+/// Snapshots this rank's shards at the trainer's step (training may go on) and writes them on
+/// a thread of their own, which reports the result to the coordinator.
+fn write_checkpoint(
+    ctx: &DeviceCtx,
+    t: &mut FsdpTrainer<TcpRing, DataPipeline>,
+    g: &GenerationStart,
+    writers: &mut Vec<JoinHandle<()>>,
+) -> Result<()> {
+    let (generation, step) = (g.plan.generation, t.state().step);
+    let ts = std::time::Instant::now();
+    let snap = t.snapshot(generation);
+    if g.rank == 0 {
+        tessera_coordinator::say!(
+            "[{}] step {step}: checkpoint snapshot {:.3}s (training continues)",
+            ctx.worker,
+            ts.elapsed().as_secs_f64()
+        );
+    }
+    let (coord, worker, rank) = (ctx.coordinator.clone(), ctx.worker, g.rank);
+    let name = format!("ckpt-writer-{step}");
+    let spawned = std::thread::Builder::new().name(name).spawn(move || {
+        let (snap_step, manifest) = (snap.step, snap.manifest.clone());
+        let ev = match snap.write() {
+            Ok((file, write_s)) => WorkerEvent::ShardWritten { worker, generation, step: snap_step, rank, file, manifest, write_s },
+            Err(e) => WorkerEvent::ShardFailed { worker, generation, step: snap_step, reason: e.to_string() },
+        };
+        let _ = coord.cast(CoordinatorMsg::Worker(Wire::new(ev)));
+    });
+    writers.push(spawned.map_err(crate::error::io_err("starting a checkpoint writer", "thread"))?);
+    Ok(())
+}
+
+/// At the last step of the generation's plan the ranks wait for the coordinator: each
+/// `Checkpoint` writes the final state again (the one before failed, e.g. a full disk), and
+/// `Stop` ends the generation once the shards written so far are reported. Returns true when
+/// the worker must exit (told to, or its agent is gone). No collective runs here.
+fn final_boundary(
+    ctx: &DeviceCtx,
+    t: &mut FsdpTrainer<TcpRing, DataPipeline>,
+    g: &GenerationStart,
+    rx: &Receiver<DeviceCmd>,
+    writers: &mut Vec<JoinHandle<()>>,
+) -> Result<bool> {
+    let generation = g.plan.generation;
+    let exit = loop {
+        if ctx.abort.lock().expect("abort state").is_aborted(generation) {
+            break false;
+        }
+        match rx.recv_timeout(std::time::Duration::from_millis(50)) {
+            Ok(DeviceCmd::Checkpoint { generation: x }) if x == generation => write_checkpoint(ctx, t, g, writers)?,
+            Ok(DeviceCmd::Stop { generation: x, checkpoint }) if x == generation => {
+                if checkpoint {
+                    write_checkpoint(ctx, t, g, writers)?;
+                }
+                break false;
+            }
+            Ok(DeviceCmd::Exit) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break true,
+            Ok(_) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+        }
+    };
+    // Reported written before the generation's end, as at any stop.
+    for w in writers.drain(..) {
+        let _ = w.join();
+    }
+    Ok(exit)
 }
 
 /// Scores the held-out set with every rank at the trainer's step; rank 0 sends the report.

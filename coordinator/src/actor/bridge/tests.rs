@@ -107,6 +107,8 @@ fn policy(min: usize, max: usize) -> Policy {
         checkpoint_every: 0,
         total_steps: 100,
         rendezvous_grace_ms: 50,
+        initial_workers: 0,
+        launches: false,
     }
 }
 
@@ -168,7 +170,7 @@ fn the_bridge_and_the_http_api_steer_a_waiting_coordinator() {
     let _ = stop.send(());
     job.rt.block_on(async { tokio::time::timeout(WAIT, server).await }).unwrap().unwrap().unwrap();
 
-    assert_eq!(job.shutdown(), JobOutcome::Stopped { step: 4 });
+    assert_eq!(job.shutdown(), JobOutcome::Stopped { step: 4, checkpointed: true });
     // A stopped coordinator answers 503-type errors, not a hang.
     assert!(matches!(job.rt.block_on(bridge.status()), Err(ApiError::Unavailable { .. })));
     assert_eq!(
@@ -209,9 +211,14 @@ const FAKE_PID: u32 = 4242;
 /// A fake worker (private group `nonce`) that says hello, is welcomed and started: its actor,
 /// the commands it receives next, its id and the generation it was started in.
 fn join_fake(job: &Job, nonce: u64) -> (ActorRef<WorkerMsg>, mpsc::UnboundedReceiver<Command>, WorkerId, GenerationStart) {
+    join_fake_as(job, nonce, FAKE_PID)
+}
+
+/// [`join_fake`] for a fake worker that says it is process `pid`.
+fn join_fake_as(job: &Job, nonce: u64, pid: u32) -> (ActorRef<WorkerMsg>, mpsc::UnboundedReceiver<Command>, WorkerId, GenerationStart) {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let (fake, _) = job.rt.block_on(Actor::spawn(None, FakeWorker, (nonce, tx))).unwrap();
-    job.send(WorkerEvent::Hello { nonce, pid: FAKE_PID, ring_addr: "127.0.0.1:41000".parse().unwrap(), threads: 1 });
+    job.send(WorkerEvent::Hello { nonce, pid, ring_addr: "127.0.0.1:41000".parse().unwrap(), threads: 1 });
     let Command::Welcome { worker, .. } = job_cmd(&job.rt, &mut rx) else { panic!("a welcome first") };
     let Command::Start(start) = job_cmd(&job.rt, &mut rx) else { panic!("then generation 0") };
     (fake, rx, worker, start)
@@ -290,7 +297,7 @@ fn a_mixture_change_restarts_the_generation_and_moves_past_steps_the_ranks_train
     job.send(WorkerEvent::ShardFailed { worker, generation: 1, step: 7, reason: "disk full".into() });
     // Interrupted before it reports leaving the loop: its removal ends the generation.
     job.send(WorkerEvent::Leaving { worker, reason: "interrupted".into() });
-    assert_eq!(job.outcome(), JobOutcome::Stopped { step: 7 });
+    assert_eq!(job.outcome(), JobOutcome::Stopped { step: 7, checkpointed: true });
     fake.stop(None);
     let metrics = job.metrics.render().unwrap();
     assert!(metrics.lines().any(|l| l == "tessera_workers_registered 0"), "{metrics}");
@@ -412,28 +419,30 @@ impl Launcher for SpawnCounter {
     }
 }
 
-/// A lost worker is replaced once; a replacement that is lost before any step is trained gets
-/// no successor (a crash loop), and with nobody left the job fails.
+/// A lost worker is replaced (rule 5 of `control`); the replacement process joins as such, and
+/// when it is lost before any step is trained it gets no successor (a crash loop): with nobody
+/// left the job fails.
 #[test]
-fn a_lost_worker_is_replaced_once_until_a_step_is_trained() {
+fn a_lost_worker_is_replaced_but_a_replacement_lost_before_training_is_not() {
     let (live, spawned) = (Arc::new(AtomicUsize::new(1)), Arc::new(AtomicUsize::new(0)));
     let launcher = SpawnCounter { live: Arc::clone(&live), spawned: Arc::clone(&spawned) };
     let mut job = Job::start_with(policy(1, 1), vec![], Some(Box::new(launcher)));
-    let lose = |job: &Job| {
+    let lose = |job: &Job, pid: u32| {
         live.store(0, Ordering::SeqCst);
-        job.actor.cast(CoordinatorMsg::ProcessExited(Wire::new((FAKE_PID, "signal: 9 (SIGKILL)".to_string())))).unwrap();
+        job.actor.cast(CoordinatorMsg::ProcessExited(Wire::new((pid, "signal: 9 (SIGKILL)".to_string())))).unwrap();
     };
     let (first, _rx1, worker, _) = join_fake(&job, 0xa1);
     job.send(WorkerEvent::Step { worker, report: report(0, 0) });
-    lose(&job);
+    lose(&job, FAKE_PID);
     let deadline = std::time::Instant::now() + WAIT;
     while spawned.load(Ordering::SeqCst) == 0 {
         assert!(std::time::Instant::now() < deadline, "no replacement asked for");
         std::thread::sleep(Duration::from_millis(10));
     }
-    let (second, _rx2, _, start) = join_fake(&job, 0xa2);
+    // The SpawnCounter's first pid.
+    let (second, _rx2, _, start) = join_fake_as(&job, 0xa2, 9000);
     assert_eq!(start.plan.generation, 1);
-    lose(&job);
+    lose(&job, 9000);
     match job.outcome() {
         JobOutcome::Failed { reason } => assert_eq!(reason, "0 workers left, the job needs at least 1"),
         other => panic!("expected a failure: {other:?}"),

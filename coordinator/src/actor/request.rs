@@ -1,0 +1,87 @@
+//! The actor's answers to API requests (status, scale, checkpoint, mixture, shutdown): each
+//! turns into an event for the state machine, or a refusal that says why.
+
+use crate::api::{ApiError, CheckpointAck, MixtureAck, ScaleAck};
+use crate::control::{Event, WorkerId};
+use crate::events::JobEvent;
+use crate::protocol::{Reply, Request};
+
+use super::{CoordinatorState, Removal};
+
+impl CoordinatorState {
+    /// Answers one API request.
+    pub(super) fn request(&mut self, req: Request) -> Reply {
+        match req {
+            Request::Status => to_reply(&self.job_status()),
+            Request::Scale { workers } => {
+                let p = *self.control.policy();
+                if workers < p.min_workers.max(1) || workers > p.max_workers {
+                    return Err(ApiError::bad(
+                        "workers",
+                        format!("{workers} is outside [{}, {}] (min/max workers of the job)", p.min_workers.max(1), p.max_workers),
+                    ));
+                }
+                self.record(JobEvent::ScaleRequested { workers });
+                // The state machine starts the processes a scale-up needs (embedded mode).
+                self.launch_error = None;
+                self.drive(Event::Scale { workers });
+                if let Some(reason) = self.launch_error.take() {
+                    return Err(ApiError::Internal { reason });
+                }
+                // Drain the newest surplus members.
+                let members = self.control.members().count();
+                if workers < members {
+                    let mut ids: Vec<(u64, WorkerId)> = self.control.members().map(|m| (m.joined_ms, m.id)).collect();
+                    ids.sort();
+                    for (_, id) in ids.into_iter().skip(workers) {
+                        self.removal.insert(id, Removal { reason: format!("drained: scaled to {workers} workers"), lost: false });
+                        self.control.drain(id);
+                    }
+                    self.drive(Event::Tick);
+                }
+                to_reply(&ScaleAck { target_workers: workers })
+            }
+            Request::Checkpoint => {
+                if self.control.running().is_none() {
+                    return Err(ApiError::Conflict { reason: "no generation is running; nothing to checkpoint".into() });
+                }
+                if self.control.is_stopping() {
+                    return Err(ApiError::Conflict { reason: "the running generation is stopping (it checkpoints if it can)".into() });
+                }
+                self.drive(Event::RequestCheckpoint);
+                // The boundary is where the ranks agree to stop, at or after the next step.
+                to_reply(&CheckpointAck { step: Some(self.control.next_step()) })
+            }
+            Request::Mixture { weights, at_step } => {
+                if self.outcome.is_some() || self.control.is_shutting_down() {
+                    return Err(ApiError::Conflict { reason: "the job is ending; the mixture can no longer change".into() });
+                }
+                let change = self.mixtures.request(&weights, at_step, self.control.next_step(), self.args.stop_at)?;
+                self.log(&format!(
+                    "mixture version {} from step {}: {:?}",
+                    change.version,
+                    change.at_step,
+                    self.mixtures.named(&change.weights)
+                ));
+                self.record(JobEvent::MixtureChanged {
+                    version: u64::from(change.version),
+                    effective_step: change.at_step,
+                    weights: self.mixtures.named(&change.weights),
+                });
+                // The ranks get the new schedule with the next generation: end this one at a
+                // checkpointed boundary (a no-op when none runs or it is already stopping).
+                self.drive(Event::Reconfigure);
+                to_reply(&MixtureAck { version: u64::from(change.version), effective_step: change.at_step })
+            }
+            Request::Shutdown => {
+                self.drive(Event::Shutdown);
+                Ok(serde_json::json!({"shutting_down": true}))
+            }
+        }
+    }
+}
+
+/// A reply value as JSON (the API's types always serialise; a failure would be a bug).
+fn to_reply<T: serde::Serialize>(value: &T) -> Reply {
+    serde_json::to_value(value).map_err(|e| ApiError::Internal { reason: format!("encoding the reply: {e}") })
+}
