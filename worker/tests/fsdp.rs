@@ -69,12 +69,12 @@ fn job_with(dir: &Path, m: Mode) -> ResolvedJob {
 
 type Run = (Vec<f64>, Vec<(String, tch::Tensor)>);
 
-fn single(dir: &Path, mode: Mode) -> Run {
+fn single(dir: &Path, mode: Mode, steps: usize) -> Run {
     let job = job_with(dir, mode);
     let cfg = four_m_config(&job.model, &job.origin).unwrap();
     let source = source(&job, &cfg, mode);
     let mut t = Trainer::new(job, &cfg, source, vec![200]).unwrap();
-    let losses = (0..STEPS).map(|_| t.step().unwrap().loss).collect();
+    let losses = (0..steps).map(|_| t.step().unwrap().loss).collect();
     let vars = t.model().vs.variables();
     let mut params: Vec<(String, tch::Tensor)> =
         vars.into_iter().filter(|(_, v)| v.requires_grad()).map(|(n, v)| (n, v.detach().copy())).collect();
@@ -185,9 +185,9 @@ fn a_kept_model_restores_at_another_world_size() {
     }
 }
 
-fn sharded(dir: &Path, world: usize, mode: Mode) -> Vec<Run> {
-    on_world_with(dir, world, mode, |t| {
-        let losses: Vec<f64> = (0..STEPS).map(|_| t.step().unwrap().loss).collect();
+fn sharded(dir: &Path, world: usize, mode: Mode, steps: usize) -> Vec<Run> {
+    on_world_with(dir, world, mode, move |t| {
+        let losses: Vec<f64> = (0..steps).map(|_| t.step().unwrap().loss).collect();
         (losses, t.full_parameters().unwrap().into_iter().collect())
     })
 }
@@ -204,7 +204,7 @@ fn fsdp_over_2_and_3_ranks_equals_one_process() {
         (3, Mode { prefetch: true, keep: false, blank: &[], pieces: None, batch: None }),
         (3, Mode { prefetch: false, keep: true, blank: &[], pieces: Some(77_777), batch: None }),
     ];
-    assert_sharded_equal_single(d.path(), &modes);
+    assert_sharded_equal_single(d.path(), &modes, STEPS);
 }
 
 /// Micro-batches without a single target token train like one process: step 1's samples 8
@@ -221,7 +221,7 @@ fn micro_batches_without_targets_train_like_one_process() {
         (3, Mode { prefetch: true, keep: false, blank, pieces: Some(50_001), batch: None }),
         (3, Mode { prefetch: false, keep: true, blank, pieces: None, batch: None }),
     ];
-    assert_sharded_equal_single(d.path(), &modes);
+    assert_sharded_equal_single(d.path(), &modes, STEPS);
 }
 
 /// Global batches that do not split evenly over the ranks train like one process: with 5
@@ -239,16 +239,17 @@ fn uneven_micro_batches_over_the_ranks_train_like_one_process() {
             let turn = i + world;
             (world, Mode { prefetch: turn % 2 == 1, keep: turn % 4 >= 2, blank: &[], pieces: None, batch: Some(batch) })
         });
-        assert_sharded_equal_single(d.path(), &modes);
+        // Two steps: the second one's loss and the parameters after it show the first update.
+        assert_sharded_equal_single(d.path(), &modes, 2);
     }
 }
 
-/// Each `(world, mode)` run's per-step losses (1e-6) and final parameters (1e-5 relative L2)
+/// Each `(world, mode)` run's per-step losses over `steps` steps (1e-6) and final parameters (1e-5 relative L2)
 /// equal one process's on the same data (`mode.blank` and `mode.batch` of the first run).
-fn assert_sharded_equal_single(dir: &Path, modes: &[(usize, Mode)]) {
-    let (losses, params) = single(dir, modes[0].1);
+fn assert_sharded_equal_single(dir: &Path, modes: &[(usize, Mode)], steps: usize) {
+    let (losses, params) = single(dir, modes[0].1, steps);
     for &(world, mode) in modes {
-        let runs = sharded(dir, world, mode);
+        let runs = sharded(dir, world, mode, steps);
         for (rank, (l, p)) in runs.iter().enumerate() {
             for (s, (a, b)) in l.iter().zip(&losses).enumerate() {
                 assert!((a - b).abs() / b.abs() < 1e-6, "world {world} {mode:?} rank {rank} step {s}: loss {a} vs {b}");
