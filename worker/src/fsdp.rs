@@ -12,6 +12,8 @@
 //! - [`flat`]: how the flat vectors travel: through the host collective, or with NCCL on the
 //!   GPU (equal-row staging for NCCL's equal shards).
 //! - [`pieces`]: the `rest` unit's collectives in pieces, so no whole-unit host copy is made.
+//! - [`plan`]: a step's micro-batches on each rank, and the idle passes that keep the ranks'
+//!   collectives in step when the global batch does not split evenly over them.
 //! - [`snapshot`]: checkpoint shards copied to host memory and written off the training thread.
 //! - [`tensors`]: tch ⇄ flat `Vec` helpers for the host collective calls.
 //!
@@ -24,6 +26,7 @@ pub mod comm;
 pub mod flat;
 mod grads;
 pub mod pieces;
+pub mod plan;
 pub mod snapshot;
 pub mod tensors;
 pub mod trainer;

@@ -22,13 +22,15 @@ fn job(dir: &Path) -> ResolvedJob {
 /// How FSDP runs: `prefetch`, the collective on its own thread gathering one unit ahead;
 /// `keep`, blocks keep their graphs from the forward to the backward pass (no recomputation);
 /// `blank`, global samples whose targets are all masked out (see [`Blanked`]); `pieces`, the
-/// `rest` unit gathered and reduced in pieces of this many elements per rank.
+/// `rest` unit gathered and reduced in pieces of this many elements per rank; `batch`, the
+/// job's `(global, micro)` batch sizes instead of (6, 2).
 #[derive(Clone, Copy, Debug, Default)]
 struct Mode {
     prefetch: bool,
     keep: bool,
     blank: &'static [u64],
     pieces: Option<usize>,
+    batch: Option<(usize, usize)>,
 }
 
 /// The job's data with every target of some samples masked out: a micro-batch made only of
@@ -62,17 +64,17 @@ fn source(job: &ResolvedJob, cfg: &FourMConfig, mode: Mode) -> Blanked {
 
 fn job_with(dir: &Path, m: Mode) -> ResolvedJob {
     let extra = format!("threads = 1\nfsdp_prefetch = {}\nfsdp_recompute = {}", m.prefetch, !m.keep);
-    common::fsdp_job(dir, "fsdp-test", &extra)
+    common::fsdp_job_batched(dir, "fsdp-test", m.batch.unwrap_or((6, 2)), &extra)
 }
 
 type Run = (Vec<f64>, Vec<(String, tch::Tensor)>);
 
-fn single(dir: &Path, mode: Mode) -> Run {
-    let job = job(dir);
+fn single(dir: &Path, mode: Mode, steps: usize) -> Run {
+    let job = job_with(dir, mode);
     let cfg = four_m_config(&job.model, &job.origin).unwrap();
     let source = source(&job, &cfg, mode);
     let mut t = Trainer::new(job, &cfg, source, vec![200]).unwrap();
-    let losses = (0..STEPS).map(|_| t.step().unwrap().loss).collect();
+    let losses = (0..steps).map(|_| t.step().unwrap().loss).collect();
     let vars = t.model().vs.variables();
     let mut params: Vec<(String, tch::Tensor)> =
         vars.into_iter().filter(|(_, v)| v.requires_grad()).map(|(n, v)| (n, v.detach().copy())).collect();
@@ -183,9 +185,9 @@ fn a_kept_model_restores_at_another_world_size() {
     }
 }
 
-fn sharded(dir: &Path, world: usize, mode: Mode) -> Vec<Run> {
-    on_world_with(dir, world, mode, |t| {
-        let losses: Vec<f64> = (0..STEPS).map(|_| t.step().unwrap().loss).collect();
+fn sharded(dir: &Path, world: usize, mode: Mode, steps: usize) -> Vec<Run> {
+    on_world_with(dir, world, mode, move |t| {
+        let losses: Vec<f64> = (0..steps).map(|_| t.step().unwrap().loss).collect();
         (losses, t.full_parameters().unwrap().into_iter().collect())
     })
 }
@@ -197,12 +199,12 @@ fn fsdp_over_2_and_3_ranks_equals_one_process() {
     // The collective inline or on its own thread with prefetch; blocks recomputed or kept.
     // The `rest` unit whole, or in pieces (many, with an uneven last one).
     let modes = [
-        (2, Mode { prefetch: false, keep: false, blank: &[], pieces: None }),
-        (2, Mode { prefetch: true, keep: false, blank: &[], pieces: Some(100_003) }),
-        (3, Mode { prefetch: true, keep: false, blank: &[], pieces: None }),
-        (3, Mode { prefetch: false, keep: true, blank: &[], pieces: Some(77_777) }),
+        (2, Mode { prefetch: false, keep: false, blank: &[], pieces: None, batch: None }),
+        (2, Mode { prefetch: true, keep: false, blank: &[], pieces: Some(100_003), batch: None }),
+        (3, Mode { prefetch: true, keep: false, blank: &[], pieces: None, batch: None }),
+        (3, Mode { prefetch: false, keep: true, blank: &[], pieces: Some(77_777), batch: None }),
     ];
-    assert_sharded_equal_single(d.path(), &modes);
+    assert_sharded_equal_single(d.path(), &modes, STEPS);
 }
 
 /// Micro-batches without a single target token train like one process: step 1's samples 8
@@ -215,19 +217,39 @@ fn micro_batches_without_targets_train_like_one_process() {
     let d = tempfile::tempdir().unwrap();
     let blank: &[u64] = &[8, 9];
     let modes = [
-        (2, Mode { prefetch: false, keep: false, blank, pieces: None }),
-        (3, Mode { prefetch: true, keep: false, blank, pieces: Some(50_001) }),
-        (3, Mode { prefetch: false, keep: true, blank, pieces: None }),
+        (2, Mode { prefetch: false, keep: false, blank, pieces: None, batch: None }),
+        (3, Mode { prefetch: true, keep: false, blank, pieces: Some(50_001), batch: None }),
+        (3, Mode { prefetch: false, keep: true, blank, pieces: None, batch: None }),
     ];
-    assert_sharded_equal_single(d.path(), &modes);
+    assert_sharded_equal_single(d.path(), &modes, STEPS);
 }
 
-/// Each `(world, mode)` run's per-step losses (1e-6) and final parameters (1e-5 relative L2)
-/// equal one process's on the same data (`mode.blank` of the first run).
-fn assert_sharded_equal_single(dir: &Path, modes: &[(usize, Mode)]) {
-    let (losses, params) = single(dir, modes[0].1);
+/// Global batches that do not split evenly over the ranks train like one process: with 5
+/// samples on 2 ranks (3 and 2), 8 in micro-batches of 2 on 3 ranks (3, 3 and 2 samples: 2, 2
+/// and 1 micro-batches) or 6 on 4 ranks (2, 2, 1 and 1), ranks with fewer micro-batches still
+/// take part in every collective of the step. Every world from 2 to 4 on global batches 5, 6
+/// and 8 in micro-batches of 1 and 2 (5 has no micro-batches of 2), each world in turn with
+/// the collective inline or ahead on its thread, blocks recomputed or kept.
+#[test]
+fn uneven_micro_batches_over_the_ranks_train_like_one_process() {
+    tch::set_num_threads(1);
+    let d = tempfile::tempdir().unwrap();
+    for (i, batch) in [(5, 1), (6, 1), (6, 2), (8, 1), (8, 2)].into_iter().enumerate() {
+        let modes = [2, 3, 4].map(|world| {
+            let turn = i + world;
+            (world, Mode { prefetch: turn % 2 == 1, keep: turn % 4 >= 2, blank: &[], pieces: None, batch: Some(batch) })
+        });
+        // Two steps: the second one's loss and the parameters after it show the first update.
+        assert_sharded_equal_single(d.path(), &modes, 2);
+    }
+}
+
+/// Each `(world, mode)` run's per-step losses over `steps` steps (1e-6) and final parameters (1e-5 relative L2)
+/// equal one process's on the same data (`mode.blank` and `mode.batch` of the first run).
+fn assert_sharded_equal_single(dir: &Path, modes: &[(usize, Mode)], steps: usize) {
+    let (losses, params) = single(dir, modes[0].1, steps);
     for &(world, mode) in modes {
-        let runs = sharded(dir, world, mode);
+        let runs = sharded(dir, world, mode, steps);
         for (rank, (l, p)) in runs.iter().enumerate() {
             for (s, (a, b)) in l.iter().zip(&losses).enumerate() {
                 assert!((a - b).abs() / b.abs() < 1e-6, "world {world} {mode:?} rank {rank} step {s}: loss {a} vs {b}");

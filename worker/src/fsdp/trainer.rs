@@ -29,6 +29,7 @@ use crate::source::BatchSource;
 use crate::trainer::{StepReport, forward_options, job_device};
 
 mod eval;
+mod idle;
 
 /// One rank of an FSDP job.
 pub struct FsdpTrainer<C: Collective + 'static, S: BatchSource> {
@@ -529,7 +530,7 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
     /// just before it runs and freed after; the stacks run without autograd in the forward pass
     /// (keeping only block inputs) and each block is recomputed with autograd in the backward
     /// pass (all but the last decoder block, whose graph is kept), whose gradients are
-    /// reduce-scattered and freed at once. Returns the loss output.
+    /// reduce-scattered and freed at once. Returns the loss output. `idle` repeats its collectives.
     fn micro_step(
         &mut self,
         batch: &tessera_model::MaskedBatch,
@@ -684,9 +685,8 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
         self.comm_s = 0.0;
         self.forward_s = 0.0;
         let step = self.state.step;
-        let (world, rank) = (self.coll.world(), self.coll.rank().0 as usize);
         let global = self.job.train.global_batch_size;
-        let micro = self.job.train.micro_batch_size;
+        let plan = self.step_plan();
         let lr = self.job.train.lr.at(step);
 
         let rest = self.units.iter().position(|u| u.name == "rest");
@@ -694,13 +694,12 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
             self.gather_rest(r)?;
             self.free_grads(r)?;
         }
-        // This rank's contiguous slice of the step's samples, in micro-batches.
+        // This rank's contiguous slice of the step's samples in micro-batches (and idle passes).
         let refs: Vec<SampleRef> = self.ledger.locate_range(self.state.next_sample_index, global as u64);
-        let mine = &refs[shard_range(global, world, rank)];
         let td = Instant::now();
         let mut batches = Vec::new();
         let mut local_counts: BTreeMap<Modality, i64> = BTreeMap::new();
-        for chunk in mine.chunks(micro) {
+        for chunk in plan.micro_batches.iter().map(|r| &refs[r.clone()]) {
             let batch = self.source.batch(chunk)?.to_device(self.device);
             // Seeded by the chunk's first global index, as the single-process trainer does.
             let opts = ForwardOptions { decoder_order_seed: Some(mix(&[self.job.seed, step, chunk[0].index])), ..self.fwd.clone() };
@@ -732,6 +731,7 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
                 }
             }
         }
+        self.idle_passes(plan.idle_passes(), &mut acc, &mut used)?;
         if let Some(r) = rest {
             self.reduce_rest(r, &mut acc, &mut used)?;
         }
@@ -1034,12 +1034,12 @@ enum Gather {
     Later,
 }
 
-/// Runs `f` under bf16 autocast when `on` (CUDA; the job refuses bf16 elsewhere).
 /// The error of collective `op` on unit `unit` failing at `step`.
 fn unit_failed(step: u64, op: &str, unit: &str, e: tessera_ops::OpsError) -> WorkerError {
     WorkerError::Training { step, reason: format!("{op} of {unit}: {e}") }
 }
 
+/// Runs `f` under bf16 autocast when `on` (CUDA; the job refuses bf16 elsewhere).
 fn amp<T>(on: bool, f: impl FnOnce() -> T) -> T {
     if on { tch::autocast(true, f) } else { f() }
 }

@@ -18,6 +18,11 @@ pub fn shared_dir() -> PathBuf {
 /// The FSDP tests' job `name` (a 2+2-block 4M over four modalities, synthetic data, global
 /// batch 6 in micro-batches of 2), with `extra_train` appended to its `[train]` table.
 pub fn fsdp_job(dir: &Path, name: &str, extra_train: &str) -> ResolvedJob {
+    fsdp_job_batched(dir, name, (6, 2), extra_train)
+}
+
+/// [`fsdp_job`] with `(global, micro)` batch sizes.
+pub fn fsdp_job_batched(dir: &Path, name: &str, (global, micro): (usize, usize), extra_train: &str) -> ResolvedJob {
     let tok = shared_dir().join("data/ml-4m/text_tokenizer_4m_wordpiece_30k.json");
     let text = format!(
         r#"
@@ -44,8 +49,8 @@ kind = "synthetic"
 records = 200
 
 [train]
-global_batch_size = 6
-micro_batch_size = 2
+global_batch_size = {global}
+micro_batch_size = {micro}
 blr = 0.1
 total_steps = 10
 warmup_steps = 1
