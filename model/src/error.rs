@@ -69,6 +69,17 @@ pub enum ModelError {
     /// An error reported by libtorch.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+    /// Two tensors an in-place operation writes through share memory, so the update would read
+    /// what it has just written (and, on the fused CPU path, alias mutable slices).
+    #[error("{op}: '{first}' and '{second}' overlap in memory")]
+    Overlap {
+        /// The operation (e.g. `adamw_update`).
+        op: &'static str,
+        /// One of the overlapping arguments.
+        first: &'static str,
+        /// The other.
+        second: &'static str,
+    },
 }
 
 fn describe_mismatch(missing: &[String], unexpected: &[String], mismatched: &[String]) -> String {

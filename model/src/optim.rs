@@ -128,7 +128,7 @@ impl AdamW {
                 let fusable = p.param.device() == Device::Cpu
                     && [&p.param, &grad, &p.exp_avg, &p.exp_avg_sq].iter().all(|t| t.kind() == Kind::Float && t.is_contiguous());
                 if fusable {
-                    fused::adamw_f32(&p.param, &grad, &p.exp_avg, &p.exp_avg_sq, &h, threads);
+                    fused::adamw_f32(&p.param, &grad, &p.exp_avg, &p.exp_avg_sq, &h, threads)?;
                 } else {
                     tensor_ops_step(&p.param, &grad, &p.exp_avg, &p.exp_avg_sq, &h);
                 }
@@ -211,18 +211,31 @@ impl AdamW {
 
 /// One AdamW update of `param` (any 1-D or contiguous slice of parameters) with its state,
 /// `step` being this update's 1-based count: the fused CPU kernel for contiguous f32 CPU
-/// tensors, tensor ops otherwise. For callers that keep their own (e.g. sharded) state.
-pub fn adamw_update(param: &Tensor, grad: &Tensor, exp_avg: &Tensor, exp_avg_sq: &Tensor, cfg: &AdamWConfig, weight_decay: f64, step: i64) {
+/// tensors, tensor ops otherwise. For callers that keep their own (e.g. sharded) state, whose
+/// four tensors may be views: any two that share memory are refused ([`ModelError::Overlap`]),
+/// on either path, before anything is written.
+pub fn adamw_update(
+    param: &Tensor,
+    grad: &Tensor,
+    exp_avg: &Tensor,
+    exp_avg_sq: &Tensor,
+    cfg: &AdamWConfig,
+    weight_decay: f64,
+    step: i64,
+) -> Result<()> {
     let h = fused::Hyper::new(cfg, weight_decay, step);
     tch::no_grad(|| {
         let fusable = param.device() == Device::Cpu
             && [param, grad, exp_avg, exp_avg_sq].iter().all(|t| t.kind() == Kind::Float && t.is_contiguous());
         if fusable {
-            fused::adamw_f32(param, grad, exp_avg, exp_avg_sq, &h, tch::get_num_threads().max(1) as usize);
+            fused::adamw_f32(param, grad, exp_avg, exp_avg_sq, &h, tch::get_num_threads().max(1) as usize)
         } else {
+            let named = [("param", param), ("grad", grad), ("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)];
+            fused::check_disjoint("adamw_update", &named)?;
             tensor_ops_step(param, grad, exp_avg, exp_avg_sq, &h);
+            Ok(())
         }
-    });
+    })
 }
 
 /// The same update as tensor ops (PyTorch's `_single_tensor_adamw`), for CUDA and other kinds.
@@ -282,7 +295,7 @@ mod tests {
         for step in 1..=3 {
             let g = Tensor::randn([n], (Kind::Float, Device::Cpu));
             let h = fused::Hyper::new(&cfg, 0.05, step);
-            fused::adamw_f32(&pa, &g, &ma, &va, &h, 2);
+            fused::adamw_f32(&pa, &g, &ma, &va, &h, 2).unwrap();
             tensor_ops_step(&pb, &g, &mb, &vb, &h);
             grads.push(g);
         }
@@ -300,5 +313,27 @@ mod tests {
             p -= cfg.lr / (1.0 - 0.9f64.powf(t)) * m / denom;
         }
         assert!((pa.double_value(&[7]) - p).abs() < 1e-6, "{} vs {p}", pa.double_value(&[7]));
+    }
+
+    /// Views of one storage handed to `adamw_update` as different arguments are refused on the
+    /// fused and the tensor-op path, and nothing is written; adjacent views that do not share a
+    /// byte are accepted.
+    #[test]
+    fn overlapping_arguments_are_refused() {
+        let opts = (Kind::Float, Device::Cpu);
+        let cfg = AdamWConfig { lr: 1e-2, ..AdamWConfig::default() };
+        let buf = Tensor::arange(12, opts);
+        let before = buf.copy();
+        let (m, v) = (Tensor::zeros([4], opts), Tensor::zeros([4], opts));
+        // param = buf[0..4], grad = buf[2..6]: contiguous f32, so the fused path would run.
+        let err = adamw_update(&buf.narrow(0, 0, 4), &buf.narrow(0, 2, 4), &m, &v, &cfg, 0.05, 1).unwrap_err();
+        assert!(matches!(err, ModelError::Overlap { op: "adamw_update", first: "param", second: "grad" }), "{err}");
+        // exp_avg_sq strided over param's storage: the tensor-op path.
+        let strided = buf.as_strided([4], [2], Some(1));
+        let err = adamw_update(&buf.narrow(0, 4, 4), &Tensor::ones([4], opts), &m, &strided, &cfg, 0.05, 1).unwrap_err();
+        assert!(matches!(err, ModelError::Overlap { first: "param", second: "exp_avg_sq", .. }), "{err}");
+        assert!(buf.equal(&before) && m.equal(&Tensor::zeros([4], opts)), "a refused update wrote");
+        // Back to back in one buffer, sharing no byte: a valid call.
+        adamw_update(&buf.narrow(0, 0, 4), &buf.narrow(0, 4, 4), &m, &v, &cfg, 0.05, 1).unwrap();
     }
 }

@@ -3,9 +3,10 @@
 //!
 //! This is the crate's only `unsafe`: it views the four tensors' f32 storage as slices.
 
-use tch::Tensor;
+use tch::{Device, Tensor};
 
 use super::AdamWConfig;
+use crate::error::{ModelError, Result};
 
 /// Per-parameter scalars of one AdamW step (PyTorch `_single_tensor_adamw` notation).
 #[derive(Debug, Clone, Copy)]
@@ -48,17 +49,18 @@ const MIN_PER_THREAD: usize = 1 << 16;
 /// Applies one AdamW update in place. All four tensors must be contiguous f32 CPU tensors of
 /// the same size (the caller checks), and `param`, `exp_avg`, `exp_avg_sq` must not be touched
 /// by anyone else during the call (the optimizer owns the step; the model is not running).
-pub fn adamw_f32(param: &Tensor, grad: &Tensor, exp_avg: &Tensor, exp_avg_sq: &Tensor, h: &Hyper, threads: usize) {
+/// Tensors that share memory are refused with [`ModelError::Overlap`] before any slice exists.
+pub fn adamw_f32(param: &Tensor, grad: &Tensor, exp_avg: &Tensor, exp_avg_sq: &Tensor, h: &Hyper, threads: usize) -> Result<()> {
     let n = param.numel();
     assert!(grad.numel() == n && exp_avg.numel() == n && exp_avg_sq.numel() == n, "AdamW state sizes differ");
+    check_disjoint("adamw_update", &[("param", param), ("grad", grad), ("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)])?;
     if n == 0 {
-        return;
+        return Ok(());
     }
     // SAFETY: each tensor is a contiguous f32 CPU tensor with `n` elements (checked by the
-    // caller and above), so its data pointer is valid for `n` f32 reads and writes. The four
-    // tensors are distinct storages (parameter, its gradient, and two state tensors created by
-    // the optimizer), so the mutable slices do not alias; `grad` is only read. No other thread
-    // uses them while the optimizer step runs.
+    // caller and above), so its data pointer is valid for `n` f32 reads and writes. No two of
+    // the four share a byte (`check_disjoint` above), so the mutable slices do not alias each
+    // other or `grad`, which is only read. No other thread uses them while the step runs.
     #[allow(unsafe_code)]
     let (p, g, m, v) = unsafe {
         (
@@ -71,7 +73,7 @@ pub fn adamw_f32(param: &Tensor, grad: &Tensor, exp_avg: &Tensor, exp_avg_sq: &T
     let threads = threads.clamp(1, n.div_ceil(MIN_PER_THREAD));
     if threads == 1 {
         kernel(p, g, m, v, h);
-        return;
+        return Ok(());
     }
     let chunk = n.div_ceil(threads);
     std::thread::scope(|s| {
@@ -80,6 +82,38 @@ pub fn adamw_f32(param: &Tensor, grad: &Tensor, exp_avg: &Tensor, exp_avg_sq: &T
             s.spawn(move || kernel(p, g, m, v, h));
         }
     });
+    Ok(())
+}
+
+/// Refuses `tensors` (named for the error) if any two of them share memory: an in-place update
+/// through one would change what it reads through the other, and slices built over them would
+/// alias. Conservative: each tensor counts as the whole byte range from its first to its last
+/// element, so interleaved strided views of one storage are refused too.
+pub fn check_disjoint(op: &'static str, tensors: &[(&'static str, &Tensor)]) -> Result<()> {
+    let extents: Vec<_> = tensors.iter().map(|(name, t)| (*name, extent(t))).collect();
+    for (i, (first, a)) in extents.iter().enumerate() {
+        for (second, b) in &extents[i + 1..] {
+            if let (Some((da, a0, a1)), Some((db, b0, b1))) = (a, b)
+                && da == db
+                && a0 < b1
+                && b0 < a1
+            {
+                return Err(ModelError::Overlap { op, first, second });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The device and the byte range `[start, end)` that `t`'s elements span (`None` when empty).
+fn extent(t: &Tensor) -> Option<(Device, usize, usize)> {
+    if t.numel() == 0 {
+        return None;
+    }
+    // libtorch strides are non-negative: the last element is at the sum of (size - 1) * stride.
+    let last: i64 = t.size().iter().zip(t.stride()).map(|(&n, s)| (n - 1) * s).sum();
+    let start = t.data_ptr() as usize;
+    Some((t.device(), start, start + (last as usize + 1) * t.kind().elt_size_in_bytes()))
 }
 
 /// The per-element update, in f32 like PyTorch's kernels.

@@ -797,7 +797,7 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
                         &cfg,
                         wd,
                         self.steps[ui][pi],
-                    );
+                    )?;
                 }
             }
         } else {
