@@ -2,7 +2,7 @@
 //! orchestrator (issue 21), end to end with real processes and files: two runs of one job, the
 //! modes of the secrets, a torn `train_log.jsonl` record, the first generation's rendezvous with
 //! `--max-workers`, SIGTERM before the workers joined, a full disk (a real tmpfs) at the final
-//! checkpoint, and two workers killed at once.
+//! checkpoint, two workers killed at once, and a global batch that does not split evenly.
 
 mod common;
 
@@ -233,4 +233,25 @@ fn two_workers_killed_at_once_are_both_replaced() {
     assert_eq!(generation_worlds(d.path()).last(), Some(&3), "{stderr}");
     assert_matches(&final_losses(d.path()), &reference);
     assert_gone(&pids);
+}
+
+/// Defect 1: a global batch that does not split evenly over the ranks (5 samples on 2 ranks)
+/// made the ranks call different collectives and every generation failed at its first step.
+/// The ranks with fewer micro-batches now make idle passes; the losses equal one process's.
+#[test]
+fn a_global_batch_that_does_not_split_evenly_trains_like_one_process() {
+    let one = tempfile::tempdir().unwrap();
+    let job = write_job(one.path(), 6, "micro_batch_size = 1");
+    let text = std::fs::read_to_string(&job).unwrap().replace("global_batch_size = 2", "global_batch_size = 5");
+    std::fs::write(&job, &text).unwrap();
+    let out = tessera(&["train", &job]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let reference = losses_of(one.path());
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("job.toml"), &text).unwrap();
+    let job = d.path().join("job.toml").display().to_string();
+    let (status, stderr, _) = Running::start(&["train", &job, "--workers", "2"]).wait_exit(Duration::from_secs(180));
+    assert!(status.success(), "{stderr}");
+    assert_eq!(generation_worlds(d.path()), vec![2], "{stderr}");
+    assert_matches(&final_losses(d.path()), &reference);
 }
