@@ -171,7 +171,7 @@ status=0
 wait "$TRAIN" || status=$?
 TRAIN=""
 [ "$status" = 0 ] || { tail -n 40 "$WORK/elastic.log" >&2; fail "elastic: the job failed ($status)"; }
-grep -q "replacing a lost worker: started process" "$WORK/elastic.log" || fail "elastic: the killed worker was not replaced"
+grep -q "replacing lost worker#[0-9]*: started process" "$WORK/elastic.log" || fail "elastic: the killed worker was not replaced"
 export_params elastic 14
 
 # (d) The demo, shortened: every stage runs (world, text tokenizer, one VQ tokenizer,

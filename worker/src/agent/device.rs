@@ -272,7 +272,10 @@ fn run_generation(
             let r = t.step()?;
             ctx.send(WorkerEvent::Step { worker: ctx.worker, report: report(generation, g.rank, world, &r, tokens_per_sample) });
             step = t.state().step;
-            loop {
+            // At the last step the commands wait for `final_boundary`, which serves each one
+            // once: taken here by one rank and agreed, a request still queued for the others
+            // would make them write the same step twice (into the same temp files).
+            while step < stop_at {
                 match rx.try_recv() {
                     Ok(DeviceCmd::Checkpoint { generation: x }) if x == generation => want_ckpt = true,
                     Ok(DeviceCmd::Stop { generation: x, checkpoint }) if x == generation => {
