@@ -2,7 +2,8 @@
 //! orchestrator (issue 21), end to end with real processes and files: two runs of one job, the
 //! modes of the secrets, a torn `train_log.jsonl` record, the first generation's rendezvous with
 //! `--max-workers`, SIGTERM before the workers joined, a full disk (a real tmpfs) at the final
-//! checkpoint, two workers killed at once, and a global batch that does not split evenly.
+//! checkpoint, two workers killed at once, a global batch that does not split evenly, and a
+//! corrupt newest checkpoint found during a run.
 
 mod common;
 
@@ -253,5 +254,46 @@ fn a_global_batch_that_does_not_split_evenly_trains_like_one_process() {
     let (status, stderr, _) = Running::start(&["train", &job, "--workers", "2"]).wait_exit(Duration::from_secs(180));
     assert!(status.success(), "{stderr}");
     assert_eq!(generation_worlds(d.path()), vec![2], "{stderr}");
+    assert_matches(&final_losses(d.path()), &reference);
+}
+
+/// Defect 5: a committed checkpoint found corrupt during a run (a truncated shard of the newest
+/// one, then a worker lost) was retried by every new generation until the job failed, although
+/// the one before verifies. The coordinator now verifies it when a generation cannot restore
+/// it, forgets it and restores the one before; every step's loss equals one process's.
+#[test]
+fn a_corrupt_newest_checkpoint_falls_back_to_the_one_before_in_run() {
+    let (d, job, reference) = job_and_reference(16);
+    let text = std::fs::read_to_string(&job).unwrap().replace("every_steps = 2", "every_steps = 3");
+    std::fs::write(&job, text).unwrap();
+    let mut run = Running::start(&["train", &job, "--workers", "2"]);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !events(d.path()).iter().any(|e| e["type"] == "checkpoint_committed" && e["step"] == 6) {
+        assert!(Instant::now() < deadline, "no checkpoint of step 6");
+        assert!(run.child.try_wait().unwrap().is_none(), "the job ended early: {}", run.stderr());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Freeze the ranks (no further checkpoint), damage the newest one, lose a rank.
+    let pids = run.rank_pids();
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    for p in &pids {
+        signal("-STOP", p);
+    }
+    let ckpt = d.path().join("out/checkpoints/step-00000006");
+    let shard =
+        std::fs::read_dir(&ckpt).unwrap().map(|e| e.unwrap().path()).find(|p| p.extension().is_some_and(|x| x == "safetensors")).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&shard).unwrap();
+    f.set_len(f.metadata().unwrap().len() / 2).unwrap();
+    drop(f);
+    signal("-KILL", &pids[1]);
+    signal("-CONT", &pids[0]);
+    let (status, stderr, _) = run.wait_exit(Duration::from_secs(240));
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("step-00000006 is bad") && stderr.contains("falling back to the one before"), "{stderr}");
+    let restores: Vec<serde_json::Value> =
+        events(d.path()).iter().filter(|e| e["type"] == "generation_started").map(|e| e["restore"].clone()).collect();
+    let bad = restores.iter().position(|r| r == 6).expect("a generation tried step 6");
+    assert_eq!(restores[bad + 1], 3, "the next one restores step 3: {restores:?}");
+    assert_eq!(restores.iter().filter(|r| **r == 6).count(), 1, "step 6 is tried once: {restores:?}");
     assert_matches(&final_losses(d.path()), &reference);
 }

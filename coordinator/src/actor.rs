@@ -147,6 +147,8 @@ pub struct CoordinatorState {
     ready: BTreeMap<(u64, u64), PendingCheckpoint>,
     /// Why the last `Launch` failed (a scale request answers with it).
     launch_error: Option<String>,
+    /// The (generation, restored step) whose checkpoint was last verified after a failure.
+    verified_restore: Option<(u64, u64)>,
     generation_started: Option<Instant>,
     ticker: Option<tokio::task::JoinHandle<()>>,
     outcome: Option<JobOutcome>,
@@ -546,6 +548,7 @@ impl CoordinatorState {
                 if let Some(e) = &error {
                     self.log(&format!("{worker} left generation {generation} at step {step}: {e}"));
                     self.last_rank_error = Some(format!("{worker}: {e}"));
+                    self.check_restored_checkpoint();
                     self.drive(Event::GenerationFailed { generation, id: worker });
                 }
                 self.book.ended.insert(worker);
@@ -563,6 +566,26 @@ impl CoordinatorState {
                 self.log(&format!("{worker} is leaving: {reason}"));
                 self.leave(worker, Removal { reason: format!("left: {reason}"), lost: false });
             }
+        }
+    }
+
+    /// A generation that fails before its first step may have failed to restore its
+    /// checkpoint: verify it (sizes and SHA-256 of every shard); one that fails verification is
+    /// reported bad, so the next generation restores the one before (rule 7), in-run as a
+    /// restart would. Verified only then: a failure after a trained step is not the restore's.
+    fn check_restored_checkpoint(&mut self) {
+        let Some(plan) = self.control.running() else { return };
+        let Some(step) = plan.restore.filter(|_| self.control.next_step() == plan.start_step) else { return };
+        if self.verified_restore == Some((plan.generation, step)) {
+            return;
+        }
+        self.verified_restore = Some((plan.generation, step));
+        let dir = self.args.checkpoint_dir.join(catalog::dir_name(step));
+        if let Err(e) = catalog::verify(&dir) {
+            let reason = format!("restoring it failed and it does not verify: {e}");
+            self.log(&format!("checkpoint {} is bad ({reason}); falling back to the one before", dir.display()));
+            self.record(JobEvent::CheckpointFailed { step, reason: reason.clone() });
+            self.drive(Event::CheckpointBad { step, reason });
         }
     }
 
@@ -677,6 +700,7 @@ impl Actor for Coordinator {
             replacement_pids: std::collections::BTreeSet::new(),
             ready: BTreeMap::new(),
             launch_error: None,
+            verified_restore: None,
             generation_started: None,
             ticker: Some(ticker),
             outcome: None,

@@ -260,3 +260,25 @@ fn a_stranded_job_fails_with_how_many_workers_are_left() {
     let end = local.handle(6, Event::Processes { live: 1 });
     assert_eq!(fail_reason(&end).as_deref(), Some("1 workers left, the job needs at least 2"), "{end:?}");
 }
+
+/// Defect 5 of issue 21 (rule 7): a committed checkpoint that turns out bad when a generation
+/// restores it was retried until the job failed, although the one before verifies. Reported
+/// bad, it is forgotten and the next generation restores the one before.
+#[test]
+fn a_bad_checkpoint_is_forgotten_and_the_one_before_restored() {
+    let mut c = Control::new(Policy { max_workers: 2, checkpoint_every: 3, total_steps: 20, ..POLICY });
+    join(&mut c, 0, 1);
+    join(&mut c, 0, 2);
+    let mut now = 0;
+    train(&mut c, &mut now, 7, |_| true);
+    assert_eq!(c.last_committed(), Some(6));
+    c.handle(now, Event::Lost { id: w(2) });
+    let plan = started(&c.handle(now, Event::GenerationStopped { generation: 0 })).expect("the survivor goes on");
+    assert_eq!(plan.restore, Some(6));
+    // It cannot restore step 6 (a truncated shard): the coordinator verifies it and reports it.
+    c.handle(now, Event::CheckpointBad { step: 6, reason: "rank-00000-of-00002.safetensors: size 10 != 1000".into() });
+    c.handle(now, Event::GenerationFailed { generation: plan.generation, id: w(1) });
+    let next = started(&c.handle(now, Event::GenerationStopped { generation: plan.generation })).expect("retried at once");
+    assert_eq!(next, GenerationPlan { generation: 2, ranks: vec![w(1)], start_step: 3, restore: Some(3) });
+    assert_eq!(c.last_committed(), Some(3));
+}

@@ -21,7 +21,10 @@
 //!    trained a step (it would crash-loop);
 //! 6. (see `local`) with no generation running and fewer members than `min_workers`, the job
 //!    fails when nobody can come: fewer local processes alive than `min_workers` (embedded),
-//!    or, with workers joined by hand, once a generation was lost.
+//!    or, with workers joined by hand, once a generation was lost;
+//! 7. a committed checkpoint found bad (a generation could not restore it and it fails
+//!    verification) is forgotten: the next generation restores the newest good one before it,
+//!    as a restarted job would, instead of retrying the bad one until the job fails.
 
 use serde::{Deserialize, Serialize};
 
@@ -236,6 +239,13 @@ impl Control {
                 }
                 self.checkpoint_in_flight = None;
                 self.final_failures = 0;
+            }
+            Event::CheckpointBad { step, .. } => {
+                // Rule 7: the previous good one is restored next; that is a new attempt, not
+                // a repeat of the failures that restoring the bad one caused.
+                self.committed.retain(|&s| s != step);
+                self.failed_starts = 0;
+                self.failed_at = None;
             }
             Event::CheckpointReady { generation, step } => {
                 // Rule 4: only the newest generation, and only if it was not aborted.

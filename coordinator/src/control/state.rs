@@ -142,6 +142,14 @@ pub enum Event {
         /// The step count it holds.
         step: u64,
     },
+    /// A committed checkpoint turned out bad (it failed verification when a generation could
+    /// not restore it): it is never restored again (rule 7).
+    CheckpointBad {
+        /// The step it holds.
+        step: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A checkpoint attempt failed (it is not committed and never used).
     CheckpointFailed {
         /// The step it was for.
