@@ -275,22 +275,24 @@ fn run_generation(
             // At the last step the commands wait for `final_boundary`, which serves each one
             // once: taken here by one rank and agreed, a request still queued for the others
             // would make them write the same step twice (into the same temp files).
-            while step < stop_at {
-                match rx.try_recv() {
-                    Ok(DeviceCmd::Checkpoint { generation: x }) if x == generation => want_ckpt = true,
-                    Ok(DeviceCmd::Stop { generation: x, checkpoint }) if x == generation => {
-                        want_stop = true;
-                        want_ckpt |= checkpoint;
+            if step < stop_at {
+                loop {
+                    match rx.try_recv() {
+                        Ok(DeviceCmd::Checkpoint { generation: x }) if x == generation => want_ckpt = true,
+                        Ok(DeviceCmd::Stop { generation: x, checkpoint }) if x == generation => {
+                            want_stop = true;
+                            want_ckpt |= checkpoint;
+                        }
+                        // A closed channel stays closed: without the break this loop would spin
+                        // forever once the agent is gone (a coordinator lost to SIGKILL).
+                        Ok(DeviceCmd::Exit) | Err(TryRecvError::Disconnected) => {
+                            exit = true;
+                            want_stop = true;
+                            break;
+                        }
+                        Ok(_) => {}
+                        Err(TryRecvError::Empty) => break,
                     }
-                    // A closed channel stays closed: without the break this loop would spin
-                    // forever once the agent is gone (a coordinator lost to SIGKILL).
-                    Ok(DeviceCmd::Exit) | Err(TryRecvError::Disconnected) => {
-                        exit = true;
-                        want_stop = true;
-                        break;
-                    }
-                    Ok(_) => {}
-                    Err(TryRecvError::Empty) => break,
                 }
             }
             let mut flags = [i64::from(want_stop), i64::from(want_ckpt)];
