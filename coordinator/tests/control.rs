@@ -1,6 +1,10 @@
 //! The coordinator's decisions, driven event by event with an explicit clock.
 
-use tessera_coordinator::control::{Action, Control, Event, GenerationPlan, Policy, StopReason, WorkerId};
+mod common;
+
+use tessera_coordinator::control::{Action, Control, Event, GenerationPlan, Policy, StopReason};
+
+use common::{join, started, w};
 
 const POLICY: Policy = Policy {
     min_workers: 2,
@@ -12,21 +16,6 @@ const POLICY: Policy = Policy {
     initial_workers: 0,
     launches: false,
 };
-
-fn w(i: u64) -> WorkerId {
-    WorkerId(i)
-}
-
-fn join(c: &mut Control, now: u64, id: u64) -> Vec<Action> {
-    c.handle(now, Event::Join { id: w(id), addr: format!("127.0.0.1:{}", 9000 + id), replacement: false })
-}
-
-fn started(actions: &[Action]) -> Option<GenerationPlan> {
-    actions.iter().find_map(|a| match a {
-        Action::Start(p) => Some(p.clone()),
-        _ => None,
-    })
-}
 
 /// Runs `steps` steps of the running generation, heartbeating every member, and commits the
 /// checkpoints the coordinator asks for.

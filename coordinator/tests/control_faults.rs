@@ -1,8 +1,13 @@
-//! The coordinator's decisions under faults (rules 2 to 6 of `control`): a final checkpoint that
+//! The coordinator's decisions under faults (rules 2 to 7 of `control`): a final checkpoint that
 //! keeps failing, a shutdown at the end of the job, the first generation's rendezvous, lost
-//! workers and their replacements, commits of aborted generations, and stranded jobs.
+//! workers and their replacements, commits of aborted generations, stranded jobs, and a bad
+//! checkpoint found when a generation restores it.
+
+mod common;
 
 use tessera_coordinator::control::{Action, Control, Event, GenerationPlan, NoReplacement, Policy, StopReason, WorkerId};
+
+use common::{join, started, w};
 
 const POLICY: Policy = Policy {
     min_workers: 1,
@@ -17,23 +22,8 @@ const POLICY: Policy = Policy {
 
 const ENOSPC: &str = "worker#0: writing shard 0: No space left on device (os error 28)";
 
-fn w(i: u64) -> WorkerId {
-    WorkerId(i)
-}
-
-fn join(c: &mut Control, now: u64, id: u64) -> Vec<Action> {
-    c.handle(now, Event::Join { id: w(id), addr: format!("127.0.0.1:{}", 9000 + id), replacement: false })
-}
-
 fn join_replacement(c: &mut Control, now: u64, id: u64) -> Vec<Action> {
     c.handle(now, Event::Join { id: w(id), addr: format!("127.0.0.1:{}", 9000 + id), replacement: true })
-}
-
-fn started(actions: &[Action]) -> Option<GenerationPlan> {
-    actions.iter().find_map(|a| match a {
-        Action::Start(p) => Some(p.clone()),
-        _ => None,
-    })
 }
 
 fn fail_reason(actions: &[Action]) -> Option<String> {
