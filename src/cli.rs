@@ -92,8 +92,40 @@ pub fn run() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tessera_coordinator::say!("error: {e:#}");
+            tessera_coordinator::say!("error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The error and its causes on one line, each cause once: the crates' errors end their own
+/// message with their cause (`{path}: {source}`), which `{:#}` would print a second time
+/// ("…: Is a directory (os error 21): Is a directory (os error 21)").
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !out.ends_with(&cause) {
+            out.push_str(": ");
+            out.push_str(&cause);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_chain;
+
+    #[test]
+    fn each_cause_is_printed_once() {
+        let io = std::io::Error::from_raw_os_error(21);
+        let typed = tessera_coordinator::CoordinatorError::Io { path: "out/train_log.jsonl".into(), source: io };
+        let e = anyhow::Error::new(typed).context("opening the job's logs");
+        assert_eq!(error_chain(&e), "opening the job's logs: out/train_log.jsonl: Is a directory (os error 21)");
+        assert_eq!(format!("{e:#}").matches("Is a directory").count(), 2, "what `{{:#}}` prints");
+        // A cause the message does not already end with is kept.
+        let e = anyhow::anyhow!("refused").context("submitting");
+        assert_eq!(error_chain(&e), "submitting: refused");
     }
 }

@@ -297,3 +297,55 @@ fn a_corrupt_newest_checkpoint_falls_back_to_the_one_before_in_run() {
     assert_eq!(restores.iter().filter(|r| **r == 6).count(), 1, "step 6 is tried once: {restores:?}");
     assert_matches(&final_losses(d.path()), &reference);
 }
+
+/// Also from issue 21: a coordinator that crashed leaves `coordinator.json` behind, and job
+/// commands answered a bare "Connection refused"; they now say the job is not running.
+#[test]
+fn a_stale_coordinator_file_says_the_job_is_not_running() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out");
+    std::fs::create_dir_all(out.join(".tessera")).unwrap();
+    std::fs::write(out.join(".tessera/token"), "t0ken").unwrap();
+    // A pid that existed and is gone (reaped).
+    let mut gone = Command::new("true").spawn().unwrap();
+    let pid = gone.id();
+    gone.wait().unwrap();
+    let endpoint = serde_json::json!({"node": "127.0.0.1:9", "api": "127.0.0.1:9", "pid": pid, "secrets": out.join(".tessera")});
+    std::fs::write(out.join("coordinator.json"), endpoint.to_string()).unwrap();
+    let status = tessera(&["status", "--job-dir", &out.display().to_string()]);
+    let err = String::from_utf8_lossy(&status.stderr);
+    assert!(!status.status.success(), "{err}");
+    assert!(err.contains("is not running") && err.contains(&format!("pid {pid}")) && err.contains("stale"), "{err}");
+    assert!(!err.contains("Connection refused"), "{err}");
+}
+
+/// Also from issue 21: a worker removed for missing heartbeats (stopped, then continued) exited
+/// 0, so whatever supervised it saw a clean exit; it now fails, saying it was removed as lost.
+#[test]
+fn a_worker_removed_as_lost_exits_with_a_failure() {
+    let d = tempfile::tempdir().unwrap();
+    let job = write_job(d.path(), 100_000, "");
+    let mut run = Running::start(&["train", &job, "--workers", "1", "--fsdp", "--max-workers", "2", "--heartbeat-timeout-ms", "2000"]);
+    run.wait_for_log(d.path(), 1, Duration::from_secs(120));
+    let out_dir = d.path().join("out").display().to_string();
+    let mut joined = Running::start(&["worker", "--job-dir", &out_dir]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !log_lines(d.path()).iter().any(|l| l["world_size"] == 2) {
+        assert!(Instant::now() < deadline, "the joined worker never trained");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = joined.child.id().to_string();
+    signal("-STOP", &pid);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !events(d.path()).iter().any(|e| e["type"] == "worker_removed" && e["reason"].as_str().is_some_and(|r| r.contains("heartbeat"))) {
+        assert!(Instant::now() < deadline, "the stopped worker was not removed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    signal("-CONT", &pid);
+    let (status, stderr, _) = joined.wait_exit(Duration::from_secs(60));
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("removed from the job as lost"), "{stderr}");
+    signal("-TERM", &run.child.id().to_string());
+    let (status, stderr, _) = run.wait_exit(Duration::from_secs(60));
+    assert!(status.success(), "{stderr}");
+}

@@ -32,7 +32,8 @@ use crate::events::{EventLog, JobEvent};
 use crate::ledger::MixtureSchedule;
 use crate::metrics::JobMetrics;
 use crate::protocol::{
-    COORDINATOR_GROUP, Command, CoordinatorMsg, GenerationStart, JobSpec, WORKERS_GROUP, Wire, WorkerEvent, WorkerMsg, worker_group,
+    COORDINATOR_GROUP, Command, CoordinatorMsg, ExitReason, GenerationStart, JobSpec, WORKERS_GROUP, Wire, WorkerEvent, WorkerMsg,
+    worker_group,
 };
 use crate::report::StepReport;
 
@@ -251,7 +252,8 @@ impl CoordinatorState {
                 self.check_stopped();
             }
             Action::Remove { id } => {
-                self.send(id, Command::Exit { reason: "removed from the job".into() });
+                let lost = self.removal.get(&id).is_none_or(|r| r.lost);
+                self.send(id, Command::Exit { why: if lost { ExitReason::Lost } else { ExitReason::Released } });
                 if let Some(c) = self.workers.remove(&id) {
                     self.log(&format!("{id} (pid {}) removed", c.pid));
                     if let Some(l) = self.args.launcher.as_mut() {
@@ -298,7 +300,7 @@ impl CoordinatorState {
                     self.record(JobEvent::JobFinished { step });
                 }
                 for id in self.workers.keys().copied().collect::<Vec<_>>() {
-                    self.send(id, Command::Exit { reason: "the job is done".into() });
+                    self.send(id, Command::Exit { why: ExitReason::JobDone });
                 }
                 self.outcome = Some(outcome);
             }
@@ -310,7 +312,7 @@ impl CoordinatorState {
                 self.args.console.finish();
                 self.log(&format!("job failed: {reason}"));
                 for id in self.workers.keys().copied().collect::<Vec<_>>() {
-                    self.send(id, Command::Exit { reason: "the job failed".into() });
+                    self.send(id, Command::Exit { why: ExitReason::JobFailed });
                 }
                 self.outcome = Some(JobOutcome::Failed { reason });
             }
@@ -334,6 +336,9 @@ impl CoordinatorState {
         ));
         self.book = GenerationBook::new(plan.generation, plan.ranks.clone());
         self.ready.clear();
+        // A checkpoint asked for in an earlier generation is not this one's: its duration
+        // would count the whole rollback.
+        self.checkpoint_asked = None;
         self.generation_started = Some(Instant::now());
         self.ending = None;
         // Before any Start is sent: the metrics refuse reports of a generation not set here.
@@ -504,7 +509,7 @@ impl CoordinatorState {
                     // Removed while it could not hear (e.g. stopped): it must not train again.
                     if let Some(actor) = self.removed.remove(&worker) {
                         self.log(&format!("{worker} is not a member any more; telling it to exit"));
-                        let _ = actor.cast(WorkerMsg::Command(Wire::new(Command::Exit { reason: "removed from the job".into() })));
+                        let _ = actor.cast(WorkerMsg::Command(Wire::new(Command::Exit { why: ExitReason::Lost })));
                     }
                 }
             }

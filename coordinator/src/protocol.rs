@@ -216,8 +216,33 @@ pub enum Command {
     /// Exit the process.
     Exit {
         /// Why.
-        reason: String,
+        why: ExitReason,
     },
+}
+
+/// Why the coordinator tells a worker to exit; a worker declared lost exits with a failure
+/// status, so whatever supervises it (a shell, Slurm, Kubernetes) sees that it was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExitReason {
+    /// The job finished or stopped.
+    JobDone,
+    /// The job failed.
+    JobFailed,
+    /// Released from the job (drained, scaled down, or leaving on its own).
+    Released,
+    /// Removed as lost (silent past the heartbeat timeout, or its link broke).
+    Lost,
+}
+
+impl std::fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::JobDone => "the job is done",
+            Self::JobFailed => "the job failed",
+            Self::Released => "released from the job",
+            Self::Lost => "removed from the job as lost (no heartbeat in time, or the link broke)",
+        })
+    }
 }
 
 /// The worker actor's messages.

@@ -29,6 +29,16 @@ impl Target {
         let endpoint = super::orchestrate::read_endpoint(&self.job_dir);
         let api = match (self.api, &endpoint) {
             (Some(a), _) => a,
+            // A crashed coordinator leaves its coordinator.json behind: say so rather than
+            // printing a bare "Connection refused".
+            (None, Ok(e)) if nix::sys::signal::kill(nix::unistd::Pid::from_raw(e.pid as i32), None) == Err(nix::errno::Errno::ESRCH) => {
+                anyhow::bail!(
+                    "the job in {} is not running: its coordinator (pid {}) is gone and {} is stale; run the job again to resume it",
+                    self.job_dir.display(),
+                    e.pid,
+                    self.job_dir.join("coordinator.json").display()
+                )
+            }
             (None, Ok(e)) => e.api.context("the coordinator serves no API")?,
             (None, Err(e)) => anyhow::bail!("{e:#}"),
         };

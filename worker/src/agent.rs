@@ -14,7 +14,9 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, pg};
 use tessera_coordinator::ResolvedJob;
 use tessera_coordinator::control::WorkerId;
 use tessera_coordinator::job::JobConfig;
-use tessera_coordinator::protocol::{Command, CoordinatorMsg, JobSpec, WORKERS_GROUP, Wire, WorkerEvent, WorkerMsg, worker_group};
+use tessera_coordinator::protocol::{
+    Command, CoordinatorMsg, ExitReason, JobSpec, WORKERS_GROUP, Wire, WorkerEvent, WorkerMsg, worker_group,
+};
 use tessera_ops::Secret;
 
 use device::{AbortState, DeviceCmd, DeviceCtx, device_main};
@@ -52,6 +54,9 @@ pub struct AgentArgs {
     /// which runs it: libtorch then allocates from the main malloc arena, exactly as in a
     /// one-process run (a device loop on a spawned thread measured up to 16% slower steps).
     device_home: Option<std::sync::mpsc::Sender<(DeviceCtx, std::sync::mpsc::Receiver<DeviceCmd>)>>,
+    /// Set when the coordinator removes this worker as lost: the process then exits with a
+    /// failure status.
+    dropped: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The worker actor's state.
@@ -182,8 +187,11 @@ impl Actor for WorkerAgent {
                 );
                 state.abort.lock().expect("abort state").abort(generation);
             }
-            Command::Exit { reason } => {
-                tessera_coordinator::say!("[{}] exit: {reason}", state.id.map_or("worker".into(), |w| w.to_string()));
+            Command::Exit { why } => {
+                tessera_coordinator::say!("[{}] exit: {why}", state.id.map_or("worker".into(), |w| w.to_string()));
+                if why == ExitReason::Lost {
+                    state.args.dropped.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
                 myself.stop(None);
             }
         }
@@ -209,6 +217,7 @@ pub fn run(opts: &AgentOptions, shutdown: Arc<std::sync::atomic::AtomicBool>) ->
         .map_err(crate::error::io_err("starting the worker runtime", "tokio"))?;
     let (home_tx, home_rx) = channel();
     let opts = opts.clone();
+    let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let control = rt.spawn(async move {
         let name = format!("worker-{}", std::process::id());
         // A signal before this worker has joined ends it at once: there is nothing to drain.
@@ -235,6 +244,7 @@ pub fn run(opts: &AgentOptions, shutdown: Arc<std::sync::atomic::AtomicBool>) ->
             ring_addr,
             threads: opts.threads,
             device_home: Some(home_tx),
+            dropped: Arc::clone(&dropped),
         };
         let (actor, join) = Actor::spawn(None, WorkerAgent, args)
             .await
@@ -274,6 +284,9 @@ pub fn run(opts: &AgentOptions, shutdown: Arc<std::sync::atomic::AtomicBool>) ->
         let _ = join.await;
         watch.abort();
         node.stop(None);
+        if dropped.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(WorkerError::Dropped);
+        }
         Ok::<_, WorkerError>(())
     });
     // The device loop runs here, on the main thread, once the coordinator has welcomed this

@@ -57,6 +57,9 @@ pub enum WorkerError {
         /// What is wrong.
         reason: String,
     },
+    /// The coordinator removed this worker as lost (it was silent too long, e.g. stopped).
+    #[error("the coordinator removed this worker as lost (no heartbeat in time, or the link broke)")]
+    Dropped,
     /// Training cannot go on (e.g. a non-finite loss with skipping disabled).
     #[error("step {step}: {reason}")]
     Training {

@@ -96,7 +96,8 @@ fn split_key(name: &str) -> Option<(&str, String)> {
 }
 
 fn tar_error(path: &Path, offset: u64, member: &str, reason: impl Into<String>) -> Error {
-    Error::Tar { file: path.display().to_string(), offset, member: member.to_string(), reason: reason.into() }
+    // A damaged header's name is arbitrary bytes: escaped, it cannot garble the terminal.
+    Error::Tar { file: path.display().to_string(), offset, member: member.escape_debug().to_string(), reason: reason.into() }
 }
 
 /// A regular-file entry found by the scanner.
@@ -388,6 +389,14 @@ impl TarWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_garbage_member_name_is_escaped_in_errors() {
+        let e = tar_error(Path::new("rgb/shard-0.tar"), 512, "x\u{1b}[2J\u{7}\u{0}y.png", "truncated");
+        let msg = e.to_string();
+        assert!(msg.contains(r"x\u{1b}[2J\u{7}\0y.png"), "{msg}");
+        assert!(!msg.contains('\u{1b}') && !msg.contains('\u{0}'), "{msg}");
+    }
 
     #[test]
     fn split_key_follows_webdataset() {
