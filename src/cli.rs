@@ -92,7 +92,7 @@ pub fn run() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tessera_coordinator::say!("error: {}", error_chain(&e));
+            tessera_protocol::say!("error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
@@ -120,7 +120,7 @@ mod tests {
     #[test]
     fn each_cause_is_printed_once() {
         let io = std::io::Error::from_raw_os_error(21);
-        let typed = tessera_coordinator::CoordinatorError::Io { path: "out/train_log.jsonl".into(), source: io };
+        let typed = tessera_protocol::ProtocolError::Io { path: "out/train_log.jsonl".into(), source: io };
         let e = anyhow::Error::new(typed).context("opening the job's logs");
         assert_eq!(error_chain(&e), "opening the job's logs: out/train_log.jsonl: Is a directory (os error 21)");
         assert_eq!(format!("{e:#}").matches("Is a directory").count(), 2, "what `{{:#}}` prints");

@@ -358,14 +358,19 @@ fn periodic_validation_of_a_multi_worker_run_scores_like_one_process() {
     assert_eq!(validated, vec![3, 6]);
 }
 
-/// `tessera export` writes the weights of a sharded (multi-worker) checkpoint as one
-/// ml-4m-compatible file, equal to what a one-process run of the same steps saved.
+/// `tessera export` writes the weights of a multi-worker checkpoint as one ml-4m-compatible
+/// file, equal to the export of a one-process run of the same steps (which writes the same
+/// format, as a world of one).
 #[test]
 fn export_consolidates_a_sharded_checkpoint() {
     let one = tempfile::tempdir().unwrap();
     let job1 = write_job(one.path(), 2, "");
     assert!(tessera(&["train", &job1]).status.success());
-    let single = one.path().join("out/checkpoints/step-00000002/model.safetensors");
+    assert!(one.path().join("out/checkpoints/step-00000002/rank-00000-of-00001.safetensors").is_file(), "one process is a world of one");
+    let single = one.path().join("single.safetensors");
+    let step2 = one.path().join("out/checkpoints/step-00000002").display().to_string();
+    let out = tessera(&["export", &job1, "--out", &single.display().to_string(), "--checkpoint", &step2]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     let many = tempfile::tempdir().unwrap();
     let job2 = write_job(many.path(), 2, "");

@@ -26,16 +26,16 @@ pub use bridge::{ActorBridge, CALL_TIMEOUT};
 pub use mixture::{MixtureChange, Mixtures, MovedChange};
 
 use crate::api::ApiError;
-use crate::catalog;
 use crate::control::{Action, Control, Event, GenerationPlan, NoReplacement, Policy, StopReason, WorkerId};
 use crate::events::{EventLog, JobEvent};
-use crate::ledger::MixtureSchedule;
 use crate::metrics::JobMetrics;
-use crate::protocol::{
+use tessera_protocol::checkpoint;
+use tessera_protocol::ledger::MixtureSchedule;
+use tessera_protocol::messages::{
     COORDINATOR_GROUP, Command, CoordinatorMsg, ExitReason, GenerationStart, JobSpec, WORKERS_GROUP, Wire, WorkerEvent, WorkerMsg,
     worker_group,
 };
-use crate::report::StepReport;
+use tessera_protocol::report::StepReport;
 
 /// Starts and stops local worker processes (embedded mode); implemented by the CLI.
 pub trait Launcher: Send + 'static {
@@ -140,7 +140,7 @@ pub struct CoordinatorState {
     pending: Vec<(WorkerEvent, Instant)>,
     next_worker: u64,
     book: GenerationBook,
-    train_log: Option<crate::jsonl::JsonLines>,
+    train_log: Option<tessera_protocol::jsonl::JsonLines>,
     last_loss: Option<f64>,
     /// Pids of the local processes started to replace lost workers (they join as
     /// replacements, which the crash-loop guard of rule 5 looks at).
@@ -325,7 +325,7 @@ impl CoordinatorState {
             // A rank vanished between the decision and now: its leave event aborts this plan.
             self.log(&format!("generation {}: a planned rank is gone", plan.generation));
         }
-        let restore_dir = plan.restore.map(|s| self.args.checkpoint_dir.join(catalog::dir_name(s)));
+        let restore_dir = plan.restore.map(|s| self.args.checkpoint_dir.join(checkpoint::dir_name(s)));
         self.log(&format!(
             "generation {}: {} ranks {:?}, start step {}, restore {}",
             plan.generation,
@@ -454,12 +454,19 @@ impl CoordinatorState {
     fn commit(&mut self, step: u64, p: PendingCheckpoint) {
         let generation = self.book.generation;
         let root = self.args.checkpoint_dir.clone();
-        let tmp = catalog::temp_dir(&root, step, generation);
-        let files: Vec<catalog::FileEntry> = p.files.into_values().collect();
-        let manifest = p.manifest.unwrap_or_default();
-        match catalog::commit(&root, &tmp, manifest, files) {
+        let tmp = checkpoint::temp_dir(&root, step, generation);
+        let files: Vec<checkpoint::FileEntry> = p.files.into_values().collect();
+        // The book hands a checkpoint over only with rank 0's manifest; a missing one is refused.
+        let committed = match p.manifest {
+            Some(manifest) => checkpoint::commit(&root, &tmp, manifest, files),
+            None => Err(tessera_protocol::ProtocolError::Checkpoint {
+                path: tmp.display().to_string(),
+                reason: "no manifest from rank 0".into(),
+            }),
+        };
+        match committed {
             Ok((dir, bytes)) => {
-                let _ = catalog::prune(&root, self.args.keep_last, generation);
+                let _ = checkpoint::prune(&root, self.args.keep_last, generation);
                 let asked = self.checkpoint_asked.take().unwrap_or(p.first_shard);
                 let duration_s = asked.elapsed().as_secs_f64();
                 self.args.metrics.observe_checkpoint(duration_s, bytes);
@@ -483,7 +490,7 @@ impl CoordinatorState {
     }
 
     /// Logs, prints and exports a validation the ranks reported, once per step.
-    fn validated(&mut self, report: crate::validation::ValidationReport) {
+    fn validated(&mut self, report: tessera_protocol::validation::ValidationReport) {
         if self.validated.is_some_and(|v| report.step <= v) {
             return;
         }
@@ -529,7 +536,7 @@ impl CoordinatorState {
             WorkerEvent::ShardWritten { worker, generation, step, rank, file, manifest, write_s } => {
                 if generation == self.book.generation
                     && self.is_alive(worker)
-                    && let Some(p) = self.book.shard(step, rank, file, manifest, write_s)
+                    && let Some(p) = self.book.shard(step, rank, file, manifest.map(|m| *m), write_s)
                 {
                     // Rule 4 decides whether it may be committed.
                     self.ready.insert((generation, step), p);
@@ -627,7 +634,7 @@ impl Actor for Coordinator {
         pg::monitor(WORKERS_GROUP.to_string(), myself.get_cell());
         std::fs::create_dir_all(&args.output_dir)?;
         let log_path = args.output_dir.join("train_log.jsonl");
-        let train_log = crate::jsonl::JsonLines::open(&log_path)?;
+        let train_log = tessera_protocol::jsonl::JsonLines::open(&log_path)?;
         let mut policy = args.policy;
         policy.total_steps = args.stop_at;
         // The processes this coordinator starts are what the first generation waits for.
@@ -650,7 +657,7 @@ impl Actor for Coordinator {
                 }
             }
         });
-        let validated = crate::validation::last_logged_step(&args.output_dir);
+        let validated = tessera_protocol::validation::last_logged_step(&args.output_dir);
         let mut state = CoordinatorState {
             args,
             control,

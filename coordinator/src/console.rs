@@ -46,7 +46,7 @@ impl Console {
                 bar.set_position(done);
                 bar.set_message(msg.to_string());
             }
-            None => crate::say!("{} step {done}/{}  {msg}", self.name, self.total),
+            None => tessera_protocol::say!("{} step {done}/{}  {msg}", self.name, self.total),
         }
     }
 
@@ -54,7 +54,7 @@ impl Console {
     pub fn log(&self, line: &str) {
         match &self.bar {
             Some(bar) => bar.println(format!("[coordinator] {line}")),
-            None => crate::say!("[coordinator] {line}"),
+            None => tessera_protocol::say!("[coordinator] {line}"),
         }
     }
 
@@ -62,7 +62,7 @@ impl Console {
     pub fn relay(&self, line: &str) {
         match &self.bar {
             Some(bar) => bar.println(line),
-            None => crate::say!("{line}"),
+            None => tessera_protocol::say!("{line}"),
         }
     }
 

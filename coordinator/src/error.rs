@@ -4,62 +4,6 @@
 /// event log and serving or calling the HTTP API.
 #[derive(Debug, thiserror::Error)]
 pub enum CoordinatorError {
-    /// A file that cannot be read or written.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: String,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// A TOML job config that does not parse (unknown field, wrong type, ...).
-    #[error("{path}: {source}")]
-    Toml {
-        /// The file.
-        path: String,
-        /// The parser's error (names the field and line).
-        source: Box<toml::de::Error>,
-    },
-    /// A YAML file (ml-4m config) that does not parse.
-    #[error("{path}: {source}")]
-    Yaml {
-        /// The file.
-        path: String,
-        /// The parser's error.
-        source: serde_yaml::Error,
-    },
-    /// A config that parses but cannot run.
-    #[error("{origin}: field `{field}`: {reason}")]
-    Config {
-        /// The config file (or other origin).
-        origin: String,
-        /// The offending field as a dotted path (`data.datasets[1].weight`).
-        field: String,
-        /// Why it was refused.
-        reason: String,
-    },
-    /// A mixture schedule that is inconsistent (weights, versions, dataset sizes).
-    #[error("mixture schedule: {reason}")]
-    Schedule {
-        /// Why it was refused.
-        reason: String,
-    },
-    /// A checkpoint directory that cannot be committed or does not verify.
-    #[error("checkpoint {path}: {reason}")]
-    Checkpoint {
-        /// The directory.
-        path: String,
-        /// What is wrong.
-        reason: String,
-    },
-    /// The control plane (actors, node links, a worker or the coordinator) failed.
-    #[error("{context}: {reason}")]
-    Actor {
-        /// What was being done (names the worker, generation or address).
-        context: String,
-        /// Why it failed.
-        reason: String,
-    },
     /// A socket operation of the HTTP API or its client failed (bind, connect, read, write).
     #[error("{addr}: {op}: {source}")]
     Net {
@@ -117,6 +61,10 @@ pub enum CoordinatorError {
         /// The parser's error.
         reason: String,
     },
+    /// An error of the contract crate: a job config, the mixture schedule, the checkpoint
+    /// store, a JSON-lines file or an actor node link.
+    #[error(transparent)]
+    Protocol(#[from] tessera_protocol::ProtocolError),
     /// An error of the modality registry or the budget policy.
     #[error(transparent)]
     Tokenizers(#[from] tessera_tokenizers::Error),

@@ -16,7 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CoordinatorError, Result};
-use crate::jsonl::JsonLines;
+use tessera_protocol::jsonl::JsonLines;
 
 /// Something that happened to the job, as recorded in the event log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -140,7 +140,7 @@ impl EventLog {
 
     /// Appends `event` stamped `ts_ms`; durable when this returns.
     pub fn record_at(&mut self, ts_ms: u64, event: &JobEvent) -> Result<()> {
-        self.lines.append(&LoggedEvent { ts_ms, event: event.clone() }, true)
+        Ok(self.lines.append(&LoggedEvent { ts_ms, event: event.clone() }, true)?)
     }
 
     /// Every complete record of the log at `path`, oldest first (a torn last line is skipped).

@@ -22,8 +22,8 @@ use prometheus::{Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntGauge
 
 use crate::api::ValidationStatus;
 use crate::error::{CoordinatorError, Result};
-use crate::report::StepReport;
-use crate::validation::ValidationReport;
+use tessera_protocol::report::StepReport;
+use tessera_protocol::validation::ValidationReport;
 
 /// The step phases exported as values of the `phase` label, in report order.
 pub const PHASES: [&str; 6] = ["data", "forward", "backward", "comm", "optimizer", "total"];

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use tessera_coordinator::ResolvedJob;
-use tessera_coordinator::job::import_ml4m;
+use tessera_protocol::ResolvedJob;
+use tessera_protocol::job::import_ml4m;
 
 use super::output::emit;
 

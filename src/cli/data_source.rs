@@ -1,7 +1,7 @@
 //! The batch source of a job: the real data path, or (for benchmarks) pre-built synthetic batches.
 
-use tessera_coordinator::ResolvedJob;
 use tessera_model::FourMConfig;
+use tessera_protocol::ResolvedJob;
 use tessera_worker::data::{DataPipeline, open_job_data};
 
 /// Opens the job's data pipeline for the model `cfg`.

@@ -4,10 +4,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Args;
-use tessera_coordinator::ResolvedJob;
-use tessera_worker::fsdp::checkpoint::{self as sharded, AnyCheckpoint};
+use tessera_protocol::ResolvedJob;
+use tessera_protocol::checkpoint as store;
 use tessera_worker::{checkpoint, four_m_config};
 
 /// Arguments of `tessera export`.
@@ -27,21 +27,11 @@ pub struct ExportArgs {
 pub fn run(a: ExportArgs) -> anyhow::Result<()> {
     let job = ResolvedJob::from_file(&a.config)?;
     let cfg = four_m_config(&job.model, &job.origin)?;
-    let found = match &a.checkpoint {
-        Some(dir) => {
-            let root = dir.parent().context("checkpoint directory has no parent")?;
-            let (all, _) = sharded::latest_any(root)?;
-            // latest_any picks the newest; for an explicit directory verify exactly that one.
-            match all {
-                Some(c) if c.dir() == dir.as_path() => c,
-                _ => match sharded::verify(dir) {
-                    Ok(m) => AnyCheckpoint::Sharded((dir.clone(), m)),
-                    Err(_) => AnyCheckpoint::Single(checkpoint::ValidCheckpoint { dir: dir.clone(), manifest: checkpoint::verify(dir)? }),
-                },
-            }
-        }
+    let (dir, manifest) = match &a.checkpoint {
+        // An explicit directory: exactly that one, verified.
+        Some(dir) => (dir.clone(), store::verify(dir)?),
         None => {
-            let (found, rejected) = sharded::latest_any(&job.checkpoint.dir)?;
+            let (found, rejected) = store::latest_valid(&job.checkpoint.dir)?;
             for r in rejected {
                 eprintln!("warning: skipping checkpoint: {r}");
             }
@@ -51,8 +41,8 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
             }
         }
     };
-    let step = found.state().step;
-    let model = sharded::consolidate(&cfg, &found)?;
+    let step = manifest.state.step;
+    let model = checkpoint::consolidate(&cfg, &dir, &manifest)?;
     model.save(&a.out)?;
     println!("exported step {step} of job '{}' to {}", job.name, a.out.display());
     Ok(())

@@ -15,8 +15,8 @@ use clap::Args;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use rand::RngCore;
-use tessera_coordinator::ResolvedJob;
 use tessera_ops::{JobAuth, Rank, RendezvousServer, RingConfig, Secret, TcpRing, join, rendezvous::JoinRequest};
+use tessera_protocol::ResolvedJob;
 use tessera_worker::four_m_config;
 use tessera_worker::fsdp::FsdpTrainer;
 
@@ -125,7 +125,7 @@ pub fn run_local(
                 generation += 1;
                 // The next generation must continue the run, not restart it.
                 fresh = false;
-                tessera_coordinator::say!(
+                tessera_protocol::say!(
                     "rank {rank} failed ({status}) after {:.1}s: generation {generation} continues with {world} workers from the last checkpoint",
                     t0.elapsed().as_secs_f64()
                 );
@@ -178,7 +178,7 @@ fn run_generation(
             }
         }
     }
-    tessera_coordinator::say!("generation {generation}: started {world} ranks ({threads} threads each), rendezvous {addr}");
+    tessera_protocol::say!("generation {generation}: started {world} ranks ({threads} threads each), rendezvous {addr}");
     let mut forwarded = false;
     let mut done = vec![false; world];
     loop {
@@ -275,13 +275,13 @@ pub fn run_rank(a: RankArgs) -> anyhow::Result<()> {
         && let Some(step) = trainer.resume()?
         && a.rank == 0
     {
-        tessera_coordinator::say!("resumed at step {step} ({} ranks)", a.world);
+        tessera_protocol::say!("resumed at step {step} ({} ranks)", a.world);
     }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, Arc::clone(&stop)).context("installing signal handlers")?;
     }
-    let mut log = if a.rank == 0 { Some(tessera_coordinator::JsonLines::open(&log_path)?) } else { None };
+    let mut log = if a.rank == 0 { Some(tessera_protocol::JsonLines::open(&log_path)?) } else { None };
     let mut ran = 0;
     while trainer.state().step < total && a.max_steps.is_none_or(|m| ran < m) {
         let r = trainer.step()?;
@@ -290,7 +290,7 @@ pub fn run_rank(a: RankArgs) -> anyhow::Result<()> {
             let mut line = serde_json::to_value(&r)?;
             line["world_size"] = a.world.into();
             log.append(&line, false)?;
-            tessera_coordinator::say!(
+            tessera_protocol::say!(
                 "{name} step {}/{total}  loss {:.4}  lr {:.2e}  |g| {:.3}  {:.2}s/step ({} ranks)",
                 r.step + 1,
                 r.loss,
@@ -306,20 +306,20 @@ pub fn run_rank(a: RankArgs) -> anyhow::Result<()> {
         {
             let report = trainer.validation_report(set, a.generation)?;
             if a.rank == 0 {
-                report.table().iter().for_each(|l| tessera_coordinator::say!("{l}"));
+                report.table().iter().for_each(|l| tessera_protocol::say!("{l}"));
                 report.append_to_log(&out_dir)?;
             }
         }
         if every > 0 && step % every == 0 && step < total {
             let dir = trainer.save_checkpoint()?;
             if a.rank == 0 {
-                tessera_coordinator::say!("checkpoint {}", dir.display());
+                tessera_protocol::say!("checkpoint {}", dir.display());
             }
         }
         if trainer.agree_to_stop(stop.load(Ordering::Relaxed))? {
             let dir = trainer.save_checkpoint()?;
             if a.rank == 0 {
-                tessera_coordinator::say!("interrupted: checkpoint {} at step {step}", dir.display());
+                tessera_protocol::say!("interrupted: checkpoint {} at step {step}", dir.display());
             }
             return Ok(());
         }
@@ -327,9 +327,9 @@ pub fn run_rank(a: RankArgs) -> anyhow::Result<()> {
     // The end of the run, or of this invocation (--max-steps): keep the progress.
     let dir = trainer.save_checkpoint()?;
     if a.rank == 0 {
-        tessera_coordinator::say!("checkpoint {} at step {}", dir.display(), trainer.state().step);
+        tessera_protocol::say!("checkpoint {} at step {}", dir.display(), trainer.state().step);
     }
-    tessera_coordinator::say!(
+    tessera_protocol::say!(
         "rank {}: peak RSS {:.1} MiB, sharded master weights + AdamW state {:.1} MiB",
         a.rank,
         peak_rss_kib() as f64 / 1024.0,

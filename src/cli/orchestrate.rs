@@ -19,15 +19,15 @@ use ractor::{Actor, ActorRef};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use tessera_coordinator::EventLog;
-use tessera_coordinator::ResolvedJob;
 use tessera_coordinator::actor::ActorBridge;
 use tessera_coordinator::actor::{Coordinator, CoordinatorArgs, JobOutcome, Launcher};
-use tessera_coordinator::catalog;
 use tessera_coordinator::console::Console;
 use tessera_coordinator::control::Policy;
 use tessera_coordinator::metrics::JobMetrics;
-use tessera_coordinator::node::CoordinatorNode;
-use tessera_coordinator::protocol::{CoordinatorMsg, JobSpec, Wire};
+use tessera_protocol::ResolvedJob;
+use tessera_protocol::checkpoint;
+use tessera_protocol::messages::{CoordinatorMsg, JobSpec, Wire};
+use tessera_protocol::node::CoordinatorNode;
 
 /// Where a running job can be reached (written to `OUTPUT/coordinator.json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -237,21 +237,16 @@ pub fn run_embedded(config: &Path, job: &ResolvedJob, o: &EmbeddedOptions) -> an
     let committed = if o.no_resume {
         Vec::new()
     } else {
-        let (ok, rejected) = catalog::committed(&job.checkpoint.dir)?;
+        let (ok, rejected) = checkpoint::committed(&job.checkpoint.dir)?;
         for r in rejected {
-            tessera_coordinator::say!("warning: not resuming from {r}");
+            tessera_protocol::say!("warning: not resuming from {r}");
         }
         ok
     };
     let start = committed.last().copied().unwrap_or(0);
     // The schedule in force is the newest checkpoint's (mixture changes made while it ran).
     let schedule = match committed.last() {
-        Some(step) => {
-            let path = job.checkpoint.dir.join(catalog::dir_name(*step)).join(catalog::MANIFEST);
-            let m: serde_json::Value =
-                serde_json::from_slice(&std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?)?;
-            serde_json::from_value(m["state"]["schedule"].clone()).with_context(|| format!("{}: state.schedule", path.display()))?
-        }
+        Some(step) => checkpoint::read_manifest(&job.checkpoint.dir.join(checkpoint::dir_name(*step)))?.state.schedule,
         None => job.schedule.clone(),
     };
     let stop_at = o.max_steps.map_or(job.train.total_steps, |m| (start + m).min(job.train.total_steps));
@@ -301,7 +296,7 @@ pub fn run_embedded(config: &Path, job: &ResolvedJob, o: &EmbeddedOptions) -> an
         let api_listener = tokio::net::TcpListener::bind(o.api).await.with_context(|| format!("binding the API at {}", o.api))?;
         let api_addr = api_listener.local_addr()?;
         let endpoint = JobEndpoint { node: node.addr, api: Some(api_addr), pid: std::process::id(), secrets: secrets.clone() };
-        catalog::write_atomic(&job.output_dir.join("coordinator.json"), &serde_json::to_vec_pretty(&endpoint)?)?;
+        checkpoint::write_atomic(&job.output_dir.join("coordinator.json"), &serde_json::to_vec_pretty(&endpoint)?)?;
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let args = CoordinatorArgs {
             name: job.name.clone(),
@@ -324,7 +319,7 @@ pub fn run_embedded(config: &Path, job: &ResolvedJob, o: &EmbeddedOptions) -> an
             done: Some(done_tx),
             console,
         };
-        tessera_coordinator::say!(
+        tessera_protocol::say!(
             "coordinator {} (API http://{api_addr}/status, /metrics; {} workers × {threads} threads, steps {start}..{stop_at}); watch with `tessera status --job-dir {}`",
             node.addr,
             o.workers,
@@ -342,9 +337,9 @@ pub fn run_embedded(config: &Path, job: &ResolvedJob, o: &EmbeddedOptions) -> an
         let signals = tokio::spawn(async move {
             loop {
                 if interrupted.swap(false, std::sync::atomic::Ordering::SeqCst) {
-                    tessera_coordinator::say!("[coordinator] signal: stopping (with a checkpoint if any step was trained)");
+                    tessera_protocol::say!("[coordinator] signal: stopping (with a checkpoint if any step was trained)");
                     if let Err(e) = bridge.shutdown().await {
-                        tessera_coordinator::say!("[coordinator] shutdown request failed: {e}");
+                        tessera_protocol::say!("[coordinator] shutdown request failed: {e}");
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -370,19 +365,19 @@ pub fn run_embedded(config: &Path, job: &ResolvedJob, o: &EmbeddedOptions) -> an
     let _ = std::fs::remove_file(job.output_dir.join("coordinator.json"));
     match result? {
         JobOutcome::Finished { step } => {
-            tessera_coordinator::say!("done: {step} steps; checkpoints in {}", job.checkpoint.dir.display());
+            tessera_protocol::say!("done: {step} steps; checkpoints in {}", job.checkpoint.dir.display());
             Ok(())
         }
         JobOutcome::Stopped { step, checkpointed: true } => {
-            tessera_coordinator::say!("stopped at step {step} (checkpointed); run the same command to resume");
+            tessera_protocol::say!("stopped at step {step} (checkpointed); run the same command to resume");
             Ok(())
         }
         JobOutcome::Stopped { step: 0, checkpointed: false } => {
-            tessera_coordinator::say!("stopped before any step was trained; nothing to checkpoint");
+            tessera_protocol::say!("stopped before any step was trained; nothing to checkpoint");
             Ok(())
         }
         JobOutcome::Stopped { step, checkpointed: false } => {
-            tessera_coordinator::say!("stopped; the newest checkpoint is at step {step}, where the same command resumes");
+            tessera_protocol::say!("stopped; the newest checkpoint is at step {step}, where the same command resumes");
             Ok(())
         }
         JobOutcome::Failed { reason } => bail!("job failed: {reason}"),

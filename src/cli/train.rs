@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use tessera_coordinator::ResolvedJob;
+use tessera_protocol::ResolvedJob;
 use tessera_worker::{Trainer, four_m_config};
 
 use super::data_source;
@@ -90,7 +90,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     let _lock = super::joblock::JobDirLock::acquire(&job.output_dir)?;
     // Once, here, whatever the launch mode: workers and ranks do not repeat them.
     for n in job.notes() {
-        tessera_coordinator::say!("note: {n}");
+        tessera_protocol::say!("note: {n}");
     }
     if a.bare {
         return super::launch::run_local(&a.config, &job, a.workers, a.min_workers, a.max_steps, a.no_resume);
@@ -120,7 +120,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     let lens = pipeline.dataset_lens();
     let validation = super::validation::Validation::prepare(&job, &cfg)?;
     // Load the next micro-batches while the current step computes.
-    let ledger = tessera_coordinator::SampleLedger::new(job.seed, job.schedule.clone(), lens.clone())?;
+    let ledger = tessera_protocol::SampleLedger::new(job.seed, job.schedule.clone(), lens.clone())?;
     let source = tessera_worker::Prefetcher::new(pipeline, ledger, job.train.micro_batch_size, 2);
     let name = job.name.clone();
     let (every, total) = (job.checkpoint.every_steps, job.train.total_steps);
@@ -131,10 +131,10 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     if auto_resume {
         let (from, rejected) = trainer.resume()?;
         for r in rejected {
-            tessera_coordinator::say!("warning: skipping checkpoint: {r}");
+            tessera_protocol::say!("warning: skipping checkpoint: {r}");
         }
         if let Some(dir) = from {
-            tessera_coordinator::say!("resumed from {} at step {}", dir.display(), trainer.state().step);
+            tessera_protocol::say!("resumed from {} at step {}", dir.display(), trainer.state().step);
         }
     }
 
@@ -142,7 +142,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, Arc::clone(&stop)).context("installing signal handlers")?;
     }
-    let mut log = tessera_coordinator::JsonLines::open(&log_path)?;
+    let mut log = tessera_protocol::JsonLines::open(&log_path)?;
 
     let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
     bar.set_style(
@@ -175,7 +175,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
             if r.skipped { "  SKIPPED (non-finite)" } else { "" }
         );
         if plain && (r.step % log_every == 0) {
-            tessera_coordinator::say!("{name} step {}/{total}  {msg}", r.step + 1);
+            tessera_protocol::say!("{name} step {}/{total}  {msg}", r.step + 1);
         }
         bar.set_message(msg);
         bar.set_position(state.step);
@@ -189,7 +189,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         if periodic || trainer.finished() {
             let dir = trainer.save_checkpoint()?;
             if plain {
-                tessera_coordinator::say!("checkpoint {}", dir.display());
+                tessera_protocol::say!("checkpoint {}", dir.display());
             }
             bar.println(format!("checkpoint {}", dir.display()));
         }
@@ -212,7 +212,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
 /// Ends the progress bar with `msg`, printing it when the bar is hidden (not a terminal).
 fn finish(bar: &ProgressBar, plain: bool, msg: String) {
     if plain {
-        tessera_coordinator::say!("{msg}");
+        tessera_protocol::say!("{msg}");
     }
     bar.abandon_with_message(msg);
 }

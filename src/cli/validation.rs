@@ -3,8 +3,8 @@
 //! `OUT/eval_log.jsonl` (the same report and log that ranks of a multi-worker job produce).
 
 use indicatif::ProgressBar;
-use tessera_coordinator::{ResolvedJob, ValidationReport};
 use tessera_model::FourMConfig;
+use tessera_protocol::{ResolvedJob, ValidationReport};
 use tessera_worker::eval::ValidationSet;
 use tessera_worker::trainer::eval_options;
 use tessera_worker::{BatchSource, Trainer};
@@ -32,7 +32,7 @@ impl Validation {
         let report = self.set.report(&model.model, model.vs.device(), &eval_options(trainer.job()), trainer.state().step)?;
         for line in report.table() {
             if plain {
-                tessera_coordinator::say!("{line}");
+                tessera_protocol::say!("{line}");
             } else {
                 bar.println(line);
             }

@@ -11,13 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, pg};
-use tessera_coordinator::ResolvedJob;
-use tessera_coordinator::control::WorkerId;
-use tessera_coordinator::job::JobConfig;
-use tessera_coordinator::protocol::{
-    Command, CoordinatorMsg, ExitReason, JobSpec, WORKERS_GROUP, Wire, WorkerEvent, WorkerMsg, worker_group,
-};
 use tessera_ops::Secret;
+use tessera_protocol::ResolvedJob;
+use tessera_protocol::WorkerId;
+use tessera_protocol::job::JobConfig;
+use tessera_protocol::messages::{Command, CoordinatorMsg, ExitReason, JobSpec, WORKERS_GROUP, Wire, WorkerEvent, WorkerMsg, worker_group};
 
 use device::{AbortState, DeviceCmd, DeviceCtx, device_main};
 
@@ -113,7 +111,7 @@ impl AgentState {
                 }
             }
         }));
-        tessera_coordinator::say!("[{worker}] welcomed: job '{}', ring {}", spec.origin, self.args.ring_addr);
+        tessera_protocol::say!("[{worker}] welcomed: job '{}', ring {}", spec.origin, self.args.ring_addr);
         Ok(())
     }
 }
@@ -165,14 +163,14 @@ impl Actor for WorkerAgent {
             }
             WorkerMsg::Command(Wire(Ok(cmd))) => cmd,
             WorkerMsg::Command(Wire(Err(e))) => {
-                tessera_coordinator::say!("[worker] undecodable command from the coordinator: {e}");
+                tessera_protocol::say!("[worker] undecodable command from the coordinator: {e}");
                 return Ok(());
             }
         };
         match cmd {
             Command::Welcome { worker, job, secret, heartbeat_ms } => {
                 if let Err(e) = state.welcome(&myself, worker, job, secret, heartbeat_ms) {
-                    tessera_coordinator::say!("[{worker}] cannot serve this job: {e}");
+                    tessera_protocol::say!("[{worker}] cannot serve this job: {e}");
                     state.send(WorkerEvent::Leaving { worker, reason: e.to_string() });
                     myself.stop(None);
                 }
@@ -181,14 +179,11 @@ impl Actor for WorkerAgent {
             Command::Checkpoint { generation } => state.to_device(DeviceCmd::Checkpoint { generation }),
             Command::Stop { generation, checkpoint } => state.to_device(DeviceCmd::Stop { generation, checkpoint }),
             Command::Abort { generation, reason } => {
-                tessera_coordinator::say!(
-                    "[{}] abort generation {generation}: {reason}",
-                    state.id.map_or("worker".into(), |w| w.to_string())
-                );
+                tessera_protocol::say!("[{}] abort generation {generation}: {reason}", state.id.map_or("worker".into(), |w| w.to_string()));
                 state.abort.lock().expect("abort state").abort(generation);
             }
             Command::Exit { why } => {
-                tessera_coordinator::say!("[{}] exit: {why}", state.id.map_or("worker".into(), |w| w.to_string()));
+                tessera_protocol::say!("[{}] exit: {why}", state.id.map_or("worker".into(), |w| w.to_string()));
                 if why == ExitReason::Lost {
                     state.args.dropped.store(true, std::sync::atomic::Ordering::SeqCst);
                 }
@@ -228,9 +223,9 @@ pub fn run(opts: &AgentOptions, shutdown: Arc<std::sync::atomic::AtomicBool>) ->
             }
         };
         let (node, coordinator) = tokio::select! {
-            connected = tessera_coordinator::node::connect(opts.coordinator, &opts.cookie, &name, opts.connect_timeout) => connected?,
+            connected = tessera_protocol::node::connect(opts.coordinator, &opts.cookie, &name, opts.connect_timeout) => connected?,
             () = interrupted => {
-                tessera_coordinator::say!("[worker] interrupted before joining: exiting");
+                tessera_protocol::say!("[worker] interrupted before joining: exiting");
                 return Ok(());
             }
         };
@@ -256,12 +251,12 @@ pub fn run(opts: &AgentOptions, shutdown: Arc<std::sync::atomic::AtomicBool>) ->
         let watch = {
             let actor = actor.clone();
             tokio::spawn(async move {
-                let group = tessera_coordinator::protocol::COORDINATOR_GROUP.to_string();
+                let group = tessera_protocol::messages::COORDINATOR_GROUP.to_string();
                 let mut interrupted: Option<std::time::Instant> = None;
                 loop {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     if interrupted.is_none() && shutdown.load(std::sync::atomic::Ordering::Relaxed) {
-                        tessera_coordinator::say!(
+                        tessera_protocol::say!(
                             "[worker] interrupted: asking to leave at the next step boundary (at most {}s; a second signal exits now)",
                             drain_timeout.as_secs()
                         );
@@ -269,12 +264,12 @@ pub fn run(opts: &AgentOptions, shutdown: Arc<std::sync::atomic::AtomicBool>) ->
                         let _ = actor.cast(WorkerMsg::Interrupted(Wire::new("interrupted".to_string())));
                     }
                     if interrupted.is_some_and(|t| t.elapsed() > drain_timeout) {
-                        tessera_coordinator::say!("[worker] not released within {}s: leaving the job now", drain_timeout.as_secs());
+                        tessera_protocol::say!("[worker] not released within {}s: leaving the job now", drain_timeout.as_secs());
                         actor.stop(None);
                         break;
                     }
                     if pg::get_members(&group).is_empty() {
-                        tessera_coordinator::say!("[worker] lost the coordinator: exiting");
+                        tessera_protocol::say!("[worker] lost the coordinator: exiting");
                         actor.stop(None);
                         break;
                     }

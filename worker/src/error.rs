@@ -10,7 +10,7 @@ pub enum WorkerError {
     Model(#[from] tessera_model::ModelError),
     /// The job spec or schedule is inconsistent.
     #[error(transparent)]
-    Coordinator(#[from] tessera_coordinator::CoordinatorError),
+    Protocol(#[from] tessera_protocol::ProtocolError),
     /// Tokenization, masking or shard reading failed.
     #[error(transparent)]
     Tokenizers(#[from] tessera_tokenizers::Error),

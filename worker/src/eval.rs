@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 use tch::{Kind, Tensor};
-use tessera_coordinator::{ModalityScore, ResolvedJob, SampleLedger, SampleRef, ValidationReport};
 use tessera_model::{ForwardOptions, FourM, FourMConfig, MaskedBatch};
+use tessera_protocol::{ModalityScore, ResolvedJob, SampleLedger, SampleRef, ValidationReport};
 use tessera_tokenizers::Modality;
 
 use crate::data::{open_job_data, open_val_data};

@@ -21,7 +21,6 @@
 //! With `train.bf16` the forward passes (and the backward recomputations) run under bf16
 //! autocast while parameters, gradients and their reduce-scatter stay fp32.
 
-pub mod checkpoint;
 pub mod comm;
 pub mod flat;
 mod grads;

@@ -1,7 +1,7 @@
 //! Turns the coordinator's [`ModelSpec`] (plain names, no tch) into a validated [`FourMConfig`].
 
-use tessera_coordinator::job::ModelSpec;
 use tessera_model::{Flavor, FourMConfig, Preset};
+use tessera_protocol::job::ModelSpec;
 
 use crate::error::{Result, WorkerError};
 

@@ -6,8 +6,8 @@ use std::sync::atomic::AtomicU64;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
-use tessera_coordinator::{SampleLedger, SampleRef};
 use tessera_model::MaskedBatch;
+use tessera_protocol::{SampleLedger, SampleRef};
 
 use crate::error::{Result, WorkerError};
 use crate::source::BatchSource;

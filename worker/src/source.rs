@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-use tessera_coordinator::SampleRef;
-use tessera_coordinator::ledger::mix;
 use tessera_model::{FourMConfig, MaskedBatch, SyntheticSpec, synthetic_batch};
+use tessera_protocol::SampleRef;
+use tessera_protocol::ledger::mix;
 
 use crate::error::Result;
 
@@ -22,7 +22,7 @@ pub trait BatchSource: Send {
 
     /// Told when the trainer's ledger changes (resume, schedule change), for sources that
     /// predict future requests. Default: nothing to do.
-    fn set_ledger(&mut self, _ledger: &tessera_coordinator::SampleLedger) {}
+    fn set_ledger(&mut self, _ledger: &tessera_protocol::SampleLedger) {}
 }
 
 /// Batches drawn directly as tensors by `tessera_model::synthetic_batch`, seeded by the

@@ -7,17 +7,17 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use serde::Serialize;
-use tch::{Device, Tensor};
-use tessera_coordinator::job::{DeviceKind, LossKind, ResolvedJob, ResolvedTrain};
-use tessera_coordinator::ledger::mix;
-use tessera_coordinator::{SampleLedger, SampleRef};
+use tch::Device;
 use tessera_model::{AdamW, AdamWConfig, Checkpoint, ForwardOptions, FourMConfig, LossType};
+use tessera_protocol::job::{DeviceKind, LossKind, ResolvedJob, ResolvedTrain};
+use tessera_protocol::ledger::mix;
+use tessera_protocol::{SampleLedger, SampleRef};
 use tessera_tokenizers::Modality;
 
-use crate::checkpoint::{self, Counters, TrainState};
+use crate::checkpoint;
 use crate::error::{Result, WorkerError};
-use crate::fsdp::checkpoint as sharded;
 use crate::source::BatchSource;
+use tessera_protocol::checkpoint::{self as store, TrainState};
 
 /// The forward settings a job's training steps use (budgets and loss; the decoder order seed
 /// and loss normaliser are set per micro-batch).
@@ -123,7 +123,7 @@ impl<S: BatchSource> Trainer<S> {
             AdamWConfig { lr: t.lr.at(0), beta1: t.betas[0], beta2: t.betas[1], eps: t.eps, weight_decay: t.weight_decay },
         )?;
         let ledger = SampleLedger::new(job.seed, job.schedule.clone(), dataset_lens)?;
-        let state = TrainState { step: 0, next_sample_index: 0, schedule: job.schedule.clone(), counters: Counters::default() };
+        let state = TrainState::start(job.schedule.clone());
         let fwd = forward_options(t);
         let skipped = source.skipped_counter();
         Ok(Self { job, model, opt, ledger, source, state, fwd, skipped })
@@ -132,41 +132,11 @@ impl<S: BatchSource> Trainer<S> {
     /// Resumes from the newest valid checkpoint of the job's checkpoint directory, if any;
     /// returns it and the reasons newer ones were rejected.
     pub fn resume(&mut self) -> Result<(Option<PathBuf>, Vec<String>)> {
-        let (found, rejected) = sharded::latest_any(&self.job.checkpoint.dir)?;
-        let Some(found) = found else { return Ok((None, rejected)) };
-        let dir = found.dir().to_path_buf();
-        if found.seed() != self.job.seed {
-            return Err(WorkerError::Checkpoint {
-                path: dir,
-                reason: format!(
-                    "written with seed {}, the job has seed {}: it would not continue the same data",
-                    found.seed(),
-                    self.job.seed
-                ),
-            });
-        }
-        let state = found.state().clone();
-        match found {
-            sharded::AnyCheckpoint::Single(_) => checkpoint::restore(&dir, &self.model, &mut self.opt)?,
-            // Written by FSDP ranks: assemble the whole flat vectors (a world of one) and
-            // split them back into parameters and per-parameter AdamW state.
-            sharded::AnyCheckpoint::Sharded((_, m)) => {
-                let units = crate::fsdp::units_of(&self.model.vs, 1, 0);
-                sharded::check_layout(&dir, &m.units, &sharded::unit_records(&units, None))?;
-                let shards = sharded::load_shards(&dir, &m, 0, 1)?;
-                let mut opt_state = Vec::new();
-                for ((u, rec), s) in units.iter().zip(&m.units).zip(&shards) {
-                    for (p, pr) in u.params.iter().zip(&rec.params) {
-                        let piece = |t: &Tensor| t.narrow(0, p.offset as i64, p.numel as i64).view(p.shape.as_slice());
-                        tch::no_grad(|| p.tensor.shallow_clone().copy_(&piece(&s.master)));
-                        opt_state.push((format!("{}.exp_avg", p.name), piece(&s.exp_avg)));
-                        opt_state.push((format!("{}.exp_avg_sq", p.name), piece(&s.exp_avg_sq)));
-                        opt_state.push((format!("{}.step", p.name), Tensor::from_slice(&[pr.steps])));
-                    }
-                }
-                self.opt.load_state(opt_state, &dir.display().to_string())?;
-            }
-        }
+        let (found, rejected) = store::latest_valid(&self.job.checkpoint.dir)?;
+        let Some((dir, m)) = found else { return Ok((None, rejected)) };
+        checkpoint::check_seed(&dir, &m, self.job.seed)?;
+        checkpoint::restore_whole_model(&dir, &m, &self.model, &mut self.opt)?;
+        let state = m.state;
         self.ledger = SampleLedger::new(self.job.seed, state.schedule.clone(), self.ledger.dataset_lens().to_vec())?;
         self.source.set_ledger(&self.ledger);
         self.state = state;
@@ -271,9 +241,7 @@ impl<S: BatchSource> Trainer<S> {
     /// Writes a checkpoint of the current state and prunes to `keep_last`.
     pub fn save_checkpoint(&self) -> Result<PathBuf> {
         let c = &self.job.checkpoint;
-        let dir = checkpoint::save(&c.dir, &self.job.name, self.job.seed, &self.state, &self.model, &self.opt)?;
-        checkpoint::prune(&c.dir, c.keep_last)?;
-        Ok(dir)
+        checkpoint::save_whole_model(&c.dir, &self.job.name, self.job.seed, &self.state, &self.model, &self.opt, c.keep_last)
     }
 
     /// True when the configured number of steps has been run.
@@ -289,6 +257,11 @@ impl<S: BatchSource> Trainer<S> {
     /// The model.
     pub fn model(&self) -> &Checkpoint {
         &self.model
+    }
+
+    /// The optimizer (its state is what a checkpoint stores besides the weights).
+    pub fn optimizer(&self) -> &AdamW {
+        &self.opt
     }
 
     /// The resolved job.

@@ -4,9 +4,9 @@
 use std::path::Path;
 
 use tch::Kind;
-use tessera_coordinator::SampleLedger;
-use tessera_coordinator::job::{JobConfig, ResolvedJob};
 use tessera_model::MaskedBatch;
+use tessera_protocol::SampleLedger;
+use tessera_protocol::job::{JobConfig, ResolvedJob};
 use tessera_tokenizers::Modality;
 use tessera_worker::BatchSource;
 use tessera_worker::data::open_job_data;

@@ -3,10 +3,10 @@
 
 use std::path::Path;
 
-use tessera_coordinator::SampleRef;
-use tessera_coordinator::job::ResolvedJob;
 use tessera_model::{FourMConfig, MaskedBatch};
 use tessera_ops::{Rank, TcpRing};
+use tessera_protocol::SampleRef;
+use tessera_protocol::job::ResolvedJob;
 use tessera_worker::data::{DataPipeline, open_job_data};
 use tessera_worker::fsdp::FsdpTrainer;
 use tessera_worker::{BatchSource, Trainer, four_m_config};
@@ -138,6 +138,65 @@ fn checkpoint_at_3_ranks_resumes_at_2_and_1() {
     bytes[n - 3] ^= 1;
     std::fs::write(&shard, bytes).unwrap();
     assert_eq!(on_world(d.path(), 2, |t| t.resume().unwrap()), vec![None, None]);
+}
+
+/// A one-process checkpoint as it was written before there was one format
+/// (`model.safetensors` + `optimizer.safetensors` + a `tessera-checkpoint/1` manifest), written
+/// here the way that writer did so the test keeps proving such checkpoints still load.
+fn write_legacy_single(t: &Trainer<Blanked>) -> std::path::PathBuf {
+    use tessera_protocol::checkpoint as store;
+    let dir = t.job().checkpoint.dir.join(store::dir_name(t.state().step));
+    std::fs::create_dir_all(&dir).unwrap();
+    t.model().save(&dir.join(store::LEGACY_MODEL_FILE)).unwrap();
+    tessera_model::io::write(&dir.join(store::LEGACY_OPTIMIZER_FILE), &t.optimizer().state(), &Default::default()).unwrap();
+    let files: Vec<store::FileEntry> =
+        [store::LEGACY_MODEL_FILE, store::LEGACY_OPTIMIZER_FILE].iter().map(|n| store::file_entry(&dir.join(n)).unwrap()).collect();
+    let manifest = serde_json::json!({
+        "format": store::LEGACY_SINGLE_FORMAT, "job": t.job().name, "seed": t.job().seed, "state": t.state(),
+        "rng": "derived: every random draw is a function of (seed, sample index, step)", "files": files,
+    });
+    std::fs::write(dir.join(store::MANIFEST), serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
+    dir
+}
+
+/// One-process checkpoints, of the format written before there was one and of the one format
+/// one process now writes (a world of one), load in one process (the next step bit for bit)
+/// and at 1, 2 and 3 ranks (the next step as one process computes it). Sharded checkpoints
+/// written before the change have the format they have now (`checkpoint_at_3_ranks_…`).
+#[test]
+fn one_process_checkpoints_old_and_new_load_in_every_mode_and_world_size() {
+    tch::set_num_threads(1);
+    for legacy in [true, false] {
+        let d = tempfile::tempdir().unwrap();
+        let trainer = || {
+            let job = job(d.path());
+            let cfg = four_m_config(&job.model, &job.origin).unwrap();
+            let source = source(&job, &cfg, Mode::default());
+            Trainer::new(job, &cfg, source, vec![200]).unwrap()
+        };
+        let mut t = trainer();
+        t.step().unwrap();
+        t.step().unwrap();
+        let dir = if legacy { write_legacy_single(&t) } else { t.save_checkpoint().unwrap() };
+        let layout = tessera_protocol::checkpoint::verify(&dir).unwrap().layout();
+        assert_eq!(
+            layout,
+            Some(if legacy { tessera_protocol::checkpoint::Layout::Single } else { tessera_protocol::checkpoint::Layout::Sharded })
+        );
+        let next = t.step().unwrap().loss;
+        let mut resumed = trainer();
+        assert_eq!(resumed.resume().unwrap().0.as_deref(), Some(dir.as_path()));
+        assert_eq!(resumed.step().unwrap().loss.to_bits(), next.to_bits(), "legacy {legacy}: one process, bit for bit");
+        for world in [1, 2, 3] {
+            let losses = on_world(d.path(), world, |t| {
+                assert_eq!(t.resume().unwrap(), Some(2));
+                t.step().unwrap().loss
+            });
+            for l in losses {
+                assert!((l - next).abs() / next.abs() < 1e-6, "legacy {legacy}, world {world}: {l} vs {next}");
+            }
+        }
+    }
 }
 
 /// What a rank keeps between generations (model, units, data source) restores a checkpoint at

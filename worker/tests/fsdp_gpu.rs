@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use tessera_coordinator::job::ResolvedJob;
+use tessera_protocol::job::ResolvedJob;
 use tessera_worker::data::open_job_data;
 use tessera_worker::eval::ValidationSet;
 use tessera_worker::fsdp::{FsdpTrainer, flat};

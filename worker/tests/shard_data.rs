@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use tch::Kind;
-use tessera_coordinator::SampleLedger;
-use tessera_coordinator::job::{JobConfig, ResolvedJob};
+use tessera_protocol::SampleLedger;
+use tessera_protocol::job::{JobConfig, ResolvedJob};
 use tessera_tokenizers::Modality;
 use tessera_tokenizers::shards::fixture::fixture_sample;
 use tessera_tokenizers::shards::{FixtureSpec, TarWriter, write_fixture};

@@ -2,8 +2,9 @@
 
 use std::path::Path;
 
-use tessera_coordinator::job::{JobConfig, ResolvedJob};
-use tessera_worker::{PrebuiltSynthetic, Trainer, WorkerError, checkpoint, four_m_config};
+use tessera_protocol::checkpoint;
+use tessera_protocol::job::{JobConfig, ResolvedJob};
+use tessera_worker::{PrebuiltSynthetic, Trainer, WorkerError, four_m_config};
 
 fn job_micro(dir: &Path, extra_train: &str, micro: usize) -> ResolvedJob {
     let tok = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -113,14 +114,17 @@ fn corrupt_checkpoints_are_skipped_and_old_ones_pruned() {
     let kept: Vec<u64> = checkpoint::list(root).unwrap().iter().map(|(s, _)| *s).collect();
     assert_eq!(kept, vec![3, 2], "keep_last = 2");
 
-    // Flip one byte in the newest model file: checksum mismatch.
-    let model = dirs[2].join(checkpoint::MODEL_FILE);
+    // One process writes the one format, as a world of one.
+    let m = checkpoint::verify(&dirs[2]).unwrap();
+    assert_eq!((m.layout(), m.world, m.state.step), (Some(checkpoint::Layout::Sharded), 1, 3));
+    // Flip one byte in the newest shard file: checksum mismatch.
+    let model = dirs[2].join(checkpoint::shard_file(0, 1));
     let mut bytes = std::fs::read(&model).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x40;
     std::fs::write(&model, bytes).unwrap();
     let err = checkpoint::verify(&dirs[2]).unwrap_err().to_string();
-    assert!(err.contains("model.safetensors") && err.contains("sha256"), "{err}");
+    assert!(err.contains("rank-00000-of-00001.safetensors") && err.contains("sha256"), "{err}");
 
     let mut r = trainer(d.path(), "");
     let (from, rejected) = r.resume().unwrap();

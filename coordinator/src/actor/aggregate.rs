@@ -5,9 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
-use crate::catalog::FileEntry;
 use crate::control::WorkerId;
-use crate::report::StepReport;
+use tessera_protocol::checkpoint::{FileEntry, Manifest};
+use tessera_protocol::report::StepReport;
 
 /// The checkpoint shards of one (generation, step) received so far.
 #[derive(Debug)]
@@ -15,7 +15,7 @@ pub struct PendingCheckpoint {
     /// Shard file by rank.
     pub files: BTreeMap<u32, FileEntry>,
     /// Rank 0's manifest.
-    pub manifest: Option<serde_json::Value>,
+    pub manifest: Option<Manifest>,
     /// When the first shard arrived (the commit latency is measured from here).
     pub first_shard: Instant,
     /// Slowest shard write (snapshot to durable), seconds.
@@ -61,14 +61,7 @@ impl GenerationBook {
 
     /// Records a durable shard; returns the checkpoint once every rank's shard and the
     /// manifest are in.
-    pub fn shard(
-        &mut self,
-        step: u64,
-        rank: u32,
-        file: FileEntry,
-        manifest: Option<serde_json::Value>,
-        write_s: f64,
-    ) -> Option<PendingCheckpoint> {
+    pub fn shard(&mut self, step: u64, rank: u32, file: FileEntry, manifest: Option<Manifest>, write_s: f64) -> Option<PendingCheckpoint> {
         let p = self.checkpoints.entry(step).or_insert_with(|| PendingCheckpoint {
             files: BTreeMap::new(),
             manifest: None,
@@ -131,7 +124,9 @@ mod tests {
         let mut b = GenerationBook::new(0, vec![WorkerId(3), WorkerId(5)]);
         let f = |n: &str| FileEntry { name: n.into(), bytes: 1, sha256: "00".into() };
         assert!(b.shard(4, 1, f("r1"), None, 0.5).is_none());
-        let c = b.shard(4, 0, f("r0"), Some(serde_json::json!({"state": {"step": 4}})), 0.25).unwrap();
+        let state = tessera_protocol::checkpoint::TrainState::start(tessera_protocol::MixtureSchedule::new(vec![1.0]).unwrap());
+        let manifest = Manifest::new("t", 0, 2, state, Vec::new());
+        let c = b.shard(4, 0, f("r0"), Some(manifest), 0.25).unwrap();
         assert_eq!(c.files.len(), 2);
         assert_eq!(c.write_s, 0.5);
         assert!(b.checkpoints.is_empty());

@@ -10,7 +10,7 @@ use ractor::rpc::CallResult;
 use serde::de::DeserializeOwned;
 
 use crate::api::{ApiError, ApiFuture, CheckpointAck, JobControl, JobStatus, MixtureAck, ScaleAck};
-use crate::protocol::{CoordinatorMsg, Reply, Request, Wire};
+use tessera_protocol::messages::{CoordinatorMsg, Reply, Request, Wire};
 
 /// How long a call waits for the actor by default: below the API's own
 /// [`crate::api::BACKEND_TIMEOUT`], so the caller sees which part did not answer.

@@ -2,7 +2,7 @@
 //! Both are observers: a failure to write one is reported and never stops the job.
 
 use crate::events::JobEvent;
-use crate::report::StepReport;
+use tessera_protocol::report::StepReport;
 
 use super::CoordinatorState;
 
@@ -11,14 +11,14 @@ impl CoordinatorState {
     /// progress does not depend on its audit trail, and the next record may succeed).
     pub(super) fn record(&mut self, event: JobEvent) {
         if let Err(e) = self.args.events.record(&event) {
-            crate::say!("[coordinator] event log {}: {e} (event {event:?} not recorded)", self.args.events.path().display());
+            tessera_protocol::say!("[coordinator] event log {}: {e} (event {event:?} not recorded)", self.args.events.path().display());
         }
     }
 
     /// Exports one completed step; reports the metrics refuse (they would be a bug) are logged.
     pub(super) fn observe_step(&self, reports: &[StepReport]) {
         if let Err(e) = self.args.metrics.observe_step(reports) {
-            crate::say!("[coordinator] metrics: step not exported: {e}");
+            tessera_protocol::say!("[coordinator] metrics: step not exported: {e}");
         }
     }
 

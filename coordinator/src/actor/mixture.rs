@@ -26,8 +26,9 @@
 use std::collections::BTreeMap;
 
 use crate::api::ApiError;
-use crate::error::{CoordinatorError, Result};
-use crate::ledger::MixtureSchedule;
+use crate::error::Result;
+use tessera_protocol::ProtocolError;
+use tessera_protocol::ledger::MixtureSchedule;
 
 /// A change accepted but not yet handed to a generation.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,12 +68,13 @@ impl Mixtures {
     /// `names` (by index) and `global_batch_size` samples per step.
     pub fn new(schedule: MixtureSchedule, names: Vec<String>, global_batch_size: u64) -> Result<Self> {
         if names.len() != schedule.num_datasets() {
-            return Err(CoordinatorError::Schedule {
+            return Err(ProtocolError::Schedule {
                 reason: format!("{} dataset names for a schedule of {} datasets", names.len(), schedule.num_datasets()),
-            });
+            }
+            .into());
         }
         if global_batch_size == 0 {
-            return Err(CoordinatorError::Schedule { reason: "the global batch size is 0".into() });
+            return Err(ProtocolError::Schedule { reason: "the global batch size is 0".into() }.into());
         }
         Ok(Self { names, global_batch_size, installed: schedule, pending: Vec::new() })
     }

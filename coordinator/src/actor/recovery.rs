@@ -1,9 +1,9 @@
 //! The actor's part in recovery: starting the local processes the state machine asks for
 //! (replacements, scale-ups), and verifying a checkpoint that a generation could not restore.
 
-use crate::catalog;
 use crate::control::{Event, WorkerId};
 use crate::events::JobEvent;
+use tessera_protocol::checkpoint;
 
 use super::CoordinatorState;
 
@@ -19,8 +19,8 @@ impl CoordinatorState {
             return;
         }
         self.verified_restore = Some((plan.generation, step));
-        let dir = self.args.checkpoint_dir.join(catalog::dir_name(step));
-        if let Err(e) = catalog::verify(&dir) {
+        let dir = self.args.checkpoint_dir.join(checkpoint::dir_name(step));
+        if let Err(e) = checkpoint::verify(&dir) {
             let reason = format!("restoring it failed and it does not verify: {e}");
             self.log(&format!("checkpoint {} is bad ({reason}); falling back to the one before", dir.display()));
             self.record(JobEvent::CheckpointFailed { step, reason: reason.clone() });

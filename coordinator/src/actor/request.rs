@@ -4,7 +4,7 @@
 use crate::api::{ApiError, CheckpointAck, MixtureAck, ScaleAck};
 use crate::control::{Event, WorkerId};
 use crate::events::JobEvent;
-use crate::protocol::{Reply, Request};
+use tessera_protocol::messages::{Reply, Request};
 
 use super::{CoordinatorState, Removal};
 

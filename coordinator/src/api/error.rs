@@ -1,83 +1,25 @@
-//! [`ApiError`]: what a [`super::JobControl`] call or a request can fail with, and the HTTP
-//! status and JSON body each kind maps to.
+//! The HTTP side of [`ApiError`] (the type itself is the contract's): the status and JSON body
+//! each kind is answered with.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
+pub use tessera_protocol::api_error::{ApiError, ErrorBody};
 
-/// An API request refused or failed; the HTTP status follows from the variant.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
-pub enum ApiError {
-    /// The request is malformed or asks for something impossible (400).
-    #[error("field `{field}`: {reason}")]
-    BadRequest {
-        /// The offending field (`workers`, `weights.cc12m`, `body`).
-        field: String,
-        /// Why it was refused.
-        reason: String,
-    },
-    /// No or a wrong bearer token (401).
-    #[error("missing or wrong bearer token")]
-    Unauthorized,
-    /// The request is valid but the job cannot do it now (409), e.g. the job has finished.
-    #[error("{reason}")]
-    Conflict {
-        /// Why not now.
-        reason: String,
-    },
-    /// The coordinator did not answer in time or is shutting down (503).
-    #[error("{reason}")]
-    Unavailable {
-        /// What did not answer.
-        reason: String,
-    },
-    /// A fault on the coordinator's side (500).
-    #[error("{reason}")]
-    Internal {
-        /// What failed.
-        reason: String,
-    },
+/// The HTTP status `error` is answered with.
+pub fn status_code(error: &ApiError) -> StatusCode {
+    StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
-impl ApiError {
-    /// A 400 naming `field`.
-    pub fn bad(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        ApiError::BadRequest { field: field.into(), reason: reason.into() }
+/// The HTTP answer to `error`: its status and the JSON [`ErrorBody`].
+pub fn error_response(error: ApiError) -> Response {
+    let field = match &error {
+        ApiError::BadRequest { field, .. } => Some(field.clone()),
+        _ => None,
+    };
+    let body = ErrorBody { error: error.to_string(), field };
+    let mut response = (status_code(&error), axum::Json(body)).into_response();
+    if matches!(error, ApiError::Unauthorized) {
+        response.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
     }
-
-    /// The HTTP status this error is answered with.
-    pub fn status(&self) -> StatusCode {
-        match self {
-            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::Conflict { .. } => StatusCode::CONFLICT,
-            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-}
-
-/// The JSON body of every error answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ErrorBody {
-    /// The error, as text (names the field for a 400).
-    pub error: String,
-    /// The offending field, for a 400.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub field: Option<String>,
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let field = match &self {
-            ApiError::BadRequest { field, .. } => Some(field.clone()),
-            _ => None,
-        };
-        let body = ErrorBody { error: self.to_string(), field };
-        let mut response = (self.status(), axum::Json(body)).into_response();
-        if matches!(self, ApiError::Unauthorized) {
-            response.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
-        }
-        response
-    }
+    response
 }

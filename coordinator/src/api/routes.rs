@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use super::JobControl;
-use super::error::ApiError;
+use super::error::{ApiError, error_response};
 use super::types::{CheckpointAck, JobStatus, MixtureAck, MixtureRequest, ScaleAck, ScaleRequest};
 use crate::metrics::JobMetrics;
 
@@ -57,7 +57,7 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
     let given = request.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     match given {
         Some(t) if constant_time_eq(t.trim().as_bytes(), state.token.as_bytes()) => next.run(request).await,
-        _ => ApiError::Unauthorized.into_response(),
+        _ => error_response(ApiError::Unauthorized),
     }
 }
 
@@ -69,8 +69,8 @@ async fn answer<T: serde::Serialize>(what: &str, call: super::ApiFuture<'_, T>) 
 async fn answer_within<T: serde::Serialize>(limit: Duration, what: &str, call: super::ApiFuture<'_, T>) -> Response {
     match tokio::time::timeout(limit, call).await {
         Ok(Ok(value)) => Json(value).into_response(),
-        Ok(Err(e)) => e.into_response(),
-        Err(_) => ApiError::Unavailable { reason: format!("{what}: the coordinator did not answer within {limit:?}") }.into_response(),
+        Ok(Err(e)) => error_response(e),
+        Err(_) => error_response(ApiError::Unavailable { reason: format!("{what}: the coordinator did not answer within {limit:?}") }),
     }
 }
 
@@ -83,7 +83,7 @@ async fn not_found(method: axum::http::Method, uri: axum::http::Uri) -> Response
 async fn serve_metrics(State(state): State<AppState>) -> Response {
     match state.metrics.render() {
         Ok(text) => ([(CONTENT_TYPE, METRICS_CONTENT_TYPE)], text).into_response(),
-        Err(e) => ApiError::Internal { reason: e.to_string() }.into_response(),
+        Err(e) => error_response(ApiError::Internal { reason: e.to_string() }),
     }
 }
 
@@ -94,7 +94,7 @@ async fn status(State(state): State<AppState>) -> Response {
 async fn scale(State(state): State<AppState>, body: Bytes) -> Response {
     match ScaleRequest::from_json(&body) {
         Ok(req) => answer::<ScaleAck>("scale", state.backend.scale(req.workers)).await,
-        Err(e) => e.into_response(),
+        Err(e) => error_response(e),
     }
 }
 
@@ -105,7 +105,7 @@ async fn checkpoint(State(state): State<AppState>) -> Response {
 async fn mixture(State(state): State<AppState>, body: Bytes) -> Response {
     match MixtureRequest::from_json(&body) {
         Ok(req) => answer::<MixtureAck>("mixture", state.backend.set_mixture(req.weights, req.at_step)).await,
-        Err(e) => e.into_response(),
+        Err(e) => error_response(e),
     }
 }
 

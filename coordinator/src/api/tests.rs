@@ -18,7 +18,7 @@ use super::{
 use crate::client::ApiClient;
 use crate::error::{CoordinatorError, Result};
 use crate::metrics::JobMetrics;
-use crate::report::{StepReport, StepTimings};
+use tessera_protocol::report::{StepReport, StepTimings};
 
 const TOKEN: &str = "t0ken-for-tests";
 const WAIT: Duration = Duration::from_secs(5);

@@ -1,19 +1,9 @@
 //! The coordinator's view of a job: members, the running generation, committed checkpoints.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use serde::{Deserialize, Serialize};
-
-/// A worker process, as the coordinator names it (unique for the job's lifetime).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct WorkerId(pub u64);
-
-impl fmt::Display for WorkerId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "worker#{}", self.0)
-    }
-}
+pub use tessera_protocol::{GenerationPlan, WorkerId};
 
 /// Membership and checkpoint policy of a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,19 +50,6 @@ pub struct Member {
     /// Has completed a step as a rank.
     #[serde(default)]
     pub trained: bool,
-}
-
-/// A generation: the ranks that train together until the membership changes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GenerationPlan {
-    /// Generation number (strictly increasing).
-    pub generation: u64,
-    /// Rank `i` is `ranks[i]`.
-    pub ranks: Vec<WorkerId>,
-    /// First step it trains.
-    pub start_step: u64,
-    /// Step of the committed checkpoint it restores (`None`: fresh start).
-    pub restore: Option<u64>,
 }
 
 /// What happened (a message arrived, or time passed).

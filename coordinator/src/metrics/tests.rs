@@ -5,8 +5,8 @@ use prometheus::Registry;
 use super::JobMetrics;
 use crate::api::ValidationStatus;
 use crate::error::CoordinatorError;
-use crate::report::{StepReport, StepTimings};
-use crate::validation::{ModalityScore, ValidationReport};
+use tessera_protocol::report::{StepReport, StepTimings};
+use tessera_protocol::validation::{ModalityScore, ValidationReport};
 
 fn report(generation: u64, step: u64, rank: u32, world: u32, samples: u64, tokens: u64, total_s: f64) -> StepReport {
     StepReport {

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use clap::Args;
 use serde::Serialize;
-use tessera_coordinator::{ResolvedJob, SampleLedger};
+use tessera_protocol::{ResolvedJob, SampleLedger};
 use tessera_worker::data::open_job_data;
 use tessera_worker::{BatchSource, PrebuiltSynthetic, Prefetcher, Trainer, four_m_config};
 

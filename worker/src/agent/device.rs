@@ -11,11 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use ractor::ActorRef;
-use tessera_coordinator::ResolvedJob;
-use tessera_coordinator::control::WorkerId;
-use tessera_coordinator::protocol::{CoordinatorMsg, GenerationStart, Wire, WorkerEvent};
-use tessera_coordinator::report::{StepReport, StepTimings};
 use tessera_ops::{AbortHandle, Collective, JobAuth, Rank, RingConfig, Secret, TcpRing};
+use tessera_protocol::ResolvedJob;
+use tessera_protocol::WorkerId;
+use tessera_protocol::messages::{CoordinatorMsg, GenerationStart, Wire, WorkerEvent};
+use tessera_protocol::report::{StepReport, StepTimings};
 
 use crate::data::DataPipeline;
 use crate::error::{Result, WorkerError};
@@ -105,7 +105,7 @@ impl DeviceCtx {
 
 /// The job id of the collective handshake (the generation is added per generation).
 pub fn job_id(job: &ResolvedJob) -> u64 {
-    tessera_coordinator::ledger::mix(&[job.seed, job.name.len() as u64])
+    tessera_protocol::ledger::mix(&[job.seed, job.name.len() as u64])
 }
 
 /// The identity and secret of `generation`'s communicators.
@@ -135,7 +135,7 @@ pub fn device_main(ctx: DeviceCtx, rx: Receiver<DeviceCmd>) {
                 let generation = g.plan.generation;
                 let (step, error, exit) = run_generation(&ctx, &g, &rx, &mut writers, &mut resident, &mut held_out);
                 if let Some(e) = &error {
-                    tessera_coordinator::say!("[{}] generation {generation} ended at step {step}: {e}", ctx.worker);
+                    tessera_protocol::say!("[{}] generation {generation} ended at step {step}: {e}", ctx.worker);
                 }
                 ctx.send(WorkerEvent::GenerationEnded { worker: ctx.worker, generation, step, error });
                 if exit {
@@ -255,7 +255,7 @@ fn run_generation(
         step = t.state().step;
         if g.rank == 0 {
             let total_s = t_start.elapsed().as_secs_f64();
-            tessera_coordinator::say!(
+            tessera_protocol::say!(
                 "[{}] generation {generation} ready: ring {ring_s:.2}s, model + restore {:.2}s (model and data {}: {model_s:.2}s, restore {:.2}s)",
                 ctx.worker,
                 total_s - ring_s,
@@ -327,7 +327,7 @@ fn run_generation(
     if let Some(t) = slot {
         match t.into_resident() {
             Ok(r) => *resident = Some(r),
-            Err(e) => tessera_coordinator::say!("[{}] generation {generation}: the model is rebuilt next time: {e}", ctx.worker),
+            Err(e) => tessera_protocol::say!("[{}] generation {generation}: the model is rebuilt next time: {e}", ctx.worker),
         }
     }
     (step, result.err().map(|e| e.to_string()), exit)
@@ -345,16 +345,12 @@ fn write_checkpoint(
     let ts = std::time::Instant::now();
     let snap = t.snapshot(generation);
     if g.rank == 0 {
-        tessera_coordinator::say!(
-            "[{}] step {step}: checkpoint snapshot {:.3}s (training continues)",
-            ctx.worker,
-            ts.elapsed().as_secs_f64()
-        );
+        tessera_protocol::say!("[{}] step {step}: checkpoint snapshot {:.3}s (training continues)", ctx.worker, ts.elapsed().as_secs_f64());
     }
     let (coord, worker, rank) = (ctx.coordinator.clone(), ctx.worker, g.rank);
     let name = format!("ckpt-writer-{step}");
     let spawned = std::thread::Builder::new().name(name).spawn(move || {
-        let (snap_step, manifest) = (snap.step, snap.manifest.clone());
+        let (snap_step, manifest) = (snap.step, snap.manifest.clone().map(Box::new));
         let ev = match snap.write() {
             Ok((file, write_s)) => WorkerEvent::ShardWritten { worker, generation, step: snap_step, rank, file, manifest, write_s },
             Err(e) => WorkerEvent::ShardFailed { worker, generation, step: snap_step, reason: e.to_string() },
@@ -414,7 +410,7 @@ fn validate(
     let set = held_out.get_or_insert_with(|| match ValidationSet::prepare(&ctx.job, cfg) {
         Ok(set) => set,
         Err(e) => {
-            tessera_coordinator::say!("[{}] cannot load the held-out set; validation is off: {e}", ctx.worker);
+            tessera_protocol::say!("[{}] cannot load the held-out set; validation is off: {e}", ctx.worker);
             None
         }
     });
@@ -422,7 +418,7 @@ fn validate(
     t.agree(&mut missing)?;
     let Some(set) = set.as_ref().filter(|_| missing[0] == 0) else {
         if g.rank == 0 {
-            tessera_coordinator::say!("[{}] validation of step {step} skipped: a rank has no held-out set", ctx.worker);
+            tessera_protocol::say!("[{}] validation of step {step} skipped: a rank has no held-out set", ctx.worker);
         }
         return Ok(());
     };

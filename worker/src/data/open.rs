@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use tessera_coordinator::job::{DatasetKind, ResolvedJob};
-use tessera_coordinator::ledger::mix;
-use tessera_coordinator::{MixtureSchedule, SampleLedger};
+use tessera_protocol::job::{DatasetKind, ResolvedJob};
+use tessera_protocol::ledger::mix;
+use tessera_protocol::{MixtureSchedule, SampleLedger};
 use tessera_tokenizers::Modality;
 use tessera_tokenizers::masking::{MaskingOptions, SampleMasker};
 use tessera_tokenizers::mixture::BudgetSampler;

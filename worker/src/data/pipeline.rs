@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use rayon::prelude::*;
-use tessera_coordinator::SampleRef;
 use tessera_model::MaskedBatch;
+use tessera_protocol::SampleRef;
 use tessera_tokenizers::Modality;
 use tessera_tokenizers::masking::{MaskedModality, MaskedSample, SampleMasker, collate};
 use tessera_tokenizers::mixture::BudgetSampler;

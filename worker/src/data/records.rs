@@ -3,8 +3,8 @@
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use tessera_coordinator::SampleRef;
-use tessera_coordinator::ledger::mix;
+use tessera_protocol::SampleRef;
+use tessera_protocol::ledger::mix;
 use tessera_tokenizers::Modality;
 use tessera_tokenizers::masking::SampleValues;
 use tessera_tokenizers::masking::synthetic::SyntheticSource;

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
-use tessera_coordinator::SampleRef;
-use tessera_coordinator::ledger::mix;
+use tessera_protocol::SampleRef;
+use tessera_protocol::ledger::mix;
 use tessera_tokenizers::masking::{ModalityValue, SampleValues};
 use tessera_tokenizers::serialize::{ColorPalettes, Crop, Detections, HumanPoses, Metadata, SamInstances};
 use tessera_tokenizers::shards::{

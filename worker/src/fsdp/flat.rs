@@ -13,8 +13,8 @@ use tch::{Device, Kind, Tensor};
 use tessera_ops::nccl::{UNIQUE_ID_BYTES, UniqueId};
 use tessera_ops::{Collective, DType, NcclComm, NcclConfig, OpsError, Rank, ReduceOp, shard_range};
 
-use tessera_coordinator::job::{DeviceKind, ResolvedJob};
 use tessera_ops::JobAuth;
+use tessera_protocol::job::{DeviceKind, ResolvedJob};
 
 use crate::error::{Result, WorkerError};
 

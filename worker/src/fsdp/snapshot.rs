@@ -6,7 +6,6 @@ use std::time::Instant;
 
 use tch::Tensor;
 
-use super::checkpoint as sharded;
 use crate::error::Result;
 
 /// Fault injection for the end-to-end tests: `TESSERA_FAULT_ABORT_IN_SHARD_WRITE=STEP:RANK`
@@ -28,7 +27,7 @@ pub struct Snapshot {
     pub(super) world: usize,
     pub(super) tensors: Vec<(String, Tensor)>,
     /// The manifest to commit (rank 0 only; `files` is filled in by the committer).
-    pub manifest: Option<serde_json::Value>,
+    pub manifest: Option<tessera_protocol::checkpoint::Manifest>,
     pub(super) taken: Instant,
 }
 
@@ -38,20 +37,20 @@ impl Snapshot {
         let target = spec.split_once(':').and_then(|(s, r)| Some((s.parse::<u64>().ok()?, r.parse::<usize>().ok()?)));
         if target == Some((self.step, self.rank)) {
             let _ = std::fs::write(path, b"partial shard: the writer died here");
-            tessera_coordinator::say!("fault injection: rank {} dies writing its shard of step {}", self.rank, self.step);
+            tessera_protocol::say!("fault injection: rank {} dies writing its shard of step {}", self.rank, self.step);
             std::process::abort();
         }
     }
 
     /// Writes the shard file durably (temp, fsync, rename) into the generation's temp
     /// directory; returns its entry and the seconds since the snapshot was taken.
-    pub fn write(self) -> Result<(tessera_coordinator::catalog::FileEntry, f64)> {
-        let tmp = tessera_coordinator::catalog::temp_dir(&self.root, self.step, self.generation);
+    pub fn write(self) -> Result<(tessera_protocol::checkpoint::FileEntry, f64)> {
+        let tmp = tessera_protocol::checkpoint::temp_dir(&self.root, self.step, self.generation);
         std::fs::create_dir_all(&tmp).map_err(crate::error::io_err("creating", &tmp))?;
-        let path = tmp.join(sharded::shard_file(self.rank, self.world));
+        let path = tmp.join(tessera_protocol::checkpoint::shard_file(self.rank, self.world));
         self.fault_injection(&path);
         tessera_model::io::write(&path, &self.tensors, &Default::default())?;
-        let entry = tessera_coordinator::catalog::file_entry(&path)?;
+        let entry = tessera_protocol::checkpoint::file_entry(&path)?;
         Ok((entry, self.taken.elapsed().as_secs_f64()))
     }
 }

@@ -8,14 +8,13 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use tch::{Device, Tensor};
-use tessera_coordinator::job::ResolvedJob;
-use tessera_coordinator::ledger::mix;
-use tessera_coordinator::{SampleLedger, SampleRef};
 use tessera_model::{AdamWConfig, Checkpoint, ForwardOptions, FourMConfig, adamw_update};
 use tessera_ops::{Collective, NcclComm, ReduceOp, shard_range};
+use tessera_protocol::job::ResolvedJob;
+use tessera_protocol::ledger::mix;
+use tessera_protocol::{SampleLedger, SampleRef};
 use tessera_tokenizers::Modality;
 
-use super::checkpoint::{self as sharded, ShardTensors, ShardedManifest, UnitRecord};
 use super::comm::{CommThread, Ticket};
 use super::flat;
 use super::grads::GradShard;
@@ -23,10 +22,11 @@ use super::pieces::{piece_len, pieces};
 use super::snapshot::Snapshot;
 use super::tensors::append_f32;
 use super::units::{Unit, block_params, flat_slice, free_param, units_with_shapes};
-use crate::checkpoint::{Counters, TrainState};
+use crate::checkpoint::{self as sharded, ShardTensors};
 use crate::error::{Result, WorkerError};
 use crate::source::BatchSource;
 use crate::trainer::{StepReport, forward_options, job_device};
+use tessera_protocol::checkpoint::{self as store, Manifest, TrainState, UnitRecord};
 
 mod eval;
 mod idle;
@@ -232,7 +232,7 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
             CommThread::inline(coll)
         };
         let ledger = SampleLedger::new(job.seed, job.schedule.clone(), dataset_lens)?;
-        let state = TrainState { step: 0, next_sample_index: 0, schedule: job.schedule.clone(), counters: Counters::default() };
+        let state = TrainState::start(job.schedule.clone());
         let fwd = forward_options(&job.train);
         let outputs = cfg.domains_out.clone();
         let skipped = source.skipped_counter();
@@ -827,16 +827,8 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
     }
 
     /// The manifest of a checkpoint of the current state (its `files` are filled in on commit).
-    fn manifest(&self, units: Vec<UnitRecord>) -> ShardedManifest {
-        ShardedManifest {
-            format: sharded::FORMAT.into(),
-            job: self.job.name.clone(),
-            seed: self.job.seed,
-            world: self.coll.world(),
-            state: self.state.clone(),
-            units,
-            files: Vec::new(),
-        }
+    fn manifest(&self, units: Vec<UnitRecord>) -> Manifest {
+        Manifest::new(&self.job.name, self.job.seed, self.coll.world(), self.state.clone(), units)
     }
 
     /// The flat layout as recorded in checkpoints.
@@ -844,13 +836,14 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
         sharded::unit_records(&self.units, Some(&self.steps))
     }
 
-    /// Writes a sharded checkpoint of the current state under the job's checkpoint directory
-    /// (collective: every rank must call it at the same step) and keeps the newest
-    /// `keep_last`. Returns the committed directory.
+    /// Writes a checkpoint of the current state under the job's checkpoint directory
+    /// (collective: every rank must call it at the same step; rank 0 commits) and keeps the
+    /// newest `keep_last`. For ranks that run without a coordinator. Returns the committed
+    /// directory.
     pub fn save_checkpoint(&mut self) -> Result<std::path::PathBuf> {
         let (world, rank) = (self.coll.world(), self.coll.rank().0 as usize);
         let root = self.job.checkpoint.dir.clone();
-        let tmp = sharded::temp_dir(&root, self.state.step, mix(&[self.job.seed, world as u64]));
+        let tmp = store::temp_dir(&root, self.state.step, 0);
         let units = self.unit_records();
         sharded::write_shards(&tmp, rank, world, &units, &self.shards)?;
         let r = self.coll.barrier();
@@ -859,9 +852,12 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
         let mut ok = [1i64];
         let mut committed = None;
         if rank == 0 {
-            match sharded::commit(&root, &tmp, self.manifest(units))
-                .and_then(|d| crate::checkpoint::prune(&root, self.job.checkpoint.keep_last).map(|_| d))
-            {
+            let done = (0..world)
+                .map(|r| store::file_entry(&tmp.join(store::shard_file(r, world))))
+                .collect::<tessera_protocol::Result<Vec<_>>>()
+                .and_then(|files| store::commit(&root, &tmp, self.manifest(units), files))
+                .and_then(|(d, _)| store::prune(&root, self.job.checkpoint.keep_last, store::NO_LIVE_GENERATION).map(|_| d));
+            match done {
                 Ok(d) => committed = Some(d),
                 Err(e) => {
                     ok[0] = 0;
@@ -877,22 +873,22 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
                 reason: format!("rank 0 could not commit the checkpoint of step {}", self.state.step),
             });
         }
-        Ok(committed.unwrap_or_else(|| root.join(crate::checkpoint::dir_name(self.state.step))))
+        Ok(committed.unwrap_or_else(|| root.join(store::dir_name(self.state.step))))
     }
 
-    /// Resumes every rank from the newest valid sharded checkpoint (rank 0 chooses, all load
-    /// it resharded to this world size). Collective. Returns the step resumed at, if any.
+    /// Resumes every rank from the newest valid checkpoint (rank 0 chooses, all load it
+    /// resharded to this world size). Collective. Returns the step resumed at, if any.
     pub fn resume(&mut self) -> Result<Option<u64>> {
         let rank = self.coll.rank().0 as usize;
         let root = self.job.checkpoint.dir.clone();
         let mut chosen = [-1i64];
         if rank == 0 {
-            let (found, rejected) = sharded::latest_any(&root)?;
+            let (found, rejected) = store::latest_valid(&root)?;
             for r in rejected {
                 tracing::warn!("skipping checkpoint: {r}");
             }
-            if let Some(c) = found {
-                chosen[0] = c.state().step as i64;
+            if let Some((_, m)) = found {
+                chosen[0] = m.state.step as i64;
             }
         }
         let r = self.coll.broadcast(&mut chosen, tessera_ops::Rank(0));
@@ -900,12 +896,12 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
         if chosen[0] < 0 {
             return Ok(None);
         }
-        let dir = root.join(crate::checkpoint::dir_name(chosen[0] as u64));
-        let (found, _) = sharded::latest_any(&root)?;
-        let found = found
-            .filter(|c| c.dir() == dir)
-            .ok_or_else(|| WorkerError::Checkpoint { path: dir.clone(), reason: "rank 0 chose it but it no longer verifies".into() })?;
-        self.install(found).map(Some)
+        let dir = root.join(store::dir_name(chosen[0] as u64));
+        let m = store::verify(&dir).map_err(|e| WorkerError::Checkpoint {
+            path: dir.clone(),
+            reason: format!("rank 0 chose it but it no longer verifies: {e}"),
+        })?;
+        self.install(&dir, &m).map(Some)
     }
 
     /// True on every rank when any rank asks to stop (e.g. got SIGTERM): ranks must leave the
@@ -951,7 +947,7 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
             .into_iter()
             .map(|(n, t)| (n, if t.device() == Device::Cpu { t.copy() } else { t.to_device(Device::Cpu) }))
             .collect();
-        let manifest = (rank == 0).then(|| serde_json::to_value(self.manifest(units)).expect("a manifest serialises"));
+        let manifest = (rank == 0).then(|| self.manifest(units));
         Snapshot {
             root: self.job.checkpoint.dir.clone(),
             generation,
@@ -964,54 +960,32 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
         }
     }
 
-    /// Loads the checkpoint in `dir` (sharded at any world size, or single-process), resharded
-    /// to this world. Each rank reads what it needs; no collective. The caller chose `dir` among
-    /// committed checkpoints; sizes and layout are checked here, checksums when it was chosen.
+    /// Loads the checkpoint in `dir` (written at any world size, or a one-process checkpoint of
+    /// the old format), resharded to this world. Each rank reads what it needs; no collective.
+    /// The caller chose `dir` among committed checkpoints; sizes and layout are checked here,
+    /// checksums when it was chosen.
     pub fn restore_from(&mut self, dir: &std::path::Path) -> Result<u64> {
-        let found = match sharded::read_manifest(dir) {
-            Ok(m) => sharded::AnyCheckpoint::Sharded((dir.to_path_buf(), m)),
-            Err(sharded_err) => {
-                let manifest = crate::checkpoint::verify(dir).map_err(|_| sharded_err)?;
-                sharded::AnyCheckpoint::Single(crate::checkpoint::ValidCheckpoint { dir: dir.to_path_buf(), manifest })
-            }
-        };
-        self.install(found)
+        let m = store::read_manifest(dir)?;
+        self.install(dir, &m)
     }
 
-    /// Loads a chosen checkpoint (either format) resharded to this world: shards, update
-    /// counts, training position and ledger. Returns the step it holds.
-    fn install(&mut self, found: sharded::AnyCheckpoint) -> Result<u64> {
+    /// Loads a chosen checkpoint resharded to this world: shards, update counts, training
+    /// position and ledger. Returns the step it holds.
+    fn install(&mut self, dir: &std::path::Path, m: &Manifest) -> Result<u64> {
         let (world, rank) = (self.coll.world(), self.coll.rank().0 as usize);
-        let dir = found.dir().to_path_buf();
-        if found.seed() != self.job.seed {
-            return Err(WorkerError::Checkpoint {
-                path: dir,
-                reason: format!("written with seed {}, the job has seed {}", found.seed(), self.job.seed),
-            });
-        }
-        let mine = self.unit_records();
-        let state = found.state().clone();
-        match found {
-            sharded::AnyCheckpoint::Sharded((_, m)) => {
-                sharded::check_layout(&dir, &m.units, &mine)?;
-                self.shards = sharded::load_shards(&dir, &m, rank, world)?.into_iter().map(|s| s.to_device(self.device)).collect();
-                self.steps = m.units.iter().map(|u| u.params.iter().map(|p| p.steps).collect()).collect();
-            }
-            sharded::AnyCheckpoint::Single(_) => {
-                let (shards, steps) = sharded::shards_from_single(&dir, &mine, rank, world)?;
-                self.shards = shards.into_iter().map(|s| s.to_device(self.device)).collect();
-                self.steps = steps;
-            }
-        }
-        self.ledger = SampleLedger::new(self.job.seed, state.schedule.clone(), self.ledger.dataset_lens().to_vec())?;
+        sharded::check_seed(dir, m, self.job.seed)?;
+        let (shards, steps) = sharded::load_any(dir, m, &self.unit_records(), rank, world)?;
+        self.shards = shards.into_iter().map(|s| s.to_device(self.device)).collect();
+        self.steps = steps;
+        self.ledger = SampleLedger::new(self.job.seed, m.state.schedule.clone(), self.ledger.dataset_lens().to_vec())?;
         self.source.set_ledger(&self.ledger);
-        self.state = state;
+        self.state = m.state.clone();
         Ok(self.state.step)
     }
 
     /// Installs a mixture schedule (a new generation may carry versions added while the job
     /// ran; versions already in force are unchanged, so earlier samples keep their sources).
-    pub fn set_schedule(&mut self, schedule: tessera_coordinator::MixtureSchedule) -> Result<()> {
+    pub fn set_schedule(&mut self, schedule: tessera_protocol::MixtureSchedule) -> Result<()> {
         self.ledger = SampleLedger::new(self.job.seed, schedule.clone(), self.ledger.dataset_lens().to_vec())?;
         self.source.set_ledger(&self.ledger);
         self.state.schedule = schedule;

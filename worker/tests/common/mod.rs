@@ -6,8 +6,8 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tessera_coordinator::job::{JobConfig, ResolvedJob};
 use tessera_ops::{JobAuth, Rank, RingConfig, Secret, TcpRing};
+use tessera_protocol::job::{JobConfig, ResolvedJob};
 
 /// `../shared` beside the checkout, or `TESSERA_SHARED_DIR` (where `tools/gpu/check.sh` puts
 /// the shared data on a device machine, whose checkout has no `../shared` beside it).

@@ -18,15 +18,17 @@ use tokio::sync::{mpsc, oneshot};
 use super::ActorBridge;
 use crate::actor::{Coordinator, CoordinatorArgs, JobOutcome, Launcher};
 use crate::api::{ApiError, JobControl, JobPhase, MixtureAck, ScaleAck, serve};
-use crate::catalog;
 use crate::client::ApiClient;
 use crate::control::{Policy, WorkerId};
 use crate::error::CoordinatorError;
 use crate::events::{EventLog, JobEvent};
-use crate::ledger::MixtureSchedule;
 use crate::metrics::JobMetrics;
-use crate::protocol::{Command, CoordinatorMsg, GenerationStart, JobSpec, WORKERS_GROUP, Wire, WorkerEvent, WorkerMsg, worker_group};
-use crate::report::{StepReport, StepTimings};
+use tessera_protocol::checkpoint;
+use tessera_protocol::ledger::MixtureSchedule;
+use tessera_protocol::messages::{
+    Command, CoordinatorMsg, GenerationStart, JobSpec, WORKERS_GROUP, Wire, WorkerEvent, WorkerMsg, worker_group,
+};
+use tessera_protocol::report::{StepReport, StepTimings};
 
 const WAIT: Duration = Duration::from_secs(5);
 const TOKEN: &str = "bridge-t0ken";
@@ -244,11 +246,14 @@ fn report(generation: u64, step: u64) -> StepReport {
 
 /// What the fake worker's rank 0 writes for a checkpoint of `step`: one shard and the manifest.
 fn shard(root: &Path, worker: WorkerId, generation: u64, step: u64) -> WorkerEvent {
-    let tmp = catalog::temp_dir(root, step, generation);
+    let tmp = checkpoint::temp_dir(root, step, generation);
     std::fs::create_dir_all(&tmp).unwrap();
-    std::fs::write(tmp.join("rank-0.bin"), b"weights").unwrap();
-    let file = catalog::file_entry(&tmp.join("rank-0.bin")).unwrap();
-    let manifest = Some(serde_json::json!({"state": {"step": step}}));
+    let name = checkpoint::shard_file(0, 1);
+    std::fs::write(tmp.join(&name), b"weights").unwrap();
+    let file = checkpoint::file_entry(&tmp.join(&name)).unwrap();
+    let mut state = checkpoint::TrainState::start(tessera_protocol::MixtureSchedule::new(vec![1.0]).unwrap());
+    state.step = step;
+    let manifest = Some(Box::new(checkpoint::Manifest::new("t", 0, 1, state, Vec::new())));
     WorkerEvent::ShardWritten { worker, generation, step, rank: 0, file, manifest, write_s: 0.01 }
 }
 
@@ -462,7 +467,7 @@ struct Silent;
 
 impl Actor for Silent {
     type Msg = CoordinatorMsg;
-    type State = Vec<ractor::RpcReplyPort<Wire<crate::protocol::Reply>>>;
+    type State = Vec<ractor::RpcReplyPort<Wire<tessera_protocol::messages::Reply>>>;
     type Arguments = ();
 
     async fn pre_start(&self, _myself: ActorRef<CoordinatorMsg>, _: ()) -> Result<Self::State, ActorProcessingErr> {

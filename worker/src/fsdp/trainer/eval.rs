@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 
 use tch::Tensor;
-use tessera_coordinator::ValidationReport;
 use tessera_model::{ForwardOptions, MaskedBatch, Staged};
 use tessera_ops::{Collective, ReduceOp, shard_range};
+use tessera_protocol::ValidationReport;
 use tessera_tokenizers::Modality;
 
 use super::{FsdpTrainer, amp};

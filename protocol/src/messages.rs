@@ -16,9 +16,9 @@ use ractor_cluster::RactorClusterMessage;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::api::ApiError;
-use crate::catalog::FileEntry;
-use crate::control::{GenerationPlan, WorkerId};
+use crate::api_error::ApiError;
+use crate::checkpoint::{FileEntry, Manifest};
+use crate::ids::WorkerId;
 use crate::ledger::MixtureSchedule;
 use crate::report::StepReport;
 
@@ -117,7 +117,7 @@ pub enum WorkerEvent {
         /// The file, with size and checksum.
         file: FileEntry,
         /// The manifest to commit (rank 0 only): layout and training position, without files.
-        manifest: Option<serde_json::Value>,
+        manifest: Option<Box<Manifest>>,
         /// Seconds from snapshot to durable file.
         write_s: f64,
     },
@@ -159,6 +159,19 @@ pub enum WorkerEvent {
         /// Why.
         reason: String,
     },
+}
+
+/// A generation: the ranks that train together until the membership changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenerationPlan {
+    /// Generation number (strictly increasing).
+    pub generation: u64,
+    /// Rank `i` is `ranks[i]`.
+    pub ranks: Vec<WorkerId>,
+    /// First step it trains.
+    pub start_step: u64,
+    /// Step of the committed checkpoint it restores (`None`: fresh start).
+    pub restore: Option<u64>,
 }
 
 /// A generation as one rank receives it.
@@ -281,7 +294,7 @@ pub enum Request {
 }
 
 /// The answer to a [`Request`]: the status or an acknowledgement as JSON (the API's
-/// [`crate::api::JobStatus`], [`crate::api::ScaleAck`], ... serialised), or why it was refused,
+/// the coordinator API's `JobStatus`, `ScaleAck`, ... serialised), or why it was refused,
 /// typed so the HTTP API answers the right status and names the offending field.
 pub type Reply = Result<serde_json::Value, ApiError>;
 

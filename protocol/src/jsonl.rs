@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::error::{CoordinatorError, Result};
+use crate::error::{ProtocolError, Result};
 
 /// An open JSON-lines file, appending (one writer per file).
 #[derive(Debug)]
@@ -23,7 +23,7 @@ pub struct JsonLines {
 impl JsonLines {
     /// Opens (or creates) the file at `path` for appending, cutting off a torn last line.
     pub fn open(path: &Path) -> Result<Self> {
-        let io = |source| CoordinatorError::Io { path: path.display().to_string(), source };
+        let io = |source| ProtocolError::Io { path: path.display().to_string(), source };
         let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(io)?;
         let mut text = Vec::new();
         file.read_to_end(&mut text).map_err(io)?;
@@ -45,7 +45,7 @@ impl JsonLines {
 
     /// Appends `record` as one line in one write; with `durable`, also fsyncs before returning.
     pub fn append<T: Serialize + ?Sized>(&mut self, record: &T, durable: bool) -> Result<()> {
-        let io = |source| CoordinatorError::Io { path: self.path.display().to_string(), source };
+        let io = |source| ProtocolError::Io { path: self.path.display().to_string(), source };
         let mut bytes = serde_json::to_vec(record).map_err(|e| io(std::io::Error::other(e)))?;
         bytes.push(b'\n');
         self.file.write_all(&bytes).map_err(io)?;
@@ -57,7 +57,7 @@ impl JsonLines {
 
     /// The complete lines of the file at `path` (a torn last line is left out).
     pub fn complete_lines(path: &Path) -> Result<Vec<Vec<u8>>> {
-        let text = std::fs::read(path).map_err(|source| CoordinatorError::Io { path: path.display().to_string(), source })?;
+        let text = std::fs::read(path).map_err(|source| ProtocolError::Io { path: path.display().to_string(), source })?;
         let complete = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
         Ok(text[..complete].split_inclusive(|b| *b == b'\n').map(|l| l[..l.len() - 1].to_vec()).collect())
     }

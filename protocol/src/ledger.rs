@@ -18,7 +18,7 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{CoordinatorError, Result};
+use crate::error::{ProtocolError, Result};
 
 /// Samples per block of the apportionment; weights are honoured exactly within each block.
 pub const BLOCK: u64 = 1024;
@@ -62,7 +62,7 @@ impl MixtureSchedule {
         let last = self.versions.last().expect("a schedule has a version");
         check_weights(&weights, Some(last.weights.len()))?;
         if start_index <= last.start_index {
-            return Err(CoordinatorError::Schedule {
+            return Err(ProtocolError::Schedule {
                 reason: format!(
                     "version starting at sample {start_index} is not after version {} (sample {})",
                     last.version, last.start_index
@@ -91,7 +91,7 @@ impl MixtureSchedule {
 }
 
 fn check_weights(weights: &[f64], expected_len: Option<usize>) -> Result<()> {
-    let err = |reason: String| Err(CoordinatorError::Schedule { reason });
+    let err = |reason: String| Err(ProtocolError::Schedule { reason });
     if let Some(n) = expected_len
         && weights.len() != n
     {
@@ -150,7 +150,7 @@ impl SampleLedger {
     /// A ledger over datasets of `lens` records; a dataset with positive weight must be non-empty.
     pub fn new(seed: u64, schedule: MixtureSchedule, lens: Vec<u64>) -> Result<Self> {
         if lens.len() != schedule.num_datasets() {
-            return Err(CoordinatorError::Schedule {
+            return Err(ProtocolError::Schedule {
                 reason: format!("{} dataset sizes for {} datasets", lens.len(), schedule.num_datasets()),
             });
         }
@@ -158,7 +158,7 @@ impl SampleLedger {
         for v in schedule.versions() {
             let per_block = apportion(&v.weights, BLOCK);
             if let Some(d) = (0..lens.len()).find(|&d| per_block[d] > 0 && lens[d] == 0) {
-                return Err(CoordinatorError::Schedule { reason: format!("dataset {d} has weight {} but no records", v.weights[d]) });
+                return Err(ProtocolError::Schedule { reason: format!("dataset {d} has weight {} but no records", v.weights[d]) });
             }
             let offset = match segments.last() {
                 None => vec![0; lens.len()],

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tessera_tokenizers::TokenModalityDef;
 
-use crate::error::{CoordinatorError, Result};
+use crate::error::{ProtocolError, Result};
 
 /// A training job: `[job]`, `[model]`, `[data]`, `[train]`, `[checkpoint]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -403,13 +403,13 @@ impl Default for CheckpointSection {
 impl JobConfig {
     /// Reads and parses a TOML job config (no validation beyond field names and types).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| CoordinatorError::Io { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ProtocolError::Io { path: path.display().to_string(), source })?;
         Self::from_toml(&text, &path.display().to_string())
     }
 
     /// Parses a TOML document; `origin` is named in errors.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self> {
-        toml::from_str(text).map_err(|e| CoordinatorError::Toml { path: origin.to_string(), source: Box::new(e) })
+        toml::from_str(text).map_err(|e| ProtocolError::Toml { path: origin.to_string(), source: Box::new(e) })
     }
 
     /// The config as TOML.

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{CoordinatorError, Result};
+use crate::error::{ProtocolError, Result};
 
 /// The file, under a job's output directory, that validations are appended to.
 pub const EVAL_LOG: &str = "eval_log.jsonl";
@@ -58,7 +58,7 @@ impl ValidationReport {
     /// "seconds"}`).
     pub fn append_to_log(&self, out: &Path) -> Result<()> {
         let path = out.join(EVAL_LOG);
-        let io = |source| CoordinatorError::Io { path: path.display().to_string(), source };
+        let io = |source| ProtocolError::Io { path: path.display().to_string(), source };
         let line = serde_json::json!({ "step": self.step, "modalities": self.modalities, "seconds": self.seconds });
         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io)?;
         // One write per line: a crash leaves at most a torn last line, which readers skip.

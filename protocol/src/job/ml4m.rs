@@ -13,7 +13,7 @@ use serde::Deserialize;
 use super::config::{
     CheckpointSection, DataSection, DatasetKind, DatasetSection, JobConfig, JobSection, LossKind, ModelSection, TokensSpec, TrainSection,
 };
-use crate::error::{CoordinatorError, Result};
+use crate::error::{ProtocolError, Result};
 
 /// The ml-4m run-config keys tessera uses; every other key is reported as ignored.
 #[derive(Debug, Default, Deserialize)]
@@ -109,9 +109,9 @@ pub struct Ml4mImport {
 /// global batch. `ml4m_root` resolves the repository-relative paths it contains.
 pub fn import_ml4m(run_yaml: &Path, ml4m_root: Option<&Path>, world_size: usize) -> Result<Ml4mImport> {
     let origin = run_yaml.display().to_string();
-    let bad = |field: &str, reason: String| CoordinatorError::Config { origin: origin.clone(), field: field.into(), reason };
+    let bad = |field: &str, reason: String| ProtocolError::Config { origin: origin.clone(), field: field.into(), reason };
     let text = read(run_yaml)?;
-    let value = yaml11(serde_yaml::from_str(&text).map_err(|source| CoordinatorError::Yaml { path: origin.clone(), source })?);
+    let value = yaml11(serde_yaml::from_str(&text).map_err(|source| ProtocolError::Yaml { path: origin.clone(), source })?);
     let mut warnings = Vec::new();
     if let Some(map) = value.as_mapping() {
         let ignored: Vec<String> =
@@ -120,7 +120,7 @@ pub fn import_ml4m(run_yaml: &Path, ml4m_root: Option<&Path>, world_size: usize)
             warnings.push(format!("ignored ml-4m keys: {}", ignored.join(", ")));
         }
     }
-    let run: RunYaml = serde_yaml::from_value(value).map_err(|source| CoordinatorError::Yaml { path: origin.clone(), source })?;
+    let run: RunYaml = serde_yaml::from_value(value).map_err(|source| ProtocolError::Yaml { path: origin.clone(), source })?;
 
     let model_name = run.model.clone().ok_or_else(|| bad("model", "missing".into()))?;
     let model = parse_model_name(&model_name).map_err(|r| bad("model", r))?;
@@ -139,12 +139,12 @@ pub fn import_ml4m(run_yaml: &Path, ml4m_root: Option<&Path>, world_size: usize)
     let data_path =
         locate(&data_ref, run_yaml, ml4m_root, "data").ok_or_else(|| bad("data_config", format!("cannot find '{data_ref}'")))?;
     let data_origin = data_path.display().to_string();
-    let yaml_err = |source| CoordinatorError::Yaml { path: data_origin.clone(), source };
+    let yaml_err = |source| ProtocolError::Yaml { path: data_origin.clone(), source };
     let data: DataYaml = serde_yaml::from_value(yaml11(serde_yaml::from_str(&read(&data_path)?).map_err(yaml_err)?)).map_err(yaml_err)?;
     let names: Vec<String> = data.train.datasets.keys().filter_map(|k| k.as_str().map(str::to_string)).collect();
     let weights = data.train.weights.clone().unwrap_or_else(|| vec![1.0; names.len()]);
     if weights.len() != names.len() {
-        return Err(CoordinatorError::Config {
+        return Err(ProtocolError::Config {
             origin: data_origin,
             field: "train.weights".into(),
             reason: format!("{} weights for {} datasets", weights.len(), names.len()),
@@ -155,7 +155,7 @@ pub fn import_ml4m(run_yaml: &Path, ml4m_root: Option<&Path>, world_size: usize)
     for (name, weight) in names.iter().zip(&weights) {
         let raw = data.train.datasets.get(name.as_str()).cloned().unwrap_or_default();
         let ds: DatasetYaml = serde_yaml::from_value(raw)
-            .map_err(|source| CoordinatorError::Yaml { path: format!("{data_origin} (train.datasets.{name})"), source })?;
+            .map_err(|source| ProtocolError::Yaml { path: format!("{data_origin} (train.datasets.{name})"), source })?;
         let kind = match ds.kind.as_deref() {
             Some("multimodal") | None => DatasetKind::Shards,
             Some("huggingface") => {
@@ -324,7 +324,7 @@ fn yaml11(v: serde_yaml::Value) -> serde_yaml::Value {
 }
 
 fn read(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|source| CoordinatorError::Io { path: path.display().to_string(), source })
+    std::fs::read_to_string(path).map_err(|source| ProtocolError::Io { path: path.display().to_string(), source })
 }
 
 /// Finds an ml-4m repository-relative file (see the module docs).

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use tessera_coordinator::job::{DatasetKind, JobConfig, ResolvedJob, import_ml4m};
+use tessera_protocol::job::{DatasetKind, JobConfig, ResolvedJob, import_ml4m};
 use tessera_tokenizers::Modality;
 
 fn ml4m_configs() -> PathBuf {

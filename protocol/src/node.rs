@@ -11,11 +11,11 @@ use ractor::{Actor, ActorRef, pg};
 use ractor_cluster::node::NodeConnectionMode;
 use ractor_cluster::{NetworkStream, NodeServer, NodeServerMessage};
 
-use crate::error::{CoordinatorError, Result};
-use crate::protocol::{COORDINATOR_GROUP, CoordinatorMsg};
+use crate::error::{ProtocolError, Result};
+use crate::messages::{COORDINATOR_GROUP, CoordinatorMsg};
 
-fn actor_err(context: String) -> impl FnOnce(String) -> CoordinatorError {
-    move |reason| CoordinatorError::Actor { context, reason }
+fn actor_err(context: String) -> impl FnOnce(String) -> ProtocolError {
+    move |reason| ProtocolError::Actor { context, reason }
 }
 
 async fn node_server(cookie: &str, name: &str) -> Result<ActorRef<NodeServerMessage>> {
@@ -41,8 +41,8 @@ impl CoordinatorNode {
     pub async fn serve(bind: SocketAddr, cookie: &str) -> Result<Self> {
         let listener = tokio::net::TcpListener::bind(bind)
             .await
-            .map_err(|source| CoordinatorError::Io { path: format!("binding the coordinator at {bind}"), source })?;
-        let addr = listener.local_addr().map_err(|source| CoordinatorError::Io { path: format!("{bind}"), source })?;
+            .map_err(|source| ProtocolError::Io { path: format!("binding the coordinator at {bind}"), source })?;
+        let addr = listener.local_addr().map_err(|source| ProtocolError::Io { path: format!("{bind}"), source })?;
         let server = node_server(cookie, &format!("coordinator@{addr}")).await?;
         let to = server.clone();
         let accept = tokio::spawn(async move {

@@ -9,7 +9,7 @@ use tessera_tokenizers::mixture::{AlphasConfig, BudgetConfig, HyphenAlphasSpec, 
 use tessera_tokenizers::{Modality, ModalityKind, ModalitySet};
 
 use super::config::{DatasetKind, DeviceKind, JobConfig, LossKind, TokensSpec};
-use crate::error::{CoordinatorError, Result};
+use crate::error::{ProtocolError, Result};
 use crate::ledger::{MixtureSchedule, mix};
 use crate::lr::CosineSchedule;
 
@@ -188,7 +188,7 @@ impl ResolvedJob {
 
     /// Validates `cfg`; relative paths are taken relative to `base`.
     pub fn resolve(cfg: &JobConfig, origin: &str, base: &Path) -> Result<Self> {
-        let bad = |field: &str, reason: String| CoordinatorError::Config { origin: origin.to_string(), field: field.to_string(), reason };
+        let bad = |field: &str, reason: String| ProtocolError::Config { origin: origin.to_string(), field: field.to_string(), reason };
         let abs = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
         let set = |field: &str, spec: &str| ModalitySet::parse(spec).map_err(|e| bad(field, e.to_string()));
 
