@@ -12,10 +12,10 @@ pub mod sampler;
 pub mod sampling;
 pub mod schedule;
 
-pub use builders::{TextSpecials, blank_condition, custom_text, empty_target, full_input, merge_span_masking, merge_sequences};
+pub use builders::{TextSpecials, blank_condition, custom_text, empty_target, full_input, merge_sequences, merge_span_masking};
 pub use sampler::{GenerateOptions, GenerationSampler, StepLogits, guide, guide_multi};
 pub use sampling::{TopK, filter_logits, sample_tokens, sample_tokens_batched, top_indices_stable};
 pub use schedule::{
-    CfgSchedule, GenerationPlan, Scheme, ScheduleSpec, StepSchedule, TargetSettings, TempSchedule, TokenDecodingSchedule,
+    CfgSchedule, GenerationPlan, ScheduleSpec, Scheme, StepSchedule, TargetSettings, TempSchedule, TokenDecodingSchedule,
     build_chained_generation_schedules, cosine_schedule, linear_schedule, linear_temp_schedule, onex_temp_schedule,
 };

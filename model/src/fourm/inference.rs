@@ -41,7 +41,8 @@ impl FourM {
                 valid.push(t.input_mask.logical_not().sum_dim_intlist(1, false, Kind::Int64));
             }
         }
-        let n_keep = if valid.is_empty() { 0 } else { Tensor::stack(&valid, 1).sum_dim_intlist(1, false, Kind::Int64).max().int64_value(&[]) };
+        let n_keep =
+            if valid.is_empty() { 0 } else { Tensor::stack(&valid, 1).sum_dim_intlist(1, false, Kind::Int64).max().int64_value(&[]) };
         let enc = self.select_encoder_tokens(batch, n_keep)?;
         let mut x = &enc.tokens + &enc.emb;
         for block in &self.encoder {

@@ -93,10 +93,8 @@ pub fn full_input(m: Modality, tensor: Tensor, mask_valid: Option<&Tensor>, spec
             Ok(ModalityTensors { tensor, input_mask, target_mask: bool_full(&shape, true, device), decoder_attention_mask: dam })
         }
         ModalityKind::SequenceEmbedding => {
-            let valid = mask_valid.ok_or(ModelError::GenerationModality {
-                modality: m.key().to_string(),
-                missing: crate::error::MissingPart::InBatch,
-            })?;
+            let valid = mask_valid
+                .ok_or(ModelError::GenerationModality { modality: m.key().to_string(), missing: crate::error::MissingPart::InBatch })?;
             Ok(ModalityTensors {
                 tensor,
                 input_mask: valid.logical_not(),

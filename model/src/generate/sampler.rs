@@ -120,9 +120,25 @@ impl<'a> GenerationSampler<'a> {
         })
     }
 
-    /// Every target must be decodable and present, every guidance condition present.
+    /// Every target must be decodable and present, every guidance condition present, every
+    /// token id inside its vocabulary (an out-of-range id would abort inside libtorch).
     fn validate(&self, batch: &MaskedBatch, steps: &[StepSchedule]) -> Result<()> {
         let missing = |m: Modality, part| ModelError::GenerationModality { modality: m.key().to_string(), missing: part };
+        for (m, t) in &batch.modalities {
+            let vocab = m.spec().vocab_size as i64;
+            if vocab == 0 || t.tensor.numel() == 0 {
+                continue;
+            }
+            let (lo, hi) = (t.tensor.min().int64_value(&[]), t.tensor.max().int64_value(&[]));
+            if lo < 0 || hi >= vocab {
+                return Err(ModelError::Batch {
+                    source_name: "<generate>".into(),
+                    modality: m.key().to_string(),
+                    key: format!("{m}.tensor"),
+                    reason: format!("token ids span [{lo}, {hi}], outside the vocabulary [0, {vocab})"),
+                });
+            }
+        }
         for s in steps {
             self.model.decoder_embedding(s.target)?;
             check_scheme(s.target, s.scheme)?;
@@ -144,7 +160,10 @@ impl<'a> GenerationSampler<'a> {
     fn unconditional(&self, batch: &MaskedBatch, conds: &[Modality]) -> Result<MaskedBatch> {
         let mut uncond = batch.shallow_clone();
         for &c in conds {
-            let t = batch.modalities.get(&c).ok_or(ModelError::GenerationModality { modality: c.key().to_string(), missing: MissingPart::InBatch })?;
+            let t = batch
+                .modalities
+                .get(&c)
+                .ok_or(ModelError::GenerationModality { modality: c.key().to_string(), missing: MissingPart::InBatch })?;
             uncond.modalities.insert(c, blank_condition(c, t, &self.specials));
         }
         Ok(uncond)
@@ -218,7 +237,12 @@ impl<'a> GenerationSampler<'a> {
     }
 
     /// One autoregressive step: decodes the whole sequence target and merges it back.
-    fn autoregressive_step(&self, batch: &MaskedBatch, p: &StepParams<'_>, observe: &mut dyn FnMut(StepLogits<'_>)) -> Result<ModalityTensors> {
+    fn autoregressive_step(
+        &self,
+        batch: &MaskedBatch,
+        p: &StepParams<'_>,
+        observe: &mut dyn FnMut(StepLogits<'_>),
+    ) -> Result<ModalityTensors> {
         let target = p.info.target;
         let t = &batch.modalities[&target];
         let de = self.model.decoder_embedding(target)?;
@@ -230,7 +254,8 @@ impl<'a> GenerationSampler<'a> {
         let pad_bn = t.target_mask.gather(1, &pos_bn, false);
         let emb_bld = de.forward_embed(t).emb;
         let (b, d) = (pos_bn.size()[0], emb_bld.size()[2]);
-        let emb_bnd = emb_bld.gather(1, &pos_bn.unsqueeze(-1).expand([b, n_targets, d], false), false).masked_fill(&pad_bn.unsqueeze(-1), 0.0);
+        let emb_bnd =
+            emb_bld.gather(1, &pos_bn.unsqueeze(-1).expand([b, n_targets, d], false), false).masked_fill(&pad_bn.unsqueeze(-1), 0.0);
         let ids_bn = t.tensor.gather(1, &pos_bn, false).masked_fill(&pad_bn, 0);
         // The stop token is row 0's last target token (the closing sentinel of an empty target).
         let stop = ids_bn.int64_value(&[0, n_targets - 1]);
@@ -241,8 +266,10 @@ impl<'a> GenerationSampler<'a> {
         }
         let seq_len = (target.spec().max_tokens as i64).min(n_targets);
         let ctx_cond = self.model.encode_for_generation(batch)?;
-        let ctx_uncond = if p.guided() { Some(self.model.encode_for_generation(&self.unconditional(batch, &p.info.cfg_cond_domains)?)?) } else { None };
-        let mut caches = p.kv_cache.then(|| (self.model.new_decoder_cache(&ctx_cond), ctx_uncond.as_ref().map(|c| self.model.new_decoder_cache(c))));
+        let ctx_uncond =
+            if p.guided() { Some(self.model.encode_for_generation(&self.unconditional(batch, &p.info.cfg_cond_domains)?)?) } else { None };
+        let mut caches =
+            p.kv_cache.then(|| (self.model.new_decoder_cache(&ctx_cond), ctx_uncond.as_ref().map(|c| self.model.new_decoder_cache(c))));
         for i in 0..seq_len {
             let cur = out_bt.size()[1];
             let last_hidden = |ctx: &EncodedContext, cache: Option<&mut crate::fourm::DecoderCache>| -> Tensor {
@@ -267,7 +294,14 @@ impl<'a> GenerationSampler<'a> {
                 Some(ctx_u) => guide(&de.logits(&last_hidden(ctx_u, cache_u)).squeeze_dim(1), &cond_bv, p.info.cfg_scale),
                 None => cond_bv,
             };
-            observe(StepLogits { step: p.index, target, scheme: Scheme::Autoregressive, token: i as usize, logits: &logits_bv, positions: None });
+            observe(StepLogits {
+                step: p.index,
+                target,
+                scheme: Scheme::Autoregressive,
+                token: i as usize,
+                logits: &logits_bv,
+                positions: None,
+            });
             let (ids_b, _) = sample_tokens(&logits_bv, p.info.temperature, p.top_k, p.top_p)?;
             out_bt = Tensor::cat(&[&out_bt, &ids_b.unsqueeze(1)], 1);
             if bool::try_from(out_bt.eq(stop).any_dim(-1, false).all())? {

@@ -190,11 +190,24 @@ pub fn linear_temp_schedule(temp: f64, tokens: &[i64]) -> Vec<f64> {
     out.into_iter().map(|v| v.max(1e-9)).collect()
 }
 
+/// numpy's `array ** scalar`: the exponents numpy maps to dedicated ufuncs (`sqrt`, `square`,
+/// `reciprocal`) take them, which can differ from `pow` in the last bit.
+fn numpy_power(x: f64, p: f64) -> f64 {
+    match p {
+        0.5 => x.sqrt(),
+        2.0 => x * x,
+        -1.0 => 1.0 / x,
+        1.0 => x,
+        0.0 => 1.0,
+        _ => x.powf(p),
+    }
+}
+
 /// `onex_temp_schedule(max_t, min_t, token_schedule, power)` of ml-4m (linspace 1..100).
 pub fn onex_temp_schedule(max_t: f64, min_t: f64, tokens: &[i64], power: f64) -> Vec<f64> {
     let total: i64 = tokens.iter().sum();
     let x = linspace(1.0, 100.0, total.max(0) as usize);
-    let y: Vec<f64> = x.iter().map(|v| 1.0 / v.powf(power)).collect();
+    let y: Vec<f64> = x.iter().map(|&v| 1.0 / numpy_power(v, power)).collect();
     let lo = y.iter().copied().fold(f64::INFINITY, f64::min);
     let y: Vec<f64> = y.iter().map(|v| v - lo).collect();
     let hi = y.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -216,7 +229,11 @@ pub fn onex_temp_schedule(max_t: f64, min_t: f64, tokens: &[i64], power: f64) ->
 /// ml-4m's `build_chained_generation_schedules`: the steps of every target in order; with
 /// `cfg_grow_conditioning`, each finished MaskGIT/ROAR target joins the guidance conditions of
 /// the targets after it (autoregressive targets do not: ml-4m `continue`s before that line).
-pub fn build_chained_generation_schedules(cond_domains: &[Modality], targets: &[TargetSettings], cfg_grow_conditioning: bool) -> Vec<StepSchedule> {
+pub fn build_chained_generation_schedules(
+    cond_domains: &[Modality],
+    targets: &[TargetSettings],
+    cfg_grow_conditioning: bool,
+) -> Vec<StepSchedule> {
     let mut cond: Vec<Modality> = cond_domains.to_vec();
     let mut out = Vec::new();
     for t in targets {
@@ -435,7 +452,11 @@ pub fn check_scheme(target: Modality, scheme: Scheme) -> Result<()> {
         Scheme::MaskGit | Scheme::Roar => matches!(kind, ModalityKind::ImageTokens | ModalityKind::GlobalTokens),
         Scheme::Autoregressive => kind == ModalityKind::Sequence,
     };
-    if ok { Ok(()) } else { Err(ModelError::SchemeMismatch { modality: target.key().to_string(), scheme: scheme.name(), kind: kind.ml4m_type() }) }
+    if ok {
+        Ok(())
+    } else {
+        Err(ModelError::SchemeMismatch { modality: target.key().to_string(), scheme: scheme.name(), kind: kind.ml4m_type() })
+    }
 }
 
 #[cfg(test)]
