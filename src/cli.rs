@@ -6,6 +6,7 @@ mod data;
 mod data_source;
 mod demo;
 mod export;
+mod generate;
 mod jobctl;
 mod joblock;
 mod launch;
@@ -36,6 +37,9 @@ enum Command {
     /// Inspect, initialise and run the 4M model.
     #[command(subcommand)]
     Model(model::ModelCommand),
+    /// Generate target modalities from a conditioning batch with a schedule (ml-4m's
+    /// GenerationSampler): writes the final batch.
+    Generate(generate::GenerateArgs),
     /// Inspect the data path's policies (modality token budgets of an alphas mixture).
     #[command(subcommand)]
     Data(data::DataCommand),
@@ -77,6 +81,7 @@ pub fn run() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Model(cmd) => model::run(cmd),
+        Command::Generate(args) => generate::run(args),
         Command::Data(cmd) => data::run(cmd),
         Command::Tokenizer(cmd) => tokenizer::run(cmd),
         Command::Demo(args) => demo::run(args),

@@ -27,7 +27,8 @@ pub struct ModalityTensors {
 }
 
 impl ModalityTensors {
-    fn shallow_clone(&self) -> Self {
+    /// A copy sharing the tensors' storage (generation replaces tensors, never writes into them).
+    pub(crate) fn shallow_clone(&self) -> Self {
         Self {
             tensor: self.tensor.shallow_clone(),
             input_mask: self.input_mask.shallow_clone(),
@@ -47,6 +48,11 @@ pub struct MaskedBatch {
 const FIELDS: [&str; 4] = ["tensor", "input_mask", "target_mask", "decoder_attention_mask"];
 
 impl MaskedBatch {
+    /// A copy sharing the tensors' storage.
+    pub(crate) fn shallow_clone(&self) -> Self {
+        Self { modalities: self.modalities.iter().map(|(m, t)| (*m, t.shallow_clone())).collect() }
+    }
+
     /// Number of samples.
     pub fn batch_size(&self) -> i64 {
         self.modalities.values().next().map(|t| t.tensor.size()[0]).unwrap_or(0)

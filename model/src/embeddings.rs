@@ -187,6 +187,11 @@ impl DecoderEmbedding {
         }
     }
 
+    /// Content embedding of decoder token ids (B, L) → (B, L, D).
+    pub fn token_embed(&self, ids_bl: &Tensor) -> Tensor {
+        Tensor::embedding(&self.token_emb, ids_bl, 0, false, false)
+    }
+
     /// Logits over the modality's vocabulary for decoder outputs `y_..D`.
     pub fn logits(&self, y: &Tensor) -> Tensor {
         y.linear::<&Tensor>(self.to_logits.as_ref().unwrap_or(&self.token_emb), None)

@@ -69,6 +69,86 @@ pub enum ModelError {
     /// An error reported by libtorch.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+    /// A generation schedule file could not be parsed.
+    #[error("generation schedule {source_name}: {source}")]
+    ScheduleParse {
+        /// The file (or "<memory>").
+        source_name: String,
+        /// The YAML parser's error.
+        source: serde_yaml::Error,
+    },
+    /// A per-target list of a generation schedule has the wrong length.
+    #[error("generation schedule {source_name}: '{key}' has {len} entries, but 'target_domains' has {expected}")]
+    ScheduleLength {
+        /// The file (or "<memory>").
+        source_name: String,
+        /// The list's key (ml-4m's keyword argument).
+        key: &'static str,
+        /// Its length.
+        len: usize,
+        /// The number of targets.
+        expected: usize,
+    },
+    /// A value of a generation schedule is not one of the accepted forms.
+    #[error("generation schedule {source_name}: '{key}'[{index}] = '{value}' is not {expected}")]
+    ScheduleValue {
+        /// The file (or "<memory>").
+        source_name: String,
+        /// The key (ml-4m's keyword argument).
+        key: &'static str,
+        /// The entry's position in the list.
+        index: usize,
+        /// The value as written.
+        value: String,
+        /// What is accepted there.
+        expected: &'static str,
+    },
+    /// A decoding scheme does not apply to the target's kind of data.
+    #[error("generation target '{modality}': scheme '{scheme}' does not apply to {kind} modalities")]
+    SchemeMismatch {
+        /// The target modality.
+        modality: String,
+        /// The scheme requested.
+        scheme: &'static str,
+        /// ml-4m's type of the modality (`img`, `seq`, …).
+        kind: &'static str,
+    },
+    /// Generation needs a modality that the model or the batch lacks.
+    #[error("generation: modality '{modality}' {missing}")]
+    GenerationModality {
+        /// The modality.
+        modality: String,
+        /// What is missing.
+        missing: MissingPart,
+    },
+    /// A step asks to decode more tokens than are still masked, or a negative number.
+    #[error("generation step {step} for '{modality}': {requested} tokens requested, {available} still masked")]
+    StepTokens {
+        /// The step index in the chained schedule.
+        step: usize,
+        /// The target modality.
+        modality: String,
+        /// Tokens the schedule asks for.
+        requested: i64,
+        /// Masked tokens left.
+        available: i64,
+    },
+    /// top-k as a fraction of the vocabulary keeps no token.
+    #[error("top_k = {top_k} of a {vocab}-token vocabulary keeps no token")]
+    TopKEmpty {
+        /// The fraction given.
+        top_k: f64,
+        /// The vocabulary size.
+        vocab: i64,
+    },
+    /// A special text token that generation needs is not in the text vocabulary.
+    #[error("text vocabulary {source_name} has no '{token}' token, which generation needs")]
+    MissingTextToken {
+        /// Where the vocabulary came from.
+        source_name: String,
+        /// The token (e.g. `[S_1]`, `[PAD]`).
+        token: String,
+    },
     /// Two tensors an in-place operation writes through share memory, so the update would read
     /// what it has just written (and, on the fused CPU path, alias mutable slices).
     #[error("{op}: '{first}' and '{second}' overlap in memory")]
@@ -80,6 +160,28 @@ pub enum ModelError {
         /// The other.
         second: &'static str,
     },
+}
+
+/// What a generation run found missing for a modality.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MissingPart {
+    /// The model has no decoder embedding for it, so it cannot be a target.
+    DecoderEmbedding,
+    /// The model has no encoder embedding for it, so it cannot condition.
+    EncoderEmbedding,
+    /// The batch does not hold it (a target must be initialised as an empty target, a
+    /// guidance condition must be present).
+    InBatch,
+}
+
+impl std::fmt::Display for MissingPart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::DecoderEmbedding => "has no decoder embedding in the model (it cannot be a target)",
+            Self::EncoderEmbedding => "has no encoder embedding in the model (it cannot condition)",
+            Self::InBatch => "is not in the batch",
+        })
+    }
 }
 
 fn describe_mismatch(missing: &[String], unexpected: &[String], mismatched: &[String]) -> String {

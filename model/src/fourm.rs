@@ -24,6 +24,9 @@ use crate::embeddings::{DecoderEmbedding, EncoderEmbedding, INIT_STD};
 use crate::error::{ModelError, Result};
 use crate::layers::{Block, DecoderBlock, LayerNorm, Linear, LinearInit};
 
+mod inference;
+pub(crate) use inference::{DecoderCache, EncodedContext};
+
 /// How per-modality losses are combined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LossType {
@@ -228,7 +231,7 @@ impl FourM {
 
     /// Decoder block `j` on `y` (B, M, D) attending to `context`.
     pub fn stage_decoder_block(&self, j: usize, y: &Tensor, context: &Tensor, staged: &Staged) -> Tensor {
-        self.decoder[j].forward(y, context, &staged.dec.sa_mask_bmm, &staged.enc.mask_b1n)
+        self.decoder[j].forward(y, context, Some(&staged.dec.sa_mask_bmm), &staged.enc.mask_b1n)
     }
 
     /// The last stage: decoder norm, logits and losses.

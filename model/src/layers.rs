@@ -103,6 +103,12 @@ impl Attention {
 
     /// `mask_BNN` (or `mask_B1N`): true = blocked.
     pub fn forward(&self, x_bnd: &Tensor, mask: Option<&Tensor>) -> Tensor {
+        let (q_bhnk, k_bhnk, v_bhnk) = self.project(x_bnd);
+        self.attend_and_project(&q_bhnk, &k_bhnk, &v_bhnk, mask)
+    }
+
+    /// Queries, keys and values (B, H, N, K) of `x_bnd`, QK-normed where configured.
+    fn project(&self, x_bnd: &Tensor) -> (Tensor, Tensor, Tensor) {
         let (b, n, c) = x_bnd.size3().expect("attention input must be (B, N, D)");
         let qkv = self.qkv.forward(x_bnd).reshape([b, n, 3, self.heads, c / self.heads]).permute([2, 0, 3, 1, 4]);
         let (mut q_bhnk, mut k_bhnk, v_bhnk) = (qkv.get(0), qkv.get(1), qkv.get(2));
@@ -110,8 +116,14 @@ impl Attention {
             q_bhnk = qn.forward(&q_bhnk);
             k_bhnk = kn.forward(&k_bhnk);
         }
-        let out = attend(&q_bhnk, &k_bhnk, &v_bhnk, mask, self.scale);
-        self.proj.forward(&out.transpose(1, 2).reshape([b, n, c]))
+        (q_bhnk, k_bhnk, v_bhnk)
+    }
+
+    /// Attention of `q_bhnk` over `k_bhmk`/`v_bhmk`, heads merged and projected to (B, N, D).
+    fn attend_and_project(&self, q_bhnk: &Tensor, k_bhmk: &Tensor, v_bhmk: &Tensor, mask: Option<&Tensor>) -> Tensor {
+        let (b, h, n, k) = q_bhnk.size4().expect("queries must be (B, H, N, K)");
+        let out = attend(q_bhnk, k_bhmk, v_bhmk, mask, self.scale);
+        self.proj.forward(&out.transpose(1, 2).reshape([b, n, h * k]))
     }
 }
 
@@ -165,17 +177,33 @@ impl CrossAttention {
 
     /// `mask_B1M`: true = context token blocked.
     pub fn forward(&self, x_bnd: &Tensor, context_bmd: &Tensor, mask: Option<&Tensor>) -> Tensor {
+        let (k_bhmk, v_bhmk) = self.keys_values(context_bmd);
+        self.forward_with_kv(x_bnd, &k_bhmk, &v_bhmk, mask)
+    }
+
+    /// Keys and values (B, H, M, K) of the (already normed) context: what a decoding loop
+    /// computes once and reuses for every query.
+    pub fn keys_values(&self, context_bmd: &Tensor) -> (Tensor, Tensor) {
+        let (b, m, c) = context_bmd.size3().expect("context must be (B, M, D)");
+        let h = self.heads;
+        let kv = self.kv.forward(context_bmd).reshape([b, m, 2, h, c / h]).permute([2, 0, 3, 1, 4]);
+        let (k_bhmk, v_bhmk) = (kv.get(0), kv.get(1));
+        let k_bhmk = match &self.qk_norm {
+            Some((_, kn)) => kn.forward(&k_bhmk),
+            None => k_bhmk,
+        };
+        (k_bhmk, v_bhmk)
+    }
+
+    /// Cross-attention of `x_bnd` over precomputed keys and values.
+    pub fn forward_with_kv(&self, x_bnd: &Tensor, k_bhmk: &Tensor, v_bhmk: &Tensor, mask: Option<&Tensor>) -> Tensor {
         let (b, n, c) = x_bnd.size3().expect("cross-attention query must be (B, N, D)");
-        let m = context_bmd.size()[1];
         let h = self.heads;
         let mut q_bhnk = self.q.forward(x_bnd).reshape([b, n, h, c / h]).permute([0, 2, 1, 3]);
-        let kv = self.kv.forward(context_bmd).reshape([b, m, 2, h, c / h]).permute([2, 0, 3, 1, 4]);
-        let (mut k_bhmk, v_bhmk) = (kv.get(0), kv.get(1));
-        if let Some((qn, kn)) = &self.qk_norm {
+        if let Some((qn, _)) = &self.qk_norm {
             q_bhnk = qn.forward(&q_bhnk);
-            k_bhmk = kn.forward(&k_bhmk);
         }
-        let out = attend(&q_bhnk, &k_bhmk, &v_bhmk, mask, self.scale);
+        let out = attend(&q_bhnk, k_bhmk, v_bhmk, mask, self.scale);
         self.proj.forward(&out.transpose(1, 2).reshape([b, n, c]))
     }
 }
@@ -268,10 +296,54 @@ impl DecoderBlock {
         }
     }
 
-    /// `sa_mask_BNN` blocks decoder pairs, `xa_mask_B1M` blocks padding context tokens.
-    pub fn forward(&self, y_bnd: &Tensor, context_bmd: &Tensor, sa_mask: &Tensor, xa_mask: &Tensor) -> Tensor {
-        let y = y_bnd + self.self_attn.forward(&self.norm1.forward(y_bnd), Some(sa_mask));
+    /// `sa_mask_BNN` blocks decoder pairs (`None`: full attention, as MaskGIT decoding runs),
+    /// `xa_mask_B1M` blocks padding context tokens.
+    pub fn forward(&self, y_bnd: &Tensor, context_bmd: &Tensor, sa_mask: Option<&Tensor>, xa_mask: &Tensor) -> Tensor {
+        let y = y_bnd + self.self_attn.forward(&self.norm1.forward(y_bnd), sa_mask);
         let y = &y + self.cross_attn.forward(&self.query_norm.forward(&y), &self.context_norm.forward(context_bmd), Some(xa_mask));
+        &y + self.mlp.forward(&self.norm2.forward(&y))
+    }
+}
+
+/// The keys and values one decoder block keeps while decoding autoregressively: its
+/// self-attention's over the tokens so far, and its cross-attention's over the context.
+#[derive(Debug)]
+pub struct BlockCache {
+    self_k_bhpk: Option<Tensor>,
+    self_v_bhpk: Option<Tensor>,
+    cross_k_bhmk: Tensor,
+    cross_v_bhmk: Tensor,
+}
+
+impl DecoderBlock {
+    /// A cache for this block over `context_bmd`, with no tokens decoded yet.
+    pub fn new_cache(&self, context_bmd: &Tensor) -> BlockCache {
+        let (cross_k_bhmk, cross_v_bhmk) = self.cross_attn.keys_values(&self.context_norm.forward(context_bmd));
+        BlockCache { self_k_bhpk: None, self_v_bhpk: None, cross_k_bhmk, cross_v_bhmk }
+    }
+
+    /// The block on `y_bnd`, the N tokens that follow the P already in `cache`, under a causal
+    /// mask; appends their keys and values to the cache. Equal to [`DecoderBlock::forward`] on
+    /// all P + N tokens with a causal mask, restricted to the last N.
+    pub fn forward_cached(&self, y_bnd: &Tensor, cache: &mut BlockCache, xa_mask: &Tensor) -> Tensor {
+        let (q, k, v) = self.self_attn.project(&self.norm1.forward(y_bnd));
+        let (k_all, v_all) = match (&cache.self_k_bhpk, &cache.self_v_bhpk) {
+            (Some(pk), Some(pv)) => (Tensor::cat(&[pk, &k], 2), Tensor::cat(&[pv, &v], 2)),
+            _ => (k, v),
+        };
+        let n = y_bnd.size()[1];
+        let total = k_all.size()[2];
+        // One new token sees every key: no mask. Several: causal among themselves.
+        let mask = (n > 1).then(|| {
+            let dev = y_bnd.device();
+            let i_n1 = Tensor::arange(n, (tch::Kind::Int64, dev)).view([n, 1]) + (total - n);
+            let j_1t = Tensor::arange(total, (tch::Kind::Int64, dev)).view([1, total]);
+            j_1t.gt_tensor(&i_n1).unsqueeze(0)
+        });
+        let y = y_bnd + self.self_attn.attend_and_project(&q, &k_all, &v_all, mask.as_ref());
+        cache.self_k_bhpk = Some(k_all);
+        cache.self_v_bhpk = Some(v_all);
+        let y = &y + self.cross_attn.forward_with_kv(&self.query_norm.forward(&y), &cache.cross_k_bhmk, &cache.cross_v_bhmk, Some(xa_mask));
         &y + self.mlp.forward(&self.norm2.forward(&y))
     }
 }

@@ -5,13 +5,15 @@
 //! [`Checkpoint`] (a `VarStore` with the model, saved and loaded as ml-4m-named safetensors).
 //! [`tokenizer`] holds the neural modality tokenizers (VQ-VAE, FSQ, bottleneck MLP) that make
 //! the model's discrete tokens. Parallelism is applied from outside (worker/ops); nothing here
-//! knows about ranks.
+//! knows about ranks. [`generate`] ports ml-4m's any-to-any generation (MaskGIT, ROAR,
+//! autoregression, guidance, chained schedules).
 
 mod batch;
 mod config;
 mod embeddings;
 mod error;
 mod fourm;
+pub mod generate;
 pub mod io;
 mod layers;
 mod optim;
@@ -22,7 +24,7 @@ mod weights;
 
 pub use batch::{MaskedBatch, ModalityTensors};
 pub use config::{Activation, Flavor, FourMConfig, ParamCounts, Preset, TOKEN_MODALITIES_KEY};
-pub use error::{ModelError, Result};
+pub use error::{MissingPart, ModelError, Result};
 pub use fourm::{ForwardOptions, ForwardOutput, FourM, LossType, Staged};
 pub use optim::{AdamW, AdamWConfig, adamw_update, is_no_decay};
 pub use synthetic::{SyntheticSpec, synthetic_batch};
