@@ -33,6 +33,6 @@ pub use job::{JobConfig, ResolvedJob};
 pub use jsonl::JsonLines;
 pub use ledger::{DatasetId, MixtureSchedule, SampleLedger, SampleRef};
 pub use lr::CosineSchedule;
-pub use metrics::JobMetrics;
+pub use metrics::{FlopsModel, JobMetrics};
 pub use report::{StepReport, StepTimings};
 pub use validation::{ModalityScore, ValidationReport};
