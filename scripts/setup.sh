@@ -7,7 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 TORCH_VERSION=2.11.0
-APT_PACKAGES=(protobuf-compiler)
+# prometheus: promtool checks a live job's /metrics in the tests (tests/metrics.rs).
+APT_PACKAGES=(protobuf-compiler prometheus)
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 

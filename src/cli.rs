@@ -14,6 +14,7 @@ mod model;
 mod neural;
 mod orchestrate;
 mod output;
+mod peak;
 mod plot;
 mod tokenizer;
 mod train;
@@ -67,6 +68,10 @@ enum Command {
     /// One rank of a local multi-process job (started by `train --workers N`).
     #[command(hide = true)]
     TrainRank(launch::RankArgs),
+    /// Draw a job's training curves (loss per modality, validation, learning rate, gradient
+    /// norm, tokens/s, step time by phase; restarts, resizes and mixture changes marked) as
+    /// PNG or SVG.
+    Plot(plot::PlotArgs),
     /// Benchmarks that print a table (compare with the peers in the same run).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -92,6 +97,7 @@ pub fn run() -> ExitCode {
         Command::Tokenize(args) => neural::tokenize(args),
         Command::TrainRank(args) => launch::run_rank(args),
         Command::Export(args) => export::run(args),
+        Command::Plot(args) => plot::run(args),
         Command::Bench(cmd) => bench::run(cmd),
     };
     match result {

@@ -414,6 +414,7 @@ impl CoordinatorState {
         let r0 = &reports[0];
         let step_s = reports.iter().map(|r| r.timings.total_s).fold(0.0, f64::max);
         let samples: u64 = reports.iter().map(|r| r.samples).sum();
+        let tokens: u64 = reports.iter().map(|r| r.tokens).sum();
         for r in &reports {
             if let Some(id) = self.book.ranks.get(r.rank as usize).copied()
                 && let Some(c) = self.workers.get_mut(&id)
@@ -427,7 +428,7 @@ impl CoordinatorState {
             let line = json!({
                 "ts_ms": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
                 "step": r0.step, "loss": r0.loss, "mod_loss": r0.losses, "lr": r0.lr, "grad_norm": r0.grad_norm,
-                "skipped": r0.skipped, "samples": samples, "step_s": step_s, "world_size": reports.len(),
+                "skipped": r0.skipped, "samples": samples, "tokens": tokens, "step_s": step_s, "world_size": reports.len(),
                 "generation": r0.generation,
                 "rank_step_s": reports.iter().map(|r| r.timings.total_s).collect::<Vec<_>>(),
                 "timings": r0.timings,

@@ -18,4 +18,4 @@ pub use api::{ApiError, JobControl, JobPhase, JobStatus, MemberStatus};
 pub use client::ApiClient;
 pub use error::{CoordinatorError, Result};
 pub use events::{EventLog, JobEvent, LoggedEvent};
-pub use metrics::JobMetrics;
+pub use metrics::{FlopsModel, JobMetrics};

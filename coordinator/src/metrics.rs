@@ -13,12 +13,27 @@
 //! - the loss (total and per modality) is the samples-weighted mean over the ranks that report
 //!   it, which equals every rank's value when the worker all-reduces the loss;
 //! - a step counts as skipped when any rank skipped its optimizer step (gradients are global,
-//!   so in practice all ranks agree).
+//!   so in practice all ranks agree);
+//! - model FLOP/s is `sum(tokens) · flops_per_token / max(total_s)` and MFU that over
+//!   `world · peak` (the per-token FLOPs and the peak of one rank's device are set once by the
+//!   launcher, which knows the model: [`JobMetrics::set_flops_model`]);
+//! - per rank: its tokens over its own `total_s`, its data wait `data_s / total_s`, and its
+//!   resident memory.
+//!
+//! Which series exist when: counters (and the checkpoint histogram) from the first scrape, at
+//! 0; gauges of the running state (world size, generation, registered workers) from the first
+//! scrape; gauges that describe a step (`tessera_step`, the losses, learning rate, gradient
+//! norm, throughput, phase times, model FLOP/s, MFU) only from the first step a generation
+//! completes. Before that they are absent rather than a made-up 0, which would read as a
+//! perfect loss or a stalled job; `absent(tessera_loss)` tells "no step yet". Series with a
+//! `rank` label appear with that rank's first step and are dropped when a generation starts.
+//! Every series carries the job's name as the `job` label when the caller builds the
+//! registry with it (see the README: a scrape config then needs `honor_labels: true`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
-use prometheus::{Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use crate::api::ValidationStatus;
 use crate::error::{CoordinatorError, Result};
@@ -32,13 +47,20 @@ pub const PHASES: [&str; 6] = ["data", "forward", "backward", "comm", "optimizer
 #[derive(Debug)]
 pub struct JobMetrics {
     registry: Registry,
-    step: IntGauge,
-    loss: Gauge,
+    step: IntGaugeVec,
+    loss: GaugeVec,
     modality_loss: GaugeVec,
-    lr: Gauge,
-    grad_norm: Gauge,
-    tokens_per_second: Gauge,
-    samples_per_second: Gauge,
+    lr: GaugeVec,
+    grad_norm: GaugeVec,
+    tokens_per_second: GaugeVec,
+    samples_per_second: GaugeVec,
+    model_flops_per_token: GaugeVec,
+    peak_flops_per_second: GaugeVec,
+    model_flops_per_second: GaugeVec,
+    mfu: GaugeVec,
+    rank_tokens_per_second: GaugeVec,
+    rank_data_wait: GaugeVec,
+    rank_resident_memory: GaugeVec,
     tokens_total: IntCounter,
     samples_total: IntCounter,
     phase_seconds: GaugeVec,
@@ -58,9 +80,32 @@ pub struct JobMetrics {
     val_seconds: Gauge,
     /// The last validation as observed (for `GET /status`).
     last_validation: Mutex<Option<ValidationStatus>>,
+    /// Model FLOPs per token and one rank's peak FLOP/s, once set.
+    flops_model: Mutex<Option<FlopsModel>>,
     /// The running generation and its world size, once [`JobMetrics::set_generation`] was
     /// called: reports of other generations are refused so that no stale rank label comes back.
     current: Mutex<Option<(u64, u32)>>,
+}
+
+/// How throughput converts to model FLOP/s and MFU: what the launcher, which knows the model,
+/// tells the metrics once per job.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FlopsModel {
+    /// Training FLOPs per token of the model at the job's token budgets.
+    pub flops_per_token: f64,
+    /// Peak FLOP/s of one rank's device; `None` when unknown (no MFU then).
+    pub peak_flops_per_rank: Option<f64>,
+}
+
+/// A gauge without labels that is absent from the exposition until its first value (a
+/// `GaugeVec` with no label names exports nothing before `with_label_values(&[])`).
+fn late_gauge(name: &str, help: &str) -> prometheus::Result<GaugeVec> {
+    GaugeVec::new(Opts::new(name, help), &[])
+}
+
+/// Sets a [`late_gauge`].
+fn set(g: &GaugeVec, v: f64) {
+    g.with_label_values::<&str>(&[]).set(v);
 }
 
 /// Gauges and counters are plain values here; a constructor failure only means a duplicate name
@@ -78,21 +123,55 @@ impl JobMetrics {
         let ckpt_buckets = prometheus::exponential_buckets(0.1, 2.0, 14)?;
         Ok(Self {
             registry: registry.clone(),
-            step: register(r, IntGauge::new("tessera_step", "Last step completed by every rank (0-based).")?)?,
-            loss: register(r, Gauge::new("tessera_loss", "Total loss of the last step.")?)?,
+            step: register(r, IntGaugeVec::new(Opts::new("tessera_step", "Last step completed by every rank (0-based)."), &[])?)?,
+            loss: register(r, late_gauge("tessera_loss", "Total loss of the last step.")?)?,
             modality_loss: register(
                 r,
                 GaugeVec::new(Opts::new("tessera_modality_loss", "Loss of the last step per target modality."), &["modality"])?,
             )?,
-            lr: register(r, Gauge::new("tessera_learning_rate", "Learning rate of the last step.")?)?,
-            grad_norm: register(r, Gauge::new("tessera_grad_norm", "Global gradient norm of the last step, before clipping.")?)?,
+            lr: register(r, late_gauge("tessera_learning_rate", "Learning rate of the last step.")?)?,
+            grad_norm: register(r, late_gauge("tessera_grad_norm", "Global gradient norm of the last step, before clipping.")?)?,
             tokens_per_second: register(
                 r,
-                Gauge::new("tessera_tokens_per_second", "Tokens of the last step (sum over ranks) / its time (max over ranks).")?,
+                late_gauge("tessera_tokens_per_second", "Tokens of the last step (sum over ranks) / its time (max over ranks).")?,
             )?,
             samples_per_second: register(
                 r,
-                Gauge::new("tessera_samples_per_second", "Samples of the last step (sum over ranks) / its time (max over ranks).")?,
+                late_gauge("tessera_samples_per_second", "Samples of the last step (sum over ranks) / its time (max over ranks).")?,
+            )?,
+            model_flops_per_token: register(
+                r,
+                late_gauge("tessera_model_flops_per_token", "Training FLOPs per token of the model (6N + attention, see the README).")?,
+            )?,
+            peak_flops_per_second: register(
+                r,
+                late_gauge("tessera_peak_flops_per_second", "Peak FLOP/s of one rank's device (--peak-tflops, or the measured default).")?,
+            )?,
+            model_flops_per_second: register(
+                r,
+                late_gauge("tessera_model_flops_per_second", "Model FLOPs of the last step (all ranks) / its time (max over ranks).")?,
+            )?,
+            mfu: register(
+                r,
+                late_gauge("tessera_mfu_ratio", "Model FLOPs utilisation of the last step: model FLOP/s / (world size * peak FLOP/s).")?,
+            )?,
+            rank_tokens_per_second: register(
+                r,
+                GaugeVec::new(
+                    Opts::new("tessera_rank_tokens_per_second", "Tokens of the last step per rank / that rank's step time."),
+                    &["rank"],
+                )?,
+            )?,
+            rank_data_wait: register(
+                r,
+                GaugeVec::new(
+                    Opts::new("tessera_rank_data_wait_ratio", "Fraction of the last step a rank waited for its data loader."),
+                    &["rank"],
+                )?,
+            )?,
+            rank_resident_memory: register(
+                r,
+                GaugeVec::new(Opts::new("tessera_rank_resident_memory_bytes", "Resident memory (RSS) of each rank's process."), &["rank"])?,
             )?,
             tokens_total: register(r, IntCounter::new("tessera_tokens_total", "Tokens trained on, summed over ranks.")?)?,
             samples_total: register(r, IntCounter::new("tessera_samples_total", "Samples trained on, summed over ranks.")?)?,
@@ -133,6 +212,7 @@ impl JobMetrics {
             )?,
             val_seconds: register(r, Gauge::new("tessera_validation_seconds", "Seconds the ranks spent on the last validation.")?)?,
             last_validation: Mutex::new(None),
+            flops_model: Mutex::new(None),
             current: Mutex::new(None),
         })
     }
@@ -160,8 +240,8 @@ impl JobMetrics {
         let step_s = phases[5];
 
         let step = reports[0].step;
-        self.step.set(i64::try_from(step).unwrap_or(i64::MAX));
-        self.loss.set(weighted_mean(reports.iter().map(|r| (r.loss, r.samples))));
+        self.step.with_label_values::<&str>(&[]).set(i64::try_from(step).unwrap_or(i64::MAX));
+        set(&self.loss, weighted_mean(reports.iter().map(|r| (r.loss, r.samples))));
         let mut per_modality: BTreeMap<&str, Vec<(f64, u64)>> = BTreeMap::new();
         for r in reports {
             for (m, l) in &r.losses {
@@ -171,11 +251,18 @@ impl JobMetrics {
         for (m, v) in per_modality {
             self.modality_loss.with_label_values(&[m]).set(weighted_mean(v.into_iter()));
         }
-        self.lr.set(reports[0].lr);
-        self.grad_norm.set(reports[0].grad_norm);
+        set(&self.lr, reports[0].lr);
+        set(&self.grad_norm, reports[0].grad_norm);
         if step_s > 0.0 {
-            self.tokens_per_second.set(tokens as f64 / step_s);
-            self.samples_per_second.set(samples as f64 / step_s);
+            set(&self.tokens_per_second, tokens as f64 / step_s);
+            set(&self.samples_per_second, samples as f64 / step_s);
+            if let Some(m) = *self.flops_model.lock().unwrap_or_else(|e| e.into_inner()) {
+                let achieved = tokens as f64 * m.flops_per_token / step_s;
+                set(&self.model_flops_per_second, achieved);
+                if let Some(peak) = m.peak_flops_per_rank.filter(|p| *p > 0.0) {
+                    set(&self.mfu, achieved / (peak * f64::from(reports[0].world)));
+                }
+            }
         }
         self.tokens_total.inc_by(tokens);
         self.samples_total.inc_by(samples);
@@ -183,7 +270,15 @@ impl JobMetrics {
             self.phase_seconds.with_label_values(&[*phase]).set(secs);
         }
         for r in reports {
-            self.rank_step_seconds.with_label_values(&[r.rank.to_string()]).set(r.timings.total_s);
+            let rank = [r.rank.to_string()];
+            self.rank_step_seconds.with_label_values(&rank).set(r.timings.total_s);
+            if r.timings.total_s > 0.0 {
+                self.rank_tokens_per_second.with_label_values(&rank).set(r.tokens as f64 / r.timings.total_s);
+                self.rank_data_wait.with_label_values(&rank).set((r.timings.data_s / r.timings.total_s).clamp(0.0, 1.0));
+            }
+            if let Some(bytes) = r.rss_bytes {
+                self.rank_resident_memory.with_label_values(&rank).set(bytes as f64);
+            }
         }
         if reports.iter().any(|r| r.skipped) {
             self.skipped_steps.inc();
@@ -199,6 +294,23 @@ impl JobMetrics {
         self.generation.set(i64::try_from(generation).unwrap_or(i64::MAX));
         self.world_size.set(i64::from(world));
         self.rank_step_seconds.reset();
+        self.rank_tokens_per_second.reset();
+        self.rank_data_wait.reset();
+        self.rank_resident_memory.reset();
+    }
+
+    /// The model's training FLOPs per token and one rank's peak FLOP/s, for model FLOP/s and
+    /// MFU from the next step on.
+    pub fn set_flops_model(&self, m: FlopsModel) {
+        *self.flops_model.lock().unwrap_or_else(|e| e.into_inner()) = Some(m);
+        set(&self.model_flops_per_token, m.flops_per_token);
+        match m.peak_flops_per_rank {
+            Some(p) => set(&self.peak_flops_per_second, p),
+            None => {
+                self.peak_flops_per_second.reset();
+                self.mfu.reset();
+            }
+        }
     }
 
     /// A generation was aborted and training restarts from a checkpoint.

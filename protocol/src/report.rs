@@ -53,6 +53,9 @@ pub struct StepReport {
     pub skipped_samples: u64,
     /// Where the time went.
     pub timings: StepTimings,
+    /// The rank's resident memory (RSS) after the step, when its platform tells it.
+    #[serde(default)]
+    pub rss_bytes: Option<u64>,
 }
 
 #[cfg(test)]
@@ -77,6 +80,7 @@ mod tests {
             skipped: false,
             skipped_samples: 1,
             timings: StepTimings { data_s: 0.01, total_s: 0.5, ..StepTimings::default() },
+            rss_bytes: Some(1 << 30),
         };
         let json = serde_json::to_string(&report).unwrap();
         assert_eq!(serde_json::from_str::<StepReport>(&json).unwrap(), report);

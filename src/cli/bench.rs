@@ -16,6 +16,7 @@ use super::model::ArchArgs;
 use super::output::emit;
 
 mod data_path;
+mod metrics;
 mod text;
 
 /// Benchmark sub-commands.
@@ -27,6 +28,8 @@ pub enum BenchCommand {
     Text(text::TextArgs),
     /// Loader throughput and training steps through the full data path vs pre-built batches.
     DataPath(data_path::DataPathArgs),
+    /// The coordinator's per-step metrics path (observe every rank's report of a step).
+    Metrics(metrics::MetricsArgs),
 }
 
 /// Arguments of `bench step`.
@@ -69,6 +72,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Step(a) => step(a),
         BenchCommand::Text(a) => text::run(a),
         BenchCommand::DataPath(a) => data_path::run(a),
+        BenchCommand::Metrics(a) => metrics::run(a),
     }
 }
 

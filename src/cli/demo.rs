@@ -22,6 +22,7 @@ use tessera_tokenizers::world::{ShapeClass, WorldSample, WorldSpec, generate};
 
 use super::plot;
 
+mod grid;
 mod tokenizers;
 
 /// Arguments of `tessera demo`.
@@ -268,7 +269,7 @@ fn report(run_dir: &Path) -> anyhow::Result<()> {
     report["beats_unigram_everywhere"] = all_better.into();
     std::fs::write(run_dir.join("report.json"), serde_json::to_vec_pretty(&report)?)?;
     let png = run_dir.join("loss_curve.png");
-    plot::loss_curves(&run_dir.join("train_log.jsonl"), &png)?;
+    plot::write(run_dir, &png, "demo")?;
     println!("      loss curves: {}; report: {}", png.display(), run_dir.join("report.json").display());
     if !all_better {
         println!("      not every modality beats the unigram baseline yet: train longer (--steps)");

@@ -61,6 +61,8 @@ pub struct EmbeddedOptions {
     pub listen: SocketAddr,
     /// HTTP API address to bind.
     pub api: SocketAddr,
+    /// Peak TFLOP/s of one rank's device (`None`: the default of [`super::peak::per_rank`]).
+    pub peak_tflops: Option<f64>,
 }
 
 fn random_hex() -> String {
@@ -216,6 +218,18 @@ fn finish_relays(relays: &Mutex<Vec<std::thread::JoinHandle<()>>>, within: Durat
     }
 }
 
+/// Model FLOPs per token of `job` and the peak of one of its ranks (each on `threads` CPU
+/// threads), for model FLOP/s and MFU.
+fn flops_model(job: &ResolvedJob, peak_tflops: Option<f64>, threads: usize) -> anyhow::Result<tessera_coordinator::FlopsModel> {
+    let cfg = tessera_worker::four_m_config(&job.model, &job.origin)?;
+    let flops = cfg.train_flops(job.train.num_input_tokens, job.train.num_target_tokens);
+    let peak = super::peak::per_rank(job, peak_tflops, threads);
+    if peak.is_none() {
+        tessera_protocol::say!("note: unknown GPU, no MFU in /metrics; give `--peak-tflops` (one rank's dense peak)");
+    }
+    Ok(tessera_coordinator::FlopsModel { flops_per_token: flops.per_token, peak_flops_per_rank: peak })
+}
+
 /// Runs the job with an in-process coordinator and local worker processes.
 pub fn run_embedded(config: &Path, job: &ResolvedJob, o: &EmbeddedOptions) -> anyhow::Result<()> {
     // First of all, so that a signal at any moment stops the job truthfully (before the
@@ -290,8 +304,10 @@ pub fn run_embedded(config: &Path, job: &ResolvedJob, o: &EmbeddedOptions) -> an
             console: console.clone(),
             relays: Arc::clone(&relays),
         };
-        let registry = prometheus::Registry::new();
+        // Every series carries the job's name (scrape with `honor_labels: true` to keep it).
+        let registry = prometheus::Registry::new_custom(None, Some([("job".to_string(), job.name.clone())].into()))?;
         let metrics = Arc::new(JobMetrics::new(&registry)?);
+        metrics.set_flops_model(flops_model(job, o.peak_tflops, threads)?);
         let events = EventLog::open(&job.output_dir.join("events.jsonl"))?;
         let api_listener = tokio::net::TcpListener::bind(o.api).await.with_context(|| format!("binding the API at {}", o.api))?;
         let api_addr = api_listener.local_addr()?;

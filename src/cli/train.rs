@@ -53,6 +53,10 @@ pub struct TrainArgs {
     /// Address of the HTTP API (status, scale, checkpoint, /metrics).
     #[arg(long, default_value = "127.0.0.1:0")]
     api: std::net::SocketAddr,
+    /// Peak TFLOP/s of one rank's device, for MFU in /metrics (default: a known GPU's dense
+    /// peak on CUDA, a measured f32 matmul peak on CPU).
+    #[arg(long)]
+    peak_tflops: Option<f64>,
 }
 
 impl TrainArgs {
@@ -70,6 +74,7 @@ impl TrainArgs {
             heartbeat_timeout_ms: 5000,
             listen: "127.0.0.1:0".parse().expect("a socket address"),
             api: "127.0.0.1:0".parse().expect("a socket address"),
+            peak_tflops: None,
         }
     }
 
@@ -105,6 +110,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
             heartbeat_timeout: std::time::Duration::from_millis(a.heartbeat_timeout_ms),
             listen: a.listen,
             api: a.api,
+            peak_tflops: a.peak_tflops,
         };
         return super::orchestrate::run_embedded(&a.config, &job, &o);
     }
@@ -155,10 +161,13 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     let plain = bar.is_hidden();
     let mut ran = 0u64;
     while !trainer.finished() && a.max_steps.is_none_or(|m| ran < m) {
+        let tokens_before = trainer.state().counters.tokens_seen;
         let r = trainer.step()?;
         ran += 1;
         let state = trainer.state();
         let mut line = serde_json::to_value(&r)?;
+        // This step's tokens, for tokens/s in `tessera plot` (the log may skip steps).
+        line["tokens"] = state.counters.tokens_seen.saturating_sub(tokens_before).into();
         line["tokens_seen"] = state.counters.tokens_seen.into();
         line["skipped_steps"] = state.counters.skipped_steps.into();
         line["skipped_samples"] = state.counters.skipped_samples.into();

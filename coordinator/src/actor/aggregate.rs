@@ -107,6 +107,7 @@ mod tests {
             skipped: false,
             skipped_samples: 0,
             timings: Default::default(),
+            rss_bytes: None,
         }
     }
 

@@ -139,6 +139,7 @@ impl Server {
             skipped: false,
             skipped_samples: 0,
             timings,
+            rss_bytes: None,
         };
         metrics.observe_step(&[report]).unwrap();
         let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();

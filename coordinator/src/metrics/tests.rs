@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 
 use prometheus::Registry;
 
-use super::JobMetrics;
+use super::{FlopsModel, JobMetrics};
 use crate::api::ValidationStatus;
 use crate::error::CoordinatorError;
 use tessera_protocol::report::{StepReport, StepTimings};
@@ -30,6 +30,7 @@ fn report(generation: u64, step: u64, rank: u32, world: u32, samples: u64, token
             optimizer_s: 0.015625,
             total_s,
         },
+        rss_bytes: Some(u64::from(rank + 1) << 20),
     }
 }
 
@@ -138,4 +139,59 @@ fn validation_scores_are_gauges_per_modality() {
     assert_eq!(value(&text, r#"tessera_validation_loss{modality="caption"}"#), Some(4.0));
     // The status shows the last validation as it was.
     assert_eq!(m.last_validation(), Some(ValidationStatus { step: 200, loss: [("rgb".to_string(), 2.0)].into(), seconds: 2.25 }));
+}
+
+#[test]
+fn step_gauges_are_absent_before_the_first_step_and_counters_start_at_zero() {
+    let m = JobMetrics::new(&Registry::new()).unwrap();
+    m.set_generation(1, 2);
+    let text = m.render().unwrap();
+    for gauge in
+        ["tessera_step", "tessera_loss", "tessera_learning_rate", "tessera_grad_norm", "tessera_tokens_per_second", "tessera_mfu_ratio"]
+    {
+        assert_eq!(value(&text, gauge), None, "{gauge} before any step:\n{text}");
+    }
+    for counter in ["tessera_tokens_total", "tessera_samples_total", "tessera_restarts_total", "tessera_skipped_steps_total"] {
+        assert_eq!(value(&text, counter), Some(0.0), "{counter}:\n{text}");
+    }
+    assert_eq!(value(&text, "tessera_world_size"), Some(2.0));
+    m.observe_step(&[report(1, 0, 0, 2, 8, 1000, 0.25), report(1, 0, 1, 2, 8, 1000, 0.5)]).unwrap();
+    let text = m.render().unwrap();
+    assert_eq!(value(&text, "tessera_step"), Some(0.0));
+    assert_eq!(value(&text, "tessera_loss"), Some(1.5));
+    // No FLOPs model was set: no made-up FLOP/s or MFU either.
+    assert_eq!(value(&text, "tessera_model_flops_per_second"), None);
+    assert_eq!(value(&text, "tessera_mfu_ratio"), None);
+}
+
+#[test]
+fn flops_mfu_and_per_rank_series_follow_the_reports() {
+    let registry = Registry::new_custom(None, Some([("job".to_string(), "demo".to_string())].into())).unwrap();
+    let m = JobMetrics::new(&registry).unwrap();
+    m.set_generation(1, 2);
+    m.set_flops_model(FlopsModel { flops_per_token: 1e6, peak_flops_per_rank: Some(4e9) });
+    // Rank 1 is the slow one: 2200 tokens in 0.5 s for the step, 2.2e9 model FLOP/s.
+    m.observe_step(&[report(1, 3, 0, 2, 8, 1000, 0.25), report(1, 3, 1, 2, 8, 1200, 0.5)]).unwrap();
+    let text = m.render().unwrap();
+    let v = |series: &str| value(&text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"));
+    assert_eq!(v(r#"tessera_model_flops_per_token{job="demo"}"#), 1e6);
+    assert_eq!(v(r#"tessera_peak_flops_per_second{job="demo"}"#), 4e9);
+    assert_eq!(v(r#"tessera_model_flops_per_second{job="demo"}"#), 2200.0 * 1e6 / 0.5);
+    assert_eq!(v(r#"tessera_mfu_ratio{job="demo"}"#), 2200.0 * 1e6 / 0.5 / (2.0 * 4e9));
+    assert_eq!(v(r#"tessera_rank_tokens_per_second{rank="0",job="demo"}"#), 1000.0 / 0.25);
+    assert_eq!(v(r#"tessera_rank_tokens_per_second{rank="1",job="demo"}"#), 1200.0 / 0.5);
+    // data_s is 0.125 · (rank + 1).
+    assert_eq!(v(r#"tessera_rank_data_wait_ratio{rank="0",job="demo"}"#), 0.125 / 0.25);
+    assert_eq!(v(r#"tessera_rank_data_wait_ratio{rank="1",job="demo"}"#), 0.25 / 0.5);
+    assert_eq!(v(r#"tessera_rank_resident_memory_bytes{rank="1",job="demo"}"#), f64::from(2u32 << 20));
+    // A new generation drops every per-rank series.
+    m.set_generation(2, 1);
+    let text = m.render().unwrap();
+    for family in ["tessera_rank_tokens_per_second", "tessera_rank_data_wait_ratio", "tessera_rank_resident_memory_bytes"] {
+        assert!(!text.lines().any(|l| l.starts_with(&format!("{family}{{"))), "{family} lingers:\n{text}");
+    }
+    // An unknown peak leaves FLOP/s but no MFU.
+    m.set_flops_model(FlopsModel { flops_per_token: 1e6, peak_flops_per_rank: None });
+    let text = m.render().unwrap();
+    assert_eq!(value(&text, r#"tessera_peak_flops_per_second{job="demo"}"#), None, "{text}");
 }

@@ -13,7 +13,7 @@ use tessera_model::tokenizer::{
 };
 use tessera_tokenizers::TokenModalityDef;
 
-use super::super::plot;
+use super::grid;
 
 /// The world folders the demo tokenizes, in column order of the reconstruction grid.
 pub const DEFAULT_TOKENIZERS: &str = "depth,semseg,normal";
@@ -156,7 +156,7 @@ pub fn reconstruction_grid(world: &Path, tokenizers: &[PathBuf], size: usize, pn
     }
     // A wider gap after the RGB column and between the tokenizers' column pairs.
     let group_starts: Vec<usize> = (0..tokenizers.len()).map(|k| 1 + 2 * k).collect();
-    plot::tile_grid(&rows, 2, &group_starts, png)
+    grid::tile_grid(&rows, 2, &group_starts, png)
 }
 
 /// A (1, S, S) map as grey levels, `lo` black and `hi` white.

@@ -177,7 +177,16 @@ fn report(generation: u64, rank: u32, world: u32, r: &crate::trainer::StepReport
             optimizer_s: r.optim_s,
             total_s: r.step_s,
         },
+        rss_bytes: resident_bytes(),
     }
+}
+
+/// This process's resident set size from `/proc/self/status` (Linux; `None` elsewhere, so that
+/// no made-up 0 is exported).
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// One generation; returns (steps completed, error, exit requested).
