@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use tch::{Device, Tensor};
-use tessera_model::{AdamWConfig, Checkpoint, ForwardOptions, FourMConfig, adamw_update};
+use tessera_model::{Checkpoint, ForwardOptions, FourMConfig};
 use tessera_ops::{Collective, NcclComm, ReduceOp, shard_range};
 use tessera_protocol::job::ResolvedJob;
 use tessera_protocol::ledger::mix;
@@ -16,20 +16,19 @@ use tessera_protocol::{SampleLedger, SampleRef};
 use tessera_tokenizers::Modality;
 
 use super::comm::{CommThread, Ticket};
-use super::flat;
 use super::grads::GradShard;
-use super::pieces::{piece_len, pieces};
-use super::snapshot::Snapshot;
-use super::tensors::append_f32;
 use super::units::{Unit, block_params, flat_slice, free_param, units_with_shapes};
-use crate::checkpoint::{self as sharded, ShardTensors};
+use crate::checkpoint::ShardTensors;
 use crate::error::{Result, WorkerError};
 use crate::source::BatchSource;
 use crate::trainer::{StepReport, forward_options, job_device};
-use tessera_protocol::checkpoint::{self as store, Manifest, TrainState, UnitRecord};
+use tessera_protocol::checkpoint::TrainState;
 
+mod checkpointing;
 mod eval;
+mod gather;
 mod idle;
+mod optimizer;
 
 /// One rank of an FSDP job.
 pub struct FsdpTrainer<C: Collective + 'static, S: BatchSource> {
@@ -298,218 +297,8 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
         self
     }
 
-    /// The pieces unit `ui` moves in on the host path, when it is large enough to need more
-    /// than one and stays allocated (the `rest` unit); `None`: it moves whole.
-    fn rest_pieces(&self, ui: usize) -> Option<Vec<Vec<std::ops::Range<usize>>>> {
-        let u = &self.units[ui];
-        let allocated = u.params.iter().all(|p| p.tensor.numel() == p.numel);
-        let ps = pieces(u.numel, self.coll.world(), self.piece_per_rank);
-        (self.nccl.is_none() && allocated && ps.len() > 1).then_some(ps)
-    }
-
-    /// All-gathers unit `ui` (the `rest` unit, gathered for the whole step) into its
-    /// parameters: in place and in pieces when it is large, so no whole-unit copy is made.
-    fn gather_rest(&mut self, ui: usize) -> Result<()> {
-        let Some(ps) = self.rest_pieces(ui) else { return self.gather_unit(ui) };
-        let rank = self.coll.rank().0 as usize;
-        let start = self.units[ui].shard.start;
-        for piece in &ps {
-            let mine = &piece[rank];
-            let mut local = Vec::with_capacity(mine.len());
-            append_f32(&self.shards[ui].master.narrow(0, (mine.start - start) as i64, mine.len() as i64), &mut local);
-            let tc = Instant::now();
-            let full = self.coll.start_all_gather(local, piece_len(piece)).wait();
-            self.comm_s += tc.elapsed().as_secs_f64();
-            let full = full.map_err(|e| unit_failed(self.state.step, "all-gather", &self.units[ui].name, e))?;
-            let mut at = 0;
-            for range in piece {
-                self.units[ui].write_flat(range.clone(), &full[at..at + range.len()]);
-                at += range.len();
-            }
-        }
-        Ok(())
-    }
-
-    /// Reduce-scatters unit `ui`'s gradients (the `rest` unit, at the end of a step): in
-    /// pieces when it is large, so the whole flat gradient vector is never copied out.
-    fn reduce_rest(&mut self, ui: usize, acc: &mut [GradShard], used: &mut [Vec<i64>]) -> Result<()> {
-        let Some(ps) = self.rest_pieces(ui) else { return self.reduce_unit_grads(ui, acc, used) };
-        let rank = self.coll.rank().0 as usize;
-        let u = &self.units[ui];
-        u.mark_used(&mut used[ui]);
-        for piece in &ps {
-            let u = &self.units[ui];
-            let mut input = Vec::with_capacity(piece_len(piece));
-            for range in piece {
-                u.append_flat_grads(range.clone(), &mut input);
-            }
-            let tc = Instant::now();
-            let shard = self.coll.start_reduce_scatter(input, piece[rank].len()).wait();
-            self.comm_s += tc.elapsed().as_secs_f64();
-            let shard = shard.map_err(|e| unit_failed(self.state.step, "reduce-scatter", &u.name, e))?;
-            acc[ui].add_host_at(piece[rank].start - u.shard.start, &shard);
-        }
-        self.free_grads(ui)
-    }
-
-    /// Frees every block unit: only the shards (and the `rest` unit) stay resident.
-    fn free_blocks(&mut self) -> Result<()> {
-        for ui in 0..self.units.len() {
-            if self.units[ui].name != "rest" {
-                self.free_unit(ui)?;
-            }
-        }
-        Ok(())
-    }
-
     fn comm<T>(&self, r: tessera_ops::Result<T>) -> Result<T> {
         r.map_err(|e| WorkerError::Training { step: self.state.step, reason: format!("rank {}: {e}", self.coll.rank().0) })
-    }
-
-    /// All-gathers unit `ui`'s shards into the model's parameters, now.
-    fn gather_unit(&mut self, ui: usize) -> Result<()> {
-        let pending = self.start_gather(ui);
-        self.finish_gather(ui, pending)
-    }
-
-    /// Starts unit `ui`'s all-gather: on the comm thread for the host path (it runs while the
-    /// caller computes); the NCCL path gathers in [`Self::finish_gather`].
-    fn start_gather(&mut self, ui: usize) -> Gather {
-        if self.nccl.is_some() {
-            return Gather::Later;
-        }
-        let u = &self.units[ui];
-        let mut local = Vec::with_capacity(u.shard.len());
-        append_f32(&self.shards[ui].master, &mut local);
-        Gather::Host(self.coll.start_all_gather(local, u.numel))
-    }
-
-    /// Waits for unit `ui`'s all-gather and installs it into the model's parameters
-    /// (re-allocating them). Each parameter gets its own allocation rather than a view into the
-    /// flat vector: a view at an arbitrary element offset is misaligned for the GEMM kernels,
-    /// which measurably slowed the CPU step.
-    fn finish_gather(&mut self, ui: usize, pending: Gather) -> Result<()> {
-        let u = &self.units[ui];
-        let tc = Instant::now();
-        let step = self.state.step;
-        let failed = |e| unit_failed(step, "all-gather", &u.name, e);
-        match (pending, self.nccl.as_mut()) {
-            (Gather::Later, Some(comm)) => {
-                let full = flat::nccl_all_gather(comm, &self.shards[ui].master, u.numel).map_err(failed)?;
-                self.comm_s += tc.elapsed().as_secs_f64();
-                for p in &u.params {
-                    let mut var = p.tensor.shallow_clone();
-                    var.set_data(&full.narrow(0, p.offset as i64, p.numel as i64).view(p.shape.as_slice()).copy());
-                }
-            }
-            (Gather::Host(ticket), _) => {
-                let full = ticket.wait().map_err(failed)?;
-                self.comm_s += tc.elapsed().as_secs_f64();
-                for p in &u.params {
-                    let mut var = p.tensor.shallow_clone();
-                    let t = Tensor::from_slice(&full[p.offset..p.offset + p.numel]).view(p.shape.as_slice());
-                    if var.numel() == p.numel {
-                        // Still gathered (the `rest` unit, from the step before): overwrite in
-                        // place rather than hold the old and the new copy of it at once.
-                        tch::no_grad(|| var.copy_(&t));
-                    } else {
-                        var.set_data(&t.to_device(self.device));
-                    }
-                }
-            }
-            (Gather::Later, None) => unreachable!("start_gather defers only on the NCCL path"),
-        }
-        Ok(())
-    }
-
-    /// Installs `order[k]` (started ahead as `ahead`, or gathered now) and, with prefetch,
-    /// starts `order[k + 1]` before the caller computes with `order[k]`.
-    fn advance(&mut self, order: &[usize], k: usize, ahead: &mut Option<Gather>) -> Result<()> {
-        let pending = match ahead.take() {
-            Some(p) => p,
-            None => self.start_gather(order[k]),
-        };
-        self.finish_gather(order[k], pending)?;
-        if self.prefetch
-            && let Some(&next) = order.get(k + 1)
-        {
-            *ahead = Some(self.start_gather(next));
-        }
-        Ok(())
-    }
-
-    /// Releases unit `ui`'s gathered parameters (and gradients): only the shards stay resident.
-    fn free_unit(&mut self, ui: usize) -> Result<()> {
-        self.free_grads(ui)?;
-        for p in &self.units[ui].params {
-            free_param(&p.tensor, self.device);
-        }
-        Ok(())
-    }
-
-    /// All-gathers every unit (for export and checks).
-    fn gather_all(&mut self) -> Result<()> {
-        for ui in 0..self.units.len() {
-            self.gather_unit(ui)?;
-        }
-        Ok(())
-    }
-
-    /// Reduce-scatters unit `ui`'s gradients (zeros where undefined; in fp32 whatever the
-    /// compute precision) into its shard gradient accumulator, records which parameters got a
-    /// gradient here, and drops the full gradients.
-    fn reduce_unit_grads(&mut self, ui: usize, acc: &mut [GradShard], used: &mut [Vec<i64>]) -> Result<()> {
-        let u = &self.units[ui];
-        u.mark_used(&mut used[ui]);
-        let mut tc = Instant::now();
-        let r = match self.nccl.as_mut() {
-            Some(comm) => {
-                let parts: Vec<Tensor> = u
-                    .params
-                    .iter()
-                    .map(|p| {
-                        let g = p.tensor.grad();
-                        if g.defined() {
-                            g.to_kind(tch::Kind::Float).view([-1])
-                        } else {
-                            Tensor::zeros([p.numel as i64], (tch::Kind::Float, self.device))
-                        }
-                    })
-                    .collect();
-                flat::nccl_reduce_scatter(comm, &Tensor::cat(&parts, 0), u.numel, ReduceOp::Sum).map(|g| acc[ui].add_tensor(&g))
-            }
-            None => {
-                let mut full = Vec::with_capacity(u.numel);
-                for p in &u.params {
-                    let g = p.tensor.grad();
-                    if g.defined() {
-                        append_f32(&g, &mut full);
-                    } else {
-                        full.resize(full.len() + p.numel, 0.0);
-                    }
-                }
-                // Runs on the comm thread while the next block computes; at most two trail.
-                tc = Instant::now();
-                self.reducing.push_back((ui, self.coll.start_reduce_scatter(full, u.shard.len())));
-                Ok(())
-            }
-        };
-        self.comm_s += tc.elapsed().as_secs_f64();
-        r.map_err(|e| unit_failed(self.state.step, "reduce-scatter", &u.name, e))?;
-        self.free_grads(ui)?;
-        self.settle_reduces(acc, 2)
-    }
-
-    /// Adds finished reduce-scatters into their gradient shards until at most `keep` trail.
-    fn settle_reduces(&mut self, acc: &mut [GradShard], keep: usize) -> Result<()> {
-        while self.reducing.len() > keep {
-            let (ui, ticket) = self.reducing.pop_front().expect("longer than keep");
-            let tc = Instant::now();
-            let shard = ticket.wait().map_err(|e| unit_failed(self.state.step, "reduce-scatter", &self.units[ui].name, e))?;
-            self.comm_s += tc.elapsed().as_secs_f64();
-            acc[ui].add_host(&shard);
-        }
-        Ok(())
     }
 
     /// The units of the encoder blocks and of the decoder blocks, in model order.
@@ -762,47 +551,15 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
         let to = Instant::now();
         let loss = f64::from(partial[0]);
         let finite = loss.is_finite() && grad_norm.is_finite();
-        let t = &self.job.train;
-        if !finite && !t.skip_nonfinite {
+        if !finite && !self.job.train.skip_nonfinite {
             return Err(WorkerError::Training { step, reason: format!("non-finite loss {loss} / gradient norm {grad_norm}") });
         }
         if finite {
-            let scale = match t.clip_grad {
-                Some(clip) if grad_norm > clip => clip / (grad_norm + 1e-6),
-                _ => 1.0,
-            };
-            let cfg = AdamWConfig { lr, beta1: t.betas[0], beta2: t.betas[1], eps: t.eps, weight_decay: t.weight_decay };
-            for (ui, u) in self.units.iter().enumerate() {
-                let grad = &grad_shards[ui];
-                if scale != 1.0 {
-                    let _ = grad.shallow_clone().g_mul_scalar_(scale);
-                }
-                let s = &self.shards[ui];
-                for (pi, used) in used[ui].iter().enumerate() {
-                    if *used != 0 {
-                        self.steps[ui][pi] += 1;
-                    }
-                }
-                for (range, pi) in u.shard_segments() {
-                    if used[ui][pi] == 0 {
-                        continue;
-                    }
-                    let (a, n) = (range.start as i64, range.len() as i64);
-                    let wd = if u.params[pi].decay { t.weight_decay } else { 0.0 };
-                    adamw_update(
-                        &s.master.narrow(0, a, n),
-                        &grad.narrow(0, a, n),
-                        &s.exp_avg.narrow(0, a, n),
-                        &s.exp_avg_sq.narrow(0, a, n),
-                        &cfg,
-                        wd,
-                        self.steps[ui][pi],
-                    )?;
-                }
-            }
+            self.apply_update(&grad_shards, &used, lr, grad_norm)?;
         } else {
             self.state.counters.skipped_steps += 1;
         }
+        let t = &self.job.train;
         let optim_s = to.elapsed().as_secs_f64();
         self.state.advance(
             global as u64,
@@ -826,84 +583,6 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
         })
     }
 
-    /// The manifest of a checkpoint of the current state (its `files` are filled in on commit).
-    fn manifest(&self, units: Vec<UnitRecord>) -> Manifest {
-        Manifest::new(&self.job.name, self.job.seed, self.coll.world(), self.state.clone(), units)
-    }
-
-    /// The flat layout as recorded in checkpoints.
-    fn unit_records(&self) -> Vec<UnitRecord> {
-        sharded::unit_records(&self.units, Some(&self.steps))
-    }
-
-    /// Writes a checkpoint of the current state under the job's checkpoint directory
-    /// (collective: every rank must call it at the same step; rank 0 commits) and keeps the
-    /// newest `keep_last`. For ranks that run without a coordinator. Returns the committed
-    /// directory.
-    pub fn save_checkpoint(&mut self) -> Result<std::path::PathBuf> {
-        let (world, rank) = (self.coll.world(), self.coll.rank().0 as usize);
-        let root = self.job.checkpoint.dir.clone();
-        let tmp = store::temp_dir(&root, self.state.step, 0);
-        let units = self.unit_records();
-        sharded::write_shards(&tmp, rank, world, &units, &self.shards)?;
-        let r = self.coll.barrier();
-        self.comm(r)?;
-        // Rank 0 commits; the others learn the outcome so nobody goes on past a failed commit.
-        let mut ok = [1i64];
-        let mut committed = None;
-        if rank == 0 {
-            let done = (0..world)
-                .map(|r| store::file_entry(&tmp.join(store::shard_file(r, world))))
-                .collect::<tessera_protocol::Result<Vec<_>>>()
-                .and_then(|files| store::commit(&root, &tmp, self.manifest(units), files))
-                .and_then(|(d, _)| store::prune(&root, self.job.checkpoint.keep_last, store::NO_LIVE_GENERATION).map(|_| d));
-            match done {
-                Ok(d) => committed = Some(d),
-                Err(e) => {
-                    ok[0] = 0;
-                    tracing::error!("checkpoint commit failed: {e}");
-                }
-            }
-        }
-        let r = self.coll.broadcast(&mut ok, tessera_ops::Rank(0));
-        self.comm(r)?;
-        if ok[0] == 0 {
-            return Err(WorkerError::Checkpoint {
-                path: tmp,
-                reason: format!("rank 0 could not commit the checkpoint of step {}", self.state.step),
-            });
-        }
-        Ok(committed.unwrap_or_else(|| root.join(store::dir_name(self.state.step))))
-    }
-
-    /// Resumes every rank from the newest valid checkpoint (rank 0 chooses, all load it
-    /// resharded to this world size). Collective. Returns the step resumed at, if any.
-    pub fn resume(&mut self) -> Result<Option<u64>> {
-        let rank = self.coll.rank().0 as usize;
-        let root = self.job.checkpoint.dir.clone();
-        let mut chosen = [-1i64];
-        if rank == 0 {
-            let (found, rejected) = store::latest_valid(&root)?;
-            for r in rejected {
-                tracing::warn!("skipping checkpoint: {r}");
-            }
-            if let Some((_, m)) = found {
-                chosen[0] = m.state.step as i64;
-            }
-        }
-        let r = self.coll.broadcast(&mut chosen, tessera_ops::Rank(0));
-        self.comm(r)?;
-        if chosen[0] < 0 {
-            return Ok(None);
-        }
-        let dir = root.join(store::dir_name(chosen[0] as u64));
-        let m = store::verify(&dir).map_err(|e| WorkerError::Checkpoint {
-            path: dir.clone(),
-            reason: format!("rank 0 chose it but it no longer verifies: {e}"),
-        })?;
-        self.install(&dir, &m).map(Some)
-    }
-
     /// True on every rank when any rank asks to stop (e.g. got SIGTERM): ranks must leave the
     /// loop at the same step, or the others would wait in the next collective.
     pub fn agree_to_stop(&mut self, mine: bool) -> Result<bool> {
@@ -911,11 +590,6 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
         let r = self.coll.all_reduce(&mut flag, ReduceOp::Max);
         self.comm(r)?;
         Ok(flag[0] != 0)
-    }
-
-    /// Drops unit `ui`'s full gradients.
-    fn free_grads(&mut self, ui: usize) -> Result<()> {
-        Ok(self.grad_resets[ui].zero_grad()?)
     }
 
     /// Every trainable parameter, gathered, by name (for checks and export).
@@ -936,81 +610,12 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
 }
 
 impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
-    /// Copies this rank's shards and the training position to host memory so they can be
-    /// written in the background while training goes on (the copy is the only stall).
-    /// `generation` names the temp directory; rank 0's snapshot carries the manifest.
-    pub fn snapshot(&self, generation: u64) -> Snapshot {
-        let (world, rank) = (self.coll.world(), self.coll.rank().0 as usize);
-        let units = self.unit_records();
-        // Deep copies in host memory: the live shards keep changing while the copy is written.
-        let tensors = sharded::named_shards(&units, &self.shards)
-            .into_iter()
-            .map(|(n, t)| (n, if t.device() == Device::Cpu { t.copy() } else { t.to_device(Device::Cpu) }))
-            .collect();
-        let manifest = (rank == 0).then(|| self.manifest(units));
-        Snapshot {
-            root: self.job.checkpoint.dir.clone(),
-            generation,
-            step: self.state.step,
-            rank,
-            world,
-            tensors,
-            manifest,
-            taken: Instant::now(),
-        }
-    }
-
-    /// Loads the checkpoint in `dir` (written at any world size, or a one-process checkpoint of
-    /// the old format), resharded to this world. Each rank reads what it needs; no collective.
-    /// The caller chose `dir` among committed checkpoints; sizes and layout are checked here,
-    /// checksums when it was chosen.
-    pub fn restore_from(&mut self, dir: &std::path::Path) -> Result<u64> {
-        let m = store::read_manifest(dir)?;
-        self.install(dir, &m)
-    }
-
-    /// Loads a chosen checkpoint resharded to this world: shards, update counts, training
-    /// position and ledger. Returns the step it holds.
-    fn install(&mut self, dir: &std::path::Path, m: &Manifest) -> Result<u64> {
-        let (world, rank) = (self.coll.world(), self.coll.rank().0 as usize);
-        sharded::check_seed(dir, m, self.job.seed)?;
-        let (shards, steps) = sharded::load_any(dir, m, &self.unit_records(), rank, world)?;
-        self.shards = shards.into_iter().map(|s| s.to_device(self.device)).collect();
-        self.steps = steps;
-        self.ledger = SampleLedger::new(self.job.seed, m.state.schedule.clone(), self.ledger.dataset_lens().to_vec())?;
-        self.source.set_ledger(&self.ledger);
-        self.state = m.state.clone();
-        Ok(self.state.step)
-    }
-
-    /// Installs a mixture schedule (a new generation may carry versions added while the job
-    /// ran; versions already in force are unchanged, so earlier samples keep their sources).
-    pub fn set_schedule(&mut self, schedule: tessera_protocol::MixtureSchedule) -> Result<()> {
-        self.ledger = SampleLedger::new(self.job.seed, schedule.clone(), self.ledger.dataset_lens().to_vec())?;
-        self.source.set_ledger(&self.ledger);
-        self.state.schedule = schedule;
-        Ok(())
-    }
-
     /// Element-wise maximum of `flags` over all ranks, in place: how ranks agree on decisions
     /// taken at a step boundary (stop, checkpoint) so that all take them at the same step.
     pub fn agree(&mut self, flags: &mut [i64]) -> Result<()> {
         let r = self.coll.all_reduce(flags, ReduceOp::Max);
         self.comm(r)
     }
-}
-
-/// A unit all-gather started by [`FsdpTrainer::start_gather`].
-enum Gather {
-    /// Running on the comm thread.
-    Host(Ticket<Vec<f32>>),
-    /// Done by `finish_gather` (NCCL: synchronous on the device).
-    Later,
-}
-
-/// The error of collective `op` on unit `unit` failing at `step`.
-fn unit_failed(step: u64, op: &str, unit: &str, e: tessera_ops::OpsError) -> WorkerError {
-    WorkerError::Training { step, reason: format!("{op} of {unit}: {e}") }
 }
 
 /// Runs `f` under bf16 autocast when `on` (CUDA; the job refuses bf16 elsewhere).
