@@ -60,15 +60,35 @@ impl<T: Serialize + DeserializeOwned> BytesConvertable for Wire<T> {
     }
 }
 
-/// The job as a worker needs it: the config text and where relative paths resolve from.
+/// The job as a worker needs it: resolved and validated once, by the coordinator, so that no
+/// worker parses a config (and a bad config is found at submission, not by a worker). The job
+/// travels as JSON text decoded by [`JobSpec::open`] after its tokenizer-defined modalities are
+/// registered: their keys (`tok_depth@64`) do not decode in a process that has not seen them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobSpec {
-    /// The TOML config.
-    pub config: String,
-    /// Where it came from (for error messages).
-    pub origin: String,
-    /// Directory relative paths in it resolve against.
-    pub base_dir: PathBuf,
+    /// Tokenizer-defined token modalities to register before decoding `job`.
+    pub token_modalities: Vec<tessera_tokenizers::TokenModalityDef>,
+    /// The resolved job (absolute paths; every default decided), as JSON.
+    pub job: String,
+}
+
+impl JobSpec {
+    /// The spec of a resolved job.
+    pub fn new(job: &crate::job::ResolvedJob) -> Self {
+        Self { token_modalities: job.model.token_modalities.clone(), job: serde_json::to_string(job).expect("a resolved job serialises") }
+    }
+
+    /// Registers the job's token modalities in this process, then decodes the job.
+    pub fn open(&self) -> crate::Result<crate::job::ResolvedJob> {
+        for def in &self.token_modalities {
+            def.register()?;
+        }
+        serde_json::from_str(&self.job).map_err(|e| crate::ProtocolError::Config {
+            origin: "the coordinator's job spec".into(),
+            field: "job".into(),
+            reason: format!("does not decode: {e}"),
+        })
+    }
 }
 
 /// What a worker sends the coordinator.

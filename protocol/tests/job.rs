@@ -33,6 +33,27 @@ total_tokens = 1_000_000
 warmup_steps = 10
 "#;
 
+/// The coordinator sends workers the resolved job, not the config: it must survive the wire
+/// (JSON, as `messages::Wire` carries it) unchanged, the Dirichlet mixtures and tokenizer-defined
+/// modalities included (a worker registers those before it decodes the job's keys).
+#[test]
+fn a_resolved_job_travels_to_workers_unchanged() {
+    let text = MINIMAL.replace(
+        "modalities = \"caption,tok_rgb@224\"",
+        "modalities = \"caption,tok_wire@16\"\n[[model.token_modalities]]\nkey = \"tok_wire@16\"\nvocab_size = 64\ngrid = 4",
+    );
+    let cfg = JobConfig::from_toml(&text, "minimal.toml").unwrap();
+    let job = ResolvedJob::resolve(&cfg, "minimal.toml", Path::new("/base")).unwrap();
+    let spec = tessera_protocol::messages::JobSpec::new(&job);
+    let back: tessera_protocol::messages::JobSpec = serde_json::from_slice(&serde_json::to_vec(&spec).unwrap()).unwrap();
+    assert_eq!(back.open().unwrap(), job);
+    assert_eq!(job.model.token_modalities.len(), 1);
+    assert!(!job.datasets[0].mixture.components().is_empty());
+    let bad = tessera_protocol::messages::JobSpec { job: "{".into(), ..back };
+    let e = bad.open().unwrap_err().to_string();
+    assert!(e.contains("field `job`") && e.contains("does not decode"), "{e}");
+}
+
 #[test]
 fn minimal_config_resolves_with_documented_defaults() {
     let cfg = JobConfig::from_toml(MINIMAL, "minimal.toml").unwrap();

@@ -231,7 +231,7 @@ fn flops_model(job: &ResolvedJob, peak_tflops: Option<f64>, threads: usize) -> a
 }
 
 /// Runs the job with an in-process coordinator and local worker processes.
-pub fn run_embedded(config: &Path, job: &ResolvedJob, o: &EmbeddedOptions) -> anyhow::Result<()> {
+pub fn run_embedded(job: &ResolvedJob, o: &EmbeddedOptions) -> anyhow::Result<()> {
     // First of all, so that a signal at any moment stops the job truthfully (before the
     // coordinator runs, the default action would end the process silently with 143).
     let interrupted = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -266,12 +266,7 @@ pub fn run_embedded(config: &Path, job: &ResolvedJob, o: &EmbeddedOptions) -> an
     let stop_at = o.max_steps.map_or(job.train.total_steps, |m| (start + m).min(job.train.total_steps));
     let total_threads = if job.train.threads > 0 { job.train.threads } else { std::thread::available_parallelism().map_or(1, |n| n.get()) };
     let threads = (total_threads / o.workers).max(1);
-    let full = std::path::absolute(config).unwrap_or_else(|_| config.to_path_buf());
-    let spec = JobSpec {
-        config: std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?,
-        origin: config.display().to_string(),
-        base_dir: full.parent().map(Path::to_path_buf).unwrap_or_default(),
-    };
+    let spec = JobSpec::new(job);
     let heartbeat_ms = o.heartbeat_timeout.as_millis() as u64;
     let policy = Policy {
         min_workers: o.min_workers,

@@ -112,7 +112,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
             api: a.api,
             peak_tflops: a.peak_tflops,
         };
-        return super::orchestrate::run_embedded(&a.config, &job, &o);
+        return super::orchestrate::run_embedded(&job, &o);
     }
     if job.train.threads > 0 {
         tch::set_num_threads(job.train.threads as i32);

@@ -378,7 +378,7 @@ impl FromStr for Modality {
 }
 
 /// The input and output domains of a model or dataset, each sorted by key as ml-4m sorts them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModalitySet {
     /// Modalities the encoder may receive.
     pub inputs: Vec<Modality>,

@@ -12,9 +12,7 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, pg};
 use tessera_ops::Secret;
-use tessera_protocol::ResolvedJob;
 use tessera_protocol::WorkerId;
-use tessera_protocol::job::JobConfig;
 use tessera_protocol::messages::{Command, CoordinatorMsg, ExitReason, JobSpec, WORKERS_GROUP, Wire, WorkerEvent, WorkerMsg, worker_group};
 
 use device::{AbortState, DeviceCmd, DeviceCtx, device_main};
@@ -66,11 +64,6 @@ pub struct AgentState {
     beat: Option<tokio::task::JoinHandle<()>>,
 }
 
-fn resolve(spec: &JobSpec) -> Result<ResolvedJob> {
-    let cfg = JobConfig::from_toml(&spec.config, &spec.origin)?;
-    Ok(ResolvedJob::resolve(&cfg, &spec.origin, &spec.base_dir)?)
-}
-
 impl AgentState {
     fn send(&self, ev: WorkerEvent) {
         let _ = self.args.coordinator.cast(CoordinatorMsg::Worker(Wire::new(ev)));
@@ -83,7 +76,8 @@ impl AgentState {
     }
 
     fn welcome(&mut self, myself: &ActorRef<WorkerMsg>, worker: WorkerId, spec: JobSpec, secret: String, heartbeat_ms: u64) -> Result<()> {
-        let job = resolve(&spec)?;
+        let job = spec.open()?;
+        let origin = job.origin.clone();
         let secret = Secret::from_hex(&secret)
             .ok_or_else(|| WorkerError::Training { step: 0, reason: "the coordinator's secret is not hex".into() })?;
         let listener = self.args.listener.take().ok_or_else(|| WorkerError::Training { step: 0, reason: "welcomed twice".into() })?;
@@ -111,7 +105,7 @@ impl AgentState {
                 }
             }
         }));
-        tessera_protocol::say!("[{worker}] welcomed: job '{}', ring {}", spec.origin, self.args.ring_addr);
+        tessera_protocol::say!("[{worker}] welcomed: job '{origin}', ring {}", self.args.ring_addr);
         Ok(())
     }
 }

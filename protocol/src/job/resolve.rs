@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tessera_tokenizers::mixture::{AlphasConfig, BudgetConfig, HyphenAlphasSpec, Mixture, TokenRange};
 use tessera_tokenizers::{Modality, ModalityKind, ModalitySet};
 
@@ -14,7 +14,7 @@ use crate::ledger::{MixtureSchedule, mix};
 use crate::lr::CosineSchedule;
 
 /// The model part of a resolved job (turned into a `FourMConfig` by the worker, which links tch).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelSpec {
     /// Preset name (validated by the model crate).
     pub preset: String,
@@ -32,10 +32,14 @@ pub struct ModelSpec {
     pub num_heads: Option<usize>,
     /// Initial weights.
     pub init: Option<PathBuf>,
+    /// Tokenizer-defined token modalities the job declared (registered in every process that
+    /// reads the job's modality keys: see `messages::JobSpec`).
+    #[serde(default)]
+    pub token_modalities: Vec<tessera_tokenizers::TokenModalityDef>,
 }
 
 /// One dataset, validated.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResolvedDataset {
     /// Name.
     pub name: String,
@@ -48,7 +52,6 @@ pub struct ResolvedDataset {
     /// Modalities this dataset provides.
     pub modalities: ModalitySet,
     /// The Dirichlet mixture its budgets are drawn from.
-    #[serde(skip)]
     pub mixture: Mixture,
     /// Budget settings (token ranges and this dataset's seed).
     pub budget: BudgetConfig,
@@ -61,7 +64,7 @@ pub struct ResolvedDataset {
 }
 
 /// Optimisation settings, validated.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResolvedTrain {
     /// Samples per optimizer step.
     pub global_batch_size: usize,
@@ -104,7 +107,7 @@ pub struct ResolvedTrain {
 }
 
 /// Checkpoint settings, validated.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResolvedCheckpoint {
     /// Save period in steps (0 = end/SIGTERM only).
     pub every_steps: u64,
@@ -117,7 +120,7 @@ pub struct ResolvedCheckpoint {
 }
 
 /// A job ready to run: every value checked once, here.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResolvedJob {
     /// The config file it came from.
     pub origin: String,
@@ -209,6 +212,7 @@ impl ResolvedJob {
             decoder_depth: cfg.model.decoder_depth,
             num_heads: cfg.model.num_heads,
             init: cfg.model.init.as_deref().map(abs),
+            token_modalities: cfg.model.token_modalities.clone(),
         };
 
         let range = |field: &str, t: TokensSpec| -> Result<TokenRange> {

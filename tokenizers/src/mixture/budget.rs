@@ -9,7 +9,7 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Gamma};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::modality::Modality;
@@ -21,7 +21,7 @@ use super::spec::Keep;
 pub const MAX_TRIES: usize = 100;
 
 /// An inclusive range of per-sample token counts, drawn uniformly (ml-4m `random.randint(lo, hi)`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenRange {
     /// Smallest count (ml-4m `min_*_tokens`; `None` there means `max`).
     pub min: usize,
@@ -45,7 +45,7 @@ impl TokenRange {
 }
 
 /// Settings of budget sampling.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BudgetConfig {
     /// Input tokens per sample, `N_in`.
     pub input_tokens: TokenRange,

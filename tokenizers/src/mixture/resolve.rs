@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::{Error, Result};
 use crate::modality::{Modality, ModalitySet};
 
@@ -12,7 +14,7 @@ use super::spec::{AlphasConfig, HyphenAlphasSpec, Keep, MixtureSpec, ModalityAlp
 pub const ALPHA_MIN: f64 = 1e-9;
 
 /// One Dirichlet component of a [`Mixture`]; vectors are indexed like [`Mixture::modalities`].
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Component {
     /// Probability of choosing this component for a sample (weights normalised to sum 1).
     pub weight: f64,
@@ -25,7 +27,9 @@ pub struct Component {
 }
 
 /// A validated mixture of Dirichlet distributions over a sorted modality set.
-#[derive(Debug, Clone, PartialEq)]
+/// Serialised as validated, so a resolved job can travel to workers without re-parsing its
+/// config; only a process that resolved it writes one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Mixture {
     origin: String,
     modalities: Vec<Modality>,

@@ -54,7 +54,7 @@ impl Job {
         let (done_tx, done) = oneshot::channel();
         let args = CoordinatorArgs {
             name: "bridge-test".into(),
-            spec: JobSpec { config: String::new(), origin: "test".into(), base_dir: dir.path().into() },
+            spec: JobSpec::new(&resolved_job(dir.path())),
             policy,
             checkpoint_dir: dir.path().join("checkpoints"),
             keep_last: 3,
@@ -243,6 +243,15 @@ fn report(generation: u64, step: u64) -> StepReport {
         timings: StepTimings { total_s: 0.25, ..StepTimings::default() },
         rss_bytes: None,
     }
+}
+
+/// A small resolved job (what the coordinator sends its workers).
+fn resolved_job(base: &Path) -> tessera_protocol::ResolvedJob {
+    let toml = "[job]\nname = \"bridge-test\"\noutput_dir = \"out\"\n[model]\nmodalities = \"caption,tok_rgb@224\"\n\
+                [data]\ntext_tokenizer = \"tok.json\"\n[[data.datasets]]\nname = \"syn\"\nkind = \"synthetic\"\n\
+                [train]\nglobal_batch_size = 4\ntotal_steps = 8\n";
+    let cfg = tessera_protocol::JobConfig::from_toml(toml, "bridge-test.toml").unwrap();
+    tessera_protocol::ResolvedJob::resolve(&cfg, "bridge-test.toml", base).unwrap()
 }
 
 /// What the fake worker's rank 0 writes for a checkpoint of `step`: one shard and the manifest.
