@@ -208,7 +208,7 @@ impl SampleLedger {
             let counter = seg.offset[d] + block * seg.per_block[d] + ranks[within] as u64;
             let n = self.lens[d];
             let epoch = counter / n;
-            let record = feistel_permute(counter % n, n, mix(&[self.seed, d as u64, epoch, 0x7265_636f_7264]));
+            let record = feistel_permute(counter % n, n, crate::seeds::record_order(self.seed, d as u64, epoch));
             out.push(SampleRef { index, dataset: DatasetId(d as u16), record, epoch, schedule_version: version });
         }
         out
@@ -236,7 +236,7 @@ fn apportion(weights: &[f64], total: u64) -> Vec<u64> {
 /// The dataset of each position of a block: the multiset given by `per_block`, shuffled.
 fn block_order(seed: u64, version: u32, block: u64, per_block: &[u64]) -> Vec<u16> {
     let mut order: Vec<u16> = per_block.iter().enumerate().flat_map(|(d, &c)| std::iter::repeat_n(d as u16, c as usize)).collect();
-    let mut rng = ChaCha8Rng::seed_from_u64(mix(&[seed, version as u64, block, 0x0062_6c6f_636b]));
+    let mut rng = ChaCha8Rng::seed_from_u64(crate::seeds::schedule_block(seed, version as u64, block));
     order.shuffle(&mut rng);
     order
 }

@@ -24,6 +24,7 @@ pub mod messages;
 pub mod node;
 pub mod report;
 pub mod say;
+pub mod seeds;
 pub mod validation;
 
 pub use api_error::{ApiError, ErrorBody};

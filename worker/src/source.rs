@@ -6,7 +6,6 @@ use std::sync::atomic::AtomicU64;
 
 use tessera_model::{FourMConfig, MaskedBatch, SyntheticSpec, synthetic_batch};
 use tessera_protocol::SampleRef;
-use tessera_protocol::ledger::mix;
 
 use crate::error::Result;
 
@@ -51,7 +50,7 @@ impl BatchSource for PrebuiltSynthetic {
             batch_size: refs.len(),
             input_tokens: self.input_tokens,
             target_tokens: self.target_tokens,
-            seed: mix(&[self.seed, first, refs.len() as u64]),
+            seed: tessera_protocol::seeds::synthetic_batch(self.seed, first, refs.len() as u64),
         };
         Ok(synthetic_batch(&self.cfg, &spec))
     }

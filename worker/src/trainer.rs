@@ -10,7 +10,6 @@ use serde::Serialize;
 use tch::Device;
 use tessera_model::{AdamW, AdamWConfig, Checkpoint, ForwardOptions, FourMConfig, LossType};
 use tessera_protocol::job::{DeviceKind, LossKind, ResolvedJob, ResolvedTrain};
-use tessera_protocol::ledger::mix;
 use tessera_protocol::{SampleLedger, SampleRef};
 use tessera_tokenizers::Modality;
 
@@ -39,7 +38,7 @@ pub fn forward_options(t: &ResolvedTrain) -> ForwardOptions {
 /// order seed, so that every evaluation of the job (in training or on a checkpoint after a
 /// multi-worker run) scores the same tokens.
 pub fn eval_options(job: &ResolvedJob) -> ForwardOptions {
-    ForwardOptions { decoder_order_seed: Some(mix(&[job.seed, 0x6576_616c])), ..forward_options(&job.train) }
+    ForwardOptions { decoder_order_seed: Some(tessera_protocol::seeds::validation_decoder_order(job.seed)), ..forward_options(&job.train) }
 }
 
 /// What one optimizer step did.
@@ -169,7 +168,10 @@ impl<S: BatchSource> Trainer<S> {
             // The decoder modality order is shuffled per micro-batch (ml-4m: per batch, with
             // Python's unseeded `random`); seeding it by (seed, step, first sample) makes resume
             // exact and matches what an FSDP rank loading the same chunk does.
-            let opts = ForwardOptions { decoder_order_seed: Some(mix(&[self.job.seed, step, chunk[0].index])), ..self.fwd.clone() };
+            let opts = ForwardOptions {
+                decoder_order_seed: Some(tessera_protocol::seeds::decoder_order(self.job.seed, step, chunk[0].index)),
+                ..self.fwd.clone()
+            };
             for (m, n) in self.model.model.target_counts(&batch, &opts)? {
                 *counts.entry(m).or_default() += n;
             }

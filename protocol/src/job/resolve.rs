@@ -10,7 +10,7 @@ use tessera_tokenizers::{Modality, ModalityKind, ModalitySet};
 
 use super::config::{DatasetKind, DeviceKind, JobConfig, LossKind, TokensSpec};
 use crate::error::{ProtocolError, Result};
-use crate::ledger::{MixtureSchedule, mix};
+use crate::ledger::MixtureSchedule;
 use crate::lr::CosineSchedule;
 
 /// The model part of a resolved job (turned into a `FourMConfig` by the worker, which links tch).
@@ -296,7 +296,7 @@ impl ResolvedJob {
                 val_path,
                 modalities,
                 mixture,
-                budget: BudgetConfig { input_tokens, target_tokens, seed: mix(&[cfg.job.seed, i as u64, 0x6275_6467_6574]) },
+                budget: BudgetConfig { input_tokens, target_tokens, seed: crate::seeds::dataset_budget(cfg.job.seed, i as u64) },
                 name_map: ds.name_map.clone(),
                 text_field: ds.text_field.clone().unwrap_or_else(|| "text".into()),
                 records,

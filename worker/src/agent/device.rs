@@ -105,7 +105,7 @@ impl DeviceCtx {
 
 /// The job id of the collective handshake (the generation is added per generation).
 pub fn job_id(job: &ResolvedJob) -> u64 {
-    tessera_protocol::ledger::mix(&[job.seed, job.name.len() as u64])
+    tessera_protocol::seeds::job_id(job.seed, &job.name)
 }
 
 /// The identity and secret of `generation`'s communicators.

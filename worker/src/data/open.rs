@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use tessera_protocol::job::{DatasetKind, ResolvedJob};
-use tessera_protocol::ledger::mix;
+use tessera_protocol::seeds;
 use tessera_protocol::{MixtureSchedule, SampleLedger};
 use tessera_tokenizers::Modality;
 use tessera_tokenizers::masking::{MaskingOptions, SampleMasker};
@@ -40,7 +40,7 @@ pub fn open_val_data(job: &ResolvedJob, model_modalities: &[Modality]) -> Result
     }
     let weights: Vec<f64> = kept.iter().map(|&i| job.schedule.versions()[0].weights[i]).collect();
     let schedule = MixtureSchedule::new(weights)?;
-    let ledger = SampleLedger::new(mix(&[job.seed, 0x7661_6c69_6461_7465]), schedule, pipeline.dataset_lens())?;
+    let ledger = SampleLedger::new(seeds::validation_ledger(job.seed), schedule, pipeline.dataset_lens())?;
     Ok(Some((pipeline, ledger)))
 }
 
@@ -65,17 +65,20 @@ fn open_split(job: &ResolvedJob, model_modalities: &[Modality], split: Split) ->
                 })?),
                 (Split::Val, _) => ds.val_path.clone(),
             };
-        let salt = if split == Split::Val { 0x0076_616c } else { 0 };
+        let stream = if split == Split::Val { seeds::Split::Val } else { seeds::Split::Train };
         let budgets = BudgetSampler::new(ds.mixture.clone(), ds.budget)?;
         let masker = SampleMasker::new(
             budgets.modalities(),
             Arc::clone(&tokenizer),
-            MaskingOptions { seed: mix(&[job.seed, i as u64, 0x6d61_736b, salt]) },
+            MaskingOptions { seed: seeds::masking(job.seed, i as u64, stream) },
         )?;
         let reader: Box<dyn RecordReader> = match (ds.kind, path) {
-            (DatasetKind::Synthetic, _) => {
-                Box::new(SyntheticRecords::new(budgets.modalities(), &tokenizer, mix(&[ds.budget.seed, salt]), ds.records))
-            }
+            (DatasetKind::Synthetic, _) => Box::new(SyntheticRecords::new(
+                budgets.modalities(),
+                &tokenizer,
+                seeds::synthetic_records(ds.budget.seed, stream),
+                ds.records,
+            )),
             (DatasetKind::Shards, Some(p)) => Box::new(ShardRecords::open(&p, &ds.name_map, budgets.modalities(), ds.budget.seed)?),
             (DatasetKind::Text, Some(p)) => Box::new(TextRecords::open(&p, &ds.text_field)?),
             (_, None) => unreachable!("non-synthetic datasets always have a path here"),

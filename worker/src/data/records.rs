@@ -4,7 +4,6 @@
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tessera_protocol::SampleRef;
-use tessera_protocol::ledger::mix;
 use tessera_tokenizers::Modality;
 use tessera_tokenizers::masking::SampleValues;
 use tessera_tokenizers::masking::synthetic::SyntheticSource;
@@ -49,7 +48,7 @@ impl RecordReader for SyntheticRecords {
     }
 
     fn values(&self, r: &SampleRef) -> Result<SampleValues> {
-        let mut rng = ChaCha8Rng::seed_from_u64(mix(&[self.seed, r.record, 0x7265_636f_7264]));
+        let mut rng = ChaCha8Rng::seed_from_u64(tessera_protocol::seeds::record_content(self.seed, r.record));
         Ok(self.source.sample(&mut rng))
     }
 }

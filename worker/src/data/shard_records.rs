@@ -10,7 +10,6 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
 use tessera_protocol::SampleRef;
-use tessera_protocol::ledger::mix;
 use tessera_tokenizers::masking::{ModalityValue, SampleValues};
 use tessera_tokenizers::serialize::{ColorPalettes, Crop, Detections, HumanPoses, Metadata, SamInstances};
 use tessera_tokenizers::shards::{
@@ -48,7 +47,7 @@ impl RecordReader for ShardRecords {
 
     fn values(&self, r: &SampleRef) -> Result<SampleValues> {
         let raw = self.dataset.read(r.record as usize)?;
-        let mut rng = ChaCha8Rng::seed_from_u64(mix(&[self.seed, r.index, 0x6175_676d]));
+        let mut rng = ChaCha8Rng::seed_from_u64(tessera_protocol::seeds::augmentation(self.seed, r.index));
         Ok(transform(&raw, &self.modalities, &mut rng)?)
     }
 }

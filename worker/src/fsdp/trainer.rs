@@ -11,7 +11,6 @@ use tch::{Device, Tensor};
 use tessera_model::{Checkpoint, ForwardOptions, FourMConfig};
 use tessera_ops::{Collective, NcclComm, ReduceOp, shard_range};
 use tessera_protocol::job::ResolvedJob;
-use tessera_protocol::ledger::mix;
 use tessera_protocol::{SampleLedger, SampleRef};
 use tessera_tokenizers::Modality;
 
@@ -491,7 +490,10 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
         for chunk in plan.micro_batches.iter().map(|r| &refs[r.clone()]) {
             let batch = self.source.batch(chunk)?.to_device(self.device);
             // Seeded by the chunk's first global index, as the single-process trainer does.
-            let opts = ForwardOptions { decoder_order_seed: Some(mix(&[self.job.seed, step, chunk[0].index])), ..self.fwd.clone() };
+            let opts = ForwardOptions {
+                decoder_order_seed: Some(tessera_protocol::seeds::decoder_order(self.job.seed, step, chunk[0].index)),
+                ..self.fwd.clone()
+            };
             for (m, n) in self.model.model.target_counts(&batch, &opts)? {
                 *local_counts.entry(m).or_default() += n;
             }
