@@ -124,10 +124,28 @@ fn bad_files_fail_with_a_message_not_a_panic() {
 fn demo_runs_every_stage_and_skips_them_when_rerun() {
     let dir = tempfile::tempdir().unwrap();
     let out_dir = dir.path().join("demo").display().to_string();
-    let args =
-        ["demo", "--out", &out_dir, "--samples", "160", "--steps", "4", "--batch-size", "4", "--threads", "1", "--tokenizer-steps", "4"];
+    let args = [
+        "demo",
+        "--out",
+        &out_dir,
+        "--samples",
+        "160",
+        "--steps",
+        "4",
+        "--batch-size",
+        "4",
+        "--threads",
+        "1",
+        "--tokenizer-steps",
+        "4",
+        "--gen-scenes",
+        "4",
+        "--gen-steps",
+        "2",
+    ];
     let stdout = ok(&args);
-    assert!(stdout.contains("[7/8] validation at step 4"), "{stdout}");
+    assert!(stdout.contains("[7/9] validation at step 4"), "{stdout}");
+    assert!(stdout.contains("[9/9] generation on 4 held-out scenes"), "{stdout}");
     let d = dir.path().join("demo");
     for f in [
         "world/world.json",
@@ -142,6 +160,9 @@ fn demo_runs_every_stage_and_skips_them_when_rerun() {
         "tokenizers/semseg/eval.json",
         "tokenizers/normal/eval.json",
         "world/train/tok_semseg@64/modality.json",
+        "model.safetensors",
+        "generations.png",
+        "generations.json",
     ] {
         assert!(d.join(f).is_file(), "{f} missing");
     }
@@ -149,6 +170,23 @@ fn demo_runs_every_stage_and_skips_them_when_rerun() {
     for m in ["caption", "det", "metadata", "color_palette", "tok_depth@64", "tok_semseg@64", "tok_normal@64"] {
         assert!(report["modalities"][m]["loss"].as_f64().unwrap() > 0.0, "{m}: {report}");
     }
+    // The generation scores are computed from the scenes: values in range, the baselines'
+    // too, and the per-scene captions and their truths recorded.
+    let g: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("generations.json")).unwrap()).unwrap();
+    for (k, base) in [
+        ("semseg_miou", "majority_class"),
+        ("caption_to_semseg_miou", "majority_class"),
+        ("caption_object_precision", "most_frequent_caption"),
+        ("caption_object_recall", "most_frequent_caption"),
+        ("box_iou", "mean_box_per_class"),
+    ] {
+        for v in [g[k]["model"].as_f64().unwrap(), g[k][base].as_f64().unwrap()] {
+            assert!((0.0..=1.0).contains(&v), "{k}: {g}");
+        }
+    }
+    assert!(g["depth_abs_rel"]["model"].as_f64().unwrap() > 0.0 && g["depth_abs_rel"]["mean_depth"].as_f64().unwrap() > 0.0, "{g}");
+    assert_eq!(g["samples"].as_array().unwrap().len(), 4);
+    assert!(g["samples"][0]["caption_truth"].as_str().unwrap().contains(' '), "{g}");
     let png = std::fs::read(d.join("run/loss_curve.png")).unwrap();
     assert_eq!(&png[1..4], b"PNG");
     // A second run finds every stage done.
@@ -156,6 +194,7 @@ fn demo_runs_every_stage_and_skips_them_when_rerun() {
     assert!(again.contains("world: ") && again.contains("skipped") && again.contains("text tokenizer: "), "{again}");
     assert!(again.contains("depth: ") && again.contains("val/tok_normal@64: 1 shards exist, skipped"), "{again}");
     assert!(again.contains("reconstructions: ") && !again.contains("images/s"), "{again}");
+    assert!(again.contains("generations: ") && !again.contains("held-out scenes"), "{again}");
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! `tessera bench step`: times one training step (forward + 'mod' loss, backward, AdamW) of
 //! the 4M model, the same step ml-4m's peer script `fourm_step.py` times, optionally on the very
 //! batches that script builds (dumped by tools/ml4m_reference/dump_batches.py).
-//! `tessera bench text` (in `text`) times caption tokenization against the peers' method.
+//! `tessera bench text` (in `text`) times caption tokenization against the peers' method;
+//! `tessera bench generate` (in `generate`) times any-to-any generation.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -16,6 +17,7 @@ use super::model::ArchArgs;
 use super::output::emit;
 
 mod data_path;
+mod generate;
 mod metrics;
 mod text;
 
@@ -30,6 +32,8 @@ pub enum BenchCommand {
     DataPath(data_path::DataPathArgs),
     /// The coordinator's per-step metrics path (observe every rank's report of a step).
     Metrics(metrics::MetricsArgs),
+    /// Generation throughput (tokens/s) of a schedule on a conditioning batch.
+    Generate(generate::GenerateBenchArgs),
 }
 
 /// Arguments of `bench step`.
@@ -73,6 +77,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Text(a) => text::run(a),
         BenchCommand::DataPath(a) => data_path::run(a),
         BenchCommand::Metrics(a) => metrics::run(a),
+        BenchCommand::Generate(a) => generate::run(a),
     }
 }
 

@@ -10,7 +10,10 @@
 //! 6. train a 4M model on it through the full data path (masking, checkpoints, validation);
 //! 7. report validation loss per modality against the unigram baseline, and draw the loss
 //!    curves (`loss_curve.png`);
-//! 8. draw the tokenizers' reconstructions of validation samples (`reconstructions.png`).
+//! 8. draw the tokenizers' reconstructions of validation samples (`reconstructions.png`);
+//! 9. export the model and generate on held-out scenes (RGB → depth, segmentation, normals,
+//!    caption, boxes; caption → segmentation), drawn in `generations.png` and scored against the
+//!    world's ground truth beside trivial baselines (`generations.json`).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -22,7 +25,9 @@ use tessera_tokenizers::world::{ShapeClass, WorldSample, WorldSpec, generate};
 
 use super::plot;
 
+mod generation;
 mod grid;
+mod scores;
 mod tokenizers;
 
 /// Arguments of `tessera demo`.
@@ -66,6 +71,12 @@ pub struct DemoArgs {
     /// Encoder (and decoder) tokens per sample of the 4M model.
     #[arg(long, default_value_t = 128)]
     tokens: usize,
+    /// Held-out scenes the generation stage generates for (0 skips the stage).
+    #[arg(long, default_value_t = 8)]
+    gen_scenes: usize,
+    /// MaskGIT steps per image-like target in the generation stage.
+    #[arg(long, default_value_t = 8)]
+    gen_steps: usize,
 }
 
 /// Runs the demo.
@@ -80,9 +91,9 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     let t = Instant::now();
     let marker = world_dir.join("world.json");
     if marker.is_file() {
-        println!("[1/8] world: {} exists, skipped", marker.display());
+        println!("[1/9] world: {} exists, skipped", marker.display());
     } else {
-        println!("[1/8] generating {} scenes at {} px into {}", spec.samples, spec.size, world_dir.display());
+        println!("[1/9] generating {} scenes at {} px into {}", spec.samples, spec.size, world_dir.display());
         let mut last = 0;
         let summary = generate(&world_dir, &spec, &mut |p| {
             if p.done * 10 / p.total.max(1) > last {
@@ -102,7 +113,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     let t = Instant::now();
     let tok_path = out.join("text_tokenizer.json");
     if tok_path.is_file() && TextTokenizer::from_file(&tok_path).is_ok() {
-        println!("[2/8] text tokenizer: {} exists, skipped", tok_path.display());
+        println!("[2/9] text tokenizer: {} exists, skipped", tok_path.display());
     } else {
         let corpus = out.join("captions.txt");
         let train_n = spec.splits()[0].2;
@@ -112,7 +123,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         let tok = TextTokenizer::train(&[&corpus], &TrainSpec { vocab_size: 5_000, object_classes: classes, ..TrainSpec::default() })?;
         tok.save(&tok_path)?;
         println!(
-            "[2/8] trained a WordPiece tokenizer on {train_n} captions ({} tokens) in {:.1}s",
+            "[2/9] trained a WordPiece tokenizer on {train_n} captions ({} tokens) in {:.1}s",
             tok.vocab_size(),
             t.elapsed().as_secs_f64()
         );
@@ -123,11 +134,11 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     let threads = if a.threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { a.threads };
     tch::set_num_threads(threads as i32);
     let t = Instant::now();
-    println!("[3/8] modality tokenizers ({}) at {} px, {} steps each", tokenizers.join(", "), spec.size, a.tokenizer_steps);
+    println!("[3/9] modality tokenizers ({}) at {} px, {} steps each", tokenizers.join(", "), spec.size, a.tokenizer_steps);
     let tok_dirs = tokenizers::train_all(&world_dir, &out, tokenizers, spec.size, a.tokenizer_steps, a.tokenizer_batch)?;
     println!("      {:.1}s", t.elapsed().as_secs_f64());
     let t = Instant::now();
-    println!("[4/8] tokenizing train and val");
+    println!("[4/9] tokenizing train and val");
     // The world's splits have one big shard and a small one (1000 samples a shard), so one
     // shard at a time on every core beats a shard per core here.
     let token_defs = tokenizers::tokenize_all(&world_dir, &tok_dirs, 1)?;
@@ -221,11 +232,11 @@ baseline_samples = {baseline_samples}
         tokens = a.tokens,
     );
     std::fs::write(&job_path, job).with_context(|| format!("writing {}", job_path.display()))?;
-    println!("[5/8] job: {}", job_path.display());
+    println!("[5/9] job: {}", job_path.display());
 
     // 6. Training (resumes from the newest checkpoint; done when every step is).
     let t = Instant::now();
-    println!("[6/8] training (`tessera train {} --workers {}`)", job_path.display(), a.workers);
+    println!("[6/9] training (`tessera train {} --workers {}`)", job_path.display(), a.workers);
     super::train::run(super::train::TrainArgs::new(job_path.clone()).with_workers(a.workers))?;
     println!("      {:.1}s", t.elapsed().as_secs_f64());
 
@@ -236,18 +247,67 @@ baseline_samples = {baseline_samples}
     // 8. Reconstructions.
     let png = out.join("reconstructions.png");
     if png.is_file() {
-        println!("[8/8] reconstructions: {} exists, skipped", png.display());
+        println!("[8/9] reconstructions: {} exists, skipped", png.display());
     } else if !tok_dirs.is_empty() {
         tokenizers::reconstruction_grid(&world_dir, &tok_dirs, spec.size, &png)?;
         println!(
-            "[8/8] reconstructions of {} val samples (columns: rgb, then original | reconstruction of {}): {}",
+            "[8/9] reconstructions of {} val samples (columns: rgb, then original | reconstruction of {}): {}",
             6,
             tokenizers.join(", "),
             png.display()
         );
     }
+    // 9. Generation.
+    let [gen_png, _] = generation::outputs(&out);
+    let needed = ["depth", "semseg", "normal"].iter().all(|m| tokenizers.iter().any(|t| t == m));
+    if gen_png.is_file() {
+        println!("[9/9] generations: {} exists, skipped", gen_png.display());
+    } else if a.gen_scenes == 0 || !needed {
+        println!("[9/9] generation skipped (needs --gen-scenes > 0 and the depth, semseg and normal tokenizers)");
+    } else {
+        let t = Instant::now();
+        let weights = out.join("model.safetensors");
+        super::export::run(super::export::ExportArgs::new(job_path.clone(), weights.clone()))?;
+        let inputs = generation::Inputs {
+            out: &out,
+            weights: &weights,
+            spec: &spec,
+            tokenizers: &out.join("tokenizers"),
+            text_tokenizer: &tok_path,
+            scenes: a.gen_scenes,
+            steps: a.gen_steps,
+        };
+        let r = generation::run(&inputs)?;
+        print_generation(&r, &gen_png, t.elapsed().as_secs_f64());
+    }
     println!("done in {:.1}s; everything is under {}", t_all.elapsed().as_secs_f64(), out.display());
     Ok(())
+}
+
+/// Prints the generation scores beside their baselines.
+fn print_generation(r: &serde_json::Value, png: &Path, seconds: f64) {
+    println!(
+        "[9/9] generation on {} held-out scenes ({:.1}s, of which generating {:.1}s):",
+        r["scenes"],
+        seconds,
+        r["generation_seconds"].as_f64().unwrap_or(f64::NAN)
+    );
+    println!("      {:<28} {:>8} {:>9}  baseline", "score", "model", "baseline");
+    for (name, key, base, better) in [
+        ("segmentation mIoU", "semseg_miou", "majority_class", "higher"),
+        ("caption -> segmentation mIoU", "caption_to_semseg_miou", "majority_class", "higher"),
+        ("depth abs. rel. error", "depth_abs_rel", "mean_depth", "lower"),
+        ("caption object precision", "caption_object_precision", "most_frequent_caption", "higher"),
+        ("caption object recall", "caption_object_recall", "most_frequent_caption", "higher"),
+        ("box IoU (matched, per object)", "box_iou", "mean_box_per_class", "higher"),
+    ] {
+        let (m, b) = (r[key]["model"].as_f64().unwrap_or(f64::NAN), r[key][base].as_f64().unwrap_or(f64::NAN));
+        println!("      {name:<28} {m:>8.3} {b:>9.3}  {base} ({better} is better)");
+    }
+    println!(
+        "      pictures: {} (per scene: rgb, then prediction | truth of depth, segmentation, normals, boxes, caption -> segmentation)",
+        png.display()
+    );
 }
 
 /// Prints the last validation against the unigram baseline, writes report.json and the loss
@@ -256,7 +316,7 @@ fn report(run_dir: &Path) -> anyhow::Result<()> {
     let eval_path = run_dir.join("eval_log.jsonl");
     let text = std::fs::read_to_string(&eval_path).with_context(|| format!("reading {}", eval_path.display()))?;
     let last: serde_json::Value = serde_json::from_str(text.lines().last().context("no validation was logged")?)?;
-    println!("[7/8] validation at step {} (nats per target token):", last["step"]);
+    println!("[7/9] validation at step {} (nats per target token):", last["step"]);
     println!("      {:<16} {:>9} {:>9} {:>8}", "modality", "4M", "unigram", "better");
     let mut all_better = true;
     for (m, e) in last["modalities"].as_object().context("malformed eval log")? {

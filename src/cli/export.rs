@@ -23,6 +23,13 @@ pub struct ExportArgs {
     checkpoint: Option<PathBuf>,
 }
 
+impl ExportArgs {
+    /// Exports the newest valid checkpoint of the job `config` to `out`.
+    pub fn new(config: PathBuf, out: PathBuf) -> Self {
+        Self { config, out, checkpoint: None }
+    }
+}
+
 /// Runs `tessera export`.
 pub fn run(a: ExportArgs) -> anyhow::Result<()> {
     let job = ResolvedJob::from_file(&a.config)?;

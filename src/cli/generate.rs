@@ -2,18 +2,24 @@
 //! conditioning batch (full inputs and empty targets, the masked-batch format of `tessera model
 //! forward --batch`) and a schedule YAML (ml-4m's `build_chained_generation_schedules` keyword
 //! names plus `top_k`/`top_p`), runs ml-4m's generation loop and writes the final batch.
+//! The user-facing form (`--input`/`--target`/`--tokenizers`, in `user`) builds those files
+//! itself and decodes the targets (`decode`).
 
 use std::path::PathBuf;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use clap::Args;
 use serde::Serialize;
 use tessera_model::generate::{GenerateOptions, GenerationSampler, ScheduleSpec, TextSpecials};
 use tessera_model::{Checkpoint, MaskedBatch};
+use tessera_tokenizers::Modality;
 use tessera_tokenizers::text::TextTokenizer;
 
 use super::model::DeviceArg;
 use super::output::emit;
+
+pub mod decode;
+pub mod user;
 
 /// Arguments of `tessera generate`.
 #[derive(Debug, Args)]
@@ -22,14 +28,38 @@ pub struct GenerateArgs {
     #[arg(long)]
     weights: PathBuf,
     /// Conditioning batch: conditions as full inputs, targets as empty targets.
-    #[arg(long)]
-    batch: PathBuf,
-    /// Schedule YAML (ml-4m's keyword names, plus top_k and top_p).
-    #[arg(long)]
-    schedule: PathBuf,
-    /// Where to write the final batch (each target's `<mod>.tensor` holds the generated ids).
+    #[arg(long, required_unless_present = "input", conflicts_with = "input")]
+    batch: Option<PathBuf>,
+    /// Schedule YAML (ml-4m's keyword names, plus top_k and top_p); with --input, replaces the
+    /// default schedule.
+    #[arg(long, required_unless_present = "input")]
+    schedule: Option<PathBuf>,
+    /// The final batch (each target's `<mod>.tensor` holds the generated ids); with --input, a
+    /// directory for the decoded outputs.
     #[arg(long)]
     out: PathBuf,
+    /// A condition, `KEY=VALUE`: `rgb@224=img.png`, `caption=some text`, `tok_x@64=ids.json`.
+    #[arg(long, requires = "target")]
+    input: Vec<String>,
+    /// A target modality to generate and decode (in chain order).
+    #[arg(long)]
+    target: Vec<String>,
+    /// Directory of the modality tokenizers (`tessera tokenize` output dirs) and
+    /// `text_tokenizer.json`.
+    #[arg(long)]
+    tokenizers: Option<PathBuf>,
+    /// Default schedule: MaskGIT steps per image-like target.
+    #[arg(long, default_value_t = 8)]
+    steps: usize,
+    /// Default schedule: positions of each sequence target.
+    #[arg(long, default_value_t = 64)]
+    max_tokens: i64,
+    /// Default schedule: sampling temperature.
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f64,
+    /// Default schedule: top-k (1 = greedy, 0 = off).
+    #[arg(long, default_value_t = 1)]
+    top_k: usize,
     /// Base seed; step i of the chained schedule uses seed + i (ml-4m's rule).
     #[arg(long, default_value_t = 0)]
     seed: i64,
@@ -66,12 +96,16 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
         bail!("--bf16 runs under CUDA autocast; on the CPU generation runs in fp32");
     }
     let ckpt = Checkpoint::load(&a.weights, device)?;
-    let source = a.batch.display().to_string();
-    let batch = MaskedBatch::load(&a.batch)?;
+    if !a.input.is_empty() {
+        return run_user(a, ckpt);
+    }
+    let (Some(batch_path), Some(schedule)) = (&a.batch, &a.schedule) else { bail!("--batch and --schedule are required without --input") };
+    let source = batch_path.display().to_string();
+    let batch = MaskedBatch::load(batch_path)?;
     batch.check_against(ckpt.model.config(), &source)?;
     let batch = batch.to_device(device);
-    let sched_name = a.schedule.display().to_string();
-    let plan = ScheduleSpec::from_file(&a.schedule)?.resolve(&sched_name)?;
+    let sched_name = schedule.display().to_string();
+    let plan = ScheduleSpec::from_file(schedule)?.resolve(&sched_name)?;
     let specials = match &a.text_tokenizer {
         Some(p) => TextSpecials::from_tokenizer(&TextTokenizer::from_file(p)?)?,
         None => TextSpecials::ml4m_default(),
@@ -90,6 +124,55 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
     };
     emit(a.json, &summary, || {
         format!("generated {} in {} steps ({seconds:.2} s) -> {}\n", summary.targets.join(", "), summary.steps, a.out.display())
+    })
+}
+
+/// The user-facing form: builds `cond.safetensors` and `schedule.yaml` in `--out`, generates,
+/// writes `out.safetensors` and the decoded targets.
+fn run_user(a: GenerateArgs, ckpt: Checkpoint) -> anyhow::Result<()> {
+    let device = a.device.device()?;
+    let targets: Vec<Modality> = a
+        .target
+        .iter()
+        .map(|k| Modality::from_key(k).with_context(|| format!("--target {k}: unknown modality")))
+        .collect::<anyhow::Result<_>>()?;
+    let assets = a.tokenizers.as_deref().map(|d| decode::Assets::load(d, a.text_tokenizer.as_deref())).transpose()?;
+    let own_text = match (&assets, &a.text_tokenizer) {
+        (None, Some(p)) => Some(TextTokenizer::from_file(p)?),
+        _ => None,
+    };
+    let text = assets.as_ref().and_then(|s| s.text().ok()).or(own_text.as_ref());
+    user::check_decodable(&targets, assets.as_ref(), text)?;
+    let specials = match text {
+        Some(t) => TextSpecials::from_tokenizer(t)?,
+        None => TextSpecials::ml4m_default(),
+    };
+    let batch = user::build_batch(&a.input, &targets, text, &specials, a.max_tokens)?;
+    batch.check_against(ckpt.model.config(), "--input/--target")?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    batch.save(&a.out.join("cond.safetensors"))?;
+    let sched_path = a.out.join("schedule.yaml");
+    let yaml = match &a.schedule {
+        Some(p) => std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        None => {
+            let conds: Vec<Modality> = batch.modalities.keys().copied().filter(|m| !targets.contains(m)).collect();
+            let d = user::DefaultSchedule { steps: a.steps, temperature: a.temperature, top_k: a.top_k };
+            user::schedule_yaml(&conds, &targets, &batch, &d)
+        }
+    };
+    std::fs::write(&sched_path, &yaml).with_context(|| format!("writing {}", sched_path.display()))?;
+    let plan = ScheduleSpec::from_file(&sched_path)?.resolve(&sched_path.display().to_string())?;
+    let opts = GenerateOptions { top_k: plan.top_k, top_p: plan.top_p, seed: Some(a.seed), kv_cache: !a.no_kv_cache };
+    let start = std::time::Instant::now();
+    let sampler = GenerationSampler::new(&ckpt.model, specials);
+    let out = tch::autocast(a.bf16, || sampler.generate(&batch.to_device(device), &plan.steps, &opts))?.to_device(tch::Device::Cpu);
+    let seconds = start.elapsed().as_secs_f64();
+    out.save(&a.out.join("out.safetensors"))?;
+    let files = user::write_outputs(&out, &targets, assets.as_ref(), text, &a.out)?;
+    let summary = serde_json::json!({"out": a.out, "targets": a.target, "seconds": seconds, "files": user::describe(&files)});
+    emit(a.json, &summary, || {
+        let list: Vec<String> = files.iter().map(|f| format!("  {}\n", f.display())).collect();
+        format!("generated {} in {seconds:.2} s:\n{}", a.target.join(", "), list.concat())
     })
 }
 
@@ -133,9 +216,16 @@ mod tests {
         let out = dir.path().join("out.safetensors");
         run(GenerateArgs {
             weights: weights.clone(),
-            batch: cond,
-            schedule: sched.clone(),
+            batch: Some(cond),
+            schedule: Some(sched.clone()),
             out: out.clone(),
+            input: vec![],
+            target: vec![],
+            tokenizers: None,
+            steps: 8,
+            max_tokens: 64,
+            temperature: 1.0,
+            top_k: 1,
             seed: 9,
             text_tokenizer: None,
             device: DeviceArg::Cpu,

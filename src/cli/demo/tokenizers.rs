@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
-use image::{Rgb, RgbImage};
-use tch::{Device, Kind, Tensor};
+use image::RgbImage;
+use tch::Device;
 use tessera_model::tokenizer::{
     ArchKind, MODALITY_FILE, ModalityTokenizer, QuantizerKind, TokenizeOptions, Tokenizer, TokenizerConfig, TrainOptions, load_world_split,
     tokenize_world_split, train_from_world,
@@ -14,6 +14,7 @@ use tessera_model::tokenizer::{
 use tessera_tokenizers::TokenModalityDef;
 
 use super::grid;
+use crate::cli::generate::decode::{classes, grey, signed_rgb};
 
 /// The world folders the demo tokenizes, in column order of the reconstruction grid.
 pub const DEFAULT_TOKENIZERS: &str = "depth,semseg,normal";
@@ -157,32 +158,4 @@ pub fn reconstruction_grid(world: &Path, tokenizers: &[PathBuf], size: usize, pn
     // A wider gap after the RGB column and between the tokenizers' column pairs.
     let group_starts: Vec<usize> = (0..tokenizers.len()).map(|k| 1 + 2 * k).collect();
     grid::tile_grid(&rows, 2, &group_starts, png)
-}
-
-/// A (1, S, S) map as grey levels, `lo` black and `hi` white.
-fn grey(x: &Tensor, lo: f64, hi: f64) -> RgbImage {
-    let s = x.size()[1] as u32;
-    let v: Vec<f32> = Vec::try_from(x.to_kind(Kind::Float).reshape([-1])).unwrap_or_default();
-    let scale = (hi - lo).max(1e-6);
-    RgbImage::from_fn(s, s, |c, r| {
-        let g = ((f64::from(v[(r * s + c) as usize]) - lo) / scale * 255.0).clamp(0.0, 255.0) as u8;
-        Rgb([g, g, g])
-    })
-}
-
-/// A (3, S, S) map in [−1, 1] (RGB, normals) as colours.
-fn signed_rgb(x: &Tensor) -> RgbImage {
-    let s = x.size()[1] as u32;
-    let v: Vec<f32> = Vec::try_from(x.to_kind(Kind::Float).reshape([-1])).unwrap_or_default();
-    let at = |ch: u32, r: u32, c: u32| ((v[(ch * s * s + r * s + c) as usize] + 1.0) * 127.5).clamp(0.0, 255.0) as u8;
-    RgbImage::from_fn(s, s, |c, r| Rgb([at(0, r, c), at(1, r, c), at(2, r, c)]))
-}
-
-/// A (S, S) class-id map in a fixed palette (0, the background, is dark grey).
-fn classes(x: &Tensor) -> RgbImage {
-    const PALETTE: [[u8; 3]; 8] =
-        [[40, 40, 40], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48], [145, 30, 180], [70, 240, 240]];
-    let s = x.size()[0] as u32;
-    let v: Vec<i64> = Vec::try_from(x.to_kind(Kind::Int64).reshape([-1])).unwrap_or_default();
-    RgbImage::from_fn(s, s, |c, r| Rgb(PALETTE[v[(r * s + c) as usize].rem_euclid(PALETTE.len() as i64) as usize]))
 }
