@@ -8,7 +8,10 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 TORCH_VERSION=2.11.0
 # prometheus: promtool checks a live job's /metrics in the tests (tests/metrics.rs).
-APT_PACKAGES=(protobuf-compiler prometheus)
+# protobuf-compiler: etcd-client's build runs protoc. etcd-server: the real etcd (3.4) that the
+# cluster-mode tests start; etcd-client: etcdctl, which reaches it from inside a test's network
+# namespaces. iproute2: `ip netns` for the multi-host tests.
+APT_PACKAGES=(protobuf-compiler prometheus etcd-server etcd-client iproute2)
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
