@@ -1,6 +1,9 @@
 //! Helpers shared by the state-machine tests: worker ids, joins and the plan a step started.
 #![allow(dead_code)]
 
+pub mod etcd;
+pub mod netns;
+
 use tessera_coordinator::control::{Action, Control, Event, GenerationPlan, WorkerId};
 
 /// Worker `i`.
