@@ -2,7 +2,9 @@
 //! decisions as a pure state machine ([`control`]) and the actor that carries them out
 //! ([`actor`]), the job's Prometheus metrics ([`JobMetrics`]), the append-only job event log
 //! ([`EventLog`]), the console output, and the HTTP API ([`api::serve`] over a [`JobControl`]
-//! backend) with its blocking CLI client ([`ApiClient`]). What it shares with the workers (job
+//! backend) with its blocking CLI client ([`ApiClient`]), and for cluster mode the durable job
+//! store ([`store`]: etcd or a state directory behind one trait) and the etcd worker registry
+//! ([`registry`]). What it shares with the workers (job
 //! specs, ledger, messages, checkpoint store) is the contract crate, `tessera-protocol`.
 
 pub mod actor;
@@ -13,6 +15,8 @@ pub mod control;
 pub mod error;
 pub mod events;
 pub mod metrics;
+pub mod registry;
+pub mod store;
 
 pub use api::{ApiError, JobControl, JobPhase, JobStatus, MemberStatus};
 pub use client::ApiClient;

@@ -1,0 +1,77 @@
+//! The worker registry on a real etcd: joins, a loss by lease expiry, and a re-registration
+//! under a new lease, seen through the coordinator's prefix watch.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::etcd;
+use tessera_coordinator::registry::{Registration, RegistryConfig, RegistryEvent, RegistryWatch, WorkerAd, WorkerName};
+
+/// Lease TTL of the test (etcd's minimum with default timings).
+const TTL_S: i64 = 2;
+
+/// The next registry event, or a failure after `within`.
+async fn next(watch: &mut RegistryWatch, within: Duration) -> RegistryEvent {
+    tokio::time::timeout(within, watch.next()).await.unwrap_or_else(|_| panic!("no registry event within {within:?}")).unwrap()
+}
+
+fn ad(addr: &str) -> WorkerAd {
+    WorkerAd { addr: addr.into(), threads: 2, labels: BTreeMap::from([("rack".into(), "1".into())]) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_keepalive_stops_is_lost_within_the_ttl_and_rejoins_under_a_new_lease() {
+    let config = RegistryConfig {
+        endpoints: vec![etcd::shared().url()],
+        prefix: etcd::unique_prefix("registry"),
+        ttl_s: TTL_S,
+        timeout: Duration::from_secs(5),
+    };
+    let w1 = WorkerName::new("host-a-0").unwrap();
+    let w2 = WorkerName::new("host-b-0").unwrap();
+    let first = Registration::register(&config, &w1, &ad("10.0.0.1:7000")).await.unwrap();
+    let (members, mut watch) = RegistryWatch::start(&config).await.unwrap();
+    assert_eq!(members, vec![(w1.clone(), ad("10.0.0.1:7000"))]);
+
+    // A join after the watch started.
+    let second = Registration::register(&config, &w2, &ad("10.0.0.2:7000")).await.unwrap();
+    let joined = next(&mut watch, Duration::from_secs(5)).await;
+    assert_eq!(joined, RegistryEvent::Joined { name: w2.clone(), ad: ad("10.0.0.2:7000"), lease: second.lease() });
+
+    // Kept alive, both outlive their TTL: no event for TTL + 1 s.
+    let quiet = tokio::time::timeout(Duration::from_secs(TTL_S as u64 + 1), watch.next()).await;
+    assert!(quiet.is_err(), "a kept-alive worker was reported: {quiet:?}");
+
+    // Keep-alives stop (what a crashed, hung or cut-off worker looks like): lost within the TTL
+    // plus a margin for etcd's expiry sweep.
+    let old_lease = first.lease();
+    let stopped = Instant::now();
+    drop(first);
+    let lost = next(&mut watch, Duration::from_secs(TTL_S as u64 + 5)).await;
+    let detection = stopped.elapsed();
+    assert_eq!(lost, RegistryEvent::Lost { name: w1.clone() });
+    println!("lease-expiry detection: {:.2} s after the keep-alives stopped (TTL {TTL_S} s)", detection.as_secs_f64());
+
+    // It comes back under a new lease and is reported joined again.
+    let back = Registration::register(&config, &w1, &ad("10.0.0.1:7001")).await.unwrap();
+    assert_ne!(back.lease(), old_lease);
+    let rejoined = next(&mut watch, Duration::from_secs(5)).await;
+    assert_eq!(rejoined, RegistryEvent::Joined { name: w1.clone(), ad: ad("10.0.0.1:7001"), lease: back.lease() });
+
+    // A clean leave is reported at once; the kept-alive worker is still there.
+    second.deregister().await.unwrap();
+    assert_eq!(next(&mut watch, Duration::from_secs(5)).await, RegistryEvent::Lost { name: w2 });
+    let (members, _) = RegistryWatch::start(&config).await.unwrap();
+    assert_eq!(members, vec![(w1, ad("10.0.0.1:7001"))]);
+    back.deregister().await.unwrap();
+}
+
+#[test]
+fn worker_names_that_would_escape_their_key_are_refused() {
+    for bad in ["", "a/b", "..", "x y", &"n".repeat(129)] {
+        assert!(WorkerName::new(bad).is_err(), "{bad:?}");
+    }
+    assert!(WorkerName::new("node-01.gpu_3").is_ok());
+}
