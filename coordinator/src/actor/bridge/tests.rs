@@ -111,6 +111,7 @@ fn policy(min: usize, max: usize) -> Policy {
         rendezvous_grace_ms: 50,
         initial_workers: 0,
         launches: false,
+        stragglers: Default::default(),
     }
 }
 
