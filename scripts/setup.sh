@@ -7,8 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 TORCH_VERSION=2.11.0
-# prometheus: promtool checks a live job's /metrics in the tests (tests/metrics.rs).
-APT_PACKAGES=(protobuf-compiler prometheus)
+# prometheus: promtool checks a live job's /metrics, the repo's rules and scrape config, and a
+# real Prometheus server evaluates the board and the alerts (tests/metrics.rs).
+# tmux: `tessera top` runs in a real 80x24 terminal in tests/top.rs.
+APT_PACKAGES=(protobuf-compiler prometheus tmux)
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
