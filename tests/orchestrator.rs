@@ -183,7 +183,7 @@ fn a_checkpoint_whose_writer_dies_is_never_committed_and_a_corrupt_one_is_skippe
     assert_matches(&final_losses(d.path()), &reference);
 }
 
-/// Slows process `pid` down by SIGSTOP/SIGCONT pulses (it may run 6 ms in every 66 ms) until
+/// Slows process `pid` down by SIGSTOP/SIGCONT pulses (it may run 5 ms in every 105 ms) until
 /// `stop` is set or the process is gone; leaves it continued.
 fn pulse(pid: i32, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<()> {
     use nix::sys::signal::{Signal, kill};
@@ -193,11 +193,11 @@ fn pulse(pid: i32, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::
             if kill(Pid::from_raw(pid), Signal::SIGSTOP).is_err() {
                 return;
             }
-            std::thread::sleep(Duration::from_millis(60));
+            std::thread::sleep(Duration::from_millis(100));
             if kill(Pid::from_raw(pid), Signal::SIGCONT).is_err() {
                 return;
             }
-            std::thread::sleep(Duration::from_millis(6));
+            std::thread::sleep(Duration::from_millis(5));
         }
     })
 }
