@@ -7,11 +7,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 TORCH_VERSION=2.11.0
-# prometheus: promtool checks a live job's /metrics in the tests (tests/metrics.rs).
+# prometheus: promtool checks a live job's /metrics, the repo's rules and scrape config, and a
+# real Prometheus server evaluates the board and the alerts (tests/metrics.rs).
+# tmux: `tessera top` runs in a real 80x24 terminal in tests/top.rs.
 # protobuf-compiler: etcd-client's build runs protoc. etcd-server: the real etcd (3.4) that the
 # cluster-mode tests start; etcd-client: etcdctl, which reaches it from inside a test's network
 # namespaces. iproute2: `ip netns` for the multi-host tests.
-APT_PACKAGES=(protobuf-compiler prometheus etcd-server etcd-client iproute2)
+APT_PACKAGES=(protobuf-compiler prometheus tmux etcd-server etcd-client iproute2)
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 

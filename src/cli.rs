@@ -17,6 +17,7 @@ mod output;
 mod peak;
 mod plot;
 mod tokenizer;
+mod top;
 mod train;
 mod validation;
 mod worker;
@@ -72,6 +73,9 @@ enum Command {
     /// norm, tokens/s, step time by phase; restarts, resizes and mixture changes marked) as
     /// PNG or SVG.
     Plot(plot::PlotArgs),
+    /// A live terminal view of a running job (phase, losses, throughput, ranks, events); keys
+    /// c checkpoint, s scale, d drain, q quit. Prints one table when stdout is not a terminal.
+    Top(top::TopArgs),
     /// Benchmarks that print a table (compare with the peers in the same run).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -98,6 +102,7 @@ pub fn run() -> ExitCode {
         Command::TrainRank(args) => launch::run_rank(args),
         Command::Export(args) => export::run(args),
         Command::Plot(args) => plot::run(args),
+        Command::Top(args) => top::run(args),
         Command::Bench(cmd) => bench::run(cmd),
     };
     match result {

@@ -182,3 +182,100 @@ fn a_checkpoint_whose_writer_dies_is_never_committed_and_a_corrupt_one_is_skippe
     assert!(err.contains("not resuming from") && err.contains("step-00000008") && err.contains("start step 6, restore"), "{err}");
     assert_matches(&final_losses(d.path()), &reference);
 }
+
+/// Slows process `pid` down by SIGSTOP/SIGCONT pulses (it may run 5 ms in every 105 ms) until
+/// `stop` is set or the process is gone; leaves it continued.
+fn pulse(pid: i32, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<()> {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    std::thread::spawn(move || {
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            if kill(Pid::from_raw(pid), Signal::SIGSTOP).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            if kill(Pid::from_raw(pid), Signal::SIGCONT).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    })
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// One rank of three slowed on purpose (SIGSTOP/SIGCONT pulses): every rank's step takes as
+/// long, but its own time (data and compute, not waiting in collectives) is several times the
+/// others', so rule 8 flags it within `[stragglers] steps` of its slow steps, `tessera status`
+/// marks it, and with `drain = true` it leaves at a checkpointed boundary and a new process
+/// replaces it. No step is lost or trained twice: the losses are an uninterrupted process's.
+#[test]
+fn a_slowed_rank_is_flagged_as_a_straggler_drained_and_replaced() {
+    const K: u64 = 5;
+    let (d, job, reference) = job_and_reference(40);
+    let text = std::fs::read_to_string(&job).unwrap() + &format!("\n[stragglers]\ndrain = true\nsteps = {K}\n");
+    std::fs::write(&job, text).unwrap();
+    let mut run = Running::start(&["train", &job, "--workers", "3"]);
+    run.wait_for_log(d.path(), 3, Duration::from_secs(180));
+    let pids = run.rank_pids();
+    assert_eq!(pids.len(), 3, "{pids:?}");
+    let slow: i32 = pids[1].parse().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (slowed_ms, slowed_at) = (unix_ms(), log_lines(d.path()).len() as u64);
+    let pulser = pulse(slow, stop.clone());
+    let out_dir = d.path().join("out").display().to_string();
+    // While it is flagged (before it leaves) the status marks it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    let marked = loop {
+        assert!(std::time::Instant::now() < deadline, "never marked a straggler: {:?}", events(d.path()));
+        assert!(run.child.try_wait().unwrap().is_none(), "the job ended early");
+        let status = tessera(&["status", "--job-dir", &out_dir]);
+        let table = String::from_utf8_lossy(&status.stdout).to_string();
+        if let Some(row) = table.lines().find(|l| l.split_whitespace().last() == Some("yes") && l.starts_with(char::is_numeric)) {
+            break row.to_string();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let (status, stderr, _) = run.wait_exit(Duration::from_secs(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    pulser.join().unwrap();
+    assert!(status.success(), "{stderr}");
+    let ev = events(d.path());
+    let flagged: Vec<&serde_json::Value> = ev.iter().filter(|e| e["type"] == "straggler_flagged").collect();
+    assert_eq!(flagged.len(), 1, "{flagged:?}");
+    let worker = flagged[0]["worker"].as_u64().unwrap();
+    assert!(
+        stderr.contains(&format!("worker#{worker} joined: pid {slow},")),
+        "the slowed process is the one flagged: {flagged:?}\n{stderr}"
+    );
+    assert_eq!(flagged[0]["drain"], true);
+    assert_eq!(marked.split_whitespace().next(), Some(worker.to_string().as_str()), "status row: {marked}");
+    // Flagged after K slow steps in a row; the step running when the pulses began may be fast.
+    let at = flagged[0]["step"].as_u64().unwrap();
+    assert!(at + 1 >= slowed_at + K && at < slowed_at + K + 2, "flagged at step {at}; slowed from step {slowed_at}, K = {K}");
+    let removed = ev
+        .iter()
+        .find(|e| e["type"] == "worker_removed" && e["worker"] == worker)
+        .unwrap_or_else(|| panic!("the straggler was not removed: {ev:?}"));
+    assert!(removed["reason"].as_str().unwrap().starts_with("drained: straggler"), "{removed}");
+    assert!(stderr.contains(&format!("replacing lost worker#{worker}: started process")), "{stderr}");
+    let worlds = generation_worlds(d.path());
+    assert!(worlds.first() == Some(&3) && worlds.last() == Some(&3) && worlds.len() >= 2, "generations: {worlds:?}");
+    let steps: Vec<u64> = log_lines(d.path()).iter().map(|l| l["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, (0..40).collect::<Vec<u64>>(), "a drain redoes no step");
+    assert_matches(&final_losses(d.path()), &reference);
+    // The figures the issue asks for (wall clock, printed, not asserted).
+    let ts = |e: &serde_json::Value| -> u64 {
+        let text = std::fs::read_to_string(d.path().join("out/events.jsonl")).unwrap();
+        text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).find(|l| &l["event"] == e).unwrap()["ts_ms"]
+            .as_u64()
+            .unwrap()
+    };
+    eprintln!(
+        "straggler: slowed at step {slowed_at}, flagged at step {at} after {} ms, drained after {} ms",
+        ts(flagged[0]) - slowed_ms,
+        ts(removed) - slowed_ms
+    );
+}

@@ -11,6 +11,7 @@ mod mixture;
 mod recovery;
 mod request;
 mod status;
+mod straggler;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -126,7 +127,9 @@ struct Conn {
     nonce: u64,
     pid: u32,
     ring_addr: SocketAddr,
-    last_step_s: Option<f64>,
+    /// Its last step's phases and resident memory (for the status).
+    last_timings: Option<tessera_protocol::StepTimings>,
+    last_rss: Option<u64>,
 }
 
 /// The coordinator's mutable state (built in `pre_start`).
@@ -277,6 +280,9 @@ impl CoordinatorState {
                 }
             }
             Action::Launch { count, replacing } => self.launch(count, replacing),
+            Action::StragglerFlagged { id, rank, step, own_us, median_us, drain } => {
+                self.straggler_flagged(id, rank, step, own_us, median_us, drain)
+            }
             Action::NotReplaced { lost, why } => {
                 let text = match why {
                     NoReplacement::CrashLoop => "it was itself a replacement, lost before it trained a step (a crash loop)".to_string(),
@@ -392,7 +398,8 @@ impl CoordinatorState {
         };
         let id = WorkerId(self.next_worker);
         self.next_worker += 1;
-        let conn = Conn { actor: ActorRef::from(cell.clone()), cell: cell.get_id(), nonce, pid, ring_addr, last_step_s: None };
+        let conn =
+            Conn { actor: ActorRef::from(cell.clone()), cell: cell.get_id(), nonce, pid, ring_addr, last_timings: None, last_rss: None };
         self.workers.insert(id, conn);
         self.log(&format!("{id} joined: pid {pid}, ring {ring_addr}, {threads} threads"));
         self.record(JobEvent::WorkerJoined { worker: id.0, addr: ring_addr.to_string() });
@@ -419,11 +426,13 @@ impl CoordinatorState {
             if let Some(id) = self.book.ranks.get(r.rank as usize).copied()
                 && let Some(c) = self.workers.get_mut(&id)
             {
-                c.last_step_s = Some(r.timings.total_s);
+                c.last_timings = Some(r.timings);
+                c.last_rss = r.rss_bytes;
             }
         }
         self.last_loss = Some(r0.loss);
         self.observe_step(&reports);
+        self.rank_times(&reports);
         if let Some(log) = self.train_log.as_mut() {
             let line = json!({
                 "ts_ms": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),

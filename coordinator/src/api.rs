@@ -8,6 +8,7 @@
 //! | `POST /scale` | bearer | `{"workers": N}` | [`ScaleAck`] |
 //! | `POST /checkpoint` | bearer | | [`CheckpointAck`] |
 //! | `POST /mixture` | bearer | `{"weights": {"ds": w, ...}, "at_step": S?}` | [`MixtureAck`] |
+//! | `POST /drain` | bearer | `{"worker": ID}` | [`DrainAck`] |
 //!
 //! Errors are answered with a JSON body `{"error": "...", "field": "..."?}` and the status of
 //! their [`ApiError`] variant. The server only parses and validates requests; what they mean
@@ -26,7 +27,10 @@ use std::sync::Arc;
 
 pub use error::{ApiError, ErrorBody};
 pub use routes::{BACKEND_TIMEOUT, METRICS_CONTENT_TYPE, router};
-pub use types::{CheckpointAck, JobPhase, JobStatus, MemberStatus, MixtureAck, MixtureRequest, ScaleAck, ScaleRequest, ValidationStatus};
+pub use types::{
+    CheckpointAck, DrainAck, DrainRequest, JobPhase, JobStatus, MemberStatus, MixtureAck, MixtureRequest, ScaleAck, ScaleRequest,
+    ValidationStatus,
+};
 
 use crate::error::{CoordinatorError, Result};
 use crate::metrics::JobMetrics;
@@ -47,6 +51,9 @@ pub trait JobControl: Send + Sync {
     /// Switch the dataset mixture to `weights` (validated: non-empty, finite, >= 0, not all
     /// zero) from step `at_step` (`None`: as soon as possible).
     fn set_mixture(&self, weights: BTreeMap<String, f64>, at_step: Option<u64>) -> ApiFuture<'_, MixtureAck>;
+    /// Drain worker `worker` at the next checkpointed boundary (refused if the job would keep
+    /// fewer than its `min_workers`).
+    fn drain(&self, worker: u64) -> ApiFuture<'_, DrainAck>;
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then finishes the requests in flight.

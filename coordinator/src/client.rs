@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
-use crate::api::{CheckpointAck, ErrorBody, JobStatus, MixtureAck, MixtureRequest, ScaleAck, ScaleRequest};
+use crate::api::{CheckpointAck, DrainAck, DrainRequest, ErrorBody, JobStatus, MixtureAck, MixtureRequest, ScaleAck, ScaleRequest};
 use crate::error::{CoordinatorError, Result};
 
 /// Largest response accepted (a status with thousands of members is well below this).
@@ -52,6 +52,11 @@ impl ApiClient {
     /// `POST /scale`.
     pub fn scale(&self, workers: usize) -> Result<ScaleAck> {
         self.call("POST", "/scale", Some(&ScaleRequest { workers }))
+    }
+
+    /// `POST /drain`.
+    pub fn drain(&self, worker: u64) -> Result<DrainAck> {
+        self.call("POST", "/drain", Some(&DrainRequest { worker }))
     }
 
     /// `POST /checkpoint`.

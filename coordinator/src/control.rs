@@ -8,6 +8,9 @@
 mod decide;
 mod local;
 mod state;
+mod straggler;
 
 pub use decide::{Action, NoReplacement, StopReason};
-pub use state::{Control, Event, GenerationPlan, MAX_FAILED_STARTS, MAX_FINAL_CHECKPOINT_ATTEMPTS, Member, Policy, WorkerId};
+pub use state::{
+    Control, Event, GenerationPlan, MAX_FAILED_STARTS, MAX_FINAL_CHECKPOINT_ATTEMPTS, Member, Policy, StragglerPolicy, WorkerId,
+};

@@ -98,6 +98,25 @@ pub enum JobEvent {
         /// Weight per dataset name.
         weights: BTreeMap<String, f64>,
     },
+    /// A rank was flagged as a straggler: its own step time (data and compute, not waiting in
+    /// collectives) exceeded the configured factor × the other ranks' median for the configured
+    /// number of steps in a row.
+    StragglerFlagged {
+        /// Its worker id.
+        worker: u64,
+        /// Its rank.
+        rank: u32,
+        /// The generation.
+        generation: u64,
+        /// The step at which it was flagged.
+        step: u64,
+        /// Its own time in that step (seconds).
+        own_s: f64,
+        /// The median own time of the other ranks in that step (seconds).
+        others_median_s: f64,
+        /// It is drained at the next checkpointed boundary (`[stragglers] drain = true`).
+        drain: bool,
+    },
     /// Every step is done.
     JobFinished {
         /// Steps trained.

@@ -17,8 +17,10 @@
 //! - model FLOP/s is `sum(tokens) · flops_per_token / max(total_s)` and MFU that over
 //!   `world · peak` (the per-token FLOPs and the peak of one rank's device are set once by the
 //!   launcher, which knows the model: [`JobMetrics::set_flops_model`]);
-//! - per rank: its tokens over its own `total_s`, its data wait `data_s / total_s`, and its
-//!   resident memory.
+//! - per rank: its tokens over its own `total_s`, its data wait `data_s / total_s`, its
+//!   resident memory, its own time (`total_s` less the time blocked in collectives, which is
+//!   what tells a straggler in a synchronous job) and whether it is flagged as a straggler
+//!   (0 or 1, see rule 8 of the state machine).
 //!
 //! Which series exist when: counters (and the checkpoint histogram) from the first scrape, at
 //! 0; gauges of the running state (world size, generation, registered workers) from the first
@@ -61,6 +63,11 @@ pub struct JobMetrics {
     rank_tokens_per_second: GaugeVec,
     rank_data_wait: GaugeVec,
     rank_resident_memory: GaugeVec,
+    rank_own_step_seconds: GaugeVec,
+    rank_straggler: GaugeVec,
+    stragglers_flagged: IntCounter,
+    last_step_timestamp: Gauge,
+    last_checkpoint_timestamp: Gauge,
     tokens_total: IntCounter,
     samples_total: IntCounter,
     phase_seconds: GaugeVec,
@@ -173,6 +180,41 @@ impl JobMetrics {
                 r,
                 GaugeVec::new(Opts::new("tessera_rank_resident_memory_bytes", "Resident memory (RSS) of each rank's process."), &["rank"])?,
             )?,
+            rank_own_step_seconds: register(
+                r,
+                GaugeVec::new(
+                    Opts::new(
+                        "tessera_rank_own_step_seconds",
+                        "Seconds of the last step per rank less its time blocked in collectives (data and compute).",
+                    ),
+                    &["rank"],
+                )?,
+            )?,
+            rank_straggler: register(
+                r,
+                GaugeVec::new(
+                    Opts::new("tessera_rank_straggler", "1 while a rank is flagged as a straggler in this generation, else 0."),
+                    &["rank"],
+                )?,
+            )?,
+            stragglers_flagged: register(
+                r,
+                IntCounter::new("tessera_stragglers_flagged_total", "Ranks flagged as stragglers (own step time far above the others').")?,
+            )?,
+            last_step_timestamp: register(
+                r,
+                Gauge::new(
+                    "tessera_last_step_timestamp_seconds",
+                    "UNIX time of the last completed step (the coordinator's start before the first): a stall shows as its age.",
+                )?,
+            )?,
+            last_checkpoint_timestamp: register(
+                r,
+                Gauge::new(
+                    "tessera_last_checkpoint_timestamp_seconds",
+                    "UNIX time of the newest checkpoint commit (the coordinator's start before the first).",
+                )?,
+            )?,
             tokens_total: register(r, IntCounter::new("tessera_tokens_total", "Tokens trained on, summed over ranks.")?)?,
             samples_total: register(r, IntCounter::new("tessera_samples_total", "Samples trained on, summed over ranks.")?)?,
             phase_seconds: register(
@@ -214,6 +256,11 @@ impl JobMetrics {
             last_validation: Mutex::new(None),
             flops_model: Mutex::new(None),
             current: Mutex::new(None),
+        })
+        .inspect(|m: &Self| {
+            // Exported from the first scrape so that a job that never steps still shows a stall.
+            m.last_step_timestamp.set(unix_now());
+            m.last_checkpoint_timestamp.set(unix_now());
         })
     }
 
@@ -264,6 +311,7 @@ impl JobMetrics {
                 }
             }
         }
+        self.last_step_timestamp.set(unix_now());
         self.tokens_total.inc_by(tokens);
         self.samples_total.inc_by(samples);
         for (phase, secs) in PHASES.iter().zip(phases) {
@@ -272,6 +320,9 @@ impl JobMetrics {
         for r in reports {
             let rank = [r.rank.to_string()];
             self.rank_step_seconds.with_label_values(&rank).set(r.timings.total_s);
+            self.rank_own_step_seconds.with_label_values(&rank).set(r.timings.own_s());
+            // Created at 0 with the rank's first step, so an alert sees the series before it fires.
+            self.rank_straggler.with_label_values(&rank).add(0.0);
             if r.timings.total_s > 0.0 {
                 self.rank_tokens_per_second.with_label_values(&rank).set(r.tokens as f64 / r.timings.total_s);
                 self.rank_data_wait.with_label_values(&rank).set((r.timings.data_s / r.timings.total_s).clamp(0.0, 1.0));
@@ -297,6 +348,14 @@ impl JobMetrics {
         self.rank_tokens_per_second.reset();
         self.rank_data_wait.reset();
         self.rank_resident_memory.reset();
+        self.rank_own_step_seconds.reset();
+        self.rank_straggler.reset();
+    }
+
+    /// Rank `rank` of the running generation was flagged as a straggler.
+    pub fn flag_straggler(&self, rank: u32) {
+        self.rank_straggler.with_label_values(&[rank.to_string()]).set(1.0);
+        self.stragglers_flagged.inc();
     }
 
     /// The model's training FLOPs per token and one rank's peak FLOP/s, for model FLOP/s and
@@ -324,6 +383,7 @@ impl JobMetrics {
         self.checkpoint_bytes_total.inc_by(bytes);
         self.checkpoint_last_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
         self.checkpoints_committed.inc();
+        self.last_checkpoint_timestamp.set(unix_now());
     }
 
     /// The ranks scored the held-out set: its step, loss per target modality and duration.
@@ -354,6 +414,12 @@ impl JobMetrics {
     pub fn render(&self) -> Result<String> {
         Ok(TextEncoder::new().encode_to_string(&self.registry.gather())?)
     }
+}
+
+/// The wall clock as UNIX seconds, for the timestamp gauges (what Prometheus compares with its
+/// `time()`); 0 on a clock before 1970.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Checks that `reports` are one step of one generation, each rank at most once.

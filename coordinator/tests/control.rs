@@ -2,7 +2,7 @@
 
 mod common;
 
-use tessera_coordinator::control::{Action, Control, Event, GenerationPlan, Policy, StopReason};
+use tessera_coordinator::control::{Action, Control, Event, GenerationPlan, Policy, StopReason, StragglerPolicy};
 
 use common::{join, started, w};
 
@@ -15,6 +15,7 @@ const POLICY: Policy = Policy {
     rendezvous_grace_ms: 500,
     initial_workers: 0,
     launches: false,
+    stragglers: StragglerPolicy { factor: 3.0, steps: 20, drain: false },
 };
 
 /// Runs `steps` steps of the running generation, heartbeating every member, and commits the

@@ -5,7 +5,7 @@
 
 mod common;
 
-use tessera_coordinator::control::{Action, Control, Event, GenerationPlan, NoReplacement, Policy, StopReason, WorkerId};
+use tessera_coordinator::control::{Action, Control, Event, GenerationPlan, NoReplacement, Policy, StopReason, StragglerPolicy, WorkerId};
 
 use common::{join, started, w};
 
@@ -18,6 +18,7 @@ const POLICY: Policy = Policy {
     rendezvous_grace_ms: 500,
     initial_workers: 0,
     launches: false,
+    stragglers: StragglerPolicy { factor: 3.0, steps: 20, drain: false },
 };
 
 const ENOSPC: &str = "worker#0: writing shard 0: No space left on device (os error 28)";

@@ -5,6 +5,6 @@ pub mod config;
 pub mod ml4m;
 pub mod resolve;
 
-pub use config::{DatasetKind, DeviceKind, JobConfig, LossKind, TokensSpec};
+pub use config::{DatasetKind, DeviceKind, JobConfig, LossKind, StragglersSection, TokensSpec};
 pub use ml4m::{Ml4mImport, import_ml4m};
-pub use resolve::{ModelSpec, ResolvedCheckpoint, ResolvedDataset, ResolvedJob, ResolvedTrain};
+pub use resolve::{ModelSpec, ResolvedCheckpoint, ResolvedDataset, ResolvedJob, ResolvedTrain, StragglerPolicy};

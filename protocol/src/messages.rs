@@ -311,6 +311,11 @@ pub enum Request {
     },
     /// Checkpoint and stop the job (SIGTERM).
     Shutdown,
+    /// Drain one worker at the next checkpointed boundary (it is not replaced).
+    Drain {
+        /// The worker.
+        worker: WorkerId,
+    },
 }
 
 /// The answer to a [`Request`]: the status or an acknowledgement as JSON (the API's

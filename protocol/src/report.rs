@@ -15,13 +15,24 @@ pub struct StepTimings {
     pub forward_s: f64,
     /// Backward pass (including recompute).
     pub backward_s: f64,
-    /// Collective time not hidden behind compute (reduce-scatter, all-reduce of the loss).
+    /// Time blocked in collectives (waits not hidden behind compute: all-gathers,
+    /// reduce-scatters, the loss all-reduce). It includes waiting for slower ranks, which is
+    /// why a straggler is found by [`StepTimings::own_s`], not by `total_s`.
     pub comm_s: f64,
     /// Optimizer step on the local shard.
     pub optimizer_s: f64,
     /// The whole step, start of data to end of optimizer (not the sum of the phases: they may
     /// overlap).
     pub total_s: f64,
+}
+
+impl StepTimings {
+    /// The rank's own time: the step less the time it was blocked in collectives, i.e. its
+    /// data loading and compute. In a synchronous job every rank's `total_s` is the same (the
+    /// fast ones wait for the slow one inside the collectives); this is what differs.
+    pub fn own_s(&self) -> f64 {
+        (self.total_s - self.comm_s).max(0.0)
+    }
 }
 
 /// What one rank reports after finishing one step.
@@ -85,5 +96,13 @@ mod tests {
         let json = serde_json::to_string(&report).unwrap();
         assert_eq!(serde_json::from_str::<StepReport>(&json).unwrap(), report);
         assert!(json.contains(r#""timings":{"data_s":0.01,"forward_s":0.0"#), "{json}");
+    }
+
+    #[test]
+    fn own_time_excludes_the_wait_in_collectives() {
+        let waited = StepTimings { data_s: 0.01, forward_s: 0.02, comm_s: 0.9, total_s: 1.0, ..StepTimings::default() };
+        assert!((waited.own_s() - 0.1).abs() < 1e-12);
+        // Phases measured apart may add up past the whole: never a negative time.
+        assert_eq!(StepTimings { comm_s: 1.2, total_s: 1.0, ..StepTimings::default() }.own_s(), 0.0);
     }
 }

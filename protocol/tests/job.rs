@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use tessera_protocol::job::{DatasetKind, JobConfig, ResolvedJob, import_ml4m};
+use tessera_protocol::job::{DatasetKind, JobConfig, ResolvedJob, StragglerPolicy, import_ml4m};
 use tessera_tokenizers::Modality;
 
 fn ml4m_configs() -> PathBuf {
@@ -100,6 +100,25 @@ fn errors_name_the_field() {
         let err = ResolvedJob::resolve(&cfg, "bad.toml", Path::new("/")).unwrap_err().to_string();
         assert!(err.contains("bad.toml") && err.contains(field), "{field}: {err}");
     }
+}
+
+/// `[stragglers]`: off by default with the documented factor and window; validated once, naming
+/// the field; an unknown key is refused.
+#[test]
+fn the_straggler_section_has_defaults_and_is_validated() {
+    let cfg = JobConfig::from_toml(MINIMAL, "s.toml").unwrap();
+    let job = ResolvedJob::resolve(&cfg, "s.toml", Path::new("/")).unwrap();
+    assert_eq!(job.stragglers, StragglerPolicy { factor: 3.0, steps: 20, drain: false });
+    let on = format!("{MINIMAL}\n[stragglers]\ndrain = true\nfactor = 2.5\nsteps = 4\n");
+    let job = ResolvedJob::resolve(&JobConfig::from_toml(&on, "s.toml").unwrap(), "s.toml", Path::new("/")).unwrap();
+    assert_eq!(job.stragglers, StragglerPolicy { factor: 2.5, steps: 4, drain: true });
+    for (bad, field) in [("factor = 1.0", "stragglers.factor"), ("factor = nan", "stragglers.factor"), ("steps = 0", "stragglers.steps")] {
+        let text = format!("{MINIMAL}\n[stragglers]\n{bad}\n");
+        let err = ResolvedJob::resolve(&JobConfig::from_toml(&text, "s.toml").unwrap(), "s.toml", Path::new("/")).unwrap_err().to_string();
+        assert!(err.contains(field), "{bad}: {err}");
+    }
+    let err = JobConfig::from_toml(&format!("{MINIMAL}\n[stragglers]\ndrian = true\n"), "s.toml").unwrap_err().to_string();
+    assert!(err.contains("drian"), "{err}");
 }
 
 /// Tokenizer-defined keys declared in `[[model.token_modalities]]` resolve everywhere a key is

@@ -11,21 +11,21 @@ use clap::{Args, Subcommand};
 use tessera_coordinator::ApiClient;
 
 /// Where the job's API is.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct Target {
     /// The job's output directory (holds coordinator.json and the API token).
     #[arg(long, default_value = ".")]
-    job_dir: PathBuf,
+    pub(super) job_dir: PathBuf,
     /// The API address (default: from --job-dir).
     #[arg(long)]
-    api: Option<SocketAddr>,
+    pub(super) api: Option<SocketAddr>,
     /// File holding the bearer token (default: JOB_DIR/.tessera/token).
     #[arg(long)]
     token_file: Option<PathBuf>,
 }
 
 impl Target {
-    fn client(&self) -> anyhow::Result<ApiClient> {
+    pub(super) fn client(&self) -> anyhow::Result<ApiClient> {
         let endpoint = super::orchestrate::read_endpoint(&self.job_dir);
         let api = match (self.api, &endpoint) {
             (Some(a), _) => a,
@@ -92,6 +92,15 @@ pub enum JobCommand {
         #[arg(long)]
         at_step: Option<u64>,
     },
+    /// Drain one worker (its id, as `status` lists it) at the next checkpointed boundary.
+    Drain {
+        /// Where the job is.
+        #[command(flatten)]
+        target: Target,
+        /// The worker's id.
+        #[arg(long)]
+        worker: u64,
+    },
     /// Print the Prometheus metrics.
     Metrics {
         /// Where the job is.
@@ -126,6 +135,10 @@ pub fn run(cmd: JobCommand) -> anyhow::Result<()> {
                 w.insert(k.to_string(), v.parse::<f64>().with_context(|| format!("--weight {kv}: not a number"))?);
             }
             let ack = target.client()?.set_mixture(w, at_step)?;
+            println!("{}", serde_json::to_string(&ack)?);
+        }
+        JobCommand::Drain { target, worker } => {
+            let ack = target.client()?.drain(worker)?;
             println!("{}", serde_json::to_string(&ack)?);
         }
         JobCommand::Metrics { target } => print!("{}", target.client()?.metrics()?),

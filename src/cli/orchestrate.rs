@@ -279,6 +279,7 @@ pub fn run_embedded(job: &ResolvedJob, o: &EmbeddedOptions) -> anyhow::Result<()
         // Set by the coordinator from its launcher (the processes it starts).
         initial_workers: o.workers,
         launches: true,
+        stragglers: job.stragglers,
     };
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;

@@ -9,7 +9,7 @@ use ractor::ActorRef;
 use ractor::rpc::CallResult;
 use serde::de::DeserializeOwned;
 
-use crate::api::{ApiError, ApiFuture, CheckpointAck, JobControl, JobStatus, MixtureAck, ScaleAck};
+use crate::api::{ApiError, ApiFuture, CheckpointAck, DrainAck, JobControl, JobStatus, MixtureAck, ScaleAck};
 use tessera_protocol::messages::{CoordinatorMsg, Reply, Request, Wire};
 
 /// How long a call waits for the actor by default: below the API's own
@@ -68,6 +68,7 @@ fn request_name(req: &Request) -> &'static str {
         Request::Checkpoint => "checkpoint",
         Request::Mixture { .. } => "mixture",
         Request::Shutdown => "shutdown",
+        Request::Drain { .. } => "drain",
     }
 }
 
@@ -86,6 +87,10 @@ impl JobControl for ActorBridge {
 
     fn set_mixture(&self, weights: BTreeMap<String, f64>, at_step: Option<u64>) -> ApiFuture<'_, MixtureAck> {
         Box::pin(self.ask(Request::Mixture { weights, at_step }))
+    }
+
+    fn drain(&self, worker: u64) -> ApiFuture<'_, DrainAck> {
+        Box::pin(self.ask(Request::Drain { worker: tessera_protocol::WorkerId(worker) }))
     }
 }
 

@@ -1,7 +1,7 @@
 //! The actor's answers to API requests (status, scale, checkpoint, mixture, shutdown): each
 //! turns into an event for the state machine, or a refusal that says why.
 
-use crate::api::{ApiError, CheckpointAck, MixtureAck, ScaleAck};
+use crate::api::{ApiError, CheckpointAck, DrainAck, MixtureAck, ScaleAck};
 use crate::control::{Event, WorkerId};
 use crate::events::JobEvent;
 use tessera_protocol::messages::{Reply, Request};
@@ -72,6 +72,26 @@ impl CoordinatorState {
                 // checkpointed boundary (a no-op when none runs or it is already stopping).
                 self.drive(Event::Reconfigure);
                 to_reply(&MixtureAck { version: u64::from(change.version), effective_step: change.at_step })
+            }
+            Request::Drain { worker } => {
+                let Some(m) = self.control.members().find(|m| m.id == worker) else {
+                    return Err(ApiError::bad("worker", format!("{worker} is not a member of the job")));
+                };
+                if m.draining {
+                    return to_reply(&DrainAck { worker: worker.0 });
+                }
+                let staying = self.control.members().filter(|m| !m.draining && m.id != worker).count();
+                let min = self.control.policy().min_workers.max(1);
+                if staying < min {
+                    return Err(ApiError::Conflict {
+                        reason: format!("draining {worker} would leave {staying} workers; the job needs at least {min}"),
+                    });
+                }
+                self.log(&format!("{worker}: drain asked through the API; it leaves at the next checkpointed boundary"));
+                self.removal.insert(worker, Removal { reason: "drained: asked through the API".into(), lost: false });
+                self.control.drain(worker);
+                self.drive(Event::Tick);
+                to_reply(&DrainAck { worker: worker.0 })
             }
             Request::Shutdown => {
                 self.drive(Event::Shutdown);

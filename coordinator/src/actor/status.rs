@@ -10,6 +10,7 @@ impl CoordinatorState {
         let running = self.control.running();
         let ranks = running.map(|g| g.ranks.as_slice()).unwrap_or_default();
         let now = self.now_ms();
+        let stragglers: Vec<_> = self.control.stragglers().collect();
         let members = self
             .control
             .members()
@@ -19,7 +20,10 @@ impl CoordinatorState {
                 rank: ranks.iter().position(|r| *r == m.id).map(|r| r as u32),
                 seen_ms_ago: now.saturating_sub(m.last_seen_ms),
                 draining: m.draining,
-                last_step_s: self.workers.get(&m.id).and_then(|c| c.last_step_s),
+                last_step_s: self.workers.get(&m.id).and_then(|c| c.last_timings).map(|t| t.total_s),
+                timings: self.workers.get(&m.id).and_then(|c| c.last_timings),
+                rss_bytes: self.workers.get(&m.id).and_then(|c| c.last_rss),
+                straggler: stragglers.contains(&m.id),
             })
             .collect();
         let phase = if self.outcome.is_some() {

@@ -15,7 +15,7 @@ use axum::routing::{get, post};
 
 use super::JobControl;
 use super::error::{ApiError, error_response};
-use super::types::{CheckpointAck, JobStatus, MixtureAck, MixtureRequest, ScaleAck, ScaleRequest};
+use super::types::{CheckpointAck, DrainAck, DrainRequest, JobStatus, MixtureAck, MixtureRequest, ScaleAck, ScaleRequest};
 use crate::metrics::JobMetrics;
 
 /// Content type of `GET /metrics` (Prometheus text exposition format 0.0.4).
@@ -39,6 +39,7 @@ pub fn router(token: String, backend: Arc<dyn JobControl>, metrics: Arc<JobMetri
         .route("/scale", post(scale))
         .route("/checkpoint", post(checkpoint))
         .route("/mixture", post(mixture))
+        .route("/drain", post(drain))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new().route("/metrics", get(serve_metrics)).merge(protected).fallback(not_found).with_state(state)
 }
@@ -105,6 +106,13 @@ async fn checkpoint(State(state): State<AppState>) -> Response {
 async fn mixture(State(state): State<AppState>, body: Bytes) -> Response {
     match MixtureRequest::from_json(&body) {
         Ok(req) => answer::<MixtureAck>("mixture", state.backend.set_mixture(req.weights, req.at_step)).await,
+        Err(e) => error_response(e),
+    }
+}
+
+async fn drain(State(state): State<AppState>, body: Bytes) -> Response {
+    match DrainRequest::from_json(&body) {
+        Ok(req) => answer::<DrainAck>("drain", state.backend.drain(req.worker)).await,
         Err(e) => error_response(e),
     }
 }

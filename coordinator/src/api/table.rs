@@ -28,10 +28,10 @@ impl JobStatus {
             let _ = writeln!(out, "validation   step {} ({:.2}s): {}", v.step, v.seconds, losses.join(", "));
         }
 
-        let header = ["WORKER", "ADDR", "RANK", "SEEN", "DRAINING", "STEP_S"];
+        let header = ["WORKER", "ADDR", "RANK", "SEEN", "DRAINING", "STEP_S", "OWN_S", "STRAGGLER"];
         let mut members: Vec<_> = self.members.iter().collect();
         members.sort_by_key(|m| (m.rank.is_none(), m.rank, m.worker));
-        let rows: Vec<[String; 6]> = members
+        let rows: Vec<[String; 8]> = members
             .iter()
             .map(|m| {
                 [
@@ -41,19 +41,21 @@ impl JobStatus {
                     format!("{:.1}s", m.seen_ms_ago as f64 / 1000.0),
                     if m.draining { "yes" } else { "no" }.to_string(),
                     m.last_step_s.map_or_else(|| "-".to_string(), |s| format!("{s:.3}")),
+                    m.timings.map_or_else(|| "-".to_string(), |t| format!("{:.3}", t.own_s())),
+                    if m.straggler { "yes" } else { "no" }.to_string(),
                 ]
             })
             .collect();
         let widths: Vec<usize> =
             (0..header.len()).map(|c| rows.iter().map(|r| r[c].len()).chain([header[c].len()]).max().unwrap_or(0)).collect();
         let _ = writeln!(out);
-        let mut line = |cells: [&str; 6]| {
+        let mut line = |cells: [&str; 8]| {
             let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
             let _ = writeln!(out, "{}", padded.join("  ").trim_end());
         };
         line(header);
         for r in &rows {
-            line([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5]].map(String::as_str));
+            line(r.each_ref().map(String::as_str));
         }
         if rows.is_empty() {
             let _ = writeln!(out, "(no workers registered)");

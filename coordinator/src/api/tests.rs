@@ -13,7 +13,8 @@ use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 
 use super::{
-    ApiError, ApiFuture, CheckpointAck, JobControl, JobPhase, JobStatus, MemberStatus, MixtureAck, ScaleAck, ValidationStatus, serve,
+    ApiError, ApiFuture, CheckpointAck, DrainAck, JobControl, JobPhase, JobStatus, MemberStatus, MixtureAck, ScaleAck, ValidationStatus,
+    serve,
 };
 use crate::client::ApiClient;
 use crate::error::{CoordinatorError, Result};
@@ -56,6 +57,16 @@ impl JobControl for RecordingJob {
         Box::pin(async move { Ok(CheckpointAck { step: Some(self.status.step) }) })
     }
 
+    fn drain(&self, worker: u64) -> ApiFuture<'_, DrainAck> {
+        self.log(format!("drain {worker}"));
+        Box::pin(async move {
+            if !self.status.members.iter().any(|m| m.worker == worker) {
+                return Err(ApiError::bad("worker", format!("worker#{worker} is not a member of the job")));
+            }
+            Ok(DrainAck { worker })
+        })
+    }
+
     fn set_mixture(&self, weights: BTreeMap<String, f64>, at_step: Option<u64>) -> ApiFuture<'_, MixtureAck> {
         self.log(format!("mixture {weights:?} {at_step:?}"));
         Box::pin(async move {
@@ -88,7 +99,17 @@ fn sample_status() -> JobStatus {
             seconds: 3.5,
         }),
         members: vec![
-            MemberStatus { worker: 9, addr: "127.0.0.1:41002".into(), rank: None, seen_ms_ago: 50, draining: false, last_step_s: None },
+            MemberStatus {
+                worker: 9,
+                addr: "127.0.0.1:41002".into(),
+                rank: None,
+                seen_ms_ago: 50,
+                draining: false,
+                last_step_s: None,
+                timings: None,
+                rss_bytes: None,
+                straggler: false,
+            },
             MemberStatus {
                 worker: 4,
                 addr: "127.0.0.1:41001".into(),
@@ -96,6 +117,9 @@ fn sample_status() -> JobStatus {
                 seen_ms_ago: 1500,
                 draining: true,
                 last_step_s: Some(0.5),
+                timings: Some(StepTimings { data_s: 0.1, comm_s: 0.05, total_s: 0.5, ..StepTimings::default() }),
+                rss_bytes: Some(1 << 30),
+                straggler: true,
             },
             MemberStatus {
                 worker: 2,
@@ -104,6 +128,9 @@ fn sample_status() -> JobStatus {
                 seen_ms_ago: 120,
                 draining: false,
                 last_step_s: Some(0.25),
+                timings: Some(StepTimings { data_s: 0.01, comm_s: 0.2, total_s: 0.25, ..StepTimings::default() }),
+                rss_bytes: Some(1 << 29),
+                straggler: false,
             },
         ],
     }
@@ -212,11 +239,11 @@ fn api_status_round_trips_and_renders_a_table() {
     assert!(table.contains("checkpoint   1000"), "{table}");
     assert!(table.contains("validation   step 1000 (3.50s): caption 2.5000, tok_rgb@224 4.2500"), "{table}");
     let rows: Vec<&str> = table.lines().skip_while(|l| !l.starts_with("WORKER")).collect();
-    assert_eq!(rows[0], "WORKER  ADDR             RANK  SEEN  DRAINING  STEP_S");
-    // Ranked members first, by rank; the spare worker last.
-    assert_eq!(rows[1], "2       127.0.0.1:41000  0     0.1s  no        0.250");
-    assert_eq!(rows[2], "4       127.0.0.1:41001  1     1.5s  yes       0.500");
-    assert_eq!(rows[3], "9       127.0.0.1:41002  -     0.1s  no        -");
+    assert_eq!(rows[0], "WORKER  ADDR             RANK  SEEN  DRAINING  STEP_S  OWN_S  STRAGGLER");
+    // Ranked members first, by rank; the spare worker last. Own time is the step less comm.
+    assert_eq!(rows[1], "2       127.0.0.1:41000  0     0.1s  no        0.250   0.050  no");
+    assert_eq!(rows[2], "4       127.0.0.1:41001  1     1.5s  yes       0.500   0.450  yes");
+    assert_eq!(rows[3], "9       127.0.0.1:41002  -     0.1s  no        -       -      no");
     assert_eq!(server.calls(), ["status"]);
     server.stop();
 }
@@ -238,6 +265,18 @@ fn api_scale_checkpoint_and_mixture_reach_the_backend() {
     let (status, message) = http_error(client.scale(5));
     assert_eq!(status, 400);
     assert!(message.contains("`workers`") && message.contains("max_workers 4"), "{message}");
+    server.stop();
+}
+
+#[test]
+fn api_drain_reaches_the_backend_and_names_a_bad_worker() {
+    let server = Server::start();
+    let client = server.client();
+    assert_eq!(client.drain(4).unwrap(), DrainAck { worker: 4 });
+    let (status, message) = http_error(client.drain(77));
+    assert_eq!(status, 400);
+    assert!(message.contains("`worker`") && message.contains("worker#77"), "{message}");
+    assert_eq!(server.calls(), ["drain 4", "drain 77"]);
     server.stop();
 }
 

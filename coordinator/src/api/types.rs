@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use tessera_protocol::report::StepTimings;
 
 use super::error::ApiError;
 
@@ -52,6 +53,15 @@ pub struct MemberStatus {
     pub draining: bool,
     /// Total seconds of its last reported step.
     pub last_step_s: Option<f64>,
+    /// Its last step's phases (the rank's own time is `total_s - comm_s`).
+    #[serde(default)]
+    pub timings: Option<StepTimings>,
+    /// Its resident memory after its last step.
+    #[serde(default)]
+    pub rss_bytes: Option<u64>,
+    /// Flagged as a straggler in the running generation.
+    #[serde(default)]
+    pub straggler: bool,
 }
 
 /// The last validation of the held-out set (scored by the ranks).
@@ -141,6 +151,29 @@ pub struct MixtureAck {
     pub version: u64,
     /// First step that uses them.
     pub effective_step: u64,
+}
+
+/// The body of `POST /drain`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainRequest {
+    /// The worker to drain (its id, as `GET /status` lists it).
+    pub worker: u64,
+}
+
+/// The answer of `POST /drain`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainAck {
+    /// The worker that leaves at the next checkpointed boundary.
+    pub worker: u64,
+}
+
+impl DrainRequest {
+    /// Parses a `POST /drain` body.
+    pub fn from_json(body: &[u8]) -> Result<Self, ApiError> {
+        let map = object(body, &["worker"])?;
+        let v = map.get("worker").ok_or_else(|| ApiError::bad("worker", "missing"))?;
+        Ok(Self { worker: uint("worker", v)? })
+    }
 }
 
 /// A request body as a JSON object, refusing keys outside `known` (a typo must not be ignored).

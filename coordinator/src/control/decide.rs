@@ -24,7 +24,11 @@
 //!    or, with workers joined by hand, once a generation was lost;
 //! 7. a committed checkpoint found bad (a generation could not restore it and it fails
 //!    verification) is forgotten: the next generation restores the newest good one before it,
-//!    as a restarted job would, instead of retrying the bad one until the job fails.
+//!    as a restarted job would, instead of retrying the bad one until the job fails;
+//! 8. (see `straggler`) a rank whose own step time exceeds the configured factor × the median of
+//!    the other ranks' for the configured number of steps in a row is flagged once per
+//!    generation; with `drain` on it is drained at the next checkpointed boundary (rule 2) and,
+//!    in embedded mode, replaced by a new local process.
 
 use serde::{Deserialize, Serialize};
 
@@ -120,6 +124,21 @@ pub enum Action {
         /// Why not.
         why: NoReplacement,
     },
+    /// A rank was flagged as a straggler (rule 8).
+    StragglerFlagged {
+        /// Its worker.
+        id: WorkerId,
+        /// Its rank in the running generation.
+        rank: u32,
+        /// The step at which it was flagged.
+        step: u64,
+        /// Its own time in that step (µs).
+        own_us: u64,
+        /// The median own time of the other ranks in that step (µs).
+        median_us: u64,
+        /// It is drained at the next checkpointed boundary.
+        drain: bool,
+    },
     /// The job is complete.
     Finish,
     /// The job cannot go on: generations keep failing before their first step although no
@@ -213,6 +232,7 @@ impl Control {
                     self.launching = self.launching.saturating_sub(count);
                 }
             }
+            Event::RankTimes { generation, step, own_us } => self.rank_times(generation, step, &own_us, actions),
             Event::StepDone { generation, step } => {
                 if let Some(g) = &self.running
                     && g.generation == generation
@@ -434,6 +454,9 @@ impl Control {
         self.next_generation += 1;
         self.commit_barred = false;
         self.periodic_asked = None;
+        // Rule 8 compares the ranks of one generation: a new world starts from scratch.
+        self.slow_steps.clear();
+        self.stragglers.clear();
         self.ready_since = None;
         self.next_step = plan.start_step;
         self.running = Some(plan.clone());

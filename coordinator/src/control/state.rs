@@ -1,12 +1,13 @@
 //! The coordinator's view of a job: members, the running generation, committed checkpoints.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
+pub use tessera_protocol::job::StragglerPolicy;
 pub use tessera_protocol::{GenerationPlan, WorkerId};
 
-/// Membership and checkpoint policy of a job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Membership, checkpoint and straggler policy of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Policy {
     /// Fewest workers a generation may have.
     pub min_workers: usize,
@@ -29,6 +30,9 @@ pub struct Policy {
     /// lost ones and knows when none are left to come.
     #[serde(default)]
     pub launches: bool,
+    /// When a rank counts as a straggler and whether it is drained (rule 8).
+    #[serde(default)]
+    pub stragglers: StragglerPolicy,
 }
 
 /// One registered worker.
@@ -99,6 +103,16 @@ pub enum Event {
         count: usize,
         /// They were to replace lost workers.
         replacement: bool,
+    },
+    /// Every rank's own time (data and compute, not waiting in collectives) for `step` of
+    /// `generation`, in microseconds, by rank (rule 8).
+    RankTimes {
+        /// The generation.
+        generation: u64,
+        /// The step.
+        step: u64,
+        /// Own time of rank `i` at index `i`.
+        own_us: Vec<u64>,
     },
     /// Every rank of `generation` finished `step` (the coordinator has all step reports).
     StepDone {
@@ -232,6 +246,12 @@ pub struct Control {
     /// The step at which the newest periodic checkpoint was asked for.
     #[serde(default)]
     pub(super) periodic_asked: Option<u64>,
+    /// Consecutive steps each rank of the running generation was slow (rule 8), by rank.
+    #[serde(default)]
+    pub(super) slow_steps: Vec<u32>,
+    /// Workers flagged as stragglers in the running generation.
+    #[serde(default)]
+    pub(super) stragglers: BTreeSet<WorkerId>,
 }
 
 /// After this many generations in a row fail with all ranks alive without getting past the
@@ -273,6 +293,8 @@ impl Control {
             launching: 0,
             lost_generations: 0,
             periodic_asked: None,
+            slow_steps: Vec::new(),
+            stragglers: BTreeSet::new(),
         }
     }
 

@@ -195,3 +195,29 @@ fn flops_mfu_and_per_rank_series_follow_the_reports() {
     let text = m.render().unwrap();
     assert_eq!(value(&text, r#"tessera_peak_flops_per_second{job="demo"}"#), None, "{text}");
 }
+
+#[test]
+fn own_step_time_and_the_straggler_flag_are_per_rank() {
+    let m = JobMetrics::new(&Registry::new()).unwrap();
+    m.set_generation(3, 2);
+    let text = m.render().unwrap();
+    assert_eq!(value(&text, "tessera_stragglers_flagged_total"), Some(0.0), "a counter from the first scrape:\n{text}");
+    m.observe_step(&[report(3, 0, 0, 2, 8, 1000, 0.5), report(3, 0, 1, 2, 8, 1000, 0.5)]).unwrap();
+    let text = m.render().unwrap();
+    // comm_s is 0.03125 in every report: own = total - comm.
+    assert_eq!(value(&text, r#"tessera_rank_own_step_seconds{rank="1"}"#), Some(0.5 - 0.03125));
+    assert_eq!(value(&text, r#"tessera_rank_straggler{rank="0"}"#), Some(0.0), "{text}");
+    assert_eq!(value(&text, r#"tessera_rank_straggler{rank="1"}"#), Some(0.0));
+    let since = value(&text, "tessera_last_step_timestamp_seconds").unwrap();
+    assert!(since > 1.7e9, "a UNIX time from the start: {since}");
+    m.flag_straggler(1);
+    m.observe_step(&[report(3, 1, 0, 2, 8, 1000, 0.5), report(3, 1, 1, 2, 8, 1000, 0.5)]).unwrap();
+    let text = m.render().unwrap();
+    assert_eq!(value(&text, r#"tessera_rank_straggler{rank="1"}"#), Some(1.0), "a later step keeps the flag:\n{text}");
+    assert_eq!(value(&text, r#"tessera_rank_straggler{rank="0"}"#), Some(0.0));
+    assert_eq!(value(&text, "tessera_stragglers_flagged_total"), Some(1.0));
+    m.set_generation(4, 2);
+    let text = m.render().unwrap();
+    assert!(!text.contains("tessera_rank_straggler{"), "a new generation starts unflagged:\n{text}");
+    assert_eq!(value(&text, "tessera_stragglers_flagged_total"), Some(1.0));
+}

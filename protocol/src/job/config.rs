@@ -9,7 +9,8 @@ use tessera_tokenizers::TokenModalityDef;
 
 use crate::error::{ProtocolError, Result};
 
-/// A training job: `[job]`, `[model]`, `[data]`, `[train]`, `[checkpoint]`.
+/// A training job: `[job]`, `[model]`, `[data]`, `[train]`, `[checkpoint]`, `[eval]`,
+/// `[stragglers]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobConfig {
@@ -28,6 +29,43 @@ pub struct JobConfig {
     /// Periodic validation. Default: off.
     #[serde(default)]
     pub eval: EvalSection,
+    /// Straggler detection (and, if asked, replacement). Default: every field's default.
+    #[serde(default)]
+    pub stragglers: StragglersSection,
+}
+
+/// `[stragglers]`: a rank whose own step time (compute and data, not the time it waits inside
+/// collectives for the others) exceeds `factor` × the median of the other ranks' for `steps`
+/// steps in a row is flagged (metric, event, status); with `drain` it is drained at the next
+/// checkpointed boundary and, when the coordinator launched it, replaced by a new process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StragglersSection {
+    /// How many times the others' median own step time a rank must take. Default: 3 (a rank
+    /// 5–10× slower is caught; the jitter of a shared machine rarely triples a step 20 times
+    /// in a row).
+    #[serde(default = "default_straggler_factor")]
+    pub factor: f64,
+    /// Consecutive slow steps before the rank is flagged. Default: 20.
+    #[serde(default = "default_straggler_steps")]
+    pub steps: u32,
+    /// Drain a flagged rank at the next checkpointed boundary (and replace it when the
+    /// coordinator launched it). Default: false (flag only).
+    #[serde(default)]
+    pub drain: bool,
+}
+
+fn default_straggler_factor() -> f64 {
+    3.0
+}
+fn default_straggler_steps() -> u32 {
+    20
+}
+
+impl Default for StragglersSection {
+    fn default() -> Self {
+        toml::from_str("").expect("every [stragglers] field has a default")
+    }
 }
 
 /// `[eval]`: validation on held-out records beside a unigram baseline.

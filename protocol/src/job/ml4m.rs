@@ -264,6 +264,7 @@ pub fn import_ml4m(run_yaml: &Path, ml4m_root: Option<&Path>, world_size: usize)
         train,
         checkpoint,
         eval: Default::default(),
+        stragglers: Default::default(),
     };
     warnings.push("set data.text_tokenizer to the WordPiece JSON (ml-4m's text_tokenizer_4m_wordpiece_30k.json)".into());
     Ok(Ml4mImport { config, warnings })

@@ -119,6 +119,24 @@ pub struct ResolvedCheckpoint {
     pub auto_resume: bool,
 }
 
+/// Straggler policy, validated: `factor` is finite and above 1, `steps` at least 1.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StragglerPolicy {
+    /// A rank's own step time must exceed this many times the others' median.
+    pub factor: f64,
+    /// For this many consecutive steps.
+    pub steps: u32,
+    /// Then drain it at the next checkpointed boundary (and replace it when launched locally).
+    pub drain: bool,
+}
+
+impl Default for StragglerPolicy {
+    fn default() -> Self {
+        let s = super::config::StragglersSection::default();
+        Self { factor: s.factor, steps: s.steps, drain: s.drain }
+    }
+}
+
 /// A job ready to run: every value checked once, here.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResolvedJob {
@@ -148,6 +166,8 @@ pub struct ResolvedJob {
     pub checkpoint: ResolvedCheckpoint,
     /// Validation.
     pub eval: super::config::EvalSection,
+    /// Straggler detection and draining.
+    pub stragglers: StragglerPolicy,
 }
 
 impl ResolvedDataset {
@@ -388,6 +408,14 @@ impl ResolvedJob {
             dir: c.dir.as_deref().map(abs).unwrap_or_else(|| output_dir.join("checkpoints")),
             auto_resume: c.auto_resume,
         };
+        let st = &cfg.stragglers;
+        if !st.factor.is_finite() || st.factor <= 1.0 {
+            return Err(bad("stragglers.factor", format!("must be a finite number above 1, got {}", st.factor)));
+        }
+        if st.steps == 0 {
+            return Err(bad("stragglers.steps", "must be at least 1".into()));
+        }
+        let stragglers = StragglerPolicy { factor: st.factor, steps: st.steps, drain: st.drain };
         Ok(Self {
             origin: origin.to_string(),
             name: cfg.job.name.clone(),
@@ -402,6 +430,7 @@ impl ResolvedJob {
             train,
             checkpoint,
             eval: cfg.eval.clone(),
+            stragglers,
         })
     }
 }

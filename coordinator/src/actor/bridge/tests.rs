@@ -111,6 +111,7 @@ fn policy(min: usize, max: usize) -> Policy {
         rendezvous_grace_ms: 50,
         initial_workers: 0,
         launches: false,
+        stragglers: Default::default(),
     }
 }
 
@@ -468,6 +469,37 @@ fn a_lost_worker_is_replaced_but_a_replacement_lost_before_training_is_not() {
 }
 
 /// The next command the fake worker received.
+/// `POST /drain` through the actor: an unknown worker names the field, the last worker of a
+/// job with `min_workers` 1 is refused; the status shows a rank's last phases, unflagged.
+#[test]
+fn a_drain_that_would_leave_too_few_workers_is_refused_and_the_status_shows_the_phases() {
+    let mut job = Job::start(policy(1, 1), vec![]);
+    let (fake, _rx, worker, _start) = join_fake(&job, 0xd4a1);
+    let bridge = job.bridge();
+    assert_eq!(bad_field(job.rt.block_on(bridge.drain(worker.0 + 7)).unwrap_err()), "worker");
+    let refused = job.rt.block_on(bridge.drain(worker.0)).unwrap_err();
+    assert!(matches!(&refused, ApiError::Conflict { reason } if reason.contains("at least 1")), "{refused:?}");
+    job.send(WorkerEvent::Step { worker, report: report(0, 0) });
+    let deadline = std::time::Instant::now() + WAIT;
+    let member = loop {
+        let status = job.rt.block_on(bridge.status()).unwrap();
+        if status.step == 1 {
+            break status.members[0].clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "step 0 not done: {status:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(
+        (member.timings, member.last_step_s, member.straggler, member.draining),
+        (Some(report(0, 0).timings), Some(0.25), false, false)
+    );
+    // The rank leaves when asked to stop: the job ends, stopped.
+    job.rt.block_on(bridge.shutdown()).unwrap();
+    job.send(WorkerEvent::Leaving { worker, reason: "interrupted".into() });
+    assert!(matches!(job.outcome(), JobOutcome::Stopped { step: 0, .. }));
+    fake.stop(None);
+}
+
 fn job_cmd(rt: &Runtime, rx: &mut mpsc::UnboundedReceiver<Command>) -> Command {
     rt.block_on(async { tokio::time::timeout(WAIT, rx.recv()).await }).expect("a command in time").expect("the fake worker is alive")
 }

@@ -95,7 +95,12 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
         let u = &self.units[ui];
         let mut local = Vec::with_capacity(u.shard.len());
         append_f32(&self.shards[ui].master, &mut local);
-        Gather::Host(self.coll.start_all_gather(local, u.numel))
+        // Without `fsdp_prefetch` the call runs inline, here, and waits for the peers: that
+        // wait is communication, not this rank's own time (straggler attribution reads it).
+        let tc = Instant::now();
+        let ticket = self.coll.start_all_gather(local, u.numel);
+        self.comm_s += tc.elapsed().as_secs_f64();
+        Gather::Host(ticket)
     }
 
     /// Waits for unit `ui`'s all-gather and installs it into the model's parameters
