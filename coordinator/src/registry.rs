@@ -101,14 +101,7 @@ impl Registration {
 
     /// Removes the registration now (a clean leave).
     pub async fn deregister(self) -> StoreResult<()> {
-        self.keepalive.abort();
-        let lease = self.lease;
-        self.client.lease_client().revoke(lease).await.map_err(|source| StoreError::Etcd {
-            op: "revoke",
-            key: format!("lease {lease:x}"),
-            source,
-        })?;
-        Ok(())
+        crate::store::revoke_lease(&self.client, &self.keepalive, self.lease).await
     }
 }
 

@@ -30,7 +30,9 @@ pub use dir::{DirLeadership, DirStore};
 pub(crate) use error::etcd_error;
 pub use error::{StoreError, StoreResult};
 pub use etcd::{EtcdConfig, EtcdLeadership, EtcdStore};
-pub(crate) use etcd::{connect as etcd_connect, decode as decode_kv, encode as encode_value, spawn_keepalive as spawn_lease_keepalive};
+pub(crate) use etcd::{
+    connect as etcd_connect, decode as decode_kv, encode as encode_value, revoke_lease, spawn_keepalive as spawn_lease_keepalive,
+};
 pub(crate) use types::check_name;
 pub use types::{
     AuditEntry, AuditEvent, CheckpointRecord, Fence, HolderId, IdempotencyKey, JobId, JobRecord, JobState, NewJob, Priority, QueueEntry,

@@ -220,14 +220,7 @@ impl Leadership for EtcdLeadership {
     }
 
     async fn resign(self) -> StoreResult<()> {
-        self.keepalive.abort();
-        let lease = self.lease;
-        self.client.lease_client().revoke(lease).await.map_err(|source| StoreError::Etcd {
-            op: "revoke",
-            key: format!("lease {lease:x}"),
-            source,
-        })?;
-        Ok(())
+        revoke_lease(&self.client, &self.keepalive, self.lease).await
     }
 }
 
@@ -236,6 +229,18 @@ impl Drop for EtcdLeadership {
         // Without keep-alives the lease expires after its TTL: what a crashed holder leaves.
         self.keepalive.abort();
     }
+}
+
+/// Stops keeping `lease` alive and revokes it now (a clean leave: its keys go at once instead
+/// of after the TTL).
+pub(crate) async fn revoke_lease(client: &Client, keepalive: &tokio::task::JoinHandle<()>, lease: i64) -> StoreResult<()> {
+    keepalive.abort();
+    client.lease_client().revoke(lease).await.map_err(|source| StoreError::Etcd {
+        op: "revoke",
+        key: format!("lease {lease:x}"),
+        source,
+    })?;
+    Ok(())
 }
 
 /// Keeps `lease` alive every third of `ttl_s`, reconnecting the keep-alive stream after an
