@@ -9,7 +9,6 @@ mod export;
 mod generate;
 mod jobctl;
 mod joblock;
-mod launch;
 mod model;
 mod neural;
 mod orchestrate;
@@ -19,7 +18,6 @@ mod plot;
 mod tokenizer;
 mod top;
 mod train;
-mod validation;
 mod worker;
 
 use std::process::ExitCode;
@@ -66,9 +64,6 @@ enum Command {
     Worker(worker::WorkerArgs),
     /// Write consolidated ml-4m-compatible weights from a job's newest valid checkpoint.
     Export(export::ExportArgs),
-    /// One rank of a local multi-process job (started by `train --workers N`).
-    #[command(hide = true)]
-    TrainRank(launch::RankArgs),
     /// Draw a job's training curves (loss per modality, validation, learning rate, gradient
     /// norm, tokens/s, step time by phase; restarts, resizes and mixture changes marked) as
     /// PNG or SVG.
@@ -99,7 +94,6 @@ pub fn run() -> ExitCode {
         Command::Worker(args) => worker::run_worker(args),
         Command::Job(cmd) => jobctl::run(cmd),
         Command::Tokenize(args) => neural::tokenize(args),
-        Command::TrainRank(args) => launch::run_rank(args),
         Command::Export(args) => export::run(args),
         Command::Plot(args) => plot::run(args),
         Command::Top(args) => top::run(args),

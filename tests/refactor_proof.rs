@@ -2,7 +2,7 @@
 //! build's binary, must print exactly `tools/refactor_proof/fixture.json`: every step's loss
 //! (as `train_log.jsonl` wrote it, so equal text is equal bits), the validation losses, the
 //! world sizes and the final parameters' SHA-256 of one process, 2 and 3 coordinated FSDP
-//! ranks, the bare launcher, an elastic job with a killed worker, and a shortened demo.
+//! ranks, an elastic job with a killed worker, and a shortened demo.
 //!
 //! The scenarios are defined once, in the script: a refactor is checked by the same commands
 //! whether they are run by hand (`record.sh BIN > new.json; diff`) or here, and the script

@@ -300,7 +300,7 @@ fn periodic_validation_with_a_unigram_baseline() {
 
 /// `[eval]` with workers: the ranks score the held-out set together (forward only, each on its
 /// share of the held-out batches, several batches per unit gather) at every validation step,
-/// with exactly one process's scores: through the coordinator (2 workers) and bare (3 ranks).
+/// with exactly one process's scores, on 2 and on 3 workers.
 /// 7 held-out batches: the shares (4/3, 3/2/2) are uneven, and so are the ranks' groups.
 #[test]
 fn periodic_validation_of_a_multi_worker_run_scores_like_one_process() {
@@ -323,21 +323,21 @@ fn periodic_validation_of_a_multi_worker_run_scores_like_one_process() {
     };
     let (_one_dir, one, _) = run(&[]);
     let (many_dir, many, err) = run(&["--workers", "2"]);
-    let (_bare_dir, bare, bare_err) = run(&["--workers", "3", "--bare"]);
+    let (_three_dir, three, three_err) = run(&["--workers", "3"]);
     // The workers' stderr reaches the launcher's (through the coordinator's console), to the
     // last line: told that the job is done, each exits on its own, before any signal.
     for w in ["[worker#0] welcomed: ", "[worker#1] welcomed: ", "[worker#0] exit: the job is done", "[worker#1] exit: the job is done"] {
         assert!(err.lines().any(|l| l.starts_with(w)), "no line {w:?} in:\n{err}");
     }
     assert!(err.contains("validation at step 3 (7 samples, "), "{err}");
-    assert!(bare_err.contains("validation at step 6 (7 samples, "), "{bare_err}");
+    assert!(three_err.contains("validation at step 6 (7 samples, "), "{three_err}");
     let steps = |v: &[serde_json::Value]| v.iter().map(|l| l["step"].as_u64().unwrap()).collect::<Vec<_>>();
     assert_eq!(steps(&one), vec![3, 6]);
     assert_eq!(steps(&many), vec![3, 6], "each validation step once, in order");
-    assert_eq!(steps(&bare), vec![3, 6]);
+    assert_eq!(steps(&three), vec![3, 6]);
     let caption = |v: &serde_json::Value| v["modalities"]["caption"]["loss"].as_f64().unwrap();
     assert!((caption(&one[0]) - caption(&one[1])).abs() > 1e-3, "the model moved between validations: {one:?}");
-    for (a, b) in one.iter().flat_map(|a| [a, a]).zip(many.iter().zip(&bare).flat_map(|(m, b)| [m, b])) {
+    for (a, b) in one.iter().flat_map(|a| [a, a]).zip(many.iter().zip(&three).flat_map(|(m, b)| [m, b])) {
         let (a, b) = (a["modalities"].as_object().unwrap(), b["modalities"].as_object().unwrap());
         assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
         for (m, ea) in a {

@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent, pg};
-use serde_json::json;
 
 pub use aggregate::{GenerationBook, PendingCheckpoint};
 pub use bridge::{ActorBridge, CALL_TIMEOUT};
@@ -420,8 +419,6 @@ impl CoordinatorState {
     fn step_done(&mut self, reports: Vec<StepReport>) {
         let r0 = &reports[0];
         let step_s = reports.iter().map(|r| r.timings.total_s).fold(0.0, f64::max);
-        let samples: u64 = reports.iter().map(|r| r.samples).sum();
-        let tokens: u64 = reports.iter().map(|r| r.tokens).sum();
         for r in &reports {
             if let Some(id) = self.book.ranks.get(r.rank as usize).copied()
                 && let Some(c) = self.workers.get_mut(&id)
@@ -433,18 +430,11 @@ impl CoordinatorState {
         self.last_loss = Some(r0.loss);
         self.observe_step(&reports);
         self.rank_times(&reports);
-        if let Some(log) = self.train_log.as_mut() {
-            let line = json!({
-                "ts_ms": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
-                "step": r0.step, "loss": r0.loss, "mod_loss": r0.losses, "lr": r0.lr, "grad_norm": r0.grad_norm,
-                "skipped": r0.skipped, "samples": samples, "tokens": tokens, "step_s": step_s, "world_size": reports.len(),
-                "generation": r0.generation,
-                "rank_step_s": reports.iter().map(|r| r.timings.total_s).collect::<Vec<_>>(),
-                "timings": r0.timings,
-            });
-            if let Err(e) = log.append(&line, false) {
-                self.args.console.log(&format!("step {} not logged: {e}", r0.step));
-            }
+        if let Some(log) = self.train_log.as_mut()
+            && let Some(line) = tessera_protocol::TrainLogLine::of_step(&reports, tessera_protocol::report::now_ms())
+            && let Err(e) = log.append(&line, false)
+        {
+            self.args.console.log(&format!("step {} not logged: {e}", r0.step));
         }
         self.args.console.step(
             r0.step + 1,

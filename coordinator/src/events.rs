@@ -18,6 +18,16 @@ use serde::{Deserialize, Serialize};
 use crate::error::{CoordinatorError, Result};
 use tessera_protocol::jsonl::JsonLines;
 
+/// Version of the `events.jsonl` line schema ([`LoggedEvent::v`]): `{"v", "ts_ms", "event":
+/// {"type": …, fields}}`, one [`JobEvent`] per line. A new event type or field is a new
+/// version; readers skip nothing silently (an unknown type is an error naming the line).
+pub const EVENTS_SCHEMA: u32 = 1;
+
+/// The version of lines written before `v` existed (the same shape as version 1).
+fn unversioned() -> u32 {
+    0
+}
+
 /// Something that happened to the job, as recorded in the event log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -127,6 +137,9 @@ pub enum JobEvent {
 /// One line of the log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LoggedEvent {
+    /// Schema version: [`EVENTS_SCHEMA`] (lines written before there was one have none).
+    #[serde(default = "unversioned")]
+    pub v: u32,
     /// When it was recorded (UNIX time, milliseconds).
     pub ts_ms: u64,
     /// What happened.
@@ -159,7 +172,7 @@ impl EventLog {
 
     /// Appends `event` stamped `ts_ms`; durable when this returns.
     pub fn record_at(&mut self, ts_ms: u64, event: &JobEvent) -> Result<()> {
-        Ok(self.lines.append(&LoggedEvent { ts_ms, event: event.clone() }, true)?)
+        Ok(self.lines.append(&LoggedEvent { v: EVENTS_SCHEMA, ts_ms, event: event.clone() }, true)?)
     }
 
     /// Every complete record of the log at `path`, oldest first (a torn last line is skipped).

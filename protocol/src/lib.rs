@@ -35,5 +35,5 @@ pub use jsonl::JsonLines;
 pub use ledger::{DatasetId, MixtureSchedule, SampleLedger, SampleRef};
 pub use lr::CosineSchedule;
 pub use messages::GenerationPlan;
-pub use report::{StepReport, StepTimings};
+pub use report::{StepReport, StepTimings, TrainLogLine};
 pub use validation::{ModalityScore, ValidationReport};

@@ -22,6 +22,46 @@ use crate::ids::WorkerId;
 use crate::ledger::MixtureSchedule;
 use crate::report::StepReport;
 
+/// What kind of failure ended a rank's generation: the coordinator tells a lost peer
+/// (collective) from a problem of the job itself (data, numerics) without parsing text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// A collective failed or was aborted (usually another rank vanished).
+    Collective,
+    /// Reading or decoding the job's data.
+    Data,
+    /// Writing, reading or restoring a checkpoint.
+    Checkpoint,
+    /// A non-finite loss or gradient with skipping disabled.
+    Numerics,
+    /// The model (config, layout, device, libtorch).
+    Model,
+    /// The job's spec does not fit this generation (e.g. a batch smaller than the world).
+    Job,
+    /// The worker process itself (a thread, a file, the welcome).
+    Worker,
+}
+
+/// Why a rank left its generation with an error.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RankFailure {
+    /// What kind of failure.
+    pub kind: FailureKind,
+    /// The rank that failed.
+    pub rank: u32,
+    /// The step count when it failed.
+    pub step: u64,
+    /// The error as the rank words it.
+    pub message: String,
+}
+
+impl std::fmt::Display for RankFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "rank {} at step {} ({:?}): {}", self.rank, self.step, self.kind, self.message)
+    }
+}
+
 /// Process group of the coordinator actor.
 pub const COORDINATOR_GROUP: &str = "tessera.coordinator";
 /// Process group of every worker actor.
@@ -160,8 +200,8 @@ pub enum WorkerEvent {
         generation: u64,
         /// Steps completed when it stopped.
         step: u64,
-        /// Why (`None`: asked to stop or finished; `Some`: error text).
-        error: Option<String>,
+        /// Why (`None`: asked to stop or finished; `Some`: what failed).
+        error: Option<RankFailure>,
     },
     /// The worker asks to leave at the next step boundary, after a checkpoint (its process was
     /// interrupted: SIGTERM/SIGINT, e.g. a preemption notice); it trains on until released.

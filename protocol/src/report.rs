@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::Counters;
+
 /// Wall-clock seconds one rank spent in each phase of one step.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct StepTimings {
@@ -67,6 +69,92 @@ pub struct StepReport {
     /// The rank's resident memory (RSS) after the step, when its platform tells it.
     #[serde(default)]
     pub rss_bytes: Option<u64>,
+    /// The job's counters after the step as this rank counts them (samples and tokens seen,
+    /// skipped steps and samples); rank 0's go to `train_log.jsonl`.
+    #[serde(default)]
+    pub counters: Counters,
+}
+
+/// Version of the `train_log.jsonl` line schema ([`TrainLogLine::v`]). Lines without `v` were
+/// written before there was one schema (one process wrote flat timings, the coordinator a
+/// `timings` object); readers accept both.
+pub const TRAIN_LOG_SCHEMA: u32 = 1;
+
+/// One line of `OUT/train_log.jsonl`: one optimizer step of the job, the same schema in every
+/// launch mode (a process training alone is a world of one).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainLogLine {
+    /// Schema version: [`TRAIN_LOG_SCHEMA`].
+    pub v: u32,
+    /// UNIX time in milliseconds when the step was logged.
+    pub ts_ms: u64,
+    /// The step (0-based).
+    pub step: u64,
+    /// Membership epoch that trained it (0 for a process alone).
+    pub generation: u64,
+    /// Ranks that trained it.
+    pub world_size: u32,
+    /// Total loss of the step.
+    pub loss: f64,
+    /// Loss per target modality.
+    pub mod_loss: BTreeMap<String, f64>,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// The update was skipped (non-finite loss or gradient).
+    pub skipped: bool,
+    /// Samples of the step, over all ranks.
+    pub samples: u64,
+    /// Tokens (input + target) of the step, over all ranks.
+    pub tokens: u64,
+    /// Wall seconds of the step (the slowest rank's).
+    pub step_s: f64,
+    /// Rank 0's phases.
+    pub timings: StepTimings,
+    /// Each rank's whole step, by rank.
+    pub rank_step_s: Vec<f64>,
+    /// Samples consumed by the job so far (including those of skipped steps).
+    pub samples_seen: u64,
+    /// Tokens consumed by the job so far.
+    pub tokens_seen: u64,
+    /// Steps skipped so far for a non-finite loss or gradient.
+    pub skipped_steps: u64,
+    /// Samples skipped so far as undecodable.
+    pub skipped_samples: u64,
+}
+
+impl TrainLogLine {
+    /// The line of one step from every rank's report of it (rank order), logged at `ts_ms`.
+    pub fn of_step(reports: &[StepReport], ts_ms: u64) -> Option<Self> {
+        let r0 = reports.first()?;
+        Some(Self {
+            v: TRAIN_LOG_SCHEMA,
+            ts_ms,
+            step: r0.step,
+            generation: r0.generation,
+            world_size: reports.len() as u32,
+            loss: r0.loss,
+            mod_loss: r0.losses.clone(),
+            lr: r0.lr,
+            grad_norm: r0.grad_norm,
+            skipped: r0.skipped,
+            samples: reports.iter().map(|r| r.samples).sum(),
+            tokens: reports.iter().map(|r| r.tokens).sum(),
+            step_s: reports.iter().map(|r| r.timings.total_s).fold(0.0, f64::max),
+            timings: r0.timings,
+            rank_step_s: reports.iter().map(|r| r.timings.total_s).collect(),
+            samples_seen: r0.counters.samples_seen,
+            tokens_seen: r0.counters.tokens_seen,
+            skipped_steps: r0.counters.skipped_steps,
+            skipped_samples: r0.counters.skipped_samples,
+        })
+    }
+}
+
+/// Milliseconds since the UNIX epoch (0 for a clock before it), as logs record time.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]
@@ -92,6 +180,7 @@ mod tests {
             skipped_samples: 1,
             timings: StepTimings { data_s: 0.01, total_s: 0.5, ..StepTimings::default() },
             rss_bytes: Some(1 << 30),
+            counters: Default::default(),
         };
         let json = serde_json::to_string(&report).unwrap();
         assert_eq!(serde_json::from_str::<StepReport>(&json).unwrap(), report);

@@ -136,7 +136,7 @@ impl Launcher for LocalLauncher {
             cmd.args(["worker", "--join", &self.node.to_string(), "--threads", &self.threads.to_string()])
                 .env("TESSERA_COOKIE", &self.cookie)
                 .env("OMP_NUM_THREADS", self.threads.to_string());
-            if let Some(gpu) = super::launch::visible_gpu(self.spawned) {
+            if let Some(gpu) = visible_gpu(self.spawned) {
                 cmd.env("CUDA_VISIBLE_DEVICES", gpu);
             }
             self.spawned += 1;
@@ -394,4 +394,19 @@ pub fn run_embedded(job: &ResolvedJob, o: &EmbeddedOptions) -> anyhow::Result<()
         }
         JobOutcome::Failed { reason } => bail!("job failed: {reason}"),
     }
+}
+
+/// The GPU the `i`-th local worker process should see (as `CUDA_VISIBLE_DEVICES`), round robin
+/// over this process's visible GPUs, when there are at least two: every worker trains on its
+/// own device 0. `None` leaves the environment as it is (no GPU, or only one to share).
+fn visible_gpu(i: usize) -> Option<String> {
+    let count = usize::try_from(tch::Cuda::device_count()).unwrap_or(0);
+    if count < 2 {
+        return None;
+    }
+    let listed: Vec<String> = std::env::var("CUDA_VISIBLE_DEVICES")
+        .map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect())
+        .unwrap_or_default();
+    let gpus = if listed.len() >= count { listed } else { (0..count).map(|g| g.to_string()).collect() };
+    Some(gpus[i % gpus.len()].clone())
 }

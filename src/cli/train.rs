@@ -3,12 +3,14 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tessera_protocol::ResolvedJob;
+use tessera_worker::driver::local::{LocalBoundary, Progress};
+use tessera_worker::driver::{Ended, HeldOut, Plan, Validation, drive};
 use tessera_worker::{Trainer, four_m_config};
 
 use super::data_source;
@@ -40,10 +42,6 @@ pub struct TrainArgs {
     /// Run through the orchestrator even with one worker.
     #[arg(long)]
     fsdp: bool,
-    /// Without the coordinator: the bare FSDP launcher of rank processes (for measuring the
-    /// orchestration overhead).
-    #[arg(long, hide = true)]
-    bare: bool,
     /// A worker silent for this long (ms) is declared dead.
     #[arg(long, default_value_t = 5000)]
     heartbeat_timeout_ms: u64,
@@ -70,7 +68,6 @@ impl TrainArgs {
             min_workers: 1,
             max_workers: None,
             fsdp: false,
-            bare: false,
             heartbeat_timeout_ms: 5000,
             listen: "127.0.0.1:0".parse().expect("a socket address"),
             api: "127.0.0.1:0".parse().expect("a socket address"),
@@ -97,9 +94,6 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     for n in job.notes() {
         tessera_protocol::say!("note: {n}");
     }
-    if a.bare {
-        return super::launch::run_local(&a.config, &job, a.workers, a.min_workers, a.max_steps, a.no_resume);
-    }
     if a.workers > 1 || a.fsdp {
         let o = super::orchestrate::EmbeddedOptions {
             workers: a.workers,
@@ -124,16 +118,11 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
 
     let pipeline = data_source::open(&job, &cfg)?;
     let lens = pipeline.dataset_lens();
-    let validation = super::validation::Validation::prepare(&job, &cfg)?;
     // Load the next micro-batches while the current step computes.
     let ledger = tessera_protocol::SampleLedger::new(job.seed, job.schedule.clone(), lens.clone())?;
     let source = tessera_worker::Prefetcher::new(pipeline, ledger, job.train.micro_batch_size, 2);
-    let name = job.name.clone();
-    let (every, total) = (job.checkpoint.every_steps, job.train.total_steps);
     let auto_resume = job.checkpoint.auto_resume && !a.no_resume;
-    let log_every = job.train.log_every;
-    let log_path = job.output_dir.join("train_log.jsonl");
-    let mut trainer = Trainer::new(job, &cfg, source, lens)?;
+    let mut trainer = Trainer::new(job.clone(), &cfg, source, lens)?;
     if auto_resume {
         let (from, rejected) = trainer.resume()?;
         for r in rejected {
@@ -148,80 +137,80 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, Arc::clone(&stop)).context("installing signal handlers")?;
     }
-    let mut log = tessera_protocol::JsonLines::open(&log_path)?;
-
-    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-    bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps  {msg}  eta {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    bar.set_prefix(name.clone());
-    bar.set_position(trainer.state().step);
-    let plain = bar.is_hidden();
-    let mut ran = 0u64;
-    while !trainer.finished() && a.max_steps.is_none_or(|m| ran < m) {
-        let tokens_before = trainer.state().counters.tokens_seen;
-        let r = trainer.step()?;
-        ran += 1;
-        let state = trainer.state();
-        let mut line = serde_json::to_value(&r)?;
-        // This step's tokens, for tokens/s in `tessera plot` (the log may skip steps).
-        line["tokens"] = state.counters.tokens_seen.saturating_sub(tokens_before).into();
-        line["tokens_seen"] = state.counters.tokens_seen.into();
-        line["skipped_steps"] = state.counters.skipped_steps.into();
-        line["skipped_samples"] = state.counters.skipped_samples.into();
-        if r.step % log_every == 0 || trainer.finished() {
-            log.append(&line, false)?;
-        }
-        let msg = format!(
-            "loss {:.4}  lr {:.2e}  |g| {:.3}  {:.2}s/step (data {:.2}s){}",
-            r.loss,
-            r.lr,
-            r.grad_norm,
-            r.step_s,
-            r.data_s,
-            if r.skipped { "  SKIPPED (non-finite)" } else { "" }
-        );
-        if plain && (r.step % log_every == 0) {
-            tessera_protocol::say!("{name} step {}/{total}  {msg}", r.step + 1);
-        }
-        bar.set_message(msg);
-        bar.set_position(state.step);
-        if let Some(v) = &validation
-            && (v.due(state.step) || trainer.finished())
-        {
-            v.run(&trainer, &bar, plain)?;
-        }
-        let state = trainer.state();
-        let periodic = every > 0 && state.step % every == 0;
-        if periodic || trainer.finished() {
-            let dir = trainer.save_checkpoint()?;
-            if plain {
-                tessera_protocol::say!("checkpoint {}", dir.display());
-            }
-            bar.println(format!("checkpoint {}", dir.display()));
-        }
-        if stop.load(Ordering::Relaxed) {
-            let dir = trainer.save_checkpoint()?;
-            finish(&bar, plain, format!("interrupted: checkpoint {} at step {}", dir.display(), trainer.state().step));
-            return Ok(());
-        }
-    }
-    if !trainer.finished() {
-        // Stopped by --max-steps: keep the progress so a later run resumes here.
-        let dir = trainer.save_checkpoint()?;
-        finish(&bar, plain, format!("stopped after {ran} steps: checkpoint {}", dir.display()));
-        return Ok(());
-    }
-    finish(&bar, plain, format!("done: {} steps, log {}", trainer.state().step, log_path.display()));
+    let total = job.train.total_steps;
+    let start = trainer.state().step;
+    let plan = Plan {
+        generation: 0,
+        stop_at: a.max_steps.map_or(total, |m| start.saturating_add(m).min(total)),
+        total,
+        checkpoint_every: job.checkpoint.every_steps,
+        validate_every: if job.validates() { job.eval.every_steps } else { 0 },
+        checkpoint_at_end: true,
+    };
+    let mut bar = Bar::new(&job, start);
+    let mut held_out = HeldOut::default();
+    let validation = Validation { job: &job, cfg: &cfg, held_out: &mut held_out, who: "" };
+    let mut boundary = LocalBoundary::new(&job, stop, &mut bar)?;
+    let ended = drive(&mut trainer, &mut boundary, &plan, validation)?;
+    let saved = boundary.last_checkpoint().map(|d| d.display().to_string()).unwrap_or_default();
+    let step = trainer.state().step;
+    let msg = match ended {
+        Ended::Stopped => format!("interrupted: checkpoint {saved} at step {step}"),
+        // Stopped by --max-steps: the checkpoint keeps the progress so a later run resumes here.
+        Ended::Reached if step < total => format!("stopped after {} steps: checkpoint {saved}", step - start),
+        Ended::Reached => format!("done: {step} steps, log {}", job.output_dir.join("train_log.jsonl").display()),
+    };
+    bar.finish(msg);
     Ok(())
 }
 
-/// Ends the progress bar with `msg`, printing it when the bar is hidden (not a terminal).
-fn finish(bar: &ProgressBar, plain: bool, msg: String) {
-    if plain {
-        tessera_protocol::say!("{msg}");
+/// The progress bar of one-process training (plain lines when stderr is not a terminal).
+struct Bar {
+    bar: ProgressBar,
+    plain: bool,
+    name: String,
+    total: u64,
+    log_every: u64,
+}
+
+impl Bar {
+    fn new(job: &ResolvedJob, start: u64) -> Self {
+        let total = job.train.total_steps;
+        let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps  {msg}  eta {eta}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(job.name.clone());
+        bar.set_position(start);
+        let plain = bar.is_hidden();
+        Self { bar, plain, name: job.name.clone(), total, log_every: job.train.log_every }
     }
-    bar.abandon_with_message(msg);
+
+    /// Ends the progress bar with `msg`, printing it when the bar is hidden (not a terminal).
+    fn finish(&self, msg: String) {
+        if self.plain {
+            tessera_protocol::say!("{msg}");
+        }
+        self.bar.abandon_with_message(msg);
+    }
+}
+
+impl Progress for Bar {
+    fn step(&mut self, r: &tessera_worker::StepReport, state: &tessera_protocol::checkpoint::TrainState, summary: &str) {
+        if self.plain && r.step.is_multiple_of(self.log_every) {
+            tessera_protocol::say!("{} step {}/{}  {summary}", self.name, r.step + 1, self.total);
+        }
+        self.bar.set_message(summary.to_string());
+        self.bar.set_position(state.step);
+    }
+
+    fn line(&mut self, line: &str) {
+        if self.plain {
+            tessera_protocol::say!("{line}");
+        } else {
+            self.bar.println(line);
+        }
+    }
 }

@@ -23,7 +23,7 @@ for RUN in "1 $CONFIG" "2 $CONFIG" "3 $CONFIG" "2 $KEEP no-recompute"; do
   rm -rf "$OUT"
   LOG=$(mktemp)
   # --fsdp: one worker also runs the FSDP code path, so the rows measure one implementation.
-  "$BIN" train "$CFG" --workers "$W" --fsdp --bare --max-steps "$STEPS" --no-resume 2>"$LOG" || { cat "$LOG"; exit 1; }
+  "$BIN" train "$CFG" --workers "$W" --fsdp --max-steps "$STEPS" --no-resume 2>"$LOG" || { cat "$LOG"; exit 1; }
   MED=$(python3 -c "
 import json,statistics,sys
 xs=[json.loads(l)['step_s'] for l in open('$OUT/train_log.jsonl')][1:]

@@ -78,8 +78,8 @@ every_steps = 0
 TOML
   for mode in single fsdp; do
     rm -rf "$OUT/run"
-    # single: the one-process trainer; fsdp: one FSDP rank process (flat vectors through NCCL).
-    flags=""; [ "$mode" = fsdp ] && flags="--workers 1 --fsdp --bare"
+    # single: the one-process trainer; fsdp: one coordinated FSDP worker (flat vectors through NCCL).
+    flags=""; [ "$mode" = fsdp ] && flags="--workers 1 --fsdp"
     timeout 240 .gpu/tessera train "$CFG" $flags --max-steps 8 --no-resume 2>"$OUT/train-$mode.log" ||
       { echo "train $mode failed"; tail -20 "$OUT/train-$mode.log"; continue; }
     python3 - "$OUT/run/train_log.jsonl" "$mode" <<'PY' | tee -a "$OUT/steps.txt"

@@ -5,7 +5,6 @@
 # of every step and a SHA-256 of the final parameters' tensor bytes. The scenarios:
 #   one_process  `train JOB` (the one-process driver);
 #   fsdp_2/3     `train JOB --workers 2|3` (coordinated FSDP ranks);
-#   bare_2       `train JOB --bare --workers 2` (the bare FSDP launcher);
 #   elastic      a coordinated job that grows and shrinks through checkpoints and loses a rank:
 #                2 workers for 4 steps, 3 workers for 4 steps (a restore resharded 2 -> 3), then
 #                2 workers with --min-workers 2, one of them SIGKILLed after the first step;
@@ -126,13 +125,11 @@ export_params() {
 tessera one_process train "$(mkjob one_process 6)"
 export_params one_process 6
 
-# (b) Coordinated FSDP on 2 and 3 ranks, and the bare launcher on 2.
+# (b) Coordinated FSDP on 2 and 3 ranks.
 tessera fsdp_2 train "$(mkjob fsdp_2 6)" --workers 2
 export_params fsdp_2 6
 tessera fsdp_3 train "$(mkjob fsdp_3 6)" --workers 3
 export_params fsdp_3 6
-tessera bare_2 train "$(mkjob bare_2 6)" --bare --workers 2
-export_params bare_2 6
 
 # (c) Elastic: each world size change happens at a step fixed by the commands, not by timing.
 # A --max-steps stop checkpoints at its boundary; the next invocation restores it resharded.
@@ -241,7 +238,7 @@ def scenario(name):
     return result
 
 
-result = {n: scenario(n) for n in ["one_process", "fsdp_2", "fsdp_3", "bare_2", "elastic"]}
+result = {n: scenario(n) for n in ["one_process", "fsdp_2", "fsdp_3", "elastic"]}
 run = work / "demo" / "run"
 result["demo"] = {
     "losses": by_step(records(run / "train_log.jsonl"), "demo loss", lambda l: l["loss"]),

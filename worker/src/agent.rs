@@ -78,9 +78,8 @@ impl AgentState {
     fn welcome(&mut self, myself: &ActorRef<WorkerMsg>, worker: WorkerId, spec: JobSpec, secret: String, heartbeat_ms: u64) -> Result<()> {
         let job = spec.open()?;
         let origin = job.origin.clone();
-        let secret = Secret::from_hex(&secret)
-            .ok_or_else(|| WorkerError::Training { step: 0, reason: "the coordinator's secret is not hex".into() })?;
-        let listener = self.args.listener.take().ok_or_else(|| WorkerError::Training { step: 0, reason: "welcomed twice".into() })?;
+        let secret = Secret::from_hex(&secret).ok_or_else(|| WorkerError::Welcome("the job secret is not hex"))?;
+        let listener = self.args.listener.take().ok_or_else(|| WorkerError::Welcome("welcomed twice"))?;
         let ctx = DeviceCtx {
             worker,
             job,
@@ -91,8 +90,8 @@ impl AgentState {
             abort: Arc::clone(&self.abort),
         };
         let (tx, rx) = channel();
-        let home = self.args.device_home.take().ok_or_else(|| WorkerError::Training { step: 0, reason: "welcomed twice".into() })?;
-        home.send((ctx, rx)).map_err(|_| WorkerError::Training { step: 0, reason: "the main thread is gone".into() })?;
+        let home = self.args.device_home.take().ok_or_else(|| WorkerError::Welcome("welcomed twice"))?;
+        home.send((ctx, rx)).map_err(|_| WorkerError::Thread { thread: "the worker's main thread", detail: "it is gone".into() })?;
         self.device = Some(tx);
         self.id = Some(worker);
         let me = myself.clone();
@@ -237,7 +236,7 @@ pub fn run(opts: &AgentOptions, shutdown: Arc<std::sync::atomic::AtomicBool>) ->
         };
         let (actor, join) = Actor::spawn(None, WorkerAgent, args)
             .await
-            .map_err(|e| WorkerError::Training { step: 0, reason: format!("starting the worker actor: {e}") })?;
+            .map_err(|e| WorkerError::Thread { thread: "the worker actor", detail: format!("cannot start: {e}") })?;
         // The link to the coordinator is gone when its process group empties: exit then too.
         // Interrupted, the worker asks to be drained and leaves on its own only if it is not
         // released within `drain_timeout` (a second signal ends the process at once).
@@ -283,8 +282,7 @@ pub fn run(opts: &AgentOptions, shutdown: Arc<std::sync::atomic::AtomicBool>) ->
     if let Ok((ctx, rx)) = home_rx.recv() {
         device_main(ctx, rx);
     }
-    let result =
-        rt.block_on(control).map_err(|e| WorkerError::Training { step: 0, reason: format!("the worker's control task failed: {e}") })?;
+    let result = rt.block_on(control).map_err(|e| WorkerError::Thread { thread: "the worker's control task", detail: e.to_string() })?;
     rt.shutdown_timeout(Duration::from_secs(1));
     result
 }

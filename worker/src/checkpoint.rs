@@ -2,7 +2,7 @@
 //! AdamW moments) to `rank-RRRRR-of-WWWWW.safetensors`, and any world size loads them back,
 //! each new rank reading only the overlapping pieces of the old shards
 //! ([`tessera_ops::shard_range`] gives both layouts). One process is a world of one: it writes
-//! the same format ([`save_whole_model`]). The store itself (manifest, naming, commit, verify,
+//! the same format ([`whole_model_snapshot`]). The store itself (manifest, naming, commit, verify,
 //! newest valid, prune) is the contract crate's `tessera_protocol::checkpoint`; one-process
 //! checkpoints written before there was one format still load ([`shards_from_single`]).
 
@@ -14,10 +14,11 @@ use tch::Tensor;
 use tessera_model::{AdamW, Checkpoint, io};
 use tessera_ops::shard_range;
 use tessera_protocol::checkpoint::{
-    self as store, LEGACY_MODEL_FILE, LEGACY_OPTIMIZER_FILE, Layout, Manifest, ParamRecord, TrainState, UnitRecord, shard_file,
+    LEGACY_MODEL_FILE, LEGACY_OPTIMIZER_FILE, Layout, Manifest, ParamRecord, TrainState, UnitRecord, shard_file,
 };
 
 use crate::error::{Result, WorkerError, io_err};
+use crate::fsdp::snapshot::Snapshot;
 
 /// A rank's tensors of one unit: master weights and the two moments.
 #[derive(Debug)]
@@ -237,17 +238,18 @@ pub fn consolidate(cfg: &tessera_model::FourMConfig, dir: &Path, m: &Manifest) -
     Ok(model)
 }
 
-/// Writes a checkpoint of a whole model and its optimizer (one process: a world of one) in the
-/// one format, commits it under `root` and keeps the newest `keep`. Returns its directory.
-pub fn save_whole_model(
+/// A snapshot of one process's whole model and optimizer (a world of one) at `state`, in the
+/// sharded format, ready to be committed ([`crate::fsdp::snapshot::Snapshot::commit_alone`]).
+pub fn whole_model_snapshot(
     root: &Path,
     job: &str,
     seed: u64,
     state: &TrainState,
     model: &Checkpoint,
     opt: &AdamW,
-    keep: usize,
-) -> Result<PathBuf> {
+    generation: u64,
+) -> Result<Snapshot> {
+    let started = std::time::Instant::now();
     let units = crate::fsdp::units_of(&model.vs, 1, 0);
     let mut moments: BTreeMap<String, Tensor> = opt.state().into_iter().collect();
     let mut shards = Vec::with_capacity(units.len());
@@ -274,14 +276,9 @@ pub fn save_whole_model(
         steps.push(unit_steps);
     }
     let records = unit_records(&units, Some(&steps));
-    let tmp = store::temp_dir(root, state.step, 0);
-    if tmp.exists() {
-        fs::remove_dir_all(&tmp).map_err(io_err("removing stale", &tmp))?;
-    }
-    let file = store::file_entry(&write_shards(&tmp, 0, 1, &records, &shards)?)?;
-    let (dir, _) = store::commit(root, &tmp, Manifest::new(job, seed, 1, state.clone(), records), vec![file])?;
-    store::prune(root, keep, store::NO_LIVE_GENERATION)?;
-    Ok(dir)
+    let tensors = named_shards(&records, &shards);
+    let manifest = Manifest::new(job, seed, 1, state.clone(), records);
+    Ok(Snapshot::new(root.to_path_buf(), (generation, state.step), (0, 1), tensors, Some(manifest), started))
 }
 
 /// Loads the checkpoint `dir` of either layout into a whole model and its optimizer (one

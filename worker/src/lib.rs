@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod checkpoint;
 pub mod data;
+pub mod driver;
 pub mod error;
 pub mod eval;
 pub mod fsdp;

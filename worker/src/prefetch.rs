@@ -96,7 +96,8 @@ impl<S: BatchSource + 'static> BatchSource for Prefetcher<S> {
         // Mispredicted (another position or another ledger): serve this request directly and
         // predict again from the position after it.
         self.stop();
-        let inner = self.inner.as_mut().ok_or_else(|| WorkerError::Training { step: 0, reason: "the prefetch thread panicked".into() })?;
+        let inner =
+            self.inner.as_mut().ok_or_else(|| WorkerError::Thread { thread: "the prefetch thread", detail: "it panicked".into() })?;
         let batch = inner.batch(refs);
         self.start(refs[0].index + self.micro);
         batch

@@ -90,9 +90,7 @@ pub fn job_device(train: &ResolvedTrain) -> Result<Device> {
     match train.device {
         DeviceKind::Cpu => Ok(Device::Cpu),
         DeviceKind::Cuda if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
-        DeviceKind::Cuda => {
-            Err(WorkerError::Training { step: 0, reason: "train.device = \"cuda\" but no CUDA device is available".into() })
-        }
+        DeviceKind::Cuda => Err(WorkerError::Device { wanted: "cuda".into(), found: "this process has no CUDA device".into() }),
     }
 }
 
@@ -204,7 +202,7 @@ impl<S: BatchSource> Trainer<S> {
         let skipped = !finite;
         if !finite {
             if !t.skip_nonfinite {
-                return Err(WorkerError::Training { step, reason: format!("non-finite loss {loss} / gradient norm {grad_norm}") });
+                return Err(WorkerError::NonFinite { step, loss, grad_norm });
             }
             self.opt.zero_grad()?;
             self.state.counters.skipped_steps += 1;
@@ -242,8 +240,13 @@ impl<S: BatchSource> Trainer<S> {
 
     /// Writes a checkpoint of the current state and prunes to `keep_last`.
     pub fn save_checkpoint(&self) -> Result<PathBuf> {
-        let c = &self.job.checkpoint;
-        checkpoint::save_whole_model(&c.dir, &self.job.name, self.job.seed, &self.state, &self.model, &self.opt, c.keep_last)
+        self.snapshot_at(0)?.commit_alone(self.job.checkpoint.keep_last)
+    }
+
+    /// The model and optimizer at the current step as a world of one's checkpoint snapshot.
+    fn snapshot_at(&self, generation: u64) -> Result<crate::fsdp::snapshot::Snapshot> {
+        let j = &self.job;
+        checkpoint::whole_model_snapshot(&j.checkpoint.dir, &j.name, j.seed, &self.state, &self.model, &self.opt, generation)
     }
 
     /// True when the configured number of steps has been run.
@@ -274,5 +277,34 @@ impl<S: BatchSource> Trainer<S> {
     /// The ledger in force.
     pub fn ledger(&self) -> &SampleLedger {
         &self.ledger
+    }
+}
+
+impl<S: BatchSource> crate::driver::Engine for Trainer<S> {
+    fn step(&mut self) -> Result<StepReport> {
+        Trainer::step(self)
+    }
+
+    fn state(&self) -> &TrainState {
+        &self.state
+    }
+
+    fn rank(&self) -> u32 {
+        0
+    }
+
+    fn agree(&mut self, _flags: &mut [i64]) -> Result<()> {
+        // A world of one agrees with itself.
+        Ok(())
+    }
+
+    fn validation_report(&mut self, set: &crate::eval::ValidationSet, generation: u64) -> Result<tessera_protocol::ValidationReport> {
+        let mut report = set.report(&self.model.model, self.model.vs.device(), &eval_options(&self.job), self.state.step)?;
+        report.generation = generation;
+        Ok(report)
+    }
+
+    fn snapshot(&mut self, generation: u64) -> Result<crate::fsdp::snapshot::Snapshot> {
+        self.snapshot_at(generation)
     }
 }

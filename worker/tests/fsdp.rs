@@ -115,16 +115,21 @@ fn on_world_with<T: Send + 'static>(
 fn checkpoint_at_3_ranks_resumes_at_2_and_1() {
     tch::set_num_threads(1);
     let d = tempfile::tempdir().unwrap();
-    let at3 = on_world(d.path(), 3, |t| {
-        t.step().unwrap();
-        t.step().unwrap();
-        t.save_checkpoint().unwrap();
-        t.step().unwrap().loss
+    let root = job(d.path()).checkpoint.dir;
+    let at3 = on_world(d.path(), 3, {
+        let root = root.clone();
+        move |t| {
+            t.step().unwrap();
+            t.step().unwrap();
+            common::save_on_ring(t, &root);
+            t.step().unwrap().loss
+        }
     });
     assert!(d.path().join("out/checkpoints/step-00000002/manifest.json").is_file());
     for world in [2, 1] {
-        let next = on_world(d.path(), world, |t| {
-            assert_eq!(t.resume().unwrap(), Some(2));
+        let root = root.clone();
+        let next = on_world(d.path(), world, move |t| {
+            assert_eq!(common::resume_on_ring(t, &root), Some(2));
             t.step().unwrap().loss
         });
         for l in next {
@@ -137,7 +142,7 @@ fn checkpoint_at_3_ranks_resumes_at_2_and_1() {
     let n = bytes.len();
     bytes[n - 3] ^= 1;
     std::fs::write(&shard, bytes).unwrap();
-    assert_eq!(on_world(d.path(), 2, |t| t.resume().unwrap()), vec![None, None]);
+    assert_eq!(on_world(d.path(), 2, move |t| common::resume_on_ring(t, &root)), vec![None, None]);
 }
 
 /// A one-process checkpoint as it was written before there was one format
@@ -188,8 +193,9 @@ fn one_process_checkpoints_old_and_new_load_in_every_mode_and_world_size() {
         assert_eq!(resumed.resume().unwrap().0.as_deref(), Some(dir.as_path()));
         assert_eq!(resumed.step().unwrap().loss.to_bits(), next.to_bits(), "legacy {legacy}: one process, bit for bit");
         for world in [1, 2, 3] {
-            let losses = on_world(d.path(), world, |t| {
-                assert_eq!(t.resume().unwrap(), Some(2));
+            let root = job(d.path()).checkpoint.dir;
+            let losses = on_world(d.path(), world, move |t| {
+                assert_eq!(common::resume_on_ring(t, &root), Some(2));
                 t.step().unwrap().loss
             });
             for l in losses {
@@ -224,7 +230,7 @@ fn a_kept_model_restores_at_another_world_size() {
                 let mut t = FsdpTrainer::new(job.clone(), &cfg, source, vec![200], ring).unwrap();
                 t.step().unwrap();
                 t.step().unwrap();
-                let ckpt = t.save_checkpoint().unwrap();
+                let ckpt = common::save_on_ring(&mut t, &job.checkpoint.dir);
                 let after = t.step().unwrap().loss;
                 let Some(listener) = next else { return (after, None) };
                 let kept = t.into_resident().unwrap();

@@ -179,7 +179,7 @@ fn non_finite_steps_are_skipped_or_fail() {
     let mut strict = trainer(e.path(), "skip_nonfinite = false");
     poison(&strict);
     let err = strict.step().unwrap_err();
-    assert!(matches!(err, WorkerError::Training { step: 0, .. }), "{err}");
+    assert!(matches!(err, WorkerError::NonFinite { step: 0, .. }), "{err}");
 }
 
 /// Gradient accumulation does not change training: micro-batches of 1, 2 or 4 samples give the

@@ -108,6 +108,7 @@ mod tests {
             skipped_samples: 0,
             timings: Default::default(),
             rss_bytes: None,
+            counters: Default::default(),
         }
     }
 

@@ -167,6 +167,7 @@ impl Server {
             skipped_samples: 0,
             timings,
             rss_bytes: None,
+            counters: Default::default(),
         };
         metrics.observe_step(&[report]).unwrap();
         let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();

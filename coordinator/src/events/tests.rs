@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 
-use super::{EventLog, JobEvent, LoggedEvent};
+use super::{EVENTS_SCHEMA, EventLog, JobEvent, LoggedEvent};
 use crate::error::CoordinatorError;
 
 /// One event of every kind, so a serde attribute mistake on any variant shows up.
@@ -40,7 +40,7 @@ fn event_log_round_trips_every_event() {
     let events = all_events();
     assert_eq!(read.len(), events.len() + 1);
     for (i, (got, want)) in read.iter().zip(&events).enumerate() {
-        assert_eq!(got, &LoggedEvent { ts_ms: 1_000 + i as u64, event: want.clone() });
+        assert_eq!(got, &LoggedEvent { v: EVENTS_SCHEMA, ts_ms: 1_000 + i as u64, event: want.clone() });
     }
     assert_eq!(read.last().unwrap().event, JobEvent::JobFinished { step: 1001 });
     assert!(read.last().unwrap().ts_ms > 1_600_000_000_000, "record() stamps wall-clock UNIX millis");
@@ -48,7 +48,7 @@ fn event_log_round_trips_every_event() {
     // The wire format is part of the contract: tagged by `type`, snake_case.
     let text = std::fs::read_to_string(&path).unwrap();
     let first = text.lines().next().unwrap();
-    assert_eq!(first, r#"{"ts_ms":1000,"event":{"type":"coordinator_started","resumed_step":400}}"#);
+    assert_eq!(first, r#"{"v":1,"ts_ms":1000,"event":{"type":"coordinator_started","resumed_step":400}}"#);
 }
 
 #[test]

@@ -31,6 +31,7 @@ fn report(generation: u64, step: u64, rank: u32, world: u32, samples: u64, token
             total_s,
         },
         rss_bytes: Some(u64::from(rank + 1) << 20),
+        counters: Default::default(),
     }
 }
 

@@ -46,6 +46,7 @@ pub fn run(a: MetricsArgs) -> anyhow::Result<()> {
         skipped_samples: 0,
         timings: StepTimings { data_s: 0.01, forward_s: 0.1, backward_s: 0.2, comm_s: 0.05, optimizer_s: 0.02, total_s: 0.4 },
         rss_bytes: Some(1 << 30),
+        counters: Default::default(),
     };
     // The reports are built outside the timed loop: the coordinator receives them ready.
     let steps: Vec<Vec<StepReport>> = (0..a.steps).map(|s| (0..a.ranks).map(|r| report(s, r)).collect()).collect();

@@ -14,12 +14,13 @@ use ractor::ActorRef;
 use tessera_ops::{AbortHandle, Collective, JobAuth, Rank, RingConfig, Secret, TcpRing};
 use tessera_protocol::ResolvedJob;
 use tessera_protocol::WorkerId;
-use tessera_protocol::messages::{CoordinatorMsg, GenerationStart, Wire, WorkerEvent};
-use tessera_protocol::report::{StepReport, StepTimings};
+use tessera_protocol::messages::{CoordinatorMsg, GenerationStart, RankFailure, Wire, WorkerEvent};
 
 use crate::data::DataPipeline;
+use crate::driver::report::{peak_rss_bytes, step_report};
+use crate::driver::{Boundary, Ended, HeldOut, Plan, Requests, Validation, drive};
 use crate::error::{Result, WorkerError};
-use crate::eval::ValidationSet;
+use crate::fsdp::snapshot::Snapshot;
 use crate::fsdp::{FsdpTrainer, Resident};
 
 /// What the worker actor tells the device thread.
@@ -122,21 +123,20 @@ pub fn device_main(ctx: DeviceCtx, rx: Receiver<DeviceCmd>) {
     let mut resident: Option<Resident<DataPipeline>> = None;
     // The held-out set, loaded at the first validation step and kept too (`Some(None)`: this
     // rank could not load it).
-    let mut held_out: Option<Option<ValidationSet>> = None;
+    let mut held_out = HeldOut::default();
     while let Ok(cmd) = rx.recv() {
         match cmd {
             DeviceCmd::Start(g) => {
                 // A held-out set this rank could not load is tried again in each new generation:
                 // what stopped it (a file being rewritten, a mount that was away) may be gone,
                 // and a long job should not lose validation for good.
-                if matches!(held_out, Some(None)) {
-                    held_out = None;
-                }
+                held_out.retry_failed();
                 let generation = g.plan.generation;
-                let (step, error, exit) = run_generation(&ctx, &g, &rx, &mut writers, &mut resident, &mut held_out);
-                if let Some(e) = &error {
+                let (step, failed, exit) = run_generation(&ctx, &g, &rx, &mut writers, &mut resident, &mut held_out);
+                if let Some(e) = &failed {
                     tessera_protocol::say!("[{}] generation {generation} ended at step {step}: {e}", ctx.worker);
                 }
+                let error = failed.map(|e| RankFailure { kind: e.kind(), rank: g.rank, step, message: e.to_string() });
                 ctx.send(WorkerEvent::GenerationEnded { worker: ctx.worker, generation, step, error });
                 if exit {
                     break;
@@ -153,42 +153,6 @@ pub fn device_main(ctx: DeviceCtx, rx: Receiver<DeviceCmd>) {
     }
 }
 
-fn report(generation: u64, rank: u32, world: u32, r: &crate::trainer::StepReport, tokens_per_sample: u64) -> StepReport {
-    let mine = tessera_ops::shard_len(r.samples, world as usize, rank as usize) as u64;
-    StepReport {
-        generation,
-        step: r.step,
-        rank,
-        world,
-        loss: r.loss,
-        losses: r.mod_loss.iter().map(|(m, l)| (m.key().to_string(), *l)).collect(),
-        lr: r.lr,
-        grad_norm: r.grad_norm,
-        // Each rank trains its shard of the global batch; the coordinator sums over ranks.
-        samples: mine,
-        tokens: mine * tokens_per_sample,
-        skipped: r.skipped,
-        skipped_samples: 0,
-        timings: StepTimings {
-            data_s: r.data_s,
-            forward_s: r.forward_s,
-            backward_s: (r.compute_s - r.forward_s - r.comm_s).max(0.0),
-            comm_s: r.comm_s,
-            optimizer_s: r.optim_s,
-            total_s: r.step_s,
-        },
-        rss_bytes: resident_bytes(),
-    }
-}
-
-/// This process's resident set size from `/proc/self/status` (Linux; `None` elsewhere, so that
-/// no made-up 0 is exported).
-fn resident_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kib: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().strip_suffix("kB")?.trim().parse().ok()?;
-    Some(kib * 1024)
-}
-
 /// One generation; returns (steps completed, error, exit requested).
 fn run_generation(
     ctx: &DeviceCtx,
@@ -196,8 +160,8 @@ fn run_generation(
     rx: &Receiver<DeviceCmd>,
     writers: &mut Vec<JoinHandle<()>>,
     resident: &mut Option<Resident<DataPipeline>>,
-    held_out: &mut Option<Option<ValidationSet>>,
-) -> (u64, Option<String>, bool) {
+    held_out: &mut HeldOut,
+) -> (u64, Option<WorkerError>, bool) {
     let generation = g.plan.generation;
     let mut step = g.plan.start_step;
     let mut exit = false;
@@ -208,23 +172,24 @@ fn run_generation(
         let mut config = RingConfig::new(auth_of(ctx, generation));
         config.timeout = ctx.job.train.collective_timeout;
         let listener = ctx.listener.try_clone().map_err(crate::error::io_err("cloning the ring listener", "ring"))?;
-        let mut ring = TcpRing::connect(listener, Rank(g.rank), &g.peers, config)
-            .map_err(|e| WorkerError::Training { step, reason: format!("rank {} of generation {generation}: ring: {e}", g.rank) })?;
+        let mut ring = TcpRing::connect(listener, Rank(g.rank), &g.peers, config).map_err(|source| WorkerError::Collective {
+            rank: g.rank,
+            step,
+            op: format!("connecting the ring of generation {generation}"),
+            source,
+        })?;
         if !ctx.abort.lock().expect("abort state").install(generation, ring.abort_handle()) {
-            return Err(WorkerError::Training { step, reason: format!("generation {generation} was aborted") });
+            return Err(WorkerError::Aborted { rank: g.rank, generation });
         }
         let world = ring.world() as u32;
         // CUDA jobs move the units' flat vectors with NCCL; the ring keeps the small host
         // collectives (counts, flags, losses) and carries NCCL's unique id.
-        let nccl = match crate::fsdp::flat::device_comm(&mut ring, &ctx.job, auth_of(ctx, generation)) {
-            Ok(n) => n,
-            Err(e) => return Err(WorkerError::Training { step, reason: format!("generation {generation}: {e}") }),
-        };
+        let nccl = crate::fsdp::flat::device_comm(&mut ring, &ctx.job, auth_of(ctx, generation))?;
         if let Some(n) = &nccl {
             // An abort of this generation must also end a call blocked inside NCCL.
             let both = AbortHandle::all(vec![ring.abort_handle(), n.abort_handle()]);
             if !ctx.abort.lock().expect("abort state").install(generation, both) {
-                return Err(WorkerError::Training { step, reason: format!("generation {generation} was aborted") });
+                return Err(WorkerError::Aborted { rank: g.rank, generation });
             }
         }
         let ring_s = t_start.elapsed().as_secs_f64();
@@ -232,9 +197,17 @@ fn run_generation(
         job.schedule = g.schedule.clone();
         let cfg = crate::four_m_config(&job.model, &job.origin)?;
         let total = job.train.total_steps;
-        let every = job.checkpoint.every_steps;
-        let eval_every = if job.validates() { job.eval.every_steps } else { 0 };
         let tokens_per_sample = (job.train.num_input_tokens + job.train.num_target_tokens) as u64;
+        let plan = Plan {
+            generation,
+            stop_at: g.stop_at.unwrap_or(total).min(total),
+            total,
+            // Periodic checkpoints the ranks take on their own; the end of the plan is the
+            // coordinator's to checkpoint (it asks, and asks again after a failed write).
+            checkpoint_every: job.checkpoint.every_steps,
+            validate_every: if job.validates() { job.eval.every_steps } else { 0 },
+            checkpoint_at_end: false,
+        };
         let open = |job: &ResolvedJob| -> Result<(DataPipeline, Vec<u64>)> {
             let source = crate::data::open_job_data(job, &cfg.all_domains())?;
             let lens = source.dataset_lens();
@@ -273,59 +246,29 @@ fn run_generation(
             );
         }
         if step != g.plan.start_step {
-            return Err(WorkerError::Training { step, reason: format!("restored step {step}, the plan starts at {}", g.plan.start_step) });
+            return Err(WorkerError::PlanMismatch { rank: g.rank, restored: step, planned: g.plan.start_step });
         }
-        let stop_at = g.stop_at.unwrap_or(total).min(total);
-        let (mut want_stop, mut want_ckpt) = (false, false);
-        while step < stop_at {
-            let r = t.step()?;
-            ctx.send(WorkerEvent::Step { worker: ctx.worker, report: report(generation, g.rank, world, &r, tokens_per_sample) });
-            step = t.state().step;
-            // At the last step the commands wait for `final_boundary`, which serves each one
-            // once: taken here by one rank and agreed, a request still queued for the others
-            // would make them write the same step twice (into the same temp files).
-            if step < stop_at {
-                loop {
-                    match rx.try_recv() {
-                        Ok(DeviceCmd::Checkpoint { generation: x }) if x == generation => want_ckpt = true,
-                        Ok(DeviceCmd::Stop { generation: x, checkpoint }) if x == generation => {
-                            want_stop = true;
-                            want_ckpt |= checkpoint;
-                        }
-                        // A closed channel stays closed: without the break this loop would spin
-                        // forever once the agent is gone (a coordinator lost to SIGKILL).
-                        Ok(DeviceCmd::Exit) | Err(TryRecvError::Disconnected) => {
-                            exit = true;
-                            want_stop = true;
-                            break;
-                        }
-                        Ok(_) => {}
-                        Err(TryRecvError::Empty) => break,
-                    }
-                }
+        let who = format!("[{}] ", ctx.worker);
+        let val = Validation { job: &ctx.job, cfg: &cfg, held_out, who: &who };
+        let mut b = Coordinated { ctx, g, rx, writers, world, tokens_per_sample, want_stop: false, want_ckpt: false, exit: false };
+        let ended = drive(t, &mut b, &plan, val);
+        exit = b.exit;
+        step = t.state().step;
+        // What `tools/bench/fsdp_vs_torch.sh` compares with PyTorch FSDP's memory.
+        tessera_protocol::say!(
+            "[{}] generation {generation}: peak RSS {:.1} MiB, sharded master weights + AdamW state {:.1} MiB",
+            ctx.worker,
+            peak_rss_bytes().unwrap_or(0) as f64 / (1024.0 * 1024.0),
+            (t.local_state_elements() * 4) as f64 / (1024.0 * 1024.0)
+        );
+        if ended? == Ended::Stopped {
+            // A stop's boundary checkpoint is what the next generation (or a restart) resumes
+            // from: report it written before the generation's end, so that the coordinator
+            // commits it instead of rolling back to the one before.
+            for w in writers.drain(..) {
+                let _ = w.join();
             }
-            let mut flags = [i64::from(want_stop), i64::from(want_ckpt)];
-            t.agree(&mut flags)?;
-            // As one process does: at every validation point and at the end of training.
-            if eval_every > 0 && (step.is_multiple_of(eval_every) || step >= total) {
-                validate(ctx, t, g, held_out, &cfg)?;
-            }
-            // The end of the job is the coordinator's to checkpoint (it asks, and asks again
-            // after a failed write); periodic ones the ranks take on their own.
-            let periodic = every > 0 && step.is_multiple_of(every) && step < stop_at;
-            if flags[1] != 0 || periodic {
-                write_checkpoint(ctx, t, g, writers)?;
-                want_ckpt = false;
-            }
-            if flags[0] != 0 {
-                // A stop's boundary checkpoint is what the next generation (or a restart)
-                // resumes from: report it written before the generation's end, so that the
-                // coordinator commits it instead of rolling back to the one before.
-                for w in writers.drain(..) {
-                    let _ = w.join();
-                }
-                return Ok(());
-            }
+            return Ok(());
         }
         if !exit {
             exit = final_boundary(ctx, t, g, rx, writers)?;
@@ -339,22 +282,15 @@ fn run_generation(
             Err(e) => tessera_protocol::say!("[{}] generation {generation}: the model is rebuilt next time: {e}", ctx.worker),
         }
     }
-    (step, result.err().map(|e| e.to_string()), exit)
+    (step, result.err(), exit)
 }
 
-/// Snapshots this rank's shards at the trainer's step (training may go on) and writes them on
-/// a thread of their own, which reports the result to the coordinator.
-fn write_checkpoint(
-    ctx: &DeviceCtx,
-    t: &mut FsdpTrainer<TcpRing, DataPipeline>,
-    g: &GenerationStart,
-    writers: &mut Vec<JoinHandle<()>>,
-) -> Result<()> {
-    let (generation, step) = (g.plan.generation, t.state().step);
-    let ts = std::time::Instant::now();
-    let snap = t.snapshot(generation);
+/// Writes a snapshot of this rank's shards on a thread of its own (training goes on), which
+/// reports the result to the coordinator, who commits the step once every rank wrote.
+fn write_snapshot(ctx: &DeviceCtx, g: &GenerationStart, snap: Snapshot, writers: &mut Vec<JoinHandle<()>>) -> Result<()> {
+    let (generation, step) = (g.plan.generation, snap.step);
     if g.rank == 0 {
-        tessera_protocol::say!("[{}] step {step}: checkpoint snapshot {:.3}s (training continues)", ctx.worker, ts.elapsed().as_secs_f64());
+        tessera_protocol::say!("[{}] step {step}: checkpoint snapshot {:.3}s (training continues)", ctx.worker, snap.copy_s);
     }
     let (coord, worker, rank) = (ctx.coordinator.clone(), ctx.worker, g.rank);
     let name = format!("ckpt-writer-{step}");
@@ -368,6 +304,67 @@ fn write_checkpoint(
     });
     writers.push(spawned.map_err(crate::error::io_err("starting a checkpoint writer", "thread"))?);
     Ok(())
+}
+
+/// The boundary of a rank under a coordinator: the coordinator's commands are its requests,
+/// its steps and held-out scores go to the coordinator, and its checkpoint shards are written
+/// in the background and committed by the coordinator.
+struct Coordinated<'a> {
+    ctx: &'a DeviceCtx,
+    g: &'a GenerationStart,
+    rx: &'a Receiver<DeviceCmd>,
+    writers: &'a mut Vec<JoinHandle<()>>,
+    world: u32,
+    tokens_per_sample: u64,
+    want_stop: bool,
+    want_ckpt: bool,
+    /// The worker must exit after this generation (told to, or its agent is gone).
+    exit: bool,
+}
+
+impl Boundary for Coordinated<'_> {
+    fn stepped(&mut self, r: &crate::trainer::StepReport, state: &tessera_protocol::checkpoint::TrainState) -> Result<()> {
+        let report = step_report(self.g.plan.generation, (self.g.rank, self.world), r, self.tokens_per_sample, state);
+        self.ctx.send(WorkerEvent::Step { worker: self.ctx.worker, report });
+        Ok(())
+    }
+
+    fn requests(&mut self, _step: u64) -> Requests {
+        let generation = self.g.plan.generation;
+        loop {
+            match self.rx.try_recv() {
+                Ok(DeviceCmd::Checkpoint { generation: x }) if x == generation => self.want_ckpt = true,
+                Ok(DeviceCmd::Stop { generation: x, checkpoint }) if x == generation => {
+                    self.want_stop = true;
+                    self.want_ckpt |= checkpoint;
+                }
+                // A closed channel stays closed: without the break this loop would spin forever
+                // once the agent is gone (a coordinator lost to SIGKILL).
+                Ok(DeviceCmd::Exit) | Err(TryRecvError::Disconnected) => {
+                    self.exit = true;
+                    self.want_stop = true;
+                    break;
+                }
+                Ok(_) => {}
+                Err(TryRecvError::Empty) => break,
+            }
+        }
+        Requests { stop: self.want_stop, checkpoint: self.want_ckpt }
+    }
+
+    fn validated(&mut self, report: tessera_protocol::ValidationReport) -> Result<()> {
+        self.ctx.send(WorkerEvent::Validated { worker: self.ctx.worker, report });
+        Ok(())
+    }
+
+    fn validation_skipped(&mut self, step: u64) {
+        tessera_protocol::say!("[{}] validation of step {step} skipped: a rank has no held-out set", self.ctx.worker);
+    }
+
+    fn checkpoint(&mut self, snap: Snapshot) -> Result<()> {
+        self.want_ckpt = false;
+        write_snapshot(self.ctx, self.g, snap, self.writers)
+    }
 }
 
 /// At the last step of the generation's plan the ranks wait for the coordinator: each
@@ -387,10 +384,10 @@ fn final_boundary(
             break false;
         }
         match rx.recv_timeout(std::time::Duration::from_millis(50)) {
-            Ok(DeviceCmd::Checkpoint { generation: x }) if x == generation => write_checkpoint(ctx, t, g, writers)?,
+            Ok(DeviceCmd::Checkpoint { generation: x }) if x == generation => write_snapshot(ctx, g, t.snapshot(generation), writers)?,
             Ok(DeviceCmd::Stop { generation: x, checkpoint }) if x == generation => {
                 if checkpoint {
-                    write_checkpoint(ctx, t, g, writers)?;
+                    write_snapshot(ctx, g, t.snapshot(generation), writers)?;
                 }
                 break false;
             }
@@ -403,37 +400,4 @@ fn final_boundary(
         let _ = w.join();
     }
     Ok(exit)
-}
-
-/// Scores the held-out set with every rank at the trainer's step; rank 0 sends the report.
-/// Collective. A rank that cannot load the held-out set makes every rank skip (they agree
-/// first), so nobody waits for it in the scoring collectives.
-fn validate(
-    ctx: &DeviceCtx,
-    t: &mut FsdpTrainer<TcpRing, DataPipeline>,
-    g: &GenerationStart,
-    held_out: &mut Option<Option<ValidationSet>>,
-    cfg: &tessera_model::FourMConfig,
-) -> Result<()> {
-    let step = t.state().step;
-    let set = held_out.get_or_insert_with(|| match ValidationSet::prepare(&ctx.job, cfg) {
-        Ok(set) => set,
-        Err(e) => {
-            tessera_protocol::say!("[{}] cannot load the held-out set; validation is off: {e}", ctx.worker);
-            None
-        }
-    });
-    let mut missing = [i64::from(set.is_none())];
-    t.agree(&mut missing)?;
-    let Some(set) = set.as_ref().filter(|_| missing[0] == 0) else {
-        if g.rank == 0 {
-            tessera_protocol::say!("[{}] validation of step {step} skipped: a rank has no held-out set", ctx.worker);
-        }
-        return Ok(());
-    };
-    let report = t.validation_report(set, g.plan.generation)?;
-    if g.rank == 0 {
-        ctx.send(WorkerEvent::Validated { worker: ctx.worker, report });
-    }
-    Ok(())
 }

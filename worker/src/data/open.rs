@@ -14,7 +14,7 @@ use tessera_tokenizers::text::TextTokenizer;
 use super::pipeline::{DataPipeline, PipelineDataset};
 use super::records::{RecordReader, SyntheticRecords};
 use super::shard_records::{ShardRecords, TextRecords};
-use crate::error::{Result, WorkerError};
+use crate::error::{DatasetProblem, Result, WorkerError};
 
 /// Which split of the job's datasets to open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,15 +56,15 @@ fn open_split(job: &ResolvedJob, model_modalities: &[Modality], split: Split) ->
         if split == Split::Val && !ds.has_held_out() {
             continue;
         }
-        let path =
-            match (split, ds.kind) {
-                (_, DatasetKind::Synthetic) => None,
-                (Split::Train, _) => Some(ds.path.clone().ok_or_else(|| WorkerError::Training {
-                    step: 0,
-                    reason: format!("{}: dataset '{}' has no path", job.origin, ds.name),
-                })?),
-                (Split::Val, _) => ds.val_path.clone(),
-            };
+        let path = match (split, ds.kind) {
+            (_, DatasetKind::Synthetic) => None,
+            (Split::Train, _) => Some(ds.path.clone().ok_or_else(|| WorkerError::Dataset {
+                origin: job.origin.clone(),
+                dataset: ds.name.clone(),
+                problem: DatasetProblem::NoPath,
+            })?),
+            (Split::Val, _) => ds.val_path.clone(),
+        };
         let stream = if split == Split::Val { seeds::Split::Val } else { seeds::Split::Train };
         let budgets = BudgetSampler::new(ds.mixture.clone(), ds.budget)?;
         let masker = SampleMasker::new(
@@ -84,9 +84,11 @@ fn open_split(job: &ResolvedJob, model_modalities: &[Modality], split: Split) ->
             (_, None) => unreachable!("non-synthetic datasets always have a path here"),
         };
         if reader.is_empty() {
-            return Err(WorkerError::Training {
-                step: 0,
-                reason: format!("{}: dataset '{}' has no {split:?} records", job.origin, ds.name),
+            let split = if split == Split::Val { "val" } else { "train" };
+            return Err(WorkerError::Dataset {
+                origin: job.origin.clone(),
+                dataset: ds.name.clone(),
+                problem: DatasetProblem::Empty { split },
             });
         }
         datasets.push(PipelineDataset { name: ds.name.clone(), reader, budgets, masker });

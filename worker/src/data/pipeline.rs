@@ -46,7 +46,7 @@ impl DataPipeline {
             .num_threads(threads.max(1))
             .thread_name(|i| format!("tessera-data-{i}"))
             .build()
-            .map_err(|e| WorkerError::Training { step: 0, reason: format!("cannot start the data thread pool: {e}") })?;
+            .map_err(|e| WorkerError::Thread { thread: "the data thread pool", detail: format!("cannot start: {e}") })?;
         Ok(Self { datasets, model_modalities, pool, skip_bad_samples, skipped: Arc::default() })
     }
 

@@ -30,8 +30,12 @@ pub fn device_comm<C: Collective>(coll: &mut C, job: &ResolvedJob, auth: JobAuth
     // rather than leaving the others waiting for a unique id.
     let here = tessera_ops::nccl::available();
     let mut missing = [i64::from(here.is_err())];
-    coll.all_reduce(&mut missing, ReduceOp::Max)
-        .map_err(|e| WorkerError::Training { step: 0, reason: format!("rank {}: agreeing on NCCL: {e}", coll.rank().0) })?;
+    coll.all_reduce(&mut missing, ReduceOp::Max).map_err(|source| WorkerError::Collective {
+        rank: coll.rank().0,
+        step: 0,
+        op: "agreeing on NCCL".into(),
+        source,
+    })?;
     if missing[0] != 0 {
         let why = here.err().map_or_else(|| "another rank cannot load NCCL".to_string(), |e| e.to_string());
         tracing::warn!("rank {}: flat vectors go through the host collective: {why}", coll.rank().0);
@@ -48,7 +52,7 @@ pub fn device_comm<C: Collective>(coll: &mut C, job: &ResolvedJob, auth: JobAuth
 /// waits for an id that never comes.
 pub fn nccl_over<C: Collective>(coll: &mut C, config: &NcclConfig) -> Result<NcclComm> {
     let (rank, world) = (coll.rank(), coll.world());
-    let fail = |reason: String| WorkerError::Training { step: 0, reason: format!("rank {}: NCCL: {reason}", rank.0) };
+    let fail = |detail: String| WorkerError::Nccl { rank: rank.0, detail };
     // Element 0: 1 when rank 0 has an id; then the id, one byte per element.
     let mut wire = [0i64; 1 + UNIQUE_ID_BYTES];
     let mut local_error = None;

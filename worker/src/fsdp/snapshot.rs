@@ -28,10 +28,26 @@ pub struct Snapshot {
     pub(super) tensors: Vec<(String, Tensor)>,
     /// The manifest to commit (rank 0 only; `files` is filled in by the committer).
     pub manifest: Option<tessera_protocol::checkpoint::Manifest>,
+    /// Seconds the copy to host memory took (the only stall of the training thread).
+    pub copy_s: f64,
     pub(super) taken: Instant,
 }
 
 impl Snapshot {
+    /// A snapshot of rank `rank` of `world` at step count `step`, to be written under `root`,
+    /// whose copy began at `started`.
+    pub(crate) fn new(
+        root: std::path::PathBuf,
+        (generation, step): (u64, u64),
+        (rank, world): (usize, usize),
+        tensors: Vec<(String, Tensor)>,
+        manifest: Option<tessera_protocol::checkpoint::Manifest>,
+        started: Instant,
+    ) -> Self {
+        let copy_s = started.elapsed().as_secs_f64();
+        Self { root, generation, step, rank, world, tensors, manifest, copy_s, taken: Instant::now() }
+    }
+
     fn fault_injection(&self, path: &std::path::Path) {
         let Ok(spec) = std::env::var(FAULT_ABORT_IN_SHARD_WRITE) else { return };
         let target = spec.split_once(':').and_then(|(s, r)| Some((s.parse::<u64>().ok()?, r.parse::<usize>().ok()?)));
@@ -52,5 +68,26 @@ impl Snapshot {
         tessera_model::io::write(&path, &self.tensors, &Default::default())?;
         let entry = tessera_protocol::checkpoint::file_entry(&path)?;
         Ok((entry, self.taken.elapsed().as_secs_f64()))
+    }
+
+    /// Writes and commits the snapshot of a world of one (a process training alone commits its
+    /// own checkpoints; ranks under a coordinator [`Self::write`] and the coordinator commits),
+    /// then keeps the newest `keep`. Returns the committed directory.
+    pub fn commit_alone(mut self, keep: usize) -> Result<std::path::PathBuf> {
+        use tessera_protocol::checkpoint as store;
+        let root = self.root.clone();
+        let manifest = self.manifest.take().ok_or_else(|| crate::error::WorkerError::Checkpoint {
+            path: root.clone(),
+            reason: format!("the snapshot of rank {} of {} has no manifest to commit", self.rank, self.world),
+        })?;
+        let tmp = store::temp_dir(&root, self.step, self.generation);
+        // What an earlier, interrupted write of the same step left there is not ours to keep.
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(crate::error::io_err("removing stale", &tmp))?;
+        }
+        let (file, _) = self.write()?;
+        let (dir, _) = store::commit(&root, &tmp, manifest, vec![file])?;
+        store::prune(&root, keep, store::NO_LIVE_GENERATION)?;
+        Ok(dir)
     }
 }

@@ -159,9 +159,10 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
                 None => flat_slice(u.params.iter().map(|p| &p.tensor), u.shard.clone(), me.device),
             };
             if master.numel() != u.shard.len() {
-                return Err(WorkerError::Training {
+                return Err(WorkerError::Layout {
+                    rank: me.coll.rank().0,
                     step: 0,
-                    reason: format!("unit {}: initial shard has {} elements, its range {:?}", u.name, master.numel(), u.shard),
+                    detail: format!("unit {}: initial shard has {} elements, its range {:?}", u.name, master.numel(), u.shard),
                 });
             }
             shards.push(ShardTensors { exp_avg: master.zeros_like(), exp_avg_sq: master.zeros_like(), master });
@@ -206,18 +207,12 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
     fn assemble(job: ResolvedJob, cfg: &FourMConfig, resident: Resident<S>, coll: C) -> Result<Self> {
         let (world, rank) = (coll.world(), coll.rank().0 as usize);
         if job.train.global_batch_size < world {
-            return Err(WorkerError::Training {
-                step: 0,
-                reason: format!("global batch {} is smaller than the world size {world}", job.train.global_batch_size),
-            });
+            return Err(WorkerError::BatchSmallerThanWorld { global: job.train.global_batch_size, world });
         }
         let Resident { device, model, mut units, grad_resets, source, dataset_lens } = resident;
         let wanted = job_device(&job.train)?;
         if device != wanted {
-            return Err(WorkerError::Training {
-                step: 0,
-                reason: format!("the kept model is on {device:?}, the job trains on {wanted:?}"),
-            });
+            return Err(WorkerError::Device { wanted: format!("{wanted:?}"), found: format!("the kept model is on {device:?}") });
         }
         for u in &mut units {
             u.shard = shard_range(u.numel, world, rank);
@@ -263,9 +258,9 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
     fn with_nccl(mut self, comm: NcclComm) -> Result<Self> {
         let same = comm.world() == self.coll.world() && comm.rank() == self.coll.rank();
         if !same || self.device != Device::Cuda(comm.device()) {
-            return Err(WorkerError::Training {
-                step: self.state.step,
-                reason: format!(
+            return Err(WorkerError::Nccl {
+                rank: self.coll.rank().0,
+                detail: format!(
                     "NCCL communicator (rank {} of {}, cuda:{}) does not match the trainer (rank {} of {}, {:?})",
                     comm.rank().0,
                     comm.world(),
@@ -297,15 +292,16 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
     }
 
     fn comm<T>(&self, r: tessera_ops::Result<T>) -> Result<T> {
-        r.map_err(|e| WorkerError::Training { step: self.state.step, reason: format!("rank {}: {e}", self.coll.rank().0) })
+        r.map_err(|source| WorkerError::Collective { rank: self.coll.rank().0, step: self.state.step, op: "collective".into(), source })
     }
 
     /// The units of the encoder blocks and of the decoder blocks, in model order.
     fn block_units(&self) -> Result<(Vec<usize>, Vec<usize>)> {
         let unit = |name: String| {
-            self.units.iter().position(|u| u.name == name).ok_or_else(|| WorkerError::Training {
+            self.units.iter().position(|u| u.name == name).ok_or_else(|| WorkerError::Layout {
+                rank: self.coll.rank().0,
                 step: self.state.step,
-                reason: format!("block {name} has no trainable parameters to shard"),
+                detail: format!("block {name} has no trainable parameters to shard"),
             })
         };
         let (n_enc, n_dec) = (self.model.model.num_encoder_blocks(), self.model.model.num_decoder_blocks());
@@ -554,7 +550,7 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
         let loss = f64::from(partial[0]);
         let finite = loss.is_finite() && grad_norm.is_finite();
         if !finite && !self.job.train.skip_nonfinite {
-            return Err(WorkerError::Training { step, reason: format!("non-finite loss {loss} / gradient norm {grad_norm}") });
+            return Err(WorkerError::NonFinite { step, loss, grad_norm });
         }
         if finite {
             self.apply_update(&grad_shards, &used, lr, grad_norm)?;
@@ -583,15 +579,6 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
             optim_s,
             step_s: t0.elapsed().as_secs_f64(),
         })
-    }
-
-    /// True on every rank when any rank asks to stop (e.g. got SIGTERM): ranks must leave the
-    /// loop at the same step, or the others would wait in the next collective.
-    pub fn agree_to_stop(&mut self, mine: bool) -> Result<bool> {
-        let mut flag = [i64::from(mine)];
-        let r = self.coll.all_reduce(&mut flag, ReduceOp::Max);
-        self.comm(r)?;
-        Ok(flag[0] != 0)
     }
 
     /// Every trainable parameter, gathered, by name (for checks and export).
@@ -623,4 +610,30 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
 /// Runs `f` under bf16 autocast when `on` (CUDA; the job refuses bf16 elsewhere).
 fn amp<T>(on: bool, f: impl FnOnce() -> T) -> T {
     if on { tch::autocast(true, f) } else { f() }
+}
+
+impl<C: Collective + 'static, S: BatchSource> crate::driver::Engine for FsdpTrainer<C, S> {
+    fn step(&mut self) -> Result<StepReport> {
+        FsdpTrainer::step(self)
+    }
+
+    fn state(&self) -> &TrainState {
+        &self.state
+    }
+
+    fn rank(&self) -> u32 {
+        self.coll.rank().0
+    }
+
+    fn agree(&mut self, flags: &mut [i64]) -> Result<()> {
+        FsdpTrainer::agree(self, flags)
+    }
+
+    fn validation_report(&mut self, set: &crate::eval::ValidationSet, generation: u64) -> Result<tessera_protocol::ValidationReport> {
+        FsdpTrainer::validation_report(self, set, generation)
+    }
+
+    fn snapshot(&mut self, generation: u64) -> Result<crate::fsdp::snapshot::Snapshot> {
+        Ok(FsdpTrainer::snapshot(self, generation))
+    }
 }

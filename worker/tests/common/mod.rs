@@ -115,3 +115,29 @@ pub fn on_rings<T: Send + 'static>(world: usize, f: impl Fn(usize, TcpRing) -> T
         .collect();
     handles.into_iter().map(|h| h.join().expect("rank thread")).collect()
 }
+
+/// Checkpoints every rank's state at its current step under `root` the way a coordinated job
+/// does: each rank writes its snapshot, and once all have (an all-reduce is the barrier), rank
+/// 0 commits them with the store's one commit. Collective. Returns the committed directory.
+pub fn save_on_ring<S: tessera_worker::BatchSource>(t: &mut tessera_worker::fsdp::FsdpTrainer<TcpRing, S>, root: &Path) -> PathBuf {
+    use tessera_protocol::checkpoint as store;
+    let mut snap = t.snapshot(0);
+    let (step, rank, manifest) = (snap.step, snap.rank, snap.manifest.take());
+    snap.write().expect("writing this rank's shard");
+    let world = manifest.as_ref().map_or(0, |m| m.world);
+    t.agree(&mut [0]).expect("every rank wrote");
+    if rank == 0 {
+        let tmp = store::temp_dir(root, step, 0);
+        let files = (0..world).map(|r| store::file_entry(&tmp.join(store::shard_file(r, world))).unwrap()).collect();
+        store::commit(root, &tmp, manifest.expect("rank 0 carries the manifest"), files).expect("committing");
+    }
+    t.agree(&mut [0]).expect("rank 0 committed");
+    root.join(store::dir_name(step))
+}
+
+/// Restores each rank from the newest valid checkpoint under `root` (resharded to the ring's
+/// world); the step restored, if any.
+pub fn resume_on_ring<S: tessera_worker::BatchSource>(t: &mut tessera_worker::fsdp::FsdpTrainer<TcpRing, S>, root: &Path) -> Option<u64> {
+    let (found, _) = tessera_protocol::checkpoint::latest_valid(root).expect("listing checkpoints");
+    found.map(|(dir, _)| t.restore_from(&dir).expect("restoring"))
+}

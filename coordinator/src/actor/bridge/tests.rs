@@ -243,6 +243,7 @@ fn report(generation: u64, step: u64) -> StepReport {
         skipped_samples: 0,
         timings: StepTimings { total_s: 0.25, ..StepTimings::default() },
         rss_bytes: None,
+        counters: Default::default(),
     }
 }
 

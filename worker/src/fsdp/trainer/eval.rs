@@ -50,9 +50,10 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
             let batches: Vec<&MaskedBatch> = chunk.iter().map(|&b| &set.val[b]).collect();
             for (&b, scores) in chunk.iter().zip(self.forward_scores(&batches, &opts, baseline)?) {
                 for s in scores {
-                    let mi = self.outputs.iter().position(|m| *m == s.modality).ok_or_else(|| WorkerError::Training {
+                    let mi = self.outputs.iter().position(|m| *m == s.modality).ok_or_else(|| WorkerError::Layout {
+                        rank: self.coll.rank().0,
                         step: self.state.step,
-                        reason: format!("validation scored {}, which is not a target modality", s.modality.key()),
+                        detail: format!("validation scored {}, which is not a target modality", s.modality.key()),
                     })?;
                     let at = (b * k + mi) * SLOTS;
                     slots[at] = s.tokens as i64;

@@ -38,7 +38,7 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
             let tc = Instant::now();
             let full = self.coll.start_all_gather(local, piece_len(piece)).wait();
             self.comm_s += tc.elapsed().as_secs_f64();
-            let full = full.map_err(|e| unit_failed(self.state.step, "all-gather", &self.units[ui].name, e))?;
+            let full = full.map_err(|e| unit_failed(self.coll.rank().0, self.state.step, "all-gather", &self.units[ui].name, e))?;
             let mut at = 0;
             for range in piece {
                 self.units[ui].write_flat(range.clone(), &full[at..at + range.len()]);
@@ -64,7 +64,7 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
             let tc = Instant::now();
             let shard = self.coll.start_reduce_scatter(input, piece[rank].len()).wait();
             self.comm_s += tc.elapsed().as_secs_f64();
-            let shard = shard.map_err(|e| unit_failed(self.state.step, "reduce-scatter", &u.name, e))?;
+            let shard = shard.map_err(|e| unit_failed(self.coll.rank().0, self.state.step, "reduce-scatter", &u.name, e))?;
             acc[ui].add_host_at(piece[rank].start - u.shard.start, &shard);
         }
         self.free_grads(ui)
@@ -110,8 +110,8 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
     pub(super) fn finish_gather(&mut self, ui: usize, pending: Gather) -> Result<()> {
         let u = &self.units[ui];
         let tc = Instant::now();
-        let step = self.state.step;
-        let failed = |e| unit_failed(step, "all-gather", &u.name, e);
+        let (rank, step) = (self.coll.rank().0, self.state.step);
+        let failed = |e| unit_failed(rank, step, "all-gather", &u.name, e);
         match (pending, self.nccl.as_mut()) {
             (Gather::Later, Some(comm)) => {
                 let full = flat::nccl_all_gather(comm, &self.shards[ui].master, u.numel).map_err(failed)?;
@@ -214,7 +214,7 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
             }
         };
         self.comm_s += tc.elapsed().as_secs_f64();
-        r.map_err(|e| unit_failed(self.state.step, "reduce-scatter", &u.name, e))?;
+        r.map_err(|e| unit_failed(self.coll.rank().0, self.state.step, "reduce-scatter", &u.name, e))?;
         self.free_grads(ui)?;
         self.settle_reduces(acc, 2)
     }
@@ -224,7 +224,8 @@ impl<C: Collective + 'static, S: BatchSource> FsdpTrainer<C, S> {
         while self.reducing.len() > keep {
             let (ui, ticket) = self.reducing.pop_front().expect("longer than keep");
             let tc = Instant::now();
-            let shard = ticket.wait().map_err(|e| unit_failed(self.state.step, "reduce-scatter", &self.units[ui].name, e))?;
+            let shard =
+                ticket.wait().map_err(|e| unit_failed(self.coll.rank().0, self.state.step, "reduce-scatter", &self.units[ui].name, e))?;
             self.comm_s += tc.elapsed().as_secs_f64();
             acc[ui].add_host(&shard);
         }
@@ -245,7 +246,7 @@ pub(super) enum Gather {
     Later,
 }
 
-/// The error of collective `op` on unit `unit` failing at `step`.
-pub(super) fn unit_failed(step: u64, op: &str, unit: &str, e: tessera_ops::OpsError) -> WorkerError {
-    WorkerError::Training { step, reason: format!("{op} of {unit}: {e}") }
+/// The error of rank `rank`'s collective `op` on unit `unit` failing at `step`.
+pub(super) fn unit_failed(rank: u32, step: u64, op: &str, unit: &str, source: tessera_ops::OpsError) -> WorkerError {
+    WorkerError::Collective { rank, step, op: format!("{op} of {unit}"), source }
 }
