@@ -7,6 +7,7 @@
 
 mod decide;
 mod local;
+pub mod queue;
 mod state;
 mod straggler;
 
