@@ -209,8 +209,9 @@ fn unix_ms() -> u64 {
 /// One rank of three slowed on purpose (SIGSTOP/SIGCONT pulses): every rank's step takes as
 /// long, but its own time (data and compute, not waiting in collectives) is several times the
 /// others', so rule 8 flags it within `[stragglers] steps` of its slow steps, `tessera status`
-/// marks it, and with `drain = true` it leaves at a checkpointed boundary and a new process
-/// replaces it. No step is lost or trained twice: the losses are an uninterrupted process's.
+/// marks it, and with `drain = true` it leaves at a checkpointed boundary where a new process
+/// replaces it (one generation restart). No step is lost or trained twice: the losses are an
+/// uninterrupted process's.
 #[test]
 fn a_slowed_rank_is_flagged_as_a_straggler_drained_and_replaced() {
     const K: u64 = 5;
@@ -262,7 +263,9 @@ fn a_slowed_rank_is_flagged_as_a_straggler_drained_and_replaced() {
     assert!(removed["reason"].as_str().unwrap().starts_with("drained: straggler"), "{removed}");
     assert!(stderr.contains(&format!("replacing lost worker#{worker}: started process")), "{stderr}");
     let worlds = generation_worlds(d.path());
-    assert!(worlds.first() == Some(&3) && worlds.last() == Some(&3) && worlds.len() >= 2, "generations: {worlds:?}");
+    // Rule 9: the straggler leaves and its successor joins at the same boundary, so one
+    // generation restart, not two (drain, then admit).
+    assert_eq!(worlds, [3, 3], "generations");
     let steps: Vec<u64> = log_lines(d.path()).iter().map(|l| l["step"].as_u64().unwrap()).collect();
     assert_eq!(steps, (0..40).collect::<Vec<u64>>(), "a drain redoes no step");
     assert_matches(&final_losses(d.path()), &reference);

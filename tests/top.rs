@@ -1,9 +1,11 @@
 //! `tessera top` against a live job: inside `tmux` (a real terminal of 80×24) it shows the job
-//! and its ranks, and `c` asks for a checkpoint through the API, which the job commits; with
-//! stdout not a terminal it prints one plain table and exits.
+//! and its ranks, and `c` asks for a checkpoint through the API, which the job commits and whose
+//! event then appears in the events pane (polled from `GET /events`); with stdout not a
+//! terminal it prints one plain table and exits, from `--job-dir` or from `--coordinator URL`.
 
 mod common;
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -64,6 +66,19 @@ fn top_in_tmux_shows_the_job_and_c_commits_a_checkpoint() {
     assert!(table.starts_with("cli-train  running  gen 0  world 2  step "), "{table}");
     assert!(table.lines().any(|l| l.starts_with("RK WKR STEP")), "{table}");
     assert_eq!(table.lines().filter(|l| l.starts_with("0  ") || l.starts_with("1  ")).count(), 2, "{table}");
+    // The events pane, from `GET /events`: both workers joined, generation 0 started.
+    assert_eq!(table.lines().filter(|l| l.contains(" worker_joined worker=")).count(), 2, "{table}");
+    assert!(table.contains(" generation_started generation=0 "), "{table}");
+    // The same through a remote coordinator's URL (no log read from the directory; the token
+    // file is the job directory's).
+    let endpoint: serde_json::Value = serde_json::from_slice(&std::fs::read(d.path().join("out/coordinator.json")).unwrap()).unwrap();
+    let url = format!("http://{}", endpoint["api"].as_str().unwrap());
+    let token = Path::new(endpoint["secrets"].as_str().unwrap()).join("token").display().to_string();
+    let remote = tessera(&["top", "--coordinator", &url, "--token-file", &token]);
+    let remote_table = String::from_utf8_lossy(&remote.stdout);
+    assert!(remote.status.success(), "{}", String::from_utf8_lossy(&remote.stderr));
+    assert!(remote_table.starts_with("cli-train  running  gen 0  world 2  step "), "{remote_table}");
+    assert!(remote_table.contains(" generation_started generation=0 "), "{remote_table}");
 
     let tmux = Tmux { socket: format!("tessera-top-test-{}", std::process::id()) };
     let cmd = format!("exec '{}' top --job-dir '{out_dir}'", bin());
@@ -83,7 +98,9 @@ fn top_in_tmux_shows_the_job_and_c_commits_a_checkpoint() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let step = events(d.path()).iter().find(|e| e["type"] == "checkpoint_committed").unwrap()["step"].as_u64().unwrap();
-    tmux.wait_for("showing the new checkpoint", Duration::from_secs(30), |s| s.contains(&format!("ckpt {step} (")));
+    tmux.wait_for("showing the new checkpoint and its event", Duration::from_secs(30), |s| {
+        s.contains(&format!("ckpt {step} (")) && s.contains(&format!(" checkpoint_committed step={step} "))
+    });
 
     tmux.run(&["send-keys", "-t", "top", "q"]);
     let deadline = Instant::now() + Duration::from_secs(30);

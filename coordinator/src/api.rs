@@ -5,6 +5,7 @@
 //! |---|---|---|---|
 //! | `GET /metrics` | none (scraped) | | text exposition, `text/plain; version=0.0.4` |
 //! | `GET /status` | bearer | | [`JobStatus`] |
+//! | `GET /events?since=SEQ&limit=N` | bearer | | [`EventPage`](crate::events::EventPage): records from `since` (the previous answer's `next`), or the newest `limit` (default 50) |
 //! | `POST /scale` | bearer | `{"workers": N}` | [`ScaleAck`] |
 //! | `POST /checkpoint` | bearer | | [`CheckpointAck`] |
 //! | `POST /mixture` | bearer | `{"weights": {"ds": w, ...}, "at_step": S?}` | [`MixtureAck`] |
@@ -16,6 +17,7 @@
 //! this module testable without an actor.
 
 mod error;
+mod events_query;
 mod routes;
 mod table;
 mod types;
@@ -26,6 +28,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 pub use error::{ApiError, ErrorBody};
+pub use events_query::EventsQuery;
 pub use routes::{BACKEND_TIMEOUT, METRICS_CONTENT_TYPE, router};
 pub use types::{
     CheckpointAck, DrainAck, DrainRequest, JobPhase, JobStatus, MemberStatus, MixtureAck, MixtureRequest, ScaleAck, ScaleRequest,
@@ -33,6 +36,7 @@ pub use types::{
 };
 
 use crate::error::{CoordinatorError, Result};
+use crate::events::EventFeed;
 use crate::metrics::JobMetrics;
 
 /// The future a [`JobControl`] call returns (boxed so the trait stays object-safe).
@@ -60,22 +64,23 @@ pub trait JobControl: Send + Sync {
 ///
 /// `token` is the bearer token every route but `/metrics` requires; an empty token is refused,
 /// since it would make "no header" and "empty header" indistinguishable from a valid login.
+/// `events` is the job's event log's feed ([`crate::EventLog::feed`]), read by `GET /events`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     token: String,
     backend: Arc<dyn JobControl>,
     metrics: Arc<JobMetrics>,
+    events: EventFeed,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     if token.trim().is_empty() {
         return Err(CoordinatorError::Api { reason: "the bearer token is empty".into() });
     }
     let addr = listener.local_addr().map_or_else(|_| "api".to_string(), |a| a.to_string());
-    axum::serve(listener, router(token, backend, metrics)).with_graceful_shutdown(shutdown).await.map_err(|source| CoordinatorError::Net {
-        addr,
-        op: "serve",
-        source,
-    })
+    axum::serve(listener, router(token, backend, metrics, events))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|source| CoordinatorError::Net { addr, op: "serve", source })
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 
 use crate::api::{CheckpointAck, DrainAck, DrainRequest, ErrorBody, JobStatus, MixtureAck, MixtureRequest, ScaleAck, ScaleRequest};
 use crate::error::{CoordinatorError, Result};
+use crate::events::EventPage;
 
 /// Largest response accepted (a status with thousands of members is well below this).
 const MAX_RESPONSE: usize = 16 << 20;
@@ -47,6 +48,16 @@ impl ApiClient {
     /// `GET /status`.
     pub fn status(&self) -> Result<JobStatus> {
         self.call::<JobStatus, ()>("GET", "/status", None)
+    }
+
+    /// `GET /events`: the records from sequence number `since` on (pass the previous answer's
+    /// `next` to get only new ones), or with `since` = `None` the newest `limit`.
+    pub fn events(&self, since: Option<u64>, limit: usize) -> Result<EventPage> {
+        let path = match since {
+            Some(s) => format!("/events?since={s}&limit={limit}"),
+            None => format!("/events?limit={limit}"),
+        };
+        self.call::<EventPage, ()>("GET", &path, None)
     }
 
     /// `POST /scale`.

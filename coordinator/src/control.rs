@@ -13,5 +13,6 @@ mod straggler;
 
 pub use decide::{Action, NoReplacement, StopReason};
 pub use state::{
-    Control, Event, GenerationPlan, MAX_FAILED_STARTS, MAX_FINAL_CHECKPOINT_ATTEMPTS, Member, Policy, StragglerPolicy, WorkerId,
+    Control, Event, GenerationPlan, MAX_FAILED_STARTS, MAX_FINAL_CHECKPOINT_ATTEMPTS, Member, Policy, SUCCESSOR_WAIT_MS, StragglerPolicy,
+    WorkerId,
 };

@@ -18,6 +18,10 @@ use serde::{Deserialize, Serialize};
 use crate::error::{CoordinatorError, Result};
 use tessera_protocol::jsonl::JsonLines;
 
+mod feed;
+
+pub use feed::{DEFAULT_PAGE, EventFeed, EventPage, FEED_CAPACITY, MAX_PAGE, SeqEvent};
+
 /// Version of the `events.jsonl` line schema ([`LoggedEvent::v`]): `{"v", "ts_ms", "event":
 /// {"type": …, fields}}`, one [`JobEvent`] per line. A new event type or field is a new
 /// version; readers skip nothing silently (an unknown type is an error naming the line).
@@ -150,12 +154,32 @@ pub struct LoggedEvent {
 #[derive(Debug)]
 pub struct EventLog {
     lines: JsonLines,
+    /// Its newest records, shared with the API (`GET /events`).
+    feed: EventFeed,
 }
 
 impl EventLog {
-    /// Opens (or creates) the log at `path` for appending, cutting off a torn last line.
+    /// Opens (or creates) the log at `path` for appending, cutting off a torn last line; its
+    /// newest [`FEED_CAPACITY`] records are loaded into its [`EventFeed`].
     pub fn open(path: &Path) -> Result<Self> {
-        Ok(Self { lines: JsonLines::open(path)? })
+        let lines = JsonLines::open(path)?;
+        let feed = EventFeed::default();
+        let existing = JsonLines::complete_lines(path)?;
+        let first_kept = existing.len().saturating_sub(FEED_CAPACITY);
+        for (seq, line) in existing.iter().enumerate().skip(first_kept) {
+            // A corrupt line is reported by `read_all` to whoever audits the log; the feed only
+            // leaves a gap, so appending (what the job needs) still works.
+            match serde_json::from_slice::<LoggedEvent>(line) {
+                Ok(record) => feed.push_at(seq as u64, record),
+                Err(_) => feed.skip_to(seq as u64),
+            }
+        }
+        Ok(Self { lines, feed })
+    }
+
+    /// A handle on the log's newest records, updated by every [`EventLog::record`].
+    pub fn feed(&self) -> EventFeed {
+        self.feed.clone()
     }
 
     /// The log's path.
@@ -172,7 +196,11 @@ impl EventLog {
 
     /// Appends `event` stamped `ts_ms`; durable when this returns.
     pub fn record_at(&mut self, ts_ms: u64, event: &JobEvent) -> Result<()> {
-        Ok(self.lines.append(&LoggedEvent { v: EVENTS_SCHEMA, ts_ms, event: event.clone() }, true)?)
+        let record = LoggedEvent { v: EVENTS_SCHEMA, ts_ms, event: event.clone() };
+        self.lines.append(&record, true)?;
+        // Only what is durable in the log is shown: a poller never sees a record the log lacks.
+        self.feed.push(record);
+        Ok(())
     }
 
     /// Every complete record of the log at `path`, oldest first (a torn last line is skipped).

@@ -1,8 +1,9 @@
-//! Rule 8: straggler attribution by each rank's own step time, and the drain it may lead to.
+//! Rules 8 and 9: straggler attribution by each rank's own step time, the drain it may lead to,
+//! and the successor admitted at the same boundary.
 
 mod common;
 
-use tessera_coordinator::control::{Action, Control, Event, Policy, StopReason, StragglerPolicy};
+use tessera_coordinator::control::{Action, Control, Event, Policy, SUCCESSOR_WAIT_MS, StopReason, StragglerPolicy};
 
 use common::{join, started, w};
 
@@ -101,37 +102,91 @@ fn two_ranks_compare_with_each_other_and_stale_or_malformed_times_are_ignored() 
     assert_eq!(flags(&step(&mut c, &mut now, &[1_000, 5_000])), vec![(2, 1, false)]);
 }
 
+/// Flags worker 3 (rank 2) of a launched job with drain on; returns the flag's actions.
+fn flag_rank_2(c: &mut Control, now: &mut u64) -> Vec<Action> {
+    for _ in 0..3 {
+        step(c, now, &[100, 100, 900]);
+    }
+    step(c, now, &[100, 100, 900])
+}
+
+fn stops(acts: &[Action]) -> bool {
+    acts.iter().any(|a| matches!(a, Action::StopAtBoundary { .. }))
+}
+
 #[test]
-fn with_drain_on_a_launched_straggler_is_drained_at_a_checkpointed_boundary_and_replaced() {
+fn with_drain_on_a_launched_straggler_and_its_replacement_change_places_at_one_checkpointed_boundary() {
     let stragglers = StragglerPolicy { drain: true, ..POLICY.stragglers };
     let mut c = three(Policy { launches: true, initial_workers: 3, stragglers, ..POLICY });
     let mut now = 0;
-    for _ in 0..3 {
-        step(&mut c, &mut now, &[100, 100, 900]);
-    }
-    let acts = step(&mut c, &mut now, &[100, 100, 900]);
+    let acts = flag_rank_2(&mut c, &mut now);
     assert_eq!(flags(&acts), vec![(3, 2, true)]);
     assert!(acts.contains(&Action::Launch { count: 1, replacing: Some(w(3)) }), "{acts:?}");
-    assert!(
-        acts.contains(&Action::StopAtBoundary { generation: 0, checkpoint: true, reason: StopReason::Resize }),
-        "drained like a scale-down: at the next boundary, with a checkpoint: {acts:?}"
-    );
     assert!(c.members().any(|m| m.id == w(3) && m.draining));
-    // The boundary checkpoint commits, the generation stops; the straggler is removed and the
-    // survivors go on from the checkpoint.
-    assert!(c.handle(now, Event::CheckpointReady { generation: 0, step: 4 }).contains(&Action::Commit { generation: 0, step: 4 }));
-    c.handle(now, Event::CheckpointCommitted { step: 4 });
+    // Rule 9: while its successor starts, the straggler trains on (slowly) instead of leaving
+    // at once and the successor being admitted at a second restart.
+    assert!(!stops(&acts), "{acts:?}");
+    for _ in 0..5 {
+        assert!(!stops(&step(&mut c, &mut now, &[100, 100, 900])));
+    }
+    assert!(!stops(&c.handle(now, Event::Tick)));
+    // The successor joins: one stop with a checkpoint, at the next boundary.
+    let acts = c.handle(now, Event::Join { id: w(4), addr: "127.0.0.1:9004".into(), replacement: true });
+    assert!(acts.contains(&Action::StopAtBoundary { generation: 0, checkpoint: true, reason: StopReason::Resize }), "{acts:?}");
+    let step_now = c.next_step();
+    assert!(
+        c.handle(now, Event::CheckpointReady { generation: 0, step: step_now }).contains(&Action::Commit { generation: 0, step: step_now })
+    );
+    c.handle(now, Event::CheckpointCommitted { step: step_now });
     let acts = c.handle(now, Event::GenerationStopped { generation: 0 });
     assert!(acts.contains(&Action::Remove { id: w(3) }), "{acts:?}");
-    let plan = started(&acts).expect("the survivors go on");
-    assert_eq!((plan.ranks.clone(), plan.restore), (vec![w(1), w(2)], Some(4)));
-    // Its replacement joins and is taken in at the next checkpointed boundary.
+    let plan = started(&acts).expect("the survivors and the successor go on");
+    assert_eq!((plan.ranks.clone(), plan.restore), (vec![w(1), w(2), w(4)], Some(step_now)));
+    assert_eq!(c.stragglers().count(), 0, "a new generation starts unflagged");
+    // Nothing further to change: the new generation keeps running.
+    assert!(!stops(&step(&mut c, &mut now, &[100, 100, 100])));
+}
+
+#[test]
+fn a_successor_that_fails_to_start_or_is_too_slow_lets_the_drain_go_ahead_alone() {
+    let stragglers = StragglerPolicy { drain: true, ..POLICY.stragglers };
+    let policy = Policy { launches: true, initial_workers: 3, stragglers, ..POLICY };
+
+    // Its start failed: the straggler leaves at the next boundary.
+    let mut c = three(policy);
+    let mut now = 0;
+    assert!(!stops(&flag_rank_2(&mut c, &mut now)));
+    let acts = c.handle(now, Event::LaunchFailed { count: 1, replacement: true });
+    assert!(acts.contains(&Action::StopAtBoundary { generation: 0, checkpoint: true, reason: StopReason::Resize }), "{acts:?}");
+
+    // Its process died before joining: the same.
+    let mut c = three(policy);
+    let mut now = 0;
+    assert!(!stops(&flag_rank_2(&mut c, &mut now)));
+    let acts = c.handle(now, Event::ProcessExited { worker: None, replacement: true });
+    assert!(stops(&acts), "{acts:?}");
+
+    // It has not joined within the wait: the drain goes ahead, and the successor joining later
+    // is admitted at a later boundary (two restarts, as without rule 9).
+    let mut c = three(policy);
+    let mut now = 0;
+    assert!(!stops(&flag_rank_2(&mut c, &mut now)));
+    let flagged_at = now;
+    // The members stay alive meanwhile (heartbeats), so nobody is lost.
+    let beat = |c: &mut Control, at: u64| (1..=3).flat_map(|id| c.handle(at, Event::Heartbeat { id: w(id) })).collect::<Vec<_>>();
+    for at in (flagged_at + 5_000..flagged_at + SUCCESSOR_WAIT_MS).step_by(5_000).chain([flagged_at + SUCCESSOR_WAIT_MS - 1]) {
+        let acts = beat(&mut c, at);
+        assert!(!stops(&acts) && !acts.iter().any(|a| matches!(a, Action::Remove { .. })), "at {at}: {acts:?}");
+    }
+    now = flagged_at + SUCCESSOR_WAIT_MS;
+    let acts = beat(&mut c, now);
+    assert!(acts.contains(&Action::StopAtBoundary { generation: 0, checkpoint: true, reason: StopReason::Resize }), "{acts:?}");
+    let at = c.next_step();
+    c.handle(now, Event::CheckpointCommitted { step: at });
+    let plan = started(&c.handle(now, Event::GenerationStopped { generation: 0 })).expect("the survivors go on");
+    assert_eq!(plan.ranks, vec![w(1), w(2)]);
     let acts = c.handle(now, Event::Join { id: w(4), addr: "127.0.0.1:9004".into(), replacement: true });
     assert!(acts.contains(&Action::StopAtBoundary { generation: 1, checkpoint: true, reason: StopReason::Resize }), "{acts:?}");
-    c.handle(now, Event::CheckpointCommitted { step: 4 });
-    let plan = started(&c.handle(now, Event::GenerationStopped { generation: 1 })).expect("a generation with the replacement");
-    assert_eq!(plan.ranks, vec![w(1), w(2), w(4)]);
-    assert_eq!(c.stragglers().count(), 0, "a new generation starts unflagged");
 }
 
 #[test]

@@ -305,6 +305,7 @@ pub fn run_embedded(job: &ResolvedJob, o: &EmbeddedOptions) -> anyhow::Result<()
         let metrics = Arc::new(JobMetrics::new(&registry)?);
         metrics.set_flops_model(flops_model(job, o.peak_tflops, threads)?);
         let events = EventLog::open(&job.output_dir.join("events.jsonl"))?;
+        let event_feed = events.feed();
         let api_listener = tokio::net::TcpListener::bind(o.api).await.with_context(|| format!("binding the API at {}", o.api))?;
         let api_addr = api_listener.local_addr()?;
         let endpoint = JobEndpoint { node: node.addr, api: Some(api_addr), pid: std::process::id(), secrets: secrets.clone() };
@@ -341,7 +342,7 @@ pub fn run_embedded(job: &ResolvedJob, o: &EmbeddedOptions) -> anyhow::Result<()
         *coordinator_ref.lock().expect("coordinator ref") = Some(actor.clone());
         let bridge = Arc::new(ActorBridge::new(actor.clone()));
         let (api_stop_tx, api_stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let api = tokio::spawn(tessera_coordinator::api::serve(api_listener, token.clone(), bridge.clone(), metrics, async move {
+        let api = tokio::spawn(tessera_coordinator::api::serve(api_listener, token.clone(), bridge.clone(), metrics, event_feed, async move {
             let _ = api_stop_rx.await;
         }));
         // SIGTERM / SIGINT (also one that came before this point): checkpoint at the next

@@ -20,6 +20,9 @@ use view::{Gauges, Snapshot, Ui};
 /// Points kept per loss series (more than an 80-column sparkline shows).
 const HISTORY: usize = 200;
 
+/// Event lines kept for the events pane (more than an 80×24 screen shows).
+const EVENT_LINES: usize = 24;
+
 /// `tessera top`.
 #[derive(Debug, Args)]
 pub struct TopArgs {
@@ -45,9 +48,13 @@ struct Source {
     polled: BTreeMap<String, Vec<f64>>,
     polled_step: Option<f64>,
     validation: BTreeMap<String, Vec<(u64, f64)>>,
-    /// (when, step) samples for the ETA; checkpoint seen (step, since) without an event log.
+    /// (when, step) samples for the ETA.
     rate: Vec<(Instant, u64)>,
-    seen_checkpoint: Option<(u64, Instant)>,
+    /// The cursor of `GET /events` (`None` before the first answer), the newest event lines,
+    /// and the newest committed checkpoint seen in them (step, UNIX ms).
+    events_next: Option<u64>,
+    events: std::collections::VecDeque<String>,
+    committed: Option<(u64, u64)>,
 }
 
 /// The last `max` bytes of `path` as complete lines (the first, maybe cut, dropped).
@@ -115,8 +122,31 @@ impl Source {
             polled_step: None,
             validation: BTreeMap::new(),
             rate: Vec::new(),
-            seen_checkpoint: None,
+            events_next: None,
+            events: std::collections::VecDeque::new(),
+            committed: None,
         })
+    }
+
+    /// Polls `GET /events` from the cursor: the first call reads the newest page (enough to
+    /// find the last checkpoint's commit time), later ones only what was recorded since.
+    fn poll_events(&mut self) -> anyhow::Result<()> {
+        let limit = if self.events_next.is_none() { tessera_coordinator::events::MAX_PAGE } else { 200 };
+        let page = self.client.events(self.events_next, limit)?;
+        if page.missed > 0 {
+            self.events.push_back(format!("({} events not shown: see events.jsonl)", page.missed));
+        }
+        for e in &page.events {
+            if let tessera_coordinator::JobEvent::CheckpointCommitted { step, .. } = e.event {
+                self.committed = Some((step, e.ts_ms));
+            }
+            self.events.push_back(event_line(&serde_json::to_value(e)?));
+        }
+        while self.events.len() > EVENT_LINES {
+            self.events.pop_front();
+        }
+        self.events_next = Some(page.next);
+        Ok(())
     }
 
     fn snapshot(&mut self) -> anyhow::Result<Snapshot> {
@@ -151,8 +181,6 @@ impl Source {
             }
         }
         let mut train: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-        let mut events = Vec::new();
-        let checkpoint_age_s;
         match &self.dir {
             Some(dir) => {
                 for l in tail_lines(&dir.join("train_log.jsonl"), 64 << 10).iter().rev().take(HISTORY).rev() {
@@ -165,14 +193,6 @@ impl Source {
                         }
                     }
                 }
-                let logged = tail_lines(&dir.join("events.jsonl"), 32 << 10);
-                checkpoint_age_s = logged
-                    .iter()
-                    .rev()
-                    .find(|e| e["event"]["type"] == "checkpoint_committed" && e["event"]["step"].as_u64() == status.last_checkpoint)
-                    .and_then(|e| e["ts_ms"].as_u64())
-                    .map(|ts| now_ms().saturating_sub(ts) as f64 / 1000.0);
-                events = logged.iter().rev().take(24).rev().map(event_line).collect();
             }
             None => {
                 let step = gauge(&metrics, "tessera_step");
@@ -193,16 +213,21 @@ impl Source {
                     }
                 }
                 train = self.polled.clone();
-                if let Some(c) = status.last_checkpoint
-                    && self.seen_checkpoint.is_none_or(|(s, _)| s != c)
-                {
-                    self.seen_checkpoint = Some((c, now));
-                }
-                // Seen by this `top`, not committed: the age is at most this.
-                checkpoint_age_s = self.seen_checkpoint.map(|(_, t)| now.duration_since(t).as_secs_f64());
-                events.push("(events are read from --job-dir)".into());
             }
         }
+        // Events come from the API in both forms (a remote coordinator has no readable log); a
+        // coordinator that cannot answer them still shows the rest.
+        let mut events: Vec<String> = match self.poll_events() {
+            Ok(()) => self.events.iter().cloned().collect(),
+            Err(e) => vec![format!("(events: {e:#})")],
+        };
+        if events.is_empty() {
+            events.push("(no events yet)".into());
+        }
+        let checkpoint_age_s = self
+            .committed
+            .filter(|(step, _)| Some(*step) == status.last_checkpoint)
+            .map(|(_, ts)| now_ms().saturating_sub(ts) as f64 / 1000.0);
         Ok(Snapshot { status, gauges, train, validation: self.validation.clone(), checkpoint_age_s, eta_s, events })
     }
 }
@@ -295,5 +320,39 @@ fn interact(terminal: &mut ratatui::DefaultTerminal, source: &mut Source, every:
             // A coordinator that stopped answering: keep the last screen, say why.
             Err(e) => ui.message = format!("{e:#}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tessera_coordinator::JobEvent;
+    use tessera_coordinator::events::SeqEvent;
+
+    use super::event_line;
+
+    /// A record as `GET /events` answers it becomes one line that leads with what tells events
+    /// apart (worker, rank, step) and leaves out paths and byte counts.
+    #[test]
+    fn an_api_event_becomes_one_short_line() {
+        let e = SeqEvent {
+            seq: 7,
+            ts_ms: 3_600_000 + 61_000,
+            event: JobEvent::StragglerFlagged {
+                worker: 4,
+                rank: 1,
+                generation: 2,
+                step: 90,
+                own_s: 1.5,
+                others_median_s: 0.2,
+                drain: true,
+            },
+        };
+        assert_eq!(event_line(&serde_json::to_value(&e).unwrap()), "01:01:01 straggler_flagged step=90 worker=4 rank=1 generation=2");
+        let e = SeqEvent {
+            seq: 8,
+            ts_ms: 0,
+            event: JobEvent::CheckpointCommitted { step: 100, dir: "/long/path/step-100".into(), bytes: 1 << 30, duration_s: 0.5 },
+        };
+        assert_eq!(event_line(&serde_json::to_value(&e).unwrap()), "00:00:00 checkpoint_committed step=100 duration_s=0.5");
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Request, State};
+use axum::extract::{RawQuery, Request, State};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -15,7 +15,9 @@ use axum::routing::{get, post};
 
 use super::JobControl;
 use super::error::{ApiError, error_response};
+use super::events_query::EventsQuery;
 use super::types::{CheckpointAck, DrainAck, DrainRequest, JobStatus, MixtureAck, MixtureRequest, ScaleAck, ScaleRequest};
+use crate::events::EventFeed;
 use crate::metrics::JobMetrics;
 
 /// Content type of `GET /metrics` (Prometheus text exposition format 0.0.4).
@@ -29,13 +31,16 @@ struct AppState {
     token: Arc<str>,
     backend: Arc<dyn JobControl>,
     metrics: Arc<JobMetrics>,
+    events: EventFeed,
 }
 
-/// The API's routes (see [`crate::api`]) over `backend`, guarded by `token`.
-pub fn router(token: String, backend: Arc<dyn JobControl>, metrics: Arc<JobMetrics>) -> Router {
-    let state = AppState { token: token.into(), backend, metrics };
+/// The API's routes (see [`crate::api`]) over `backend`, guarded by `token`; `GET /events`
+/// answers from `events` (the job's event log) without asking the backend.
+pub fn router(token: String, backend: Arc<dyn JobControl>, metrics: Arc<JobMetrics>, events: EventFeed) -> Router {
+    let state = AppState { token: token.into(), backend, metrics, events };
     let protected = Router::new()
         .route("/status", get(status))
+        .route("/events", get(serve_events))
         .route("/scale", post(scale))
         .route("/checkpoint", post(checkpoint))
         .route("/mixture", post(mixture))
@@ -90,6 +95,13 @@ async fn serve_metrics(State(state): State<AppState>) -> Response {
 
 async fn status(State(state): State<AppState>) -> Response {
     answer::<JobStatus>("status", state.backend.status()).await
+}
+
+async fn serve_events(State(state): State<AppState>, RawQuery(query): RawQuery) -> Response {
+    match EventsQuery::parse(query.as_deref()) {
+        Ok(q) => Json(state.events.page(q.since, q.limit)).into_response(),
+        Err(e) => error_response(e),
+    }
 }
 
 async fn scale(State(state): State<AppState>, body: Bytes) -> Response {

@@ -18,6 +18,7 @@ use super::{
 };
 use crate::client::ApiClient;
 use crate::error::{CoordinatorError, Result};
+use crate::events::{EventLog, JobEvent};
 use crate::metrics::JobMetrics;
 use tessera_protocol::report::{StepReport, StepTimings};
 
@@ -143,6 +144,9 @@ struct Server {
     job: Arc<RecordingJob>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<()>>>,
+    /// The job's event log (in a temp dir), whose feed `GET /events` reads.
+    log: EventLog,
+    _dir: tempfile::TempDir,
 }
 
 impl Server {
@@ -174,11 +178,13 @@ impl Server {
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let backend: Arc<dyn JobControl> = job.clone();
-        let task = rt.spawn(serve(listener, TOKEN.into(), backend, metrics, async move {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::open(&dir.path().join("events.jsonl")).unwrap();
+        let task = rt.spawn(serve(listener, TOKEN.into(), backend, metrics, log.feed(), async move {
             // A dropped sender also stops the server.
             let _ = stopped.await;
         }));
-        Server { rt, addr, job, stop: Some(stop), task: Some(task) }
+        Server { rt, addr, job, stop: Some(stop), task: Some(task), log, _dir: dir }
     }
 
     fn client(&self) -> ApiClient {
@@ -320,6 +326,7 @@ fn api_refuses_missing_or_wrong_token() {
     assert_eq!(http_error(wrong.status()).0, 401);
     assert_eq!(http_error(wrong.scale(2)).0, 401);
     assert_eq!(http_error(wrong.checkpoint()).0, 401);
+    assert_eq!(http_error(wrong.events(None, 10)).0, 401);
     let prefix = ApiClient::new(server.addr, "t0ken").with_timeout(WAIT);
     assert_eq!(http_error(prefix.status()).0, 401);
     let (status, message) = http_error(ApiClient::new(server.addr, "").with_timeout(WAIT).status());
@@ -329,6 +336,8 @@ fn api_refuses_missing_or_wrong_token() {
     let (status, head, _) = raw(server.addr, "GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     assert_eq!(status, 401);
     assert!(head.contains("www-authenticate: bearer"), "{head}");
+    let (status, _, body) = raw(server.addr, "GET /events?since=0 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!(status, 401, "{body}");
     let (status, ..) =
         raw(server.addr, &format!("GET /status HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {TOKEN}\r\nConnection: close\r\n\r\n"));
     assert_eq!(status, 401);
@@ -360,12 +369,50 @@ fn api_refuses_an_empty_token_and_client_names_the_address() {
     let addr = listener.local_addr().unwrap();
     let job: Arc<dyn JobControl> = Arc::new(RecordingJob { status: sample_status(), calls: Mutex::new(Vec::new()) });
     let metrics = Arc::new(JobMetrics::new(&Registry::new()).unwrap());
-    let served =
-        rt.block_on(async { tokio::time::timeout(WAIT, serve(listener, " ".into(), job, metrics, std::future::pending())).await }).unwrap();
+    let served = rt
+        .block_on(async {
+            tokio::time::timeout(WAIT, serve(listener, " ".into(), job, metrics, Default::default(), std::future::pending())).await
+        })
+        .unwrap();
     assert!(matches!(served, Err(CoordinatorError::Api { .. })), "{served:?}");
 
     // The listener is gone: the client's error names where it tried to connect.
     let err = ApiClient::new(addr, TOKEN).with_timeout(WAIT).status().unwrap_err();
     assert!(matches!(err, CoordinatorError::Net { op: "connect", .. }), "{err:?}");
     assert!(err.to_string().contains(&addr.to_string()), "{err}");
+}
+
+/// `GET /events` answers the event log's records with their sequence numbers; a poller that
+/// passes the previous answer's `next` gets only what was recorded since; bad parameters are
+/// named. Nothing of it goes through the job backend.
+#[test]
+fn api_events_answer_the_log_from_a_cursor() {
+    let mut server = Server::start();
+    let client = server.client();
+    let empty = client.events(None, 10).unwrap();
+    assert_eq!((empty.events.len(), empty.next, empty.missed), (0, 0, 0));
+    server.log.record_at(1_000, &JobEvent::WorkerJoined { worker: 4, addr: "127.0.0.1:41001".into() }).unwrap();
+    server.log.record_at(1_001, &JobEvent::ScaleRequested { workers: 3 }).unwrap();
+    let first = client.events(Some(empty.next), 10).unwrap();
+    assert_eq!(first.events.iter().map(|e| (e.seq, e.ts_ms)).collect::<Vec<_>>(), [(0, 1_000), (1, 1_001)]);
+    assert_eq!(first.events[1].event, JobEvent::ScaleRequested { workers: 3 });
+    assert_eq!(first.next, 2);
+    // Polled again with its cursor: nothing new, then only the new record.
+    assert!(client.events(Some(first.next), 10).unwrap().events.is_empty());
+    let flagged =
+        JobEvent::StragglerFlagged { worker: 4, rank: 1, generation: 3, step: 1190, own_s: 2.0, others_median_s: 0.25, drain: true };
+    server.log.record_at(1_002, &flagged).unwrap();
+    let second = client.events(Some(first.next), 10).unwrap();
+    assert_eq!(second.events.iter().map(|e| e.seq).collect::<Vec<_>>(), [2]);
+    assert_eq!((second.events[0].event.clone(), second.next, second.missed), (flagged, 3, 0));
+    // Without a cursor: the newest `limit`.
+    assert_eq!(client.events(None, 1).unwrap().events.iter().map(|e| e.seq).collect::<Vec<_>>(), [2]);
+    let (status, message) = http_error(client.events(None, 5000));
+    assert_eq!(status, 400);
+    assert!(message.contains("limit"), "{message}");
+    let (status, _, body) =
+        raw(server.addr, &format!("GET /events?after=1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"));
+    assert_eq!((status, body.contains(r#""field":"after""#)), (400, true), "{body}");
+    assert!(server.calls().is_empty(), "{:?}", server.calls());
+    server.stop();
 }

@@ -27,8 +27,13 @@
 //!    as a restarted job would, instead of retrying the bad one until the job fails;
 //! 8. (see `straggler`) a rank whose own step time exceeds the configured factor × the median of
 //!    the other ranks' for the configured number of steps in a row is flagged once per
-//!    generation; with `drain` on it is drained at the next checkpointed boundary (rule 2) and,
-//!    in embedded mode, replaced by a new local process.
+//!    generation; with `drain` on it is drained at a checkpointed boundary (rule 2) and, in
+//!    embedded mode, replaced by a new local process;
+//! 9. a straggler drained with a successor starting (rule 8) stays a rank until the successor
+//!    has joined, so the drain and the admission happen at one boundary: one generation restart
+//!    (checkpoint, rendezvous, restore) instead of two. If the successor fails to start, dies
+//!    before joining, or has not joined within [`SUCCESSOR_WAIT_MS`](super::SUCCESSOR_WAIT_MS), the drain goes ahead
+//!    alone, and a successor that joins later is admitted at a later boundary (rule 2).
 
 use serde::{Deserialize, Serialize};
 
@@ -156,7 +161,7 @@ impl Control {
         self.apply(now_ms, event, &mut actions);
         self.reap_dead(now_ms, &mut actions);
         if self.running.is_some() {
-            self.while_running(&mut actions);
+            self.while_running(now_ms, &mut actions);
         } else if !self.stopping {
             self.when_idle(now_ms, &mut actions);
             self.fail_if_stranded(&mut actions);
@@ -232,7 +237,7 @@ impl Control {
                     self.launching = self.launching.saturating_sub(count);
                 }
             }
-            Event::RankTimes { generation, step, own_us } => self.rank_times(generation, step, &own_us, actions),
+            Event::RankTimes { generation, step, own_us } => self.rank_times(now_ms, generation, step, &own_us, actions),
             Event::StepDone { generation, step } => {
                 if let Some(g) = &self.running
                     && g.generation == generation
@@ -330,7 +335,7 @@ impl Control {
         }
     }
 
-    fn while_running(&mut self, actions: &mut Vec<Action>) {
+    fn while_running(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
         if self.stopping {
             return;
         }
@@ -382,7 +387,10 @@ impl Control {
             }
         }
         let waiting = self.members.values().filter(|m| !m.draining && !g.ranks.contains(&m.id)).count();
-        let draining = g.ranks.iter().any(|id| self.members.get(id).is_some_and(|m| m.draining));
+        // Rule 9: a drain waits for the successor that is starting for it (a failed or dead
+        // start lowers `launching`), unless someone else is already waiting to be admitted.
+        let successor_coming = waiting == 0 && self.launching > 0 && self.successor_due_ms.is_some_and(|due| now_ms < due);
+        let draining = !successor_coming && g.ranks.iter().any(|id| self.members.get(id).is_some_and(|m| m.draining));
         let grow = waiting > 0 && g.ranks.len() < self.target.min(self.policy.max_workers);
         let shrink = g.ranks.len() > self.target;
         if grow || shrink || draining || self.reconfigure {
@@ -457,6 +465,7 @@ impl Control {
         // Rule 8 compares the ranks of one generation: a new world starts from scratch.
         self.slow_steps.clear();
         self.stragglers.clear();
+        self.successor_due_ms = None;
         self.ready_since = None;
         self.next_step = plan.start_step;
         self.running = Some(plan.clone());

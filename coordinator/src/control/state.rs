@@ -252,11 +252,20 @@ pub struct Control {
     /// Workers flagged as stragglers in the running generation.
     #[serde(default)]
     pub(super) stragglers: BTreeSet<WorkerId>,
+    /// A drained straggler's successor is starting: its generation runs on until the successor
+    /// joins or until this time (ms), so both changes take one generation restart (rule 9).
+    #[serde(default)]
+    pub(super) successor_due_ms: Option<u64>,
 }
 
 /// After this many generations in a row fail with all ranks alive without getting past the
 /// point of the failure before them, the job fails instead of restarting forever.
 pub const MAX_FAILED_STARTS: u32 = 3;
+
+/// How long (ms) a drained straggler's generation waits for its successor to join (rule 9).
+/// A worker process starts in seconds (the binary, libtorch, a handshake); a minute covers a
+/// loaded machine, and past it the straggler has cost more than a second restart would.
+pub const SUCCESSOR_WAIT_MS: u64 = 60_000;
 
 /// Attempts at the job's final checkpoint before the job fails with the write error (a full
 /// disk does not empty itself; the last good checkpoint stays intact).
@@ -295,6 +304,7 @@ impl Control {
             periodic_asked: None,
             slow_steps: Vec::new(),
             stragglers: BTreeSet::new(),
+            successor_due_ms: None,
         }
     }
 

@@ -4,9 +4,10 @@
 //! the step less the time blocked in collectives
 //! ([`StepTimings::own_s`](tessera_protocol::StepTimings::own_s)). A rank whose own time
 //! exceeds `factor` × the median of the other ranks' own times for `steps` steps in a row is
-//! flagged, once per generation. With `drain` on it is drained at the next checkpointed boundary
-//! (as a scale-down is, so no step is lost) and, in embedded mode, a new local process replaces
-//! it; without a launcher it is drained only if the job keeps `min_workers` without it.
+//! flagged, once per generation. With `drain` on it is drained at a checkpointed boundary (as a
+//! scale-down is, so no step is lost) and, in embedded mode, a new local process replaces it at
+//! the same boundary (rule 9); without a launcher it is drained only if the job keeps
+//! `min_workers` without it.
 
 use super::decide::Action;
 use super::state::Control;
@@ -20,7 +21,7 @@ fn median(v: &mut [u64]) -> f64 {
 
 impl Control {
     /// Rule 8: takes the own step times (µs, by rank) of one step of `generation`.
-    pub(super) fn rank_times(&mut self, generation: u64, step: u64, own_us: &[u64], actions: &mut Vec<Action>) {
+    pub(super) fn rank_times(&mut self, now_ms: u64, generation: u64, step: u64, own_us: &[u64], actions: &mut Vec<Action>) {
         let Some(g) = self.running.as_ref().filter(|g| g.generation == generation) else { return };
         // A single rank has nobody to be compared with; a report of another world is stale.
         if own_us.len() < 2 || own_us.len() != g.ranks.len() {
@@ -47,10 +48,11 @@ impl Control {
                     m.draining = true;
                 }
                 if self.policy.launches {
-                    // The straggler leaves at the boundary: its successor joins the generation
-                    // after (rule 3), or the one after that if it is slower to start.
+                    // Rule 9: the straggler stays until its successor joins, and both change at
+                    // one boundary.
                     self.launching += 1;
                     self.processes += 1;
+                    self.successor_due_ms = Some(now_ms + super::SUCCESSOR_WAIT_MS);
                     actions.push(Action::Launch { count: 1, replacing: Some(id) });
                 }
             }

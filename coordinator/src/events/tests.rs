@@ -98,3 +98,60 @@ fn event_log_reads_empty_file() {
     drop(EventLog::open(&path).unwrap());
     assert!(EventLog::read_all(&path).unwrap().is_empty());
 }
+
+/// The feed numbers records by their line in the log, across a reopen, and a cursor answers
+/// only what came after it.
+#[test]
+fn the_feed_pages_from_a_cursor_and_keeps_line_numbers_across_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.jsonl");
+    let mut log = EventLog::open(&path).unwrap();
+    let feed = log.feed();
+    assert_eq!(feed.page(None, 10), super::EventPage { events: vec![], next: 0, missed: 0 });
+    for step in 0..3 {
+        log.record_at(10 + step, &JobEvent::JobFinished { step }).unwrap();
+    }
+    let newest = feed.page(None, 2);
+    assert_eq!(newest.events.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!((newest.next, newest.missed, newest.events[0].ts_ms), (3, 0, 11));
+    assert!(feed.page(Some(3), 10).events.is_empty());
+    log.record_at(20, &JobEvent::ScaleRequested { workers: 2 }).unwrap();
+    let new = feed.page(Some(3), 10);
+    assert_eq!((new.events.len(), new.events[0].seq, new.next), (1, 3, 4));
+    assert_eq!(new.events[0].event, JobEvent::ScaleRequested { workers: 2 });
+    // A cursor past the end (another log's) is answered with this log's end.
+    assert_eq!(feed.page(Some(99), 10).next, 4);
+    drop(log);
+
+    // A corrupt line is a gap in the numbering, not a renumbering of what follows.
+    std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{not json}\n").unwrap();
+    let mut log = EventLog::open(&path).unwrap();
+    log.record_at(30, &JobEvent::JobFinished { step: 9 }).unwrap();
+    let all = log.feed().page(Some(0), 100);
+    assert_eq!(all.events.iter().map(|e| e.seq).collect::<Vec<_>>(), [0, 1, 2, 3, 5]);
+    assert_eq!(all.next, 6);
+}
+
+/// Beyond its capacity the feed drops the oldest records and says how many a late cursor
+/// missed; a page is at most `limit` long and the next one continues after it.
+#[test]
+fn the_feed_drops_the_oldest_beyond_its_capacity_and_counts_what_a_late_poller_missed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.jsonl");
+    let text: String = (0..super::FEED_CAPACITY as u64 + 5)
+        .map(|step| {
+            serde_json::to_string(&LoggedEvent { v: EVENTS_SCHEMA, ts_ms: step, event: JobEvent::JobFinished { step } }).unwrap() + "\n"
+        })
+        .collect();
+    std::fs::write(&path, text).unwrap();
+    let feed = EventLog::open(&path).unwrap().feed();
+    let late = feed.page(Some(2), 3);
+    assert_eq!(late.missed, 3);
+    assert_eq!(late.events.iter().map(|e| e.seq).collect::<Vec<_>>(), [5, 6, 7]);
+    // The rest, paged: at most MAX_PAGE at a time, each page continuing after the last.
+    let on = feed.page(Some(late.next), super::MAX_PAGE);
+    assert_eq!((on.events.len(), on.events[0].seq, on.next, on.missed), (super::MAX_PAGE, 8, 8 + super::MAX_PAGE as u64, 0));
+    let rest = feed.page(Some(on.next), super::MAX_PAGE);
+    let end = super::FEED_CAPACITY as u64 + 5;
+    assert_eq!((rest.events.len() as u64, rest.next, rest.missed), (end - on.next, end, 0));
+}

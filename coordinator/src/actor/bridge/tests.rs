@@ -21,7 +21,7 @@ use crate::api::{ApiError, JobControl, JobPhase, MixtureAck, ScaleAck, serve};
 use crate::client::ApiClient;
 use crate::control::{Policy, WorkerId};
 use crate::error::CoordinatorError;
-use crate::events::{EventLog, JobEvent};
+use crate::events::{EventFeed, EventLog, JobEvent};
 use crate::metrics::JobMetrics;
 use tessera_protocol::checkpoint;
 use tessera_protocol::ledger::MixtureSchedule;
@@ -39,6 +39,8 @@ struct Job {
     dir: tempfile::TempDir,
     actor: ActorRef<CoordinatorMsg>,
     metrics: Arc<JobMetrics>,
+    /// The event log's feed, as `tessera train` hands it to the API.
+    feed: EventFeed,
     done: Option<oneshot::Receiver<JobOutcome>>,
 }
 
@@ -52,6 +54,8 @@ impl Job {
         let dir = tempfile::tempdir().unwrap();
         let metrics = Arc::new(JobMetrics::new(&Registry::new()).unwrap());
         let (done_tx, done) = oneshot::channel();
+        let events = EventLog::open(&dir.path().join("events.jsonl")).unwrap();
+        let feed = events.feed();
         let args = CoordinatorArgs {
             name: "bridge-test".into(),
             spec: JobSpec::new(&resolved_job(dir.path())),
@@ -64,7 +68,7 @@ impl Job {
             schedule: MixtureSchedule::new(vec![1.0, 1.0]).unwrap(),
             dataset_names: vec!["cc12m".into(), "coco".into()],
             global_batch_size: 8,
-            events: EventLog::open(&dir.path().join("events.jsonl")).unwrap(),
+            events,
             metrics: metrics.clone(),
             committed,
             stop_at: policy.total_steps,
@@ -74,7 +78,7 @@ impl Job {
             console: crate::console::Console::plain("bridge-test", policy.total_steps),
         };
         let (actor, _) = rt.block_on(Actor::spawn(None, Coordinator, args)).unwrap();
-        Self { rt, dir, actor, metrics, done: Some(done) }
+        Self { rt, dir, actor, metrics, feed, done: Some(done) }
     }
 
     fn bridge(&self) -> ActorBridge {
@@ -155,7 +159,7 @@ fn the_bridge_and_the_http_api_steer_a_waiting_coordinator() {
     let addr: SocketAddr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     let backend: Arc<dyn JobControl> = Arc::new(bridge.clone());
-    let server = job.rt.spawn(serve(listener, TOKEN.into(), backend, job.metrics.clone(), async move {
+    let server = job.rt.spawn(serve(listener, TOKEN.into(), backend, job.metrics.clone(), job.feed.clone(), async move {
         let _ = stopped.await;
     }));
     let client = ApiClient::new(addr, TOKEN).with_timeout(WAIT);
@@ -168,6 +172,11 @@ fn the_bridge_and_the_http_api_steer_a_waiting_coordinator() {
     let (code, message) = http_status(client.set_mixture(weights(&[("laion", 1.0)]), None));
     assert!(code == 400 && message.contains("weights"), "{code} {message}");
     assert_eq!(client.scale(2).unwrap(), ScaleAck { target_workers: 2 });
+    // What the actor recorded is what `GET /events` answers, without asking the actor.
+    let page = client.events(None, 10).unwrap();
+    let recorded: Vec<&JobEvent> = page.events.iter().map(|e| &e.event).collect();
+    assert!(matches!(recorded[..], [JobEvent::CoordinatorStarted { .. }, JobEvent::MixtureChanged { version: 1, .. }, ..]), "{recorded:?}");
+    assert_eq!(page.next, page.events.len() as u64);
     let metrics = client.metrics().unwrap();
     assert!(metrics.lines().any(|l| l == "tessera_workers_registered 0"), "{metrics}");
     let _ = stop.send(());
