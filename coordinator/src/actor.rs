@@ -38,6 +38,7 @@ pub use mixture::{MixtureChange, Mixtures, MovedChange};
 
 use crate::api::ApiError;
 use crate::control::{Control, Event, WorkerId};
+use crate::error::CoordinatorError;
 use crate::events::JobEvent;
 use tessera_protocol::messages::{COORDINATOR_GROUP, Command, CoordinatorMsg, WORKERS_GROUP, Wire, WorkerEvent, WorkerMsg};
 
@@ -67,15 +68,10 @@ pub struct CoordinatorState {
     book: GenerationBook,
     train_log: Option<tessera_protocol::jsonl::JsonLines>,
     last_loss: Option<f64>,
-    /// Pids of the local processes started to replace lost workers (they join as
-    /// replacements, which the crash-loop guard of rule 5 looks at).
-    replacement_pids: std::collections::BTreeSet<u32>,
     /// Checkpoints whose shards are all written, waiting for the state machine's decision.
     ready: BTreeMap<(u64, u64), PendingCheckpoint>,
     /// Why the last `Launch` failed (a scale request answers with it).
     launch_error: Option<String>,
-    /// The (generation, restored step) whose checkpoint was last verified after a failure.
-    verified_restore: Option<(u64, u64)>,
     generation_started: Option<Instant>,
     ticker: Option<tokio::task::JoinHandle<()>>,
     outcome: Option<JobOutcome>,
@@ -153,17 +149,18 @@ impl Actor for Coordinator {
         std::fs::create_dir_all(&args.output_dir)?;
         let log_path = args.output_dir.join("train_log.jsonl");
         let train_log = tessera_protocol::jsonl::JsonLines::open(&log_path)?;
-        let mut policy = args.policy;
-        policy.total_steps = args.stop_at;
-        // The processes this coordinator starts are what the first generation waits for.
-        policy.launches = args.launcher.is_some();
-        policy.initial_workers = if policy.launches { args.initial_workers } else { 0 };
+        // The policy is the one home of what this coordinator launches: a launcher without
+        // `launches` (or the reverse) would leave rules 3, 5 and 6 counting processes wrongly.
+        let policy = args.policy;
+        if policy.launches != args.launcher.is_some() {
+            return Err(CoordinatorError::LauncherMismatch { launches: policy.launches }.into());
+        }
         let control = Control::with_committed(policy, args.committed.clone());
         let mixtures = Mixtures::new(args.schedule.clone(), args.dataset_names.clone(), args.global_batch_size)?;
         if let Some(l) = args.launcher.as_mut()
-            && args.initial_workers > 0
+            && policy.initial_workers > 0
         {
-            l.spawn(args.initial_workers).map_err(|e| format!("starting {} workers: {e}", args.initial_workers))?;
+            l.spawn(policy.initial_workers).map_err(|e| format!("starting {} workers: {e}", policy.initial_workers))?;
         }
         let me = myself.clone();
         let ticker = tokio::spawn(async move {
@@ -186,10 +183,8 @@ impl Actor for Coordinator {
             book: GenerationBook::default(),
             train_log: Some(train_log),
             last_loss: None,
-            replacement_pids: std::collections::BTreeSet::new(),
             ready: BTreeMap::new(),
             launch_error: None,
-            verified_restore: None,
             generation_started: None,
             ticker: Some(ticker),
             outcome: None,

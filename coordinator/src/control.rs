@@ -10,7 +10,7 @@ mod local;
 mod state;
 mod straggler;
 
-pub use decide::{Action, NoReplacement, StopReason};
+pub use decide::{Action, Ending, NoReplacement, StopReason};
 pub use state::{
     Control, Event, GenerationPlan, MAX_FAILED_STARTS, MAX_FINAL_CHECKPOINT_ATTEMPTS, Member, Policy, StragglerPolicy, WorkerId,
 };

@@ -4,7 +4,7 @@ mod common;
 
 use tessera_coordinator::control::{Action, Control, Event, Policy, StopReason, StragglerPolicy};
 
-use common::{join, started, w};
+use common::{join, join_replacement, started, w};
 
 const POLICY: Policy = Policy {
     min_workers: 2,
@@ -122,11 +122,11 @@ fn with_drain_on_a_launched_straggler_is_drained_at_a_checkpointed_boundary_and_
     assert!(c.handle(now, Event::CheckpointReady { generation: 0, step: 4 }).contains(&Action::Commit { generation: 0, step: 4 }));
     c.handle(now, Event::CheckpointCommitted { step: 4 });
     let acts = c.handle(now, Event::GenerationStopped { generation: 0 });
-    assert!(acts.contains(&Action::Remove { id: w(3) }), "{acts:?}");
+    assert!(acts.contains(&Action::Remove { id: w(3), lost: false }), "{acts:?}");
     let plan = started(&acts).expect("the survivors go on");
     assert_eq!((plan.ranks.clone(), plan.restore), (vec![w(1), w(2)], Some(4)));
     // Its replacement joins and is taken in at the next checkpointed boundary.
-    let acts = c.handle(now, Event::Join { id: w(4), addr: "127.0.0.1:9004".into(), replacement: true });
+    let acts = join_replacement(&mut c, now, 4);
     assert!(acts.contains(&Action::StopAtBoundary { generation: 1, checkpoint: true, reason: StopReason::Resize }), "{acts:?}");
     c.handle(now, Event::CheckpointCommitted { step: 4 });
     let plan = started(&c.handle(now, Event::GenerationStopped { generation: 1 })).expect("a generation with the replacement");

@@ -3,11 +3,11 @@
 
 use std::time::Instant;
 
-use crate::control::{Action, NoReplacement, StopReason};
+use crate::control::{Action, Ending, NoReplacement};
 use crate::events::JobEvent;
 use tessera_protocol::messages::{Command, ExitReason};
 
-use super::{CoordinatorState, JobOutcome, Removal};
+use super::{CoordinatorState, JobOutcome};
 
 impl CoordinatorState {
     /// Carries out one action of the state machine.
@@ -33,21 +33,19 @@ impl CoordinatorState {
             }
             Action::Abort { generation, reason } => {
                 self.log(&format!("generation {generation}: abort ({reason:?})"));
-                self.book.checkpoints.clear();
-                self.ready.clear();
+                // What this generation still hands over is refused by rule 4, not here.
                 self.checkpoint_asked = None;
                 let why = format!("{reason:?}");
                 self.ending = Some(format!("aborted: {why}"));
                 for id in self.book.ranks.clone() {
                     self.send(id, Command::Abort { generation, reason: why.clone() });
                 }
-                if matches!(reason, StopReason::MemberLost(_) | StopReason::RankFailed(_)) {
+                if reason.is_loss() {
                     self.args.metrics.inc_restarts();
                 }
                 self.check_stopped();
             }
-            Action::Remove { id } => {
-                let lost = self.removal.get(&id).is_none_or(|r| r.lost);
+            Action::Remove { id, lost } => {
                 self.send(id, Command::Exit { why: if lost { ExitReason::Lost } else { ExitReason::Released } });
                 if let Some(c) = self.workers.remove(&id) {
                     self.log(&format!("{id} (pid {}) removed", c.pid));
@@ -58,10 +56,7 @@ impl CoordinatorState {
                 }
                 // With no reason set before, the state machine found it silent for too long.
                 let timeout = self.control.policy().heartbeat_timeout_ms;
-                let Removal { reason, .. } = self
-                    .removal
-                    .remove(&id)
-                    .unwrap_or_else(|| Removal { reason: format!("no heartbeat for more than {timeout} ms"), lost: true });
+                let reason = self.removal.remove(&id).map_or_else(|| format!("no heartbeat for more than {timeout} ms"), |r| r.reason);
                 self.record(JobEvent::WorkerRemoved { worker: id.0, reason });
                 self.workers_changed();
                 self.check_stopped();
@@ -84,12 +79,11 @@ impl CoordinatorState {
                 };
                 self.log(&format!("not replacing lost {lost}: {text}"));
             }
-            Action::Finish => {
-                let step = self.control.next_step();
-                let outcome = if self.control.is_shutting_down() && !self.control.finished() {
-                    JobOutcome::Stopped { step, checkpointed: self.control.last_committed() == Some(step) }
-                } else {
-                    JobOutcome::Finished { step }
+            Action::VerifyRestore { step } => self.verify_restore(step),
+            Action::Finish { step, ending } => {
+                let outcome = match ending {
+                    Ending::Finished => JobOutcome::Finished { step },
+                    Ending::Stopped { checkpointed } => JobOutcome::Stopped { step, checkpointed },
                 };
                 self.args.console.finish();
                 self.log(&format!("job done: {outcome:?}"));

@@ -48,7 +48,9 @@ pub struct CoordinatorArgs {
     pub name: String,
     /// The job as workers receive it.
     pub spec: JobSpec,
-    /// Membership and checkpoint policy.
+    /// Membership and checkpoint policy: also the one home of the steps to train
+    /// (`total_steps`: the job's, or fewer with `--max-steps`) and of the worker processes
+    /// this coordinator starts (`launches` with a `launcher`, `initial_workers` at once).
     pub policy: Policy,
     /// Where checkpoints live.
     pub checkpoint_dir: PathBuf,
@@ -73,12 +75,9 @@ pub struct CoordinatorArgs {
     pub metrics: Arc<JobMetrics>,
     /// Committed checkpoints found at start (ascending).
     pub committed: Vec<u64>,
-    /// Train until this step count (the job's total, or fewer with `--max-steps`).
-    pub stop_at: u64,
-    /// Local worker processes to start and supervise (embedded mode).
+    /// Local worker processes to start and supervise (embedded mode; exactly when
+    /// `policy.launches`).
     pub launcher: Option<Box<dyn Launcher>>,
-    /// Worker processes to start at once (embedded mode).
-    pub initial_workers: usize,
     /// Receives the outcome when the job ends.
     pub done: Option<tokio::sync::oneshot::Sender<JobOutcome>>,
     /// Where progress and log lines go (a bar on a terminal).

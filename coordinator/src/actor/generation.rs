@@ -52,7 +52,7 @@ impl CoordinatorState {
                 peers: peers.clone(),
                 restore_dir: restore_dir.clone(),
                 schedule: schedule.clone(),
-                stop_at: Some(self.args.stop_at),
+                stop_at: Some(self.control.policy().total_steps),
             };
             self.send(*id, Command::Start(start));
         }

@@ -66,7 +66,6 @@ impl CoordinatorState {
                 if let Some(e) = &error {
                     self.log(&format!("{worker} left generation {generation} at step {step}: {e}"));
                     self.last_rank_error = Some(format!("{worker}: {e}"));
-                    self.check_restored_checkpoint();
                     self.drive(Event::GenerationFailed { generation, id: worker });
                 }
                 self.book.ended.insert(worker);
@@ -89,7 +88,7 @@ impl CoordinatorState {
 
     /// A local worker process `pid` exited (`how`: its status).
     pub(super) fn process_exited(&mut self, pid: u32, how: String) {
-        let replacement = self.replacement_pids.remove(&pid);
+        let replacement = self.control.is_pending_replacement(pid);
         let worker = self.workers.iter().find(|(_, c)| c.pid == pid).map(|(id, _)| *id);
         match worker {
             Some(id) => {
@@ -99,7 +98,7 @@ impl CoordinatorState {
             None if replacement => self.log(&format!("replacement process {pid} exited before joining: {how}")),
             None => {}
         }
-        self.drive(Event::ProcessExited { worker, replacement });
+        self.drive(Event::ProcessExited { worker, pid });
         if let Some(id) = worker {
             self.removal.remove(&id);
         }

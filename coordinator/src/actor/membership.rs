@@ -44,8 +44,7 @@ impl CoordinatorState {
                 heartbeat_ms: self.args.heartbeat_ms,
             },
         );
-        let replacement = self.replacement_pids.contains(&pid);
-        self.drive(Event::Join { id, addr: ring_addr.to_string(), replacement });
+        self.drive(Event::Join { id, addr: ring_addr.to_string(), pid });
     }
 
     /// Removes the workers whose actors left the workers' process group (their link broke).

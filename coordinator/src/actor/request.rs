@@ -56,7 +56,7 @@ impl CoordinatorState {
                 if self.outcome.is_some() || self.control.is_shutting_down() {
                     return Err(ApiError::Conflict { reason: "the job is ending; the mixture can no longer change".into() });
                 }
-                let change = self.mixtures.request(&weights, at_step, self.control.next_step(), self.args.stop_at)?;
+                let change = self.mixtures.request(&weights, at_step, self.control.next_step(), self.control.policy().total_steps)?;
                 self.log(&format!(
                     "mixture version {} from step {}: {:?}",
                     change.version,

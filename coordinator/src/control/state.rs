@@ -65,8 +65,8 @@ pub enum Event {
         id: WorkerId,
         /// Its address.
         addr: String,
-        /// It is a process the coordinator started to replace a lost worker.
-        replacement: bool,
+        /// Its process id: a process [`Event::Launched`] as a replacement joins as one (rule 5).
+        pid: u32,
     },
     /// A worker is alive.
     Heartbeat {
@@ -88,7 +88,14 @@ pub enum Event {
     ProcessExited {
         /// The member it was, if it had joined.
         worker: Option<WorkerId>,
-        /// It was started to replace a lost worker.
+        /// Its process id.
+        pid: u32,
+    },
+    /// Local worker processes started (after an [`Action::Launch`](super::Action)).
+    Launched {
+        /// Their process ids.
+        pids: Vec<u32>,
+        /// They replace lost workers (rule 5 looks at how such a process ends).
         replacement: bool,
     },
     /// How many local worker processes are alive (embedded mode; observed by the launcher,
@@ -252,6 +259,12 @@ pub struct Control {
     /// Workers flagged as stragglers in the running generation.
     #[serde(default)]
     pub(super) stragglers: BTreeSet<WorkerId>,
+    /// Processes launched as replacements that have not joined or exited yet (rule 5).
+    #[serde(default)]
+    pub(super) replacement_pids: BTreeSet<u32>,
+    /// The generation whose restored checkpoint was last sent for verification (rule 7).
+    #[serde(default)]
+    pub(super) verify_asked: Option<u64>,
 }
 
 /// After this many generations in a row fail with all ranks alive without getting past the
@@ -295,6 +308,8 @@ impl Control {
             periodic_asked: None,
             slow_steps: Vec::new(),
             stragglers: BTreeSet::new(),
+            replacement_pids: BTreeSet::new(),
+            verify_asked: None,
         }
     }
 
@@ -355,6 +370,11 @@ impl Control {
     /// Local worker processes started and not yet exited (embedded mode).
     pub fn processes(&self) -> usize {
         self.processes
+    }
+
+    /// True while process `pid` was launched as a replacement and has not joined or exited.
+    pub fn is_pending_replacement(&self, pid: u32) -> bool {
+        self.replacement_pids.contains(&pid)
     }
 
     /// True when every step of the job is done.
