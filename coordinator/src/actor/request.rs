@@ -1,10 +1,11 @@
 //! The actor's answers to API requests (status, scale, checkpoint, mixture, shutdown): each
 //! turns into an event for the state machine, or a refusal that says why.
 
-use crate::api::{ApiError, CheckpointAck, DrainAck, MixtureAck, ScaleAck};
+use crate::api::ApiError;
 use crate::control::{Event, WorkerId};
 use crate::events::JobEvent;
 use tessera_protocol::messages::{Reply, Request};
+use tessera_protocol::reply::{Answer, CheckpointAck, DrainAck, MixtureAck, ScaleAck, ShutdownAck};
 
 use super::{CoordinatorState, Removal};
 
@@ -12,7 +13,7 @@ impl CoordinatorState {
     /// Answers one API request.
     pub(super) fn request(&mut self, req: Request) -> Reply {
         match req {
-            Request::Status => to_reply(&self.job_status()),
+            Request::Status => Ok(Answer::Status(Box::new(self.job_status()))),
             Request::Scale { workers } => {
                 let p = *self.control.policy();
                 if workers < p.min_workers.max(1) || workers > p.max_workers {
@@ -39,7 +40,7 @@ impl CoordinatorState {
                     }
                     self.drive(Event::Tick);
                 }
-                to_reply(&ScaleAck { target_workers: workers })
+                Ok(Answer::Scale(ScaleAck { target_workers: workers }))
             }
             Request::Checkpoint => {
                 if self.control.running().is_none() {
@@ -50,7 +51,7 @@ impl CoordinatorState {
                 }
                 self.drive(Event::RequestCheckpoint);
                 // The boundary is where the ranks agree to stop, at or after the next step.
-                to_reply(&CheckpointAck { step: Some(self.control.next_step()) })
+                Ok(Answer::Checkpoint(CheckpointAck { step: Some(self.control.next_step()) }))
             }
             Request::Mixture { weights, at_step } => {
                 if self.outcome.is_some() || self.control.is_shutting_down() {
@@ -71,14 +72,14 @@ impl CoordinatorState {
                 // The ranks get the new schedule with the next generation: end this one at a
                 // checkpointed boundary (a no-op when none runs or it is already stopping).
                 self.drive(Event::Reconfigure);
-                to_reply(&MixtureAck { version: u64::from(change.version), effective_step: change.at_step })
+                Ok(Answer::Mixture(MixtureAck { version: u64::from(change.version), effective_step: change.at_step }))
             }
             Request::Drain { worker } => {
                 let Some(m) = self.control.members().find(|m| m.id == worker) else {
                     return Err(ApiError::bad("worker", format!("{worker} is not a member of the job")));
                 };
                 if m.draining {
-                    return to_reply(&DrainAck { worker: worker.0 });
+                    return Ok(Answer::Drain(DrainAck { worker: worker.0 }));
                 }
                 let staying = self.control.members().filter(|m| !m.draining && m.id != worker).count();
                 let min = self.control.policy().min_workers.max(1);
@@ -91,17 +92,12 @@ impl CoordinatorState {
                 self.removal.insert(worker, Removal { reason: "drained: asked through the API".into(), lost: false });
                 self.control.drain(worker);
                 self.drive(Event::Tick);
-                to_reply(&DrainAck { worker: worker.0 })
+                Ok(Answer::Drain(DrainAck { worker: worker.0 }))
             }
             Request::Shutdown => {
                 self.drive(Event::Shutdown);
-                Ok(serde_json::json!({"shutting_down": true}))
+                Ok(Answer::Shutdown(ShutdownAck { shutting_down: true }))
             }
         }
     }
-}
-
-/// A reply value as JSON (the API's types always serialise; a failure would be a bug).
-fn to_reply<T: serde::Serialize>(value: &T) -> Reply {
-    serde_json::to_value(value).map_err(|e| ApiError::Internal { reason: format!("encoding the reply: {e}") })
 }
