@@ -72,6 +72,8 @@ pub struct CoordinatorState {
     ready: BTreeMap<(u64, u64), PendingCheckpoint>,
     /// Why the last `Launch` failed (a scale request answers with it).
     launch_error: Option<String>,
+    /// Why the state machine refused the request being answered (rule 9).
+    refusal: Option<crate::control::Refusal>,
     generation_started: Option<Instant>,
     ticker: Option<tokio::task::JoinHandle<()>>,
     outcome: Option<JobOutcome>,
@@ -185,6 +187,7 @@ impl Actor for Coordinator {
             last_loss: None,
             ready: BTreeMap::new(),
             launch_error: None,
+            refusal: None,
             generation_started: None,
             ticker: Some(ticker),
             outcome: None,

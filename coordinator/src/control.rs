@@ -7,10 +7,12 @@
 
 mod decide;
 mod local;
+mod requests;
 mod state;
 mod straggler;
 
 pub use decide::{Action, Ending, NoReplacement, StopReason};
+pub use requests::{DrainCause, Refusal};
 pub use state::{
     Control, Event, GenerationPlan, MAX_FAILED_STARTS, MAX_FINAL_CHECKPOINT_ATTEMPTS, Member, Policy, StragglerPolicy, WorkerId,
 };

@@ -2,7 +2,7 @@
 
 mod common;
 
-use tessera_coordinator::control::{Action, Control, Ending, Event, GenerationPlan, Policy, StopReason, StragglerPolicy};
+use tessera_coordinator::control::{Action, Control, DrainCause, Ending, Event, GenerationPlan, Policy, StopReason, StragglerPolicy};
 
 use common::{join, started, w};
 
@@ -138,11 +138,17 @@ fn scaling_down_and_draining_keep_every_step() {
     train(&mut c, &mut now, 1);
     let acts = c.handle(now, Event::Scale { workers: 2 });
     assert!(acts.contains(&Action::StopAtBoundary { generation: 0, checkpoint: true, reason: StopReason::Resize }));
+    // Rule 9: the newest member beyond the target is drained.
+    assert!(acts.contains(&Action::Draining { id: w(3), cause: DrainCause::ScaledDown { workers: 2 } }), "{acts:?}");
     c.handle(now, Event::StepDone { generation: 0, step: 1 });
     c.handle(now, Event::CheckpointCommitted { step: 2 });
-    let plan = started(&c.handle(now, Event::GenerationStopped { generation: 0 })).unwrap();
+    let acts = c.handle(now, Event::GenerationStopped { generation: 0 });
+    assert!(acts.contains(&Action::Remove { id: w(3), lost: false }), "{acts:?}");
+    let plan = started(&acts).unwrap();
     assert_eq!((plan.ranks.clone(), plan.start_step), (vec![w(1), w(2)], 2));
-    // Draining rank 1: stop at the boundary, then rank 1 is removed and 2 + 3 continue.
+    // Draining rank 1 while a new worker 4 waits: stop at the boundary, then rank 1 is removed
+    // and 2 + 4 continue.
+    join(&mut c, now, 4);
     c.drain(w(1));
     let acts = c.handle(now, Event::Tick);
     assert!(acts.contains(&Action::StopAtBoundary { generation: 1, checkpoint: true, reason: StopReason::Resize }), "{acts:?}");
@@ -150,7 +156,7 @@ fn scaling_down_and_draining_keep_every_step() {
     c.handle(now, Event::CheckpointCommitted { step: 3 });
     let acts = c.handle(now, Event::GenerationStopped { generation: 1 });
     assert!(acts.contains(&Action::Remove { id: w(1), lost: false }));
-    assert_eq!(started(&acts).unwrap().ranks, vec![w(2), w(3)]);
+    assert_eq!(started(&acts).unwrap().ranks, vec![w(2), w(4)]);
 }
 
 #[test]

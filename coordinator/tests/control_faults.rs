@@ -199,10 +199,14 @@ fn replacements_respect_the_target_and_the_end_of_the_job() {
     // That process dies before joining: counted, nothing else.
     assert!(launches(&c.handle(now, Event::ProcessExited { worker: None, pid: 4242 })).is_empty());
     assert_eq!(c.processes(), 2);
-    // Scaled down to one: a lost worker leaves the job at its target.
+    // Scaled down to one: the drained surplus is not replaced, nor is a later joiner beyond
+    // the target.
     c.handle(now, Event::Scale { workers: 1 });
     let acts = c.handle(now, Event::Lost { id: w(2) });
-    assert!(acts.contains(&Action::NotReplaced { lost: w(2), why: NoReplacement::AtTarget { workers: 1, target: 1 } }), "{acts:?}");
+    assert!(acts.contains(&Action::NotReplaced { lost: w(2), why: NoReplacement::WasLeaving }), "{acts:?}");
+    join(&mut c, now, 7);
+    let acts = c.handle(now, Event::Lost { id: w(7) });
+    assert!(acts.contains(&Action::NotReplaced { lost: w(7), why: NoReplacement::AtTarget { workers: 1, target: 1 } }), "{acts:?}");
     c.handle(now, Event::GenerationStopped { generation: 0 });
     c.handle(now, Event::Shutdown);
     let acts = c.handle(now, Event::Lost { id: w(1) });

@@ -3,11 +3,11 @@
 
 use std::time::Instant;
 
-use crate::control::{Action, Ending, NoReplacement};
+use crate::control::{Action, DrainCause, Ending, NoReplacement};
 use crate::events::JobEvent;
 use tessera_protocol::messages::{Command, ExitReason};
 
-use super::{CoordinatorState, JobOutcome};
+use super::{CoordinatorState, JobOutcome, Removal};
 
 impl CoordinatorState {
     /// Carries out one action of the state machine.
@@ -80,6 +80,17 @@ impl CoordinatorState {
                 self.log(&format!("not replacing lost {lost}: {text}"));
             }
             Action::VerifyRestore { step } => self.verify_restore(step),
+            Action::Refused(why) => self.refusal = Some(why),
+            Action::Draining { id, cause } => {
+                let reason = match cause {
+                    DrainCause::ScaledDown { workers } => format!("drained: scaled to {workers} workers"),
+                    DrainCause::Asked => {
+                        self.log(&format!("{id}: drain asked through the API; it leaves at the next checkpointed boundary"));
+                        "drained: asked through the API".to_string()
+                    }
+                };
+                self.removal.insert(id, Removal { reason, lost: false });
+            }
             Action::Finish { step, ending } => {
                 let outcome = match ending {
                     Ending::Finished => JobOutcome::Finished { step },

@@ -33,10 +33,14 @@
 //! 8. (see `straggler`) a rank whose own step time exceeds the configured factor × the median of
 //!    the other ranks' for the configured number of steps in a row is flagged once per
 //!    generation; with `drain` on it is drained at the next checkpointed boundary (rule 2) and,
-//!    in embedded mode, replaced by a new local process.
+//!    in embedded mode, replaced by a new local process;
+//! 9. (see `requests`) a user's request (scale, drain, checkpoint) that the job cannot honour
+//!    is refused ([`Action::Refused`]); a scale-down drains the newest members beyond the new
+//!    target.
 
 use serde::{Deserialize, Serialize};
 
+use super::requests::{DrainCause, Refusal};
 use super::state::{Control, Event, GenerationPlan, MAX_FAILED_STARTS, MAX_FINAL_CHECKPOINT_ATTEMPTS, Member, WorkerId};
 
 /// Why a generation ends.
@@ -172,6 +176,15 @@ pub enum Action {
         median_us: u64,
         /// It is drained at the next checkpointed boundary.
         drain: bool,
+    },
+    /// A request is refused (rule 9); nothing changed.
+    Refused(Refusal),
+    /// A member is drained at the next checkpointed boundary by a request (rule 9).
+    Draining {
+        /// The member.
+        id: WorkerId,
+        /// Why.
+        cause: DrainCause,
     },
     /// The job is complete (or stopped on request).
     Finish {
@@ -361,11 +374,9 @@ impl Control {
                     self.next_step = self.last_committed().unwrap_or(0);
                 }
             }
-            Event::Scale { workers } => {
-                self.target = workers.clamp(self.policy.min_workers, self.policy.max_workers);
-                self.launch_for_target(actions);
-            }
-            Event::RequestCheckpoint => self.checkpoint_requested = true,
+            Event::Scale { workers } => self.scale(workers, actions),
+            Event::Drain { id } => self.drain_asked(id, actions),
+            Event::RequestCheckpoint => self.checkpoint_asked(actions),
             Event::Shutdown => self.shutdown = true,
             // Only a generation that is not already ending needs to be ended for it.
             Event::Reconfigure => self.reconfigure = self.running.is_some() && !self.stopping,

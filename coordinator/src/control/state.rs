@@ -168,12 +168,17 @@ pub enum Event {
         /// The generation.
         generation: u64,
     },
-    /// The user asked for this many workers.
+    /// The user asked for this many workers (rule 9).
     Scale {
         /// Desired worker count.
         workers: usize,
     },
-    /// The user (or SIGTERM) asked for a checkpoint.
+    /// The user asked to drain this worker at the next checkpointed boundary (rule 9).
+    Drain {
+        /// The worker.
+        id: WorkerId,
+    },
+    /// The user asked for a checkpoint at the next boundary (rule 9).
     RequestCheckpoint,
     /// Stop the job: checkpoint at the next boundary, then finish (it can be resumed later).
     Shutdown,
