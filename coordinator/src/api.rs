@@ -30,10 +30,9 @@ use std::sync::Arc;
 pub use error::{ApiError, ErrorBody};
 pub use events_query::EventsQuery;
 pub use routes::{BACKEND_TIMEOUT, METRICS_CONTENT_TYPE, router};
-pub use types::{
-    CheckpointAck, DrainAck, DrainRequest, JobPhase, JobStatus, MemberStatus, MixtureAck, MixtureRequest, ScaleAck, ScaleRequest,
-    ValidationStatus,
-};
+pub use table::StatusTable;
+pub use tessera_protocol::reply::{CheckpointAck, DrainAck, JobPhase, JobStatus, MemberStatus, MixtureAck, ScaleAck, ValidationStatus};
+pub use types::{DrainRequest, MixtureRequest, ScaleRequest};
 
 use crate::error::{CoordinatorError, Result};
 use crate::events::EventFeed;

@@ -8,10 +8,12 @@
 mod decide;
 mod local;
 pub mod queue;
+mod requests;
 mod state;
 mod straggler;
 
-pub use decide::{Action, NoReplacement, StopReason};
+pub use decide::{Action, Ending, NoReplacement, StopReason};
+pub use requests::{DrainCause, Refusal};
 pub use state::{
     Control, Event, GenerationPlan, MAX_FAILED_STARTS, MAX_FINAL_CHECKPOINT_ATTEMPTS, Member, Policy, SUCCESSOR_WAIT_MS, StragglerPolicy,
     WorkerId,

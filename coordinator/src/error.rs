@@ -32,6 +32,13 @@ pub enum CoordinatorError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The coordinator's policy and its launcher disagree: `launches` without a launcher to
+    /// start processes, or a launcher the policy does not count.
+    #[error("the policy says launches = {launches}, but the coordinator was {} a launcher", if *launches { "given no" } else { "given" })]
+    LauncherMismatch {
+        /// What the policy says.
+        launches: bool,
+    },
     /// The API cannot be started as configured.
     #[error("api: {reason}")]
     Api {

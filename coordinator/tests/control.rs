@@ -2,7 +2,7 @@
 
 mod common;
 
-use tessera_coordinator::control::{Action, Control, Event, GenerationPlan, Policy, StopReason, StragglerPolicy};
+use tessera_coordinator::control::{Action, Control, DrainCause, Ending, Event, GenerationPlan, Policy, StopReason, StragglerPolicy};
 
 use common::{join, started, w};
 
@@ -70,7 +70,7 @@ fn periodic_checkpoints_and_the_end_of_the_job() {
             || acts.iter().any(|a| matches!(a, Action::StopAtBoundary { reason: StopReason::Finished, .. }))
     );
     let end = c.handle(now, Event::GenerationStopped { generation: 0 });
-    assert_eq!(end, vec![Action::Finish]);
+    assert_eq!(end, vec![Action::Finish { step: 5, ending: Ending::Finished }]);
     assert!(c.handle(now + 1, Event::Tick).is_empty(), "Finish is announced once");
 }
 
@@ -91,7 +91,7 @@ fn a_silent_rank_is_removed_and_the_survivors_restart_from_the_last_commit() {
     let mut acts = c.handle(now, Event::Heartbeat { id: w(1) });
     acts.extend(c.handle(now, Event::Heartbeat { id: w(3) }));
     acts.extend(c.handle(now, Event::Tick));
-    assert!(acts.contains(&Action::Remove { id: w(2) }), "{acts:?}");
+    assert!(acts.contains(&Action::Remove { id: w(2), lost: true }), "{acts:?}");
     assert!(acts.contains(&Action::Abort { generation: 0, reason: StopReason::MemberLost(w(2)) }), "{acts:?}");
     let next = started(&c.handle(now, Event::GenerationStopped { generation: 0 })).expect("2 survivors >= min");
     assert_eq!(next, GenerationPlan { generation: 1, ranks: vec![w(1), w(3)], start_step: 2, restore: Some(2) });
@@ -138,19 +138,25 @@ fn scaling_down_and_draining_keep_every_step() {
     train(&mut c, &mut now, 1);
     let acts = c.handle(now, Event::Scale { workers: 2 });
     assert!(acts.contains(&Action::StopAtBoundary { generation: 0, checkpoint: true, reason: StopReason::Resize }));
+    // Rule 9: the newest member beyond the target is drained.
+    assert!(acts.contains(&Action::Draining { id: w(3), cause: DrainCause::ScaledDown { workers: 2 } }), "{acts:?}");
     c.handle(now, Event::StepDone { generation: 0, step: 1 });
     c.handle(now, Event::CheckpointCommitted { step: 2 });
-    let plan = started(&c.handle(now, Event::GenerationStopped { generation: 0 })).unwrap();
+    let acts = c.handle(now, Event::GenerationStopped { generation: 0 });
+    assert!(acts.contains(&Action::Remove { id: w(3), lost: false }), "{acts:?}");
+    let plan = started(&acts).unwrap();
     assert_eq!((plan.ranks.clone(), plan.start_step), (vec![w(1), w(2)], 2));
-    // Draining rank 1: stop at the boundary, then rank 1 is removed and 2 + 3 continue.
+    // Draining rank 1 while a new worker 4 waits: stop at the boundary, then rank 1 is removed
+    // and 2 + 4 continue.
+    join(&mut c, now, 4);
     c.drain(w(1));
     let acts = c.handle(now, Event::Tick);
     assert!(acts.contains(&Action::StopAtBoundary { generation: 1, checkpoint: true, reason: StopReason::Resize }), "{acts:?}");
     c.handle(now, Event::StepDone { generation: 1, step: 2 });
     c.handle(now, Event::CheckpointCommitted { step: 3 });
     let acts = c.handle(now, Event::GenerationStopped { generation: 1 });
-    assert!(acts.contains(&Action::Remove { id: w(1) }));
-    assert_eq!(started(&acts).unwrap().ranks, vec![w(2), w(3)]);
+    assert!(acts.contains(&Action::Remove { id: w(1), lost: false }));
+    assert_eq!(started(&acts).unwrap().ranks, vec![w(2), w(4)]);
 }
 
 #[test]

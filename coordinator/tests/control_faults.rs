@@ -5,9 +5,11 @@
 
 mod common;
 
-use tessera_coordinator::control::{Action, Control, Event, GenerationPlan, NoReplacement, Policy, StopReason, StragglerPolicy, WorkerId};
+use tessera_coordinator::control::{
+    Action, Control, Ending, Event, GenerationPlan, NoReplacement, Policy, StopReason, StragglerPolicy, WorkerId,
+};
 
-use common::{join, started, w};
+use common::{join, join_replacement, pid, started, w};
 
 const POLICY: Policy = Policy {
     min_workers: 1,
@@ -22,10 +24,6 @@ const POLICY: Policy = Policy {
 };
 
 const ENOSPC: &str = "worker#0: writing shard 0: No space left on device (os error 28)";
-
-fn join_replacement(c: &mut Control, now: u64, id: u64) -> Vec<Action> {
-    c.handle(now, Event::Join { id: w(id), addr: format!("127.0.0.1:{}", 9000 + id), replacement: true })
-}
 
 fn fail_reason(actions: &[Action]) -> Option<String> {
     actions.iter().find_map(|a| if let Action::Fail { reason } = a { Some(reason.clone()) } else { None })
@@ -122,7 +120,8 @@ fn a_shutdown_ends_a_job_whose_final_checkpoint_is_failing() {
     // The stop's checkpoint fails too; the generation ends all the same.
     assert!(c.handle(now, Event::CheckpointFailed { step: 5, reason: ENOSPC.into() }).is_empty());
     let end = c.handle(now, Event::GenerationStopped { generation: 0 });
-    assert_eq!(end, vec![Action::Finish]);
+    // Stopped, not finished: a rerun resumes from the checkpoint of step 2.
+    assert_eq!(end, vec![Action::Finish { step: 2, ending: Ending::Stopped { checkpointed: true } }]);
     assert_eq!(c.next_step(), 2, "stopped at the newest committed checkpoint");
 }
 
@@ -160,8 +159,8 @@ fn every_lost_worker_is_replaced_but_a_replacement_lost_before_training_is_not()
     let mut now = 0;
     train(&mut c, &mut now, 6, |_| true);
     // Two processes killed in one command.
-    let mut acts = c.handle(now, Event::ProcessExited { worker: Some(w(2)), replacement: false });
-    acts.extend(c.handle(now, Event::ProcessExited { worker: Some(w(3)), replacement: false }));
+    let mut acts = c.handle(now, Event::ProcessExited { worker: Some(w(2)), pid: pid(2) });
+    acts.extend(c.handle(now, Event::ProcessExited { worker: Some(w(3)), pid: pid(3) }));
     assert_eq!(launches(&acts), vec![Some(w(2)), Some(w(3))], "{acts:?}");
     assert!(acts.contains(&Action::Abort { generation: 0, reason: StopReason::MemberLost(w(2)) }), "{acts:?}");
     let idle = c.handle(now, Event::GenerationStopped { generation: 0 });
@@ -172,12 +171,12 @@ fn every_lost_worker_is_replaced_but_a_replacement_lost_before_training_is_not()
     now += 60;
     train(&mut c, &mut now, 1, |_| true);
     // A replacement that trained is an ordinary worker: replaced when lost.
-    let acts = c.handle(now, Event::ProcessExited { worker: Some(w(5)), replacement: true });
+    let acts = c.handle(now, Event::ProcessExited { worker: Some(w(5)), pid: pid(5) });
     assert_eq!(launches(&acts), vec![Some(w(5))], "{acts:?}");
     c.handle(now, Event::GenerationStopped { generation: 1 });
     // Its successor dies before training a step: no successor for it (a crash loop).
     let plan = started(&join_replacement(&mut c, now + 10, 6)).expect("three again");
-    let acts = c.handle(now + 20, Event::ProcessExited { worker: Some(w(6)), replacement: true });
+    let acts = c.handle(now + 20, Event::ProcessExited { worker: Some(w(6)), pid: pid(6) });
     assert!(launches(&acts).is_empty(), "{acts:?}");
     assert!(acts.contains(&Action::NotReplaced { lost: w(6), why: NoReplacement::CrashLoop }), "{acts:?}");
     let end = c.handle(now + 20, Event::GenerationStopped { generation: plan.generation });
@@ -198,12 +197,16 @@ fn replacements_respect_the_target_and_the_end_of_the_job() {
     let acts = c.handle(now, Event::Scale { workers: 3 });
     assert_eq!(acts.iter().filter(|a| matches!(a, Action::Launch { count: 1, replacing: None })).count(), 1, "{acts:?}");
     // That process dies before joining: counted, nothing else.
-    assert!(launches(&c.handle(now, Event::ProcessExited { worker: None, replacement: false })).is_empty());
+    assert!(launches(&c.handle(now, Event::ProcessExited { worker: None, pid: 4242 })).is_empty());
     assert_eq!(c.processes(), 2);
-    // Scaled down to one: a lost worker leaves the job at its target.
+    // Scaled down to one: the drained surplus is not replaced, nor is a later joiner beyond
+    // the target.
     c.handle(now, Event::Scale { workers: 1 });
     let acts = c.handle(now, Event::Lost { id: w(2) });
-    assert!(acts.contains(&Action::NotReplaced { lost: w(2), why: NoReplacement::AtTarget { workers: 1, target: 1 } }), "{acts:?}");
+    assert!(acts.contains(&Action::NotReplaced { lost: w(2), why: NoReplacement::WasLeaving }), "{acts:?}");
+    join(&mut c, now, 7);
+    let acts = c.handle(now, Event::Lost { id: w(7) });
+    assert!(acts.contains(&Action::NotReplaced { lost: w(7), why: NoReplacement::AtTarget { workers: 1, target: 1 } }), "{acts:?}");
     c.handle(now, Event::GenerationStopped { generation: 0 });
     c.handle(now, Event::Shutdown);
     let acts = c.handle(now, Event::Lost { id: w(1) });
@@ -266,10 +269,69 @@ fn a_bad_checkpoint_is_forgotten_and_the_one_before_restored() {
     c.handle(now, Event::Lost { id: w(2) });
     let plan = started(&c.handle(now, Event::GenerationStopped { generation: 0 })).expect("the survivor goes on");
     assert_eq!(plan.restore, Some(6));
-    // It cannot restore step 6 (a truncated shard): the coordinator verifies it and reports it.
+    // It cannot restore step 6 (a truncated shard): the failure before the first step has
+    // the checkpoint verified, once; the coordinator reports it bad.
+    let acts = c.handle(now, Event::GenerationFailed { generation: plan.generation, id: w(1) });
+    assert!(acts.contains(&Action::VerifyRestore { step: 6 }), "{acts:?}");
+    let again = c.handle(now, Event::GenerationFailed { generation: plan.generation, id: w(1) });
+    assert!(!again.iter().any(|a| matches!(a, Action::VerifyRestore { .. })), "verified once per generation: {again:?}");
     c.handle(now, Event::CheckpointBad { step: 6, reason: "rank-00000-of-00002.safetensors: size 10 != 1000".into() });
-    c.handle(now, Event::GenerationFailed { generation: plan.generation, id: w(1) });
     let next = started(&c.handle(now, Event::GenerationStopped { generation: plan.generation })).expect("retried at once");
     assert_eq!(next, GenerationPlan { generation: 2, ranks: vec![w(1)], start_step: 3, restore: Some(3) });
     assert_eq!(c.last_committed(), Some(3));
+}
+
+/// Rule 7 asks for a verification only when the failure can be the restore's: a generation
+/// that trained a step, or restored nothing, fails without one.
+#[test]
+fn a_restore_is_verified_only_when_the_generation_failed_before_its_first_step() {
+    let mut c = Control::new(Policy { max_workers: 1, checkpoint_every: 2, total_steps: 20, ..POLICY });
+    let fresh = started(&join(&mut c, 0, 1)).expect("one worker is all the job wants");
+    let mut now = 0;
+    assert_eq!(fresh.restore, None);
+    let acts = c.handle(now, Event::GenerationFailed { generation: 0, id: w(1) });
+    assert!(!acts.iter().any(|a| matches!(a, Action::VerifyRestore { .. })), "nothing was restored: {acts:?}");
+    let plan = started(&c.handle(now, Event::GenerationStopped { generation: 0 })).expect("retried");
+    train(&mut c, &mut now, 3, |_| true);
+    assert_eq!((plan.restore, c.last_committed()), (None, Some(2)));
+    c.handle(now, Event::GenerationFailed { generation: plan.generation, id: w(1) });
+    let plan = started(&c.handle(now, Event::GenerationStopped { generation: plan.generation })).expect("retried");
+    assert_eq!(plan.restore, Some(2));
+    train(&mut c, &mut now, 1, |_| true);
+    let acts = c.handle(now, Event::GenerationFailed { generation: plan.generation, id: w(1) });
+    assert!(!acts.iter().any(|a| matches!(a, Action::VerifyRestore { .. })), "it trained past the restore: {acts:?}");
+}
+
+/// Rule 5 knows a replacement by the pid it was launched with: only such a process, lost
+/// before training a step, is left unreplaced; a process started for a scale-up is an
+/// original, and a replacement that exits before joining is forgotten.
+#[test]
+fn a_replacement_is_the_process_launched_as_one() {
+    let policy = Policy { min_workers: 1, max_workers: 3, initial_workers: 2, launches: true, total_steps: 20, ..POLICY };
+    let mut c = Control::new(policy);
+    join(&mut c, 0, 1);
+    join(&mut c, 0, 2);
+    let mut now = 0;
+    train(&mut c, &mut now, 2, |_| true);
+    // A scale-up's process joins as an original: lost before training, it is still replaced.
+    c.handle(now, Event::Scale { workers: 3 });
+    c.handle(now, Event::Launched { pids: vec![pid(3)], replacement: false });
+    join(&mut c, now, 3);
+    let acts = c.handle(now, Event::ProcessExited { worker: Some(w(3)), pid: pid(3) });
+    assert_eq!(launches(&acts), vec![Some(w(3))], "{acts:?}");
+    // Its replacement exits before joining: forgotten (its pid may be reused by an original).
+    c.handle(now, Event::Launched { pids: vec![pid(4)], replacement: true });
+    assert!(c.is_pending_replacement(pid(4)));
+    c.handle(now, Event::ProcessExited { worker: None, pid: pid(4) });
+    assert!(!c.is_pending_replacement(pid(4)));
+    let g = c.running().map(|g| g.generation);
+    if let Some(generation) = g {
+        c.handle(now, Event::GenerationStopped { generation });
+    }
+    let acts = c.handle(now, Event::ProcessExited { worker: Some(w(2)), pid: pid(2) });
+    assert_eq!(launches(&acts), vec![Some(w(2))], "{acts:?}");
+    // The replacement for worker 2 joins by its pid and dies before training: a crash loop.
+    let acts = join_replacement(&mut c, now, 5);
+    let acts = [acts, c.handle(now, Event::ProcessExited { worker: Some(w(5)), pid: pid(5) })].concat();
+    assert!(acts.contains(&Action::NotReplaced { lost: w(5), why: NoReplacement::CrashLoop }), "{acts:?}");
 }

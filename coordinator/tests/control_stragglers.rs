@@ -5,7 +5,7 @@ mod common;
 
 use tessera_coordinator::control::{Action, Control, Event, Policy, SUCCESSOR_WAIT_MS, StopReason, StragglerPolicy};
 
-use common::{join, started, w};
+use common::{join, join_replacement, pid, started, w};
 
 const POLICY: Policy = Policy {
     min_workers: 2,
@@ -123,7 +123,7 @@ fn with_drain_on_a_launched_straggler_and_its_replacement_change_places_at_one_c
     assert_eq!(flags(&acts), vec![(3, 2, true)]);
     assert!(acts.contains(&Action::Launch { count: 1, replacing: Some(w(3)) }), "{acts:?}");
     assert!(c.members().any(|m| m.id == w(3) && m.draining));
-    // Rule 9: while its successor starts, the straggler trains on (slowly) instead of leaving
+    // Rule 10: while its successor starts, the straggler trains on (slowly) instead of leaving
     // at once and the successor being admitted at a second restart.
     assert!(!stops(&acts), "{acts:?}");
     for _ in 0..5 {
@@ -131,7 +131,7 @@ fn with_drain_on_a_launched_straggler_and_its_replacement_change_places_at_one_c
     }
     assert!(!stops(&c.handle(now, Event::Tick)));
     // The successor joins: one stop with a checkpoint, at the next boundary.
-    let acts = c.handle(now, Event::Join { id: w(4), addr: "127.0.0.1:9004".into(), replacement: true });
+    let acts = join_replacement(&mut c, now, 4);
     assert!(acts.contains(&Action::StopAtBoundary { generation: 0, checkpoint: true, reason: StopReason::Resize }), "{acts:?}");
     let step_now = c.next_step();
     assert!(
@@ -139,7 +139,7 @@ fn with_drain_on_a_launched_straggler_and_its_replacement_change_places_at_one_c
     );
     c.handle(now, Event::CheckpointCommitted { step: step_now });
     let acts = c.handle(now, Event::GenerationStopped { generation: 0 });
-    assert!(acts.contains(&Action::Remove { id: w(3) }), "{acts:?}");
+    assert!(acts.contains(&Action::Remove { id: w(3), lost: false }), "{acts:?}");
     let plan = started(&acts).expect("the survivors and the successor go on");
     assert_eq!((plan.ranks.clone(), plan.restore), (vec![w(1), w(2), w(4)], Some(step_now)));
     assert_eq!(c.stragglers().count(), 0, "a new generation starts unflagged");
@@ -163,7 +163,8 @@ fn a_successor_that_fails_to_start_or_is_too_slow_lets_the_drain_go_ahead_alone(
     let mut c = three(policy);
     let mut now = 0;
     assert!(!stops(&flag_rank_2(&mut c, &mut now)));
-    let acts = c.handle(now, Event::ProcessExited { worker: None, replacement: true });
+    c.handle(now, Event::Launched { pids: vec![pid(4)], replacement: true });
+    let acts = c.handle(now, Event::ProcessExited { worker: None, pid: pid(4) });
     assert!(stops(&acts), "{acts:?}");
 
     // It has not joined within the wait: the drain goes ahead, and the successor joining later
@@ -185,7 +186,7 @@ fn a_successor_that_fails_to_start_or_is_too_slow_lets_the_drain_go_ahead_alone(
     c.handle(now, Event::CheckpointCommitted { step: at });
     let plan = started(&c.handle(now, Event::GenerationStopped { generation: 0 })).expect("the survivors go on");
     assert_eq!(plan.ranks, vec![w(1), w(2)]);
-    let acts = c.handle(now, Event::Join { id: w(4), addr: "127.0.0.1:9004".into(), replacement: true });
+    let acts = join_replacement(&mut c, now, 4);
     assert!(acts.contains(&Action::StopAtBoundary { generation: 1, checkpoint: true, reason: StopReason::Resize }), "{acts:?}");
 }
 

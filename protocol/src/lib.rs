@@ -4,7 +4,8 @@
 //! and the global sample ledger ([`ledger`], the determinism contract), the learning-rate
 //! schedule ([`lr`]), the actor messages with their typed ids ([`messages`], [`ids`]) and the
 //! node transport they travel on ([`node`]), the per-step [`StepReport`] and the held-out
-//! [`ValidationReport`], the errors that cross processes ([`ApiError`]), the checkpoint store
+//! [`ValidationReport`], the coordinator's typed answers ([`reply`]: the job status and the
+//! acknowledgements), the errors that cross processes ([`ApiError`]), the checkpoint store
 //! ([`checkpoint`]) and the append-only JSON-lines writer ([`JsonLines`]).
 //!
 //! Why a crate of its own: the worker links libtorch and the coordinator links the HTTP server,
@@ -22,6 +23,7 @@ pub mod ledger;
 pub mod lr;
 pub mod messages;
 pub mod node;
+pub mod reply;
 pub mod report;
 pub mod say;
 pub mod seeds;

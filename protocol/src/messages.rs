@@ -20,6 +20,7 @@ use crate::api_error::ApiError;
 use crate::checkpoint::{FileEntry, Manifest};
 use crate::ids::WorkerId;
 use crate::ledger::MixtureSchedule;
+use crate::reply::Answer;
 use crate::report::StepReport;
 
 /// What kind of failure ended a rank's generation: the coordinator tells a lost peer
@@ -358,10 +359,10 @@ pub enum Request {
     },
 }
 
-/// The answer to a [`Request`]: the status or an acknowledgement as JSON (the API's
-/// the coordinator API's `JobStatus`, `ScaleAck`, ... serialised), or why it was refused,
-/// typed so the HTTP API answers the right status and names the offending field.
-pub type Reply = Result<serde_json::Value, ApiError>;
+/// The answer to a [`Request`]: the status or an acknowledgement ([`Answer`], the types the
+/// HTTP API serves), or why it was refused, typed so the HTTP API answers the right status
+/// and names the offending field.
+pub type Reply = Result<Answer, ApiError>;
 
 /// The coordinator actor's messages.
 #[derive(RactorClusterMessage)]

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use tessera_coordinator::ApiClient;
+use tessera_coordinator::api::StatusTable;
 
 /// Where the job's API is.
 #[derive(Debug, Clone, Args)]

@@ -276,7 +276,7 @@ pub fn run_embedded(job: &ResolvedJob, o: &EmbeddedOptions) -> anyhow::Result<()
         checkpoint_every: 0,
         total_steps: stop_at,
         rendezvous_grace_ms: 20_000,
-        // Set by the coordinator from its launcher (the processes it starts).
+        // This coordinator starts the workers (the first generation waits for them).
         initial_workers: o.workers,
         launches: true,
         stragglers: job.stragglers,
@@ -326,9 +326,7 @@ pub fn run_embedded(job: &ResolvedJob, o: &EmbeddedOptions) -> anyhow::Result<()
             metrics: Arc::clone(&metrics),
             dataset_names: job.datasets.iter().map(|d| d.name.clone()).collect(),
             committed,
-            stop_at,
             launcher: Some(Box::new(launcher)),
-            initial_workers: o.workers,
             done: Some(done_tx),
             console,
         };

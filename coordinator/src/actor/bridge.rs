@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use ractor::ActorRef;
 use ractor::rpc::CallResult;
-use serde::de::DeserializeOwned;
 
 use crate::api::{ApiError, ApiFuture, CheckpointAck, DrainAck, JobControl, JobStatus, MixtureAck, ScaleAck};
 use tessera_protocol::messages::{CoordinatorMsg, Reply, Request, Wire};
+use tessera_protocol::reply::Answer;
 
 /// How long a call waits for the actor by default: below the API's own
 /// [`crate::api::BACKEND_TIMEOUT`], so the caller sees which part did not answer.
@@ -37,11 +37,11 @@ impl ActorBridge {
 
     /// Asks the job to checkpoint and stop (what SIGTERM does); `Ok` once the actor has it.
     pub async fn shutdown(&self) -> Result<(), ApiError> {
-        self.ask::<serde_json::Value>(Request::Shutdown).await.map(drop)
+        self.ask(Request::Shutdown, |a| if let Answer::Shutdown(_) = a { Ok(()) } else { Err(a) }).await
     }
 
-    /// Sends `req` and decodes the answer as `T`.
-    async fn ask<T: DeserializeOwned>(&self, req: Request) -> Result<T, ApiError> {
+    /// Sends `req` and takes the answer it expects with `pick` (which hands back any other).
+    async fn ask<T>(&self, req: Request, pick: fn(Answer) -> Result<T, Answer>) -> Result<T, ApiError> {
         let what = request_name(&req);
         let call = self.actor.call(|reply| CoordinatorMsg::Request(Wire::new(req), reply), Some(self.timeout)).await;
         let reply: Reply = match call {
@@ -56,8 +56,7 @@ impl ActorBridge {
                 return Err(ApiError::Unavailable { reason: format!("{what}: the coordinator is not running") });
             }
         };
-        let value = reply?;
-        serde_json::from_value(value).map_err(|e| ApiError::Internal { reason: format!("{what}: unexpected answer: {e}") })
+        pick(reply?).map_err(|other| ApiError::Internal { reason: format!("{what}: answered as if asked for {}", other.kind()) })
     }
 }
 
@@ -74,23 +73,28 @@ fn request_name(req: &Request) -> &'static str {
 
 impl JobControl for ActorBridge {
     fn status(&self) -> ApiFuture<'_, JobStatus> {
-        Box::pin(self.ask(Request::Status))
+        Box::pin(self.ask(Request::Status, |a| if let Answer::Status(s) = a { Ok(*s) } else { Err(a) }))
     }
 
     fn scale(&self, workers: usize) -> ApiFuture<'_, ScaleAck> {
-        Box::pin(self.ask(Request::Scale { workers }))
+        Box::pin(self.ask(Request::Scale { workers }, |a| if let Answer::Scale(x) = a { Ok(x) } else { Err(a) }))
     }
 
     fn checkpoint(&self) -> ApiFuture<'_, CheckpointAck> {
-        Box::pin(self.ask(Request::Checkpoint))
+        Box::pin(self.ask(Request::Checkpoint, |a| if let Answer::Checkpoint(x) = a { Ok(x) } else { Err(a) }))
     }
 
     fn set_mixture(&self, weights: BTreeMap<String, f64>, at_step: Option<u64>) -> ApiFuture<'_, MixtureAck> {
-        Box::pin(self.ask(Request::Mixture { weights, at_step }))
+        Box::pin(self.ask(Request::Mixture { weights, at_step }, |a| if let Answer::Mixture(x) = a { Ok(x) } else { Err(a) }))
     }
 
     fn drain(&self, worker: u64) -> ApiFuture<'_, DrainAck> {
-        Box::pin(self.ask(Request::Drain { worker: tessera_protocol::WorkerId(worker) }))
+        Box::pin(
+            self.ask(
+                Request::Drain { worker: tessera_protocol::WorkerId(worker) },
+                |a| if let Answer::Drain(x) = a { Ok(x) } else { Err(a) },
+            ),
+        )
     }
 }
 

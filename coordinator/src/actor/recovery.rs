@@ -8,17 +8,10 @@ use tessera_protocol::checkpoint;
 use super::CoordinatorState;
 
 impl CoordinatorState {
-    /// A generation that fails before its first step may have failed to restore its
-    /// checkpoint: verify it (sizes and SHA-256 of every shard); one that fails verification is
-    /// reported bad, so the next generation restores the one before (rule 7), in-run as a
-    /// restart would. Verified only then: a failure after a trained step is not the restore's.
-    pub(super) fn check_restored_checkpoint(&mut self) {
-        let Some(plan) = self.control.running() else { return };
-        let Some(step) = plan.restore.filter(|_| self.control.next_step() == plan.start_step) else { return };
-        if self.verified_restore == Some((plan.generation, step)) {
-            return;
-        }
-        self.verified_restore = Some((plan.generation, step));
+    /// Carries out `Action::VerifyRestore` (rule 7 decides when): verifies the checkpoint of
+    /// `step` (sizes and SHA-256 of every shard); one that fails is reported bad, so the next
+    /// generation restores the one before, in-run as a restart would.
+    pub(super) fn verify_restore(&mut self, step: u64) {
         let dir = self.args.checkpoint_dir.join(checkpoint::dir_name(step));
         if let Err(e) = checkpoint::verify(&dir) {
             let reason = format!("restoring it failed and it does not verify: {e}");
@@ -35,11 +28,12 @@ impl CoordinatorState {
         match launcher.spawn(count) {
             Ok(pids) => {
                 if let Some(lost) = replacing {
-                    self.replacement_pids.extend(pids.iter().copied());
                     self.log(&format!("replacing lost {lost}: started process {pids:?}; it joins at a step boundary"));
                 } else {
                     self.log(&format!("started {count} worker processes {pids:?}"));
                 }
+                // Rule 5 knows a replacement by its pid when it joins or exits.
+                self.drive(Event::Launched { pids, replacement: replacing.is_some() });
             }
             Err(e) => {
                 let what = replacing.map_or(format!("starting {count} workers"), |lost| format!("starting a replacement for lost {lost}"));

@@ -43,7 +43,7 @@ impl CoordinatorState {
             generation: running.map_or(self.book.generation, |g| g.generation),
             world_size: ranks.len() as u32,
             step: self.control.next_step(),
-            total_steps: self.args.stop_at,
+            total_steps: p.total_steps,
             loss: self.last_loss,
             target_workers: self.control.target(),
             min_workers: p.min_workers,

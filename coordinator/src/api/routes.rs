@@ -16,9 +16,10 @@ use axum::routing::{get, post};
 use super::JobControl;
 use super::error::{ApiError, error_response};
 use super::events_query::EventsQuery;
-use super::types::{CheckpointAck, DrainAck, DrainRequest, JobStatus, MixtureAck, MixtureRequest, ScaleAck, ScaleRequest};
+use super::types::{DrainRequest, MixtureRequest, ScaleRequest};
 use crate::events::EventFeed;
 use crate::metrics::JobMetrics;
+use tessera_protocol::reply::{CheckpointAck, DrainAck, JobStatus, MixtureAck, ScaleAck};
 
 /// Content type of `GET /metrics` (Prometheus text exposition format 0.0.4).
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";

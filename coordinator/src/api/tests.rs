@@ -13,8 +13,8 @@ use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 
 use super::{
-    ApiError, ApiFuture, CheckpointAck, DrainAck, JobControl, JobPhase, JobStatus, MemberStatus, MixtureAck, ScaleAck, ValidationStatus,
-    serve,
+    ApiError, ApiFuture, CheckpointAck, DrainAck, JobControl, JobPhase, JobStatus, MemberStatus, MixtureAck, ScaleAck, StatusTable,
+    ValidationStatus, serve,
 };
 use crate::client::ApiClient;
 use crate::error::{CoordinatorError, Result};

@@ -1,137 +1,19 @@
-//! The JSON bodies of the API: the job status, the requests and their acknowledgements, and
-//! the request parsers that name the offending field.
+//! The JSON bodies of the API's requests and their parsers, which name the offending field.
+//! The answers (the job status, the acknowledgements) are the contract crate's
+//! [`tessera_protocol::reply`] types, re-exported by [`crate::api`].
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use tessera_protocol::report::StepTimings;
 
 use super::error::ApiError;
-
-/// Where the job is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JobPhase {
-    /// No generation yet: waiting for enough workers.
-    Waiting,
-    /// A generation is training.
-    Running,
-    /// A generation was aborted; the next one restores the last checkpoint.
-    Recovering,
-    /// The running generation is asked to stop at a step boundary.
-    Stopping,
-    /// Every step is done.
-    Finished,
-}
-
-impl JobPhase {
-    /// The lowercase name used in JSON and in the status table.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobPhase::Waiting => "waiting",
-            JobPhase::Running => "running",
-            JobPhase::Recovering => "recovering",
-            JobPhase::Stopping => "stopping",
-            JobPhase::Finished => "finished",
-        }
-    }
-}
-
-/// One registered worker, as `GET /status` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MemberStatus {
-    /// Its id.
-    pub worker: u64,
-    /// Its address.
-    pub addr: String,
-    /// Its rank in the running generation (`None`: not part of it).
-    pub rank: Option<u32>,
-    /// Milliseconds since it was last heard from.
-    pub seen_ms_ago: u64,
-    /// Asked to leave at the next generation boundary.
-    pub draining: bool,
-    /// Total seconds of its last reported step.
-    pub last_step_s: Option<f64>,
-    /// Its last step's phases (the rank's own time is `total_s - comm_s`).
-    #[serde(default)]
-    pub timings: Option<StepTimings>,
-    /// Its resident memory after its last step.
-    #[serde(default)]
-    pub rss_bytes: Option<u64>,
-    /// Flagged as a straggler in the running generation.
-    #[serde(default)]
-    pub straggler: bool,
-}
-
-/// The last validation of the held-out set (scored by the ranks).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ValidationStatus {
-    /// The step count at which it was scored.
-    pub step: u64,
-    /// Held-out loss per target modality (nats per token).
-    pub loss: BTreeMap<String, f64>,
-    /// Seconds the ranks spent scoring it (training waited for them).
-    #[serde(default)]
-    pub seconds: f64,
-}
-
-/// The answer of `GET /status`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct JobStatus {
-    /// The job's name.
-    pub job: String,
-    /// Where the job is.
-    pub phase: JobPhase,
-    /// The running (or last) generation.
-    pub generation: u64,
-    /// Ranks of the running generation (0 when none runs).
-    pub world_size: u32,
-    /// The next step to train (steps done).
-    pub step: u64,
-    /// Steps of the whole job.
-    pub total_steps: u64,
-    /// Loss of the last step.
-    pub loss: Option<f64>,
-    /// Workers the job wants.
-    pub target_workers: usize,
-    /// Fewest workers a generation may have.
-    pub min_workers: usize,
-    /// Most workers a generation may have.
-    pub max_workers: usize,
-    /// Step of the newest committed checkpoint.
-    pub last_checkpoint: Option<u64>,
-    /// Generations aborted and restarted.
-    pub restarts: u64,
-    /// Version of the dataset-mixture schedule in force.
-    pub schedule_version: u64,
-    /// The registered workers.
-    pub members: Vec<MemberStatus>,
-    /// The last validation, if one ran in this process's lifetime.
-    #[serde(default)]
-    pub validation: Option<ValidationStatus>,
-}
 
 /// The body of `POST /scale`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScaleRequest {
     /// Desired number of workers.
     pub workers: usize,
-}
-
-/// The answer of `POST /scale`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ScaleAck {
-    /// The target the coordinator now works towards.
-    pub target_workers: usize,
-}
-
-/// The answer of `POST /checkpoint`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CheckpointAck {
-    /// The step count the checkpoint will hold (`None`: no generation runs; it is taken at the
-    /// first boundary of the next one).
-    pub step: Option<u64>,
 }
 
 /// The body of `POST /mixture`.
@@ -144,26 +26,10 @@ pub struct MixtureRequest {
     pub at_step: Option<u64>,
 }
 
-/// The answer of `POST /mixture`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MixtureAck {
-    /// Version of the schedule that holds the new weights.
-    pub version: u64,
-    /// First step that uses them.
-    pub effective_step: u64,
-}
-
 /// The body of `POST /drain`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DrainRequest {
     /// The worker to drain (its id, as `GET /status` lists it).
-    pub worker: u64,
-}
-
-/// The answer of `POST /drain`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DrainAck {
-    /// The worker that leaves at the next checkpointed boundary.
     pub worker: u64,
 }
 

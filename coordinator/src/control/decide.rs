@@ -15,28 +15,37 @@
 //!    restoring the newest committed checkpoint. The first generation waits for the workers
 //!    the coordinator started (`initial_workers`), not for `max_workers`;
 //! 4. a checkpoint whose shards are all written is committed only if the newest generation
-//!    wrote it and was not aborted (an aborted generation's state is not trusted);
+//!    wrote it and was not aborted (an aborted generation's state is not trusted): this rule
+//!    alone bars it, the actor hands over every complete checkpoint;
 //! 5. (embedded mode, see `local`) every lost worker is replaced by a new local process while
 //!    the job has fewer workers than it wants, except a replacement that is lost before it
-//!    trained a step (it would crash-loop);
+//!    trained a step (it would crash-loop). A replacement is a process [`Event::Launched`] as
+//!    one, known by its pid when it joins or exits; a lost worker is told it was lost
+//!    ([`Action::Remove`] says so), one that left or was drained that it was released;
 //! 6. (see `local`) with no generation running and fewer members than `min_workers`, the job
 //!    fails when nobody can come: fewer local processes alive than `min_workers` (embedded),
 //!    or, with workers joined by hand, once a generation was lost;
-//! 7. a committed checkpoint found bad (a generation could not restore it and it fails
-//!    verification) is forgotten: the next generation restores the newest good one before it,
-//!    as a restarted job would, instead of retrying the bad one until the job fails;
+//! 7. a generation that restored a checkpoint and fails before its first step may have failed
+//!    to restore it: the checkpoint is sent for verification ([`Action::VerifyRestore`], once
+//!    per generation; a failure after a trained step is not the restore's). One found bad is
+//!    forgotten: the next generation restores the newest good one before it, as a restarted
+//!    job would, instead of retrying the bad one until the job fails;
 //! 8. (see `straggler`) a rank whose own step time exceeds the configured factor × the median of
 //!    the other ranks' for the configured number of steps in a row is flagged once per
-//!    generation; with `drain` on it is drained at a checkpointed boundary (rule 2) and, in
-//!    embedded mode, replaced by a new local process;
-//! 9. a straggler drained with a successor starting (rule 8) stays a rank until the successor
-//!    has joined, so the drain and the admission happen at one boundary: one generation restart
-//!    (checkpoint, rendezvous, restore) instead of two. If the successor fails to start, dies
-//!    before joining, or has not joined within [`SUCCESSOR_WAIT_MS`](super::SUCCESSOR_WAIT_MS), the drain goes ahead
-//!    alone, and a successor that joins later is admitted at a later boundary (rule 2).
+//!    generation; with `drain` on it is drained at the next checkpointed boundary (rule 2) and,
+//!    in embedded mode, replaced by a new local process;
+//! 9. (see `requests`) a user's request (scale, drain, checkpoint) that the job cannot honour
+//!    is refused ([`Action::Refused`]); a scale-down drains the newest members beyond the new
+//!    target;
+//! 10. a straggler drained with a successor starting (rule 8) stays a rank until the successor
+//!     has joined, so the drain and the admission happen at one boundary: one generation restart
+//!     (checkpoint, rendezvous, restore) instead of two. If the successor fails to start, dies
+//!     before joining, or has not joined within [`SUCCESSOR_WAIT_MS`](super::SUCCESSOR_WAIT_MS), the drain goes ahead
+//!     alone, and a successor that joins later is admitted at a later boundary (rule 2).
 
 use serde::{Deserialize, Serialize};
 
+use super::requests::{DrainCause, Refusal};
 use super::state::{Control, Event, GenerationPlan, MAX_FAILED_STARTS, MAX_FINAL_CHECKPOINT_ATTEMPTS, Member, WorkerId};
 
 /// Why a generation ends.
@@ -54,6 +63,26 @@ pub enum StopReason {
     Shutdown,
     /// The final checkpoint keeps failing; the job fails.
     CheckpointFailing,
+}
+
+impl StopReason {
+    /// The generation was lost to a rank's death or failure (it counts as a restart), rather
+    /// than ended as planned.
+    pub fn is_loss(self) -> bool {
+        matches!(self, StopReason::MemberLost(_) | StopReason::RankFailed(_))
+    }
+}
+
+/// How a job ends when it does not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Ending {
+    /// Every step is done (and checkpointed).
+    Finished,
+    /// Stopped on request before the last step; a rerun resumes from the newest checkpoint.
+    Stopped {
+        /// A checkpoint of the step reached exists.
+        checkpointed: bool,
+    },
 }
 
 /// Why a lost worker gets no replacement.
@@ -107,6 +136,15 @@ pub enum Action {
     Remove {
         /// The worker.
         id: WorkerId,
+        /// It was lost (died, link broken, silent), not released (left, drained): it exits
+        /// with a failure.
+        lost: bool,
+    },
+    /// Verify the checkpoint of `step` that the failing generation restored (rule 7); one
+    /// that does not verify is reported back as [`Event::CheckpointBad`].
+    VerifyRestore {
+        /// The step it holds.
+        step: u64,
     },
     /// Commit the checkpoint of `step` that `generation` wrote (rule 4).
     Commit {
@@ -144,8 +182,22 @@ pub enum Action {
         /// It is drained at the next checkpointed boundary.
         drain: bool,
     },
-    /// The job is complete.
-    Finish,
+    /// A request is refused (rule 9); nothing changed.
+    Refused(Refusal),
+    /// A member is drained at the next checkpointed boundary by a request (rule 9).
+    Draining {
+        /// The member.
+        id: WorkerId,
+        /// Why.
+        cause: DrainCause,
+    },
+    /// The job is complete (or stopped on request).
+    Finish {
+        /// Steps completed.
+        step: u64,
+        /// Finished or stopped.
+        ending: Ending,
+    },
     /// The job cannot go on: generations keep failing before their first step although no
     /// rank was lost (the ranks' errors say why).
     Fail {
@@ -180,7 +232,7 @@ impl Control {
             actions.push(Action::Abort { generation: g.generation, reason });
             // Rule 4: what the aborted generation wrote is not committed.
             self.commit_barred = true;
-            if matches!(reason, StopReason::MemberLost(_) | StopReason::RankFailed(_)) {
+            if reason.is_loss() {
                 self.lost_generations += 1;
             }
         }
@@ -191,7 +243,8 @@ impl Control {
 
     fn apply(&mut self, now_ms: u64, event: Event, actions: &mut Vec<Action>) {
         match event {
-            Event::Join { id, addr, replacement } => {
+            Event::Join { id, addr, pid } => {
+                let replacement = self.replacement_pids.remove(&pid);
                 if replacement && !self.members.contains_key(&id) {
                     self.launching = self.launching.saturating_sub(1);
                 }
@@ -214,20 +267,26 @@ impl Control {
             }
             Event::Leave { id } => {
                 if self.members.remove(&id).is_some() {
-                    actions.push(Action::Remove { id });
+                    actions.push(Action::Remove { id, lost: false });
                 }
                 if self.is_rank(id) {
                     self.abort(StopReason::MemberLost(id), actions);
                 }
             }
             Event::Lost { id } => self.lose(id, actions),
-            Event::ProcessExited { worker, replacement } => {
+            Event::ProcessExited { worker, pid } => {
+                let replacement = self.replacement_pids.remove(&pid);
                 self.processes = self.processes.saturating_sub(1);
                 match worker {
                     Some(id) => self.lose(id, actions),
                     // A replacement that died before joining never trained: no successor.
                     None if replacement => self.launching = self.launching.saturating_sub(1),
                     None => {}
+                }
+            }
+            Event::Launched { pids, replacement } => {
+                if replacement {
+                    self.replacement_pids.extend(pids);
                 }
             }
             Event::Processes { live } => self.processes = live,
@@ -287,7 +346,12 @@ impl Control {
                 self.last_checkpoint_error = Some(reason);
             }
             Event::GenerationFailed { generation, id } => {
-                if self.running.as_ref().is_some_and(|g| g.generation == generation) {
+                if let Some(g) = self.running.as_ref().filter(|g| g.generation == generation) {
+                    // Rule 7: failing before the first step may be the restore's fault.
+                    if let Some(step) = g.restore.filter(|_| !self.progressed && self.verify_asked != Some(generation)) {
+                        self.verify_asked = Some(generation);
+                        actions.push(Action::VerifyRestore { step });
+                    }
                     self.rank_failed = true;
                     self.abort(StopReason::RankFailed(id), actions);
                 }
@@ -315,11 +379,9 @@ impl Control {
                     self.next_step = self.last_committed().unwrap_or(0);
                 }
             }
-            Event::Scale { workers } => {
-                self.target = workers.clamp(self.policy.min_workers, self.policy.max_workers);
-                self.launch_for_target(actions);
-            }
-            Event::RequestCheckpoint => self.checkpoint_requested = true,
+            Event::Scale { workers } => self.scale(workers, actions),
+            Event::Drain { id } => self.drain_asked(id, actions),
+            Event::RequestCheckpoint => self.checkpoint_asked(actions),
             Event::Shutdown => self.shutdown = true,
             // Only a generation that is not already ending needs to be ended for it.
             Event::Reconfigure => self.reconfigure = self.running.is_some() && !self.stopping,
@@ -387,7 +449,7 @@ impl Control {
             }
         }
         let waiting = self.members.values().filter(|m| !m.draining && !g.ranks.contains(&m.id)).count();
-        // Rule 9: a drain waits for the successor that is starting for it (a failed or dead
+        // Rule 10: a drain waits for the successor that is starting for it (a failed or dead
         // start lowers `launching`), unless someone else is already waiting to be admitted.
         let successor_coming = waiting == 0 && self.launching > 0 && self.successor_due_ms.is_some_and(|due| now_ms < due);
         let draining = !successor_coming && g.ranks.iter().any(|id| self.members.get(id).is_some_and(|m| m.draining));
@@ -410,7 +472,14 @@ impl Control {
         }
         if self.finished() || self.shutdown {
             if !self.done {
-                actions.push(Action::Finish);
+                let step = self.next_step;
+                // A stopped job is not finished: a rerun resumes from its newest checkpoint.
+                let ending = if self.shutdown && !self.finished() {
+                    Ending::Stopped { checkpointed: self.last_committed() == Some(step) }
+                } else {
+                    Ending::Finished
+                };
+                actions.push(Action::Finish { step, ending });
                 self.done = true;
             }
             return;
@@ -433,7 +502,7 @@ impl Control {
         let drained: Vec<WorkerId> = self.members.values().filter(|m| m.draining).map(|m| m.id).collect();
         for id in drained {
             self.members.remove(&id);
-            actions.push(Action::Remove { id });
+            actions.push(Action::Remove { id, lost: false });
         }
         let mut eligible: Vec<&Member> = self.members.values().collect();
         if eligible.len() < self.policy.min_workers.max(1) {

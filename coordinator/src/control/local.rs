@@ -13,7 +13,7 @@ impl Control {
     /// several originals lost at once each get a successor.
     pub(super) fn lose(&mut self, id: WorkerId, actions: &mut Vec<Action>) {
         let Some(lost) = self.members.remove(&id) else { return };
-        actions.push(Action::Remove { id });
+        actions.push(Action::Remove { id, lost: true });
         if self.is_rank(id) {
             self.abort(StopReason::MemberLost(id), actions);
         }

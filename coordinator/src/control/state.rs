@@ -65,8 +65,8 @@ pub enum Event {
         id: WorkerId,
         /// Its address.
         addr: String,
-        /// It is a process the coordinator started to replace a lost worker.
-        replacement: bool,
+        /// Its process id: a process [`Event::Launched`] as a replacement joins as one (rule 5).
+        pid: u32,
     },
     /// A worker is alive.
     Heartbeat {
@@ -88,7 +88,14 @@ pub enum Event {
     ProcessExited {
         /// The member it was, if it had joined.
         worker: Option<WorkerId>,
-        /// It was started to replace a lost worker.
+        /// Its process id.
+        pid: u32,
+    },
+    /// Local worker processes started (after an [`Action::Launch`](super::Action)).
+    Launched {
+        /// Their process ids.
+        pids: Vec<u32>,
+        /// They replace lost workers (rule 5 looks at how such a process ends).
         replacement: bool,
     },
     /// How many local worker processes are alive (embedded mode; observed by the launcher,
@@ -161,12 +168,17 @@ pub enum Event {
         /// The generation.
         generation: u64,
     },
-    /// The user asked for this many workers.
+    /// The user asked for this many workers (rule 9).
     Scale {
         /// Desired worker count.
         workers: usize,
     },
-    /// The user (or SIGTERM) asked for a checkpoint.
+    /// The user asked to drain this worker at the next checkpointed boundary (rule 9).
+    Drain {
+        /// The worker.
+        id: WorkerId,
+    },
+    /// The user asked for a checkpoint at the next boundary (rule 9).
     RequestCheckpoint,
     /// Stop the job: checkpoint at the next boundary, then finish (it can be resumed later).
     Shutdown,
@@ -253,16 +265,22 @@ pub struct Control {
     #[serde(default)]
     pub(super) stragglers: BTreeSet<WorkerId>,
     /// A drained straggler's successor is starting: its generation runs on until the successor
-    /// joins or until this time (ms), so both changes take one generation restart (rule 9).
+    /// joins or until this time (ms), so both changes take one generation restart (rule 10).
     #[serde(default)]
     pub(super) successor_due_ms: Option<u64>,
+    /// Processes launched as replacements that have not joined or exited yet (rule 5).
+    #[serde(default)]
+    pub(super) replacement_pids: BTreeSet<u32>,
+    /// The generation whose restored checkpoint was last sent for verification (rule 7).
+    #[serde(default)]
+    pub(super) verify_asked: Option<u64>,
 }
 
 /// After this many generations in a row fail with all ranks alive without getting past the
 /// point of the failure before them, the job fails instead of restarting forever.
 pub const MAX_FAILED_STARTS: u32 = 3;
 
-/// How long (ms) a drained straggler's generation waits for its successor to join (rule 9).
+/// How long (ms) a drained straggler's generation waits for its successor to join (rule 10).
 /// A worker process starts in seconds (the binary, libtorch, a handshake); a minute covers a
 /// loaded machine, and past it the straggler has cost more than a second restart would.
 pub const SUCCESSOR_WAIT_MS: u64 = 60_000;
@@ -305,6 +323,8 @@ impl Control {
             slow_steps: Vec::new(),
             stragglers: BTreeSet::new(),
             successor_due_ms: None,
+            replacement_pids: BTreeSet::new(),
+            verify_asked: None,
         }
     }
 
@@ -365,6 +385,11 @@ impl Control {
     /// Local worker processes started and not yet exited (embedded mode).
     pub fn processes(&self) -> usize {
         self.processes
+    }
+
+    /// True while process `pid` was launched as a replacement and has not joined or exited.
+    pub fn is_pending_replacement(&self, pid: u32) -> bool {
+        self.replacement_pids.contains(&pid)
     }
 
     /// True when every step of the job is done.

@@ -6,7 +6,7 @@
 //! exceeds `factor` × the median of the other ranks' own times for `steps` steps in a row is
 //! flagged, once per generation. With `drain` on it is drained at a checkpointed boundary (as a
 //! scale-down is, so no step is lost) and, in embedded mode, a new local process replaces it at
-//! the same boundary (rule 9); without a launcher it is drained only if the job keeps
+//! the same boundary (rule 10); without a launcher it is drained only if the job keeps
 //! `min_workers` without it.
 
 use super::decide::Action;
@@ -48,7 +48,7 @@ impl Control {
                     m.draining = true;
                 }
                 if self.policy.launches {
-                    // Rule 9: the straggler stays until its successor joins, and both change at
+                    // Rule 10: the straggler stays until its successor joins, and both change at
                     // one boundary.
                     self.launching += 1;
                     self.processes += 1;

@@ -49,6 +49,9 @@ fn event_log_round_trips_every_event() {
     let text = std::fs::read_to_string(&path).unwrap();
     let first = text.lines().next().unwrap();
     assert_eq!(first, r#"{"v":1,"ts_ms":1000,"event":{"type":"coordinator_started","resumed_step":400}}"#);
+    // A line written before the schema was versioned still reads, as version 0.
+    let old: LoggedEvent = serde_json::from_str(r#"{"ts_ms":7,"event":{"type":"job_finished","step":3}}"#).unwrap();
+    assert_eq!(old, LoggedEvent { v: 0, ts_ms: 7, event: JobEvent::JobFinished { step: 3 } });
 }
 
 #[test]

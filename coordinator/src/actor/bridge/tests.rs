@@ -71,9 +71,7 @@ impl Job {
             events,
             metrics: metrics.clone(),
             committed,
-            stop_at: policy.total_steps,
             launcher,
-            initial_workers: 0,
             done: Some(done_tx),
             console: crate::console::Console::plain("bridge-test", policy.total_steps),
         };
@@ -406,7 +404,7 @@ impl Launcher for CountedLauncher {
 #[test]
 fn losing_the_last_worker_process_during_a_planned_stop_fails_the_job() {
     let live = Arc::new(AtomicUsize::new(1));
-    let mut job = Job::start_with(policy(1, 1), vec![], Some(Box::new(CountedLauncher(Arc::clone(&live)))));
+    let mut job = Job::start_with(Policy { launches: true, ..policy(1, 1) }, vec![], Some(Box::new(CountedLauncher(Arc::clone(&live)))));
     let (fake, mut rx, worker, start) = join_fake(&job, 0xbeef);
     let mut next = || job_cmd(&job.rt, &mut rx);
     assert_eq!(start.plan.generation, 0);
@@ -452,7 +450,7 @@ impl Launcher for SpawnCounter {
 fn a_lost_worker_is_replaced_but_a_replacement_lost_before_training_is_not() {
     let (live, spawned) = (Arc::new(AtomicUsize::new(1)), Arc::new(AtomicUsize::new(0)));
     let launcher = SpawnCounter { live: Arc::clone(&live), spawned: Arc::clone(&spawned) };
-    let mut job = Job::start_with(policy(1, 1), vec![], Some(Box::new(launcher)));
+    let mut job = Job::start_with(Policy { launches: true, ..policy(1, 1) }, vec![], Some(Box::new(launcher)));
     let lose = |job: &Job, pid: u32| {
         live.store(0, Ordering::SeqCst);
         job.actor.cast(CoordinatorMsg::ProcessExited(Wire::new((pid, "signal: 9 (SIGKILL)".to_string())))).unwrap();

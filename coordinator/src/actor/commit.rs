@@ -1,0 +1,49 @@
+//! Committing a checkpoint the state machine allowed (rule 4): every shard durable, the
+//! manifest renamed into place, old checkpoints pruned.
+
+use crate::control::Event;
+use crate::events::JobEvent;
+use tessera_protocol::checkpoint;
+
+use super::{CoordinatorState, PendingCheckpoint};
+
+impl CoordinatorState {
+    /// Commits the checkpoint of `step` whose shards are all written.
+    pub(super) fn commit(&mut self, step: u64, p: PendingCheckpoint) {
+        let generation = self.book.generation;
+        let root = self.args.checkpoint_dir.clone();
+        let tmp = checkpoint::temp_dir(&root, step, generation);
+        let files: Vec<checkpoint::FileEntry> = p.files.into_values().collect();
+        // The book hands a checkpoint over only with rank 0's manifest; a missing one is refused.
+        let committed = match p.manifest {
+            Some(manifest) => checkpoint::commit(&root, &tmp, manifest, files),
+            None => Err(tessera_protocol::ProtocolError::Checkpoint {
+                path: tmp.display().to_string(),
+                reason: "no manifest from rank 0".into(),
+            }),
+        };
+        match committed {
+            Ok((dir, bytes)) => {
+                let _ = checkpoint::prune(&root, self.args.keep_last, generation);
+                let asked = self.checkpoint_asked.take().unwrap_or(p.first_shard);
+                let duration_s = asked.elapsed().as_secs_f64();
+                self.args.metrics.observe_checkpoint(duration_s, bytes);
+                self.record(JobEvent::CheckpointCommitted { step, dir: dir.display().to_string(), bytes, duration_s });
+                self.log(&format!(
+                    "checkpoint {} committed: {:.1} MiB, slowest shard write {:.2}s, commit {:.2}s after the first shard",
+                    dir.display(),
+                    bytes as f64 / (1 << 20) as f64,
+                    p.write_s,
+                    p.first_shard.elapsed().as_secs_f64()
+                ));
+                self.drive(Event::CheckpointCommitted { step });
+            }
+            Err(e) => {
+                self.log(&format!("checkpoint of step {step} not committed: {e}"));
+                self.checkpoint_asked = None;
+                self.record(JobEvent::CheckpointFailed { step, reason: e.to_string() });
+                self.drive(Event::CheckpointFailed { step, reason: e.to_string() });
+            }
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! Workers coming and going: registering a hello (once its process group is visible), and
+//! turning a broken link or a departure into the state machine's `Lost`/`Leave` events.
+
+use std::time::{Duration, Instant};
+
+use ractor::{ActorId, ActorRef, pg};
+
+use crate::control::{Event, WorkerId};
+use crate::events::JobEvent;
+use tessera_protocol::messages::{Command, WorkerEvent, worker_group};
+
+use super::{Conn, CoordinatorState, Removal};
+
+impl CoordinatorState {
+    /// Registers the sender of a hello first seen at `first_seen` (retried on later ticks until
+    /// its actor is visible).
+    pub(super) fn hello(&mut self, ev: WorkerEvent, first_seen: Instant) {
+        let WorkerEvent::Hello { nonce, pid, ring_addr, threads } = ev else { return };
+        if self.workers.values().any(|c| c.nonce == nonce) {
+            return;
+        }
+        let Some(cell) = pg::get_members(&worker_group(nonce)).into_iter().next() else {
+            if first_seen.elapsed() < Duration::from_secs(30) {
+                self.pending.push((ev, first_seen));
+            } else {
+                self.log(&format!("hello from pid {pid} dropped: its actor never became visible"));
+            }
+            return;
+        };
+        let id = WorkerId(self.next_worker);
+        self.next_worker += 1;
+        let conn =
+            Conn { actor: ActorRef::from(cell.clone()), cell: cell.get_id(), nonce, pid, ring_addr, last_timings: None, last_rss: None };
+        self.workers.insert(id, conn);
+        self.log(&format!("{id} joined: pid {pid}, ring {ring_addr}, {threads} threads"));
+        self.record(JobEvent::WorkerJoined { worker: id.0, addr: ring_addr.to_string() });
+        self.workers_changed();
+        self.send(
+            id,
+            Command::Welcome {
+                worker: id,
+                job: self.args.spec.clone(),
+                secret: self.args.secret.clone(),
+                heartbeat_ms: self.args.heartbeat_ms,
+            },
+        );
+        self.drive(Event::Join { id, addr: ring_addr.to_string(), pid });
+    }
+
+    /// Removes the workers whose actors left the workers' process group (their link broke).
+    pub(super) fn lost_cells(&mut self, cells: &[ActorId]) {
+        let gone: Vec<WorkerId> = self.workers.iter().filter(|(_, c)| cells.contains(&c.cell)).map(|(id, _)| *id).collect();
+        for id in gone {
+            self.log(&format!("{id}: link lost"));
+            self.leave(id, Removal { reason: "link lost".into(), lost: true });
+        }
+    }
+
+    /// Removes `id` from the job for `why` (recorded when the state machine removes it).
+    pub(super) fn leave(&mut self, id: WorkerId, why: Removal) {
+        let event = if why.lost { Event::Lost { id } } else { Event::Leave { id } };
+        self.removal.insert(id, why);
+        self.drive(event);
+        // Not a member (already removed): nothing consumed the reason.
+        self.removal.remove(&id);
+    }
+}
