@@ -137,6 +137,13 @@ impl Attention {
 /// but its saved log-sum-exp rounds to `-max` and breaks the backward; a boolean mask gives
 /// zeros there on CPU), so such rows run unmasked and are replaced by the mean of `v`.
 fn attend(q_bhnk: &Tensor, k_bhmk: &Tensor, v_bhmk: &Tensor, mask: Option<&Tensor>, scale: f64) -> Tensor {
+    if k_bhmk.size()[2] == 0 {
+        // No key at all (an unconditional generation pass whose inputs are all blanked): ml-4m's
+        // softmax over an empty row times an empty value matrix is zeros; the fused kernel and
+        // the blocked-row fallback (a mean over no values) would give NaN.
+        let (b, h, n, _) = q_bhnk.size4().unwrap_or_default();
+        return Tensor::zeros([b, h, n, v_bhmk.size()[3]], (q_bhnk.kind(), q_bhnk.device()));
+    }
     let Some(mask) = mask else {
         return Tensor::scaled_dot_product_attention::<Tensor>(q_bhnk, k_bhmk, v_bhmk, None, 0.0, false, scale, false);
     };
