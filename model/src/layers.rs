@@ -411,4 +411,18 @@ mod tests {
         let want = run(|q, k, v| reference(q, k, v, &none, 0.5), &qkv, &w);
         assert!((&unmasked[0] - &want[0]).abs().max().double_value(&[]) < 1e-5, "without a mask");
     }
+
+    #[test]
+    fn attention_over_no_key_is_zeros_like_ml4m() {
+        let opts = (Kind::Float, Device::Cpu);
+        let (q, kv) = (Tensor::ones([2, 2, 3, 4], opts), Tensor::zeros([2, 2, 0, 4], opts));
+        // ml-4m's reference (softmax over an empty row, times no values) is zeros; so is attend,
+        // masked or not.
+        let want = reference(&q, &kv, &kv, &Tensor::zeros([2, 3, 0], (Kind::Bool, Device::Cpu)), 0.5);
+        for mask in [None, Some(Tensor::zeros([2, 3, 0], (Kind::Bool, Device::Cpu)))] {
+            let got = attend(&q, &kv, &kv, mask.as_ref(), 0.5);
+            assert_eq!(got.size(), [2, 2, 3, 4]);
+            assert!(got.equal(&want) && bool::try_from(got.eq(0.0).all()).unwrap(), "{got}");
+        }
+    }
 }
