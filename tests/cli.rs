@@ -178,6 +178,8 @@ fn demo_runs_every_stage_and_skips_them_when_rerun() {
         ("caption_to_semseg_miou", "majority_class"),
         ("caption_object_precision", "most_frequent_caption"),
         ("caption_object_recall", "most_frequent_caption"),
+        ("caption_shape_precision", "most_frequent_caption"),
+        ("caption_shape_recall", "most_frequent_caption"),
         ("box_iou", "mean_box_per_class"),
     ] {
         for v in [g[k]["model"].as_f64().unwrap(), g[k][base].as_f64().unwrap()] {

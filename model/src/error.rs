@@ -113,6 +113,15 @@ pub enum ModelError {
         /// ml-4m's type of the modality (`img`, `seq`, …).
         kind: &'static str,
     },
+    /// A multi-condition guided schedule has a step ml-4m's multi-condition sampler cannot run
+    /// (an autoregressive target, or a step without weights beside steps with them).
+    #[error(
+        "generation target '{modality}': multi-condition guidance needs every step image-like (maskgit or roar) with a list of weights in cfg_scales"
+    )]
+    MultiGuidance {
+        /// The target of the offending step.
+        modality: String,
+    },
     /// Generation needs a modality that the model or the batch lacks.
     #[error("generation: modality '{modality}' {missing}")]
     GenerationModality {

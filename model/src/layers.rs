@@ -137,6 +137,13 @@ impl Attention {
 /// but its saved log-sum-exp rounds to `-max` and breaks the backward; a boolean mask gives
 /// zeros there on CPU), so such rows run unmasked and are replaced by the mean of `v`.
 fn attend(q_bhnk: &Tensor, k_bhmk: &Tensor, v_bhmk: &Tensor, mask: Option<&Tensor>, scale: f64) -> Tensor {
+    if k_bhmk.size()[2] == 0 {
+        // No key at all (an unconditional generation pass whose inputs are all blanked): ml-4m's
+        // softmax over an empty row times an empty value matrix is zeros; the fused kernel and
+        // the blocked-row fallback (a mean over no values) would give NaN.
+        let (b, h, n, _) = q_bhnk.size4().unwrap_or_default();
+        return Tensor::zeros([b, h, n, v_bhmk.size()[3]], (q_bhnk.kind(), q_bhnk.device()));
+    }
     let Some(mask) = mask else {
         return Tensor::scaled_dot_product_attention::<Tensor>(q_bhnk, k_bhmk, v_bhmk, None, 0.0, false, scale, false);
     };
@@ -403,5 +410,19 @@ mod tests {
         let none = Tensor::zeros([b, n, m], (Kind::Bool, Device::Cpu));
         let want = run(|q, k, v| reference(q, k, v, &none, 0.5), &qkv, &w);
         assert!((&unmasked[0] - &want[0]).abs().max().double_value(&[]) < 1e-5, "without a mask");
+    }
+
+    #[test]
+    fn attention_over_no_key_is_zeros_like_ml4m() {
+        let opts = (Kind::Float, Device::Cpu);
+        let (q, kv) = (Tensor::ones([2, 2, 3, 4], opts), Tensor::zeros([2, 2, 0, 4], opts));
+        // ml-4m's reference (softmax over an empty row, times no values) is zeros; so is attend,
+        // masked or not.
+        let want = reference(&q, &kv, &kv, &Tensor::zeros([2, 3, 0], (Kind::Bool, Device::Cpu)), 0.5);
+        for mask in [None, Some(Tensor::zeros([2, 3, 0], (Kind::Bool, Device::Cpu)))] {
+            let got = attend(&q, &kv, &kv, mask.as_ref(), 0.5);
+            assert_eq!(got.size(), [2, 2, 3, 4]);
+            assert!(got.equal(&want) && bool::try_from(got.eq(0.0).all()).unwrap(), "{got}");
+        }
     }
 }

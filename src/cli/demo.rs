@@ -299,11 +299,17 @@ fn print_generation(r: &serde_json::Value, png: &Path, seconds: f64) {
         ("depth abs. rel. error", "depth_abs_rel", "mean_depth", "lower"),
         ("caption object precision", "caption_object_precision", "most_frequent_caption", "higher"),
         ("caption object recall", "caption_object_recall", "most_frequent_caption", "higher"),
+        ("caption shape precision", "caption_shape_precision", "most_frequent_caption", "higher"),
+        ("caption shape recall", "caption_shape_recall", "most_frequent_caption", "higher"),
         ("box IoU (matched, per object)", "box_iou", "mean_box_per_class", "higher"),
     ] {
         let (m, b) = (r[key]["model"].as_f64().unwrap_or(f64::NAN), r[key][base].as_f64().unwrap_or(f64::NAN));
         println!("      {name:<28} {m:>8.3} {b:>9.3}  {base} ({better} is better)");
     }
+    println!(
+        "      captions outside the world's grammar: {} of {} (their complete object phrases still count)",
+        r["captions_outside_grammar"], r["scenes"]
+    );
     println!(
         "      pictures: {} (per scene: rgb, then prediction | truth of depth, segmentation, normals, boxes, caption -> segmentation)",
         png.display()

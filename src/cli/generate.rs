@@ -19,6 +19,7 @@ use super::model::DeviceArg;
 use super::output::emit;
 
 pub mod decode;
+pub mod encode;
 pub mod user;
 
 /// Arguments of `tessera generate`.
@@ -38,7 +39,9 @@ pub struct GenerateArgs {
     /// directory for the decoded outputs.
     #[arg(long)]
     out: PathBuf,
-    /// A condition, `KEY=VALUE`: `rgb@224=img.png`, `caption=some text`, `tok_x@64=ids.json`.
+    /// A condition, `KEY=VALUE`: `rgb@224=img.png`, `caption=some text`, `tok_x@64=ids.json`, or
+    /// `tok_depth@64=depth.png` (a picture, encoded with that modality's tokenizer from
+    /// --tokenizers).
     #[arg(long, requires = "target")]
     input: Vec<String>,
     /// A target modality to generate and decode (in chain order).
@@ -60,7 +63,8 @@ pub struct GenerateArgs {
     /// Default schedule: top-k (1 = greedy, 0 = off).
     #[arg(long, default_value_t = 1)]
     top_k: usize,
-    /// Base seed; step i of the chained schedule uses seed + i (ml-4m's rule).
+    /// Base seed; step i of the chained schedule uses seed + i (ml-4m's rule; a multi-condition
+    /// guided schedule re-seeds every step with the seed itself, as ml-4m's does).
     #[arg(long, default_value_t = 0)]
     seed: i64,
     /// Text tokenizer JSON for the special ids of sequence targets (default: ml-4m's layout,
@@ -147,7 +151,7 @@ fn run_user(a: GenerateArgs, ckpt: Checkpoint) -> anyhow::Result<()> {
         Some(t) => TextSpecials::from_tokenizer(t)?,
         None => TextSpecials::ml4m_default(),
     };
-    let batch = user::build_batch(&a.input, &targets, text, &specials, a.max_tokens)?;
+    let batch = user::build_batch(&a.input, &targets, assets.as_ref(), text, &specials, a.max_tokens)?;
     batch.check_against(ckpt.model.config(), "--input/--target")?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     batch.save(&a.out.join("cond.safetensors"))?;

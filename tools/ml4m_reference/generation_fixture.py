@@ -55,6 +55,11 @@ SCHEDULE_SETS = [
     dict(cond_domains=["caption"], target_domains=["tok_clip@224"], tokens_per_target=[196],
          autoregression_schemes=["maskgit"], decoding_steps=[196], token_decoding_schedules=["cosine"], temps=[3.0],
          temp_schedules=["onex:0.5:0.25"], cfg_scales=[1.0], cfg_schedules=["constant"], cfg_grow_conditioning=False),
+    # Multi-condition guidance: a list of weights per target, one per condition.
+    dict(cond_domains=["caption", "tok_rgb@224"], target_domains=["tok_clip@224", "tok_depth@224"],
+         tokens_per_target=[196, 196], autoregression_schemes=["maskgit", "roar"], decoding_steps=[8, 4],
+         token_decoding_schedules=["cosine", "linear"], temps=[2.0, 1.0], temp_schedules=["linear", "constant"],
+         cfg_scales=[[2.0, 1.5], [2.5, 0.5, 1.5]], cfg_schedules=["constant", "constant"], cfg_grow_conditioning=False),
     dict(cond_domains=["caption"], target_domains=["tok_clip@224"], tokens_per_target=[196],
          autoregression_schemes=["roar"], decoding_steps=[300], token_decoding_schedules=["linear"], temps=[1.0],
          temp_schedules=["linear"], cfg_scales=[1.0], cfg_schedules=["constant"], cfg_grow_conditioning=False),
@@ -91,11 +96,90 @@ CASES = [
     dict(name="ar_chain_cfg", conds=["tok_rgb@224"], top_k=1, top_p=0.0, seed=600,
          schedule=chain(["tok_rgb@224"], ["caption", "det"], [12, 16], ["autoregressive"] * 2, [1, 1],
                         ["linear"] * 2, [1.0, 1.0], ["constant"] * 2, [2.0, 3.0], True)),
+    # Autoregressive early stop: the [S_2] row of the caption's tied decoder embedding is
+    # scaled (searched below) so that the rows stop at different steps, before the limit; det
+    # then reads the merged, [PAD]-padded caption. (det's own [S_2] logit peaks at its first
+    # step, so no scale makes its rows stop after a word.)
+    dict(name="ar_stop", conds=["tok_rgb@224"], top_k=1, top_p=0.0, seed=510, shape_stop=["caption"],
+         schedule=chain(["tok_rgb@224"], ["caption", "det"], [24, 32], ["autoregressive"] * 2, [1, 1],
+                        ["linear"] * 2, [1.0, 1.0], ["constant"] * 2, [1.0, 1.0], False)),
+    dict(name="ar_stop_cfg", conds=["tok_rgb@224"], top_k=1, top_p=0.0, seed=610, shape_stop=["caption"],
+         schedule=chain(["tok_rgb@224"], ["caption", "det"], [24, 32], ["autoregressive"] * 2, [1, 1],
+                        ["linear"] * 2, [1.0, 1.0], ["constant"] * 2, [2.0, 1.5], True)),
+    # Multi-condition guidance (generate_multi_guided): caption and image tokens weighed
+    # separately; the finished first target joins as a third condition of the second.
+    dict(name="multi_maskgit", conds=["caption", "tok_rgb@224"], top_k=1, top_p=0.0, seed=800, multi=True,
+         schedule=chain(["caption", "tok_rgb@224"], IMG2, [196, 196], ["maskgit", "maskgit"], [4, 3],
+                        ["cosine", "linear"], [1.0, 1.0], ["constant", "linear"], [[2.0, 1.5], [2.5, 0.5, 1.5]], False)),
+    dict(name="multi_roar", conds=["tok_rgb@224", "caption"], top_k=1, top_p=0.0, seed=900, multi=True,
+         schedule=chain(["tok_rgb@224", "caption"], IMG2, [196, 196], ["roar", "maskgit"], [3, 2],
+                        ["linear", "cosine"], [1.0, 1.0], ["constant", "constant"], [[1.5, 2.0], [1.0, 2.0, 0.5]], False)),
+    # Image-only conditions: the unconditional pass has no encoder token at all.
+    dict(name="multi_image_only", conds=["tok_rgb@224"], top_k=1, top_p=0.0, seed=950, multi=True,
+         schedule=chain(["tok_rgb@224"], ["tok_clip@224"], [196], ["maskgit"], [3], ["cosine"], [1.0],
+                        ["constant"], [[3.0]], False)),
     # Sampled (no top-k): the same seeds give the same multinomial draws as libtorch's generator.
     dict(name="sampled_maskgit_ar", conds=["tok_rgb@224"], top_k=0.0, top_p=0.9, seed=700,
          schedule=chain(["tok_rgb@224"], ["tok_clip@224", "caption"], [196, 12], ["maskgit", "autoregressive"],
                         [4, 1], ["cosine", "linear"], [3.0, 2.0], ["linear", "constant"], [1.5, 1.0], True)),
 ]
+
+
+STOP_SCALES = [k / 8 for k in range(16, 129)]  # 2.0 to 16.0 in exact steps of 1/8
+
+
+class scaled_stop_rows:
+    """Scales the [S_2] row of the tied decoder embedding of each given sequence target (the
+    row is its logit weight and its input embedding), and restores it afterwards."""
+
+    def __init__(self, model, scales, s2):
+        self.model, self.scales, self.s2, self.saved = model, scales, s2, {}
+
+    def __enter__(self):
+        import torch
+        with torch.no_grad():
+            for mod, alpha in self.scales.items():
+                w = self.model.decoder_embeddings[mod].token_emb.weight
+                assert w is self.model.decoder_embeddings[mod].to_logits.weight, "tied embeddings expected"
+                self.saved[mod] = w[self.s2].clone()
+                w[self.s2] *= alpha
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+        with torch.no_grad():
+            for mod, row in self.saved.items():
+                self.model.decoder_embeddings[mod].token_emb.weight[self.s2] = row
+        return False
+
+
+def stop_steps(out, s2):
+    """Per row, the decoding step (0-based, after the start token) that emitted [S_2]; -1: none."""
+    steps = []
+    for row in out.tolist():
+        hits = [i for i, t in enumerate(row[1:]) if t == s2]
+        steps.append(hits[0] if hits else -1)
+    return steps
+
+
+def stops_apart(out, s2, limit):
+    """Every row stops after at least one word, at different steps, and the loop ends before its
+    limit (ml-4m fails to merge a row whose first token is [S_2])."""
+    steps = stop_steps(out, s2)
+    return min(steps) >= 1 and len(set(steps)) == len(steps) and out.shape[1] - 1 < limit
+
+
+def multi_dicts(gen, modality_info, md, conds, specials):
+    """generate_multi_guided's inputs as tessera builds them: the unconditional dict is the batch
+    with every condition blanked by ml-4m's own rules, each conditional dict one condition."""
+    import copy
+    uncond = copy.deepcopy(md)
+    for mod in conds:
+        if modality_info[mod]["type"] in ("seq", "seq_token"):
+            uncond = gen.empty_seq_modality(uncond, mod, s1_id=specials["s1"])
+        else:
+            uncond = gen.empty_img_modality(uncond, mod)
+    return uncond, [{mod: copy.deepcopy(md[mod])} for mod in conds]
 
 
 def stable_torch(torch):
@@ -194,6 +278,30 @@ def main():
 
     sampler.sample_tokens, sampler.top_k_top_p_filtering = sample_tokens, top_k_top_p_filtering
 
+    # The raw autoregressive output (before the span merge) of each sequence target.
+    raw = {}
+    orig_merge = sampler.merge_sequences_batched
+
+    def merge_sequences_batched(mod_dict, pred_ids, target_mod, *args, **kw):
+        raw[target_mod] = pred_ids.clone()
+        return orig_merge(mod_dict, pred_ids, target_mod, *args, **kw)
+
+    sampler.merge_sequences_batched = merge_sequences_batched
+
+    # ml-4m's multi-guided ROAR step writes inverted masks into its conditional dicts (their
+    # passes never see the decoded tokens and query other positions than the unconditional
+    # pass); tessera keeps all passes on one target state, and so does this patch.
+    orig_roar = sampler.multi_guided_roar_step_batched
+
+    def multi_guided_roar_step_batched(uncond_dict, cond_dicts, cond_weights, target_mod, *args, **kw):
+        uncond_dict, cond_dicts = orig_roar(uncond_dict, cond_dicts, cond_weights, target_mod, *args, **kw)
+        for c in cond_dicts:
+            c[target_mod]["input_mask"] = uncond_dict[target_mod]["input_mask"].clone()
+            c[target_mod]["target_mask"] = uncond_dict[target_mod]["target_mask"].clone()
+        return uncond_dict, cond_dicts
+
+    sampler.multi_guided_roar_step_batched = multi_guided_roar_step_batched
+
     def batch_json(md):
         return {mod: {k: to_list(v.long() if k == "decoder_attention_mask" else v) for k, v in d.items()
                       if k in ("tensor", "input_mask", "target_mask", "decoder_attention_mask")}
@@ -211,16 +319,53 @@ def main():
                 ntok = sched_kw["tokens_per_target"][sched_kw["target_domains"].index(mod)]
                 md = gen.init_empty_target_modality(md, modality_info, mod, len(CAPTIONS), ntok, "cpu")
         cond_json = batch_json(md)
-        captured.clear()
-        with torch.no_grad():
-            out = sampler.generate(md, schedule, top_k=case["top_k"], top_p=case["top_p"],
-                                   text_tokenizer=text_tok, seed=case["seed"])
-        cases.append({
+
+        def run(scales):
+            captured.clear()
+            raw.clear()
+            with scaled_stop_rows(model, scales, specials["s2"]), torch.no_grad():
+                if case.get("multi"):
+                    uncond, conds = multi_dicts(gen, modality_info, md, case["conds"], specials)
+                    return sampler.generate_multi_guided(uncond, conds, schedule, top_k=case["top_k"], top_p=case["top_p"],
+                                                         text_tokenizer=text_tok, seed=case["seed"])
+                return sampler.generate(copy.deepcopy(md), schedule, top_k=case["top_k"], top_p=case["top_p"],
+                                        text_tokenizer=text_tok, seed=case["seed"])
+
+        scales = {}
+        # Targets decode in order, so each one's scale is searched with the earlier ones fixed;
+        # of the scales that make the rows stop apart, the one with the widest gap is kept.
+        for mod in case.get("shape_stop", []):
+            limit = sched_kw["tokens_per_target"][sched_kw["target_domains"].index(mod)] - 1
+            best = None
+            for alpha in STOP_SCALES:
+                try:
+                    run({**scales, mod: alpha})
+                except RuntimeError:
+                    # ml-4m cannot merge a row whose first token is [S_2] (the empty span
+                    # becomes a float tensor) when a later target reads it; skip such scales.
+                    continue
+                steps = stop_steps(raw[mod], specials["s2"])
+                if stops_apart(raw[mod], specials["s2"], limit):
+                    gap = max(steps) - min(steps)
+                    print(f"  {case['name']} {mod} scale {alpha}: stops {steps}", file=sys.stderr)
+                    if best is None or gap > best[0]:
+                        best = (gap, alpha)
+            if best is None:
+                sys.exit(f"{case['name']}: no [S_2] scale in {STOP_SCALES[0]}..{STOP_SCALES[-1]} makes the rows of {mod} stop apart")
+            scales[mod] = best[1]
+        out = run(scales)
+        entry = {
             "name": case["name"], "seed": case["seed"], "top_k": case["top_k"], "top_p": case["top_p"],
+            "multi_guided": bool(case.get("multi")),
             "schedule_kwargs": sched_kw, "conditioning": cond_json,
             "result": {mod: batch_json({mod: out[mod]})[mod] for mod in sched_kw["target_domains"]},
             "logits": list(captured),
-        })
+        }
+        if scales:
+            entry["s2_row_scale"] = scales
+            entry["ar_raw"] = {mod: to_list(r) for mod, r in raw.items()}
+            entry["ar_stop_steps"] = {mod: stop_steps(raw[mod], specials["s2"]) for mod in scales}
+        cases.append(entry)
         print(f"{case['name']}: {len(schedule)} steps, {len(captured)} sampling calls", file=sys.stderr)
 
     schedules = []
@@ -230,7 +375,7 @@ def main():
             {"target_domain": s["target_domain"], "scheme": s["scheme"],
              "num_tokens": None if s["num_tokens"] is None else int(s["num_tokens"]),
              "temperature": float(s["temperature"]), "temperature_bits": f64_bits(s["temperature"]),
-             "cfg_scale": float(s["cfg_scale"]),
+             "cfg_scale": [float(w) for w in s["cfg_scale"]] if hasattr(s["cfg_scale"], "__len__") else float(s["cfg_scale"]),
              "cfg_cond_domains": list(s["cfg_cond_domains"])} for s in steps]})
 
     fixture = {

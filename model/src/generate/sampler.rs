@@ -62,17 +62,17 @@ pub struct StepLogits<'a> {
 /// Generates target modalities with a trained [`FourM`].
 #[derive(Debug)]
 pub struct GenerationSampler<'a> {
-    model: &'a FourM,
-    specials: TextSpecials,
+    pub(super) model: &'a FourM,
+    pub(super) specials: TextSpecials,
 }
 
 /// Sampling settings of one step.
-struct StepParams<'s> {
-    index: usize,
-    info: &'s StepSchedule,
-    top_k: TopK,
-    top_p: f64,
-    kv_cache: bool,
+pub(super) struct StepParams<'s> {
+    pub(super) index: usize,
+    pub(super) info: &'s StepSchedule,
+    pub(super) top_k: TopK,
+    pub(super) top_p: f64,
+    pub(super) kv_cache: bool,
 }
 
 impl<'s> StepParams<'s> {
@@ -102,6 +102,9 @@ impl<'a> GenerationSampler<'a> {
         observe: &mut dyn FnMut(StepLogits<'_>),
     ) -> Result<MaskedBatch> {
         self.validate(batch, steps)?;
+        if steps.iter().any(|s| !s.cfg_weights.is_empty()) {
+            return self.generate_multi_guided(batch, steps, opts, observe);
+        }
         let _guard = crate::weights::RNG_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         tch::no_grad(|| {
             let mut batch = batch.shallow_clone();
@@ -122,7 +125,7 @@ impl<'a> GenerationSampler<'a> {
 
     /// Every target must be decodable and present, every guidance condition present, every
     /// token id inside its vocabulary (an out-of-range id would abort inside libtorch).
-    fn validate(&self, batch: &MaskedBatch, steps: &[StepSchedule]) -> Result<()> {
+    pub(super) fn validate(&self, batch: &MaskedBatch, steps: &[StepSchedule]) -> Result<()> {
         let missing = |m: Modality, part| ModelError::GenerationModality { modality: m.key().to_string(), missing: part };
         for (m, t) in &batch.modalities {
             let vocab = m.spec().vocab_size as i64;
@@ -170,7 +173,7 @@ impl<'a> GenerationSampler<'a> {
     }
 
     /// Logits (B, N, V) of mask-token queries at `pos_bn` of an image-like target.
-    fn grid_logits(&self, batch: &MaskedBatch, target: Modality, pos_bn: &Tensor) -> Result<Tensor> {
+    pub(super) fn grid_logits(&self, batch: &MaskedBatch, target: Modality, pos_bn: &Tensor) -> Result<Tensor> {
         let ctx = self.model.encode_for_generation(batch)?;
         let de = self.model.decoder_embedding(target)?;
         let t = &batch.modalities[&target];
@@ -186,8 +189,20 @@ impl<'a> GenerationSampler<'a> {
 
     /// One MaskGIT or ROAR step: returns the target's tensors after it.
     fn grid_step(&self, batch: &MaskedBatch, p: &StepParams<'_>, observe: &mut dyn FnMut(StepLogits<'_>)) -> Result<ModalityTensors> {
+        let t = &batch.modalities[&p.info.target];
+        self.grid_step_with(t, p, &|pos_bn| self.guided_grid_logits(batch, p, pos_bn), observe)
+    }
+
+    /// One MaskGIT or ROAR step on the target's tensors `t`, with `logits_at` giving the
+    /// (guided) logits at the chosen query positions.
+    pub(super) fn grid_step_with(
+        &self,
+        t: &ModalityTensors,
+        p: &StepParams<'_>,
+        logits_at: &dyn Fn(&Tensor) -> Result<Tensor>,
+        observe: &mut dyn FnMut(StepLogits<'_>),
+    ) -> Result<ModalityTensors> {
         let target = p.info.target;
-        let t = &batch.modalities[&target];
         let masked = t.target_mask.get(0).logical_not().sum(Kind::Int64).int64_value(&[]);
         let requested = p.info.num_tokens.unwrap_or(masked);
         if requested < 0 || (p.info.scheme == Scheme::MaskGit && requested > masked) {
@@ -209,7 +224,7 @@ impl<'a> GenerationSampler<'a> {
             _ => masked,
         };
         let pos_bn = order_bl.narrow(1, 0, n);
-        let logits_bnv = self.guided_grid_logits(batch, p, &pos_bn)?;
+        let logits_bnv = logits_at(&pos_bn)?;
         observe(StepLogits { step: p.index, target, scheme: p.info.scheme, token: 0, logits: &logits_bnv, positions: Some(&pos_bn) });
         let (samples_bn, probs_bn) = sample_tokens_batched(&logits_bnv, p.info.temperature, p.top_k, p.top_p)?;
         let (write_pos, write_ids) = match p.info.scheme {

@@ -112,6 +112,10 @@ pub struct StepSchedule {
     pub cfg_scale: f64,
     /// The modalities blanked in the unconditional pass.
     pub cfg_cond_domains: Vec<Modality>,
+    /// Multi-condition guidance (ml-4m's `generate_multi_guided`): one weight per condition,
+    /// the `cond_domains` in order and then every earlier target. Empty: single guidance by
+    /// `cfg_scale`.
+    pub cfg_weights: Vec<f64>,
 }
 
 /// The per-target settings of one chain, typed (see [`ScheduleSpec`] for the YAML form).
@@ -131,8 +135,10 @@ pub struct TargetSettings {
     pub temp: f64,
     /// Temperature schedule.
     pub temp_schedule: TempSchedule,
-    /// Guidance scale.
+    /// Guidance scale (1.0 when `cfg_weights` is given).
     pub cfg_scale: f64,
+    /// Multi-condition guidance weights (a list in `cfg_scales`); empty for single guidance.
+    pub cfg_weights: Vec<f64>,
     /// Guidance schedule.
     pub cfg_schedule: CfgSchedule,
 }
@@ -245,6 +251,7 @@ pub fn build_chained_generation_schedules(
                 temperature: t.temp,
                 cfg_scale: t.cfg_scale,
                 cfg_cond_domains: cond.clone(),
+                cfg_weights: t.cfg_weights.clone(),
             });
             continue;
         }
@@ -269,6 +276,9 @@ pub fn build_chained_generation_schedules(
                 temperature: temp,
                 cfg_scale: cfg,
                 cfg_cond_domains: cond.clone(),
+                // ml-4m: `np.array(cfg_scale) * np.ones(num_steps).reshape(-1, 1)`, the same
+                // weights at every step.
+                cfg_weights: t.cfg_weights.clone(),
             });
         }
         if cfg_grow_conditioning {
@@ -285,6 +295,17 @@ pub fn build_chained_generation_schedules(
 enum Number {
     Int(i64),
     Float(f64),
+}
+
+/// One target's `cfg_scales` entry: a scale, or (ml-4m's multi-condition guidance) a list of
+/// weights, one per condition.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum CfgScale {
+    /// Single guidance: `uncond + s·(cond − uncond)`.
+    Scale(f64),
+    /// Multi-condition guidance: `uncond + Σ wᵢ·(condᵢ − uncond)`.
+    Weights(Vec<f64>),
 }
 
 /// A schedule file: the keyword arguments of ml-4m's `build_chained_generation_schedules`,
@@ -308,8 +329,9 @@ pub struct ScheduleSpec {
     pub temps: Vec<f64>,
     /// `constant`, `linear` or `onex:{min_t}:{power}` per target.
     pub temp_schedules: Vec<String>,
-    /// Guidance scale per target (1.0 = none).
-    pub cfg_scales: Vec<f64>,
+    /// Guidance scale per target (1.0 = none), or per target a list of weights, one per
+    /// condition (multi-condition guidance: every entry a list, all targets image-like).
+    pub cfg_scales: Vec<CfgScale>,
     /// `constant` per target.
     pub cfg_schedules: Vec<String>,
     /// Each finished target joins the guidance conditions. Default false (ml-4m's).
@@ -390,6 +412,7 @@ impl ScheduleSpec {
         };
         let modality = |key: &'static str, index: usize, s: &str| Modality::from_key(s).map_err(|_| bad(key, index, s, "a modality key"));
         let cond_domains = self.cond_domains.iter().enumerate().map(|(i, s)| modality("cond_domains", i, s)).collect::<Result<Vec<_>>>()?;
+        let multi = self.cfg_scales.iter().any(|c| matches!(c, CfgScale::Weights(_)));
         let mut targets = Vec::with_capacity(n);
         for i in 0..n {
             let target = modality("target_domains", i, &self.target_domains[i])?;
@@ -420,6 +443,26 @@ impl ScheduleSpec {
             if scheme != Scheme::Autoregressive && self.decoding_steps[i] == 0 {
                 return Err(bad("decoding_steps", i, "0", "a positive step count"));
             }
+            let (cfg_scale, cfg_weights) = match &self.cfg_scales[i] {
+                CfgScale::Scale(s) if !multi => (*s, Vec::new()),
+                CfgScale::Scale(s) => return Err(bad("cfg_scales", i, &s.to_string(), "a list of weights, as the other targets have")),
+                CfgScale::Weights(w) => {
+                    // ml-4m's multi-condition sampler decodes image-like targets only and,
+                    // after each target, adds it as one more condition.
+                    if scheme == Scheme::Autoregressive {
+                        return Err(bad("autoregression_schemes", i, scheme.name(), "maskgit or roar (multi-condition guidance)"));
+                    }
+                    if w.len() != cond_domains.len() + i {
+                        return Err(bad(
+                            "cfg_scales",
+                            i,
+                            &format!("{w:?}"),
+                            "one weight per condition: the cond_domains, then each earlier target",
+                        ));
+                    }
+                    (1.0, w.clone())
+                }
+            };
             targets.push(TargetSettings {
                 target,
                 tokens,
@@ -428,7 +471,8 @@ impl ScheduleSpec {
                 token_schedule,
                 temp: self.temps[i],
                 temp_schedule,
-                cfg_scale: self.cfg_scales[i],
+                cfg_scale,
+                cfg_weights,
                 cfg_schedule,
             });
         }
@@ -482,6 +526,30 @@ mod tests {
             temp_schedules: [constant]\ncfg_scales: [1.0]\ncfg_schedules: [constant]\n";
         let err = ScheduleSpec::from_yaml(yaml, "s.yaml").unwrap().resolve("s.yaml").unwrap_err().to_string();
         assert!(err.contains("tokens_per_target") && err.contains("s.yaml"), "{err}");
+    }
+
+    #[test]
+    fn weight_lists_in_cfg_scales_are_multi_condition_guidance() {
+        let yaml = |cfg: &str, schemes: &str| {
+            format!(
+                "cond_domains: [caption, tok_rgb@224]\ntarget_domains: [tok_clip@224, tok_depth@224]\ntokens_per_target: [196, 196]\n\
+                 autoregression_schemes: {schemes}\ndecoding_steps: [2, 3]\ntoken_decoding_schedules: [cosine, linear]\n\
+                 temps: [1.0, 1.0]\ntemp_schedules: [constant, constant]\ncfg_scales: {cfg}\ncfg_schedules: [constant, constant]\n"
+            )
+        };
+        let resolve = |cfg: &str, schemes: &str| ScheduleSpec::from_yaml(&yaml(cfg, schemes), "m.yaml").unwrap().resolve("m.yaml");
+        let plan = resolve("[[2, 1.5], [2.5, 0.5, 1.5]]", "[maskgit, roar]").unwrap();
+        assert_eq!(plan.steps.len(), 5);
+        assert!(plan.steps[..2].iter().all(|s| s.cfg_weights == [2.0, 1.5] && s.cfg_scale == 1.0));
+        assert!(plan.steps[2..].iter().all(|s| s.cfg_weights == [2.5, 0.5, 1.5]));
+        // Plain scales stay single guidance.
+        assert!(resolve("[3.0, 1.0]", "[maskgit, roar]").unwrap().steps.iter().all(|s| s.cfg_weights.is_empty()));
+        // The second target weighs three conditions (two given, one generated).
+        let err = resolve("[[2, 1.5], [2.5, 0.5]]", "[maskgit, roar]").unwrap_err().to_string();
+        assert!(err.contains("cfg_scales") && err.contains("m.yaml") && err.contains("one weight per condition"), "{err}");
+        // Lists and plain scales do not mix.
+        let err = resolve("[[2, 1.5], 3.0]", "[maskgit, roar]").unwrap_err().to_string();
+        assert!(err.contains("cfg_scales") && err.contains("list of weights"), "{err}");
     }
 
     #[test]

@@ -22,7 +22,7 @@ use tessera_tokenizers::shards::Rgb8Image;
 use tessera_tokenizers::world::{WorldSample, WorldSpec};
 
 use super::grid;
-use super::scores::{NamedBox, abs_rel_aligned, align, box_ious, caption_counts, caption_objects};
+use super::scores::{MatchBy, NamedBox, abs_rel_aligned, align, box_ious, caption_counts, caption_mentions, caption_objects};
 use crate::cli::generate::decode::{Assets, classes, decode_tokens, grey, row_ids, sequence_text, signed_rgb};
 use crate::cli::generate::user::{DefaultSchedule, rgb_input, schedule_yaml, text_input};
 
@@ -125,15 +125,18 @@ pub fn run(i: &Inputs<'_>) -> anyhow::Result<serde_json::Value> {
     let mut freq: BTreeMap<&str, usize> = BTreeMap::new();
     train.iter().for_each(|s| *freq.entry(s.caption.as_str()).or_default() += 1);
     let frequent = freq.iter().max_by_key(|(_, c)| **c).map(|(t, _)| t.to_string()).unwrap_or_default();
-    let (mut cap, mut cap_base, mut unparsed) = ((0, 0, 0), (0, 0, 0), 0);
+    // [exact, by shape] × [model, most frequent caption]: (matched, predicted, true) counts.
+    let mut cap = [[(0, 0, 0); 2]; 2];
+    let mut unparsed = 0;
+    let base = caption_mentions(&frequent);
     for (s, text) in scenes.iter().zip(&captions) {
         let truth = caption_objects(&s.caption).context("a world caption that does not parse")?;
-        let pred = caption_objects(text).unwrap_or_else(|| {
-            unparsed += 1;
-            Vec::new()
-        });
-        add(&mut cap, caption_counts(&pred, &truth));
-        add(&mut cap_base, caption_counts(&caption_objects(&frequent).unwrap_or_default(), &truth));
+        unparsed += usize::from(caption_objects(text).is_none());
+        let pred = caption_mentions(text);
+        for (k, by) in [MatchBy::Exact, MatchBy::Shape].into_iter().enumerate() {
+            add(&mut cap[k][0], caption_counts(&pred, &truth, by));
+            add(&mut cap[k][1], caption_counts(&base, &truth, by));
+        }
     }
     let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
 
@@ -160,8 +163,10 @@ pub fn run(i: &Inputs<'_>) -> anyhow::Result<serde_json::Value> {
         "semseg_miou": {"model": mean_iou(&semseg, &gt_semseg, CLASSES), "majority_class": mean_iou(&majority_map, &gt_semseg, CLASSES)},
         "caption_to_semseg_miou": {"model": mean_iou(&cap_semseg, &gt_semseg, CLASSES), "majority_class": mean_iou(&majority_map, &gt_semseg, CLASSES)},
         "depth_abs_rel": {"model": abs_rel, "mean_depth": abs_rel_base},
-        "caption_object_precision": {"model": ratio(cap.0, cap.1), "most_frequent_caption": ratio(cap_base.0, cap_base.1)},
-        "caption_object_recall": {"model": ratio(cap.0, cap.2), "most_frequent_caption": ratio(cap_base.0, cap_base.2)},
+        "caption_object_precision": {"model": ratio(cap[0][0].0, cap[0][0].1), "most_frequent_caption": ratio(cap[0][1].0, cap[0][1].1)},
+        "caption_object_recall": {"model": ratio(cap[0][0].0, cap[0][0].2), "most_frequent_caption": ratio(cap[0][1].0, cap[0][1].2)},
+        "caption_shape_precision": {"model": ratio(cap[1][0].0, cap[1][0].1), "most_frequent_caption": ratio(cap[1][1].0, cap[1][1].1)},
+        "caption_shape_recall": {"model": ratio(cap[1][0].0, cap[1][0].2), "most_frequent_caption": ratio(cap[1][1].0, cap[1][1].2)},
         "captions_outside_grammar": unparsed,
         "box_iou": {"model": box_iou, "mean_box_per_class": box_iou_base},
         "most_frequent_caption": frequent,

@@ -1,6 +1,7 @@
 //! The user-facing form of `tessera generate`: conditions given as files and text
 //! (`--input rgb@224=img.png --input caption="a red cube"`), targets by key (`--target
-//! tok_depth@64`), a default schedule (MaskGIT for image-like targets, autoregression for
+//! tok_depth@64`; a token modality's input may be a picture, `tok_depth@64=depth.png`,
+//! encoded with its tokenizer), a default schedule (MaskGIT for image-like targets, autoregression for
 //! sequences), and decoded outputs in a directory: a PNG per image-like target through its
 //! modality tokenizer, text per sequence target (plus parsed JSON for boxes, metadata and
 //! palettes), the raw ids, and the `cond.safetensors` / `schedule.yaml` the machine interface
@@ -18,6 +19,7 @@ use tessera_tokenizers::text::TextTokenizer;
 use tessera_tokenizers::{Modality, ModalityKind};
 
 use super::decode::{Assets, decode_tokens, parse_sequence, render, row_ids, sequence_text};
+use super::encode::image_to_tokens;
 
 /// Settings of the default schedule the user form writes.
 #[derive(Debug, Clone)]
@@ -64,10 +66,12 @@ fn read_ids(path: &Path, m: Modality) -> anyhow::Result<Tensor> {
     Ok(Tensor::from_slice(&ids).view([1, -1]))
 }
 
-/// Builds the conditioning batch (one sample) from `--input` and `--target` arguments.
+/// Builds the conditioning batch (one sample) from `--input` and `--target` arguments; a
+/// token modality's picture is encoded with its tokenizer from `assets`.
 pub fn build_batch(
     inputs: &[String],
     targets: &[Modality],
+    assets: Option<&Assets>,
     text: Option<&TextTokenizer>,
     specials: &TextSpecials,
     max_tokens: i64,
@@ -82,7 +86,9 @@ pub fn build_batch(
                 let tok = text.with_context(|| format!("--input {key}: text needs a text tokenizer (--tokenizers or --text-tokenizer)"))?;
                 text_input(tok, value)?
             }
-            ModalityKind::ImageTokens | ModalityKind::GlobalTokens => read_ids(Path::new(value), m)?,
+            // A JSON list is the ids themselves; anything else is a picture to tokenize.
+            ModalityKind::ImageTokens | ModalityKind::GlobalTokens if value.ends_with(".json") => read_ids(Path::new(value), m)?,
+            ModalityKind::ImageTokens | ModalityKind::GlobalTokens => image_to_tokens(m, Path::new(value), assets)?,
             ModalityKind::SequenceEmbedding => bail!("--input {key}: sequence embeddings are not supported as user inputs"),
         };
         batch.modalities.insert(m, full_input(m, tensor, None, specials)?);
@@ -284,8 +290,39 @@ mod tests {
         run(args(&weights, &out2, &toks, &[format!("caption={}", sample.caption)], &[semseg.key()])).unwrap();
         assert!(out2.join(format!("{semseg}.png")).is_file());
 
+        // A token modality given as a picture (the world's grey class-id PNG) is encoded with
+        // its tokenizer, exactly as `tessera tokenize` encodes the world's map.
+        let seg_png = dir.path().join("semseg.png");
+        image::GrayImage::from_raw(64, 64, sample.frame.semseg.clone()).unwrap().save(&seg_png).unwrap();
+        let seg_in = vec![format!("{semseg}={}", seg_png.display())];
+        let out3 = dir.path().join("out3");
+        run(args(&weights, &out3, &toks, &seg_in, &["caption"])).unwrap();
+        let cond = tessera_model::MaskedBatch::load(&out3.join("cond.safetensors")).unwrap();
+        let raw = tch::Tensor::from_slice(&sample.frame.semseg).to_kind(tch::Kind::Int64).reshape([64, 64]);
+        let seg_tok = assets.tokenizer(semseg).unwrap();
+        let x = tessera_model::tokenizer::prepare("semseg", "0", &raw, None, seg_tok.config()).unwrap();
+        let want = seg_tok.encode(&x.unsqueeze(0)).unwrap();
+        let got = cond.modalities[&semseg].tensor.to_kind(tch::Kind::Int64);
+        assert!(got.equal(&want.to_kind(tch::Kind::Int64)), "the picture's ids are the tokenizer's encoding of the map");
+        assert!(out3.join("caption.txt").is_file());
+        // Without a tokenizer for it, the error names the modality and what to give.
+        let err = format!(
+            "{:#}",
+            run(GenerateArgs {
+                tokenizers: None,
+                text_tokenizer: Some(toks.join("text_tokenizer.json")),
+                ..args(&weights, &out3, &toks, &seg_in, &["caption"])
+            })
+            .unwrap_err()
+        );
+        assert!(err.contains(semseg.key()) && err.contains("--tokenizers"), "{err}");
+
         let empty = dir.path().join("empty");
         std::fs::create_dir_all(&empty).unwrap();
+        let mut only_text = args(&weights, &out3, &empty, &seg_in, &["caption"]);
+        only_text.text_tokenizer = Some(toks.join("text_tokenizer.json"));
+        let err = format!("{:#}", run(only_text).unwrap_err());
+        assert!(err.contains(semseg.key()) && err.contains("no tokenizer") && err.contains("empty"), "{err}");
         let err = format!("{:#}", run(args(&weights, &out, &empty, &rgb_in, &[semseg.key()])).unwrap_err());
         assert!(err.contains(semseg.key()) && err.contains("empty"), "{err}");
         let err = format!("{:#}", run(args(&weights, &out, &toks, &rgb_in, &["tok_bogus@64"])).unwrap_err());
