@@ -180,6 +180,7 @@ fn non_finite_steps_are_skipped_or_fail() {
     poison(&strict);
     let err = strict.step().unwrap_err();
     assert!(matches!(err, WorkerError::NonFinite { step: 0, .. }), "{err}");
+    assert_eq!(err.kind(), tessera_protocol::messages::FailureKind::Numerics);
 }
 
 /// Gradient accumulation does not change training: micro-batches of 1, 2 or 4 samples give the
