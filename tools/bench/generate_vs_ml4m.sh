@@ -57,6 +57,15 @@ YAML
 for chain in maskgit caption; do
   "$PEER_PY" tools/bench/ml4m_generate.py --weights "$OUT/w.safetensors" --schedule "$OUT/$chain.yaml" \
     --batch-size "$BATCH" --write-cond "$OUT/$chain-cond.safetensors"
+done
+# WRITE_ONLY=1: the schedules and conditioning batches only (tools/gpu/check.sh carries them to a
+# GPU machine, which has no ml-4m); the conditioning does not depend on the model's size.
+if [ -n "${WRITE_ONLY:-}" ]; then
+  rm -f "$OUT/w.safetensors"
+  exit 0
+fi
+
+for chain in maskgit caption; do
   for r in $(seq 1 "$ROUNDS"); do
     "$T" bench generate --weights "$OUT/w.safetensors" --batch "$OUT/$chain-cond.safetensors" \
       --schedule "$OUT/$chain.yaml" --threads "$THREADS" --warmup "$WARMUP" --runs "$RUNS" \

@@ -9,7 +9,9 @@
 # `run` needs PyTorch 2.11 importable by python3 there (its libtorch and libnccl are used), and
 # runs: the NCCL conformance suite and device tests (tessera-ops/tests/nccl.rs), FSDP on the GPU
 # through NCCL vs the single-process trainer in fp32 and bf16 (tessera-worker/tests/fsdp_gpu.rs),
-# then bf16 step times of the base preset: one process, and FSDP (one rank, NCCL) on one GPU.
+# then bf16 step times of the base preset: one process, and FSDP (one rank, NCCL) on one GPU,
+# and the generation chains on the base preset in fp32 and bf16 (when `build` had ml-4m at hand
+# to write their conditioning: ML4M_DIR and PEER_PY as for tools/bench/generate_vs_ml4m.sh).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 MODE=${1:-}
@@ -28,6 +30,14 @@ for l in sys.stdin:
   cargo build --release --locked
   cp target/release/tessera .gpu/tessera
   strip .gpu/nccl-test .gpu/fsdp-gpu-test .gpu/tessera .gpu/tessera-ops-peer
+  # Generation chains (caption and MaskGIT, as tools/bench/generate_vs_ml4m.sh runs them on the
+  # CPU): their schedules and conditioning, written here by ml-4m itself when it is at hand.
+  if [ -n "${ML4M_DIR:-}" ] && [ -n "${PEER_PY:-}" ]; then
+    rm -rf .gpu/gen
+    OUT=.gpu/gen WRITE_ONLY=1 BATCH=${GEN_BATCH:-8} TESSERA=target/release/tessera tools/bench/generate_vs_ml4m.sh
+  else
+    echo "ML4M_DIR/PEER_PY not set: no generation chains in .gpu/ (the run skips them)"
+  fi
   mkdir -p .gpu/shared/data/ml-4m
   cp ../shared/data/ml-4m/text_tokenizer_4m_wordpiece_30k.json .gpu/shared/data/ml-4m/
   du -sh .gpu
@@ -86,9 +96,25 @@ TOML
 import json, statistics, sys
 xs = [json.loads(l) for l in open(sys.argv[1])][2:]
 med = lambda k: statistics.median(x[k] for x in xs)
-print(f"base bf16 b64 {sys.argv[2]:>6}: {med('step_s'):.3f} s/step (median of {len(xs)}), comm {med('comm_s'):.3f} s, losses {[round(x['loss'], 4) for x in xs]}")
+print(f"base bf16 b64 {sys.argv[2]:>6}: {med('step_s'):.3f} s/step (median of {len(xs)}), comm {statistics.median(x['timings']['comm_s'] for x in xs):.3f} s, losses {[round(x['loss'], 4) for x in xs]}")
 PY
   done
+  # Any-to-any generation on the base preset, fp32 and bf16 (issue 19): tokens/s of the chains
+  # whose conditioning the build step wrote; the weights are drawn here (too big to carry).
+  if [ -d .gpu/gen ]; then
+    .gpu/tessera model init --preset base --modalities "caption,tok_rgb@224,tok_clip@224,tok_depth@224" --seed 1 \
+      --out "$OUT/w-base.safetensors" >/dev/null
+    for chain in maskgit caption; do
+      for prec in fp32 bf16; do
+        flags=""; [ "$prec" = bf16 ] && flags="--bf16"
+        timeout 240 .gpu/tessera bench generate --weights "$OUT/w-base.safetensors" --batch ".gpu/gen/$chain-cond.safetensors" \
+          --schedule ".gpu/gen/$chain.yaml" --device cuda $flags --warmup 1 --runs 3 --json >"$OUT/generate-$chain-$prec.json" &&
+          echo "generate $chain $prec: $(grep -o '"tokens_per_s_median": [0-9.]*' "$OUT/generate-$chain-$prec.json")" ||
+          echo "generate $chain $prec failed"
+      done
+    done
+    rm -f "$OUT/w-base.safetensors"
+  fi
   ;;
 *)
   sed -n 2,13p "$0"; exit 2 ;;

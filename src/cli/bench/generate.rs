@@ -14,6 +14,7 @@ use tessera_model::{Checkpoint, MaskedBatch};
 use tessera_tokenizers::text::TextTokenizer;
 
 use super::{Stats, stats};
+use crate::cli::model::DeviceArg;
 use crate::cli::output::emit;
 
 /// Arguments of `bench generate`.
@@ -49,6 +50,12 @@ pub struct GenerateBenchArgs {
     /// Write the last run's final batch here (to compare ids with ml-4m's).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Device (CUDA for the GPU figures of `tools/gpu/check.sh`).
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: DeviceArg,
+    /// bf16 autocast (CUDA only, as `tessera generate --bf16`).
+    #[arg(long)]
+    bf16: bool,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -58,6 +65,8 @@ pub struct GenerateBenchArgs {
 struct GenerateReport {
     bench: &'static str,
     threads: i32,
+    device: String,
+    bf16: bool,
     batch: i64,
     runs: usize,
     kv_cache: bool,
@@ -69,9 +78,12 @@ struct GenerateReport {
 /// Runs `bench generate`.
 pub fn run(a: GenerateBenchArgs) -> anyhow::Result<()> {
     tch::set_num_threads(a.threads);
-    let ckpt = Checkpoint::load(&a.weights, Device::Cpu)?;
+    let device = a.device.device()?;
+    anyhow::ensure!(!a.bf16 || device.is_cuda(), "--bf16 runs under CUDA autocast; on the CPU generation runs in fp32");
+    let ckpt = Checkpoint::load(&a.weights, device)?;
     let batch = MaskedBatch::load(&a.batch)?;
     batch.check_against(ckpt.model.config(), &a.batch.display().to_string())?;
+    let batch = batch.to_device(device);
     let plan = ScheduleSpec::from_file(&a.schedule)?.resolve(&a.schedule.display().to_string())?;
     let specials = match &a.text_tokenizer {
         Some(p) => TextSpecials::from_tokenizer(&TextTokenizer::from_file(p)?)?,
@@ -85,24 +97,32 @@ pub fn run(a: GenerateBenchArgs) -> anyhow::Result<()> {
     for i in 0..a.warmup + a.runs.max(1) {
         let mut ar_samplings = 0i64;
         let t = Instant::now();
-        let out = sampler.generate_observed(&batch, &plan.steps, &opts, &mut |s| {
-            if s.scheme == Scheme::Autoregressive {
-                ar_samplings += 1;
-            }
+        let out = tch::autocast(a.bf16, || {
+            sampler.generate_observed(&batch, &plan.steps, &opts, &mut |s| {
+                if s.scheme == Scheme::Autoregressive {
+                    ar_samplings += 1;
+                }
+            })
         })?;
+        if let Device::Cuda(d) = device {
+            // Kernels still queued would otherwise fall outside the timing.
+            tch::Cuda::synchronize(d as i64);
+        }
         let elapsed = t.elapsed().as_secs_f64();
         tokens = grid_tokens + ar_samplings * b;
         if i >= a.warmup {
             secs.push(elapsed);
         }
         if let (Some(path), true) = (&a.out, i + 1 == a.warmup + a.runs.max(1)) {
-            out.save(path)?;
+            out.to_device(Device::Cpu).save(path)?;
         }
     }
     let seconds = stats(secs);
     let report = GenerateReport {
         bench: "tessera_generate",
         threads: a.threads,
+        device: format!("{device:?}"),
+        bf16: a.bf16,
         batch: b,
         runs: a.runs.max(1),
         kv_cache: opts.kv_cache,
