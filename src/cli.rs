@@ -15,6 +15,8 @@ mod orchestrate;
 mod output;
 mod peak;
 mod plot;
+#[cfg(test)]
+mod readme_check;
 mod tokenizer;
 mod top;
 mod train;

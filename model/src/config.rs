@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 use tessera_tokenizers::{Modality, ModalityKind, ModalitySet, PosEmb, TokenModalityDef};
@@ -14,76 +13,9 @@ use crate::error::{ModelError, Result};
 /// of [`TokenModalityDef`]); present only when the model has some.
 pub const TOKEN_MODALITIES_KEY: &str = "tessera_token_modalities";
 
-/// Size presets. `tiny` is the 256-wide, 4+4-layer model that the peer benchmarks call tiny
-/// (ml-4m's own `fm_tiny_6e_6d` is 384/6+6: use explicit overrides for it); the others equal
-/// ml-4m's `fm_{small_8e_8d,base_12e_12d,large_24e_24d,xlarge_24e_24d}` architectures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Preset {
-    /// dim 256, 4+4 layers, 4 heads.
-    Tiny,
-    /// dim 512, 8+8 layers, 8 heads.
-    Small,
-    /// dim 768, 12+12 layers, 12 heads (4M-B).
-    Base,
-    /// dim 1024, 24+24 layers, 16 heads (4M-L).
-    Large,
-    /// dim 2048, 24+24 layers, 32 heads (4M-XL).
-    Xlarge,
-}
-
-impl Preset {
-    /// (dim, encoder depth, decoder depth, heads) of the preset.
-    pub fn dims(self) -> (usize, usize, usize, usize) {
-        match self {
-            Self::Tiny => (256, 4, 4, 4),
-            Self::Small => (512, 8, 8, 8),
-            Self::Base => (768, 12, 12, 12),
-            Self::Large => (1024, 24, 24, 16),
-            Self::Xlarge => (2048, 24, 24, 32),
-        }
-    }
-}
-
-impl FromStr for Preset {
-    type Err = ModelError;
-
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "tiny" => Ok(Self::Tiny),
-            "small" => Ok(Self::Small),
-            "base" | "b" => Ok(Self::Base),
-            "large" | "l" => Ok(Self::Large),
-            "xlarge" | "xl" => Ok(Self::Xlarge),
-            other => Err(ModelError::Config {
-                field: "preset".into(),
-                reason: format!("unknown preset '{other}' (tiny, small, base, large, xlarge)"),
-            }),
-        }
-    }
-}
-
-/// Block flavours that ml-4m registers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Flavor {
-    /// `*_swiglu_nobias`: SwiGLU MLP, no biases, bias-free LayerNorm (what 4M-21 uses).
-    SwigluNobias,
-    /// `*_gelu`: GELU MLP, biases everywhere, LayerNorm with bias.
-    Gelu,
-}
-
-impl FromStr for Flavor {
-    type Err = ModelError;
-
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "swiglu_nobias" | "swiglu" => Ok(Self::SwigluNobias),
-            "gelu" => Ok(Self::Gelu),
-            other => Err(ModelError::Config { field: "flavor".into(), reason: format!("unknown flavor '{other}' (swiglu_nobias, gelu)") }),
-        }
-    }
-}
+// The closed sets a job names live in the contract crate, so that the coordinator refuses an
+// unknown one when it resolves the job; re-exported here for the model's users.
+pub use tessera_protocol::job::{Flavor, Preset};
 
 /// MLP activation (ml-4m `act_layer`, a torch.nn class name).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -63,6 +63,9 @@ pub enum ModelError {
         /// What is wrong.
         reason: String,
     },
+    /// A file could not be written atomically (names the operation and the file).
+    #[error("{0}")]
+    Write(tessera_tokenizers::Error),
     /// Reading a dataset through the tokenizers crate failed.
     #[error("data: {0}")]
     Data(#[from] tessera_tokenizers::Error),

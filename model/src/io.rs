@@ -191,7 +191,7 @@ pub fn write(path: &Path, tensors: &[(String, Tensor)], metadata: &BTreeMap<Stri
     let header = Metadata::new(Some(md), infos).map_err(|e| format(e.to_string()))?;
     let mut header = serde_json::to_vec(&header).map_err(|e| format(e.to_string()))?;
     header.resize(header.len().next_multiple_of(8), b' ');
-    write_atomic_with(path, |f| {
+    tessera_tokenizers::atomic::write_atomic_with(path, |f| {
         f.write_all(&(header.len() as u64).to_le_bytes())?;
         f.write_all(&header)?;
         let mut buf = Vec::new();
@@ -212,38 +212,7 @@ pub fn write(path: &Path, tensors: &[(String, Tensor)], metadata: &BTreeMap<Stri
         }
         Ok(())
     })
-}
-
-/// Writes `bytes` to `path` through a temp file + fsync + rename (+ directory fsync).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_atomic_with(path, |f| f.write_all(bytes))
-}
-
-/// Fills a temp file beside `path` with `fill` (buffered), fsyncs it and renames it over
-/// `path` (then fsyncs the directory); a failure removes the temp file and leaves `path` as
-/// it was.
-fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>) -> Result<()> {
-    let io = |op: &'static str, p: PathBuf| move |source| ModelError::Io { op, path: p, source };
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io("creating directory", dir.to_path_buf()))?;
-    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{file_name}.tmp.{}", std::process::id()));
-    let written = (|| -> Result<()> {
-        let f = std::fs::File::create(&tmp).map_err(io("creating", tmp.clone()))?;
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
-        fill(&mut w).map_err(io("writing", tmp.clone()))?;
-        let f = w.into_inner().map_err(|e| io("writing", tmp.clone())(e.into_error()))?;
-        f.sync_all().map_err(io("syncing", tmp.clone()))
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    std::fs::rename(&tmp, path).map_err(io("renaming into place", path.to_path_buf()))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    .map_err(ModelError::Write)
 }
 
 #[cfg(test)]

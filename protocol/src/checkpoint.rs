@@ -18,11 +18,13 @@ pub use manifest::{
 };
 
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use tessera_tokenizers::atomic::{sync_dir, write_atomic};
 
 use crate::error::{ProtocolError, Result};
 
@@ -215,28 +217,6 @@ pub fn commit(root: &Path, tmp: &Path, mut manifest: Manifest, files: Vec<FileEn
     fs::rename(tmp, &dir).map_err(io_err("renaming into place", &dir))?;
     sync_dir(root);
     Ok((dir, bytes + json.len() as u64))
-}
-
-/// Writes `bytes` to `path` through a temp file, fsync and rename (then fsyncs the directory).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let mut f = fs::File::create(&tmp).map_err(io_err("creating", &tmp))?;
-    f.write_all(bytes).map_err(io_err("writing", &tmp))?;
-    f.sync_all().map_err(io_err("syncing", &tmp))?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(io_err("renaming into place", path))?;
-    sync_dir(dir);
-    Ok(())
-}
-
-fn sync_dir(dir: &Path) {
-    // Makes the rename durable; a failure here is not fatal on file systems without dir fsync.
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
 }
 
 /// Deletes all but the `keep` newest committed checkpoints (those with a manifest; checking

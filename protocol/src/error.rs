@@ -38,6 +38,16 @@ pub enum ProtocolError {
         /// Why it was refused.
         reason: String,
     },
+    /// A name outside a closed set (a model preset or block flavour).
+    #[error("unknown {kind} '{name}' ({known})")]
+    UnknownName {
+        /// What was named (`preset`, `flavor`).
+        kind: &'static str,
+        /// The name given.
+        name: String,
+        /// The names that exist, comma-separated.
+        known: &'static str,
+    },
     /// A mixture schedule that is inconsistent (weights, versions, dataset sizes).
     #[error("mixture schedule: {reason}")]
     Schedule {

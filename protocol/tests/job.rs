@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use tessera_protocol::job::{DatasetKind, JobConfig, ResolvedJob, StragglerPolicy, import_ml4m};
+use tessera_protocol::job::{DatasetKind, Flavor, JobConfig, Preset, ResolvedJob, StragglerPolicy, import_ml4m};
 use tessera_tokenizers::Modality;
 
 fn ml4m_configs() -> PathBuf {
@@ -100,6 +100,32 @@ fn errors_name_the_field() {
         let err = ResolvedJob::resolve(&cfg, "bad.toml", Path::new("/")).unwrap_err().to_string();
         assert!(err.contains("bad.toml") && err.contains(field), "{field}: {err}");
     }
+}
+
+/// A preset or flavour outside the closed sets is refused when the job is resolved (at `config
+/// check`, `train` or submit), naming the file and the field, not later by a worker; the short
+/// spellings that job files use keep working.
+#[test]
+fn presets_and_flavors_are_checked_at_resolve() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, model: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, MINIMAL.replace("[model]\n", &format!("[model]\n{model}\n"))).unwrap();
+        path
+    };
+    let path = write("huge.toml", "preset = \"huge\"");
+    let err = ResolvedJob::from_file(&path).unwrap_err().to_string();
+    assert_eq!(err, format!("{}: field `model.preset`: unknown preset 'huge' (tiny, small, base, large, xlarge)", path.display()));
+    let path = write("relu.toml", "flavor = \"relu\"");
+    let err = ResolvedJob::from_file(&path).unwrap_err().to_string();
+    assert_eq!(err, format!("{}: field `model.flavor`: unknown flavor 'relu' (swiglu_nobias, gelu)", path.display()));
+
+    let job = ResolvedJob::from_file(&write("xl.toml", "preset = \"xl\"\nflavor = \"swiglu\"")).unwrap();
+    assert_eq!((job.model.preset, job.model.flavor), (Preset::Xlarge, Flavor::SwigluNobias));
+    let job = ResolvedJob::from_file(&write("default.toml", "")).unwrap();
+    assert_eq!((job.model.preset, job.model.flavor), (Preset::Tiny, Flavor::SwigluNobias));
+    let job = ResolvedJob::from_file(&write("gelu.toml", "preset = \"b\"\nflavor = \"gelu\"")).unwrap();
+    assert_eq!((job.model.preset, job.model.flavor), (Preset::Base, Flavor::Gelu));
 }
 
 /// `[stragglers]`: off by default with the documented factor and window; validated once, naming

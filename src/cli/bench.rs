@@ -103,7 +103,7 @@ fn stats(mut v: Vec<f64>) -> Stats {
 #[derive(Serialize)]
 struct StepReport {
     bench: &'static str,
-    preset: String,
+    preset: tessera_model::Preset,
     modalities: String,
     batch: i64,
     threads: i32,
@@ -193,7 +193,7 @@ fn step(a: StepArgs) -> anyhow::Result<()> {
     let tokens = (batch_size as usize * (a.num_input_tokens + a.num_target_tokens)) as f64;
     let report = StepReport {
         bench: "tessera_train_step",
-        preset: a.arch.preset.clone(),
+        preset: a.arch.preset,
         modalities: a.arch.modalities.clone(),
         batch: batch_size,
         threads: a.threads,

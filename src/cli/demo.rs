@@ -47,7 +47,7 @@ pub struct DemoArgs {
     batch_size: usize,
     /// Model preset.
     #[arg(long, default_value = "tiny")]
-    preset: String,
+    preset: tessera_model::Preset,
     /// Seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,

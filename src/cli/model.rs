@@ -32,10 +32,10 @@ pub enum ModelCommand {
 pub struct ArchArgs {
     /// Size preset: tiny, small, base, large, xlarge.
     #[arg(long, default_value = "tiny")]
-    pub preset: String,
+    pub preset: Preset,
     /// Block flavour: swiglu_nobias (4M-21) or gelu.
     #[arg(long, default_value = "swiglu_nobias")]
-    flavor: String,
+    flavor: Flavor,
     /// Modalities: 4m21, 4m7, mod11, or a comma-separated list of ml-4m keys.
     #[arg(long, default_value = "4m21")]
     pub modalities: String,
@@ -56,10 +56,8 @@ pub struct ArchArgs {
 impl ArchArgs {
     /// Resolves the arguments into a validated config.
     pub fn config(&self) -> anyhow::Result<FourMConfig> {
-        let preset: Preset = self.preset.parse()?;
-        let flavor: Flavor = self.flavor.parse()?;
         let set = ModalitySet::parse(&self.modalities)?;
-        let mut cfg = FourMConfig::preset(preset, flavor, &set);
+        let mut cfg = FourMConfig::preset(self.preset, self.flavor, &set);
         if let Some(d) = self.dim {
             cfg.dim = d;
         }
@@ -214,8 +212,8 @@ struct MemoryBytes {
 
 #[derive(Serialize)]
 struct Info {
-    preset: String,
-    flavor: String,
+    preset: Preset,
+    flavor: Flavor,
     dim: usize,
     encoder_depth: usize,
     decoder_depth: usize,
@@ -235,8 +233,8 @@ fn info(a: InfoArgs) -> anyhow::Result<()> {
     let cfg = a.arch.config()?;
     let ParamCounts { total, excluding_embeddings, embeddings, encoder_blocks, decoder_blocks } = cfg.param_counts();
     let info = Info {
-        preset: a.arch.preset.clone(),
-        flavor: a.arch.flavor.clone(),
+        preset: a.arch.preset,
+        flavor: a.arch.flavor,
         dim: cfg.dim,
         encoder_depth: cfg.encoder_depth,
         decoder_depth: cfg.decoder_depth,

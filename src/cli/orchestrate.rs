@@ -309,7 +309,7 @@ pub fn run_embedded(job: &ResolvedJob, o: &EmbeddedOptions) -> anyhow::Result<()
         let api_listener = tokio::net::TcpListener::bind(o.api).await.with_context(|| format!("binding the API at {}", o.api))?;
         let api_addr = api_listener.local_addr()?;
         let endpoint = JobEndpoint { node: node.addr, api: Some(api_addr), pid: std::process::id(), secrets: secrets.clone() };
-        checkpoint::write_atomic(&job.output_dir.join("coordinator.json"), &serde_json::to_vec_pretty(&endpoint)?)?;
+        tessera_tokenizers::atomic::write_atomic(&job.output_dir.join("coordinator.json"), &serde_json::to_vec_pretty(&endpoint)?)?;
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let args = CoordinatorArgs {
             name: job.name.clone(),

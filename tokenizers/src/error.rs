@@ -39,6 +39,16 @@ pub enum Error {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// A file that cannot be written atomically ([`crate::atomic`]).
+    #[error("{op} {path}: {source}")]
+    Write {
+        /// What was being done: creating, writing, syncing, renaming into place.
+        op: &'static str,
+        /// The file (the temp file, or the target for the rename).
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// A YAML document that does not parse or does not have the expected layout.
     #[error("{origin}: {source}")]
     Yaml {

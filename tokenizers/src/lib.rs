@@ -8,9 +8,11 @@
 //! image members, C4-style text corpora) and the [`masking`] module (ml-4m's per-sample
 //! input/target masking and collation) and the [`world`] module (a procedurally rendered
 //! multimodal dataset whose aligned modalities are computed exactly, written in ml-4m's layout).
+//! [`atomic`] holds the one atomic, durable file write that every crate uses.
 //!
 //! The coordinator depends on this crate for the registry, so nothing here may link tch.
 
+pub mod atomic;
 mod error;
 pub mod masking;
 pub mod mixture;

@@ -28,7 +28,6 @@ pub mod tar;
 pub use corpus::{TextCorpus, TextFormat, TextRecord};
 pub use dataset::{DecodedRecord, Member, NameMap, RawRecord, ShardDataset};
 pub use decode::{Decoded, T5Embeddings, TokenArray, crop_settings_from_array, decode_member, encode_json, encode_text};
-pub use files::write_atomic;
 pub use fixture::{FIXTURE_FOLDERS, Fixture, FixtureSpec, write_fixture};
 pub use npy::{ArrayData, NdArray, decode_npy, decode_npz, encode_npy, encode_npz};
 pub use origin::Origin;

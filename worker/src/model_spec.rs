@@ -1,6 +1,6 @@
-//! Turns the coordinator's [`ModelSpec`] (plain names, no tch) into a validated [`FourMConfig`].
+//! Turns the coordinator's [`ModelSpec`] (typed presets, no tch) into a validated [`FourMConfig`].
 
-use tessera_model::{Flavor, FourMConfig, Preset};
+use tessera_model::FourMConfig;
 use tessera_protocol::job::ModelSpec;
 
 use crate::error::{Result, WorkerError};
@@ -9,9 +9,7 @@ use crate::error::{Result, WorkerError};
 pub fn four_m_config(spec: &ModelSpec, origin: &str) -> Result<FourMConfig> {
     let bad =
         |field: &'static str, e: tessera_model::ModelError| WorkerError::ModelSpec { origin: origin.into(), field, reason: e.to_string() };
-    let preset: Preset = spec.preset.parse().map_err(|e| bad("preset", e))?;
-    let flavor: Flavor = spec.flavor.parse().map_err(|e| bad("flavor", e))?;
-    let mut cfg = FourMConfig::preset(preset, flavor, &spec.modalities);
+    let mut cfg = FourMConfig::preset(spec.preset, spec.flavor, &spec.modalities);
     if let Some(d) = spec.dim {
         cfg.dim = d;
     }

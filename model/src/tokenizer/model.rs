@@ -254,7 +254,7 @@ impl Tokenizer {
         io::write(&dir.join(WEIGHTS_FILE), &tensors, &md)?;
         let json = serde_json::to_vec_pretty(&self.cfg)
             .map_err(|e| ModelError::Config { field: "tokenizer.json".into(), reason: e.to_string() })?;
-        io::write_atomic(&dir.join(CONFIG_FILE), &json)
+        tessera_tokenizers::atomic::write_atomic(&dir.join(CONFIG_FILE), &json).map_err(ModelError::Write)
     }
 
     /// Loads a tokenizer saved by [`Tokenizer::save`]; every tensor must match the network the

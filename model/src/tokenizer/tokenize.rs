@@ -21,7 +21,7 @@ use super::config::InputKind;
 use super::model::Tokenizer;
 use super::transform::{prepare, read_crops, read_raw};
 use crate::error::{ModelError, Result};
-use crate::io::write_atomic;
+use tessera_tokenizers::atomic::write_atomic;
 
 /// Samples (with all their crops) encoded per forward (bounds memory, not results).
 const CHUNK: usize = 64;
@@ -136,7 +136,7 @@ pub fn tokenize_world_split(dir: &Path, split: &str, tok: &Tokenizer, opts: &Tok
     if let Some(def) = token_modality_def(tok) {
         let json =
             serde_json::to_vec_pretty(&def).map_err(|e| ModelError::Config { field: MODALITY_FILE.into(), reason: e.to_string() })?;
-        write_atomic(&out.join(MODALITY_FILE), &json)?;
+        write_atomic(&out.join(MODALITY_FILE), &json).map_err(ModelError::Write)?;
     }
 
     // Shard ranges of the source: [start, end) per shard, in order.
@@ -207,7 +207,7 @@ fn prepare_folder(out: &Path, manifest: &Manifest) -> Result<()> {
     if !same {
         let json = serde_json::to_vec_pretty(manifest)
             .map_err(|e| ModelError::Config { field: TOKENIZE_MANIFEST.into(), reason: e.to_string() })?;
-        write_atomic(&path, &json)?;
+        write_atomic(&path, &json).map_err(ModelError::Write)?;
     }
     Ok(())
 }

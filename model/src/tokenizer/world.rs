@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
+use tessera_tokenizers::atomic::write_atomic;
 use tessera_tokenizers::shards::{NameMap, ShardDataset};
 
 use super::ModalityTokenizer;
@@ -266,7 +267,7 @@ pub fn train_from_world(
     let val_report = evaluate(trainer.tokenizer(), &train, &val)?;
     let out = WorldTrainReport { out_dir: out_dir.to_path_buf(), train: report, val: val_report };
     let json = serde_json::to_vec_pretty(&out).map_err(|e| ModelError::Config { field: "eval.json".into(), reason: e.to_string() })?;
-    crate::io::write_atomic(&out_dir.join("eval.json"), &json)?;
+    write_atomic(&out_dir.join("eval.json"), &json).map_err(ModelError::Write)?;
     Ok(out)
 }
 

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use super::config::{
     CheckpointSection, DataSection, DatasetKind, DatasetSection, JobConfig, JobSection, LossKind, ModelSection, TokensSpec, TrainSection,
 };
+use super::model_kind::{Flavor, Preset};
 use crate::error::{ProtocolError, Result};
 
 /// The ml-4m run-config keys tessera uses; every other key is reported as ignored.
@@ -250,8 +251,8 @@ pub fn import_ml4m(run_yaml: &Path, ml4m_root: Option<&Path>, world_size: usize)
     let config = JobConfig {
         job: JobSection { name: stem.clone(), seed: run.seed.unwrap_or(0), output_dir: PathBuf::from("output").join(&stem) },
         model: ModelSection {
-            preset: model.preset,
-            flavor: model.flavor,
+            preset: model.preset.to_string(),
+            flavor: model.flavor.to_string(),
             modalities: union.join(","),
             token_modalities: Vec::new(),
             dim: model.dim,
@@ -273,8 +274,8 @@ pub fn import_ml4m(run_yaml: &Path, ml4m_root: Option<&Path>, world_size: usize)
 /// The architecture named by an ml-4m model id such as `fm_base_12e_12d_swiglu_nobias`.
 #[derive(Debug, PartialEq)]
 struct ModelName {
-    preset: String,
-    flavor: String,
+    preset: Preset,
+    flavor: Flavor,
     dim: Option<usize>,
     num_heads: Option<usize>,
     encoder_depth: usize,
@@ -290,17 +291,20 @@ fn parse_model_name(name: &str) -> std::result::Result<ModelName, String> {
     let depth = |p: &str, suffix: char| p.strip_suffix(suffix).and_then(|d| d.parse::<usize>().ok()).ok_or_else(err);
     let (encoder_depth, decoder_depth) = (depth(parts[2], 'e')?, depth(parts[3], 'd')?);
     let flavor = match parts[4..].join("_").as_str() {
-        "swiglu_nobias" => "swiglu_nobias",
-        "gelu" => "gelu",
+        "swiglu_nobias" => Flavor::SwigluNobias,
+        "gelu" => Flavor::Gelu,
         other => return Err(format!("unsupported block flavour '{other}' in '{name}' (swiglu_nobias, gelu)")),
     };
     // ml-4m's own tiny is 384 wide with 6 heads; tessera's `tiny` preset is the 256-wide peer tiny.
     let (preset, dim, num_heads) = match parts[1] {
-        "tiny" => ("tiny", Some(384), Some(6)),
-        p @ ("small" | "base" | "large" | "xlarge") => (p, None, None),
+        "tiny" => (Preset::Tiny, Some(384), Some(6)),
+        "small" => (Preset::Small, None, None),
+        "base" => (Preset::Base, None, None),
+        "large" => (Preset::Large, None, None),
+        "xlarge" => (Preset::Xlarge, None, None),
         other => return Err(format!("unknown size '{other}' in '{name}'")),
     };
-    Ok(ModelName { preset: preset.into(), flavor: flavor.into(), dim, num_heads, encoder_depth, decoder_depth })
+    Ok(ModelName { preset, flavor, dim, num_heads, encoder_depth, decoder_depth })
 }
 
 /// PyYAML (YAML 1.1) reads `10_000_000` as an integer; serde_yaml (YAML 1.2) as a string.
@@ -354,7 +358,7 @@ mod tests {
     #[test]
     fn model_names() {
         let m = parse_model_name("fm_base_12e_12d_swiglu_nobias").unwrap();
-        assert_eq!((m.preset.as_str(), m.flavor.as_str(), m.encoder_depth, m.decoder_depth), ("base", "swiglu_nobias", 12, 12));
+        assert_eq!((m.preset, m.flavor, m.encoder_depth, m.decoder_depth), (Preset::Base, Flavor::SwigluNobias, 12, 12));
         let t = parse_model_name("fm_tiny_6e_6d_gelu").unwrap();
         assert_eq!((t.dim, t.num_heads), (Some(384), Some(6)));
         assert!(parse_model_name("vit_base").is_err());

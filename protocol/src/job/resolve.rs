@@ -9,6 +9,7 @@ use tessera_tokenizers::mixture::{AlphasConfig, BudgetConfig, HyphenAlphasSpec, 
 use tessera_tokenizers::{Modality, ModalityKind, ModalitySet};
 
 use super::config::{DatasetKind, DeviceKind, JobConfig, LossKind, TokensSpec};
+use super::model_kind::{Flavor, Preset};
 use crate::error::{ProtocolError, Result};
 use crate::ledger::MixtureSchedule;
 use crate::lr::CosineSchedule;
@@ -16,10 +17,10 @@ use crate::lr::CosineSchedule;
 /// The model part of a resolved job (turned into a `FourMConfig` by the worker, which links tch).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelSpec {
-    /// Preset name (validated by the model crate).
-    pub preset: String,
-    /// Flavour name (validated by the model crate).
-    pub flavor: String,
+    /// Size preset (the config's name, checked here so that a bad one is refused at submit).
+    pub preset: Preset,
+    /// Block flavour.
+    pub flavor: Flavor,
     /// Encoder and decoder modalities.
     pub modalities: ModalitySet,
     /// Width override.
@@ -224,8 +225,8 @@ impl ResolvedJob {
         }
         let model_set = set("model.modalities", &cfg.model.modalities)?;
         let model = ModelSpec {
-            preset: cfg.model.preset.clone(),
-            flavor: cfg.model.flavor.clone(),
+            preset: cfg.model.preset.parse().map_err(|e: ProtocolError| bad("model.preset", e.to_string()))?,
+            flavor: cfg.model.flavor.parse().map_err(|e: ProtocolError| bad("model.flavor", e.to_string()))?,
             modalities: model_set.clone(),
             dim: cfg.model.dim,
             encoder_depth: cfg.model.encoder_depth,

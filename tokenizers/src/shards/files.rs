@@ -109,14 +109,9 @@ pub fn io_error(path: &Path, source: std::io::Error) -> Error {
     Error::Io { path: path.display().to_string(), source }
 }
 
-/// Writes `bytes` to `path` atomically: a temporary sibling file, then a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = temp_sibling(path);
-    std::fs::write(&tmp, bytes).map_err(|source| io_error(&tmp, source))?;
-    std::fs::rename(&tmp, path).map_err(|source| io_error(path, source))
-}
-
-/// A temporary name next to `path`, unique per process, so concurrent writers never clash.
+/// The temp name a [`super::TarWriter`] fills before renaming it to `path`: unique per process,
+/// so concurrent writers never clash; `tessera tokenize` recognises (and removes) the ones a
+/// killed run left behind by it. Whole small files go through [`crate::atomic::write_atomic`].
 pub fn temp_sibling(path: &Path) -> PathBuf {
     let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     name.push(format!(".tmp-{}", std::process::id()));

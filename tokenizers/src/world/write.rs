@@ -13,8 +13,9 @@ use super::features::{GLOBAL_DIM, MAP_DIM, PATCH};
 use super::sample::{FOLDERS, WorldSample};
 use super::scene::{COLOURS, SIZES, ShapeClass};
 use super::spec::{Progress, SplitSummary, WorldSpec, WorldSummary};
+use crate::atomic::write_atomic;
 use crate::error::{Error, Result};
-use crate::shards::{TarWriter, write_atomic};
+use crate::shards::TarWriter;
 
 fn io(path: &Path, source: std::io::Error) -> Error {
     Error::Io { path: path.display().to_string(), source }
