@@ -190,8 +190,8 @@ pub enum WorkerEvent {
         generation: u64,
         /// Step count.
         step: u64,
-        /// Why.
-        reason: String,
+        /// What failed (a checkpoint failure: the disk, a file, the shard's tensors).
+        error: RankFailure,
     },
     /// The rank left the training loop of its generation.
     GenerationEnded {

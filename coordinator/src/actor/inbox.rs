@@ -49,7 +49,8 @@ impl CoordinatorState {
                     self.ready.remove(&(generation, step));
                 }
             }
-            WorkerEvent::ShardFailed { worker, generation, step, reason } => {
+            WorkerEvent::ShardFailed { worker, generation, step, error } => {
+                let reason = &error.message;
                 self.log(&format!("{worker}: checkpoint shard of step {step} failed: {reason}"));
                 if generation == self.book.generation {
                     self.book.checkpoints.remove(&step);

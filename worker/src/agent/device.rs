@@ -14,7 +14,7 @@ use ractor::ActorRef;
 use tessera_ops::{AbortHandle, Collective, JobAuth, Rank, RingConfig, Secret, TcpRing};
 use tessera_protocol::ResolvedJob;
 use tessera_protocol::WorkerId;
-use tessera_protocol::messages::{CoordinatorMsg, GenerationStart, RankFailure, Wire, WorkerEvent};
+use tessera_protocol::messages::{CoordinatorMsg, FailureKind, GenerationStart, RankFailure, Wire, WorkerEvent};
 
 use crate::data::DataPipeline;
 use crate::driver::report::{peak_rss_bytes, step_report};
@@ -298,7 +298,10 @@ fn write_snapshot(ctx: &DeviceCtx, g: &GenerationStart, snap: Snapshot, writers:
         let (snap_step, manifest) = (snap.step, snap.manifest.clone().map(Box::new));
         let ev = match snap.write() {
             Ok((file, write_s)) => WorkerEvent::ShardWritten { worker, generation, step: snap_step, rank, file, manifest, write_s },
-            Err(e) => WorkerEvent::ShardFailed { worker, generation, step: snap_step, reason: e.to_string() },
+            Err(e) => {
+                let error = RankFailure { kind: FailureKind::Checkpoint, rank, step: snap_step, message: e.to_string() };
+                WorkerEvent::ShardFailed { worker, generation, step: snap_step, error }
+            }
         };
         let _ = coord.cast(CoordinatorMsg::Worker(Wire::new(ev)));
     });

@@ -26,7 +26,7 @@ use crate::metrics::JobMetrics;
 use tessera_protocol::checkpoint;
 use tessera_protocol::ledger::MixtureSchedule;
 use tessera_protocol::messages::{
-    Command, CoordinatorMsg, GenerationStart, JobSpec, WORKERS_GROUP, Wire, WorkerEvent, WorkerMsg, worker_group,
+    Command, CoordinatorMsg, FailureKind, GenerationStart, JobSpec, RankFailure, WORKERS_GROUP, Wire, WorkerEvent, WorkerMsg, worker_group,
 };
 use tessera_protocol::report::{StepReport, StepTimings};
 
@@ -318,7 +318,8 @@ fn a_mixture_change_restarts_the_generation_and_moves_past_steps_the_ranks_train
     // Shut down: the rank checkpoints at its boundary (it fails here) and leaves.
     job.rt.block_on(job.bridge().shutdown()).unwrap();
     assert_eq!(next(), Command::Stop { generation: 1, checkpoint: true });
-    job.send(WorkerEvent::ShardFailed { worker, generation: 1, step: 7, reason: "disk full".into() });
+    let error = RankFailure { kind: FailureKind::Checkpoint, rank: 0, step: 7, message: "disk full".into() };
+    job.send(WorkerEvent::ShardFailed { worker, generation: 1, step: 7, error });
     // Interrupted before it reports leaving the loop: its removal ends the generation.
     job.send(WorkerEvent::Leaving { worker, reason: "interrupted".into() });
     assert_eq!(job.outcome(), JobOutcome::Stopped { step: 7, checkpointed: true });
