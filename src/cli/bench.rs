@@ -121,11 +121,7 @@ struct StepReport {
 }
 
 fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
-        .map(|kib| kib / 1024.0)
-        .unwrap_or(f64::NAN)
+    tessera_worker::driver::report::peak_rss_bytes().map_or(f64::NAN, |b| b as f64 / (1024.0 * 1024.0))
 }
 
 fn step(a: StepArgs) -> anyhow::Result<()> {

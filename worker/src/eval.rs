@@ -168,11 +168,10 @@ impl EvalReport {
     }
 }
 
-/// A job's fixed held-out batches, the training batches its unigram baseline is fitted on
-/// (once, at first use) and the validation interval.
+/// A job's fixed held-out batches and the training batches its unigram baseline is fitted on
+/// (once, at first use). When to validate is the step driver's ([`crate::driver::Plan`]).
 #[derive(Debug)]
 pub struct ValidationSet {
-    every: u64,
     /// The held-out batches, in micro-batches, in ledger order.
     pub val: Vec<MaskedBatch>,
     /// The baseline's training batches, emptied once it is fitted (with image modalities they
@@ -202,12 +201,7 @@ impl ValidationSet {
         let mut train = open_job_data(job, &mods)?;
         let train_ledger = SampleLedger::new(job.seed, job.schedule.clone(), train.dataset_lens())?;
         let fit = chunks(&mut |r| train.batch(r), &train_ledger, e.baseline_samples)?;
-        Ok(Some(Self { every: e.every_steps, val, fit: std::cell::RefCell::new(fit), baseline: std::cell::OnceCell::new() }))
-    }
-
-    /// True when step count `step` is a validation point.
-    pub fn due(&self, step: u64) -> bool {
-        step.is_multiple_of(self.every)
+        Ok(Some(Self { val, fit: std::cell::RefCell::new(fit), baseline: std::cell::OnceCell::new() }))
     }
 
     /// Held-out samples.
