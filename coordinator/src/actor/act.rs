@@ -92,6 +92,7 @@ impl CoordinatorState {
                 self.removal.insert(id, Removal { reason, lost: false });
             }
             Action::Finish { step, ending } => {
+                let step = step.0;
                 let outcome = match ending {
                     Ending::Finished => JobOutcome::Finished { step },
                     Ending::Stopped { checkpointed } => JobOutcome::Stopped { step, checkpointed },

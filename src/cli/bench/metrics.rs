@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use clap::Args;
 use tessera_coordinator::{FlopsModel, JobMetrics};
-use tessera_protocol::{StepReport, StepTimings};
+use tessera_protocol::{Generation, Rank, Step, StepReport, StepTimings};
 
 /// Arguments of `bench metrics`.
 #[derive(Debug, Args)]
@@ -28,13 +28,13 @@ pub struct MetricsArgs {
 pub fn run(a: MetricsArgs) -> anyhow::Result<()> {
     let registry = prometheus::Registry::new_custom(None, Some([("job".to_string(), "bench".to_string())].into()))?;
     let metrics = JobMetrics::new(&registry)?;
-    metrics.set_generation(1, a.ranks);
+    metrics.set_generation(Generation(1), a.ranks);
     metrics.set_flops_model(FlopsModel { flops_per_token: 1e7, peak_flops_per_rank: Some(1e11) });
     let losses: BTreeMap<String, f64> = (0..a.modalities).map(|i| (format!("modality_{i}"), 3.0 + i as f64 * 0.1)).collect();
     let report = |step: u64, rank: u32| StepReport {
-        generation: 1,
-        step,
-        rank,
+        generation: Generation(1),
+        step: Step(step),
+        rank: Rank(rank),
         world: a.ranks,
         loss: 3.5,
         losses: losses.clone(),
