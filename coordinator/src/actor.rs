@@ -85,7 +85,7 @@ pub struct CoordinatorState {
     /// The mixture schedule and the changes not yet handed to a generation.
     mixtures: Mixtures,
     /// Why the running generation is ending (for its `GenerationEnded` record).
-    ending: Option<String>,
+    ending: Option<crate::control::StopReason>,
     /// When the checkpoint in flight was asked for (its duration runs from here to the commit).
     checkpoint_asked: Option<Instant>,
     /// The newest step whose validation is in `eval_log.jsonl` (a generation that repeats

@@ -93,7 +93,7 @@ fn a_silent_rank_is_removed_and_the_survivors_restart_from_the_last_commit() {
     acts.extend(c.handle(now, Event::Heartbeat { id: w(3) }));
     acts.extend(c.handle(now, Event::Tick));
     assert!(acts.contains(&Action::Remove { id: w(2), lost: true }), "{acts:?}");
-    assert!(acts.contains(&Action::Abort { generation: Generation(0), reason: StopReason::MemberLost(w(2)) }), "{acts:?}");
+    assert!(acts.contains(&Action::Abort { generation: Generation(0), reason: StopReason::MemberLost { worker: w(2) } }), "{acts:?}");
     let next = started(&c.handle(now, Event::GenerationStopped { generation: Generation(0) })).expect("2 survivors >= min");
     assert_eq!(next, GenerationPlan { generation: Generation(1), ranks: vec![w(1), w(3)], start_step: Step(2), restore: Some(Step(2)) });
     assert_eq!(c.next_step(), Step(2), "step 2 is redone: it was not committed");
@@ -108,7 +108,7 @@ fn below_min_workers_the_job_waits_for_a_new_worker() {
     train(&mut c, &mut now, 2);
     assert!(
         c.handle(now, Event::Leave { id: w(2) })
-            .contains(&Action::Abort { generation: Generation(0), reason: StopReason::MemberLost(w(2)) })
+            .contains(&Action::Abort { generation: Generation(0), reason: StopReason::MemberLost { worker: w(2) } })
     );
     assert!(started(&c.handle(now, Event::GenerationStopped { generation: Generation(0) })).is_none());
     let plan = started(&join(&mut c, now + 50, 9)).expect("back to min_workers");
@@ -222,7 +222,7 @@ fn generations_failing_before_their_first_step_fail_the_job_after_three() {
         let g = c.running().expect("a generation runs").generation;
         *now += 10;
         let aborted = c.handle(*now, Event::GenerationFailed { generation: g, id: w(1) });
-        assert!(aborted.iter().any(|a| matches!(a, Action::Abort { reason: StopReason::RankFailed(_), .. })), "{aborted:?}");
+        assert!(aborted.iter().any(|a| matches!(a, Action::Abort { reason: StopReason::RankFailed { .. }, .. })), "{aborted:?}");
         for id in 1..=3 {
             c.handle(*now, Event::Heartbeat { id: w(id) });
         }

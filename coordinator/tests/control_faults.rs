@@ -163,7 +163,7 @@ fn every_lost_worker_is_replaced_but_a_replacement_lost_before_training_is_not()
     let mut acts = c.handle(now, Event::ProcessExited { worker: Some(w(2)), pid: pid(2) });
     acts.extend(c.handle(now, Event::ProcessExited { worker: Some(w(3)), pid: pid(3) }));
     assert_eq!(launches(&acts), vec![Some(w(2)), Some(w(3))], "{acts:?}");
-    assert!(acts.contains(&Action::Abort { generation: Generation(0), reason: StopReason::MemberLost(w(2)) }), "{acts:?}");
+    assert!(acts.contains(&Action::Abort { generation: Generation(0), reason: StopReason::MemberLost { worker: w(2) } }), "{acts:?}");
     let idle = c.handle(now, Event::GenerationStopped { generation: Generation(0) });
     assert!(started(&idle).is_none() && fail_reason(&idle).is_none(), "waits for the replacements: {idle:?}");
     join_replacement(&mut c, now + 50, 4);

@@ -65,8 +65,12 @@ impl CoordinatorState {
             let alive: Vec<WorkerId> = self.workers.keys().copied().collect();
             if self.book.all_ended(|id| alive.contains(&id)) {
                 self.log(&format!("generation {g}: stopped"));
-                let reason = self.ending.take().unwrap_or_else(|| "stopped".into());
-                self.record(JobEvent::GenerationEnded { generation: g.0, reason });
+                // The state machine stops a generation only through a `StopAtBoundary` or an
+                // `Abort`, which set `ending`; without one there is no true reason to record.
+                match self.ending.take() {
+                    Some(reason) => self.record(JobEvent::GenerationEnded { generation: g.0, reason: reason.into() }),
+                    None => self.log(&format!("generation {g}: stopped with no reason decided (not recorded)")),
+                }
                 self.drive(Event::GenerationStopped { generation: g });
             }
         }

@@ -50,13 +50,21 @@ use super::state::{
     Control, Event, Generation, GenerationPlan, MAX_FAILED_STARTS, MAX_FINAL_CHECKPOINT_ATTEMPTS, Member, Rank, Step, WorkerId,
 };
 
-/// Why a generation ends.
+/// Why a generation ends. The event log records it as is (`generation_ended`), tagged by
+/// `kind` in snake_case: `{"kind": "member_lost", "worker": 3}`, `{"kind": "resize"}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum StopReason {
     /// A rank died or left; the generation is aborted.
-    MemberLost(WorkerId),
+    MemberLost {
+        /// The rank's worker.
+        worker: WorkerId,
+    },
     /// A rank failed (its error names the cause); the generation is aborted.
-    RankFailed(WorkerId),
+    RankFailed {
+        /// The rank's worker.
+        worker: WorkerId,
+    },
     /// The membership should change (join, drain, scale).
     Resize,
     /// Every step is done.
@@ -71,7 +79,20 @@ impl StopReason {
     /// The generation was lost to a rank's death or failure (it counts as a restart), rather
     /// than ended as planned.
     pub fn is_loss(self) -> bool {
-        matches!(self, StopReason::MemberLost(_) | StopReason::RankFailed(_))
+        matches!(self, StopReason::MemberLost { .. } | StopReason::RankFailed { .. })
+    }
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::MemberLost { worker } => write!(f, "{worker} was lost"),
+            Self::RankFailed { worker } => write!(f, "{worker} failed"),
+            Self::Resize => f.write_str("the membership changes"),
+            Self::Finished => f.write_str("every step is done"),
+            Self::Shutdown => f.write_str("the job is shutting down"),
+            Self::CheckpointFailing => f.write_str("the final checkpoint keeps failing"),
+        }
     }
 }
 
@@ -272,7 +293,7 @@ impl Control {
                     actions.push(Action::Remove { id, lost: false });
                 }
                 if self.is_rank(id) {
-                    self.abort(StopReason::MemberLost(id), actions);
+                    self.abort(StopReason::MemberLost { worker: id }, actions);
                 }
             }
             Event::Lost { id } => self.lose(id, actions),
@@ -355,7 +376,7 @@ impl Control {
                         actions.push(Action::VerifyRestore { step });
                     }
                     self.rank_failed = true;
-                    self.abort(StopReason::RankFailed(id), actions);
+                    self.abort(StopReason::RankFailed { worker: id }, actions);
                 }
             }
             Event::GenerationStopped { generation } => {

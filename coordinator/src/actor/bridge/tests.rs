@@ -19,9 +19,9 @@ use super::ActorBridge;
 use crate::actor::{Coordinator, CoordinatorArgs, JobOutcome, Launcher};
 use crate::api::{ApiError, JobControl, JobPhase, MixtureAck, ScaleAck, serve};
 use crate::client::ApiClient;
-use crate::control::{Generation, Policy, Rank, Step, WorkerId};
+use crate::control::{Generation, Policy, Rank, Step, StopReason, WorkerId};
 use crate::error::CoordinatorError;
-use crate::events::{EventFeed, EventLog, JobEvent};
+use crate::events::{EndReason, EventFeed, EventLog, JobEvent};
 use crate::metrics::JobMetrics;
 use tessera_protocol::checkpoint;
 use tessera_protocol::ledger::MixtureSchedule;
@@ -352,7 +352,7 @@ fn a_mixture_change_restarts_the_generation_and_moves_past_steps_the_ranks_train
                 "committed"
             }
             JobEvent::GenerationEnded { generation, reason } => {
-                assert_eq!(reason, ["Resize", "Shutdown"][*generation as usize]);
+                assert_eq!(*reason, EndReason::Stop([StopReason::Resize, StopReason::Shutdown][*generation as usize]));
                 "generation ended"
             }
             JobEvent::CheckpointFailed { step, reason } => {
