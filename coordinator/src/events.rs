@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::control::StopReason;
 use crate::error::{CoordinatorError, Result};
+use tessera_protocol::ModalityName;
 use tessera_protocol::jsonl::JsonLines;
 
 mod feed;
@@ -113,7 +114,7 @@ pub enum JobEvent {
         /// The step count scored.
         step: u64,
         /// Mean cross-entropy per target modality.
-        loss: BTreeMap<String, f64>,
+        loss: BTreeMap<ModalityName, f64>,
     },
     /// A checkpoint attempt failed and will never be used.
     CheckpointFailed {

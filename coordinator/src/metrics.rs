@@ -293,7 +293,7 @@ impl JobMetrics {
         let mut per_modality: BTreeMap<&str, Vec<(f64, u64)>> = BTreeMap::new();
         for r in reports {
             for (m, l) in &r.losses {
-                per_modality.entry(m).or_default().push((*l, r.samples));
+                per_modality.entry(m.as_str()).or_default().push((*l, r.samples));
             }
         }
         for (m, v) in per_modality {

@@ -1,10 +1,13 @@
-//! Typed ids that cross processes. Each is a newtype over the number it always was, and
-//! `#[serde(transparent)]`, so the JSON of messages and logs is the bare number as before; the
-//! type only keeps a generation, a step and a rank from being passed for one another.
+//! Typed ids that cross processes. Each is a newtype over the number (or, for a modality's
+//! name, the text) it always was, and `#[serde(transparent)]`, so the JSON of messages and logs
+//! is the bare value as before; the type only keeps a generation, a step, a rank and a
+//! modality key from being passed for one another.
 
+use std::borrow::Borrow;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use tessera_tokenizers::Modality;
 
 /// A worker process, as the coordinator names it (unique for the job's lifetime).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -78,6 +81,42 @@ impl fmt::Display for Rank {
     }
 }
 
+/// A modality's key as it crosses processes and lands in logs and metrics (`caption`,
+/// `tok_rgb@224`): what per-modality losses and scores are keyed by. It is made from a
+/// [`Modality`], so a rank reports only keys its registry knows; decoding trusts the sender's
+/// registry, so that a process reading a log (`tessera plot`, `tessera top`) needs no job's
+/// tokenizer-defined modalities registered.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ModalityName(String);
+
+impl ModalityName {
+    /// The key as text (a metric label, a table cell).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<Modality> for ModalityName {
+    fn from(m: Modality) -> Self {
+        Self(m.key().to_string())
+    }
+}
+
+/// Maps keyed by name are looked up by key text (`losses["caption"]`); the order is the text's.
+impl Borrow<str> for ModalityName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ModalityName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `pad`, so that widths and alignment (`{:<22}`) apply.
+        f.pad(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,5 +128,17 @@ mod tests {
         assert_eq!(format!("generation {} step {} rank {}", Generation(3), Step(17), Rank(2)), "generation 3 step 17 rank 2");
         assert_eq!(format!("[{:>4}|{:<3}]", Step(17), Rank(2)), "[  17|2  ]");
         assert_eq!((Generation(3).next(), Step(17).next()), (Generation(4), Step(18)));
+    }
+
+    #[test]
+    fn a_modality_name_is_its_key() {
+        let losses = std::collections::BTreeMap::from([(ModalityName::from(Modality::TokRgb224), 2.5), (Modality::Caption.into(), 3.0)]);
+        assert_eq!(serde_json::to_string(&losses).unwrap(), r#"{"caption":3.0,"tok_rgb@224":2.5}"#);
+        assert_eq!(
+            serde_json::from_str::<std::collections::BTreeMap<ModalityName, f64>>(r#"{"caption":3.0,"tok_rgb@224":2.5}"#).unwrap(),
+            losses
+        );
+        assert_eq!(losses["caption"], 3.0);
+        assert_eq!(format!("[{:<8}]", ModalityName::from(Modality::Det)), "[det     ]");
     }
 }

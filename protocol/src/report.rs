@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::Counters;
-use crate::ids::{Generation, Rank, Step};
+use crate::ids::{Generation, ModalityName, Rank, Step};
 
 /// Wall-clock seconds one rank spent in each phase of one step.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -51,8 +51,8 @@ pub struct StepReport {
     pub world: u32,
     /// Total loss of the step (the same on every rank after the loss all-reduce).
     pub loss: f64,
-    /// Loss per target modality (modality name -> loss).
-    pub losses: BTreeMap<String, f64>,
+    /// Loss per target modality.
+    pub losses: BTreeMap<ModalityName, f64>,
     /// Learning rate used for the step.
     pub lr: f64,
     /// Global gradient norm before clipping.
@@ -98,7 +98,7 @@ pub struct TrainLogLine {
     /// Total loss of the step.
     pub loss: f64,
     /// Loss per target modality.
-    pub mod_loss: BTreeMap<String, f64>,
+    pub mod_loss: BTreeMap<ModalityName, f64>,
     /// Learning rate used.
     pub lr: f64,
     /// Global gradient norm before clipping.
@@ -164,6 +164,7 @@ mod tests {
 
     use super::{StepReport, StepTimings};
     use crate::ids::{Generation, Rank, Step};
+    use tessera_tokenizers::Modality;
 
     #[test]
     fn step_report_round_trips_through_json() {
@@ -173,7 +174,7 @@ mod tests {
             rank: Rank(1),
             world: 4,
             loss: 3.25,
-            losses: BTreeMap::from([("rgb@224".to_string(), 3.0), ("caption".to_string(), 3.5)]),
+            losses: BTreeMap::from([(Modality::Rgb224.into(), 3.0), (Modality::Caption.into(), 3.5)]),
             lr: 2e-4,
             grad_norm: 1.125,
             samples: 32,

@@ -182,7 +182,7 @@ impl Source {
         };
         if let Some(v) = &status.validation {
             for (m, l) in &v.loss {
-                let points = self.validation.entry(m.clone()).or_default();
+                let points = self.validation.entry(m.to_string()).or_default();
                 if points.last().is_none_or(|(s, _)| *s < v.step) {
                     points.push((v.step, *l));
                 }

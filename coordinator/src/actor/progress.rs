@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use crate::control::Event;
 use crate::events::JobEvent;
+use tessera_protocol::ModalityName;
 use tessera_protocol::report::StepReport;
 
 use super::CoordinatorState;
@@ -59,7 +60,7 @@ impl CoordinatorState {
             self.log(&format!("validation of step {} not logged: {e}", report.step));
         }
         self.args.metrics.observe_validation(&report);
-        let loss: BTreeMap<String, f64> = report.modalities.iter().map(|(m, e)| (m.clone(), e.loss)).collect();
+        let loss: BTreeMap<ModalityName, f64> = report.modalities.iter().map(|(m, e)| (m.clone(), e.loss)).collect();
         self.record(JobEvent::Validated { step: report.step, loss });
     }
 }

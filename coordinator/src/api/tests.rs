@@ -22,6 +22,7 @@ use crate::events::{EventLog, JobEvent};
 use crate::metrics::JobMetrics;
 use tessera_protocol::report::{StepReport, StepTimings};
 use tessera_protocol::{Generation, Rank, Step};
+use tessera_tokenizers::Modality;
 
 const TOKEN: &str = "t0ken-for-tests";
 const WAIT: Duration = Duration::from_secs(5);
@@ -97,7 +98,7 @@ fn sample_status() -> JobStatus {
         schedule_version: 2,
         validation: Some(ValidationStatus {
             step: 1000,
-            loss: [("caption".to_string(), 2.5), ("tok_rgb@224".to_string(), 4.25)].into(),
+            loss: [(Modality::Caption.into(), 2.5), (Modality::TokRgb224.into(), 4.25)].into(),
             seconds: 3.5,
         }),
         members: vec![

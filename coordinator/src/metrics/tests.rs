@@ -8,6 +8,7 @@ use crate::error::CoordinatorError;
 use tessera_protocol::report::{StepReport, StepTimings};
 use tessera_protocol::validation::{ModalityScore, ValidationReport};
 use tessera_protocol::{Generation, Rank, Step};
+use tessera_tokenizers::Modality;
 
 fn report(generation: u64, step: u64, rank: u32, world: u32, samples: u64, tokens: u64, total_s: f64) -> StepReport {
     StepReport {
@@ -16,7 +17,7 @@ fn report(generation: u64, step: u64, rank: u32, world: u32, samples: u64, token
         rank: Rank(rank),
         world,
         loss: 1.5,
-        losses: BTreeMap::from([("rgb".to_string(), 1.0 + f64::from(rank) * 2.0), ("caption".to_string(), 2.0)]),
+        losses: BTreeMap::from([(Modality::Rgb224.into(), 1.0 + f64::from(rank) * 2.0), (Modality::Caption.into(), 2.0)]),
         lr: 1e-4,
         grad_norm: 0.75,
         samples,
@@ -57,7 +58,7 @@ fn metrics_aggregate_two_ranks_and_drop_stale_rank_labels() {
     assert_eq!(value(&text, "tessera_tokens_total"), Some(2200.0));
     assert_eq!(value(&text, "tessera_loss"), Some(1.5));
     // Equal sample counts: the per-modality loss is the plain mean of 1.0 and 3.0.
-    assert_eq!(value(&text, r#"tessera_modality_loss{modality="rgb"}"#), Some(2.0));
+    assert_eq!(value(&text, r#"tessera_modality_loss{modality="rgb@224"}"#), Some(2.0));
     assert_eq!(value(&text, r#"tessera_modality_loss{modality="caption"}"#), Some(2.0));
     assert_eq!(value(&text, r#"tessera_step_phase_seconds{phase="data"}"#), Some(0.25));
     assert_eq!(value(&text, r#"tessera_step_phase_seconds{phase="total"}"#), Some(0.5));
@@ -124,23 +125,23 @@ fn metrics_refuse_a_second_registration_on_one_registry() {
 #[test]
 fn validation_scores_are_gauges_per_modality() {
     let m = JobMetrics::new(&Registry::new()).unwrap();
-    let report = |step: u64, scores: &[(&str, f64)], seconds: f64| ValidationReport {
+    let report = |step: u64, scores: &[(Modality, f64)], seconds: f64| ValidationReport {
         generation: 0,
         step,
         samples: 8,
-        modalities: scores.iter().map(|(m, l)| (m.to_string(), ModalityScore { tokens: 10, loss: *l, unigram: None })).collect(),
+        modalities: scores.iter().map(|(m, l)| ((*m).into(), ModalityScore { tokens: 10, loss: *l, unigram: None })).collect(),
         seconds,
     };
-    m.observe_validation(&report(100, &[("rgb", 2.5), ("caption", 4.0)], 1.5));
-    m.observe_validation(&report(200, &[("rgb", 2.0)], 2.25));
+    m.observe_validation(&report(100, &[(Modality::Rgb224, 2.5), (Modality::Caption, 4.0)], 1.5));
+    m.observe_validation(&report(200, &[(Modality::Rgb224, 2.0)], 2.25));
     let text = m.render().unwrap();
     assert_eq!(value(&text, "tessera_validation_step"), Some(200.0));
     assert_eq!(value(&text, "tessera_validation_seconds"), Some(2.25));
-    assert_eq!(value(&text, r#"tessera_validation_loss{modality="rgb"}"#), Some(2.0));
+    assert_eq!(value(&text, r#"tessera_validation_loss{modality="rgb@224"}"#), Some(2.0));
     // A modality without targets this time keeps its last score.
     assert_eq!(value(&text, r#"tessera_validation_loss{modality="caption"}"#), Some(4.0));
     // The status shows the last validation as it was.
-    assert_eq!(m.last_validation(), Some(ValidationStatus { step: 200, loss: [("rgb".to_string(), 2.0)].into(), seconds: 2.25 }));
+    assert_eq!(m.last_validation(), Some(ValidationStatus { step: 200, loss: [(Modality::Rgb224.into(), 2.0)].into(), seconds: 2.25 }));
 }
 
 #[test]

@@ -23,7 +23,7 @@ pub fn step_report(
         rank,
         world,
         loss: r.loss,
-        losses: r.mod_loss.iter().map(|(m, l)| (m.key().to_string(), *l)).collect(),
+        losses: r.mod_loss.iter().map(|(m, l)| ((*m).into(), *l)).collect(),
         lr: r.lr,
         grad_norm: r.grad_norm,
         // Each rank trains its shard of the global batch; the coordinator sums over ranks.
