@@ -37,7 +37,7 @@ pub use bridge::{ActorBridge, CALL_TIMEOUT};
 pub use mixture::{MixtureChange, Mixtures, MovedChange};
 
 use crate::api::ApiError;
-use crate::control::{Control, Event, WorkerId};
+use crate::control::{Control, Event, Generation, Step, WorkerId};
 use crate::error::CoordinatorError;
 use crate::events::JobEvent;
 use tessera_protocol::messages::{Command, CoordinatorMsg, WORKERS_GROUP, Wire, WorkerEvent, WorkerMsg};
@@ -69,7 +69,7 @@ pub struct CoordinatorState {
     train_log: Option<tessera_protocol::jsonl::JsonLines>,
     last_loss: Option<f64>,
     /// Checkpoints whose shards are all written, waiting for the state machine's decision.
-    ready: BTreeMap<(u64, u64), PendingCheckpoint>,
+    ready: BTreeMap<(Generation, Step), PendingCheckpoint>,
     /// Why the last `Launch` failed (a scale request answers with it).
     launch_error: Option<String>,
     /// Why the state machine refused the request being answered (rule 9).
@@ -85,7 +85,7 @@ pub struct CoordinatorState {
     /// The mixture schedule and the changes not yet handed to a generation.
     mixtures: Mixtures,
     /// Why the running generation is ending (for its `GenerationEnded` record).
-    ending: Option<String>,
+    ending: Option<crate::control::StopReason>,
     /// When the checkpoint in flight was asked for (its duration runs from here to the commit).
     checkpoint_asked: Option<Instant>,
     /// The newest step whose validation is in `eval_log.jsonl` (a generation that repeats
@@ -157,7 +157,7 @@ impl Actor for Coordinator {
         if policy.launches != args.launcher.is_some() {
             return Err(CoordinatorError::LauncherMismatch { launches: policy.launches }.into());
         }
-        let control = Control::with_committed(policy, args.committed.clone());
+        let control = Control::with_committed(policy, args.committed.iter().copied().map(Step).collect());
         let mixtures = Mixtures::new(args.schedule.clone(), args.dataset_names.clone(), args.global_batch_size)?;
         if let Some(l) = args.launcher.as_mut()
             && policy.initial_workers > 0
@@ -200,7 +200,7 @@ impl Actor for Coordinator {
             validated,
         };
         let resumed_step = state.control.last_committed();
-        state.record(JobEvent::CoordinatorStarted { resumed_step });
+        state.record(JobEvent::CoordinatorStarted { resumed_step: resumed_step.map(|s| s.0) });
         state.workers_changed();
         Ok(state)
     }

@@ -15,6 +15,6 @@ mod straggler;
 pub use decide::{Action, Ending, NoReplacement, StopReason};
 pub use requests::{DrainCause, Refusal};
 pub use state::{
-    Control, Event, GenerationPlan, MAX_FAILED_STARTS, MAX_FINAL_CHECKPOINT_ATTEMPTS, Member, Policy, SUCCESSOR_WAIT_MS, StragglerPolicy,
-    WorkerId,
+    Control, Event, Generation, GenerationPlan, MAX_FAILED_STARTS, MAX_FINAL_CHECKPOINT_ATTEMPTS, Member, Policy, Rank, SUCCESSOR_WAIT_MS,
+    Step, StragglerPolicy, WorkerId,
 };

@@ -15,7 +15,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::control::StopReason;
 use crate::error::{CoordinatorError, Result};
+use tessera_protocol::ModalityName;
 use tessera_protocol::jsonl::JsonLines;
 
 mod feed;
@@ -25,11 +27,34 @@ pub use feed::{DEFAULT_PAGE, EventFeed, EventPage, FEED_CAPACITY, MAX_PAGE, SeqE
 /// Version of the `events.jsonl` line schema ([`LoggedEvent::v`]): `{"v", "ts_ms", "event":
 /// {"type": …, fields}}`, one [`JobEvent`] per line. A new event type or field is a new
 /// version; readers skip nothing silently (an unknown type is an error naming the line).
-pub const EVENTS_SCHEMA: u32 = 1;
+///
+/// Version 2: `generation_ended`'s `reason` is the typed [`StopReason`] (`{"kind": …}`) where
+/// version 1 wrote free text; version 1 lines still read (see [`EndReason::Legacy`]).
+pub const EVENTS_SCHEMA: u32 = 2;
 
 /// The version of lines written before `v` existed (the same shape as version 1).
 fn unversioned() -> u32 {
     0
+}
+
+/// Why a generation ended, as `generation_ended` records it: a bare JSON string is a line of
+/// schema 1 or older, an object is a [`StopReason`] (the form the coordinator writes now).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum EndReason {
+    /// The state machine's reason (schema 2).
+    Stop(StopReason),
+    /// The free text of a schema-1 line, kept verbatim. It is not parsed back into a
+    /// [`StopReason`]: it was the Rust `Debug` form of whatever type the coordinator of the
+    /// day had (`"Resize"`, `"aborted: MemberLost(WorkerId(3))"`), and `"stopped"` had no
+    /// typed counterpart at all, so a parse would be a guess presented as a fact.
+    Legacy(String),
+}
+
+impl From<StopReason> for EndReason {
+    fn from(reason: StopReason) -> Self {
+        Self::Stop(reason)
+    }
 }
 
 /// Something that happened to the job, as recorded in the event log.
@@ -70,8 +95,8 @@ pub enum JobEvent {
     GenerationEnded {
         /// Its number.
         generation: u64,
-        /// Why (resize, member lost, finished).
-        reason: String,
+        /// Why (resize, member lost, finished, ...).
+        reason: EndReason,
     },
     /// A checkpoint was committed (every shard durable, manifest in place).
     CheckpointCommitted {
@@ -89,7 +114,7 @@ pub enum JobEvent {
         /// The step count scored.
         step: u64,
         /// Mean cross-entropy per target modality.
-        loss: BTreeMap<String, f64>,
+        loss: BTreeMap<ModalityName, f64>,
     },
     /// A checkpoint attempt failed and will never be used.
     CheckpointFailed {

@@ -41,6 +41,7 @@ use crate::api::ValidationStatus;
 use crate::error::{CoordinatorError, Result};
 use tessera_protocol::report::StepReport;
 use tessera_protocol::validation::ValidationReport;
+use tessera_protocol::{Generation, Rank};
 
 /// The step phases exported as values of the `phase` label, in report order.
 pub const PHASES: [&str; 6] = ["data", "forward", "backward", "comm", "optimizer", "total"];
@@ -91,7 +92,7 @@ pub struct JobMetrics {
     flops_model: Mutex<Option<FlopsModel>>,
     /// The running generation and its world size, once [`JobMetrics::set_generation`] was
     /// called: reports of other generations are refused so that no stale rank label comes back.
-    current: Mutex<Option<(u64, u32)>>,
+    current: Mutex<Option<(Generation, u32)>>,
 }
 
 /// How throughput converts to model FLOP/s and MFU: what the launcher, which knows the model,
@@ -287,12 +288,12 @@ impl JobMetrics {
         let step_s = phases[5];
 
         let step = reports[0].step;
-        self.step.with_label_values::<&str>(&[]).set(i64::try_from(step).unwrap_or(i64::MAX));
+        self.step.with_label_values::<&str>(&[]).set(i64::try_from(step.0).unwrap_or(i64::MAX));
         set(&self.loss, weighted_mean(reports.iter().map(|r| (r.loss, r.samples))));
         let mut per_modality: BTreeMap<&str, Vec<(f64, u64)>> = BTreeMap::new();
         for r in reports {
             for (m, l) in &r.losses {
-                per_modality.entry(m).or_default().push((*l, r.samples));
+                per_modality.entry(m.as_str()).or_default().push((*l, r.samples));
             }
         }
         for (m, v) in per_modality {
@@ -340,9 +341,9 @@ impl JobMetrics {
 
     /// A generation started with `world` ranks: updates the gauges and drops every per-rank
     /// series, so ranks of the previous generation (a larger world) do not linger.
-    pub fn set_generation(&self, generation: u64, world: u32) {
+    pub fn set_generation(&self, generation: Generation, world: u32) {
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some((generation, world));
-        self.generation.set(i64::try_from(generation).unwrap_or(i64::MAX));
+        self.generation.set(i64::try_from(generation.0).unwrap_or(i64::MAX));
         self.world_size.set(i64::from(world));
         self.rank_step_seconds.reset();
         self.rank_tokens_per_second.reset();
@@ -353,7 +354,7 @@ impl JobMetrics {
     }
 
     /// Rank `rank` of the running generation was flagged as a straggler.
-    pub fn flag_straggler(&self, rank: u32) {
+    pub fn flag_straggler(&self, rank: Rank) {
         self.rank_straggler.with_label_values(&[rank.to_string()]).set(1.0);
         self.stragglers_flagged.inc();
     }
@@ -423,7 +424,7 @@ fn unix_now() -> f64 {
 }
 
 /// Checks that `reports` are one step of one generation, each rank at most once.
-fn validate(reports: &[StepReport], current: Option<(u64, u32)>) -> Result<()> {
+fn validate(reports: &[StepReport], current: Option<(Generation, u32)>) -> Result<()> {
     let refuse = |reason: String| Err(CoordinatorError::StepReports { reason });
     let Some(first) = reports.first() else {
         return refuse("no report".into());
@@ -441,7 +442,7 @@ fn validate(reports: &[StepReport], current: Option<(u64, u32)>) -> Result<()> {
                 r.rank, r.generation, r.step, r.world, first.rank, first.generation, first.step, first.world
             ));
         }
-        if r.rank >= r.world {
+        if r.rank.0 >= r.world {
             return refuse(format!("rank {} outside world {}", r.rank, r.world));
         }
         if !ranks.insert(r.rank) {

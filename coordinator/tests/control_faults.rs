@@ -8,6 +8,7 @@ mod common;
 use tessera_coordinator::control::{
     Action, Control, Ending, Event, GenerationPlan, NoReplacement, Policy, StopReason, StragglerPolicy, WorkerId,
 };
+use tessera_coordinator::control::{Generation, Step};
 
 use common::{join, join_replacement, pid, started, w};
 
@@ -58,7 +59,7 @@ fn settle_checkpoints(c: &mut Control, now: u64, acts: &[Action], commit: &impl 
     while let Some(a) = queue.pop() {
         if let Action::Checkpoint { step, .. } = a {
             let ev =
-                if commit(step) { Event::CheckpointCommitted { step } } else { Event::CheckpointFailed { step, reason: ENOSPC.into() } };
+                if commit(step.0) { Event::CheckpointCommitted { step } } else { Event::CheckpointFailed { step, reason: ENOSPC.into() } };
             let more = c.handle(now, ev);
             queue.extend(more.iter().cloned());
             out.extend(more);
@@ -78,7 +79,7 @@ fn a_final_checkpoint_that_keeps_failing_fails_the_job_with_its_cause() {
     assert!(started(&c.handle(now, Event::Tick)).is_some());
     // Periodic checkpoints at 2 and 4 commit; the disk is full from step 5 on.
     let mut acts = train(&mut c, &mut now, 5, |s| s < 5);
-    assert_eq!(c.last_committed(), Some(4));
+    assert_eq!(c.last_committed(), Some(Step(4)));
     for _ in 0..10 {
         now += 10;
         let more = c.handle(now, Event::Tick);
@@ -86,11 +87,11 @@ fn a_final_checkpoint_that_keeps_failing_fails_the_job_with_its_cause() {
         acts.extend(more);
         acts.extend(retried);
     }
-    let attempts = acts.iter().filter(|a| matches!(a, Action::Checkpoint { step: 5, .. })).count();
+    let attempts = acts.iter().filter(|a| matches!(a, Action::Checkpoint { step: Step(5), .. })).count();
     assert_eq!(attempts, 3, "three attempts at the final checkpoint: {acts:?}");
-    let stop = Action::StopAtBoundary { generation: 0, checkpoint: false, reason: StopReason::CheckpointFailing };
+    let stop = Action::StopAtBoundary { generation: Generation(0), checkpoint: false, reason: StopReason::CheckpointFailing };
     assert_eq!(acts.iter().filter(|a| **a == stop).count(), 1, "{acts:?}");
-    let end = c.handle(now, Event::GenerationStopped { generation: 0 });
+    let end = c.handle(now, Event::GenerationStopped { generation: Generation(0) });
     let reason = fail_reason(&end).unwrap_or_else(|| panic!("the job fails: {end:?}"));
     assert!(reason.contains("No space left on device") && reason.contains("step 4 is intact") && reason.contains("3 times"), "{reason}");
     assert!(started(&end).is_none());
@@ -108,21 +109,21 @@ fn a_shutdown_ends_a_job_whose_final_checkpoint_is_failing() {
     c.handle(now, Event::Tick);
     // The periodic checkpoint of step 4 fails; the final one is asked for and stays in flight.
     let acts = train(&mut c, &mut now, 4, |s| s < 4);
-    assert!(acts.contains(&Action::Checkpoint { generation: 0, step: 4 }));
-    assert_eq!(c.last_committed(), Some(2));
+    assert!(acts.contains(&Action::Checkpoint { generation: Generation(0), step: Step(4) }));
+    assert_eq!(c.last_committed(), Some(Step(2)));
     now += 10;
-    let last = c.handle(now, Event::StepDone { generation: 0, step: 4 });
-    assert_eq!(last, vec![Action::Checkpoint { generation: 0, step: 5 }]);
+    let last = c.handle(now, Event::StepDone { generation: Generation(0), step: Step(4) });
+    assert_eq!(last, vec![Action::Checkpoint { generation: Generation(0), step: Step(5) }]);
     let waiting = c.handle(now, Event::Shutdown);
     assert!(waiting.is_empty(), "the final checkpoint is in flight: wait for it: {waiting:?}");
-    let stop = c.handle(now, Event::CheckpointFailed { step: 5, reason: ENOSPC.into() });
-    assert_eq!(stop, vec![Action::StopAtBoundary { generation: 0, checkpoint: true, reason: StopReason::Shutdown }]);
+    let stop = c.handle(now, Event::CheckpointFailed { step: Step(5), reason: ENOSPC.into() });
+    assert_eq!(stop, vec![Action::StopAtBoundary { generation: Generation(0), checkpoint: true, reason: StopReason::Shutdown }]);
     // The stop's checkpoint fails too; the generation ends all the same.
-    assert!(c.handle(now, Event::CheckpointFailed { step: 5, reason: ENOSPC.into() }).is_empty());
-    let end = c.handle(now, Event::GenerationStopped { generation: 0 });
+    assert!(c.handle(now, Event::CheckpointFailed { step: Step(5), reason: ENOSPC.into() }).is_empty());
+    let end = c.handle(now, Event::GenerationStopped { generation: Generation(0) });
     // Stopped, not finished: a rerun resumes from the checkpoint of step 2.
-    assert_eq!(end, vec![Action::Finish { step: 2, ending: Ending::Stopped { checkpointed: true } }]);
-    assert_eq!(c.next_step(), 2, "stopped at the newest committed checkpoint");
+    assert_eq!(end, vec![Action::Finish { step: Step(2), ending: Ending::Stopped { checkpointed: true } }]);
+    assert_eq!(c.next_step(), Step(2), "stopped at the newest committed checkpoint");
 }
 
 /// Defect 7 of issue 21: with `--max-workers` above `--workers`, the first generation waited
@@ -138,7 +139,7 @@ fn the_first_generation_waits_for_the_workers_started_not_for_max_workers() {
     let mut now = 10;
     train(&mut c, &mut now, 1, |_| true);
     let grow = join(&mut c, now, 3);
-    assert!(grow.contains(&Action::StopAtBoundary { generation: 0, checkpoint: true, reason: StopReason::Resize }), "{grow:?}");
+    assert!(grow.contains(&Action::StopAtBoundary { generation: Generation(0), checkpoint: true, reason: StopReason::Resize }), "{grow:?}");
     // Without processes of its own (workers join by hand), the target is still max_workers.
     let mut by_hand = Control::new(Policy { max_workers: 3, total_steps: 20, ..POLICY });
     join(&mut by_hand, 0, 1);
@@ -162,18 +163,21 @@ fn every_lost_worker_is_replaced_but_a_replacement_lost_before_training_is_not()
     let mut acts = c.handle(now, Event::ProcessExited { worker: Some(w(2)), pid: pid(2) });
     acts.extend(c.handle(now, Event::ProcessExited { worker: Some(w(3)), pid: pid(3) }));
     assert_eq!(launches(&acts), vec![Some(w(2)), Some(w(3))], "{acts:?}");
-    assert!(acts.contains(&Action::Abort { generation: 0, reason: StopReason::MemberLost(w(2)) }), "{acts:?}");
-    let idle = c.handle(now, Event::GenerationStopped { generation: 0 });
+    assert!(acts.contains(&Action::Abort { generation: Generation(0), reason: StopReason::MemberLost { worker: w(2) } }), "{acts:?}");
+    let idle = c.handle(now, Event::GenerationStopped { generation: Generation(0) });
     assert!(started(&idle).is_none() && fail_reason(&idle).is_none(), "waits for the replacements: {idle:?}");
     join_replacement(&mut c, now + 50, 4);
     let plan = started(&join_replacement(&mut c, now + 60, 5)).expect("three workers again");
-    assert_eq!(plan, GenerationPlan { generation: 1, ranks: vec![w(1), w(4), w(5)], start_step: 6, restore: Some(6) });
+    assert_eq!(
+        plan,
+        GenerationPlan { generation: Generation(1), ranks: vec![w(1), w(4), w(5)], start_step: Step(6), restore: Some(Step(6)) }
+    );
     now += 60;
     train(&mut c, &mut now, 1, |_| true);
     // A replacement that trained is an ordinary worker: replaced when lost.
     let acts = c.handle(now, Event::ProcessExited { worker: Some(w(5)), pid: pid(5) });
     assert_eq!(launches(&acts), vec![Some(w(5))], "{acts:?}");
-    c.handle(now, Event::GenerationStopped { generation: 1 });
+    c.handle(now, Event::GenerationStopped { generation: Generation(1) });
     // Its successor dies before training a step: no successor for it (a crash loop).
     let plan = started(&join_replacement(&mut c, now + 10, 6)).expect("three again");
     let acts = c.handle(now + 20, Event::ProcessExited { worker: Some(w(6)), pid: pid(6) });
@@ -207,7 +211,7 @@ fn replacements_respect_the_target_and_the_end_of_the_job() {
     join(&mut c, now, 7);
     let acts = c.handle(now, Event::Lost { id: w(7) });
     assert!(acts.contains(&Action::NotReplaced { lost: w(7), why: NoReplacement::AtTarget { workers: 1, target: 1 } }), "{acts:?}");
-    c.handle(now, Event::GenerationStopped { generation: 0 });
+    c.handle(now, Event::GenerationStopped { generation: Generation(0) });
     c.handle(now, Event::Shutdown);
     let acts = c.handle(now, Event::Lost { id: w(1) });
     assert!(acts.contains(&Action::NotReplaced { lost: w(1), why: NoReplacement::Ending }), "{acts:?}");
@@ -222,14 +226,17 @@ fn only_the_newest_unaborted_generation_commits() {
     join(&mut c, 0, 2);
     let mut now = 0;
     train(&mut c, &mut now, 2, |_| true);
-    assert_eq!(c.handle(now, Event::CheckpointReady { generation: 0, step: 2 }), vec![Action::Commit { generation: 0, step: 2 }]);
-    c.handle(now, Event::Lost { id: w(2) });
-    assert!(c.handle(now, Event::CheckpointReady { generation: 0, step: 3 }).is_empty(), "aborted");
-    let next = started(&c.handle(now, Event::GenerationStopped { generation: 0 })).expect("the survivor goes on");
-    assert!(c.handle(now, Event::CheckpointReady { generation: 0, step: 3 }).is_empty(), "an older generation");
     assert_eq!(
-        c.handle(now, Event::CheckpointReady { generation: next.generation, step: 4 }),
-        vec![Action::Commit { generation: 1, step: 4 }]
+        c.handle(now, Event::CheckpointReady { generation: Generation(0), step: Step(2) }),
+        vec![Action::Commit { generation: Generation(0), step: Step(2) }]
+    );
+    c.handle(now, Event::Lost { id: w(2) });
+    assert!(c.handle(now, Event::CheckpointReady { generation: Generation(0), step: Step(3) }).is_empty(), "aborted");
+    let next = started(&c.handle(now, Event::GenerationStopped { generation: Generation(0) })).expect("the survivor goes on");
+    assert!(c.handle(now, Event::CheckpointReady { generation: Generation(0), step: Step(3) }).is_empty(), "an older generation");
+    assert_eq!(
+        c.handle(now, Event::CheckpointReady { generation: next.generation, step: Step(4) }),
+        vec![Action::Commit { generation: Generation(1), step: Step(4) }]
     );
 }
 
@@ -245,7 +252,7 @@ fn a_stranded_job_fails_with_how_many_workers_are_left() {
     let mut now = 10_000;
     train(&mut c, &mut now, 1, |_| true);
     c.handle(now, Event::Lost { id: w(2) });
-    let end = c.handle(now, Event::GenerationStopped { generation: 0 });
+    let end = c.handle(now, Event::GenerationStopped { generation: Generation(0) });
     assert_eq!(fail_reason(&end).as_deref(), Some("1 workers left, the job needs at least 2"), "{end:?}");
 
     let mut local = Control::new(Policy { min_workers: 2, max_workers: 2, initial_workers: 2, launches: true, ..POLICY });
@@ -265,20 +272,20 @@ fn a_bad_checkpoint_is_forgotten_and_the_one_before_restored() {
     join(&mut c, 0, 2);
     let mut now = 0;
     train(&mut c, &mut now, 7, |_| true);
-    assert_eq!(c.last_committed(), Some(6));
+    assert_eq!(c.last_committed(), Some(Step(6)));
     c.handle(now, Event::Lost { id: w(2) });
-    let plan = started(&c.handle(now, Event::GenerationStopped { generation: 0 })).expect("the survivor goes on");
-    assert_eq!(plan.restore, Some(6));
+    let plan = started(&c.handle(now, Event::GenerationStopped { generation: Generation(0) })).expect("the survivor goes on");
+    assert_eq!(plan.restore, Some(Step(6)));
     // It cannot restore step 6 (a truncated shard): the failure before the first step has
     // the checkpoint verified, once; the coordinator reports it bad.
     let acts = c.handle(now, Event::GenerationFailed { generation: plan.generation, id: w(1) });
-    assert!(acts.contains(&Action::VerifyRestore { step: 6 }), "{acts:?}");
+    assert!(acts.contains(&Action::VerifyRestore { step: Step(6) }), "{acts:?}");
     let again = c.handle(now, Event::GenerationFailed { generation: plan.generation, id: w(1) });
     assert!(!again.iter().any(|a| matches!(a, Action::VerifyRestore { .. })), "verified once per generation: {again:?}");
-    c.handle(now, Event::CheckpointBad { step: 6, reason: "rank-00000-of-00002.safetensors: size 10 != 1000".into() });
+    c.handle(now, Event::CheckpointBad { step: Step(6), reason: "rank-00000-of-00002.safetensors: size 10 != 1000".into() });
     let next = started(&c.handle(now, Event::GenerationStopped { generation: plan.generation })).expect("retried at once");
-    assert_eq!(next, GenerationPlan { generation: 2, ranks: vec![w(1)], start_step: 3, restore: Some(3) });
-    assert_eq!(c.last_committed(), Some(3));
+    assert_eq!(next, GenerationPlan { generation: Generation(2), ranks: vec![w(1)], start_step: Step(3), restore: Some(Step(3)) });
+    assert_eq!(c.last_committed(), Some(Step(3)));
 }
 
 /// Rule 7 asks for a verification only when the failure can be the restore's: a generation
@@ -289,14 +296,14 @@ fn a_restore_is_verified_only_when_the_generation_failed_before_its_first_step()
     let fresh = started(&join(&mut c, 0, 1)).expect("one worker is all the job wants");
     let mut now = 0;
     assert_eq!(fresh.restore, None);
-    let acts = c.handle(now, Event::GenerationFailed { generation: 0, id: w(1) });
+    let acts = c.handle(now, Event::GenerationFailed { generation: Generation(0), id: w(1) });
     assert!(!acts.iter().any(|a| matches!(a, Action::VerifyRestore { .. })), "nothing was restored: {acts:?}");
-    let plan = started(&c.handle(now, Event::GenerationStopped { generation: 0 })).expect("retried");
+    let plan = started(&c.handle(now, Event::GenerationStopped { generation: Generation(0) })).expect("retried");
     train(&mut c, &mut now, 3, |_| true);
-    assert_eq!((plan.restore, c.last_committed()), (None, Some(2)));
+    assert_eq!((plan.restore, c.last_committed()), (None, Some(Step(2))));
     c.handle(now, Event::GenerationFailed { generation: plan.generation, id: w(1) });
     let plan = started(&c.handle(now, Event::GenerationStopped { generation: plan.generation })).expect("retried");
-    assert_eq!(plan.restore, Some(2));
+    assert_eq!(plan.restore, Some(Step(2)));
     train(&mut c, &mut now, 1, |_| true);
     let acts = c.handle(now, Event::GenerationFailed { generation: plan.generation, id: w(1) });
     assert!(!acts.iter().any(|a| matches!(a, Action::VerifyRestore { .. })), "it trained past the restore: {acts:?}");

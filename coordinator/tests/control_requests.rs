@@ -4,6 +4,7 @@
 mod common;
 
 use tessera_coordinator::control::{Action, Control, DrainCause, Event, Policy, Refusal, StopReason, StragglerPolicy};
+use tessera_coordinator::control::{Generation, Step};
 
 use common::{join, started, w};
 
@@ -57,7 +58,7 @@ fn a_scale_down_drains_the_newest_members_beyond_the_target() {
     let drained: Vec<_> =
         acts.iter().filter_map(|a| if let Action::Draining { id, cause } = a { Some((*id, *cause)) } else { None }).collect();
     assert_eq!(drained, vec![(w(9), DrainCause::ScaledDown { workers: 2 })], "the last to join goes");
-    assert!(acts.contains(&Action::StopAtBoundary { generation: 0, checkpoint: true, reason: StopReason::Resize }), "{acts:?}");
+    assert!(acts.contains(&Action::StopAtBoundary { generation: Generation(0), checkpoint: true, reason: StopReason::Resize }), "{acts:?}");
     assert_eq!(c.target(), 2);
 }
 
@@ -67,7 +68,7 @@ fn a_drain_is_refused_for_a_stranger_and_below_min_workers() {
     assert_eq!(refusal(&c.handle(600, Event::Drain { id: w(8) })), Some(Refusal::NotAMember(w(8))));
     let acts = c.handle(600, Event::Drain { id: w(2) });
     assert!(acts.contains(&Action::Draining { id: w(2), cause: DrainCause::Asked }), "{acts:?}");
-    assert!(acts.contains(&Action::StopAtBoundary { generation: 0, checkpoint: true, reason: StopReason::Resize }), "{acts:?}");
+    assert!(acts.contains(&Action::StopAtBoundary { generation: Generation(0), checkpoint: true, reason: StopReason::Resize }), "{acts:?}");
     // Asked again: already leaving, nothing more to do.
     assert!(c.handle(600, Event::Drain { id: w(2) }).is_empty());
     // Two stay (1 and 3); draining one of them would leave one, below min_workers = 2.
@@ -82,10 +83,10 @@ fn a_checkpoint_is_refused_without_a_generation_or_while_it_stops() {
     assert_eq!(refusal(&c.handle(0, Event::RequestCheckpoint)), Some(Refusal::NothingRunning));
     join(&mut c, 0, 2);
     let plan = started(&c.handle(600, Event::Tick)).expect("min_workers after the grace");
-    let acts = c.handle(600, Event::StepDone { generation: plan.generation, step: 0 });
+    let acts = c.handle(600, Event::StepDone { generation: plan.generation, step: Step(0) });
     assert!(acts.is_empty(), "{acts:?}");
     let acts = c.handle(700, Event::RequestCheckpoint);
-    assert_eq!(acts, vec![Action::Checkpoint { generation: 0, step: 1 }]);
+    assert_eq!(acts, vec![Action::Checkpoint { generation: Generation(0), step: Step(1) }]);
     c.handle(700, Event::Shutdown);
     assert_eq!(refusal(&c.handle(700, Event::RequestCheckpoint)), Some(Refusal::Stopping));
 }

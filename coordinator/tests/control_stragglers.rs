@@ -4,6 +4,7 @@
 mod common;
 
 use tessera_coordinator::control::{Action, Control, Event, Policy, SUCCESSOR_WAIT_MS, StopReason, StragglerPolicy};
+use tessera_coordinator::control::{Generation, Rank, Step};
 
 use common::{join, join_replacement, pid, started, w};
 
@@ -41,7 +42,7 @@ fn step(c: &mut Control, now: &mut u64, own_us: &[u64]) -> Vec<Action> {
 fn flags(acts: &[Action]) -> Vec<(u64, u32, bool)> {
     acts.iter()
         .filter_map(|a| match a {
-            Action::StragglerFlagged { id, rank, drain, .. } => Some((id.0, *rank, *drain)),
+            Action::StragglerFlagged { id, rank, drain, .. } => Some((id.0, rank.0, *drain)),
             _ => None,
         })
         .collect()
@@ -58,7 +59,14 @@ fn a_rank_slow_for_k_steps_in_a_row_is_flagged_once_and_not_drained_by_default()
     }
     let acts = step(&mut c, &mut now, &[100_000, 600_000, 110_000]);
     assert_eq!(flags(&acts), vec![(2, 1, false)], "{acts:?}");
-    assert!(acts.contains(&Action::StragglerFlagged { id: w(2), rank: 1, step: 3, own_us: 600_000, median_us: 105_000, drain: false }));
+    assert!(acts.contains(&Action::StragglerFlagged {
+        id: w(2),
+        rank: Rank(1),
+        step: Step(3),
+        own_us: 600_000,
+        median_us: 105_000,
+        drain: false
+    }));
     assert_eq!(c.stragglers().collect::<Vec<_>>(), vec![w(2)]);
     for _ in 0..10 {
         let acts = step(&mut c, &mut now, &[100_000, 600_000, 110_000]);
@@ -95,8 +103,8 @@ fn two_ranks_compare_with_each_other_and_stale_or_malformed_times_are_ignored() 
     let mut now = 0;
     for _ in 0..3 {
         // Another generation's times, or one rank's too few, count for nothing.
-        assert!(c.handle(now, Event::RankTimes { generation: 7, step: 0, own_us: vec![1, 100] }).is_empty());
-        assert!(c.handle(now, Event::RankTimes { generation: 0, step: 0, own_us: vec![100] }).is_empty());
+        assert!(c.handle(now, Event::RankTimes { generation: Generation(7), step: Step(0), own_us: vec![1, 100] }).is_empty());
+        assert!(c.handle(now, Event::RankTimes { generation: Generation(0), step: Step(0), own_us: vec![100] }).is_empty());
         step(&mut c, &mut now, &[1_000, 5_000]);
     }
     assert_eq!(flags(&step(&mut c, &mut now, &[1_000, 5_000])), vec![(2, 1, false)]);
@@ -132,13 +140,14 @@ fn with_drain_on_a_launched_straggler_and_its_replacement_change_places_at_one_c
     assert!(!stops(&c.handle(now, Event::Tick)));
     // The successor joins: one stop with a checkpoint, at the next boundary.
     let acts = join_replacement(&mut c, now, 4);
-    assert!(acts.contains(&Action::StopAtBoundary { generation: 0, checkpoint: true, reason: StopReason::Resize }), "{acts:?}");
+    assert!(acts.contains(&Action::StopAtBoundary { generation: Generation(0), checkpoint: true, reason: StopReason::Resize }), "{acts:?}");
     let step_now = c.next_step();
     assert!(
-        c.handle(now, Event::CheckpointReady { generation: 0, step: step_now }).contains(&Action::Commit { generation: 0, step: step_now })
+        c.handle(now, Event::CheckpointReady { generation: Generation(0), step: step_now })
+            .contains(&Action::Commit { generation: Generation(0), step: step_now })
     );
     c.handle(now, Event::CheckpointCommitted { step: step_now });
-    let acts = c.handle(now, Event::GenerationStopped { generation: 0 });
+    let acts = c.handle(now, Event::GenerationStopped { generation: Generation(0) });
     assert!(acts.contains(&Action::Remove { id: w(3), lost: false }), "{acts:?}");
     let plan = started(&acts).expect("the survivors and the successor go on");
     assert_eq!((plan.ranks.clone(), plan.restore), (vec![w(1), w(2), w(4)], Some(step_now)));
@@ -157,7 +166,7 @@ fn a_successor_that_fails_to_start_or_is_too_slow_lets_the_drain_go_ahead_alone(
     let mut now = 0;
     assert!(!stops(&flag_rank_2(&mut c, &mut now)));
     let acts = c.handle(now, Event::LaunchFailed { count: 1, replacement: true });
-    assert!(acts.contains(&Action::StopAtBoundary { generation: 0, checkpoint: true, reason: StopReason::Resize }), "{acts:?}");
+    assert!(acts.contains(&Action::StopAtBoundary { generation: Generation(0), checkpoint: true, reason: StopReason::Resize }), "{acts:?}");
 
     // Its process died before joining: the same.
     let mut c = three(policy);
@@ -181,13 +190,13 @@ fn a_successor_that_fails_to_start_or_is_too_slow_lets_the_drain_go_ahead_alone(
     }
     now = flagged_at + SUCCESSOR_WAIT_MS;
     let acts = beat(&mut c, now);
-    assert!(acts.contains(&Action::StopAtBoundary { generation: 0, checkpoint: true, reason: StopReason::Resize }), "{acts:?}");
+    assert!(acts.contains(&Action::StopAtBoundary { generation: Generation(0), checkpoint: true, reason: StopReason::Resize }), "{acts:?}");
     let at = c.next_step();
     c.handle(now, Event::CheckpointCommitted { step: at });
-    let plan = started(&c.handle(now, Event::GenerationStopped { generation: 0 })).expect("the survivors go on");
+    let plan = started(&c.handle(now, Event::GenerationStopped { generation: Generation(0) })).expect("the survivors go on");
     assert_eq!(plan.ranks, vec![w(1), w(2)]);
     let acts = join_replacement(&mut c, now, 4);
-    assert!(acts.contains(&Action::StopAtBoundary { generation: 1, checkpoint: true, reason: StopReason::Resize }), "{acts:?}");
+    assert!(acts.contains(&Action::StopAtBoundary { generation: Generation(1), checkpoint: true, reason: StopReason::Resize }), "{acts:?}");
 }
 
 #[test]

@@ -175,6 +175,7 @@ async fn a_deposed_coordinator_cannot_commit_a_checkpoint() {
     use std::sync::Arc;
     use tessera_coordinator::actor::CommitGate;
     use tessera_coordinator::cluster::StoreGate;
+    use tessera_protocol::Generation;
     use tessera_protocol::checkpoint::{Manifest, TrainState};
     use tessera_protocol::ledger::MixtureSchedule;
 
@@ -190,7 +191,7 @@ async fn a_deposed_coordinator_cannot_commit_a_checkpoint() {
     };
     let dir = std::path::Path::new("/shared/out/checkpoints/step-x");
     let gate_a = StoreGate::new(Arc::clone(&store), a.fence().clone(), job);
-    gate_a.admit(&manifest(2), 0, dir).expect("the holder commits");
+    gate_a.admit(&manifest(2), Generation(0), dir).expect("the holder commits");
     drop(a);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     let b = loop {
@@ -200,11 +201,11 @@ async fn a_deposed_coordinator_cannot_commit_a_checkpoint() {
             Err(e) => panic!("the old holder's lease did not expire within 15 s: {e}"),
         }
     };
-    let refused = gate_a.admit(&manifest(4), 1, dir).expect_err("a deposed holder's commit is refused");
+    let refused = gate_a.admit(&manifest(4), Generation(1), dir).expect_err("a deposed holder's commit is refused");
     assert!(refused.contains("no longer holds the store"), "{refused}");
     let gate_b = StoreGate::new(Arc::clone(&store), b.fence().clone(), job);
-    gate_b.admit(&manifest(4), 1, dir).expect("the successor commits");
-    gate_b.admit(&manifest(2), 2, dir).expect("a step committed again after a restore");
+    gate_b.admit(&manifest(4), Generation(1), dir).expect("the successor commits");
+    gate_b.admit(&manifest(2), Generation(2), dir).expect("a step committed again after a restore");
     let steps: Vec<u64> = store.checkpoints(job).await.unwrap().iter().map(|c| c.step).collect();
     assert_eq!(steps, vec![2, 4], "the refused commit left no record");
     b.resign().await.unwrap();

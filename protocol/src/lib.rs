@@ -31,7 +31,7 @@ pub mod validation;
 
 pub use api_error::{ApiError, ErrorBody};
 pub use error::{ProtocolError, Result};
-pub use ids::WorkerId;
+pub use ids::{Generation, ModalityName, Rank, Step, WorkerId};
 pub use job::{JobConfig, ResolvedJob};
 pub use jsonl::JsonLines;
 pub use ledger::{DatasetId, MixtureSchedule, SampleLedger, SampleRef};

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api_error::ApiError;
 use crate::checkpoint::{FileEntry, Manifest};
-use crate::ids::WorkerId;
+use crate::ids::{Generation, Rank, Step, WorkerId};
 use crate::ledger::MixtureSchedule;
 use crate::reply::Answer;
 use crate::report::StepReport;
@@ -50,9 +50,9 @@ pub struct RankFailure {
     /// What kind of failure.
     pub kind: FailureKind,
     /// The rank that failed.
-    pub rank: u32,
+    pub rank: Rank,
     /// The step count when it failed.
-    pub step: u64,
+    pub step: Step,
     /// The error as the rank words it.
     pub message: String,
 }
@@ -180,11 +180,11 @@ pub enum WorkerEvent {
         /// The worker.
         worker: WorkerId,
         /// Generation.
-        generation: u64,
+        generation: Generation,
         /// Step count the checkpoint holds.
-        step: u64,
+        step: Step,
         /// The rank.
-        rank: u32,
+        rank: Rank,
         /// The file, with size and checksum.
         file: FileEntry,
         /// The manifest to commit (rank 0 only): layout and training position, without files.
@@ -197,9 +197,9 @@ pub enum WorkerEvent {
         /// The worker.
         worker: WorkerId,
         /// Generation.
-        generation: u64,
+        generation: Generation,
         /// Step count.
-        step: u64,
+        step: Step,
         /// What failed (a checkpoint failure: the disk, a file, the shard's tensors).
         error: RankFailure,
     },
@@ -208,9 +208,9 @@ pub enum WorkerEvent {
         /// The worker.
         worker: WorkerId,
         /// Generation.
-        generation: u64,
+        generation: Generation,
         /// Steps completed when it stopped.
-        step: u64,
+        step: Step,
         /// Why (`None`: asked to stop or finished; `Some`: what failed).
         error: Option<RankFailure>,
     },
@@ -236,13 +236,13 @@ pub enum WorkerEvent {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GenerationPlan {
     /// Generation number (strictly increasing).
-    pub generation: u64,
+    pub generation: Generation,
     /// Rank `i` is `ranks[i]`.
     pub ranks: Vec<WorkerId>,
     /// First step it trains.
-    pub start_step: u64,
+    pub start_step: Step,
     /// Step of the committed checkpoint it restores (`None`: fresh start).
-    pub restore: Option<u64>,
+    pub restore: Option<Step>,
 }
 
 /// A generation as one rank receives it.
@@ -251,7 +251,7 @@ pub struct GenerationStart {
     /// The plan (ranks, start step, checkpoint to restore).
     pub plan: GenerationPlan,
     /// This worker's rank in it.
-    pub rank: u32,
+    pub rank: Rank,
     /// Ring addresses by rank.
     pub peers: Vec<SocketAddr>,
     /// The checkpoint directory to restore (committed and verified by the coordinator).
@@ -259,7 +259,7 @@ pub struct GenerationStart {
     /// The mixture schedule in force.
     pub schedule: MixtureSchedule,
     /// Stop (with a checkpoint) after this step count even if the job has more steps.
-    pub stop_at: Option<u64>,
+    pub stop_at: Option<Step>,
 }
 
 /// What the coordinator tells a worker.
@@ -281,19 +281,19 @@ pub enum Command {
     /// Write a checkpoint at the next step boundary all ranks agree on.
     Checkpoint {
         /// Generation.
-        generation: u64,
+        generation: Generation,
     },
     /// Leave the training loop at the next agreed step boundary (after a checkpoint if asked).
     Stop {
         /// Generation.
-        generation: u64,
+        generation: Generation,
         /// Checkpoint first.
         checkpoint: bool,
     },
     /// A rank is gone: abort the generation's collectives now.
     Abort {
         /// Generation.
-        generation: u64,
+        generation: Generation,
         /// Why.
         reason: String,
     },

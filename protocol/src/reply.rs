@@ -71,7 +71,7 @@ pub struct ValidationStatus {
     /// The step count at which it was scored.
     pub step: u64,
     /// Held-out loss per target modality (nats per token).
-    pub loss: BTreeMap<String, f64>,
+    pub loss: BTreeMap<crate::ids::ModalityName, f64>,
     /// Seconds the ranks spent scoring it (training waited for them).
     #[serde(default)]
     pub seconds: f64,

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::Counters;
+use crate::ids::{Generation, ModalityName, Rank, Step};
 
 /// Wall-clock seconds one rank spent in each phase of one step.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -41,17 +42,17 @@ impl StepTimings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepReport {
     /// The generation the rank trains in (reports of an older generation are stale).
-    pub generation: u64,
+    pub generation: Generation,
     /// The step just finished (0-based).
-    pub step: u64,
+    pub step: Step,
     /// The reporting rank.
-    pub rank: u32,
+    pub rank: Rank,
     /// World size of the generation.
     pub world: u32,
     /// Total loss of the step (the same on every rank after the loss all-reduce).
     pub loss: f64,
-    /// Loss per target modality (modality name -> loss).
-    pub losses: BTreeMap<String, f64>,
+    /// Loss per target modality.
+    pub losses: BTreeMap<ModalityName, f64>,
     /// Learning rate used for the step.
     pub lr: f64,
     /// Global gradient norm before clipping.
@@ -97,7 +98,7 @@ pub struct TrainLogLine {
     /// Total loss of the step.
     pub loss: f64,
     /// Loss per target modality.
-    pub mod_loss: BTreeMap<String, f64>,
+    pub mod_loss: BTreeMap<ModalityName, f64>,
     /// Learning rate used.
     pub lr: f64,
     /// Global gradient norm before clipping.
@@ -131,8 +132,8 @@ impl TrainLogLine {
         Some(Self {
             v: TRAIN_LOG_SCHEMA,
             ts_ms,
-            step: r0.step,
-            generation: r0.generation,
+            step: r0.step.0,
+            generation: r0.generation.0,
             world_size: reports.len() as u32,
             loss: r0.loss,
             mod_loss: r0.losses.clone(),
@@ -162,16 +163,18 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::{StepReport, StepTimings};
+    use crate::ids::{Generation, Rank, Step};
+    use tessera_tokenizers::Modality;
 
     #[test]
     fn step_report_round_trips_through_json() {
         let report = StepReport {
-            generation: 2,
-            step: 17,
-            rank: 1,
+            generation: Generation(2),
+            step: Step(17),
+            rank: Rank(1),
             world: 4,
             loss: 3.25,
-            losses: BTreeMap::from([("rgb@224".to_string(), 3.0), ("caption".to_string(), 3.5)]),
+            losses: BTreeMap::from([(Modality::Rgb224.into(), 3.0), (Modality::Caption.into(), 3.5)]),
             lr: 2e-4,
             grad_norm: 1.125,
             samples: 32,

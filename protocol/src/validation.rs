@@ -10,6 +10,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ProtocolError, Result};
+use crate::ids::ModalityName;
 
 /// The file, under a job's output directory, that validations are appended to.
 pub const EVAL_LOG: &str = "eval_log.jsonl";
@@ -35,7 +36,7 @@ pub struct ValidationReport {
     /// Held-out samples scored.
     pub samples: u64,
     /// Scores by modality key (`caption`, `tok_rgb@224`, ...).
-    pub modalities: BTreeMap<String, ModalityScore>,
+    pub modalities: BTreeMap<ModalityName, ModalityScore>,
     /// Wall-clock seconds the scoring took (training waits for it).
     pub seconds: f64,
 }
@@ -79,6 +80,7 @@ pub fn last_logged_step(out: &Path) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tessera_tokenizers::Modality;
 
     fn report(step: u64) -> ValidationReport {
         ValidationReport {
@@ -86,8 +88,8 @@ mod tests {
             step,
             samples: 6,
             modalities: BTreeMap::from([
-                ("caption".to_string(), ModalityScore { tokens: 40, loss: 2.5, unigram: Some(3.25) }),
-                ("tok_rgb@224".to_string(), ModalityScore { tokens: 7, loss: 9.0, unigram: None }),
+                (Modality::Caption.into(), ModalityScore { tokens: 40, loss: 2.5, unigram: Some(3.25) }),
+                (Modality::TokRgb224.into(), ModalityScore { tokens: 7, loss: 9.0, unigram: None }),
             ]),
             seconds: 1.25,
         }

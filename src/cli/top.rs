@@ -91,13 +91,21 @@ fn event_line(e: &serde_json::Value) -> String {
         .map(|o| {
             o.iter()
                 .filter(|(k, _)| !["type", "dir", "bytes", "addr"].contains(&k.as_str()))
-                .map(|(k, v)| (FIRST.iter().position(|f| f == k).unwrap_or(FIRST.len()), format!("{k}={v}")))
+                .map(|(k, v)| (FIRST.iter().position(|f| f == k).unwrap_or(FIRST.len()), format!("{k}={}", field_text(v))))
                 .collect()
         })
         .unwrap_or_default();
     fields.sort_by_key(|(rank, _)| *rank);
     let fields: Vec<String> = fields.into_iter().take(4).map(|(_, f)| f).collect();
     format!("{:02}:{:02}:{:02} {ty} {}", (ts / 3600) % 24, (ts / 60) % 60, ts % 60, fields.join(" "))
+}
+
+/// A field's value in an event line: a typed reason (`{"kind": "member_lost", "worker": 3}`)
+/// as `member_lost(worker=3)`, anything else as its JSON.
+fn field_text(v: &serde_json::Value) -> String {
+    let Some((kind, o)) = v.as_object().and_then(|o| Some((o.get("kind")?.as_str()?, o))) else { return v.to_string() };
+    let rest: Vec<String> = o.iter().filter(|(k, _)| *k != "kind").map(|(k, v)| format!("{k}={v}")).collect();
+    if rest.is_empty() { kind.to_string() } else { format!("{kind}({})", rest.join(",")) }
 }
 
 impl Source {
@@ -176,7 +184,7 @@ impl Source {
         };
         if let Some(v) = &status.validation {
             for (m, l) in &v.loss {
-                let points = self.validation.entry(m.clone()).or_default();
+                let points = self.validation.entry(m.to_string()).or_default();
                 if points.last().is_none_or(|(s, _)| *s < v.step) {
                     points.push((v.step, *l));
                 }
@@ -328,7 +336,8 @@ fn interact(terminal: &mut ratatui::DefaultTerminal, source: &mut Source, every:
 #[cfg(test)]
 mod tests {
     use tessera_coordinator::JobEvent;
-    use tessera_coordinator::events::SeqEvent;
+    use tessera_coordinator::control::{StopReason, WorkerId};
+    use tessera_coordinator::events::{EndReason, SeqEvent};
 
     use super::event_line;
 
@@ -356,5 +365,16 @@ mod tests {
             event: JobEvent::CheckpointCommitted { step: 100, dir: "/long/path/step-100".into(), bytes: 1 << 30, duration_s: 0.5 },
         };
         assert_eq!(event_line(&serde_json::to_value(&e).unwrap()), "00:00:00 checkpoint_committed step=100 duration_s=0.5");
+        // A typed end reason reads as its kind; a schema-1 one as the text it was.
+        let ended = |reason: EndReason| SeqEvent { seq: 9, ts_ms: 0, event: JobEvent::GenerationEnded { generation: 3, reason } };
+        let lost = ended(StopReason::MemberLost { worker: WorkerId(5) }.into());
+        assert_eq!(
+            event_line(&serde_json::to_value(&lost).unwrap()),
+            "00:00:00 generation_ended generation=3 reason=member_lost(worker=5)"
+        );
+        let resize = ended(StopReason::Resize.into());
+        assert_eq!(event_line(&serde_json::to_value(&resize).unwrap()), "00:00:00 generation_ended generation=3 reason=resize");
+        let old = ended(EndReason::Legacy("Resize".into()));
+        assert_eq!(event_line(&serde_json::to_value(&old).unwrap()), "00:00:00 generation_ended generation=3 reason=\"Resize\"");
     }
 }

@@ -140,7 +140,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     let total = job.train.total_steps;
     let start = trainer.state().step;
     let plan = Plan {
-        generation: 0,
+        generation: tessera_protocol::Generation(0),
         stop_at: a.max_steps.map_or(total, |m| start.saturating_add(m).min(total)),
         total,
         checkpoint_every: job.checkpoint.every_steps,

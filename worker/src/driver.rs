@@ -12,8 +12,8 @@
 pub mod local;
 pub mod report;
 
-use tessera_protocol::ValidationReport;
 use tessera_protocol::checkpoint::TrainState;
+use tessera_protocol::{Generation, ValidationReport};
 
 use crate::error::Result;
 use crate::eval::ValidationSet;
@@ -31,10 +31,10 @@ pub trait Engine {
     /// Element-wise maximum of `flags` over every rank (nothing to do in a world of one).
     fn agree(&mut self, flags: &mut [i64]) -> Result<()>;
     /// Scores the held-out set with the current parameters (collective under FSDP).
-    fn validation_report(&mut self, set: &ValidationSet, generation: u64) -> Result<ValidationReport>;
+    fn validation_report(&mut self, set: &ValidationSet, generation: Generation) -> Result<ValidationReport>;
     /// This rank's checkpoint state copied to host memory, to be written (and committed) by
     /// the boundary; training may go on meanwhile.
-    fn snapshot(&mut self, generation: u64) -> Result<Snapshot>;
+    fn snapshot(&mut self, generation: Generation) -> Result<Snapshot>;
 }
 
 /// What this rank asks for at a boundary; every rank acts on the union.
@@ -66,7 +66,7 @@ pub trait Boundary {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Plan {
     /// Membership epoch (names temp directories and reports; 0 when alone).
-    pub generation: u64,
+    pub generation: Generation,
     /// Step count at which the loop ends (the job's end, `--max-steps`, or a coordinator's
     /// planned stop).
     pub stop_at: u64,
@@ -200,7 +200,7 @@ mod tests {
     use super::*;
 
     fn plan() -> Plan {
-        Plan { generation: 0, stop_at: 10, total: 12, checkpoint_every: 5, validate_every: 4, checkpoint_at_end: true }
+        Plan { generation: Generation(0), stop_at: 10, total: 12, checkpoint_every: 5, validate_every: 4, checkpoint_at_end: true }
     }
 
     #[test]

@@ -162,7 +162,7 @@ impl EvalReport {
         let modalities = self
             .modalities
             .iter()
-            .map(|(m, e)| (m.key().to_string(), ModalityScore { tokens: e.tokens, loss: e.loss, unigram: e.unigram }))
+            .map(|(m, e)| ((*m).into(), ModalityScore { tokens: e.tokens, loss: e.loss, unigram: e.unigram }))
             .collect();
         ValidationReport { generation, step, samples, modalities, seconds }
     }

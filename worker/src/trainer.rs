@@ -298,13 +298,17 @@ impl<S: BatchSource> crate::driver::Engine for Trainer<S> {
         Ok(())
     }
 
-    fn validation_report(&mut self, set: &crate::eval::ValidationSet, generation: u64) -> Result<tessera_protocol::ValidationReport> {
+    fn validation_report(
+        &mut self,
+        set: &crate::eval::ValidationSet,
+        generation: tessera_protocol::Generation,
+    ) -> Result<tessera_protocol::ValidationReport> {
         let mut report = set.report(&self.model.model, self.model.vs.device(), &eval_options(&self.job), self.state.step)?;
-        report.generation = generation;
+        report.generation = generation.0;
         Ok(report)
     }
 
-    fn snapshot(&mut self, generation: u64) -> Result<crate::fsdp::snapshot::Snapshot> {
-        self.snapshot_at(generation)
+    fn snapshot(&mut self, generation: tessera_protocol::Generation) -> Result<crate::fsdp::snapshot::Snapshot> {
+        self.snapshot_at(generation.0)
     }
 }

@@ -22,8 +22,8 @@ impl CoordinatorState {
                 }
             }
             Action::StopAtBoundary { generation, checkpoint, reason } => {
-                self.log(&format!("generation {generation}: stop at the next step boundary ({reason:?})"));
-                self.ending = Some(format!("{reason:?}"));
+                self.log(&format!("generation {generation}: stop at the next step boundary ({reason})"));
+                self.ending = Some(reason);
                 if checkpoint {
                     self.checkpoint_asked.get_or_insert_with(Instant::now);
                 }
@@ -32,11 +32,12 @@ impl CoordinatorState {
                 }
             }
             Action::Abort { generation, reason } => {
-                self.log(&format!("generation {generation}: abort ({reason:?})"));
+                self.log(&format!("generation {generation}: abort ({reason})"));
                 // What this generation still hands over is refused by rule 4, not here.
                 self.checkpoint_asked = None;
-                let why = format!("{reason:?}");
-                self.ending = Some(format!("aborted: {why}"));
+                // The ranks only print it: text is what they need.
+                let why = reason.to_string();
+                self.ending = Some(reason);
                 for id in self.book.ranks.clone() {
                     self.send(id, Command::Abort { generation, reason: why.clone() });
                 }
@@ -92,6 +93,7 @@ impl CoordinatorState {
                 self.removal.insert(id, Removal { reason, lost: false });
             }
             Action::Finish { step, ending } => {
+                let step = step.0;
                 let outcome = match ending {
                     Ending::Finished => JobOutcome::Finished { step },
                     Ending::Stopped { checkpointed } => JobOutcome::Stopped { step, checkpointed },

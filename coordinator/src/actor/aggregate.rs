@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
-use crate::control::WorkerId;
+use crate::control::{Generation, Rank, Step, WorkerId};
 use tessera_protocol::checkpoint::{FileEntry, Manifest};
 use tessera_protocol::report::StepReport;
 
@@ -13,7 +13,7 @@ use tessera_protocol::report::StepReport;
 #[derive(Debug)]
 pub struct PendingCheckpoint {
     /// Shard file by rank.
-    pub files: BTreeMap<u32, FileEntry>,
+    pub files: BTreeMap<Rank, FileEntry>,
     /// Rank 0's manifest.
     pub manifest: Option<Manifest>,
     /// When the first shard arrived (the commit latency is measured from here).
@@ -26,20 +26,20 @@ pub struct PendingCheckpoint {
 #[derive(Debug, Default)]
 pub struct GenerationBook {
     /// Generation number.
-    pub generation: u64,
+    pub generation: Generation,
     /// Ranks.
     pub ranks: Vec<WorkerId>,
     /// Step reports by step.
-    pub steps: BTreeMap<u64, Vec<StepReport>>,
+    pub steps: BTreeMap<Step, Vec<StepReport>>,
     /// Checkpoints by step.
-    pub checkpoints: BTreeMap<u64, PendingCheckpoint>,
+    pub checkpoints: BTreeMap<Step, PendingCheckpoint>,
     /// Ranks that left the training loop.
     pub ended: BTreeSet<WorkerId>,
 }
 
 impl GenerationBook {
     /// A book for a new generation.
-    pub fn new(generation: u64, ranks: Vec<WorkerId>) -> Self {
+    pub fn new(generation: Generation, ranks: Vec<WorkerId>) -> Self {
         Self { generation, ranks, ..Self::default() }
     }
 
@@ -61,7 +61,14 @@ impl GenerationBook {
 
     /// Records a durable shard; returns the checkpoint once every rank's shard and the
     /// manifest are in.
-    pub fn shard(&mut self, step: u64, rank: u32, file: FileEntry, manifest: Option<Manifest>, write_s: f64) -> Option<PendingCheckpoint> {
+    pub fn shard(
+        &mut self,
+        step: Step,
+        rank: Rank,
+        file: FileEntry,
+        manifest: Option<Manifest>,
+        write_s: f64,
+    ) -> Option<PendingCheckpoint> {
         let p = self.checkpoints.entry(step).or_insert_with(|| PendingCheckpoint {
             files: BTreeMap::new(),
             manifest: None,
@@ -94,9 +101,9 @@ mod tests {
 
     fn report(step: u64, rank: u32) -> StepReport {
         StepReport {
-            generation: 0,
-            step,
-            rank,
+            generation: Generation(0),
+            step: Step(step),
+            rank: Rank(rank),
             world: 2,
             loss: 1.0,
             losses: BTreeMap::new(),
@@ -114,21 +121,21 @@ mod tests {
 
     #[test]
     fn a_step_completes_with_every_rank_once() {
-        let mut b = GenerationBook::new(0, vec![WorkerId(3), WorkerId(5)]);
+        let mut b = GenerationBook::new(Generation(0), vec![WorkerId(3), WorkerId(5)]);
         assert!(b.step(report(0, 1)).is_none());
         assert!(b.step(report(0, 1)).is_none(), "a duplicate does not complete the step");
         let done = b.step(report(0, 0)).unwrap();
-        assert_eq!(done.iter().map(|r| r.rank).collect::<Vec<_>>(), vec![0, 1]);
+        assert_eq!(done.iter().map(|r| r.rank.0).collect::<Vec<_>>(), vec![0, 1]);
     }
 
     #[test]
     fn a_checkpoint_needs_every_shard_and_the_manifest() {
-        let mut b = GenerationBook::new(0, vec![WorkerId(3), WorkerId(5)]);
+        let mut b = GenerationBook::new(Generation(0), vec![WorkerId(3), WorkerId(5)]);
         let f = |n: &str| FileEntry { name: n.into(), bytes: 1, sha256: "00".into() };
-        assert!(b.shard(4, 1, f("r1"), None, 0.5).is_none());
+        assert!(b.shard(Step(4), Rank(1), f("r1"), None, 0.5).is_none());
         let state = tessera_protocol::checkpoint::TrainState::start(tessera_protocol::MixtureSchedule::new(vec![1.0]).unwrap());
         let manifest = Manifest::new("t", 0, 2, state, Vec::new());
-        let c = b.shard(4, 0, f("r0"), Some(manifest), 0.25).unwrap();
+        let c = b.shard(Step(4), Rank(0), f("r0"), Some(manifest), 0.25).unwrap();
         assert_eq!(c.files.len(), 2);
         assert_eq!(c.write_s, 0.5);
         assert!(b.checkpoints.is_empty());
@@ -136,7 +143,7 @@ mod tests {
 
     #[test]
     fn a_dead_rank_is_not_waited_for() {
-        let mut b = GenerationBook::new(0, vec![WorkerId(3), WorkerId(5)]);
+        let mut b = GenerationBook::new(Generation(0), vec![WorkerId(3), WorkerId(5)]);
         assert!(!b.ended(WorkerId(3), |_| true));
         assert!(b.all_ended(|w| w != WorkerId(5)));
     }

@@ -25,7 +25,12 @@ pub trait Launcher: Send + 'static {
 /// cannot commit: the store refuses its fence.
 pub trait CommitGate: Send + Sync + 'static {
     /// `Err(why)` refuses committing `manifest` (of `generation`) into `dir`.
-    fn admit(&self, manifest: &tessera_protocol::checkpoint::Manifest, generation: u64, dir: &std::path::Path) -> Result<(), String>;
+    fn admit(
+        &self,
+        manifest: &tessera_protocol::checkpoint::Manifest,
+        generation: tessera_protocol::Generation,
+        dir: &std::path::Path,
+    ) -> Result<(), String>;
 }
 
 /// How the job ended, sent to whoever waits for it.

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use crate::control::{Event, GenerationPlan, WorkerId};
+use crate::control::{Event, GenerationPlan, Rank, Step, WorkerId};
 use crate::events::JobEvent;
 use tessera_protocol::checkpoint;
 use tessera_protocol::ledger::MixtureSchedule;
@@ -20,7 +20,7 @@ impl CoordinatorState {
             // A rank vanished between the decision and now: its leave event aborts this plan.
             self.log(&format!("generation {}: a planned rank is gone", plan.generation));
         }
-        let restore_dir = plan.restore.map(|s| self.args.checkpoint_dir.join(checkpoint::dir_name(s)));
+        let restore_dir = plan.restore.map(|s| self.args.checkpoint_dir.join(checkpoint::dir_name(s.0)));
         self.log(&format!(
             "generation {}: {} ranks {:?}, start step {}, restore {}",
             plan.generation,
@@ -39,20 +39,20 @@ impl CoordinatorState {
         // Before any Start is sent: the metrics refuse reports of a generation not set here.
         self.args.metrics.set_generation(plan.generation, plan.ranks.len() as u32);
         self.record(JobEvent::GenerationStarted {
-            generation: plan.generation,
+            generation: plan.generation.0,
             ranks: plan.ranks.iter().map(|r| r.0).collect(),
-            start_step: plan.start_step,
-            restore: plan.restore,
+            start_step: plan.start_step.0,
+            restore: plan.restore.map(|s| s.0),
         });
         let schedule = self.settle_mixtures(plan.start_step);
         for (rank, id) in plan.ranks.iter().enumerate() {
             let start = GenerationStart {
                 plan: plan.clone(),
-                rank: rank as u32,
+                rank: Rank(rank as u32),
                 peers: peers.clone(),
                 restore_dir: restore_dir.clone(),
                 schedule: schedule.clone(),
-                stop_at: Some(self.control.policy().total_steps),
+                stop_at: Some(Step(self.control.policy().total_steps)),
             };
             self.send(*id, Command::Start(start));
         }
@@ -65,8 +65,12 @@ impl CoordinatorState {
             let alive: Vec<WorkerId> = self.workers.keys().copied().collect();
             if self.book.all_ended(|id| alive.contains(&id)) {
                 self.log(&format!("generation {g}: stopped"));
-                let reason = self.ending.take().unwrap_or_else(|| "stopped".into());
-                self.record(JobEvent::GenerationEnded { generation: g, reason });
+                // The state machine stops a generation only through a `StopAtBoundary` or an
+                // `Abort`, which set `ending`; without one there is no true reason to record.
+                match self.ending.take() {
+                    Some(reason) => self.record(JobEvent::GenerationEnded { generation: g.0, reason: reason.into() }),
+                    None => self.log(&format!("generation {g}: stopped with no reason decided (not recorded)")),
+                }
                 self.drive(Event::GenerationStopped { generation: g });
             }
         }
@@ -74,8 +78,8 @@ impl CoordinatorState {
 
     /// The schedule for a generation starting at `start_step`, with the mixture changes queued
     /// since the last one; a change moved past where it was asked is recorded (see `mixture`).
-    pub(super) fn settle_mixtures(&mut self, start_step: u64) -> MixtureSchedule {
-        match self.mixtures.settle(start_step) {
+    pub(super) fn settle_mixtures(&mut self, start_step: Step) -> MixtureSchedule {
+        match self.mixtures.settle(start_step.0) {
             Ok((schedule, moved)) => {
                 for m in moved {
                     self.log(&format!(

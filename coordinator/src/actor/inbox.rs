@@ -56,7 +56,7 @@ impl CoordinatorState {
                     self.book.checkpoints.remove(&step);
                     self.checkpoint_asked = None;
                     let reason = format!("{worker}: {reason}");
-                    self.record(JobEvent::CheckpointFailed { step, reason: reason.clone() });
+                    self.record(JobEvent::CheckpointFailed { step: step.0, reason: reason.clone() });
                     self.drive(Event::CheckpointFailed { step, reason });
                 }
             }

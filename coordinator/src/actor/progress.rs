@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use crate::control::Event;
 use crate::events::JobEvent;
+use tessera_protocol::ModalityName;
 use tessera_protocol::report::StepReport;
 
 use super::CoordinatorState;
@@ -15,7 +16,7 @@ impl CoordinatorState {
         let r0 = &reports[0];
         let step_s = reports.iter().map(|r| r.timings.total_s).fold(0.0, f64::max);
         for r in &reports {
-            if let Some(id) = self.book.ranks.get(r.rank as usize).copied()
+            if let Some(id) = self.book.ranks.get(r.rank.index()).copied()
                 && let Some(c) = self.workers.get_mut(&id)
             {
                 c.last_timings = Some(r.timings);
@@ -32,7 +33,7 @@ impl CoordinatorState {
             self.args.console.log(&format!("step {} not logged: {e}", r0.step));
         }
         self.args.console.step(
-            r0.step + 1,
+            r0.step.0 + 1,
             &format!(
                 "loss {:.4}  lr {:.2e}  |g| {:.3}  {:.2}s/step ({} ranks, generation {})",
                 r0.loss,
@@ -59,7 +60,7 @@ impl CoordinatorState {
             self.log(&format!("validation of step {} not logged: {e}", report.step));
         }
         self.args.metrics.observe_validation(&report);
-        let loss: BTreeMap<String, f64> = report.modalities.iter().map(|(m, e)| (m.clone(), e.loss)).collect();
+        let loss: BTreeMap<ModalityName, f64> = report.modalities.iter().map(|(m, e)| (m.clone(), e.loss)).collect();
         self.record(JobEvent::Validated { step: report.step, loss });
     }
 }

@@ -1,7 +1,7 @@
 //! The actor's part in recovery: starting the local processes the state machine asks for
 //! (replacements, scale-ups), and verifying a checkpoint that a generation could not restore.
 
-use crate::control::{Event, WorkerId};
+use crate::control::{Event, Step, WorkerId};
 use crate::events::JobEvent;
 use tessera_protocol::checkpoint;
 
@@ -11,12 +11,12 @@ impl CoordinatorState {
     /// Carries out `Action::VerifyRestore` (rule 7 decides when): verifies the checkpoint of
     /// `step` (sizes and SHA-256 of every shard); one that fails is reported bad, so the next
     /// generation restores the one before, in-run as a restart would.
-    pub(super) fn verify_restore(&mut self, step: u64) {
-        let dir = self.args.checkpoint_dir.join(checkpoint::dir_name(step));
+    pub(super) fn verify_restore(&mut self, step: Step) {
+        let dir = self.args.checkpoint_dir.join(checkpoint::dir_name(step.0));
         if let Err(e) = checkpoint::verify(&dir) {
             let reason = format!("restoring it failed and it does not verify: {e}");
             self.log(&format!("checkpoint {} is bad ({reason}); falling back to the one before", dir.display()));
-            self.record(JobEvent::CheckpointFailed { step, reason: reason.clone() });
+            self.record(JobEvent::CheckpointFailed { step: step.0, reason: reason.clone() });
             self.drive(Event::CheckpointBad { step, reason });
         }
     }

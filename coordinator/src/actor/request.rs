@@ -29,13 +29,13 @@ impl CoordinatorState {
             Request::Checkpoint => {
                 self.ask(Event::RequestCheckpoint)?;
                 // The boundary is where the ranks agree to stop, at or after the next step.
-                Ok(Answer::Checkpoint(CheckpointAck { step: Some(self.control.next_step()) }))
+                Ok(Answer::Checkpoint(CheckpointAck { step: Some(self.control.next_step().0) }))
             }
             Request::Mixture { weights, at_step } => {
                 if self.outcome.is_some() || self.control.is_shutting_down() {
                     return Err(ApiError::Conflict { reason: "the job is ending; the mixture can no longer change".into() });
                 }
-                let change = self.mixtures.request(&weights, at_step, self.control.next_step(), self.control.policy().total_steps)?;
+                let change = self.mixtures.request(&weights, at_step, self.control.next_step().0, self.control.policy().total_steps)?;
                 self.log(&format!(
                     "mixture version {} from step {}: {:?}",
                     change.version,

@@ -5,7 +5,7 @@
 use tessera_protocol::report::StepReport;
 
 use super::{CoordinatorState, Removal};
-use crate::control::{Event, WorkerId};
+use crate::control::{Event, Rank, Step, WorkerId};
 use crate::events::JobEvent;
 
 impl CoordinatorState {
@@ -18,7 +18,7 @@ impl CoordinatorState {
     }
 
     /// Carries out `Action::StragglerFlagged`.
-    pub(super) fn straggler_flagged(&mut self, id: WorkerId, rank: u32, step: u64, own_us: u64, median_us: u64, drain: bool) {
+    pub(super) fn straggler_flagged(&mut self, id: WorkerId, rank: Rank, step: Step, own_us: u64, median_us: u64, drain: bool) {
         let (own_s, others_median_s) = (own_us as f64 / 1e6, median_us as f64 / 1e6);
         let factor = self.control.policy().stragglers.factor;
         let then = if drain { "draining it at the next checkpointed boundary" } else { "not drained ([stragglers] drain = false)" };
@@ -28,9 +28,9 @@ impl CoordinatorState {
         self.args.metrics.flag_straggler(rank);
         self.record(JobEvent::StragglerFlagged {
             worker: id.0,
-            rank,
-            generation: self.book.generation,
-            step,
+            rank: rank.0,
+            generation: self.book.generation.0,
+            step: step.0,
             own_s,
             others_median_s,
             drain,

@@ -21,6 +21,8 @@ use crate::error::{CoordinatorError, Result};
 use crate::events::{EventLog, JobEvent};
 use crate::metrics::JobMetrics;
 use tessera_protocol::report::{StepReport, StepTimings};
+use tessera_protocol::{Generation, Rank, Step};
+use tessera_tokenizers::Modality;
 
 const TOKEN: &str = "t0ken-for-tests";
 const WAIT: Duration = Duration::from_secs(5);
@@ -96,7 +98,7 @@ fn sample_status() -> JobStatus {
         schedule_version: 2,
         validation: Some(ValidationStatus {
             step: 1000,
-            loss: [("caption".to_string(), 2.5), ("tok_rgb@224".to_string(), 4.25)].into(),
+            loss: [(Modality::Caption.into(), 2.5), (Modality::TokRgb224.into(), 4.25)].into(),
             seconds: 3.5,
         }),
         members: vec![
@@ -154,12 +156,12 @@ impl Server {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let job = Arc::new(RecordingJob { status: sample_status(), calls: Mutex::new(Vec::new()) });
         let metrics = Arc::new(JobMetrics::new(&Registry::new()).unwrap());
-        metrics.set_generation(3, 1);
+        metrics.set_generation(Generation(3), 1);
         let timings = StepTimings { total_s: 0.5, ..StepTimings::default() };
         let report = StepReport {
-            generation: 3,
-            step: 1199,
-            rank: 0,
+            generation: Generation(3),
+            step: Step(1199),
+            rank: Rank(0),
             world: 1,
             loss: 2.5,
             losses: BTreeMap::new(),

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use sha2::Digest;
+use tessera_protocol::Generation;
 use tessera_protocol::checkpoint::Manifest;
 
 use crate::actor::CommitGate;
@@ -27,11 +28,11 @@ impl<S: JobStore> StoreGate<S> {
 }
 
 impl<S: JobStore + 'static> CommitGate for StoreGate<S> {
-    fn admit(&self, manifest: &Manifest, generation: u64, dir: &Path) -> Result<(), String> {
+    fn admit(&self, manifest: &Manifest, generation: Generation, dir: &Path) -> Result<(), String> {
         // The manifest as the commit writes it (pretty JSON), so the digest names that file.
         let json = serde_json::to_vec_pretty(manifest).map_err(|e| format!("encoding the manifest: {e}"))?;
         let manifest_sha256 = sha2::Sha256::digest(&json).iter().map(|b| format!("{b:02x}")).collect();
-        let record = CheckpointRecord { step: manifest.state.step, generation, dir: dir.to_path_buf(), manifest_sha256 };
+        let record = CheckpointRecord { step: manifest.state.step, generation: generation.0, dir: dir.to_path_buf(), manifest_sha256 };
         // The actor's handlers are synchronous; the store is async. The service runs on a
         // multi-thread runtime, where this blocks only the actor's worker thread.
         let written = tokio::task::block_in_place(|| {

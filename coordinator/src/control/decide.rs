@@ -46,15 +46,25 @@
 use serde::{Deserialize, Serialize};
 
 use super::requests::{DrainCause, Refusal};
-use super::state::{Control, Event, GenerationPlan, MAX_FAILED_STARTS, MAX_FINAL_CHECKPOINT_ATTEMPTS, Member, WorkerId};
+use super::state::{
+    Control, Event, Generation, GenerationPlan, MAX_FAILED_STARTS, MAX_FINAL_CHECKPOINT_ATTEMPTS, Member, Rank, Step, WorkerId,
+};
 
-/// Why a generation ends.
+/// Why a generation ends. The event log records it as is (`generation_ended`), tagged by
+/// `kind` in snake_case: `{"kind": "member_lost", "worker": 3}`, `{"kind": "resize"}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum StopReason {
     /// A rank died or left; the generation is aborted.
-    MemberLost(WorkerId),
+    MemberLost {
+        /// The rank's worker.
+        worker: WorkerId,
+    },
     /// A rank failed (its error names the cause); the generation is aborted.
-    RankFailed(WorkerId),
+    RankFailed {
+        /// The rank's worker.
+        worker: WorkerId,
+    },
     /// The membership should change (join, drain, scale).
     Resize,
     /// Every step is done.
@@ -69,7 +79,20 @@ impl StopReason {
     /// The generation was lost to a rank's death or failure (it counts as a restart), rather
     /// than ended as planned.
     pub fn is_loss(self) -> bool {
-        matches!(self, StopReason::MemberLost(_) | StopReason::RankFailed(_))
+        matches!(self, StopReason::MemberLost { .. } | StopReason::RankFailed { .. })
+    }
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::MemberLost { worker } => write!(f, "{worker} was lost"),
+            Self::RankFailed { worker } => write!(f, "{worker} failed"),
+            Self::Resize => f.write_str("the membership changes"),
+            Self::Finished => f.write_str("every step is done"),
+            Self::Shutdown => f.write_str("the job is shutting down"),
+            Self::CheckpointFailing => f.write_str("the final checkpoint keeps failing"),
+        }
     }
 }
 
@@ -112,14 +135,14 @@ pub enum Action {
     /// Checkpoint the running generation at the boundary of `step` (before training it).
     Checkpoint {
         /// The generation.
-        generation: u64,
+        generation: Generation,
         /// The step count the checkpoint will hold.
-        step: u64,
+        step: Step,
     },
     /// Finish the current step, write a checkpoint if asked, then leave the training loop.
     StopAtBoundary {
         /// The generation.
-        generation: u64,
+        generation: Generation,
         /// Write a checkpoint at that boundary first.
         checkpoint: bool,
         /// Why.
@@ -128,7 +151,7 @@ pub enum Action {
     /// Abort the generation's collectives now (a rank is gone).
     Abort {
         /// The generation.
-        generation: u64,
+        generation: Generation,
         /// Why.
         reason: StopReason,
     },
@@ -144,14 +167,14 @@ pub enum Action {
     /// that does not verify is reported back as [`Event::CheckpointBad`].
     VerifyRestore {
         /// The step it holds.
-        step: u64,
+        step: Step,
     },
     /// Commit the checkpoint of `step` that `generation` wrote (rule 4).
     Commit {
         /// The generation.
-        generation: u64,
+        generation: Generation,
         /// The step count it holds.
-        step: u64,
+        step: Step,
     },
     /// Start `count` local worker processes (embedded mode).
     Launch {
@@ -172,9 +195,9 @@ pub enum Action {
         /// Its worker.
         id: WorkerId,
         /// Its rank in the running generation.
-        rank: u32,
+        rank: Rank,
         /// The step at which it was flagged.
-        step: u64,
+        step: Step,
         /// Its own time in that step (µs).
         own_us: u64,
         /// The median own time of the other ranks in that step (µs).
@@ -194,7 +217,7 @@ pub enum Action {
     /// The job is complete (or stopped on request).
     Finish {
         /// Steps completed.
-        step: u64,
+        step: Step,
         /// Finished or stopped.
         ending: Ending,
     },
@@ -270,7 +293,7 @@ impl Control {
                     actions.push(Action::Remove { id, lost: false });
                 }
                 if self.is_rank(id) {
-                    self.abort(StopReason::MemberLost(id), actions);
+                    self.abort(StopReason::MemberLost { worker: id }, actions);
                 }
             }
             Event::Lost { id } => self.lose(id, actions),
@@ -301,10 +324,10 @@ impl Control {
                 if let Some(g) = &self.running
                     && g.generation == generation
                 {
-                    self.next_step = self.next_step.max(step + 1);
+                    self.next_step = self.next_step.max(step.next());
                     self.progressed = true;
                     // Past the point where the last failure happened: that failure was transient.
-                    if self.failed_at.is_none_or(|f| step + 1 > f) {
+                    if self.failed_at.is_none_or(|f| step.next() > f) {
                         self.failed_starts = 0;
                         self.failed_at = None;
                     }
@@ -333,7 +356,7 @@ impl Control {
             }
             Event::CheckpointReady { generation, step } => {
                 // Rule 4: only the newest generation, and only if it was not aborted.
-                if generation + 1 == self.next_generation && !self.commit_barred {
+                if generation.next() == self.next_generation && !self.commit_barred {
                     actions.push(Action::Commit { generation, step });
                 }
             }
@@ -353,7 +376,7 @@ impl Control {
                         actions.push(Action::VerifyRestore { step });
                     }
                     self.rank_failed = true;
-                    self.abort(StopReason::RankFailed(id), actions);
+                    self.abort(StopReason::RankFailed { worker: id }, actions);
                 }
             }
             Event::GenerationStopped { generation } => {
@@ -376,7 +399,7 @@ impl Control {
                     self.reconfigure = false;
                     self.checkpoint_in_flight = None;
                     // Whatever ran after the newest commit is redone by the next generation.
-                    self.next_step = self.last_committed().unwrap_or(0);
+                    self.next_step = self.last_committed().unwrap_or_default();
                 }
             }
             Event::Scale { workers } => self.scale(workers, actions),
@@ -437,7 +460,7 @@ impl Control {
         // interval tries again (a full disk would otherwise be hammered at every answer).
         let periodic = every > 0
             && step > g.start_step
-            && step.is_multiple_of(every)
+            && step.0.is_multiple_of(every)
             && self.last_committed() != Some(step)
             && self.periodic_asked != Some(step);
         if (periodic || self.checkpoint_requested) && self.checkpoint_in_flight.is_none() {
@@ -487,7 +510,7 @@ impl Control {
         if self.failed_starts >= MAX_FAILED_STARTS {
             if !self.done {
                 let from = self.last_committed().map_or("the start".to_string(), |s| format!("the checkpoint of step {s}"));
-                let at = self.failed_at.unwrap_or(0);
+                let at = self.failed_at.unwrap_or_default();
                 actions.push(Action::Fail {
                     reason: format!(
                         "{} generations in a row failed again without getting past step {at}, restoring {from}, with every rank alive",
@@ -510,13 +533,13 @@ impl Control {
             return;
         }
         let mut want = self.target.min(self.policy.max_workers);
-        if self.policy.initial_workers > 0 && self.next_generation == 0 {
+        if self.policy.initial_workers > 0 && self.next_generation == Generation(0) {
             // Nobody may ever start the rest up to `max_workers`; joiners come in later.
             want = want.min(self.policy.initial_workers);
         }
         let since = *self.ready_since.get_or_insert(now_ms);
         // Only the first generation waits: after a failure the survivors go on at once.
-        if self.next_generation == 0 && eligible.len() < want && now_ms < since + self.policy.rendezvous_grace_ms {
+        if self.next_generation == Generation(0) && eligible.len() < want && now_ms < since + self.policy.rendezvous_grace_ms {
             return; // more workers may still be coming
         }
         eligible.sort_by_key(|m| (m.joined_ms, m.id));
@@ -525,10 +548,10 @@ impl Control {
         let plan = GenerationPlan {
             generation: self.next_generation,
             ranks: eligible.iter().take(n).map(|m| m.id).collect(),
-            start_step: restore.unwrap_or(0),
+            start_step: restore.unwrap_or_default(),
             restore,
         };
-        self.next_generation += 1;
+        self.next_generation = self.next_generation.next();
         self.commit_barred = false;
         self.periodic_asked = None;
         // Rule 8 compares the ranks of one generation: a new world starts from scratch.

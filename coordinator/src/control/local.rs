@@ -15,7 +15,7 @@ impl Control {
         let Some(lost) = self.members.remove(&id) else { return };
         actions.push(Action::Remove { id, lost: true });
         if self.is_rank(id) {
-            self.abort(StopReason::MemberLost(id), actions);
+            self.abort(StopReason::MemberLost { worker: id }, actions);
         }
         if !self.policy.launches {
             return;

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 pub use tessera_protocol::job::StragglerPolicy;
-pub use tessera_protocol::{GenerationPlan, WorkerId};
+pub use tessera_protocol::{Generation, GenerationPlan, Rank, Step, WorkerId};
 
 /// Membership, checkpoint and straggler policy of a job.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -115,43 +115,43 @@ pub enum Event {
     /// `generation`, in microseconds, by rank (rule 8).
     RankTimes {
         /// The generation.
-        generation: u64,
+        generation: Generation,
         /// The step.
-        step: u64,
+        step: Step,
         /// Own time of rank `i` at index `i`.
         own_us: Vec<u64>,
     },
     /// Every rank of `generation` finished `step` (the coordinator has all step reports).
     StepDone {
         /// The generation.
-        generation: u64,
+        generation: Generation,
         /// The step completed (0-based).
-        step: u64,
+        step: Step,
     },
     /// A checkpoint was committed (every shard durable, manifest renamed into place).
     CheckpointCommitted {
         /// The step count it holds (training resumes at this step).
-        step: u64,
+        step: Step,
     },
     /// Every rank of `generation` wrote its shard of the checkpoint of `step`: commit it?
     CheckpointReady {
         /// The generation that wrote it.
-        generation: u64,
+        generation: Generation,
         /// The step count it holds.
-        step: u64,
+        step: Step,
     },
     /// A committed checkpoint turned out bad (it failed verification when a generation could
     /// not restore it): it is never restored again (rule 7).
     CheckpointBad {
         /// The step it holds.
-        step: u64,
+        step: Step,
         /// What is wrong with it.
         reason: String,
     },
     /// A checkpoint attempt failed (it is not committed and never used).
     CheckpointFailed {
         /// The step it was for.
-        step: u64,
+        step: Step,
         /// What failed (e.g. a write error such as a full disk).
         reason: String,
     },
@@ -159,14 +159,14 @@ pub enum Event {
     /// generation is aborted; its members stay (a dead one is found by its heartbeat).
     GenerationFailed {
         /// The generation.
-        generation: u64,
+        generation: Generation,
         /// The rank's worker.
         id: WorkerId,
     },
     /// The generation stopped (all ranks left their loop), as asked or after an abort.
     GenerationStopped {
         /// The generation.
-        generation: u64,
+        generation: Generation,
     },
     /// The user asked for this many workers (rule 9).
     Scale {
@@ -200,14 +200,14 @@ pub struct Control {
     /// The generation is asked to stop (planned or abort) and has not confirmed yet.
     pub(super) stopping: bool,
     /// Steps completed by the running generation (the next step to train).
-    pub(super) next_step: u64,
+    pub(super) next_step: Step,
     /// Committed checkpoints (their step counts), ascending.
-    pub(super) committed: Vec<u64>,
+    pub(super) committed: Vec<Step>,
     /// A checkpoint is in flight for this step.
-    pub(super) checkpoint_in_flight: Option<u64>,
+    pub(super) checkpoint_in_flight: Option<Step>,
     /// Desired number of workers.
     pub(super) target: usize,
-    pub(super) next_generation: u64,
+    pub(super) next_generation: Generation,
     /// A checkpoint was requested and not yet started.
     pub(super) checkpoint_requested: bool,
     /// `Finish` was announced.
@@ -233,7 +233,7 @@ pub struct Control {
     pub(super) failed_starts: u32,
     /// The step count the last generation that failed with every rank alive had reached.
     #[serde(default)]
-    pub(super) failed_at: Option<u64>,
+    pub(super) failed_at: Option<Step>,
     /// The checkpoints of the newest generation may not be committed (it was aborted).
     #[serde(default)]
     pub(super) commit_barred: bool,
@@ -257,7 +257,7 @@ pub struct Control {
     pub(super) lost_generations: u64,
     /// The step at which the newest periodic checkpoint was asked for.
     #[serde(default)]
-    pub(super) periodic_asked: Option<u64>,
+    pub(super) periodic_asked: Option<Step>,
     /// Consecutive steps each rank of the running generation was slow (rule 8), by rank.
     #[serde(default)]
     pub(super) slow_steps: Vec<u32>,
@@ -273,7 +273,7 @@ pub struct Control {
     pub(super) replacement_pids: BTreeSet<u32>,
     /// The generation whose restored checkpoint was last sent for verification (rule 7).
     #[serde(default)]
-    pub(super) verify_asked: Option<u64>,
+    pub(super) verify_asked: Option<Generation>,
 }
 
 /// After this many generations in a row fail with all ranks alive without getting past the
@@ -298,11 +298,11 @@ impl Control {
             members: BTreeMap::new(),
             running: None,
             stopping: false,
-            next_step: 0,
+            next_step: Step(0),
             committed: Vec::new(),
             checkpoint_in_flight: None,
             target: policy.max_workers,
-            next_generation: 0,
+            next_generation: Generation(0),
             checkpoint_requested: false,
             done: false,
             ready_since: None,
@@ -329,11 +329,11 @@ impl Control {
     }
 
     /// A job restarted from its state directory: committed checkpoints already exist.
-    pub fn with_committed(policy: Policy, committed: Vec<u64>) -> Self {
+    pub fn with_committed(policy: Policy, committed: Vec<Step>) -> Self {
         let mut c = Self::new(policy);
         c.committed = committed;
         c.committed.sort_unstable();
-        c.next_step = c.committed.last().copied().unwrap_or(0);
+        c.next_step = c.committed.last().copied().unwrap_or_default();
         c
     }
 
@@ -348,12 +348,12 @@ impl Control {
     }
 
     /// The next step to train.
-    pub fn next_step(&self) -> u64 {
+    pub fn next_step(&self) -> Step {
         self.next_step
     }
 
     /// The newest committed checkpoint.
-    pub fn last_committed(&self) -> Option<u64> {
+    pub fn last_committed(&self) -> Option<Step> {
         self.committed.last().copied()
     }
 
@@ -394,6 +394,6 @@ impl Control {
 
     /// True when every step of the job is done.
     pub fn finished(&self) -> bool {
-        self.next_step >= self.policy.total_steps
+        self.next_step.0 >= self.policy.total_steps
     }
 }

@@ -10,7 +10,7 @@
 //! `min_workers` without it.
 
 use super::decide::Action;
-use super::state::Control;
+use super::state::{Control, Generation, Rank, Step};
 
 /// The median of `v` (the mean of the middle two for an even count); `v` must not be empty.
 fn median(v: &mut [u64]) -> f64 {
@@ -21,7 +21,7 @@ fn median(v: &mut [u64]) -> f64 {
 
 impl Control {
     /// Rule 8: takes the own step times (µs, by rank) of one step of `generation`.
-    pub(super) fn rank_times(&mut self, now_ms: u64, generation: u64, step: u64, own_us: &[u64], actions: &mut Vec<Action>) {
+    pub(super) fn rank_times(&mut self, now_ms: u64, generation: Generation, step: Step, own_us: &[u64], actions: &mut Vec<Action>) {
         let Some(g) = self.running.as_ref().filter(|g| g.generation == generation) else { return };
         // A single rank has nobody to be compared with; a report of another world is stale.
         if own_us.len() < 2 || own_us.len() != g.ranks.len() {
@@ -42,7 +42,7 @@ impl Control {
             }
             self.stragglers.insert(id);
             let drain = policy.drain && self.may_drain(id);
-            actions.push(Action::StragglerFlagged { id, rank: rank as u32, step, own_us: own, median_us: median_us as u64, drain });
+            actions.push(Action::StragglerFlagged { id, rank: Rank(rank as u32), step, own_us: own, median_us: median_us as u64, drain });
             if drain {
                 if let Some(m) = self.members.get_mut(&id) {
                     m.draining = true;

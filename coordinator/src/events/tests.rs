@@ -1,7 +1,8 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 
-use super::{EVENTS_SCHEMA, EventLog, JobEvent, LoggedEvent};
+use super::{EVENTS_SCHEMA, EndReason, EventLog, JobEvent, LoggedEvent};
+use crate::control::{StopReason, WorkerId};
 use crate::error::CoordinatorError;
 
 /// One event of every kind, so a serde attribute mistake on any variant shows up.
@@ -11,7 +12,8 @@ fn all_events() -> Vec<JobEvent> {
         JobEvent::WorkerJoined { worker: 7, addr: "127.0.0.1:4100".into() },
         JobEvent::WorkerRemoved { worker: 7, reason: "heartbeat timeout".into() },
         JobEvent::GenerationStarted { generation: 2, ranks: vec![3, 5], start_step: 400, restore: Some(400) },
-        JobEvent::GenerationEnded { generation: 2, reason: "resize".into() },
+        JobEvent::GenerationEnded { generation: 2, reason: StopReason::Resize.into() },
+        JobEvent::GenerationEnded { generation: 3, reason: StopReason::MemberLost { worker: WorkerId(5) }.into() },
         JobEvent::CheckpointCommitted { step: 500, dir: "ckpt/step-500".into(), bytes: 1 << 30, duration_s: 2.5 },
         JobEvent::CheckpointFailed { step: 600, reason: "rank 1: disk full".into() },
         JobEvent::ScaleRequested { workers: 4 },
@@ -48,10 +50,33 @@ fn event_log_round_trips_every_event() {
     // The wire format is part of the contract: tagged by `type`, snake_case.
     let text = std::fs::read_to_string(&path).unwrap();
     let first = text.lines().next().unwrap();
-    assert_eq!(first, r#"{"v":1,"ts_ms":1000,"event":{"type":"coordinator_started","resumed_step":400}}"#);
+    assert_eq!(first, r#"{"v":2,"ts_ms":1000,"event":{"type":"coordinator_started","resumed_step":400}}"#);
+    // A generation's end carries the typed reason, tagged by `kind`.
+    let ended: Vec<&str> = text.lines().filter(|l| l.contains("generation_ended")).collect();
+    assert_eq!(
+        ended,
+        [
+            r#"{"v":2,"ts_ms":1004,"event":{"type":"generation_ended","generation":2,"reason":{"kind":"resize"}}}"#,
+            r#"{"v":2,"ts_ms":1005,"event":{"type":"generation_ended","generation":3,"reason":{"kind":"member_lost","worker":5}}}"#,
+        ]
+    );
     // A line written before the schema was versioned still reads, as version 0.
     let old: LoggedEvent = serde_json::from_str(r#"{"ts_ms":7,"event":{"type":"job_finished","step":3}}"#).unwrap();
     assert_eq!(old, LoggedEvent { v: 0, ts_ms: 7, event: JobEvent::JobFinished { step: 3 } });
+}
+
+/// Schema 1 wrote a generation's end reason as free text: it reads as that text, verbatim.
+#[test]
+fn a_schema_1_end_reason_reads_as_its_text() {
+    for text in ["Resize", "aborted: MemberLost(WorkerId(3))", "stopped"] {
+        let line = format!(r#"{{"v":1,"ts_ms":7,"event":{{"type":"generation_ended","generation":4,"reason":"{text}"}}}}"#);
+        let read: LoggedEvent = serde_json::from_str(&line).unwrap();
+        let want = JobEvent::GenerationEnded { generation: 4, reason: EndReason::Legacy(text.into()) };
+        assert_eq!(read, LoggedEvent { v: 1, ts_ms: 7, event: want });
+    }
+    // A reason that is neither text nor a known kind is corruption, not a legacy line.
+    let bad = r#"{"v":2,"ts_ms":7,"event":{"type":"generation_ended","generation":4,"reason":{"kind":"bogus"}}}"#;
+    assert!(serde_json::from_str::<LoggedEvent>(bad).is_err());
 }
 
 #[test]

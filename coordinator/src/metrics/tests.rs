@@ -7,15 +7,17 @@ use crate::api::ValidationStatus;
 use crate::error::CoordinatorError;
 use tessera_protocol::report::{StepReport, StepTimings};
 use tessera_protocol::validation::{ModalityScore, ValidationReport};
+use tessera_protocol::{Generation, Rank, Step};
+use tessera_tokenizers::Modality;
 
 fn report(generation: u64, step: u64, rank: u32, world: u32, samples: u64, tokens: u64, total_s: f64) -> StepReport {
     StepReport {
-        generation,
-        step,
-        rank,
+        generation: Generation(generation),
+        step: Step(step),
+        rank: Rank(rank),
         world,
         loss: 1.5,
-        losses: BTreeMap::from([("rgb".to_string(), 1.0 + f64::from(rank) * 2.0), ("caption".to_string(), 2.0)]),
+        losses: BTreeMap::from([(Modality::Rgb224.into(), 1.0 + f64::from(rank) * 2.0), (Modality::Caption.into(), 2.0)]),
         lr: 1e-4,
         grad_norm: 0.75,
         samples,
@@ -44,7 +46,7 @@ fn value(text: &str, series: &str) -> Option<f64> {
 fn metrics_aggregate_two_ranks_and_drop_stale_rank_labels() {
     let registry = Registry::new();
     let m = JobMetrics::new(&registry).unwrap();
-    m.set_generation(1, 2);
+    m.set_generation(Generation(1), 2);
     m.set_workers(3);
     // Rank 0 is fast, rank 1 is the straggler: the step takes 0.5 s for both.
     m.observe_step(&[report(1, 41, 0, 2, 8, 1000, 0.25), report(1, 41, 1, 2, 8, 1200, 0.5)]).unwrap();
@@ -56,7 +58,7 @@ fn metrics_aggregate_two_ranks_and_drop_stale_rank_labels() {
     assert_eq!(value(&text, "tessera_tokens_total"), Some(2200.0));
     assert_eq!(value(&text, "tessera_loss"), Some(1.5));
     // Equal sample counts: the per-modality loss is the plain mean of 1.0 and 3.0.
-    assert_eq!(value(&text, r#"tessera_modality_loss{modality="rgb"}"#), Some(2.0));
+    assert_eq!(value(&text, r#"tessera_modality_loss{modality="rgb@224"}"#), Some(2.0));
     assert_eq!(value(&text, r#"tessera_modality_loss{modality="caption"}"#), Some(2.0));
     assert_eq!(value(&text, r#"tessera_step_phase_seconds{phase="data"}"#), Some(0.25));
     assert_eq!(value(&text, r#"tessera_step_phase_seconds{phase="total"}"#), Some(0.5));
@@ -73,7 +75,7 @@ fn metrics_aggregate_two_ranks_and_drop_stale_rank_labels() {
 
     // A restart into a smaller world: rank 1's series must disappear, not linger at 0.5.
     m.inc_restarts();
-    m.set_generation(2, 1);
+    m.set_generation(Generation(2), 1);
     let text = m.render().unwrap();
     assert_eq!(value(&text, r#"tessera_rank_step_seconds{rank="1"}"#), None, "{text}");
     assert_eq!(value(&text, r#"tessera_rank_step_seconds{rank="0"}"#), None, "{text}");
@@ -109,7 +111,7 @@ fn metrics_refuse_inconsistent_reports() {
     assert!(bad(&[report(1, 1, 0, 2, 1, 1, 1.0), report(1, 2, 1, 2, 1, 1, 1.0)]), "mixed steps");
     assert!(bad(&[report(1, 1, 0, 2, 1, 1, 1.0), report(1, 1, 0, 2, 1, 1, 1.0)]), "rank twice");
     assert!(bad(&[report(1, 1, 2, 2, 1, 1, 1.0)]), "rank outside world");
-    m.set_generation(3, 2);
+    m.set_generation(Generation(3), 2);
     assert!(bad(&[report(3, 1, 0, 4, 1, 1, 1.0)]), "world other than the generation's");
 }
 
@@ -123,29 +125,29 @@ fn metrics_refuse_a_second_registration_on_one_registry() {
 #[test]
 fn validation_scores_are_gauges_per_modality() {
     let m = JobMetrics::new(&Registry::new()).unwrap();
-    let report = |step: u64, scores: &[(&str, f64)], seconds: f64| ValidationReport {
+    let report = |step: u64, scores: &[(Modality, f64)], seconds: f64| ValidationReport {
         generation: 0,
         step,
         samples: 8,
-        modalities: scores.iter().map(|(m, l)| (m.to_string(), ModalityScore { tokens: 10, loss: *l, unigram: None })).collect(),
+        modalities: scores.iter().map(|(m, l)| ((*m).into(), ModalityScore { tokens: 10, loss: *l, unigram: None })).collect(),
         seconds,
     };
-    m.observe_validation(&report(100, &[("rgb", 2.5), ("caption", 4.0)], 1.5));
-    m.observe_validation(&report(200, &[("rgb", 2.0)], 2.25));
+    m.observe_validation(&report(100, &[(Modality::Rgb224, 2.5), (Modality::Caption, 4.0)], 1.5));
+    m.observe_validation(&report(200, &[(Modality::Rgb224, 2.0)], 2.25));
     let text = m.render().unwrap();
     assert_eq!(value(&text, "tessera_validation_step"), Some(200.0));
     assert_eq!(value(&text, "tessera_validation_seconds"), Some(2.25));
-    assert_eq!(value(&text, r#"tessera_validation_loss{modality="rgb"}"#), Some(2.0));
+    assert_eq!(value(&text, r#"tessera_validation_loss{modality="rgb@224"}"#), Some(2.0));
     // A modality without targets this time keeps its last score.
     assert_eq!(value(&text, r#"tessera_validation_loss{modality="caption"}"#), Some(4.0));
     // The status shows the last validation as it was.
-    assert_eq!(m.last_validation(), Some(ValidationStatus { step: 200, loss: [("rgb".to_string(), 2.0)].into(), seconds: 2.25 }));
+    assert_eq!(m.last_validation(), Some(ValidationStatus { step: 200, loss: [(Modality::Rgb224.into(), 2.0)].into(), seconds: 2.25 }));
 }
 
 #[test]
 fn step_gauges_are_absent_before_the_first_step_and_counters_start_at_zero() {
     let m = JobMetrics::new(&Registry::new()).unwrap();
-    m.set_generation(1, 2);
+    m.set_generation(Generation(1), 2);
     let text = m.render().unwrap();
     for gauge in
         ["tessera_step", "tessera_loss", "tessera_learning_rate", "tessera_grad_norm", "tessera_tokens_per_second", "tessera_mfu_ratio"]
@@ -169,7 +171,7 @@ fn step_gauges_are_absent_before_the_first_step_and_counters_start_at_zero() {
 fn flops_mfu_and_per_rank_series_follow_the_reports() {
     let registry = Registry::new_custom(None, Some([("job".to_string(), "demo".to_string())].into())).unwrap();
     let m = JobMetrics::new(&registry).unwrap();
-    m.set_generation(1, 2);
+    m.set_generation(Generation(1), 2);
     m.set_flops_model(FlopsModel { flops_per_token: 1e6, peak_flops_per_rank: Some(4e9) });
     // Rank 1 is the slow one: 2200 tokens in 0.5 s for the step, 2.2e9 model FLOP/s.
     m.observe_step(&[report(1, 3, 0, 2, 8, 1000, 0.25), report(1, 3, 1, 2, 8, 1200, 0.5)]).unwrap();
@@ -186,7 +188,7 @@ fn flops_mfu_and_per_rank_series_follow_the_reports() {
     assert_eq!(v(r#"tessera_rank_data_wait_ratio{rank="1",job="demo"}"#), 0.25 / 0.5);
     assert_eq!(v(r#"tessera_rank_resident_memory_bytes{rank="1",job="demo"}"#), f64::from(2u32 << 20));
     // A new generation drops every per-rank series.
-    m.set_generation(2, 1);
+    m.set_generation(Generation(2), 1);
     let text = m.render().unwrap();
     for family in ["tessera_rank_tokens_per_second", "tessera_rank_data_wait_ratio", "tessera_rank_resident_memory_bytes"] {
         assert!(!text.lines().any(|l| l.starts_with(&format!("{family}{{"))), "{family} lingers:\n{text}");
@@ -200,7 +202,7 @@ fn flops_mfu_and_per_rank_series_follow_the_reports() {
 #[test]
 fn own_step_time_and_the_straggler_flag_are_per_rank() {
     let m = JobMetrics::new(&Registry::new()).unwrap();
-    m.set_generation(3, 2);
+    m.set_generation(Generation(3), 2);
     let text = m.render().unwrap();
     assert_eq!(value(&text, "tessera_stragglers_flagged_total"), Some(0.0), "a counter from the first scrape:\n{text}");
     m.observe_step(&[report(3, 0, 0, 2, 8, 1000, 0.5), report(3, 0, 1, 2, 8, 1000, 0.5)]).unwrap();
@@ -211,13 +213,13 @@ fn own_step_time_and_the_straggler_flag_are_per_rank() {
     assert_eq!(value(&text, r#"tessera_rank_straggler{rank="1"}"#), Some(0.0));
     let since = value(&text, "tessera_last_step_timestamp_seconds").unwrap();
     assert!(since > 1.7e9, "a UNIX time from the start: {since}");
-    m.flag_straggler(1);
+    m.flag_straggler(Rank(1));
     m.observe_step(&[report(3, 1, 0, 2, 8, 1000, 0.5), report(3, 1, 1, 2, 8, 1000, 0.5)]).unwrap();
     let text = m.render().unwrap();
     assert_eq!(value(&text, r#"tessera_rank_straggler{rank="1"}"#), Some(1.0), "a later step keeps the flag:\n{text}");
     assert_eq!(value(&text, r#"tessera_rank_straggler{rank="0"}"#), Some(0.0));
     assert_eq!(value(&text, "tessera_stragglers_flagged_total"), Some(1.0));
-    m.set_generation(4, 2);
+    m.set_generation(Generation(4), 2);
     let text = m.render().unwrap();
     assert!(!text.contains("tessera_rank_straggler{"), "a new generation starts unflagged:\n{text}");
     assert_eq!(value(&text, "tessera_stragglers_flagged_total"), Some(1.0));

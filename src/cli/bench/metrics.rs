@@ -8,7 +8,8 @@ use std::time::Instant;
 
 use clap::Args;
 use tessera_coordinator::{FlopsModel, JobMetrics};
-use tessera_protocol::{StepReport, StepTimings};
+use tessera_protocol::{Generation, ModalityName, Rank, Step, StepReport, StepTimings};
+use tessera_tokenizers::Modality;
 
 /// Arguments of `bench metrics`.
 #[derive(Debug, Args)]
@@ -28,13 +29,16 @@ pub struct MetricsArgs {
 pub fn run(a: MetricsArgs) -> anyhow::Result<()> {
     let registry = prometheus::Registry::new_custom(None, Some([("job".to_string(), "bench".to_string())].into()))?;
     let metrics = JobMetrics::new(&registry)?;
-    metrics.set_generation(1, a.ranks);
+    metrics.set_generation(Generation(1), a.ranks);
     metrics.set_flops_model(FlopsModel { flops_per_token: 1e7, peak_flops_per_rank: Some(1e11) });
-    let losses: BTreeMap<String, f64> = (0..a.modalities).map(|i| (format!("modality_{i}"), 3.0 + i as f64 * 0.1)).collect();
+    // Real keys: a report's losses are keyed by modalities the registry knows.
+    let names = Modality::ALL.iter().take(a.modalities);
+    anyhow::ensure!(names.len() == a.modalities, "--modalities {}: there are {} built-in modalities", a.modalities, Modality::ALL.len());
+    let losses: BTreeMap<ModalityName, f64> = names.enumerate().map(|(i, m)| ((*m).into(), 3.0 + i as f64 * 0.1)).collect();
     let report = |step: u64, rank: u32| StepReport {
-        generation: 1,
-        step,
-        rank,
+        generation: Generation(1),
+        step: Step(step),
+        rank: Rank(rank),
         world: a.ranks,
         loss: 3.5,
         losses: losses.clone(),

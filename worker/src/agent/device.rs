@@ -11,10 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use ractor::ActorRef;
-use tessera_ops::{AbortHandle, Collective, JobAuth, Rank, RingConfig, Secret, TcpRing};
-use tessera_protocol::ResolvedJob;
-use tessera_protocol::WorkerId;
+use tessera_ops::{AbortHandle, Collective, JobAuth, RingConfig, Secret, TcpRing};
 use tessera_protocol::messages::{CoordinatorMsg, FailureKind, GenerationStart, RankFailure, Wire, WorkerEvent};
+use tessera_protocol::{Generation, Rank, ResolvedJob, Step, WorkerId};
 
 use crate::data::DataPipeline;
 use crate::driver::report::{peak_rss_bytes, step_report};
@@ -31,12 +30,12 @@ pub enum DeviceCmd {
     /// Checkpoint at the next agreed boundary.
     Checkpoint {
         /// Generation.
-        generation: u64,
+        generation: Generation,
     },
     /// Leave the loop at the next agreed boundary.
     Stop {
         /// Generation.
-        generation: u64,
+        generation: Generation,
         /// Checkpoint first.
         checkpoint: bool,
     },
@@ -48,14 +47,14 @@ pub enum DeviceCmd {
 /// (which owns the communicator): an abort can arrive before the ring of its generation exists.
 #[derive(Debug, Default)]
 pub struct AbortState {
-    current: Option<(u64, AbortHandle)>,
+    current: Option<(Generation, AbortHandle)>,
     /// Generations at or below this were aborted.
-    aborted_through: Option<u64>,
+    aborted_through: Option<Generation>,
 }
 
 impl AbortState {
     /// Aborts `generation`'s collective now, or as soon as it exists.
-    pub fn abort(&mut self, generation: u64) {
+    pub fn abort(&mut self, generation: Generation) {
         self.aborted_through = Some(self.aborted_through.map_or(generation, |g| g.max(generation)));
         if let Some((g, h)) = &self.current
             && *g <= generation
@@ -65,11 +64,11 @@ impl AbortState {
     }
 
     /// True once `generation` was aborted.
-    fn is_aborted(&self, generation: u64) -> bool {
+    fn is_aborted(&self, generation: Generation) -> bool {
         self.aborted_through.is_some_and(|g| g >= generation)
     }
 
-    fn install(&mut self, generation: u64, handle: AbortHandle) -> bool {
+    fn install(&mut self, generation: Generation, handle: AbortHandle) -> bool {
         let aborted = self.aborted_through.is_some_and(|g| g >= generation);
         if aborted {
             handle.abort();
@@ -110,8 +109,8 @@ pub fn job_id(job: &ResolvedJob) -> u64 {
 }
 
 /// The identity and secret of `generation`'s communicators.
-fn auth_of(ctx: &DeviceCtx, generation: u64) -> JobAuth {
-    JobAuth { job_id: job_id(&ctx.job), generation, secret: ctx.secret.clone() }
+fn auth_of(ctx: &DeviceCtx, generation: Generation) -> JobAuth {
+    JobAuth { job_id: job_id(&ctx.job), generation: generation.0, secret: ctx.secret.clone() }
 }
 
 /// Runs the device thread until `Exit` (or the actor's end), then waits for pending writes.
@@ -161,7 +160,7 @@ fn run_generation(
     writers: &mut Vec<JoinHandle<()>>,
     resident: &mut Option<Resident<DataPipeline>>,
     held_out: &mut HeldOut,
-) -> (u64, Option<WorkerError>, bool) {
+) -> (Step, Option<WorkerError>, bool) {
     let generation = g.plan.generation;
     let mut step = g.plan.start_step;
     let mut exit = false;
@@ -172,14 +171,11 @@ fn run_generation(
         let mut config = RingConfig::new(auth_of(ctx, generation));
         config.timeout = ctx.job.train.collective_timeout;
         let listener = ctx.listener.try_clone().map_err(crate::error::io_err("cloning the ring listener", "ring"))?;
-        let mut ring = TcpRing::connect(listener, Rank(g.rank), &g.peers, config).map_err(|source| WorkerError::Collective {
-            rank: g.rank,
-            step,
-            op: format!("connecting the ring of generation {generation}"),
-            source,
+        let mut ring = TcpRing::connect(listener, tessera_ops::Rank(g.rank.0), &g.peers, config).map_err(|source| {
+            WorkerError::Collective { rank: g.rank.0, step: step.0, op: format!("connecting the ring of generation {generation}"), source }
         })?;
         if !ctx.abort.lock().expect("abort state").install(generation, ring.abort_handle()) {
-            return Err(WorkerError::Aborted { rank: g.rank, generation });
+            return Err(WorkerError::Aborted { rank: g.rank.0, generation: generation.0 });
         }
         let world = ring.world() as u32;
         // CUDA jobs move the units' flat vectors with NCCL; the ring keeps the small host
@@ -189,7 +185,7 @@ fn run_generation(
             // An abort of this generation must also end a call blocked inside NCCL.
             let both = AbortHandle::all(vec![ring.abort_handle(), n.abort_handle()]);
             if !ctx.abort.lock().expect("abort state").install(generation, both) {
-                return Err(WorkerError::Aborted { rank: g.rank, generation });
+                return Err(WorkerError::Aborted { rank: g.rank.0, generation: generation.0 });
             }
         }
         let ring_s = t_start.elapsed().as_secs_f64();
@@ -200,7 +196,7 @@ fn run_generation(
         let tokens_per_sample = (job.train.num_input_tokens + job.train.num_target_tokens) as u64;
         let plan = Plan {
             generation,
-            stop_at: g.stop_at.unwrap_or(total).min(total),
+            stop_at: g.stop_at.map_or(total, |s| s.0).min(total),
             total,
             // Periodic checkpoints the ranks take on their own; the end of the plan is the
             // coordinator's to checkpoint (it asks, and asks again after a failed write).
@@ -234,8 +230,8 @@ fn run_generation(
             }
         };
         t.set_schedule(g.schedule.clone())?;
-        step = t.state().step;
-        if g.rank == 0 {
+        step = Step(t.state().step);
+        if g.rank == Rank(0) {
             let total_s = t_start.elapsed().as_secs_f64();
             tessera_protocol::say!(
                 "[{}] generation {generation} ready: ring {ring_s:.2}s, model + restore {:.2}s (model and data {}: {model_s:.2}s, restore {:.2}s)",
@@ -246,14 +242,14 @@ fn run_generation(
             );
         }
         if step != g.plan.start_step {
-            return Err(WorkerError::PlanMismatch { rank: g.rank, restored: step, planned: g.plan.start_step });
+            return Err(WorkerError::PlanMismatch { rank: g.rank.0, restored: step.0, planned: g.plan.start_step.0 });
         }
         let who = format!("[{}] ", ctx.worker);
         let val = Validation { job: &ctx.job, cfg: &cfg, held_out, who: &who };
         let mut b = Coordinated { ctx, g, rx, writers, world, tokens_per_sample, want_stop: false, want_ckpt: false, exit: false };
         let ended = drive(t, &mut b, &plan, val);
         exit = b.exit;
-        step = t.state().step;
+        step = Step(t.state().step);
         // What `tools/bench/fsdp_vs_torch.sh` compares with PyTorch FSDP's memory.
         tessera_protocol::say!(
             "[{}] generation {generation}: peak RSS {:.1} MiB, sharded master weights + AdamW state {:.1} MiB",
@@ -289,13 +285,13 @@ fn run_generation(
 /// reports the result to the coordinator, who commits the step once every rank wrote.
 fn write_snapshot(ctx: &DeviceCtx, g: &GenerationStart, snap: Snapshot, writers: &mut Vec<JoinHandle<()>>) -> Result<()> {
     let (generation, step) = (g.plan.generation, snap.step);
-    if g.rank == 0 {
+    if g.rank == Rank(0) {
         tessera_protocol::say!("[{}] step {step}: checkpoint snapshot {:.3}s (training continues)", ctx.worker, snap.copy_s);
     }
     let (coord, worker, rank) = (ctx.coordinator.clone(), ctx.worker, g.rank);
     let name = format!("ckpt-writer-{step}");
     let spawned = std::thread::Builder::new().name(name).spawn(move || {
-        let (snap_step, manifest) = (snap.step, snap.manifest.clone().map(Box::new));
+        let (snap_step, manifest) = (Step(snap.step), snap.manifest.clone().map(Box::new));
         let ev = match snap.write() {
             Ok((file, write_s)) => WorkerEvent::ShardWritten { worker, generation, step: snap_step, rank, file, manifest, write_s },
             Err(e) => {
@@ -387,10 +383,10 @@ fn final_boundary(
             break false;
         }
         match rx.recv_timeout(std::time::Duration::from_millis(50)) {
-            Ok(DeviceCmd::Checkpoint { generation: x }) if x == generation => write_snapshot(ctx, g, t.snapshot(generation), writers)?,
+            Ok(DeviceCmd::Checkpoint { generation: x }) if x == generation => write_snapshot(ctx, g, t.snapshot(generation.0), writers)?,
             Ok(DeviceCmd::Stop { generation: x, checkpoint }) if x == generation => {
                 if checkpoint {
-                    write_snapshot(ctx, g, t.snapshot(generation), writers)?;
+                    write_snapshot(ctx, g, t.snapshot(generation.0), writers)?;
                 }
                 break false;
             }

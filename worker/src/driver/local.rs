@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tessera_protocol::checkpoint::TrainState;
 use tessera_protocol::jsonl::JsonLines;
-use tessera_protocol::{TrainLogLine, ValidationReport};
+use tessera_protocol::{Generation, Rank, TrainLogLine, ValidationReport};
 
 use super::{Boundary, Requests};
 use crate::error::Result;
@@ -70,7 +70,7 @@ impl Boundary for LocalBoundary<'_> {
     fn stepped(&mut self, r: &StepReport, state: &TrainState) -> Result<()> {
         if r.step.is_multiple_of(self.log_every) || state.step >= self.total {
             // A world of one: the line the coordinator writes from its ranks' reports.
-            let report = super::report::step_report(0, (0, 1), r, self.tokens_per_sample, state);
+            let report = super::report::step_report(Generation(0), (Rank(0), 1), r, self.tokens_per_sample, state);
             if let Some(line) = TrainLogLine::of_step(std::slice::from_ref(&report), tessera_protocol::report::now_ms()) {
                 self.log.append(&line, false)?;
             }

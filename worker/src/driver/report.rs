@@ -3,26 +3,27 @@
 
 use tessera_protocol::checkpoint::TrainState;
 use tessera_protocol::report::{self as protocol, StepTimings};
+use tessera_protocol::{Generation, Rank, Step};
 
 use crate::trainer::StepReport;
 
 /// Rank `rank` of `world`'s report of step `r` in `generation`, with the job's counters after
 /// it (`state`).
 pub fn step_report(
-    generation: u64,
-    (rank, world): (u32, u32),
+    generation: Generation,
+    (rank, world): (Rank, u32),
     r: &StepReport,
     tokens_per_sample: u64,
     state: &TrainState,
 ) -> protocol::StepReport {
-    let mine = tessera_ops::shard_len(r.samples, world as usize, rank as usize) as u64;
+    let mine = tessera_ops::shard_len(r.samples, world as usize, rank.index()) as u64;
     protocol::StepReport {
         generation,
-        step: r.step,
+        step: Step(r.step),
         rank,
         world,
         loss: r.loss,
-        losses: r.mod_loss.iter().map(|(m, l)| (m.key().to_string(), *l)).collect(),
+        losses: r.mod_loss.iter().map(|(m, l)| ((*m).into(), *l)).collect(),
         lr: r.lr,
         grad_norm: r.grad_norm,
         // Each rank trains its shard of the global batch; the coordinator sums over ranks.

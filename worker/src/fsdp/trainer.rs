@@ -629,11 +629,15 @@ impl<C: Collective + 'static, S: BatchSource> crate::driver::Engine for FsdpTrai
         FsdpTrainer::agree(self, flags)
     }
 
-    fn validation_report(&mut self, set: &crate::eval::ValidationSet, generation: u64) -> Result<tessera_protocol::ValidationReport> {
-        FsdpTrainer::validation_report(self, set, generation)
+    fn validation_report(
+        &mut self,
+        set: &crate::eval::ValidationSet,
+        generation: tessera_protocol::Generation,
+    ) -> Result<tessera_protocol::ValidationReport> {
+        FsdpTrainer::validation_report(self, set, generation.0)
     }
 
-    fn snapshot(&mut self, generation: u64) -> Result<crate::fsdp::snapshot::Snapshot> {
-        Ok(FsdpTrainer::snapshot(self, generation))
+    fn snapshot(&mut self, generation: tessera_protocol::Generation) -> Result<crate::fsdp::snapshot::Snapshot> {
+        Ok(FsdpTrainer::snapshot(self, generation.0))
     }
 }

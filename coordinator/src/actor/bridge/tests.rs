@@ -19,9 +19,9 @@ use super::ActorBridge;
 use crate::actor::{Coordinator, CoordinatorArgs, JobOutcome, Launcher};
 use crate::api::{ApiError, JobControl, JobPhase, MixtureAck, ScaleAck, serve};
 use crate::client::ApiClient;
-use crate::control::{Policy, WorkerId};
+use crate::control::{Generation, Policy, Rank, Step, StopReason, WorkerId};
 use crate::error::CoordinatorError;
-use crate::events::{EventFeed, EventLog, JobEvent};
+use crate::events::{EndReason, EventFeed, EventLog, JobEvent};
 use crate::metrics::JobMetrics;
 use tessera_protocol::checkpoint;
 use tessera_protocol::ledger::MixtureSchedule;
@@ -238,9 +238,9 @@ fn join_fake_as(job: &Job, nonce: u64, pid: u32) -> (ActorRef<WorkerMsg>, mpsc::
 
 fn report(generation: u64, step: u64) -> StepReport {
     StepReport {
-        generation,
-        step,
-        rank: 0,
+        generation: Generation(generation),
+        step: Step(step),
+        rank: Rank(0),
         world: 1,
         loss: 2.0,
         losses: BTreeMap::new(),
@@ -275,7 +275,7 @@ fn shard(root: &Path, worker: WorkerId, generation: u64, step: u64) -> WorkerEve
     let mut state = checkpoint::TrainState::start(tessera_protocol::MixtureSchedule::new(vec![1.0]).unwrap());
     state.step = step;
     let manifest = Some(Box::new(checkpoint::Manifest::new("t", 0, 1, state, Vec::new())));
-    WorkerEvent::ShardWritten { worker, generation, step, rank: 0, file, manifest, write_s: 0.01 }
+    WorkerEvent::ShardWritten { worker, generation: Generation(generation), step: Step(step), rank: Rank(0), file, manifest, write_s: 0.01 }
 }
 
 #[test]
@@ -283,7 +283,7 @@ fn a_mixture_change_restarts_the_generation_and_moves_past_steps_the_ranks_train
     let mut job = Job::start(policy(1, 1), vec![]);
     let (fake, mut rx, worker, start) = join_fake(&job, 0xfeed);
     let mut next = || job_cmd(&job.rt, &mut rx);
-    assert_eq!((start.plan.generation, start.plan.start_step, start.schedule.versions().len()), (0, 0, 1));
+    assert_eq!((start.plan.generation, start.plan.start_step, start.schedule.versions().len()), (Generation(0), Step(0), 1));
 
     for step in 0..3 {
         job.send(WorkerEvent::Step { worker, report: report(0, step) });
@@ -291,15 +291,15 @@ fn a_mixture_change_restarts_the_generation_and_moves_past_steps_the_ranks_train
     // Asked while the coordinator has steps 0..3: the earliest step is 5.
     let ack = job.rt.block_on(job.bridge().set_mixture(weights(&[("coco", 3.0)]), None)).unwrap();
     assert_eq!(ack, MixtureAck { version: 1, effective_step: 5 });
-    assert_eq!(next(), Command::Stop { generation: 0, checkpoint: true });
+    assert_eq!(next(), Command::Stop { generation: Generation(0), checkpoint: true });
     // The rank had run ahead: it stops at boundary 7, past step 5.
     for step in 3..7 {
         job.send(WorkerEvent::Step { worker, report: report(0, step) });
     }
     job.send(shard(&job.dir.path().join("checkpoints"), worker, 0, 7));
-    job.send(WorkerEvent::GenerationEnded { worker, generation: 0, step: 7, error: None });
+    job.send(WorkerEvent::GenerationEnded { worker, generation: Generation(0), step: Step(7), error: None });
     let Command::Start(start) = next() else { panic!("generation 1") };
-    assert_eq!((start.plan.generation, start.plan.start_step, start.plan.restore), (1, 7, Some(7)));
+    assert_eq!((start.plan.generation, start.plan.start_step, start.plan.restore), (Generation(1), Step(7), Some(Step(7))));
     let versions: Vec<(u32, u64, Vec<f64>)> =
         start.schedule.versions().iter().map(|v| (v.version, v.start_index, v.weights.clone())).collect();
     assert_eq!(versions, vec![(0, 0, vec![1.0, 1.0]), (1, 7 * 8, vec![1.0, 3.0])], "version 1 moved to the boundary");
@@ -319,9 +319,9 @@ fn a_mixture_change_restarts_the_generation_and_moves_past_steps_the_ranks_train
 
     // Shut down: the rank checkpoints at its boundary (it fails here) and leaves.
     job.rt.block_on(job.bridge().shutdown()).unwrap();
-    assert_eq!(next(), Command::Stop { generation: 1, checkpoint: true });
-    let error = RankFailure { kind: FailureKind::Checkpoint, rank: 0, step: 7, message: "disk full".into() };
-    job.send(WorkerEvent::ShardFailed { worker, generation: 1, step: 7, error });
+    assert_eq!(next(), Command::Stop { generation: Generation(1), checkpoint: true });
+    let error = RankFailure { kind: FailureKind::Checkpoint, rank: Rank(0), step: Step(7), message: "disk full".into() };
+    job.send(WorkerEvent::ShardFailed { worker, generation: Generation(1), step: Step(7), error });
     // Interrupted before it reports leaving the loop: its removal ends the generation.
     job.send(WorkerEvent::Leaving { worker, reason: "interrupted".into() });
     assert_eq!(job.outcome(), JobOutcome::Stopped { step: 7, checkpointed: true });
@@ -354,7 +354,7 @@ fn a_mixture_change_restarts_the_generation_and_moves_past_steps_the_ranks_train
                 "committed"
             }
             JobEvent::GenerationEnded { generation, reason } => {
-                assert_eq!(reason, ["Resize", "Shutdown"][*generation as usize]);
+                assert_eq!(*reason, EndReason::Stop([StopReason::Resize, StopReason::Shutdown][*generation as usize]));
                 "generation ended"
             }
             JobEvent::CheckpointFailed { step, reason } => {
@@ -410,12 +410,12 @@ fn losing_the_last_worker_process_during_a_planned_stop_fails_the_job() {
     let mut job = Job::start_with(Policy { launches: true, ..policy(1, 1) }, vec![], Some(Box::new(CountedLauncher(Arc::clone(&live)))));
     let (fake, mut rx, worker, start) = join_fake(&job, 0xbeef);
     let mut next = || job_cmd(&job.rt, &mut rx);
-    assert_eq!(start.plan.generation, 0);
+    assert_eq!(start.plan.generation, Generation(0));
     for step in 0..2 {
         job.send(WorkerEvent::Step { worker, report: report(0, step) });
     }
     job.rt.block_on(job.bridge().set_mixture(weights(&[("coco", 3.0)]), None)).unwrap();
-    assert_eq!(next(), Command::Stop { generation: 0, checkpoint: true });
+    assert_eq!(next(), Command::Stop { generation: Generation(0), checkpoint: true });
     live.store(0, Ordering::SeqCst);
     job.actor.cast(CoordinatorMsg::ProcessExited(Wire::new((FAKE_PID, "signal: 6 (SIGABRT)".to_string())))).unwrap();
     match job.outcome() {
@@ -468,7 +468,7 @@ fn a_lost_worker_is_replaced_but_a_replacement_lost_before_training_is_not() {
     }
     // The SpawnCounter's first pid.
     let (second, _rx2, _, start) = join_fake_as(&job, 0xa2, 9000);
-    assert_eq!(start.plan.generation, 1);
+    assert_eq!(start.plan.generation, Generation(1));
     lose(&job, 9000);
     match job.outcome() {
         JobOutcome::Failed { reason } => assert_eq!(reason, "0 workers left, the job needs at least 1"),
