@@ -166,6 +166,15 @@ fn a_pool_trains_submitted_jobs_queues_with_reasons_cancels_and_refuses_bad_toke
     wait_for("the refusal logged with the peer", Duration::from_secs(5), || {
         coordinator.text().contains("refused POST /v1/jobs from 127.0.0.1:")
     });
+    // Random bytes on the job's actor node and on a rank's ring listener.
+    let live: serde_json::Value = serde_json::from_str(&ok(client(&url, &token, &["status", "2", "--json"]))).unwrap();
+    let ring = live["live"]["members"][0]["addr"].as_str().expect("a member's ring address").to_string();
+    for port in [live["node"].as_str().expect("the job's node").to_string(), ring] {
+        let mut junk = std::net::TcpStream::connect(&port).unwrap();
+        let _ = junk.write_all(b"\x00\x00\x00\x10GET / HTTP/1.1\r\n\r\n\xff\xfe random bytes");
+    }
+    let logged = common::log_lines(&root.join("long")).len();
+    wait_for("job-2 training on after the junk", Duration::from_secs(60), || common::log_lines(&root.join("long")).len() >= logged + 3);
     assert_eq!(job_json(&url, &token, 2)["state"], "Running", "the running job is undisturbed");
 
     ok(client(&url, &token, &["cancel", "job-2"]));

@@ -409,6 +409,7 @@ fn view(r: &JobRecord, inner: &Inner) -> ClusterJob {
         note: inner.notes.get(&r.id).cloned(),
         output_dir: job.map(|j| j.output_dir).unwrap_or_default(),
         submitted_ms: r.job.submitted_ms,
+        node: inner.running.get(&r.id).map(|h| h.assignment.node),
         live: None,
     }
 }

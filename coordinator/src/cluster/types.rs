@@ -70,6 +70,9 @@ pub struct ClusterJob {
     pub output_dir: PathBuf,
     /// Submission time (ms since the Unix epoch).
     pub submitted_ms: u64,
+    /// The running job's coordinator node (where its workers link).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<std::net::SocketAddr>,
     /// The live status of a running job (`tessera status JOB`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub live: Option<JobStatus>,
