@@ -1,6 +1,7 @@
 //! Command-line interface: argument parsing and dispatch; each sub-command lives in its module.
 
 mod bench;
+mod cluster;
 mod config;
 mod data;
 mod data_source;
@@ -15,6 +16,7 @@ mod orchestrate;
 mod output;
 mod peak;
 mod plot;
+mod pool_worker;
 #[cfg(test)]
 mod readme_check;
 mod tokenizer;
@@ -62,8 +64,19 @@ enum Command {
     #[command(flatten)]
     Job(jobctl::JobCommand),
     /// Join a running job's coordinator as a worker process (adds capacity at the next step
-    /// boundary).
+    /// boundary), or with --coordinator a coordinator service's worker pool.
     Worker(worker::WorkerArgs),
+    /// Run the coordinator service (cluster mode): jobs submitted over its authenticated API
+    /// queue, run on the pool of workers that report to it, and survive its restart.
+    Coordinator(cluster::CoordinatorArgs),
+    /// Submit a job config to a coordinator service; prints the job id.
+    Submit(cluster::SubmitArgs),
+    /// List a coordinator service's jobs (state, workers, step, and why each queued job waits).
+    Jobs(cluster::JobsArgs),
+    /// Cancel a job of a coordinator service (a running one checkpoints first).
+    Cancel(cluster::OneJobArgs),
+    /// Wait until a job of a coordinator service ends (fails unless it finished).
+    Wait(cluster::OneJobArgs),
     /// Write consolidated ml-4m-compatible weights from a job's newest valid checkpoint.
     Export(export::ExportArgs),
     /// Draw a job's training curves (loss per modality, validation, learning rate, gradient
@@ -94,6 +107,11 @@ pub fn run() -> ExitCode {
         Command::Config(cmd) => config::run(cmd),
         Command::Train(args) => train::run(args),
         Command::Worker(args) => worker::run_worker(args),
+        Command::Coordinator(args) => cluster::run_coordinator(args),
+        Command::Submit(args) => cluster::submit(args),
+        Command::Jobs(args) => cluster::jobs(args),
+        Command::Cancel(args) => cluster::cancel(args),
+        Command::Wait(args) => cluster::wait(args),
         Command::Job(cmd) => jobctl::run(cmd),
         Command::Tokenize(args) => neural::tokenize(args),
         Command::Export(args) => export::run(args),

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent, pg};
 
 pub use aggregate::{GenerationBook, PendingCheckpoint};
-pub use args::{CoordinatorArgs, JobOutcome, Launcher};
+pub use args::{CoordinatorArgs, JobOutcome, Launcher, ResumePoint};
 pub use bridge::{ActorBridge, CALL_TIMEOUT};
 pub use mixture::{MixtureChange, Mixtures, MovedChange};
 
@@ -40,7 +40,7 @@ use crate::api::ApiError;
 use crate::control::{Control, Event, WorkerId};
 use crate::error::CoordinatorError;
 use crate::events::JobEvent;
-use tessera_protocol::messages::{COORDINATOR_GROUP, Command, CoordinatorMsg, WORKERS_GROUP, Wire, WorkerEvent, WorkerMsg};
+use tessera_protocol::messages::{Command, CoordinatorMsg, WORKERS_GROUP, Wire, WorkerEvent, WorkerMsg};
 
 /// A registered worker.
 #[derive(Debug)]
@@ -146,7 +146,7 @@ impl Actor for Coordinator {
     type Arguments = CoordinatorArgs;
 
     async fn pre_start(&self, myself: ActorRef<Self::Msg>, mut args: CoordinatorArgs) -> Result<Self::State, ActorProcessingErr> {
-        pg::join(COORDINATOR_GROUP.to_string(), vec![myself.get_cell()]);
+        pg::join(args.group.clone(), vec![myself.get_cell()]);
         pg::monitor(WORKERS_GROUP.to_string(), myself.get_cell());
         std::fs::create_dir_all(&args.output_dir)?;
         let log_path = args.output_dir.join("train_log.jsonl");

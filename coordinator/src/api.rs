@@ -27,8 +27,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+pub(crate) use error::error_response;
 pub use error::{ApiError, ErrorBody};
 pub use events_query::EventsQuery;
+pub(crate) use routes::constant_time_eq;
 pub use routes::{BACKEND_TIMEOUT, METRICS_CONTENT_TYPE, router};
 pub use table::StatusTable;
 pub use tessera_protocol::reply::{CheckpointAck, DrainAck, JobPhase, JobStatus, MemberStatus, MixtureAck, ScaleAck, ValidationStatus};

@@ -24,6 +24,8 @@ pub struct ApiClient {
     addr: SocketAddr,
     token: String,
     timeout: Duration,
+    /// Put before every path: `/v1/jobs/ID` for one job of a coordinator service.
+    prefix: String,
 }
 
 /// A response: status code and body (de-chunked).
@@ -35,7 +37,12 @@ struct Answer {
 impl ApiClient {
     /// A client of the API at `addr`, authenticating with `token`; 10 s timeout.
     pub fn new(addr: SocketAddr, token: impl Into<String>) -> Self {
-        Self { addr, token: token.into(), timeout: Duration::from_secs(10) }
+        Self { addr, token: token.into(), timeout: Duration::from_secs(10), prefix: String::new() }
+    }
+
+    /// The same client aimed at job `job` of a coordinator service (its per-job routes).
+    pub fn for_job(&self, job: crate::store::JobId) -> Self {
+        Self { prefix: format!("/v1/jobs/{}", job.0), ..self.clone() }
     }
 
     /// The same client with another timeout (applies to connect, each read/write, and the
@@ -87,7 +94,7 @@ impl ApiClient {
     }
 
     /// Sends a JSON request and decodes a JSON answer, turning error statuses into errors.
-    fn call<T: DeserializeOwned, B: serde::Serialize>(&self, method: &str, path: &str, body: Option<&B>) -> Result<T> {
+    pub(crate) fn call<T: DeserializeOwned, B: serde::Serialize>(&self, method: &str, path: &str, body: Option<&B>) -> Result<T> {
         let body = body.map(|b| serde_json::to_vec(b).map_err(|e| self.bad(format!("encoding the request: {e}")))).transpose()?;
         let answer = self.checked(self.request(method, path, body.as_deref())?)?;
         serde_json::from_slice(&answer.body).map_err(|e| self.bad(format!("{method} {path}: unexpected body: {e}")))
@@ -122,6 +129,7 @@ impl ApiClient {
         stream.set_write_timeout(Some(self.timeout)).map_err(|e| net("set write timeout", e))?;
 
         let body = body.unwrap_or_default();
+        let path = format!("{}{path}", self.prefix);
         let mut head = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nConnection: close\r\nAccept: application/json\r\nContent-Length: {}\r\n",
             self.addr,

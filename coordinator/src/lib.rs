@@ -4,12 +4,14 @@
 //! ([`EventLog`]), the console output, and the HTTP API ([`api::serve`] over a [`JobControl`]
 //! backend) with its blocking CLI client ([`ApiClient`]), and for cluster mode the durable job
 //! store ([`store`]: etcd or a state directory behind one trait) and the etcd worker registry
-//! ([`registry`]). What it shares with the workers (job
+//! ([`registry`]), and the coordinator service that hosts many jobs on a worker pool
+//! ([`cluster`]). What it shares with the workers (job
 //! specs, ledger, messages, checkpoint store) is the contract crate, `tessera-protocol`.
 
 pub mod actor;
 pub mod api;
 pub mod client;
+pub mod cluster;
 pub mod console;
 pub mod control;
 pub mod error;

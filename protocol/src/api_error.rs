@@ -17,6 +17,12 @@ pub enum ApiError {
     /// No or a wrong bearer token (401).
     #[error("missing or wrong bearer token")]
     Unauthorized,
+    /// What the request names does not exist (404), e.g. an unknown job id.
+    #[error("{what} not found")]
+    NotFound {
+        /// What was asked for (`job-7`).
+        what: String,
+    },
     /// The request is valid but the job cannot do it now (409), e.g. the job has finished.
     #[error("{reason}")]
     Conflict {
@@ -48,6 +54,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest { .. } => 400,
             ApiError::Unauthorized => 401,
+            ApiError::NotFound { .. } => 404,
             ApiError::Conflict { .. } => 409,
             ApiError::Unavailable { .. } => 503,
             ApiError::Internal { .. } => 500,

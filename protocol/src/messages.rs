@@ -3,7 +3,7 @@
 //! every payload is wrapped in [`Wire`], which serialises it as JSON and turns a payload that
 //! does not decode into an error value the receiving actor reports, instead of a panic.
 //!
-//! Discovery uses ractor process groups: the coordinator actor joins [`COORDINATOR_GROUP`];
+//! Discovery uses ractor process groups: the coordinator actor joins its [`coordinator_group`];
 //! each worker actor joins [`WORKERS_GROUP`] and its own [`worker_group`] (named by a nonce it
 //! announces in [`WorkerEvent::Hello`]), so the coordinator can address the sender of a hello;
 //! leaving [`WORKERS_GROUP`] (a process exit or a broken node link) is how a lost worker shows.
@@ -63,8 +63,18 @@ impl std::fmt::Display for RankFailure {
     }
 }
 
-/// Process group of the coordinator actor.
+/// Process group of the coordinator actor of a job that has a process to itself.
 pub const COORDINATOR_GROUP: &str = "tessera.coordinator";
+
+/// The process group of job `scope`'s coordinator actor: a coordinator service hosts several
+/// jobs in one process, and process groups are visible to every linked node, so each job's
+/// workers must look for their own coordinator by name. `None` is [`COORDINATOR_GROUP`].
+pub fn coordinator_group(scope: Option<&str>) -> String {
+    match scope {
+        Some(s) => format!("{COORDINATOR_GROUP}.{s}"),
+        None => COORDINATOR_GROUP.to_string(),
+    }
+}
 /// Process group of every worker actor.
 pub const WORKERS_GROUP: &str = "tessera.workers";
 

@@ -12,7 +12,7 @@ use ractor_cluster::node::NodeConnectionMode;
 use ractor_cluster::{NetworkStream, NodeServer, NodeServerMessage};
 
 use crate::error::{ProtocolError, Result};
-use crate::messages::{COORDINATOR_GROUP, CoordinatorMsg};
+use crate::messages::CoordinatorMsg;
 
 fn actor_err(context: String) -> impl FnOnce(String) -> ProtocolError {
     move |reason| ProtocolError::Actor { context, reason }
@@ -67,11 +67,12 @@ impl CoordinatorNode {
 }
 
 /// A worker's link: connects to the coordinator node at `addr` and returns the coordinator
-/// actor once its process group is visible here, or an error naming the address (a wrong
+/// actor once its process group `group` ([`crate::messages::coordinator_group`]) is visible here, or an error naming the address (a wrong
 /// cookie shows as no session within `timeout`).
 pub async fn connect(
     addr: SocketAddr,
     cookie: &str,
+    group: &str,
     name: &str,
     timeout: Duration,
 ) -> Result<(ActorRef<NodeServerMessage>, ActorRef<CoordinatorMsg>)> {
@@ -80,7 +81,7 @@ pub async fn connect(
     ractor_cluster::client_connect(&server, addr).await.map_err(|e| actor_err(context.clone())(e.to_string()))?;
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(cell) = pg::get_members(&COORDINATOR_GROUP.to_string()).into_iter().next() {
+        if let Some(cell) = pg::get_members(&group.to_string()).into_iter().next() {
             return Ok((server, ActorRef::from(cell)));
         }
         if Instant::now() > deadline {

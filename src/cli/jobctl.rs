@@ -11,22 +11,60 @@ use clap::{Args, Subcommand};
 use tessera_coordinator::ApiClient;
 use tessera_coordinator::api::StatusTable;
 
-/// Where the job's API is.
+/// Where the job's API is: a job of a coordinator service (`JOB` with `--coordinator` or
+/// `TESSERA_COORDINATOR`), or the job of an output directory (`--job-dir`).
 #[derive(Debug, Clone, Args)]
 pub struct Target {
+    /// A coordinator service's job (`job-N` or `N`).
+    pub(super) job: Option<String>,
+    /// The coordinator service's API, `http://HOST:PORT` (default: $TESSERA_COORDINATOR).
+    #[arg(long)]
+    pub(super) coordinator: Option<String>,
     /// The job's output directory (holds coordinator.json and the API token).
     #[arg(long, default_value = ".")]
     pub(super) job_dir: PathBuf,
     /// The API address (default: from --job-dir).
     #[arg(long)]
     pub(super) api: Option<SocketAddr>,
-    /// File holding the bearer token (default: JOB_DIR/.tessera/token).
+    /// File holding the bearer token (default: JOB_DIR/.tessera/token, or for a service's job
+    /// $TESSERA_TOKEN_FILE).
     #[arg(long)]
     token_file: Option<PathBuf>,
 }
 
 impl Target {
+    /// The coordinator service's URL: `--coordinator`, else `$TESSERA_COORDINATOR`.
+    pub(super) fn coordinator_url(&self) -> Option<String> {
+        self.coordinator.clone().or_else(|| std::env::var("TESSERA_COORDINATOR").ok())
+    }
+
+    /// The service's client and the job, when the target is a coordinator service's job (a
+    /// JOB and a service URL).
+    pub(super) fn service(&self) -> anyhow::Result<Option<(ApiClient, tessera_coordinator::store::JobId)>> {
+        let (Some(job), Some(url)) = (&self.job, self.coordinator_url()) else { return Ok(None) };
+        let token_file = self
+            .token_file
+            .clone()
+            .or_else(|| std::env::var_os("TESSERA_TOKEN_FILE").map(PathBuf::from))
+            .context("give --token-file (or set TESSERA_TOKEN_FILE) with a JOB")?;
+        let token = std::fs::read_to_string(&token_file).with_context(|| format!("reading {}", token_file.display()))?;
+        let client = ApiClient::new(super::cluster::service_addr(&url)?, token.trim());
+        Ok(Some((client, super::cluster::parse_job_id(job)?)))
+    }
+
+    /// The client of the job's API: a service's job, or the job of `--job-dir`/`--api`.
     pub(super) fn client(&self) -> anyhow::Result<ApiClient> {
+        if let Some((service, job)) = self.service()? {
+            return Ok(service.for_job(job));
+        }
+        if let Some(job) = &self.job {
+            anyhow::bail!("{job} is a coordinator service's job: give --coordinator URL (or set TESSERA_COORDINATOR)");
+        }
+        self.embedded_client()
+    }
+
+    /// The client of the job that `tessera train` runs (`--job-dir`, or `--api`).
+    pub(super) fn embedded_client(&self) -> anyhow::Result<ApiClient> {
         let endpoint = super::orchestrate::read_endpoint(&self.job_dir);
         let api = match (self.api, &endpoint) {
             (Some(a), _) => a,
@@ -114,6 +152,30 @@ pub enum JobCommand {
 pub fn run(cmd: JobCommand) -> anyhow::Result<()> {
     match cmd {
         JobCommand::Status { target, json } => {
+            if let Some((service, job)) = target.service()? {
+                // The service's record: also for a queued or ended job.
+                let j = service.job(job)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&j)?);
+                } else {
+                    let why = j.pending.as_deref().or(j.note.as_deref()).unwrap_or("");
+                    println!(
+                        "{} '{}': {:?}, step {}/{}, {} workers ({}:{}) {why}",
+                        j.id,
+                        j.name,
+                        j.state,
+                        j.step.map_or("-".into(), |s| s.to_string()),
+                        j.total_steps,
+                        j.holds,
+                        j.workers.min,
+                        j.workers.max
+                    );
+                    if let Some(live) = &j.live {
+                        print!("{}", live.table());
+                    }
+                }
+                return Ok(());
+            }
             let s = target.client()?.status()?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);

@@ -20,12 +20,11 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use tessera_coordinator::EventLog;
 use tessera_coordinator::actor::ActorBridge;
-use tessera_coordinator::actor::{Coordinator, CoordinatorArgs, JobOutcome, Launcher};
+use tessera_coordinator::actor::{Coordinator, CoordinatorArgs, JobOutcome, Launcher, ResumePoint};
 use tessera_coordinator::console::Console;
 use tessera_coordinator::control::Policy;
 use tessera_coordinator::metrics::JobMetrics;
 use tessera_protocol::ResolvedJob;
-use tessera_protocol::checkpoint;
 use tessera_protocol::messages::{CoordinatorMsg, JobSpec, Wire};
 use tessera_protocol::node::CoordinatorNode;
 
@@ -65,7 +64,7 @@ pub struct EmbeddedOptions {
     pub peak_tflops: Option<f64>,
 }
 
-fn random_hex() -> String {
+pub(super) fn random_hex() -> String {
     let mut b = [0u8; 32];
     rand::rng().fill_bytes(&mut b);
     b.iter().map(|x| format!("{x:02x}")).collect()
@@ -73,7 +72,7 @@ fn random_hex() -> String {
 
 /// Writes a secret as a new file of mode 0600 renamed over `path`: a file that existed with a
 /// wider mode (say 0644) is replaced, never reused, so the secret is never world-readable.
-fn write_secret(path: &Path, value: &str) -> anyhow::Result<()> {
+pub(super) fn write_secret(path: &Path, value: &str) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
@@ -220,7 +219,7 @@ fn finish_relays(relays: &Mutex<Vec<std::thread::JoinHandle<()>>>, within: Durat
 
 /// Model FLOPs per token of `job` and the peak of one of its ranks (each on `threads` CPU
 /// threads), for model FLOP/s and MFU.
-fn flops_model(job: &ResolvedJob, peak_tflops: Option<f64>, threads: usize) -> anyhow::Result<tessera_coordinator::FlopsModel> {
+pub(super) fn flops_model(job: &ResolvedJob, peak_tflops: Option<f64>, threads: usize) -> anyhow::Result<tessera_coordinator::FlopsModel> {
     let cfg = tessera_worker::four_m_config(&job.model, &job.origin)?;
     let flops = cfg.train_flops(job.train.num_input_tokens, job.train.num_target_tokens);
     let peak = super::peak::per_rank(job, peak_tflops, threads);
@@ -248,21 +247,11 @@ pub fn run_embedded(job: &ResolvedJob, o: &EmbeddedOptions) -> anyhow::Result<()
     write_secret(&secrets.join("cookie"), &cookie)?;
     write_secret(&secrets.join("token"), &token)?;
 
-    let committed = if o.no_resume {
-        Vec::new()
-    } else {
-        let (ok, rejected) = checkpoint::committed(&job.checkpoint.dir)?;
-        for r in rejected {
-            tessera_protocol::say!("warning: not resuming from {r}");
-        }
-        ok
-    };
-    let start = committed.last().copied().unwrap_or(0);
-    // The schedule in force is the newest checkpoint's (mixture changes made while it ran).
-    let schedule = match committed.last() {
-        Some(step) => checkpoint::read_manifest(&job.checkpoint.dir.join(checkpoint::dir_name(*step)))?.state.schedule,
-        None => job.schedule.clone(),
-    };
+    let resume = ResumePoint::of(job, o.no_resume)?;
+    for r in &resume.rejected {
+        tessera_protocol::say!("warning: not resuming from {r}");
+    }
+    let (committed, start, schedule) = (resume.committed, resume.start, resume.schedule);
     let stop_at = o.max_steps.map_or(job.train.total_steps, |m| (start + m).min(job.train.total_steps));
     let total_threads = if job.train.threads > 0 { job.train.threads } else { std::thread::available_parallelism().map_or(1, |n| n.get()) };
     let threads = (total_threads / o.workers).max(1);
@@ -312,6 +301,7 @@ pub fn run_embedded(job: &ResolvedJob, o: &EmbeddedOptions) -> anyhow::Result<()
         tessera_tokenizers::atomic::write_atomic(&job.output_dir.join("coordinator.json"), &serde_json::to_vec_pretty(&endpoint)?)?;
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let args = CoordinatorArgs {
+            group: tessera_protocol::messages::coordinator_group(None),
             name: job.name.clone(),
             spec,
             policy,

@@ -10,7 +10,6 @@ use std::io::{IsTerminal, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::Context;
 use clap::Args;
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind};
 use tessera_coordinator::ApiClient;
@@ -26,14 +25,11 @@ const EVENT_LINES: usize = 24;
 /// `tessera top`.
 #[derive(Debug, Args)]
 pub struct TopArgs {
-    /// The job's name: refused if the coordinator runs another job.
-    job: Option<String>,
-    /// Where the job is (`--job-dir`, or `--api` / `--coordinator` with `--token-file`).
+    /// Where the job is: `JOB --coordinator URL` for a coordinator service's job; else
+    /// `--job-dir`, or the job's own API as `--coordinator URL` or `--api` (with
+    /// `--token-file`), where a JOB is its name (refused if the coordinator runs another job).
     #[command(flatten)]
     target: super::jobctl::Target,
-    /// The coordinator's API as a URL (`http://HOST:PORT`), instead of reading it from --job-dir.
-    #[arg(long)]
-    coordinator: Option<String>,
     /// Seconds between refreshes.
     #[arg(long, default_value_t = 1.0)]
     interval: f64,
@@ -107,17 +103,23 @@ fn event_line(e: &serde_json::Value) -> String {
 impl Source {
     fn new(args: &TopArgs) -> anyhow::Result<Self> {
         let mut target = args.target.clone();
-        if let Some(url) = &args.coordinator {
-            let hostport = url.trim_start_matches("http://").trim_end_matches('/');
-            target.api = Some(hostport.parse().with_context(|| format!("--coordinator {url}: expected http://HOST:PORT"))?);
-        }
-        let client = target.client()?.with_timeout(Duration::from_secs(3));
-        // The logs are read only where the job's own directory is (not with a remote API).
-        let dir = (args.coordinator.is_none() && target.api.is_none()).then(|| target.job_dir.clone());
+        let (client, dir, name) = if let Some((service, job)) = target.service()? {
+            (service.for_job(job), None, None)
+        } else {
+            // Only the flag: $TESSERA_COORDINATOR names a service, not this job's own API.
+            let url = target.coordinator.clone();
+            if let Some(url) = &url {
+                target.api = Some(super::cluster::service_addr(url)?);
+            }
+            // The logs are read only where the job's own directory is (not with a remote API).
+            let dir = (url.is_none() && target.api.is_none()).then(|| target.job_dir.clone());
+            (target.embedded_client()?, dir, target.job.clone())
+        };
+        let client = client.with_timeout(Duration::from_secs(3));
         Ok(Self {
             client,
             dir,
-            job: args.job.clone(),
+            job: name,
             polled: BTreeMap::new(),
             polled_step: None,
             validation: BTreeMap::new(),

@@ -1,5 +1,7 @@
 //! `tessera worker`: a worker process that joins a running job's coordinator (started by the
-//! embedded launcher, or by hand to add capacity: `tessera worker --job-dir OUTPUT`).
+//! embedded launcher, or by hand to add capacity: `tessera worker --job-dir OUTPUT`), or, with
+//! `--coordinator URL`, offers itself to a coordinator service's pool and trains whatever job
+//! it is given, one after another ([`super::pool_worker`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,8 +17,24 @@ use tessera_worker::agent::{AgentOptions, run};
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
     /// The coordinator's node address (default: read from --job-dir).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "coordinator")]
     join: Option<SocketAddr>,
+    /// A coordinator service's API (`http://HOST:PORT`): join its worker pool (default, when
+    /// neither --join nor --job-dir is given: $TESSERA_COORDINATOR).
+    #[arg(long)]
+    pub(super) coordinator: Option<String>,
+    /// File holding the service's bearer token (pool mode; default: $TESSERA_TOKEN_FILE).
+    #[arg(long)]
+    pub(super) token_file: Option<PathBuf>,
+    /// This worker's name in the pool (default: HOST-PID).
+    #[arg(long)]
+    pub(super) name: Option<String>,
+    /// Labels offered to the pool, `k=v,k=v`.
+    #[arg(long, value_delimiter = ',')]
+    pub(super) labels: Vec<String>,
+    /// The address this host is reached at (default: the one it reaches the service from).
+    #[arg(long)]
+    pub(super) advertise: Option<std::net::IpAddr>,
     /// The job's output directory (holds coordinator.json and the cookie).
     #[arg(long)]
     job_dir: Option<PathBuf>,
@@ -25,15 +43,21 @@ pub struct WorkerArgs {
     cookie_file: Option<PathBuf>,
     /// libtorch threads.
     #[arg(long, default_value_t = 1)]
-    threads: usize,
+    pub(super) threads: usize,
     /// On SIGTERM/SIGINT, seconds to wait for the coordinator to drain this worker at a
     /// checkpointed step boundary before leaving anyway (a second signal exits at once).
     #[arg(long, default_value_t = 120)]
-    drain_timeout_s: u64,
+    pub(super) drain_timeout_s: u64,
 }
 
 /// Runs `tessera worker`.
-pub fn run_worker(a: WorkerArgs) -> anyhow::Result<()> {
+pub fn run_worker(mut a: WorkerArgs) -> anyhow::Result<()> {
+    if a.coordinator.is_none() && a.join.is_none() && a.job_dir.is_none() {
+        a.coordinator = std::env::var("TESSERA_COORDINATOR").ok();
+    }
+    if a.coordinator.is_some() {
+        return super::pool_worker::run(a);
+    }
     let endpoint = a.job_dir.as_deref().map(super::orchestrate::read_endpoint).transpose()?;
     let coordinator = a.join.or(endpoint.as_ref().map(|e| e.node)).context("give --join ADDR or --job-dir DIR")?;
     let cookie = if let Some(f) = &a.cookie_file {
@@ -47,20 +71,27 @@ pub fn run_worker(a: WorkerArgs) -> anyhow::Result<()> {
         anyhow::bail!("no cookie: give --cookie-file, set TESSERA_COOKIE, or give --job-dir");
     };
     tch::set_num_threads(a.threads.max(1) as i32);
-    let shutdown = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        // Registered first, so that it sees the flag as the earlier signal left it: a second
-        // signal exits at once (status 130) instead of waiting for the drain.
-        signal_hook::flag::register_conditional_shutdown(sig, 130, Arc::clone(&shutdown)).context("installing signal handlers")?;
-        signal_hook::flag::register(sig, Arc::clone(&shutdown)).context("installing signal handlers")?;
-    }
+    let shutdown = shutdown_flag()?;
     let opts = AgentOptions {
         coordinator,
         cookie: cookie.trim().to_string(),
+        group: tessera_protocol::messages::coordinator_group(None),
         threads: a.threads,
         connect_timeout: Duration::from_secs(30),
         drain_timeout: Duration::from_secs(a.drain_timeout_s),
     };
     run(&opts, shutdown)?;
     Ok(())
+}
+
+/// The flag SIGTERM/SIGINT set: the worker drains at the next checkpointed boundary; a second
+/// signal exits at once (status 130).
+pub(super) fn shutdown_flag() -> anyhow::Result<Arc<AtomicBool>> {
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        // Registered first, so that it sees the flag as the earlier signal left it.
+        signal_hook::flag::register_conditional_shutdown(sig, 130, Arc::clone(&shutdown)).context("installing signal handlers")?;
+        signal_hook::flag::register(sig, Arc::clone(&shutdown)).context("installing signal handlers")?;
+    }
+    Ok(shutdown)
 }

@@ -26,6 +26,8 @@ pub struct AgentOptions {
     pub coordinator: SocketAddr,
     /// The job's cookie (node authentication).
     pub cookie: String,
+    /// The job's coordinator process group ([`tessera_protocol::messages::coordinator_group`]).
+    pub group: String,
     /// libtorch threads for this worker.
     pub threads: usize,
     /// How long to wait for the coordinator link.
@@ -216,7 +218,7 @@ pub fn run(opts: &AgentOptions, shutdown: Arc<std::sync::atomic::AtomicBool>) ->
             }
         };
         let (node, coordinator) = tokio::select! {
-            connected = tessera_protocol::node::connect(opts.coordinator, &opts.cookie, &name, opts.connect_timeout) => connected?,
+            connected = tessera_protocol::node::connect(opts.coordinator, &opts.cookie, &opts.group, &name, opts.connect_timeout) => connected?,
             () = interrupted => {
                 tessera_protocol::say!("[worker] interrupted before joining: exiting");
                 return Ok(());
@@ -241,10 +243,10 @@ pub fn run(opts: &AgentOptions, shutdown: Arc<std::sync::atomic::AtomicBool>) ->
         // Interrupted, the worker asks to be drained and leaves on its own only if it is not
         // released within `drain_timeout` (a second signal ends the process at once).
         let drain_timeout = opts.drain_timeout;
+        let group = opts.group.clone();
         let watch = {
             let actor = actor.clone();
             tokio::spawn(async move {
-                let group = tessera_protocol::messages::COORDINATOR_GROUP.to_string();
                 let mut interrupted: Option<std::time::Instant> = None;
                 loop {
                     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -46,6 +46,9 @@ pub enum JobOutcome {
 pub struct CoordinatorArgs {
     /// Job name.
     pub name: String,
+    /// The process group this job's workers find the actor by
+    /// ([`tessera_protocol::messages::coordinator_group`]).
+    pub group: String,
     /// The job as workers receive it.
     pub spec: JobSpec,
     /// Membership and checkpoint policy: also the one home of the steps to train
@@ -87,5 +90,32 @@ pub struct CoordinatorArgs {
 impl std::fmt::Debug for CoordinatorArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CoordinatorArgs").field("name", &self.name).field("policy", &self.policy).finish()
+    }
+}
+
+/// Where a job (re)starts: its committed checkpoints and the mixture schedule in force.
+#[derive(Debug, Clone)]
+pub struct ResumePoint {
+    /// Committed checkpoints, ascending (empty with `no_resume`).
+    pub committed: Vec<u64>,
+    /// The first step to train (the newest checkpoint's, else 0).
+    pub start: u64,
+    /// The schedule in force: the newest checkpoint's (mixture changes made while it ran), else
+    /// the job's.
+    pub schedule: MixtureSchedule,
+    /// Checkpoint directories not resumed from, with why.
+    pub rejected: Vec<String>,
+}
+
+impl ResumePoint {
+    /// Reads `job`'s checkpoint directory (`no_resume`: start afresh).
+    pub fn of(job: &tessera_protocol::ResolvedJob, no_resume: bool) -> crate::Result<Self> {
+        use tessera_protocol::checkpoint;
+        let (committed, rejected) = if no_resume { (Vec::new(), Vec::new()) } else { checkpoint::committed(&job.checkpoint.dir)? };
+        let schedule = match committed.last() {
+            Some(step) => checkpoint::read_manifest(&job.checkpoint.dir.join(checkpoint::dir_name(*step)))?.state.schedule,
+            None => job.schedule.clone(),
+        };
+        Ok(Self { start: committed.last().copied().unwrap_or(0), committed, schedule, rejected })
     }
 }

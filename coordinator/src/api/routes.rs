@@ -52,7 +52,7 @@ pub fn router(token: String, backend: Arc<dyn JobControl>, metrics: Arc<JobMetri
 
 /// Equality whose time depends only on the expected token's length, not on where the first
 /// mismatch is, so the token cannot be guessed byte by byte from response times.
-fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
     let mut diff = u8::from(given.len() != expected.len());
     for (i, e) in expected.iter().enumerate() {
         diff |= e ^ given.get(i).copied().unwrap_or(0);

@@ -57,6 +57,7 @@ impl Job {
         let events = EventLog::open(&dir.path().join("events.jsonl")).unwrap();
         let feed = events.feed();
         let args = CoordinatorArgs {
+            group: tessera_protocol::messages::coordinator_group(None),
             name: "bridge-test".into(),
             spec: JobSpec::new(&resolved_job(dir.path())),
             policy,

@@ -1,0 +1,42 @@
+//! Cluster mode: `tessera coordinator`, a long-running service that owns many jobs. Jobs are
+//! submitted over the authenticated HTTP API ([`api`]) and stored before they are
+//! acknowledged ([`crate::store`]); worker processes on any host offer themselves to the pool
+//! ([`pool`]) by reporting to the API; the queue's pure rules
+//! ([`crate::control::queue::schedule`]) decide which job runs on which workers
+//! ([`service`]); each running job has its own coordinator actor and node ([`host`]), the
+//! same actor and control rules as every other launch mode.
+
+pub mod api;
+mod client;
+pub mod host;
+pub mod pool;
+pub mod service;
+pub mod types;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub use host::HostOptions;
+pub use pool::{Assignment, Beat, Pool};
+pub use service::{FlopsFn, Service, ServiceOptions};
+pub use types::{ClusterJob, PooledWorker, SubmitReply, SubmitRequest, WorkerReply, WorkerReport};
+
+use crate::error::{CoordinatorError, Result};
+use crate::store::JobStore;
+
+/// Serves the service's API on `listener` until `shutdown` resolves.
+pub async fn serve<S: JobStore + 'static>(
+    listener: tokio::net::TcpListener,
+    token: String,
+    service: Arc<Service<S>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    if token.trim().is_empty() {
+        return Err(CoordinatorError::Api { reason: "the bearer token is empty".into() });
+    }
+    let addr = listener.local_addr().map_or_else(|_| "api".to_string(), |a| a.to_string());
+    axum::serve(listener, api::router(token, service).into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|source| CoordinatorError::Net { addr, op: "serve", source })
+}

@@ -1,0 +1,177 @@
+//! The worker pool of a coordinator service: which worker processes offered themselves, when
+//! each was last heard from, and which job each one serves. Plain bookkeeping with the clock
+//! passed in, so the rules (a silent worker is lost; a worker that asks for work again has
+//! left its job) are tested without processes.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::registry::{WorkerAd, WorkerName};
+use crate::store::JobId;
+
+/// What a worker is told to do: join this job's coordinator node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// The job.
+    pub job: JobId,
+    /// The job's coordinator node (the service host's real address).
+    pub node: std::net::SocketAddr,
+    /// The job's node cookie: reaches the worker only over the authenticated API.
+    pub cookie: String,
+    /// The job's coordinator process group.
+    pub group: String,
+}
+
+/// One pooled worker.
+#[derive(Debug, Clone)]
+struct Pooled {
+    ad: WorkerAd,
+    last_seen_ms: u64,
+    /// The job it was given (`delivered`: the worker has been told).
+    job: Option<(Assignment, bool)>,
+}
+
+/// The pool: every worker that offered itself and has not gone silent.
+#[derive(Debug, Default)]
+pub struct Pool {
+    workers: BTreeMap<WorkerName, Pooled>,
+}
+
+/// What a worker says when it reports in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Beat {
+    /// What it offers.
+    pub ad: WorkerAd,
+    /// The job it is training now (`None`: idle, asking for work).
+    pub busy_with: Option<JobId>,
+}
+
+impl Pool {
+    /// Records a report from `name` at `now_ms`. A worker that reports idle after it was told
+    /// its job has left that job (finished, drained or dropped) and is free again; returns the
+    /// job it left.
+    pub fn beat(&mut self, name: &WorkerName, beat: Beat, now_ms: u64) -> Option<JobId> {
+        let w = self.workers.entry(name.clone()).or_insert_with(|| Pooled { ad: beat.ad.clone(), last_seen_ms: now_ms, job: None });
+        w.ad = beat.ad;
+        w.last_seen_ms = now_ms;
+        match (&w.job, beat.busy_with) {
+            (Some((a, true)), None) => {
+                let left = a.job;
+                w.job = None;
+                Some(left)
+            }
+            _ => None,
+        }
+    }
+
+    /// The assignment `name` has not been told yet (marked told).
+    pub fn take_assignment(&mut self, name: &WorkerName) -> Option<Assignment> {
+        let w = self.workers.get_mut(name)?;
+        match &mut w.job {
+            Some((a, delivered)) if !*delivered => {
+                *delivered = true;
+                Some(a.clone())
+            }
+            _ => None,
+        }
+    }
+
+    /// Removes the workers not heard from since `now_ms - timeout_ms`; returns them with the job
+    /// each was given.
+    pub fn evict_silent(&mut self, now_ms: u64, timeout_ms: u64) -> Vec<(WorkerName, Option<JobId>)> {
+        let gone: Vec<WorkerName> =
+            self.workers.iter().filter(|(_, w)| now_ms.saturating_sub(w.last_seen_ms) > timeout_ms).map(|(n, _)| n.clone()).collect();
+        gone.into_iter().filter_map(|n| self.workers.remove(&n).map(|w| (n, w.job.map(|(a, _)| a.job)))).collect()
+    }
+
+    /// Workers in the pool.
+    pub fn size(&self) -> u32 {
+        self.workers.len() as u32
+    }
+
+    /// Workers that serve no job, in name order.
+    pub fn free(&self) -> Vec<WorkerName> {
+        self.workers.iter().filter(|(_, w)| w.job.is_none()).map(|(n, _)| n.clone()).collect()
+    }
+
+    /// Gives the free worker `name` to a job (the worker learns of it at its next report).
+    pub fn assign(&mut self, name: &WorkerName, assignment: Assignment) -> bool {
+        match self.workers.get_mut(name) {
+            Some(w) if w.job.is_none() => {
+                w.job = Some((assignment, false));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Workers given to `job`.
+    pub fn held_by(&self, job: JobId) -> u32 {
+        self.workers.values().filter(|w| w.job.as_ref().is_some_and(|(a, _)| a.job == job)).count() as u32
+    }
+
+    /// Takes back the workers given to `job` that were not told yet (the job ended first).
+    pub fn withdraw(&mut self, job: JobId) {
+        for w in self.workers.values_mut() {
+            if w.job.as_ref().is_some_and(|(a, delivered)| a.job == job && !delivered) {
+                w.job = None;
+            }
+        }
+    }
+
+    /// Every worker: name, what it offers, and the job it serves.
+    pub fn list(&self) -> Vec<(WorkerName, WorkerAd, Option<JobId>)> {
+        self.workers.iter().map(|(n, w)| (n.clone(), w.ad.clone(), w.job.as_ref().map(|(a, _)| a.job))).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ad() -> WorkerAd {
+        WorkerAd { addr: "10.0.0.2".into(), threads: 1, labels: Default::default() }
+    }
+
+    fn idle() -> Beat {
+        Beat { ad: ad(), busy_with: None }
+    }
+
+    fn assignment(job: u64) -> Assignment {
+        Assignment { job: JobId(job), node: "10.0.0.1:7000".parse().unwrap(), cookie: "c".into(), group: "g".into() }
+    }
+
+    #[test]
+    fn a_worker_is_free_until_assigned_and_free_again_when_it_reports_idle_after_being_told() {
+        let mut pool = Pool::default();
+        let a = WorkerName::new("a").unwrap();
+        assert_eq!(pool.beat(&a, idle(), 0), None);
+        assert_eq!(pool.free(), vec![a.clone()]);
+        assert!(pool.assign(&a, assignment(1)));
+        assert!(!pool.assign(&a, assignment(2)), "a worker serves one job");
+        assert_eq!(pool.held_by(JobId(1)), 1);
+        // An idle report before it was told does not free it: the assignment is still to come.
+        assert_eq!(pool.beat(&a, idle(), 1), None);
+        assert_eq!(pool.take_assignment(&a), Some(assignment(1)));
+        assert_eq!(pool.take_assignment(&a), None, "told once");
+        assert_eq!(pool.beat(&a, Beat { ad: ad(), busy_with: Some(JobId(1)) }, 2), None);
+        assert!(pool.free().is_empty());
+        assert_eq!(pool.beat(&a, idle(), 3), Some(JobId(1)), "reporting idle after the job means it left");
+        assert_eq!(pool.free(), vec![a]);
+    }
+
+    #[test]
+    fn silent_workers_are_evicted_with_their_job_and_untold_assignments_can_be_withdrawn() {
+        let mut pool = Pool::default();
+        let (a, b) = (WorkerName::new("a").unwrap(), WorkerName::new("b").unwrap());
+        pool.beat(&a, idle(), 0);
+        pool.beat(&b, idle(), 5_000);
+        pool.assign(&a, assignment(7));
+        pool.assign(&b, assignment(7));
+        assert_eq!(pool.evict_silent(10_001, 10_000), vec![(a, Some(JobId(7)))]);
+        assert_eq!(pool.size(), 1);
+        pool.withdraw(JobId(7));
+        assert_eq!(pool.free(), vec![b]);
+    }
+}

@@ -1,0 +1,413 @@
+//! The coordinator service: the durable store, the worker pool and the running jobs, and the
+//! one routine that applies the queue's decisions ([`crate::control::queue::schedule`]).
+//! Every change (a submission, a worker reporting in or going silent, a job ending, a cancel)
+//! ends in [`Service::reschedule`]; nothing else starts or grows a job.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tessera_protocol::ResolvedJob;
+use tessera_protocol::api_error::ApiError;
+use tessera_protocol::messages::JobSpec;
+use tessera_protocol::report::now_ms;
+
+use super::host::{self, HostOptions, HostedJob};
+use super::pool::{Assignment, Pool};
+use super::types::{ClusterJob, PooledWorker, SubmitReply, SubmitRequest, WorkerReport};
+use crate::actor::JobOutcome;
+use crate::control::queue::{Decision, JobView, PendingReason, Phase, schedule};
+use crate::metrics::FlopsModel;
+use crate::registry::WorkerName;
+use crate::store::{Fence, IdempotencyKey, JobId, JobRecord, JobState, JobStore, Leadership, NewJob, Priority, StoreError, WorkerRange};
+
+/// Model FLOPs of a job (the binary computes them with the model crate, which this crate does
+/// not link).
+pub type FlopsFn = Arc<dyn Fn(&ResolvedJob) -> Option<FlopsModel> + Send + Sync>;
+
+/// How the service runs.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceOptions {
+    /// How jobs are hosted.
+    pub host: HostOptions,
+    /// A pooled worker not heard from for this long (ms) is lost to the pool.
+    pub pool_timeout_ms: u64,
+}
+
+/// What the service knows beyond the store (lost on restart; rebuilt from reports).
+#[derive(Default)]
+struct Inner {
+    pool: Pool,
+    running: BTreeMap<JobId, HostedJob>,
+    pending: BTreeMap<JobId, PendingReason>,
+    cancelling: BTreeSet<JobId>,
+    notes: BTreeMap<JobId, String>,
+}
+
+/// The service (shared by the API and its background tasks).
+pub struct Service<S: JobStore> {
+    store: S,
+    fence: Fence,
+    _leadership: S::Leadership,
+    options: ServiceOptions,
+    flops: FlopsFn,
+    inner: tokio::sync::Mutex<Inner>,
+    assigned: tokio::sync::Notify,
+    /// Outcomes of ended jobs, handled by one task (a job's end starts others: a loop, not a
+    /// recursion of tasks).
+    outcomes: tokio::sync::mpsc::UnboundedSender<(JobId, JobOutcome)>,
+}
+
+fn store_err(e: StoreError) -> ApiError {
+    match e {
+        StoreError::IdempotencyConflict { .. } => ApiError::Conflict { reason: e.to_string() },
+        StoreError::InvalidName { kind, .. } => ApiError::bad(kind.replace(' ', "_"), e.to_string()),
+        other => ApiError::Unavailable { reason: format!("the job store: {other}") },
+    }
+}
+
+impl<S: JobStore + 'static> Service<S> {
+    /// Takes the store as `leadership` and recovers its jobs: a job the store says is running
+    /// was cut off with its coordinator and queues again (it resumes from its newest committed
+    /// checkpoint when workers are free).
+    pub async fn start(
+        store: S,
+        leadership: S::Leadership,
+        options: ServiceOptions,
+        flops: FlopsFn,
+    ) -> crate::store::StoreResult<Arc<Self>> {
+        let fence = leadership.fence().clone();
+        for job in store.jobs().await? {
+            if job.state == JobState::Running {
+                store.set_state(&fence, job.id, JobState::Running, JobState::Queued).await?;
+                tessera_protocol::say!("[service] {} '{}' was running when its coordinator stopped: queued again", job.id, job.job.name);
+            }
+        }
+        let (outcomes, mut ended) = tokio::sync::mpsc::unbounded_channel();
+        let service = Arc::new(Self {
+            store,
+            fence,
+            _leadership: leadership,
+            options,
+            flops,
+            inner: tokio::sync::Mutex::new(Inner::default()),
+            assigned: tokio::sync::Notify::new(),
+            outcomes,
+        });
+        let me = Arc::downgrade(&service);
+        tokio::spawn(async move {
+            while let Some((id, outcome)) = ended.recv().await {
+                let Some(service) = me.upgrade() else { break };
+                service.ended(id, outcome).await;
+            }
+        });
+        let tick = Arc::downgrade(&service);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let Some(service) = tick.upgrade() else { break };
+                service.evict_silent().await;
+            }
+        });
+        service.reschedule().await;
+        Ok(service)
+    }
+
+    /// Resolves and stores a submission (acknowledged only once stored), then schedules.
+    pub async fn submit(self: &Arc<Self>, req: SubmitRequest) -> Result<SubmitReply, ApiError> {
+        let cfg = tessera_protocol::job::JobConfig::from_toml(&req.toml, &req.origin).map_err(|e| ApiError::bad("toml", e.to_string()))?;
+        let job = ResolvedJob::resolve(&cfg, &req.origin, &req.base_dir).map_err(|e| ApiError::bad("toml", e.to_string()))?;
+        let workers = req.workers.unwrap_or(WorkerRange { min: 1, max: 1 });
+        if workers.min == 0 || workers.max < workers.min {
+            return Err(ApiError::bad("workers", format!("{}:{} is not MIN:MAX with 1 <= MIN <= MAX", workers.min, workers.max)));
+        }
+        let idempotency_key = req.idempotency_key.as_deref().map(IdempotencyKey::new).transpose().map_err(store_err)?;
+        let new = NewJob {
+            name: req.name.unwrap_or_else(|| job.name.clone()),
+            spec: JobSpec::new(&job),
+            priority: Priority(req.priority),
+            workers,
+            idempotency_key,
+            submitted_ms: now_ms(),
+        };
+        let submitted = self.store.put_job(&self.fence, new).await.map_err(store_err)?;
+        if submitted.created {
+            tessera_protocol::say!("[service] {} submitted: '{}', workers {}:{}", submitted.id, job.name, workers.min, workers.max);
+        }
+        self.reschedule().await;
+        Ok(SubmitReply { id: submitted.id, created: submitted.created })
+    }
+
+    async fn record(&self, id: JobId) -> Result<JobRecord, ApiError> {
+        self.store.job(id).await.map_err(store_err)?.ok_or_else(|| ApiError::NotFound { what: id.to_string() })
+    }
+
+    /// Every job, by id.
+    pub async fn jobs(&self) -> Result<Vec<ClusterJob>, ApiError> {
+        let records = self.store.jobs().await.map_err(store_err)?;
+        let inner = self.inner.lock().await;
+        Ok(records.iter().map(|r| view(r, &inner)).collect())
+    }
+
+    /// One job, with its live status while it runs.
+    pub async fn job(&self, id: JobId) -> Result<ClusterJob, ApiError> {
+        let record = self.record(id).await?;
+        let (mut job, bridge) = {
+            let inner = self.inner.lock().await;
+            (view(&record, &inner), inner.running.get(&id).map(|h| Arc::clone(&h.bridge)))
+        };
+        if let Some(bridge) = bridge {
+            use crate::api::JobControl;
+            if let Ok(status) = bridge.status().await {
+                job.step = Some(status.step);
+                job.live = Some(status);
+            }
+        }
+        Ok(job)
+    }
+
+    /// The running job's API backend, router pieces included.
+    pub async fn hosted<T>(&self, id: JobId, f: impl FnOnce(&HostedJob) -> T) -> Result<T, ApiError> {
+        let inner = self.inner.lock().await;
+        match inner.running.get(&id) {
+            Some(h) => Ok(f(h)),
+            None => {
+                drop(inner);
+                let record = self.record(id).await?;
+                Err(ApiError::Conflict { reason: format!("{id} is {:?}, not running", record.state) })
+            }
+        }
+    }
+
+    /// Cancels a job: a queued one at once; a running one checkpoints at its next boundary
+    /// and stops (its workers return to the pool).
+    pub async fn cancel(self: &Arc<Self>, id: JobId) -> Result<ClusterJob, ApiError> {
+        let record = self.record(id).await?;
+        match record.state {
+            JobState::Queued => {
+                self.store.set_state(&self.fence, id, JobState::Queued, JobState::Cancelled).await.map_err(store_err)?;
+                self.inner.lock().await.pending.remove(&id);
+                tessera_protocol::say!("[service] {id} cancelled while queued");
+                self.reschedule().await;
+            }
+            JobState::Running => {
+                let bridge = {
+                    let mut inner = self.inner.lock().await;
+                    inner.cancelling.insert(id);
+                    inner.running.get(&id).map(|h| Arc::clone(&h.bridge))
+                };
+                if let Some(b) = bridge {
+                    b.shutdown().await?;
+                }
+                tessera_protocol::say!("[service] {id} cancelling: checkpoint at the next step boundary, then stop");
+            }
+            other => return Err(ApiError::Conflict { reason: format!("{id} has already ended ({other:?})") }),
+        }
+        self.job(id).await
+    }
+
+    /// A worker reports in; an idle one may wait (at most 10 s) for an assignment.
+    pub async fn report(self: &Arc<Self>, name: &str, report: WorkerReport) -> Result<Option<Assignment>, ApiError> {
+        let name = WorkerName::new(name).map_err(|e| ApiError::bad("name", e.to_string()))?;
+        let idle = report.beat.busy_with.is_none();
+        let left = {
+            let mut inner = self.inner.lock().await;
+            let fresh = !inner.pool.list().iter().any(|(n, ..)| *n == name);
+            let left = inner.pool.beat(&name, report.beat, now_ms());
+            if fresh {
+                tessera_protocol::say!("[service] worker {name} joined the pool");
+            }
+            if let Some(job) = left {
+                tessera_protocol::say!("[service] worker {name} left {job}");
+            }
+            fresh || left.is_some()
+        };
+        if left {
+            self.reschedule().await;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(report.wait_ms.min(10_000));
+        loop {
+            let waiting = self.assigned.notified();
+            if let Some(a) = self.inner.lock().await.pool.take_assignment(&name) {
+                return Ok(Some(a));
+            }
+            if !idle || tokio::time::timeout_at(deadline, waiting).await.is_err() {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// The pool's workers.
+    pub async fn workers(&self) -> Vec<PooledWorker> {
+        let inner = self.inner.lock().await;
+        inner.pool.list().into_iter().map(|(n, ad, job)| PooledWorker { name: n.to_string(), ad, job }).collect()
+    }
+
+    async fn evict_silent(self: &Arc<Self>) {
+        let gone = self.inner.lock().await.pool.evict_silent(now_ms(), self.options.pool_timeout_ms);
+        for (name, job) in &gone {
+            let job = job.map_or(String::new(), |j| format!(" (it served {j})"));
+            tessera_protocol::say!("[service] worker {name} lost: silent for over {} ms{job}", self.options.pool_timeout_ms);
+        }
+        if !gone.is_empty() {
+            self.reschedule().await;
+        }
+    }
+
+    /// Applies the queue's decisions to the pool and the jobs.
+    pub async fn reschedule(self: &Arc<Self>) {
+        // Read under the lock: a pass that read the store before another pass started a job
+        // would see it queued and start it twice.
+        let mut inner = self.inner.lock().await;
+        let records = match self.store.jobs().await {
+            Ok(r) => r,
+            Err(e) => {
+                tessera_protocol::say!("[service] cannot read the job store to schedule: {e}");
+                return;
+            }
+        };
+        let views: Vec<JobView> = records
+            .iter()
+            .filter_map(|r| {
+                let phase = match r.state {
+                    JobState::Queued => Phase::Queued,
+                    JobState::Running => Phase::Running { workers: inner.pool.held_by(r.id), releasing: 0 },
+                    _ => return None,
+                };
+                Some(JobView { id: r.id, priority: r.job.priority, range: r.job.workers, phase })
+            })
+            .collect();
+        let free = inner.pool.free();
+        let decisions = schedule(inner.pool.size(), free.len() as u32, &views);
+        let mut free = free.into_iter();
+        inner.pending.clear();
+        for d in decisions {
+            match d {
+                Decision::Start { job, workers } => {
+                    let Some(record) = records.iter().find(|r| r.id == job) else { continue };
+                    match self.launch(record, workers).await {
+                        Ok(hosted) => {
+                            for name in free.by_ref().take(workers as usize) {
+                                inner.pool.assign(&name, hosted.assignment.clone());
+                            }
+                            inner.running.insert(job, hosted);
+                        }
+                        Err(e) => {
+                            tessera_protocol::say!("[service] {job} cannot start: {e}");
+                            inner.notes.insert(job, format!("failed to start: {e}"));
+                            let _ = self.store.set_state(&self.fence, job, JobState::Queued, JobState::Failed).await;
+                        }
+                    }
+                }
+                Decision::Grow { job, by } => {
+                    let Some(a) = inner.running.get(&job).map(|h| h.assignment.clone()) else { continue };
+                    for name in free.by_ref().take(by as usize) {
+                        inner.pool.assign(&name, a.clone());
+                    }
+                }
+                Decision::Shrink { job, by, for_job } => {
+                    // Not asked yet: shrinking needs the actor's drain-by-count request.
+                    tessera_protocol::say!("[service] {for_job} would need {by} workers of {job} (shrinking is not done yet)");
+                }
+                Decision::Pending { job, reason } => {
+                    inner.pending.insert(job, reason);
+                }
+            }
+        }
+        drop(inner);
+        self.assigned.notify_waiters();
+    }
+
+    /// Marks `record` running and starts its coordinator; a task waits for its outcome.
+    async fn launch(self: &Arc<Self>, record: &JobRecord, workers: u32) -> Result<HostedJob, String> {
+        let job = record.job.spec.open().map_err(|e| e.to_string())?;
+        self.store.set_state(&self.fence, record.id, JobState::Queued, JobState::Running).await.map_err(|e| e.to_string())?;
+        let (hosted, done) = match host::start(record, &job, workers, (self.flops)(&job), self.options.host).await {
+            Ok(started) => started,
+            Err(e) => return Err(e.to_string()),
+        };
+        tessera_protocol::say!(
+            "[service] {} '{}' started on {workers} workers (node {})",
+            record.id,
+            record.job.name,
+            hosted.assignment.node
+        );
+        let (to, id) = (self.outcomes.clone(), record.id);
+        tokio::spawn(async move {
+            let outcome = done.await.unwrap_or(JobOutcome::Failed { reason: "its coordinator ended without an outcome".into() });
+            let _ = to.send((id, outcome));
+        });
+        Ok(hosted)
+    }
+
+    /// Records how job `id` ended, frees its workers and schedules.
+    async fn ended(self: &Arc<Self>, id: JobId, outcome: JobOutcome) {
+        let (to, note) = {
+            let mut inner = self.inner.lock().await;
+            let cancelled = inner.cancelling.remove(&id);
+            match &outcome {
+                JobOutcome::Finished { step } => (JobState::Finished, format!("finished at step {step}")),
+                JobOutcome::Stopped { step, .. } if cancelled => (JobState::Cancelled, format!("cancelled at step {step}")),
+                // Stopped without a cancel: the service itself is stopping; the job stays
+                // running in the store, and the next coordinator resumes it.
+                JobOutcome::Stopped { step, .. } => (JobState::Running, format!("interrupted at step {step}")),
+                JobOutcome::Failed { reason } => (JobState::Failed, format!("failed: {reason}")),
+            }
+        };
+        if to != JobState::Running
+            && let Err(e) = self.store.set_state(&self.fence, id, JobState::Running, to).await
+        {
+            tessera_protocol::say!("[service] {id} ended ({note}) but the store refused it: {e}");
+        }
+        tessera_protocol::say!("[service] {id} {note}");
+        let hosted = {
+            let mut inner = self.inner.lock().await;
+            inner.notes.insert(id, note);
+            inner.pool.withdraw(id);
+            inner.running.remove(&id)
+        };
+        if let Some(h) = hosted {
+            // A moment for the exit commands to cross before the node closes.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            h.close();
+        }
+        self.reschedule().await;
+    }
+
+    /// Stops every running job at its next boundary (with a checkpoint) and waits for them, at
+    /// most `within`; they stay running in the store, so the next coordinator resumes them.
+    pub async fn shutdown(&self, within: Duration) {
+        let bridges: Vec<_> = self.inner.lock().await.running.values().map(|h| Arc::clone(&h.bridge)).collect();
+        for b in &bridges {
+            let _ = b.shutdown().await;
+        }
+        let deadline = tokio::time::Instant::now() + within;
+        while !self.inner.lock().await.running.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// A record as the API shows it (without the live status).
+fn view(r: &JobRecord, inner: &Inner) -> ClusterJob {
+    let job = r.job.spec.open().ok();
+    let step = match (&job, r.state) {
+        (_, JobState::Running) | (None, _) => None,
+        (Some(j), _) => tessera_protocol::checkpoint::committed(&j.checkpoint.dir).ok().and_then(|(c, _)| c.last().copied()),
+    };
+    ClusterJob {
+        id: r.id,
+        name: r.job.name.clone(),
+        state: r.state,
+        priority: r.job.priority.0,
+        workers: r.job.workers,
+        holds: inner.pool.held_by(r.id),
+        step,
+        total_steps: job.as_ref().map_or(0, |j| j.train.total_steps),
+        pending: inner.pending.get(&r.id).map(ToString::to_string),
+        note: inner.notes.get(&r.id).cloned(),
+        output_dir: job.map(|j| j.output_dir).unwrap_or_default(),
+        submitted_ms: r.job.submitted_ms,
+        live: None,
+    }
+}

@@ -1,0 +1,148 @@
+//! `tessera coordinator`: the long-running service that owns many jobs (cluster mode).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use tessera_coordinator::cluster::{FlopsFn, HostOptions, Service, ServiceOptions};
+use tessera_coordinator::store::{DirStore, EtcdConfig, EtcdStore, HolderId, JobStore, StoreError};
+
+/// Arguments of `tessera coordinator`.
+#[derive(Debug, Args)]
+pub struct CoordinatorArgs {
+    /// Address the API listens on (`0.0.0.0:7450`, `10.0.0.1:0`, ...).
+    #[arg(long)]
+    listen: SocketAddr,
+    /// The durable state (jobs, queue, checkpoints, audit) in a directory (one machine, or a
+    /// shared filesystem); the default when no --etcd is given.
+    #[arg(long, conflicts_with = "etcd")]
+    state_dir: Option<PathBuf>,
+    /// The durable state in etcd v3 (client URLs, comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    etcd: Vec<String>,
+    /// Key prefix of this cluster in etcd.
+    #[arg(long, default_value = "/tessera")]
+    etcd_prefix: String,
+    /// The bearer token every API call needs; created (mode 0600) at first start if missing.
+    /// Default: STATE_DIR/token (required with --etcd).
+    #[arg(long, env = "TESSERA_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// The address workers reach this host at: job nodes bind it (default: the --listen
+    /// address, which must then not be 0.0.0.0).
+    #[arg(long)]
+    advertise: Option<IpAddr>,
+    /// A worker silent this long is lost (its job goes on without it at the next boundary).
+    #[arg(long, default_value_t = 10)]
+    heartbeat_timeout_s: u64,
+    /// Write the API's URL (`http://ADDR`) to this file once listening (for scripts).
+    #[arg(long)]
+    addr_file: Option<PathBuf>,
+}
+
+/// The token in `path`, created (random, mode 0600) when the file does not exist.
+fn token(path: &std::path::Path) -> anyhow::Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
+        Ok(_) => bail!("{}: the token file is empty", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let t = super::super::orchestrate::random_hex();
+    super::super::orchestrate::write_secret(path, &t)?;
+    tessera_protocol::say!("tessera coordinator: created the API token {}", path.display());
+    Ok(t)
+}
+
+/// Runs `tessera coordinator` until SIGTERM/SIGINT.
+pub fn run_coordinator(a: CoordinatorArgs) -> anyhow::Result<()> {
+    let interrupted = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, Arc::clone(&interrupted)).context("installing signal handlers")?;
+    }
+    let node_ip = match a.advertise {
+        Some(ip) => ip,
+        None if a.listen.ip().is_unspecified() => {
+            bail!("--listen {} binds every address: give --advertise IP, the one workers reach", a.listen)
+        }
+        None => a.listen.ip(),
+    };
+    let token_file = match (&a.token_file, &a.state_dir) {
+        (Some(f), _) => f.clone(),
+        (None, Some(dir)) => dir.join("token"),
+        (None, None) => bail!("give --token-file (or TESSERA_TOKEN_FILE) with --etcd"),
+    };
+    let token = token(&token_file)?;
+    let options = ServiceOptions {
+        host: HostOptions { node_ip, heartbeat_timeout_ms: a.heartbeat_timeout_s * 1000 },
+        pool_timeout_ms: a.heartbeat_timeout_s * 1000,
+    };
+    let flops: FlopsFn = Arc::new(|job| super::super::orchestrate::flops_model(job, None, job.train.threads.max(1)).ok());
+    let holder = HolderId(format!("coordinator@{}:{}", node_ip, std::process::id()));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async {
+        if a.etcd.is_empty() {
+            let dir = a.state_dir.clone().context("give --state-dir DIR or --etcd URLS")?;
+            let store = DirStore::open(&dir).with_context(|| format!("opening the state directory {}", dir.display()))?;
+            serve(store, holder, options, flops, token, &a, interrupted).await
+        } else {
+            let store = EtcdStore::connect(EtcdConfig::new(a.etcd.clone(), &a.etcd_prefix)).await?;
+            serve(store, holder, options, flops, token, &a, interrupted).await
+        }
+    })
+}
+
+async fn serve<S: JobStore + 'static>(
+    store: S,
+    holder: HolderId,
+    options: ServiceOptions,
+    flops: FlopsFn,
+    token: String,
+    a: &CoordinatorArgs,
+    interrupted: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    // Bound first, so that a restarted coordinator holds its address at once (clients' calls
+    // wait in the backlog while it takes the store).
+    let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("binding the API at {}", a.listen))?;
+    // A holder killed with -9 keeps the store until its etcd lease expires (its TTL): wait.
+    let mut told = false;
+    let leadership = loop {
+        match store.acquire(holder.clone()).await {
+            Ok(l) => break l,
+            Err(StoreError::Held { holder: other }) if !interrupted.load(Ordering::SeqCst) => {
+                if !told {
+                    tessera_protocol::say!(
+                        "tessera coordinator: the job store is held by {other}; waiting until it lets go (or its lease expires)"
+                    );
+                    told = true;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e).context("taking the job store"),
+        }
+    };
+    let addr = listener.local_addr()?;
+    let service = Service::start(store, leadership, options, flops).await.context("recovering the jobs")?;
+    if let Some(f) = &a.addr_file {
+        tessera_tokenizers::atomic::write_atomic(f, format!("http://{addr}\n").as_bytes())?;
+    }
+    tessera_protocol::say!("tessera coordinator: API http://{addr} ({holder}; job nodes on {})", options.host.node_ip);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let api = tokio::spawn(tessera_coordinator::cluster::serve(listener, token, Arc::clone(&service), async move {
+        let _ = stop_rx.await;
+    }));
+    while !interrupted.load(Ordering::SeqCst) && !api.is_finished() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tessera_protocol::say!("tessera coordinator: stopping (running jobs checkpoint and resume under the next coordinator)");
+    service.shutdown(Duration::from_secs(60)).await;
+    let _ = stop_tx.send(());
+    api.await.context("the API task")??;
+    Ok(())
+}

@@ -1,0 +1,112 @@
+//! `tessera worker --coordinator URL`: a worker of a coordinator service's pool. It reports to
+//! the service (a heartbeat every 2 s, also while it trains), waits for an assignment, joins
+//! that job's coordinator node with the cookie the service gave it over the authenticated
+//! API, trains until the job lets it go, and asks for work again. A service that cannot be
+//! reached is retried (it may be restarting); SIGTERM drains the job in hand, then exits.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use tessera_coordinator::ApiClient;
+use tessera_coordinator::cluster::{Beat, WorkerReport};
+use tessera_coordinator::registry::WorkerAd;
+use tessera_coordinator::store::JobId;
+use tessera_worker::agent::{AgentOptions, run as run_agent};
+
+use super::cluster::service_addr;
+use super::worker::{WorkerArgs, shutdown_flag};
+
+/// How often a worker reports while it trains (the service's heartbeat timeout is 10 s).
+const BEAT_EVERY: Duration = Duration::from_secs(2);
+
+/// The local address this host uses to reach `peer`.
+fn local_ip_towards(peer: std::net::SocketAddr) -> anyhow::Result<std::net::IpAddr> {
+    let socket = std::net::UdpSocket::bind(if peer.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
+    socket.connect(peer).with_context(|| format!("no route to the coordinator at {peer}"))?;
+    Ok(socket.local_addr()?.ip())
+}
+
+/// Runs the pool worker until SIGTERM/SIGINT.
+pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
+    let url = a.coordinator.clone().context("--coordinator")?;
+    let addr = service_addr(&url)?;
+    let token_file = a.token_file.clone().or_else(|| std::env::var_os("TESSERA_TOKEN_FILE").map(std::path::PathBuf::from));
+    let token_file = token_file.context("give --token-file F (or set TESSERA_TOKEN_FILE) with --coordinator")?;
+    let token = std::fs::read_to_string(&token_file).with_context(|| format!("reading {}", token_file.display()))?;
+    let client = ApiClient::new(addr, token.trim()).with_timeout(Duration::from_secs(15));
+    let ip = match a.advertise {
+        Some(ip) => ip,
+        None => local_ip_towards(addr)?,
+    };
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map_or_else(|_| "host".into(), |h| h.trim().to_string());
+    let name = a.name.clone().unwrap_or_else(|| format!("{host}-{}", std::process::id()));
+    let mut labels = std::collections::BTreeMap::new();
+    for kv in &a.labels {
+        let (k, v) = kv.split_once('=').with_context(|| format!("--labels {kv}: expected k=v"))?;
+        labels.insert(k.to_string(), v.to_string());
+    }
+    let ad = WorkerAd { addr: ip.to_string(), threads: a.threads as u32, labels };
+    tch::set_num_threads(a.threads.max(1) as i32);
+    let shutdown = shutdown_flag()?;
+    let busy: Arc<Mutex<Option<JobId>>> = Arc::default();
+    let stop_beats = Arc::new(AtomicBool::new(false));
+    let beats = {
+        let (client, name, ad, busy, stop) = (client.clone(), name.clone(), ad.clone(), Arc::clone(&busy), Arc::clone(&stop_beats));
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let job = *busy.lock().expect("busy");
+                if job.is_some() {
+                    let report = WorkerReport { beat: Beat { ad: ad.clone(), busy_with: job }, wait_ms: 0 };
+                    if let Err(e) = client.report(&name, &report) {
+                        tessera_protocol::say!("[{name}] heartbeat to the service failed: {e}");
+                    }
+                }
+                std::thread::sleep(BEAT_EVERY);
+            }
+        })
+    };
+    tessera_protocol::say!("[{name}] offering itself to the pool at {url} ({} threads, reached at {ip})", a.threads);
+    let mut unreachable = false;
+    while !shutdown.load(Ordering::SeqCst) {
+        let report = WorkerReport { beat: Beat { ad: ad.clone(), busy_with: None }, wait_ms: 2_000 };
+        let assignment = match client.report(&name, &report) {
+            Ok(reply) => {
+                if unreachable {
+                    tessera_protocol::say!("[{name}] the service answers again");
+                    unreachable = false;
+                }
+                reply.assignment
+            }
+            Err(e) => {
+                if !unreachable {
+                    tessera_protocol::say!("[{name}] the service at {url} does not answer ({e}); retrying");
+                    unreachable = true;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let Some(job) = assignment else { continue };
+        tessera_protocol::say!("[{name}] assigned to {}: joining its node {}", job.job, job.node);
+        *busy.lock().expect("busy") = Some(job.job);
+        let opts = AgentOptions {
+            coordinator: job.node,
+            cookie: job.cookie,
+            group: job.group,
+            threads: a.threads,
+            connect_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(a.drain_timeout_s),
+        };
+        match run_agent(&opts, Arc::clone(&shutdown)) {
+            Ok(()) => tessera_protocol::say!("[{name}] released by {}", job.job),
+            Err(e) => tessera_protocol::say!("[{name}] left {}: {e}", job.job),
+        }
+        *busy.lock().expect("busy") = None;
+    }
+    stop_beats.store(true, Ordering::Relaxed);
+    let _ = beats.join();
+    tessera_protocol::say!("[{name}] interrupted: leaving the pool");
+    Ok(())
+}

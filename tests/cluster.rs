@@ -1,0 +1,243 @@
+//! Cluster mode end to end: `tessera coordinator` with a worker pool, `submit`, `jobs`,
+//! `cancel`, `wait`, token refusals, and — on network-namespace hosts with a real etcd — a
+//! worker host's link cut and restored, and the coordinator killed with -9 and restarted.
+
+mod common;
+#[path = "../coordinator/tests/common/etcd.rs"]
+mod etcd;
+#[path = "../coordinator/tests/common/netns.rs"]
+mod netns;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{assert_matches, bin, final_losses, job_and_reference};
+
+/// A process of the test (coordinator or worker): killed and reaped on drop; its stderr goes
+/// to a file the test can read.
+struct Proc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command, log: &Path) -> Self {
+        let file = std::fs::File::create(log).unwrap();
+        let child = cmd.env("OMP_NUM_THREADS", "1").stdout(Stdio::null()).stderr(file).spawn().expect("spawn");
+        Self { child, log: log.to_path_buf() }
+    }
+
+    fn text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs `tessera ARGS` as a client of the service at `url` with `token`.
+fn client(url: &str, token: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(bin()).args(args).env("TESSERA_COORDINATOR", url).env("TESSERA_TOKEN_FILE", token).output().expect("tessera runs")
+}
+
+fn ok(out: std::process::Output) -> String {
+    assert!(out.status.success(), "stdout: {}\nstderr: {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Waits for `cond`, failing after `limit` with `what`.
+fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    start.elapsed()
+}
+
+/// The state of job `id` as `tessera jobs --json` shows it.
+fn job_json(url: &str, token: &Path, id: u64) -> serde_json::Value {
+    let jobs: Vec<serde_json::Value> = serde_json::from_str(&ok(client(url, token, &["jobs", "--json"]))).unwrap();
+    jobs.into_iter().find(|j| j["id"] == id).unwrap_or_else(|| panic!("job {id} not listed"))
+}
+
+/// A copy of `job` (a config file) in its own directory, with `steps` steps.
+fn job_copy(root: &Path, name: &str, job: &str, steps: u64) -> String {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = std::fs::read_to_string(job).unwrap();
+    let text = with_steps(&text, steps).replace("name = \"cli-train\"", &format!("name = \"{name}\""));
+    let path = dir.join("job.toml");
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+fn with_steps(text: &str, steps: u64) -> String {
+    text.lines()
+        .map(|l| if l.starts_with("total_steps = ") { format!("total_steps = {steps}") } else { l.to_string() })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The service's URL once it printed it.
+fn service_url(coordinator: &Proc) -> String {
+    let mut url = String::new();
+    wait_for("the coordinator's API line", Duration::from_secs(30), || {
+        url = coordinator
+            .text()
+            .lines()
+            .find_map(|l| l.split("API http://").nth(1).map(|r| format!("http://{}", r.split_whitespace().next().unwrap())))
+            .unwrap_or_default();
+        !url.is_empty()
+    });
+    url
+}
+
+#[test]
+fn a_pool_trains_submitted_jobs_queues_with_reasons_cancels_and_refuses_bad_tokens() {
+    let (dir, job, reference) = job_and_reference(6);
+    let root = dir.path();
+    let state = root.join("state");
+    let mut coordinator = Command::new(bin());
+    coordinator.args(["coordinator", "--listen", "127.0.0.1:0", "--state-dir", state.to_str().unwrap()]);
+    let coordinator = Proc::spawn(coordinator, &root.join("coordinator.log"));
+    let url = service_url(&coordinator);
+    let token = state.join("token");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&token).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "the token file is private");
+    let _workers: Vec<Proc> = (0..3)
+        .map(|i| {
+            let mut w = Command::new(bin());
+            w.args(["worker", "--name", &format!("w{i}")]).env("TESSERA_COORDINATOR", &url).env("TESSERA_TOKEN_FILE", &token);
+            Proc::spawn(w, &root.join(format!("w{i}.log")))
+        })
+        .collect();
+
+    // One job on three pool workers: every step's loss equals one process's.
+    let id = ok(client(&url, &token, &["submit", &job, "--workers", "3:3", "--idempotency-key", "first"]));
+    assert_eq!(id.trim(), "job-1");
+    let again = ok(client(&url, &token, &["submit", &job, "--workers", "3:3", "--idempotency-key", "first", "--json"]));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&again).unwrap(),
+        serde_json::json!({"id": 1, "created": false}),
+        "a retried submit makes no second job"
+    );
+    ok(client(&url, &token, &["wait", "job-1", "--timeout-s", "180"]));
+    assert_matches(&final_losses(root), &reference);
+    let status: serde_json::Value = serde_json::from_str(&ok(client(&url, &token, &["status", "1", "--json"]))).unwrap();
+    assert_eq!((status["state"].as_str(), status["step"].as_u64()), (Some("Finished"), Some(6)), "{status}");
+
+    // Two jobs that cannot both run at their minimum on three workers: the second waits, and
+    // says why, until the first is cancelled.
+    let long = job_copy(root, "long", &job, 400);
+    let second = job_copy(root, "second", &job, 4);
+    assert_eq!(ok(client(&url, &token, &["submit", &long, "--workers", "2:2"])).trim(), "job-2");
+    assert_eq!(ok(client(&url, &token, &["submit", &second, "--workers", "2:3"])).trim(), "job-3");
+    wait_for("job-3 pending with its reason", Duration::from_secs(30), || {
+        job_json(&url, &token, 3)["pending"].as_str() == Some("waiting for workers: 1 free, needs 2")
+    });
+    let table = ok(client(&url, &token, &["jobs"]));
+    assert!(
+        table.lines().any(|l| l.starts_with("job-3") && l.contains("queued") && l.ends_with("waiting for workers: 1 free, needs 2")),
+        "{table}"
+    );
+
+    // Refusals while job-2 trains: no token file, a wrong token, random bytes on the API port.
+    let no_token = Command::new(bin()).args(["jobs"]).env("TESSERA_COORDINATOR", &url).env_remove("TESSERA_TOKEN_FILE").output().unwrap();
+    assert!(!no_token.status.success());
+    let wrong = root.join("wrong-token");
+    std::fs::write(&wrong, "not-the-token").unwrap();
+    let refused = client(&url, &wrong, &["submit", &second]);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("HTTP 401"), "{refused:?}");
+    let addr = url.trim_start_matches("http://").to_string();
+    let mut junk = std::net::TcpStream::connect(&addr).unwrap();
+    let _ = junk.write_all(&[0x16, 0x03, 0x01, 0xff, 0x00, 0x13, 0x37, b'\r', b'\n', b'\r', b'\n']);
+    drop(junk);
+    wait_for("the refusal logged with the peer", Duration::from_secs(5), || {
+        coordinator.text().contains("refused POST /v1/jobs from 127.0.0.1:")
+    });
+    assert_eq!(job_json(&url, &token, 2)["state"], "Running", "the running job is undisturbed");
+
+    ok(client(&url, &token, &["cancel", "job-2"]));
+    ok(client(&url, &token, &["wait", "job-3", "--timeout-s", "180"]));
+    let cancelled = client(&url, &token, &["wait", "2", "--timeout-s", "60"]);
+    assert!(!cancelled.status.success(), "waiting for a cancelled job fails");
+    assert_eq!(job_json(&url, &token, 2)["state"], "Cancelled");
+    assert_eq!(job_json(&url, &token, 3)["step"], 4);
+}
+
+/// A service on its own host (network namespace) with etcd beside it, three worker hosts.
+#[test]
+fn hosts_in_namespaces_lose_a_link_rejoin_and_survive_a_coordinator_kill() {
+    let hosts = netns::Hosts::new(4).expect("hosts");
+    let (dir, job, reference) = job_and_reference(36);
+    let root = dir.path();
+    let etcd = etcd::Etcd::start_at(etcd::Placement { ip: hosts.hosts[0].ip, netns: hosts.hosts[0].netns.clone() }).expect("etcd");
+    let token = root.join("token");
+    let head = hosts.hosts[0].ip;
+    let prefix = etcd::unique_prefix("cluster");
+    let start_coordinator = |port: u16, log: &str| {
+        let mut c = hosts.command(0, &bin());
+        c.args(["coordinator", "--listen", &format!("{head}:{port}"), "--etcd", &etcd.url(), "--etcd-prefix", &prefix]).args([
+            "--token-file",
+            token.to_str().unwrap(),
+            "--heartbeat-timeout-s",
+            "4",
+        ]);
+        Proc::spawn(c, &root.join(log))
+    };
+    let mut coordinator = start_coordinator(0, "coordinator.log");
+    let url = service_url(&coordinator);
+    let workers: Vec<Proc> = (1..4)
+        .map(|i| {
+            let mut w = hosts.command(i, &bin());
+            w.args(["worker", "--coordinator", &url, "--token-file", token.to_str().unwrap(), "--name", &format!("host{i}")]);
+            Proc::spawn(w, &root.join(format!("w{i}.log")))
+        })
+        .collect();
+    // The client runs on the head host too: the service's address exists only there.
+    let cli = |args: &[&str]| {
+        let mut c = hosts.command(0, &bin());
+        c.args(args).env("TESSERA_COORDINATOR", &url).env("TESSERA_TOKEN_FILE", &token);
+        c.output().unwrap()
+    };
+    assert_eq!(ok(cli(&["submit", &job, "--workers", "2:3"])).trim(), "job-1");
+    let steps = || final_losses(root).len();
+    wait_for("step 8", Duration::from_secs(120), || steps() >= 8);
+
+    if hosts.isolated() {
+        hosts.link_down(3).unwrap();
+        let t = wait_for("the job going on with two", Duration::from_secs(60), || {
+            common::log_lines(root).last().is_some_and(|l| l["world_size"] == 2)
+        });
+        eprintln!("link down -> first step with two ranks: {t:?}");
+        hosts.link_up(3).unwrap();
+        let t =
+            wait_for("host3 rejoining", Duration::from_secs(90), || common::log_lines(root).last().is_some_and(|l| l["world_size"] == 3));
+        eprintln!("link up -> first step with three ranks again: {t:?}");
+    }
+
+    // kill -9 of the coordinator; a new one on the same address recovers the job from etcd.
+    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    coordinator.kill();
+    let killed = Instant::now();
+    // Only the coordinator writes the train log: nothing is added until the new one trains.
+    let before = common::log_lines(root).len();
+    let coordinator = start_coordinator(port, "coordinator2.log");
+    assert_eq!(service_url(&coordinator), url, "the restarted coordinator binds the same address");
+    wait_for("a step after the restart", Duration::from_secs(120), || common::log_lines(root).len() > before);
+    eprintln!("coordinator kill -9 -> next completed step (checkpoint restore): {:?}", killed.elapsed());
+    ok(cli(&["wait", "1", "--timeout-s", "300"]));
+    assert_matches(&final_losses(root), &reference);
+    drop(workers);
+}
