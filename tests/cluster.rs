@@ -176,17 +176,20 @@ fn a_pool_trains_submitted_jobs_queues_with_reasons_cancels_and_refuses_bad_toke
     assert_eq!(job_json(&url, &token, 3)["step"], 4);
 }
 
-/// A service on its own host (network namespace) with etcd beside it, three worker hosts.
+/// A service on its own host (network namespace) with etcd and a standby beside it, three
+/// worker hosts.
 #[test]
-fn hosts_in_namespaces_lose_a_link_rejoin_and_survive_a_coordinator_kill() {
+fn hosts_in_namespaces_lose_a_link_rejoin_and_survive_coordinator_kills() {
     let hosts = netns::Hosts::new(4).expect("hosts");
-    let (dir, job, reference) = job_and_reference(36);
+    let (dir, job, reference) = job_and_reference(48);
     let root = dir.path();
     let etcd = etcd::Etcd::start_at(etcd::Placement { ip: hosts.hosts[0].ip, netns: hosts.hosts[0].netns.clone() }).expect("etcd");
     let token = root.join("token");
     let head = hosts.hosts[0].ip;
     let prefix = etcd::unique_prefix("cluster");
-    let start_coordinator = |port: u16, log: &str| {
+    // Fixed ports: the head host's address exists only in this test (its own namespace, or a
+    // 127.x address of this run), so they are free.
+    let start_coordinator = |port: u16, log: &str, standby: bool| {
         let mut c = hosts.command(0, &bin());
         c.args(["coordinator", "--listen", &format!("{head}:{port}"), "--etcd", &etcd.url(), "--etcd-prefix", &prefix]).args([
             "--token-file",
@@ -194,26 +197,34 @@ fn hosts_in_namespaces_lose_a_link_rejoin_and_survive_a_coordinator_kill() {
             "--heartbeat-timeout-s",
             "4",
         ]);
+        if standby {
+            c.arg("--standby");
+        }
         Proc::spawn(c, &root.join(log))
     };
-    let mut coordinator = start_coordinator(0, "coordinator.log");
-    let url = service_url(&coordinator);
+    let mut primary = start_coordinator(7450, "primary.log", false);
+    assert_eq!(service_url(&primary), format!("http://{head}:7450"));
+    let mut standby = start_coordinator(7451, "standby.log", true);
+    wait_for("the standby waiting", Duration::from_secs(30), || standby.text().contains("standby at"));
+    let urls = format!("http://{head}:7450,http://{head}:7451");
     let workers: Vec<Proc> = (1..4)
         .map(|i| {
             let mut w = hosts.command(i, &bin());
-            w.args(["worker", "--coordinator", &url, "--token-file", token.to_str().unwrap(), "--name", &format!("host{i}")]);
+            w.args(["worker", "--coordinator", &urls, "--token-file", token.to_str().unwrap(), "--name", &format!("host{i}")]);
             Proc::spawn(w, &root.join(format!("w{i}.log")))
         })
         .collect();
     // The client runs on the head host too: the service's address exists only there.
     let cli = |args: &[&str]| {
         let mut c = hosts.command(0, &bin());
-        c.args(args).env("TESSERA_COORDINATOR", &url).env("TESSERA_TOKEN_FILE", &token);
+        c.args(args).env("TESSERA_COORDINATOR", &urls).env("TESSERA_TOKEN_FILE", &token);
         c.output().unwrap()
     };
+    let submitted = Instant::now();
     assert_eq!(ok(cli(&["submit", &job, "--workers", "2:3"])).trim(), "job-1");
-    let steps = || final_losses(root).len();
-    wait_for("step 8", Duration::from_secs(120), || steps() >= 8);
+    let t = wait_for("the first step", Duration::from_secs(120), || !common::log_lines(root).is_empty());
+    eprintln!("submit -> first step logged: {t:?} (since the submit command started: {:?})", submitted.elapsed());
+    wait_for("step 8", Duration::from_secs(120), || final_losses(root).len() >= 8);
 
     if hosts.isolated() {
         hosts.link_down(3).unwrap();
@@ -227,17 +238,24 @@ fn hosts_in_namespaces_lose_a_link_rejoin_and_survive_a_coordinator_kill() {
         eprintln!("link up -> first step with three ranks again: {t:?}");
     }
 
-    // kill -9 of the coordinator; a new one on the same address recovers the job from etcd.
-    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
-    coordinator.kill();
-    let killed = Instant::now();
-    // Only the coordinator writes the train log: nothing is added until the new one trains.
+    // kill -9 of the active coordinator: the standby takes the store when the dead one's
+    // lease expires and recovers the job. Only a coordinator writes the train log, so a new
+    // line is a step under the new one.
+    primary.kill();
     let before = common::log_lines(root).len();
-    let coordinator = start_coordinator(port, "coordinator2.log");
-    assert_eq!(service_url(&coordinator), url, "the restarted coordinator binds the same address");
-    wait_for("a step after the restart", Duration::from_secs(120), || common::log_lines(root).len() > before);
-    eprintln!("coordinator kill -9 -> next completed step (checkpoint restore): {:?}", killed.elapsed());
+    let t = wait_for("a step under the standby", Duration::from_secs(120), || common::log_lines(root).len() > before);
+    eprintln!("active coordinator kill -9 -> next step under the standby: {t:?}");
+    assert!(standby.text().contains("took the job store"), "{}", standby.text());
+
+    // kill -9 of that one and a restart on the same address: it binds at once, waits out its
+    // own dead lease, and recovers the job from etcd.
+    standby.kill();
+    let before = common::log_lines(root).len();
+    let restarted = start_coordinator(7451, "restarted.log", false);
+    let t = wait_for("a step after the restart", Duration::from_secs(120), || common::log_lines(root).len() > before);
+    eprintln!("coordinator kill -9 + restart on the same address -> next step: {t:?}");
     ok(cli(&["wait", "1", "--timeout-s", "300"]));
     assert_matches(&final_losses(root), &reference);
+    assert!(restarted.text().contains(&format!("API http://{head}:7451")), "{}", restarted.text());
     drop(workers);
 }

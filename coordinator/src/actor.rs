@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent, pg};
 
 pub use aggregate::{GenerationBook, PendingCheckpoint};
-pub use args::{CoordinatorArgs, JobOutcome, Launcher, ResumePoint};
+pub use args::{CommitGate, CoordinatorArgs, JobOutcome, Launcher, ResumePoint};
 pub use bridge::{ActorBridge, CALL_TIMEOUT};
 pub use mixture::{MixtureChange, Mixtures, MovedChange};
 

@@ -8,6 +8,7 @@
 
 pub mod api;
 mod client;
+pub mod gate;
 pub mod host;
 pub mod pool;
 pub mod service;
@@ -16,6 +17,7 @@ pub mod types;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+pub use gate::StoreGate;
 pub use host::HostOptions;
 pub use pool::{Assignment, Beat, Pool};
 pub use service::{FlopsFn, Service, ServiceOptions};
@@ -37,6 +39,25 @@ pub async fn serve<S: JobStore + 'static>(
     let addr = listener.local_addr().map_or_else(|_| "api".to_string(), |a| a.to_string());
     axum::serve(listener, api::router(token, service).into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|source| CoordinatorError::Net { addr, op: "serve", source })
+}
+
+/// Serves `listener` with 503 answers (`reason`) until `ready` resolves: a coordinator that
+/// waits for the store (a standby, or a restart before the dead holder's lease expired) holds
+/// its address and tells callers to try another coordinator, instead of leaving them hanging.
+pub async fn serve_waiting(
+    listener: tokio::net::TcpListener,
+    reason: String,
+    ready: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let addr = listener.local_addr().map_or_else(|_| "api".to_string(), |a| a.to_string());
+    let answer = move || {
+        let reason = reason.clone();
+        async move { crate::api::error_response(crate::api::ApiError::Unavailable { reason }) }
+    };
+    axum::serve(listener, axum::Router::new().fallback(answer))
+        .with_graceful_shutdown(ready)
         .await
         .map_err(|source| CoordinatorError::Net { addr, op: "serve", source })
 }

@@ -166,3 +166,46 @@ async fn etcd_round_trips_per_store_call() {
     cost("job", &store);
     lead.resign().await.unwrap();
 }
+
+/// A service's commit gate (every checkpoint commit of its jobs passes it): once the holder's
+/// lease expired and a successor took the store, the deposed holder's commits are refused,
+/// the successor's pass, and a step committed again after a restore passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_coordinator_cannot_commit_a_checkpoint() {
+    use std::sync::Arc;
+    use tessera_coordinator::actor::CommitGate;
+    use tessera_coordinator::cluster::StoreGate;
+    use tessera_protocol::checkpoint::{Manifest, TrainState};
+    use tessera_protocol::ledger::MixtureSchedule;
+
+    let mut config = EtcdConfig::new(vec![etcd::shared().url()], &etcd::unique_prefix("gate"));
+    config.lease_ttl_s = 2;
+    let store = Arc::new(EtcdStore::connect(config).await.unwrap());
+    let a = store.acquire(HolderId("a".into())).await.unwrap();
+    let job = store.put_job(a.fence(), conformance::new_job("gated", 0, None)).await.unwrap().id;
+    let manifest = |step| {
+        let mut state = TrainState::start(MixtureSchedule::new(vec![1.0]).unwrap());
+        state.step = step;
+        Manifest::new("gated", 1, 2, state, Vec::new())
+    };
+    let dir = std::path::Path::new("/shared/out/checkpoints/step-x");
+    let gate_a = StoreGate::new(Arc::clone(&store), a.fence().clone(), job);
+    gate_a.admit(&manifest(2), 0, dir).expect("the holder commits");
+    drop(a);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let b = loop {
+        match store.acquire(HolderId("b".into())).await {
+            Ok(b) => break b,
+            Err(_) if std::time::Instant::now() < deadline => tokio::time::sleep(std::time::Duration::from_millis(250)).await,
+            Err(e) => panic!("the old holder's lease did not expire within 15 s: {e}"),
+        }
+    };
+    let refused = gate_a.admit(&manifest(4), 1, dir).expect_err("a deposed holder's commit is refused");
+    assert!(refused.contains("no longer holds the store"), "{refused}");
+    let gate_b = StoreGate::new(Arc::clone(&store), b.fence().clone(), job);
+    gate_b.admit(&manifest(4), 1, dir).expect("the successor commits");
+    gate_b.admit(&manifest(2), 2, dir).expect("a step committed again after a restore");
+    let steps: Vec<u64> = store.checkpoints(job).await.unwrap().iter().map(|c| c.step).collect();
+    assert_eq!(steps, vec![2, 4], "the refused commit left no record");
+    b.resign().await.unwrap();
+}

@@ -21,7 +21,8 @@ pub use service::{CoordinatorArgs, run_coordinator};
 /// missing one is named with both ways to give it).
 #[derive(Debug, Clone, Args)]
 pub struct Service {
-    /// The service's API, `http://HOST:PORT` (default: $TESSERA_COORDINATOR).
+    /// The service's API, `http://HOST:PORT`, or several (the active one and standbys),
+    /// comma-separated (default: $TESSERA_COORDINATOR).
     #[arg(long)]
     coordinator: Option<String>,
     /// File holding the service's bearer token (default: $TESSERA_TOKEN_FILE).
@@ -43,16 +44,33 @@ pub fn service_addr(url: &str) -> anyhow::Result<SocketAddr> {
 }
 
 impl Service {
-    /// A client of the service.
+    /// A client of the service: of the first coordinator listed that answers as the active one.
     pub fn client(&self) -> anyhow::Result<ApiClient> {
         let url = self.coordinator.clone().or_else(|| std::env::var("TESSERA_COORDINATOR").ok());
         let url = url.context("give --coordinator URL or set TESSERA_COORDINATOR")?;
         let token_file = self.token_file.clone().or_else(|| std::env::var_os("TESSERA_TOKEN_FILE").map(PathBuf::from));
         let token_file = token_file.context("give --token-file F or set TESSERA_TOKEN_FILE")?;
-        let addr = service_addr(&url)?;
         let token = std::fs::read_to_string(&token_file).with_context(|| format!("reading {}", token_file.display()))?;
-        Ok(ApiClient::new(addr, token.trim()))
+        active(&url, token.trim())
     }
+}
+
+/// The client of the first of `urls` (comma-separated) that answers as the active coordinator
+/// (a standby answers 503, a dead one not at all); with one URL, that one, unprobed.
+pub fn active(urls: &str, token: &str) -> anyhow::Result<ApiClient> {
+    let list: Vec<&str> = urls.split(',').map(str::trim).filter(|u| !u.is_empty()).collect();
+    if let [one] = list.as_slice() {
+        return Ok(ApiClient::new(service_addr(one)?, token));
+    }
+    let mut failures = Vec::new();
+    for url in &list {
+        let client = ApiClient::new(service_addr(url)?, token);
+        match client.clone().with_timeout(Duration::from_secs(5)).workers() {
+            Ok(_) => return Ok(client),
+            Err(e) => failures.push(format!("{url}: {e}")),
+        }
+    }
+    bail!("no coordinator answers as the active one: {}", failures.join("; "))
 }
 
 /// A job id as users type it: `job-3` or `3`.
@@ -190,7 +208,7 @@ pub fn cancel(a: OneJobArgs) -> anyhow::Result<()> {
 
 /// Runs `tessera wait`: returns when the job has ended; an error unless it finished.
 pub fn wait(a: OneJobArgs) -> anyhow::Result<()> {
-    let (client, id) = (a.service.client()?, parse_job_id(&a.job)?);
+    let (mut client, id) = (a.service.client()?, parse_job_id(&a.job)?);
     let deadline = a.timeout_s.map(|s| Instant::now() + Duration::from_secs(s));
     loop {
         // The service may be restarting (failover): keep asking until the deadline.
@@ -208,7 +226,13 @@ pub fn wait(a: OneJobArgs) -> anyhow::Result<()> {
             }
             Ok(_) => {}
             Err(e @ tessera_coordinator::CoordinatorError::Http { status: 404, .. }) => return Err(e.into()),
-            Err(e) => tessera_protocol::say!("[wait] {e} (asking again)"),
+            Err(e) => {
+                // The active coordinator may have changed (failover to a standby).
+                tessera_protocol::say!("[wait] {e} (asking again)");
+                if let Ok(c) = a.service.client() {
+                    client = c;
+                }
+            }
         }
         if deadline.is_some_and(|d| Instant::now() > d) {
             bail!("{id} has not ended within {} s", a.timeout_s.unwrap_or(0));

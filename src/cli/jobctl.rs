@@ -48,7 +48,7 @@ impl Target {
             .or_else(|| std::env::var_os("TESSERA_TOKEN_FILE").map(PathBuf::from))
             .context("give --token-file (or set TESSERA_TOKEN_FILE) with a JOB")?;
         let token = std::fs::read_to_string(&token_file).with_context(|| format!("reading {}", token_file.display()))?;
-        let client = ApiClient::new(super::cluster::service_addr(&url)?, token.trim());
+        let client = super::cluster::active(&url, token.trim())?;
         Ok(Some((client, super::cluster::parse_job_id(job)?)))
     }
 

@@ -21,6 +21,24 @@ use super::worker::{WorkerArgs, shutdown_flag};
 /// How often a worker reports while it trains (the service's heartbeat timeout is 10 s).
 const BEAT_EVERY: Duration = Duration::from_secs(2);
 
+/// The coordinators a worker knows (the active one and standbys); reports go to the current
+/// one, and a failed report moves on to the next.
+struct Coordinators {
+    clients: Vec<(String, ApiClient)>,
+    current: Mutex<usize>,
+}
+
+impl Coordinators {
+    fn report(&self, name: &str, report: &WorkerReport) -> Result<tessera_coordinator::cluster::WorkerReply, String> {
+        let i = *self.current.lock().expect("current");
+        let (url, client) = &self.clients[i];
+        client.report(name, report).map_err(|e| {
+            *self.current.lock().expect("current") = (i + 1) % self.clients.len();
+            format!("{url}: {e}")
+        })
+    }
+}
+
 /// The local address this host uses to reach `peer`.
 fn local_ip_towards(peer: std::net::SocketAddr) -> anyhow::Result<std::net::IpAddr> {
     let socket = std::net::UdpSocket::bind(if peer.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
@@ -31,11 +49,16 @@ fn local_ip_towards(peer: std::net::SocketAddr) -> anyhow::Result<std::net::IpAd
 /// Runs the pool worker until SIGTERM/SIGINT.
 pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
     let url = a.coordinator.clone().context("--coordinator")?;
-    let addr = service_addr(&url)?;
+    let urls: Vec<String> = url.split(',').map(str::trim).filter(|u| !u.is_empty()).map(String::from).collect();
+    let addr = service_addr(urls.first().context("--coordinator: no URL")?)?;
     let token_file = a.token_file.clone().or_else(|| std::env::var_os("TESSERA_TOKEN_FILE").map(std::path::PathBuf::from));
     let token_file = token_file.context("give --token-file F (or set TESSERA_TOKEN_FILE) with --coordinator")?;
     let token = std::fs::read_to_string(&token_file).with_context(|| format!("reading {}", token_file.display()))?;
-    let client = ApiClient::new(addr, token.trim()).with_timeout(Duration::from_secs(15));
+    let mut clients = Vec::new();
+    for u in &urls {
+        clients.push((u.clone(), ApiClient::new(service_addr(u)?, token.trim()).with_timeout(Duration::from_secs(15))));
+    }
+    let coordinators = Arc::new(Coordinators { clients, current: Mutex::new(0) });
     let ip = match a.advertise {
         Some(ip) => ip,
         None => local_ip_towards(addr)?,
@@ -53,13 +76,14 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
     let busy: Arc<Mutex<Option<JobId>>> = Arc::default();
     let stop_beats = Arc::new(AtomicBool::new(false));
     let beats = {
-        let (client, name, ad, busy, stop) = (client.clone(), name.clone(), ad.clone(), Arc::clone(&busy), Arc::clone(&stop_beats));
+        let (coordinators, name, ad, busy, stop) =
+            (Arc::clone(&coordinators), name.clone(), ad.clone(), Arc::clone(&busy), Arc::clone(&stop_beats));
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 let job = *busy.lock().expect("busy");
                 if job.is_some() {
                     let report = WorkerReport { beat: Beat { ad: ad.clone(), busy_with: job }, wait_ms: 0 };
-                    if let Err(e) = client.report(&name, &report) {
+                    if let Err(e) = coordinators.report(&name, &report) {
                         tessera_protocol::say!("[{name}] heartbeat to the service failed: {e}");
                     }
                 }
@@ -71,7 +95,7 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
     let mut unreachable = false;
     while !shutdown.load(Ordering::SeqCst) {
         let report = WorkerReport { beat: Beat { ad: ad.clone(), busy_with: None }, wait_ms: 2_000 };
-        let assignment = match client.report(&name, &report) {
+        let assignment = match coordinators.report(&name, &report) {
             Ok(reply) => {
                 if unreachable {
                     tessera_protocol::say!("[{name}] the service answers again");
@@ -81,7 +105,7 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
             }
             Err(e) => {
                 if !unreachable {
-                    tessera_protocol::say!("[{name}] the service at {url} does not answer ({e}); retrying");
+                    tessera_protocol::say!("[{name}] the service does not answer ({e}); retrying");
                     unreachable = true;
                 }
                 std::thread::sleep(Duration::from_secs(1));

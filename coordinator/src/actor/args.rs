@@ -20,6 +20,14 @@ pub trait Launcher: Send + 'static {
     fn live(&self) -> usize;
 }
 
+/// Asked before each checkpoint commit. A coordinator service records the checkpoint in its
+/// job store under its fence first, so a deposed coordinator (another one took the store)
+/// cannot commit: the store refuses its fence.
+pub trait CommitGate: Send + Sync + 'static {
+    /// `Err(why)` refuses committing `manifest` (of `generation`) into `dir`.
+    fn admit(&self, manifest: &tessera_protocol::checkpoint::Manifest, generation: u64, dir: &std::path::Path) -> Result<(), String>;
+}
+
 /// How the job ended, sent to whoever waits for it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum JobOutcome {
@@ -81,6 +89,8 @@ pub struct CoordinatorArgs {
     /// Local worker processes to start and supervise (embedded mode; exactly when
     /// `policy.launches`).
     pub launcher: Option<Box<dyn Launcher>>,
+    /// Asked before every commit (cluster mode: the store's fence); `None` commits freely.
+    pub commit_gate: Option<Box<dyn CommitGate>>,
     /// Receives the outcome when the job ends.
     pub done: Option<tokio::sync::oneshot::Sender<JobOutcome>>,
     /// Where progress and log lines go (a bar on a terminal).

@@ -15,8 +15,14 @@ impl CoordinatorState {
         let tmp = checkpoint::temp_dir(&root, step, generation);
         let files: Vec<checkpoint::FileEntry> = p.files.into_values().collect();
         // The book hands a checkpoint over only with rank 0's manifest; a missing one is refused.
+        let gate = |m: &checkpoint::Manifest| match &self.args.commit_gate {
+            Some(g) => g.admit(m, generation, &root.join(checkpoint::dir_name(step))).map_err(|reason| {
+                tessera_protocol::ProtocolError::Checkpoint { path: tmp.display().to_string(), reason: format!("refused: {reason}") }
+            }),
+            None => Ok(()),
+        };
         let committed = match p.manifest {
-            Some(manifest) => checkpoint::commit(&root, &tmp, manifest, files),
+            Some(manifest) => gate(&manifest).and_then(|()| checkpoint::commit(&root, &tmp, manifest, files)),
             None => Err(tessera_protocol::ProtocolError::Checkpoint {
                 path: tmp.display().to_string(),
                 reason: "no manifest from rank 0".into(),

@@ -12,7 +12,7 @@ use tessera_protocol::messages::{CoordinatorMsg, coordinator_group};
 use tessera_protocol::node::CoordinatorNode;
 
 use super::pool::Assignment;
-use crate::actor::{ActorBridge, Coordinator, CoordinatorArgs, JobOutcome, ResumePoint};
+use crate::actor::{ActorBridge, CommitGate, Coordinator, CoordinatorArgs, JobOutcome, ResumePoint};
 use crate::console::Console;
 use crate::control::Policy;
 use crate::error::Result;
@@ -64,13 +64,14 @@ fn random_hex() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Starts job `record` expecting `workers` pool workers; returns it and the receiver of its
-/// outcome.
+/// Starts job `record` expecting `workers` pool workers, its commits passing `gate`; returns it
+/// and the receiver of its outcome.
 pub async fn start(
     record: &JobRecord,
     job: &ResolvedJob,
     workers: u32,
     flops: Option<FlopsModel>,
+    gate: Box<dyn CommitGate>,
     o: HostOptions,
 ) -> Result<(HostedJob, tokio::sync::oneshot::Receiver<JobOutcome>)> {
     let id: JobId = record.id;
@@ -117,6 +118,7 @@ pub async fn start(
         metrics: Arc::clone(&metrics),
         committed: resume.committed,
         launcher: None,
+        commit_gate: Some(gate),
         done: Some(done_tx),
         console: Console::plain(&id.to_string(), job.train.total_steps),
     };

@@ -46,7 +46,7 @@ struct Inner {
 
 /// The service (shared by the API and its background tasks).
 pub struct Service<S: JobStore> {
-    store: S,
+    store: Arc<S>,
     fence: Fence,
     _leadership: S::Leadership,
     options: ServiceOptions,
@@ -85,7 +85,7 @@ impl<S: JobStore + 'static> Service<S> {
         }
         let (outcomes, mut ended) = tokio::sync::mpsc::unbounded_channel();
         let service = Arc::new(Self {
-            store,
+            store: Arc::new(store),
             fence,
             _leadership: leadership,
             options,
@@ -322,7 +322,8 @@ impl<S: JobStore + 'static> Service<S> {
     async fn launch(self: &Arc<Self>, record: &JobRecord, workers: u32) -> Result<HostedJob, String> {
         let job = record.job.spec.open().map_err(|e| e.to_string())?;
         self.store.set_state(&self.fence, record.id, JobState::Queued, JobState::Running).await.map_err(|e| e.to_string())?;
-        let (hosted, done) = match host::start(record, &job, workers, (self.flops)(&job), self.options.host).await {
+        let gate = Box::new(super::gate::StoreGate::new(Arc::clone(&self.store), self.fence.clone(), record.id));
+        let (hosted, done) = match host::start(record, &job, workers, (self.flops)(&job), gate, self.options.host).await {
             Ok(started) => started,
             Err(e) => return Err(e.to_string()),
         };

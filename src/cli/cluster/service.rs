@@ -41,7 +41,16 @@ pub struct CoordinatorArgs {
     /// Write the API's URL (`http://ADDR`) to this file once listening (for scripts).
     #[arg(long)]
     addr_file: Option<PathBuf>,
+    /// Wait as long as it takes for the store (a standby: it takes over when the active
+    /// coordinator dies and its etcd lease expires). Without it, a coordinator gives up when the
+    /// store is still held after 20 s (longer than a dead holder's lease).
+    #[arg(long)]
+    standby: bool,
 }
+
+/// How long a coordinator that is not a standby waits for the store: above etcd's lease TTL
+/// (10 s), so a restart after kill -9 outlasts the dead holder's lease.
+const RESTART_WAIT: Duration = Duration::from_secs(20);
 
 /// The token in `path`, created (random, mode 0600) when the file does not exist.
 fn token(path: &std::path::Path) -> anyhow::Result<String> {
@@ -107,31 +116,52 @@ async fn serve<S: JobStore + 'static>(
     a: &CoordinatorArgs,
     interrupted: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
-    // Bound first, so that a restarted coordinator holds its address at once (clients' calls
-    // wait in the backlog while it takes the store).
-    let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("binding the API at {}", a.listen))?;
-    // A holder killed with -9 keeps the store until its etcd lease expires (its TTL): wait.
+    // Bound first, so that a restarted coordinator holds its address at once; until it holds
+    // the store it answers 503, and clients and workers try the next coordinator they know.
+    let bound = std::net::TcpListener::bind(a.listen).with_context(|| format!("binding the API at {}", a.listen))?;
+    bound.set_nonblocking(true)?;
+    let addr = bound.local_addr()?;
+    if let Some(f) = &a.addr_file {
+        tessera_tokenizers::atomic::write_atomic(f, format!("http://{addr}\n").as_bytes())?;
+    }
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+    let waiting = tokio::spawn(tessera_coordinator::cluster::serve_waiting(
+        tokio::net::TcpListener::from_std(bound.try_clone()?)?,
+        format!("the coordinator at http://{addr} does not hold the job store (yet): try another"),
+        async move {
+            let _ = ready_rx.await;
+        },
+    ));
+    let since = std::time::Instant::now();
     let mut told = false;
     let leadership = loop {
         match store.acquire(holder.clone()).await {
             Ok(l) => break l,
-            Err(StoreError::Held { holder: other }) if !interrupted.load(Ordering::SeqCst) => {
+            Err(StoreError::Held { holder: other })
+                if !interrupted.load(Ordering::SeqCst) && (a.standby || since.elapsed() < RESTART_WAIT) =>
+            {
                 if !told {
+                    let role = if a.standby { "standby" } else { "waiting" };
                     tessera_protocol::say!(
-                        "tessera coordinator: the job store is held by {other}; waiting until it lets go (or its lease expires)"
+                        "tessera coordinator: {role} at http://{addr}: the job store is held by {other}; waiting until it lets go (or its lease expires)"
                     );
                     told = true;
                 }
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(StoreError::Held { holder: other }) if !a.standby => {
+                bail!("the job store is held by {other} (a live coordinator); give --standby to wait for it")
             }
             Err(e) => return Err(e).context("taking the job store"),
         }
     };
-    let addr = listener.local_addr()?;
-    let service = Service::start(store, leadership, options, flops).await.context("recovering the jobs")?;
-    if let Some(f) = &a.addr_file {
-        tessera_tokenizers::atomic::write_atomic(f, format!("http://{addr}\n").as_bytes())?;
+    if told {
+        tessera_protocol::say!("tessera coordinator: took the job store after {:.1} s", since.elapsed().as_secs_f64());
     }
+    let _ = ready_tx.send(());
+    waiting.await.context("the waiting API task")??;
+    let listener = tokio::net::TcpListener::from_std(bound)?;
+    let service = Service::start(store, leadership, options, flops).await.context("recovering the jobs")?;
     tessera_protocol::say!("tessera coordinator: API http://{addr} ({holder}; job nodes on {})", options.host.node_ip);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let api = tokio::spawn(tessera_coordinator::cluster::serve(listener, token, Arc::clone(&service), async move {

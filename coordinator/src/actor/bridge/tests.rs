@@ -73,6 +73,7 @@ impl Job {
             metrics: metrics.clone(),
             committed,
             launcher,
+            commit_gate: None,
             done: Some(done_tx),
             console: crate::console::Console::plain("bridge-test", policy.total_steps),
         };
