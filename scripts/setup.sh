@@ -13,7 +13,10 @@ TORCH_VERSION=2.11.0
 # protobuf-compiler: etcd-client's build runs protoc. etcd-server: the real etcd (3.4) that the
 # cluster-mode tests start; etcd-client: etcdctl, which reaches it from inside a test's network
 # namespaces. iproute2: `ip netns` for the multi-host tests.
-APT_PACKAGES=(protobuf-compiler prometheus tmux etcd-server etcd-client iproute2)
+# munge slurmctld slurmd slurm-client: a real one-node Slurm cluster (munged, slurmctld, slurmd,
+# sbatch/srun/scontrol) runs scripts/cluster/tessera.sbatch in tests/slurm.rs; the test starts
+# the daemons itself, on its own key, config and ports (the packages' services stay unused).
+APT_PACKAGES=(protobuf-compiler prometheus tmux etcd-server etcd-client iproute2 munge slurmctld slurmd slurm-client)
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 

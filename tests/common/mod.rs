@@ -2,6 +2,8 @@
 //! always killed and reaped, and readers of the run's logs.
 #![allow(dead_code)]
 
+pub mod slurm;
+
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
