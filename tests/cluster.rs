@@ -185,6 +185,106 @@ fn a_pool_trains_submitted_jobs_queues_with_reasons_cancels_and_refuses_bad_toke
     assert_eq!(job_json(&url, &token, 3)["step"], 4);
 }
 
+/// The steps logged more than once in `lines` (a train log's), ascending.
+fn repeated_steps(lines: &[serde_json::Value]) -> Vec<u64> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut twice: Vec<u64> = lines.iter().filter_map(|l| l["step"].as_u64()).filter(|s| !seen.insert(*s)).collect();
+    twice.sort_unstable();
+    twice.dedup();
+    twice
+}
+
+/// The step a coordinator's log says it adopted its generation at.
+fn paused_step(log: &str) -> Option<u64> {
+    let rest = log.split("adopted from the lost coordinator, going on from step ").nth(1)?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+/// Asserts that the train log's lines from index `from` on continue it: each step after the
+/// one before, none redone.
+fn assert_no_redo(lines: &[serde_json::Value], from: usize) {
+    let steps: Vec<u64> = lines.iter().filter_map(|l| l["step"].as_u64()).collect();
+    let before = steps[..from].iter().max().copied();
+    for (i, s) in steps[from..].iter().enumerate() {
+        let prev = if i == 0 { before } else { Some(steps[from + i - 1]) };
+        assert!(prev.is_none_or(|p| *s == p + 1), "step {s} logged after step {prev:?}: {steps:?}");
+    }
+}
+
+/// A coordinator killed with -9 and restarted on its address (state in a directory): its
+/// workers keep the job's state, paused at one step boundary, and the new coordinator adopts
+/// them (no step trained or logged twice). Killed again together with a worker, the job
+/// restores its newest checkpoint on the two that are left.
+#[test]
+fn a_restarted_coordinator_adopts_its_workers_state_and_restores_when_a_rank_died() {
+    let (dir, job, reference) = job_and_reference(40);
+    let root = dir.path();
+    let state = root.join("state");
+    let start_coordinator = |listen: &str, log: &str| {
+        let mut c = Command::new(bin());
+        c.args(["coordinator", "--listen", listen, "--state-dir", state.to_str().unwrap(), "--reattach-wait-s", "3"]);
+        Proc::spawn(c, &root.join(log))
+    };
+    let mut coordinator = start_coordinator("127.0.0.1:0", "coordinator.log");
+    let url = service_url(&coordinator);
+    let listen = url.trim_start_matches("http://").to_string();
+    let token = state.join("token");
+    let mut workers: Vec<Proc> = (0..3)
+        .map(|i| {
+            let mut w = Command::new(bin());
+            w.args(["worker", "--name", &format!("w{i}"), "--orphan-grace-s", "60"])
+                .env("TESSERA_COORDINATOR", &url)
+                .env("TESSERA_TOKEN_FILE", &token);
+            Proc::spawn(w, &root.join(format!("w{i}.log")))
+        })
+        .collect();
+    assert_eq!(ok(client(&url, &token, &["submit", &job, "--workers", "2:3"])).trim(), "job-1");
+    wait_for("step 8", Duration::from_secs(120), || final_losses(root).len() >= 8);
+
+    // kill -9 and a restart on the same address: every rank re-attaches, nothing is redone.
+    coordinator.kill();
+    let killed = Instant::now();
+    let before = common::log_lines(root).len();
+    let restarted = start_coordinator(&listen, "restarted.log");
+    let t = wait_for("a step after the restart", Duration::from_secs(60), || common::log_lines(root).len() > before);
+    eprintln!("coordinator kill -9 + restart, workers re-attached -> next step logged: {t:?}");
+    // The first step trained under the new coordinator (the ones logged before it are the
+    // reports the dead one lost, re-sent by the ranks).
+    wait_for("the adoption", Duration::from_secs(30), || paused_step(&restarted.text()).is_some());
+    let paused = paused_step(&restarted.text()).unwrap();
+    wait_for("a step trained after the adoption", Duration::from_secs(60), || {
+        common::log_lines(root).iter().any(|l| l["step"].as_u64() == Some(paused))
+    });
+    eprintln!("  adopted at step {paused}: the first step trained under the new coordinator logged {:?} after the kill", killed.elapsed());
+    wait_for("four more steps", Duration::from_secs(60), || common::log_lines(root).len() >= before + 4);
+    let lines = common::log_lines(root);
+    assert_eq!(repeated_steps(&lines), Vec::<u64>::new(), "no step is logged twice after an adoption");
+    assert_no_redo(&lines, 0);
+    let world = &lines[before - 1]["world_size"];
+    assert!(lines[before..].iter().all(|l| l["world_size"] == *world), "the same ranks go on");
+    let adopted_through = lines.len();
+
+    // Killed again with a worker: two ranks report their state, one is missing; after the
+    // wait the job restores its newest checkpoint on the two (steps after it are redone).
+    let mut restarted = restarted;
+    restarted.kill();
+    workers[2].kill();
+    let killed = Instant::now();
+    let before = common::log_lines(root).len();
+    let again = start_coordinator(&listen, "again.log");
+    let t = wait_for("a step after the restore", Duration::from_secs(90), || common::log_lines(root).len() > before);
+    eprintln!(
+        "coordinator and a worker kill -9 + restart -> next step (restored on two ranks): {t:?} ({:?} since the kill)",
+        killed.elapsed()
+    );
+    assert!(again.text().contains("ranks re-attached in time; it restores"), "{}", again.text());
+    ok(client(&url, &token, &["wait", "1", "--timeout-s", "180"]));
+    assert_matches(&final_losses(root), &reference);
+    let lines = common::log_lines(root);
+    assert_eq!(repeated_steps(&lines[..adopted_through]), Vec::<u64>::new());
+    assert!(lines.last().is_some_and(|l| l["world_size"] == 2), "the job finished on the two workers left");
+}
+
 /// A service on its own host (network namespace) with etcd and a standby beside it, three
 /// worker hosts.
 #[test]
@@ -247,14 +347,17 @@ fn hosts_in_namespaces_lose_a_link_rejoin_and_survive_coordinator_kills() {
         eprintln!("link up -> first step with three ranks again: {t:?}");
     }
 
+    let adopted_from = common::log_lines(root).len();
     // kill -9 of the active coordinator: the standby takes the store when the dead one's
     // lease expires and recovers the job. Only a coordinator writes the train log, so a new
     // line is a step under the new one.
+    // The workers keep the job's state, paused, and the standby adopts it: no step is redone.
     primary.kill();
     let before = common::log_lines(root).len();
     let t = wait_for("a step under the standby", Duration::from_secs(120), || common::log_lines(root).len() > before);
-    eprintln!("active coordinator kill -9 -> next step under the standby: {t:?}");
+    eprintln!("active coordinator kill -9 -> next step under the standby (workers re-attached): {t:?}");
     assert!(standby.text().contains("took the job store"), "{}", standby.text());
+    assert!(standby.text().contains("adopted from the lost coordinator"), "{}", standby.text());
 
     // kill -9 of that one and a restart on the same address: it binds at once, waits out its
     // own dead lease, and recovers the job from etcd.
@@ -266,5 +369,7 @@ fn hosts_in_namespaces_lose_a_link_rejoin_and_survive_coordinator_kills() {
     ok(cli(&["wait", "1", "--timeout-s", "300"]));
     assert_matches(&final_losses(root), &reference);
     assert!(restarted.text().contains(&format!("API http://{head}:7451")), "{}", restarted.text());
+    assert!(restarted.text().contains("adopted from the lost coordinator"), "{}", restarted.text());
+    assert_no_redo(&common::log_lines(root), adopted_from);
     drop(workers);
 }

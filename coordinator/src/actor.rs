@@ -67,6 +67,9 @@ pub struct CoordinatorState {
     next_worker: u64,
     book: GenerationBook,
     train_log: Option<tessera_protocol::jsonl::JsonLines>,
+    /// The newest step in the train log when this coordinator adopted its job: reports of steps
+    /// up to it (re-sent by the adopted ranks) are not logged again.
+    logged_through: Option<u64>,
     last_loss: Option<f64>,
     /// Checkpoints whose shards are all written, waiting for the state machine's decision.
     ready: BTreeMap<(Generation, Step), PendingCheckpoint>,
@@ -157,7 +160,16 @@ impl Actor for Coordinator {
         if policy.launches != args.launcher.is_some() {
             return Err(CoordinatorError::LauncherMismatch { launches: policy.launches }.into());
         }
-        let control = Control::with_committed(policy, args.committed.iter().copied().map(Step).collect());
+        let committed: Vec<Step> = args.committed.iter().copied().map(Step).collect();
+        let (control, next_worker, logged_through) = match args.adopt.clone() {
+            // Rule 11: the adopted ranks keep their ids; the train log already holds the steps
+            // the lost coordinator logged, and none is written twice.
+            Some(a) => {
+                let next = a.ranks.iter().map(|w| w.0 + 1).max().unwrap_or(0);
+                (Control::adopting(policy, committed, a), next, tessera_protocol::jsonl::JsonLines::last_step(&log_path))
+            }
+            None => (Control::with_committed(policy, committed), 0, None),
+        };
         let mixtures = Mixtures::new(args.schedule.clone(), args.dataset_names.clone(), args.global_batch_size)?;
         if let Some(l) = args.launcher.as_mut()
             && policy.initial_workers > 0
@@ -181,7 +193,8 @@ impl Actor for Coordinator {
             clock: clock::PresenceClock::new(Instant::now()),
             workers: BTreeMap::new(),
             pending: Vec::new(),
-            next_worker: 0,
+            next_worker,
+            logged_through,
             book: GenerationBook::default(),
             train_log: Some(train_log),
             last_loss: None,

@@ -5,13 +5,16 @@
 //! so every policy is unit-tested without processes. The actors (next step) only translate
 //! messages into events and actions into messages.
 
+mod adopt;
 mod decide;
 mod local;
 pub mod queue;
+pub mod recovery;
 mod requests;
 mod state;
 mod straggler;
 
+pub use adopt::Adoption;
 pub use decide::{Action, Ending, NoReplacement, StopReason};
 pub use requests::{DrainCause, Refusal};
 pub use state::{

@@ -61,6 +61,12 @@ impl JsonLines {
         let complete = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
         Ok(text[..complete].split_inclusive(|b| *b == b'\n').map(|l| l[..l.len() - 1].to_vec()).collect())
     }
+
+    /// The largest `step` of the complete lines of the log at `path` (a train log); `None`
+    /// when it holds none or cannot be read.
+    pub fn last_step(path: &Path) -> Option<u64> {
+        Self::complete_lines(path).ok()?.iter().filter_map(|l| serde_json::from_slice::<serde_json::Value>(l).ok()?["step"].as_u64()).max()
+    }
 }
 
 #[cfg(test)]

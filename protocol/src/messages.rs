@@ -155,6 +155,10 @@ pub enum WorkerEvent {
         ring_addr: SocketAddr,
         /// CPU threads it will use.
         threads: usize,
+        /// It re-attaches after its coordinator died, holding this generation's state
+        /// (`None`: a new worker, or a coordinator that predates re-attaching).
+        #[serde(default)]
+        orphan: Option<Orphan>,
     },
     /// The worker is alive (sent periodically by its actor, independent of the device thread).
     Heartbeat {
@@ -230,6 +234,23 @@ pub enum WorkerEvent {
         /// Why.
         reason: String,
     },
+}
+
+/// A rank that lost its coordinator and keeps its generation's state in memory, paused at a
+/// step boundary every rank of the generation agreed on; a coordinator that adopts every rank
+/// of the generation continues it from `step` with no checkpoint restored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Orphan {
+    /// The worker's id under the lost coordinator (kept when adopted).
+    pub worker: WorkerId,
+    /// The generation it trains.
+    pub generation: Generation,
+    /// Steps completed (the next step to train).
+    pub step: Step,
+    /// Its rank.
+    pub rank: Rank,
+    /// The generation's world size.
+    pub world: u32,
 }
 
 /// A generation: the ranks that train together until the membership changes.
@@ -339,6 +360,12 @@ pub enum WorkerMsg {
     /// The worker's process was interrupted (sent by its own signal watcher): ask the
     /// coordinator to drain it.
     Interrupted(Wire<String>),
+    /// The coordinator is gone (sent by its own link watcher, pool mode): pause at the next
+    /// agreed step boundary and keep the generation's state for a coordinator to adopt.
+    Orphaned(Wire<()>),
+    /// The link now leads to a new coordinator of the job (sent by its own link watcher):
+    /// announce this worker there, with its orphaned state.
+    Reattached(Wire<()>),
 }
 
 /// What the HTTP API and CLI ask the coordinator (answered through an RPC port).

@@ -317,7 +317,8 @@ pub fn run_embedded(job: &ResolvedJob, o: &EmbeddedOptions) -> anyhow::Result<()
             dataset_names: job.datasets.iter().map(|d| d.name.clone()).collect(),
             committed,
             launcher: Some(Box::new(launcher)),
-            commit_gate: None,
+            adopt: None,
+        commit_gate: None,
         done: Some(done_tx),
             console,
         };

@@ -13,6 +13,7 @@ use tessera_coordinator::ApiClient;
 use tessera_coordinator::cluster::{Beat, WorkerReport};
 use tessera_coordinator::registry::WorkerAd;
 use tessera_coordinator::store::JobId;
+use tessera_worker::agent::link::{Attach, Reattach};
 use tessera_worker::agent::{AgentOptions, run as run_agent};
 
 use super::cluster::service_addr;
@@ -20,6 +21,9 @@ use super::worker::{WorkerArgs, shutdown_flag};
 
 /// How often a worker reports while it trains (the service's heartbeat timeout is 10 s).
 const BEAT_EVERY: Duration = Duration::from_secs(2);
+
+/// How often an orphaned worker reports (its job waits for every rank to be adopted).
+const ORPHAN_BEAT_EVERY: Duration = Duration::from_millis(200);
 
 /// The coordinators a worker knows (the active one and standbys); reports go to the current
 /// one, and a failed report moves on to the next.
@@ -74,27 +78,41 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
     tch::set_num_threads(a.threads.max(1) as i32);
     let shutdown = shutdown_flag()?;
     let busy: Arc<Mutex<Option<JobId>>> = Arc::default();
+    // What the job in hand kept when its coordinator died, and where the service sends it.
+    let reattach = Reattach::new(Duration::from_secs(a.orphan_grace_s));
     let stop_beats = Arc::new(AtomicBool::new(false));
     let beats = {
-        let (coordinators, name, ad, busy, stop) =
-            (Arc::clone(&coordinators), name.clone(), ad.clone(), Arc::clone(&busy), Arc::clone(&stop_beats));
+        let (coordinators, name, ad, busy, stop, reattach) =
+            (Arc::clone(&coordinators), name.clone(), ad.clone(), Arc::clone(&busy), Arc::clone(&stop_beats), Arc::clone(&reattach));
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 let job = *busy.lock().expect("busy");
+                let orphan = reattach.orphan();
                 if job.is_some() {
-                    let report = WorkerReport { beat: Beat { ad: ad.clone(), busy_with: job }, wait_ms: 0 };
-                    if let Err(e) = coordinators.report(&name, &report) {
-                        tessera_protocol::say!("[{name}] heartbeat to the service failed: {e}");
+                    let report = WorkerReport { beat: Beat { ad: ad.clone(), busy_with: job, orphan }, wait_ms: 0 };
+                    match coordinators.report(&name, &report) {
+                        Ok(reply) => {
+                            // Only an orphan is sent anywhere while it holds a job: to the job's
+                            // new coordinator, which adopts it.
+                            if let Some(a) = reply.assignment.filter(|a| orphan.is_some() && Some(a.job) == job) {
+                                reattach.attach(Attach { node: a.node, cookie: a.cookie, group: a.group });
+                            }
+                            // Its job's coordinator is gone and the service will not adopt it.
+                            if reply.release {
+                                reattach.release();
+                            }
+                        }
+                        Err(e) => tessera_protocol::say!("[{name}] heartbeat to the service failed: {e}"),
                     }
                 }
-                std::thread::sleep(BEAT_EVERY);
+                std::thread::sleep(if orphan.is_some() { ORPHAN_BEAT_EVERY } else { BEAT_EVERY });
             }
         })
     };
     tessera_protocol::say!("[{name}] offering itself to the pool at {url} ({} threads, reached at {ip})", a.threads);
     let mut unreachable = false;
     while !shutdown.load(Ordering::SeqCst) {
-        let report = WorkerReport { beat: Beat { ad: ad.clone(), busy_with: None }, wait_ms: 2_000 };
+        let report = WorkerReport { beat: Beat { ad: ad.clone(), busy_with: None, orphan: None }, wait_ms: 2_000 };
         let assignment = match coordinators.report(&name, &report) {
             Ok(reply) => {
                 if unreachable {
@@ -115,6 +133,7 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
         let Some(job) = assignment else { continue };
         tessera_protocol::say!("[{name}] assigned to {}: joining its node {}", job.job, job.node);
         *busy.lock().expect("busy") = Some(job.job);
+        reattach.clear();
         let opts = AgentOptions {
             coordinator: job.node,
             cookie: job.cookie,
@@ -122,6 +141,7 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
             threads: a.threads,
             connect_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(a.drain_timeout_s),
+            reattach: Some(Arc::clone(&reattach)),
         };
         match run_agent(&opts, Arc::clone(&shutdown)) {
             Ok(()) => tessera_protocol::say!("[{name}] released by {}", job.job),

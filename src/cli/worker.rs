@@ -48,6 +48,12 @@ pub struct WorkerArgs {
     /// checkpointed step boundary before leaving anyway (a second signal exits at once).
     #[arg(long, default_value_t = 120)]
     pub(super) drain_timeout_s: u64,
+    /// Pool mode: when the job's coordinator dies, seconds to keep the job's state (paused at
+    /// a step boundary) for a restarted or standby coordinator to adopt; then it is dropped
+    /// and the worker returns to the pool. 0: leave the job at once (its next run restores
+    /// the newest checkpoint).
+    #[arg(long, default_value_t = 120)]
+    pub(super) orphan_grace_s: u64,
 }
 
 /// Runs `tessera worker`.
@@ -79,6 +85,7 @@ pub fn run_worker(mut a: WorkerArgs) -> anyhow::Result<()> {
         threads: a.threads,
         connect_timeout: Duration::from_secs(30),
         drain_timeout: Duration::from_secs(a.drain_timeout_s),
+        reattach: None,
     };
     run(&opts, shutdown)?;
     Ok(())

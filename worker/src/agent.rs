@@ -2,8 +2,11 @@
 //! coordinator's node, announces itself, and then its actor relays commands to the device
 //! thread ([`device`]), sends heartbeats on its own timer (so a busy device thread never looks
 //! dead, while a stopped process does), and aborts collectives when told a peer is gone.
+//! A pool worker whose coordinator dies keeps the job's state for a new coordinator to adopt
+//! ([`link`] has the contract); any other worker leaves the job then.
 
 pub mod device;
+pub mod link;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::mpsc::{Sender, channel};
@@ -13,9 +16,10 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef, pg};
 use tessera_ops::Secret;
 use tessera_protocol::WorkerId;
-use tessera_protocol::messages::{Command, CoordinatorMsg, ExitReason, JobSpec, WORKERS_GROUP, Wire, WorkerEvent, WorkerMsg, worker_group};
+use tessera_protocol::messages::{Command, ExitReason, JobSpec, WORKERS_GROUP, Wire, WorkerEvent, WorkerMsg, worker_group};
 
 use device::{AbortState, DeviceCmd, DeviceCtx, device_main};
+use link::{Link, Reattach};
 
 use crate::error::{Result, WorkerError};
 
@@ -35,6 +39,9 @@ pub struct AgentOptions {
     /// Interrupted, how long to wait for the coordinator to drain this worker before leaving
     /// anyway (which makes the others roll back to the last checkpoint).
     pub drain_timeout: Duration,
+    /// Pool mode: a lost coordinator does not end the job in hand; the ranks pause and wait
+    /// (for the slot's grace) for a new coordinator to adopt them. `None`: it ends it.
+    pub reattach: Option<Arc<Reattach>>,
 }
 
 /// The worker actor (configuration lives in its arguments).
@@ -43,7 +50,8 @@ pub struct WorkerAgent;
 
 /// The worker actor's arguments.
 pub struct AgentArgs {
-    coordinator: ActorRef<CoordinatorMsg>,
+    link: Link,
+    reattach: Option<Arc<Reattach>>,
     nonce: u64,
     listener: Option<TcpListener>,
     ring_addr: SocketAddr,
@@ -68,7 +76,12 @@ pub struct AgentState {
 
 impl AgentState {
     fn send(&self, ev: WorkerEvent) {
-        let _ = self.args.coordinator.cast(CoordinatorMsg::Worker(Wire::new(ev)));
+        self.args.link.send(ev);
+    }
+
+    fn hello(&self, orphan: Option<tessera_protocol::messages::Orphan>) -> WorkerEvent {
+        let args = &self.args;
+        WorkerEvent::Hello { nonce: args.nonce, pid: std::process::id(), ring_addr: args.ring_addr, threads: args.threads, orphan }
     }
 
     fn to_device(&self, cmd: DeviceCmd) {
@@ -78,17 +91,24 @@ impl AgentState {
     }
 
     fn welcome(&mut self, myself: &ActorRef<WorkerMsg>, worker: WorkerId, spec: JobSpec, secret: String, heartbeat_ms: u64) -> Result<()> {
+        let secret = Secret::from_hex(&secret).ok_or_else(|| WorkerError::Welcome("the job secret is not hex"))?;
+        if self.device.is_some() {
+            // Re-attached: the device thread keeps its state; it reports under this id now.
+            tessera_protocol::say!("[{worker}] welcomed by the job's new coordinator");
+            self.args.link.welcomed(worker, secret);
+            self.id = Some(worker);
+            return Ok(());
+        }
         let job = spec.open()?;
         let origin = job.origin.clone();
-        let secret = Secret::from_hex(&secret).ok_or_else(|| WorkerError::Welcome("the job secret is not hex"))?;
+        self.args.link.welcomed(worker, secret);
         let listener = self.args.listener.take().ok_or_else(|| WorkerError::Welcome("welcomed twice"))?;
         let ctx = DeviceCtx {
-            worker,
             job,
-            secret,
             listener,
             threads: self.args.threads,
-            coordinator: self.args.coordinator.clone(),
+            link: self.args.link.clone(),
+            reattach: self.args.reattach.clone(),
             abort: Arc::clone(&self.abort),
         };
         let (tx, rx) = channel();
@@ -119,9 +139,9 @@ impl Actor for WorkerAgent {
     async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: AgentArgs) -> std::result::Result<Self::State, ActorProcessingErr> {
         pg::join(WORKERS_GROUP.to_string(), vec![myself.get_cell()]);
         pg::join(worker_group(args.nonce), vec![myself.get_cell()]);
-        let hello = WorkerEvent::Hello { nonce: args.nonce, pid: std::process::id(), ring_addr: args.ring_addr, threads: args.threads };
-        args.coordinator.cast(CoordinatorMsg::Worker(Wire::new(hello)))?;
-        Ok(AgentState { args, id: None, device: None, abort: Arc::default(), beat: None })
+        let state = AgentState { args, id: None, device: None, abort: Arc::default(), beat: None };
+        state.send(state.hello(None));
+        Ok(state)
     }
 
     async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut Self::State) -> std::result::Result<(), ActorProcessingErr> {
@@ -154,6 +174,16 @@ impl Actor for WorkerAgent {
                     Some(worker) => state.send(WorkerEvent::Draining { worker, reason }),
                     None => myself.stop(None),
                 }
+                return Ok(());
+            }
+            WorkerMsg::Orphaned(_) => {
+                state.to_device(DeviceCmd::Orphaned);
+                return Ok(());
+            }
+            WorkerMsg::Reattached(_) => {
+                // The device thread published where it paused (or has nothing to keep).
+                let orphan = state.args.reattach.as_ref().and_then(|r| r.orphan());
+                state.send(state.hello(orphan));
                 return Ok(());
             }
             WorkerMsg::Command(Wire(Ok(cmd))) => cmd,
@@ -197,6 +227,46 @@ fn local_ip_towards(peer: SocketAddr) -> std::net::IpAddr {
         .unwrap_or(peer.ip())
 }
 
+/// A pool worker whose coordinator is gone: waits (at most the slot's grace) for the service
+/// to send it to the job's new coordinator and links there; returns the new node, coordinator
+/// and its group, or `None` when the state is to be dropped (grace over, released, interrupted).
+async fn await_adoption(
+    r: &Reattach,
+    name: &str,
+    shutdown: &std::sync::atomic::AtomicBool,
+) -> Option<(ActorRef<ractor_cluster::NodeServerMessage>, ActorRef<tessera_protocol::messages::CoordinatorMsg>, String)> {
+    let grace = r.grace();
+    tessera_protocol::say!(
+        "[worker] lost the coordinator: pausing at the next step boundary; waiting up to {}s to be adopted",
+        grace.as_secs()
+    );
+    let deadline = std::time::Instant::now() + grace;
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if shutdown.load(std::sync::atomic::Ordering::Relaxed) {
+            tessera_protocol::say!("[worker] interrupted while orphaned: leaving the job");
+            return None;
+        }
+        if r.take_release() {
+            tessera_protocol::say!("[worker] the service will not adopt this job's state: dropping it");
+            return None;
+        }
+        if std::time::Instant::now() > deadline {
+            tessera_protocol::say!("[worker] not adopted within {}s: dropping the job's state", grace.as_secs());
+            return None;
+        }
+        let Some(a) = r.take_attach() else { continue };
+        match tessera_protocol::node::connect(a.node, &a.cookie, &a.group, name, Duration::from_secs(30)).await {
+            Ok((node, coordinator)) => {
+                tessera_protocol::say!("[worker] re-attached to the job's coordinator at {}", a.node);
+                return Some((node, coordinator, a.group));
+            }
+            // The service sends it again with its next answer, or the grace runs out.
+            Err(e) => tessera_protocol::say!("[worker] cannot re-attach to {}: {e}", a.node),
+        }
+    }
+}
+
 /// Runs a worker process until the coordinator tells it to exit (or the link breaks, or
 /// `shutdown` fires); waits for its pending checkpoint writes before returning.
 pub fn run(opts: &AgentOptions, shutdown: Arc<std::sync::atomic::AtomicBool>) -> Result<()> {
@@ -227,8 +297,10 @@ pub fn run(opts: &AgentOptions, shutdown: Arc<std::sync::atomic::AtomicBool>) ->
         let ip = local_ip_towards(opts.coordinator);
         let listener = TcpListener::bind((ip, 0)).map_err(crate::error::io_err("binding the ring listener", format!("{ip}")))?;
         let ring_addr = listener.local_addr().map_err(crate::error::io_err("reading the ring address", format!("{ip}")))?;
+        let link = Link::new(coordinator);
         let args = AgentArgs {
-            coordinator: coordinator.clone(),
+            link: link.clone(),
+            reattach: opts.reattach.clone().filter(|r| !r.grace().is_zero()),
             nonce: rand::random(),
             listener: Some(listener),
             ring_addr,
@@ -243,9 +315,11 @@ pub fn run(opts: &AgentOptions, shutdown: Arc<std::sync::atomic::AtomicBool>) ->
         // Interrupted, the worker asks to be drained and leaves on its own only if it is not
         // released within `drain_timeout` (a second signal ends the process at once).
         let drain_timeout = opts.drain_timeout;
-        let group = opts.group.clone();
+        let mut group = opts.group.clone();
+        let node = Arc::new(Mutex::new(node));
+        let reattach = opts.reattach.clone().filter(|r| !r.grace().is_zero());
         let watch = {
-            let actor = actor.clone();
+            let (actor, node) = (actor.clone(), Arc::clone(&node));
             tokio::spawn(async move {
                 let mut interrupted: Option<std::time::Instant> = None;
                 loop {
@@ -264,16 +338,32 @@ pub fn run(opts: &AgentOptions, shutdown: Arc<std::sync::atomic::AtomicBool>) ->
                         break;
                     }
                     if pg::get_members(&group).is_empty() {
-                        tessera_protocol::say!("[worker] lost the coordinator: exiting");
-                        actor.stop(None);
-                        break;
+                        let Some(r) = &reattach else {
+                            tessera_protocol::say!("[worker] lost the coordinator: exiting");
+                            actor.stop(None);
+                            break;
+                        };
+                        let _ = actor.cast(WorkerMsg::Orphaned(Wire::new(())));
+                        match await_adoption(r, &name, &shutdown).await {
+                            Some((new_node, coordinator, new_group)) => {
+                                let old = std::mem::replace(&mut *node.lock().expect("node"), new_node);
+                                old.stop(None);
+                                link.set_coordinator(coordinator);
+                                group = new_group;
+                                let _ = actor.cast(WorkerMsg::Reattached(Wire::new(())));
+                            }
+                            None => {
+                                actor.stop(None);
+                                break;
+                            }
+                        }
                     }
                 }
             })
         };
         let _ = join.await;
         watch.abort();
-        node.stop(None);
+        node.lock().expect("node").stop(None);
         if dropped.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(WorkerError::Dropped);
         }

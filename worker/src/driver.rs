@@ -44,6 +44,9 @@ pub struct Requests {
     pub stop: bool,
     /// Checkpoint at this boundary.
     pub checkpoint: bool,
+    /// Pause at this boundary (the coordinator is gone): every rank keeps its state and waits
+    /// in [`Boundary::pause`] for a coordinator to adopt it.
+    pub pause: bool,
 }
 
 /// Who decides and commits: the process itself, or its coordinator.
@@ -60,6 +63,12 @@ pub trait Boundary {
     fn validation_skipped(&mut self, step: u64);
     /// Writes `snap` and has it committed: at once when alone, by the coordinator otherwise.
     fn checkpoint(&mut self, snap: Snapshot) -> Result<()>;
+    /// Every rank agreed to pause after step count `step` (a rank asked for it in
+    /// [`Requests::pause`]): waits, holding the state, until the loop goes on (`true`) or
+    /// must stop (`false`). A process alone never asks to pause.
+    fn pause(&mut self, _step: u64) -> Result<bool> {
+        Ok(true)
+    }
 }
 
 /// What one run of the loop is to do.
@@ -148,7 +157,8 @@ pub struct Validation<'a> {
 }
 
 /// Trains from the engine's position to `plan.stop_at`, taking every step-boundary decision
-/// the same way in every launch mode.
+/// the same way in every launch mode. A pause is agreed like a stop (so every rank pauses after
+/// the same step) and taken after the boundary's validation and checkpoint.
 pub fn drive<E: Engine, B: Boundary>(engine: &mut E, boundary: &mut B, plan: &Plan, mut val: Validation<'_>) -> Result<Ended> {
     let mut step = engine.state().step;
     while step < plan.stop_at {
@@ -159,7 +169,7 @@ pub fn drive<E: Engine, B: Boundary>(engine: &mut E, boundary: &mut B, plan: &Pl
         // serves each once: taken here by one rank and agreed, a request still queued for the
         // others would make them write the same step twice (into the same temp files).
         let mine = if step < plan.stop_at { boundary.requests(step) } else { Requests::default() };
-        let mut flags = [i64::from(mine.stop), i64::from(mine.checkpoint)];
+        let mut flags = [i64::from(mine.stop), i64::from(mine.checkpoint), i64::from(mine.pause)];
         engine.agree(&mut flags)?;
         if plan.validation_due(step) {
             validate(engine, boundary, plan, &mut val)?;
@@ -169,7 +179,7 @@ pub fn drive<E: Engine, B: Boundary>(engine: &mut E, boundary: &mut B, plan: &Pl
             let snap = engine.snapshot(plan.generation)?;
             boundary.checkpoint(snap)?;
         }
-        if flags[0] != 0 {
+        if flags[0] != 0 || (flags[2] != 0 && !boundary.pause(step)?) {
             return Ok(Ended::Stopped);
         }
     }

@@ -14,6 +14,17 @@ impl CoordinatorState {
     pub(super) fn act(&mut self, action: Action) {
         match action {
             Action::Start(plan) => self.start(plan),
+            Action::Adopted(plan) => {
+                self.log(&format!(
+                    "generation {}: adopted from the lost coordinator, going on from step {} with the ranks' state (nothing redone)",
+                    plan.generation, plan.start_step
+                ));
+                self.start(plan);
+            }
+            Action::AdoptionAbandoned { generation, missing } => {
+                let missing: Vec<u64> = missing.iter().map(|w| w.0).collect();
+                self.log(&format!("generation {generation} not adopted: workers {missing:?} did not join in time; restoring instead"));
+            }
             Action::Checkpoint { generation, step } => {
                 self.log(&format!("generation {generation}: checkpoint requested (next boundary, ≥ step {step})"));
                 self.checkpoint_asked.get_or_insert_with(Instant::now);

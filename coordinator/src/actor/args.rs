@@ -96,6 +96,9 @@ pub struct CoordinatorArgs {
     pub launcher: Option<Box<dyn Launcher>>,
     /// Asked before every commit (cluster mode: the store's fence); `None` commits freely.
     pub commit_gate: Option<Box<dyn CommitGate>>,
+    /// A generation whose ranks outlived their coordinator, to continue from their state
+    /// (cluster mode's recovery; rule 11). `None`: start as usual.
+    pub adopt: Option<crate::control::Adoption>,
     /// Receives the outcome when the job ends.
     pub done: Option<tokio::sync::oneshot::Sender<JobOutcome>>,
     /// Where progress and log lines go (a bar on a terminal).

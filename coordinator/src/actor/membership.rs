@@ -15,7 +15,7 @@ impl CoordinatorState {
     /// Registers the sender of a hello first seen at `first_seen` (retried on later ticks until
     /// its actor is visible).
     pub(super) fn hello(&mut self, ev: WorkerEvent, first_seen: Instant) {
-        let WorkerEvent::Hello { nonce, pid, ring_addr, threads } = ev else { return };
+        let WorkerEvent::Hello { nonce, pid, ring_addr, threads, orphan } = ev else { return };
         if self.workers.values().any(|c| c.nonce == nonce) {
             return;
         }
@@ -27,8 +27,18 @@ impl CoordinatorState {
             }
             return;
         };
-        let id = WorkerId(self.next_worker);
-        self.next_worker += 1;
+        // Rule 11: a rank of the adopted generation keeps its id (the plan names it).
+        let adopted = orphan.filter(|o| {
+            self.control.adoption().is_some_and(|a| a.generation == o.generation && a.ranks.get(o.rank.index()) == Some(&o.worker))
+                && !self.workers.contains_key(&o.worker)
+        });
+        let id = match adopted {
+            Some(o) => o.worker,
+            None => {
+                self.next_worker += 1;
+                WorkerId(self.next_worker - 1)
+            }
+        };
         let conn =
             Conn { actor: ActorRef::from(cell.clone()), cell: cell.get_id(), nonce, pid, ring_addr, last_timings: None, last_rss: None };
         self.workers.insert(id, conn);

@@ -26,7 +26,9 @@ impl CoordinatorState {
         self.last_loss = Some(r0.loss);
         self.observe_step(&reports);
         self.rank_times(&reports);
-        if let Some(log) = self.train_log.as_mut()
+        let logged = self.logged_through.is_some_and(|s| r0.step.0 <= s);
+        if !logged
+            && let Some(log) = self.train_log.as_mut()
             && let Some(line) = tessera_protocol::TrainLogLine::of_step(&reports, tessera_protocol::report::now_ms())
             && let Err(e) = log.append(&line, false)
         {

@@ -25,7 +25,7 @@ use axum::routing::{any, get, post};
 use tower::ServiceExt;
 
 use super::service::Service;
-use super::types::{SubmitRequest, WorkerReply, WorkerReport};
+use super::types::{SubmitRequest, WorkerReport};
 use crate::api::{ApiError, constant_time_eq, error_response};
 use crate::store::{JobId, JobStore};
 
@@ -149,7 +149,7 @@ async fn report<S: JobStore + 'static>(State(state): State<AppState<S>>, Path(na
         Ok(r) => r,
         Err(e) => return error_response(ApiError::bad("body", e.to_string())),
     };
-    reply(state.service.report(&name, report).await.map(|assignment| WorkerReply { assignment }))
+    reply(state.service.report(&name, report).await)
 }
 
 async fn workers<S: JobStore + 'static>(State(state): State<AppState<S>>) -> Response {

@@ -64,8 +64,8 @@ fn random_hex() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Starts job `record` expecting `workers` pool workers, its commits passing `gate`; returns it
-/// and the receiver of its outcome.
+/// Starts job `record` expecting `workers` pool workers, its commits passing `gate` (and,
+/// recovering it, adopting the ranks of `adopt`); returns it and the receiver of its outcome.
 pub async fn start(
     record: &JobRecord,
     job: &ResolvedJob,
@@ -73,6 +73,7 @@ pub async fn start(
     flops: Option<FlopsModel>,
     gate: Box<dyn CommitGate>,
     o: HostOptions,
+    adopt: Option<crate::control::Adoption>,
 ) -> Result<(HostedJob, tokio::sync::oneshot::Receiver<JobOutcome>)> {
     let id: JobId = record.id;
     std::fs::create_dir_all(&job.output_dir)
@@ -118,6 +119,7 @@ pub async fn start(
         metrics: Arc::clone(&metrics),
         committed: resume.committed,
         launcher: None,
+        adopt,
         commit_gate: Some(gate),
         done: Some(done_tx),
         console: Console::plain(&id.to_string(), job.train.total_steps),

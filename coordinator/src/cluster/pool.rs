@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use tessera_protocol::messages::Orphan;
+
 use crate::registry::{WorkerAd, WorkerName};
 use crate::store::JobId;
 
@@ -30,6 +32,12 @@ struct Pooled {
     last_seen_ms: u64,
     /// The job it was given (`delivered`: the worker has been told).
     job: Option<(Assignment, bool)>,
+    /// The state it keeps of a job whose coordinator died (while it holds no assignment).
+    orphan: Option<(JobId, Orphan)>,
+    /// Its orphaned state will not be adopted: it is told to drop it.
+    release: bool,
+    /// The job it last said it trains.
+    busy_with: Option<JobId>,
 }
 
 /// The pool: every worker that offered itself and has not gone silent.
@@ -45,6 +53,10 @@ pub struct Beat {
     pub ad: WorkerAd,
     /// The job it is training now (`None`: idle, asking for work).
     pub busy_with: Option<JobId>,
+    /// It lost that job's coordinator and keeps the job's state, paused, for a coordinator
+    /// to adopt (absent from workers that predate re-attaching).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orphan: Option<Orphan>,
 }
 
 impl Pool {
@@ -52,9 +64,24 @@ impl Pool {
     /// its job has left that job (finished, drained or dropped) and is free again; returns the
     /// job it left.
     pub fn beat(&mut self, name: &WorkerName, beat: Beat, now_ms: u64) -> Option<JobId> {
-        let w = self.workers.entry(name.clone()).or_insert_with(|| Pooled { ad: beat.ad.clone(), last_seen_ms: now_ms, job: None });
+        let w = self.workers.entry(name.clone()).or_insert_with(|| Pooled {
+            ad: beat.ad.clone(),
+            last_seen_ms: now_ms,
+            job: None,
+            orphan: None,
+            release: false,
+            busy_with: None,
+        });
+        w.busy_with = beat.busy_with;
         w.ad = beat.ad;
         w.last_seen_ms = now_ms;
+        w.orphan = match (beat.busy_with, beat.orphan) {
+            (Some(job), Some(o)) if w.job.is_none() => Some((job, o)),
+            _ => None,
+        };
+        if w.orphan.is_none() {
+            w.release = false;
+        }
         match (&w.job, beat.busy_with) {
             (Some((a, true)), None) => {
                 let left = a.job;
@@ -90,9 +117,47 @@ impl Pool {
         self.workers.len() as u32
     }
 
-    /// Workers that serve no job, in name order.
+    /// Workers that serve no job, in name order (one that says it trains a job this pool did
+    /// not give it, e.g. under a coordinator that died, is not free until it says it is idle).
     pub fn free(&self) -> Vec<WorkerName> {
-        self.workers.iter().filter(|(_, w)| w.job.is_none()).map(|(n, _)| n.clone()).collect()
+        self.workers.iter().filter(|(_, w)| w.job.is_none() && w.busy_with.is_none()).map(|(n, _)| n.clone()).collect()
+    }
+
+    /// The job `name` says it trains although this pool did not give it one (it was given
+    /// by a coordinator that died).
+    pub fn stray(&self, name: &WorkerName) -> Option<JobId> {
+        self.workers.get(name).filter(|w| w.job.is_none()).and_then(|w| w.busy_with)
+    }
+
+    /// The workers that keep orphaned state of `job`, with it.
+    pub fn orphans(&self, job: JobId) -> Vec<(WorkerName, Orphan)> {
+        self.workers.iter().filter_map(|(n, w)| w.orphan.filter(|(j, _)| *j == job && !w.release).map(|(_, o)| (n.clone(), o))).collect()
+    }
+
+    /// Gives `name`, which keeps orphaned state, back its job under a new coordinator.
+    pub fn adopt(&mut self, name: &WorkerName, assignment: Assignment) -> bool {
+        match self.workers.get_mut(name) {
+            Some(w) if w.job.is_none() => {
+                w.orphan = None;
+                w.job = Some((assignment, false));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Tells every worker that keeps orphaned state of `job` to drop it (at its next report).
+    pub fn release_orphans(&mut self, job: JobId) {
+        for w in self.workers.values_mut() {
+            if w.orphan.is_some_and(|(j, _)| j == job) {
+                w.release = true;
+            }
+        }
+    }
+
+    /// True when `name` is to drop its orphaned state.
+    pub fn released(&self, name: &WorkerName) -> bool {
+        self.workers.get(name).is_some_and(|w| w.release)
     }
 
     /// Gives the free worker `name` to a job (the worker learns of it at its next report).
@@ -129,13 +194,14 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tessera_protocol::{Generation, Rank, Step, WorkerId};
 
     fn ad() -> WorkerAd {
         WorkerAd { addr: "10.0.0.2".into(), threads: 1, labels: Default::default() }
     }
 
     fn idle() -> Beat {
-        Beat { ad: ad(), busy_with: None }
+        Beat { ad: ad(), busy_with: None, orphan: None }
     }
 
     fn assignment(job: u64) -> Assignment {
@@ -155,7 +221,7 @@ mod tests {
         assert_eq!(pool.beat(&a, idle(), 1), None);
         assert_eq!(pool.take_assignment(&a), Some(assignment(1)));
         assert_eq!(pool.take_assignment(&a), None, "told once");
-        assert_eq!(pool.beat(&a, Beat { ad: ad(), busy_with: Some(JobId(1)) }, 2), None);
+        assert_eq!(pool.beat(&a, Beat { ad: ad(), busy_with: Some(JobId(1)), orphan: None }, 2), None);
         assert!(pool.free().is_empty());
         assert_eq!(pool.beat(&a, idle(), 3), Some(JobId(1)), "reporting idle after the job means it left");
         assert_eq!(pool.free(), vec![a]);
@@ -172,6 +238,28 @@ mod tests {
         assert_eq!(pool.evict_silent(10_001, 10_000), vec![(a, Some(JobId(7)))]);
         assert_eq!(pool.size(), 1);
         pool.withdraw(JobId(7));
+        assert_eq!(pool.free(), vec![b]);
+    }
+
+    #[test]
+    fn orphans_are_not_free_are_adopted_by_their_job_or_released_and_strays_are_known() {
+        let mut pool = Pool::default();
+        let (a, b) = (WorkerName::new("a").unwrap(), WorkerName::new("b").unwrap());
+        let o = Orphan { worker: WorkerId(4), generation: Generation(2), step: Step(9), rank: Rank(0), world: 2 };
+        // After a coordinator's death: `a` kept its state, `b` still says it trains (not paused yet).
+        pool.beat(&a, Beat { ad: ad(), busy_with: Some(JobId(1)), orphan: Some(o) }, 0);
+        pool.beat(&b, Beat { ad: ad(), busy_with: Some(JobId(1)), orphan: None }, 0);
+        assert!(pool.free().is_empty(), "neither is free for another job");
+        assert_eq!(pool.orphans(JobId(1)), vec![(a.clone(), o)]);
+        assert_eq!((pool.stray(&a), pool.stray(&b)), (Some(JobId(1)), Some(JobId(1))));
+        assert!(pool.adopt(&a, assignment(1)));
+        assert_eq!((pool.stray(&a), pool.held_by(JobId(1))), (None, 1), "adopted: it serves its job again");
+        assert!(pool.orphans(JobId(1)).is_empty());
+        pool.beat(&b, Beat { ad: ad(), busy_with: Some(JobId(1)), orphan: Some(o) }, 1);
+        pool.release_orphans(JobId(1));
+        assert!(pool.released(&b) && pool.orphans(JobId(1)).is_empty());
+        pool.beat(&b, idle(), 2);
+        assert!(!pool.released(&b), "it dropped its state");
         assert_eq!(pool.free(), vec![b]);
     }
 }

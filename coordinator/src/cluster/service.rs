@@ -13,10 +13,12 @@ use tessera_protocol::messages::JobSpec;
 use tessera_protocol::report::now_ms;
 
 use super::host::{self, HostOptions, HostedJob};
-use super::pool::{Assignment, Pool};
-use super::types::{ClusterJob, PooledWorker, SubmitReply, SubmitRequest, WorkerReport};
+use super::pool::Pool;
+use super::types::{ClusterJob, PooledWorker, SubmitReply, SubmitRequest, WorkerReply, WorkerReport};
 use crate::actor::JobOutcome;
+use crate::control::Adoption;
 use crate::control::queue::{Decision, JobView, PendingReason, Phase, schedule};
+use crate::control::recovery::{Recovery, recover};
 use crate::metrics::FlopsModel;
 use crate::registry::WorkerName;
 use crate::store::{Fence, IdempotencyKey, JobId, JobRecord, JobState, JobStore, Leadership, NewJob, Priority, StoreError, WorkerRange};
@@ -32,6 +34,10 @@ pub struct ServiceOptions {
     pub host: HostOptions,
     /// A pooled worker not heard from for this long (ms) is lost to the pool.
     pub pool_timeout_ms: u64,
+    /// A job that was running when its coordinator died waits this long (ms) for every rank
+    /// of its generation to report its kept state, to be adopted with no step redone; then it
+    /// restores its newest checkpoint (0: at once).
+    pub reattach_wait_ms: u64,
 }
 
 /// What the service knows beyond the store (lost on restart; rebuilt from reports).
@@ -42,6 +48,8 @@ struct Inner {
     pending: BTreeMap<JobId, PendingReason>,
     cancelling: BTreeSet<JobId>,
     notes: BTreeMap<JobId, String>,
+    /// Jobs recovered from the store, waiting for their ranks' orphaned state: since when (ms).
+    recovering: BTreeMap<JobId, u64>,
 }
 
 /// The service (shared by the API and its background tasks).
@@ -68,8 +76,10 @@ fn store_err(e: StoreError) -> ApiError {
 
 impl<S: JobStore + 'static> Service<S> {
     /// Takes the store as `leadership` and recovers its jobs: a job the store says is running
-    /// was cut off with its coordinator and queues again (it resumes from its newest committed
-    /// checkpoint when workers are free).
+    /// was cut off with its coordinator. It is adopted by its workers if every rank of its
+    /// generation reports the state it kept within `reattach_wait_ms` (no step redone), and
+    /// otherwise queues again (it resumes from its newest committed checkpoint when workers
+    /// are free).
     pub async fn start(
         store: S,
         leadership: S::Leadership,
@@ -77,10 +87,24 @@ impl<S: JobStore + 'static> Service<S> {
         flops: FlopsFn,
     ) -> crate::store::StoreResult<Arc<Self>> {
         let fence = leadership.fence().clone();
+        let mut inner = Inner::default();
         for job in store.jobs().await? {
             if job.state == JobState::Running {
                 store.set_state(&fence, job.id, JobState::Running, JobState::Queued).await?;
-                tessera_protocol::say!("[service] {} '{}' was running when its coordinator stopped: queued again", job.id, job.job.name);
+                if options.reattach_wait_ms > 0 {
+                    inner.recovering.insert(job.id, now_ms());
+                    inner.notes.insert(job.id, "recovering: waiting for its workers to re-attach".into());
+                }
+                tessera_protocol::say!(
+                    "[service] {} '{}' was running when its coordinator stopped: {}",
+                    job.id,
+                    job.job.name,
+                    if options.reattach_wait_ms > 0 {
+                        format!("waiting up to {} ms for its workers' state, else it queues again", options.reattach_wait_ms)
+                    } else {
+                        "queued again".into()
+                    }
+                );
             }
         }
         let (outcomes, mut ended) = tokio::sync::mpsc::unbounded_channel();
@@ -90,7 +114,7 @@ impl<S: JobStore + 'static> Service<S> {
             _leadership: leadership,
             options,
             flops,
-            inner: tokio::sync::Mutex::new(Inner::default()),
+            inner: tokio::sync::Mutex::new(inner),
             assigned: tokio::sync::Notify::new(),
             outcomes,
         });
@@ -107,6 +131,9 @@ impl<S: JobStore + 'static> Service<S> {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 let Some(service) = tick.upgrade() else { break };
                 service.evict_silent().await;
+                if !service.inner.lock().await.recovering.is_empty() {
+                    service.reschedule().await;
+                }
             }
         });
         service.reschedule().await;
@@ -207,12 +234,15 @@ impl<S: JobStore + 'static> Service<S> {
     }
 
     /// A worker reports in; an idle one may wait (at most 10 s) for an assignment.
-    pub async fn report(self: &Arc<Self>, name: &str, report: WorkerReport) -> Result<Option<Assignment>, ApiError> {
+    pub async fn report(self: &Arc<Self>, name: &str, report: WorkerReport) -> Result<WorkerReply, ApiError> {
         let name = WorkerName::new(name).map_err(|e| ApiError::bad("name", e.to_string()))?;
         let idle = report.beat.busy_with.is_none();
+        let orphan = report.beat.orphan.is_some();
         let left = {
             let mut inner = self.inner.lock().await;
             let fresh = !inner.pool.list().iter().any(|(n, ..)| *n == name);
+            // A worker that trained a job of a coordinator that died is free once it says idle.
+            let unstrayed = idle && inner.pool.stray(&name).is_some();
             let left = inner.pool.beat(&name, report.beat, now_ms());
             if fresh {
                 tessera_protocol::say!("[service] worker {name} joined the pool");
@@ -220,7 +250,7 @@ impl<S: JobStore + 'static> Service<S> {
             if let Some(job) = left {
                 tessera_protocol::say!("[service] worker {name} left {job}");
             }
-            fresh || left.is_some()
+            fresh || unstrayed || left.is_some() || (orphan && !inner.recovering.is_empty())
         };
         if left {
             self.reschedule().await;
@@ -228,11 +258,16 @@ impl<S: JobStore + 'static> Service<S> {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(report.wait_ms.min(10_000));
         loop {
             let waiting = self.assigned.notified();
-            if let Some(a) = self.inner.lock().await.pool.take_assignment(&name) {
-                return Ok(Some(a));
+            let mut inner = self.inner.lock().await;
+            if let Some(a) = inner.pool.take_assignment(&name) {
+                return Ok(WorkerReply { assignment: Some(a), release: false });
             }
+            // Its kept state will not be adopted, or it trains a job no coordinator runs now.
+            let stray = inner.pool.stray(&name).is_some_and(|j| !inner.recovering.contains_key(&j) && !inner.running.contains_key(&j));
+            let release = inner.pool.released(&name) || stray;
+            drop(inner);
             if !idle || tokio::time::timeout_at(deadline, waiting).await.is_err() {
-                return Ok(None);
+                return Ok(WorkerReply { assignment: None, release });
             }
         }
     }
@@ -266,8 +301,10 @@ impl<S: JobStore + 'static> Service<S> {
                 return;
             }
         };
+        self.recover_orphans(&mut inner, &records).await;
         let views: Vec<JobView> = records
             .iter()
+            .filter(|r| !inner.recovering.contains_key(&r.id))
             .filter_map(|r| {
                 let phase = match r.state {
                     JobState::Queued => Phase::Queued,
@@ -285,7 +322,7 @@ impl<S: JobStore + 'static> Service<S> {
             match d {
                 Decision::Start { job, workers } => {
                     let Some(record) = records.iter().find(|r| r.id == job) else { continue };
-                    match self.launch(record, workers).await {
+                    match self.launch(record, workers, None).await {
                         Ok(hosted) => {
                             for name in free.by_ref().take(workers as usize) {
                                 inner.pool.assign(&name, hosted.assignment.clone());
@@ -318,12 +355,59 @@ impl<S: JobStore + 'static> Service<S> {
         self.assigned.notify_waiters();
     }
 
-    /// Marks `record` running and starts its coordinator; a task waits for its outcome.
-    async fn launch(self: &Arc<Self>, record: &JobRecord, workers: u32) -> Result<HostedJob, String> {
+    /// Decides for every recovered job whether its orphans are adopted (the job starts on them
+    /// at once) or it queues to restore (they drop their state); see [`recover`].
+    async fn recover_orphans(self: &Arc<Self>, inner: &mut Inner, records: &[JobRecord]) {
+        let now = now_ms();
+        for (id, since) in inner.recovering.clone() {
+            let Some(record) = records.iter().find(|r| r.id == id && r.state == JobState::Queued) else {
+                inner.recovering.remove(&id);
+                continue;
+            };
+            let orphans = inner.pool.orphans(id);
+            match recover(now, since, self.options.reattach_wait_ms, &orphans) {
+                Recovery::Wait => {}
+                Recovery::Adopt { adoption, workers } => {
+                    inner.recovering.remove(&id);
+                    let (generation, step) = (adoption.generation, adoption.step);
+                    match self.launch(record, workers.len() as u32, Some(adoption)).await {
+                        Ok(hosted) => {
+                            for name in &workers {
+                                inner.pool.adopt(name, hosted.assignment.clone());
+                            }
+                            inner.running.insert(id, hosted);
+                            inner.notes.insert(id, format!("adopted: generation {generation} goes on from step {step}"));
+                            tessera_protocol::say!(
+                                "[service] {id}: every rank kept its state; generation {generation} goes on from step {step} on {} workers",
+                                workers.len()
+                            );
+                        }
+                        Err(e) => {
+                            tessera_protocol::say!("[service] {id} cannot be adopted: {e}; it queues to restore");
+                            inner.notes.insert(id, format!("not adopted: {e}"));
+                            inner.pool.release_orphans(id);
+                        }
+                    }
+                }
+                Recovery::Restore { reported, world } => {
+                    inner.recovering.remove(&id);
+                    inner.pool.release_orphans(id);
+                    inner.notes.insert(id, format!("restoring: {reported} of {world} ranks kept their state"));
+                    tessera_protocol::say!(
+                        "[service] {id}: {reported} of {world} ranks re-attached in time; it restores its newest checkpoint"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Marks `record` running and starts its coordinator (adopting `adopt`'s ranks, if given);
+    /// a task waits for its outcome.
+    async fn launch(self: &Arc<Self>, record: &JobRecord, workers: u32, adopt: Option<Adoption>) -> Result<HostedJob, String> {
         let job = record.job.spec.open().map_err(|e| e.to_string())?;
         self.store.set_state(&self.fence, record.id, JobState::Queued, JobState::Running).await.map_err(|e| e.to_string())?;
         let gate = Box::new(super::gate::StoreGate::new(Arc::clone(&self.store), self.fence.clone(), record.id));
-        let (hosted, done) = match host::start(record, &job, workers, (self.flops)(&job), gate, self.options.host).await {
+        let (hosted, done) = match host::start(record, &job, workers, (self.flops)(&job), gate, self.options.host, adopt).await {
             Ok(started) => started,
             Err(e) => return Err(e.to_string()),
         };

@@ -91,8 +91,12 @@ pub struct WorkerReport {
 /// The answer to a worker's report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerReply {
-    /// The job to join, if one was given to it.
+    /// The job to join, if one was given to it (to a worker that keeps orphaned state of
+    /// that job: the job's new coordinator, which adopts it).
     pub assignment: Option<Assignment>,
+    /// The worker's orphaned state will not be adopted: drop it and return to the pool.
+    #[serde(default)]
+    pub release: bool,
 }
 
 /// A pooled worker as `GET /v1/workers` lists it.

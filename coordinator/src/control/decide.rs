@@ -42,6 +42,9 @@
 //!     (checkpoint, rendezvous, restore) instead of two. If the successor fails to start, dies
 //!     before joining, or has not joined within [`SUCCESSOR_WAIT_MS`](super::SUCCESSOR_WAIT_MS), the drain goes ahead
 //!     alone, and a successor that joins later is admitted at a later boundary (rule 2).
+//! 11. (see `adopt`) a coordinator that recovers a job whose ranks kept their state starts no
+//!     generation until they have all joined again, then continues theirs from the paused step
+//!     ([`Action::Adopted`]); after the rendezvous grace it gives up and rule 3 restores.
 
 use serde::{Deserialize, Serialize};
 
@@ -132,6 +135,17 @@ pub enum NoReplacement {
 pub enum Action {
     /// Start a generation (send every rank its plan).
     Start(GenerationPlan),
+    /// Continue an adopted generation (rule 11): every rank goes on from `start_step` with the
+    /// state it kept; nothing is restored.
+    Adopted(GenerationPlan),
+    /// The adopted generation's ranks did not all join within the grace (rule 11): a new
+    /// generation restores the newest checkpoint instead.
+    AdoptionAbandoned {
+        /// The generation that was to be adopted.
+        generation: Generation,
+        /// Its ranks that never joined.
+        missing: Vec<WorkerId>,
+    },
     /// Checkpoint the running generation at the boundary of `step` (before training it).
     Checkpoint {
         /// The generation.
@@ -237,7 +251,7 @@ impl Control {
         self.reap_dead(now_ms, &mut actions);
         if self.running.is_some() {
             self.while_running(now_ms, &mut actions);
-        } else if !self.stopping {
+        } else if !self.stopping && !self.adopt(now_ms, &mut actions) {
             self.when_idle(now_ms, &mut actions);
             self.fail_if_stranded(&mut actions);
         }

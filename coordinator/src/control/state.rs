@@ -274,6 +274,12 @@ pub struct Control {
     /// The generation whose restored checkpoint was last sent for verification (rule 7).
     #[serde(default)]
     pub(super) verify_asked: Option<Generation>,
+    /// A generation whose ranks outlived their coordinator, waiting to be adopted (rule 11).
+    #[serde(default)]
+    pub(super) adopting: Option<super::adopt::Adoption>,
+    /// Since when (ms) the adoption has waited for its ranks.
+    #[serde(default)]
+    pub(super) adopt_since: Option<u64>,
 }
 
 /// After this many generations in a row fail with all ranks alive without getting past the
@@ -325,6 +331,8 @@ impl Control {
             successor_due_ms: None,
             replacement_pids: BTreeSet::new(),
             verify_asked: None,
+            adopting: None,
+            adopt_since: None,
         }
     }
 

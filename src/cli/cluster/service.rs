@@ -38,6 +38,12 @@ pub struct CoordinatorArgs {
     /// A worker silent this long is lost (its job goes on without it at the next boundary).
     #[arg(long, default_value_t = 10)]
     heartbeat_timeout_s: u64,
+    /// A job that was running when the coordinator before this one died waits this long for
+    /// every rank of its generation to report the state it kept: then it goes on from there
+    /// with no step redone; otherwise (a rank is missing) it restores its newest checkpoint.
+    /// 0: restore at once.
+    #[arg(long, default_value_t = 15)]
+    reattach_wait_s: u64,
     /// Write the API's URL (`http://ADDR`) to this file once listening (for scripts).
     #[arg(long)]
     addr_file: Option<PathBuf>,
@@ -91,6 +97,7 @@ pub fn run_coordinator(a: CoordinatorArgs) -> anyhow::Result<()> {
     let options = ServiceOptions {
         host: HostOptions { node_ip, heartbeat_timeout_ms: a.heartbeat_timeout_s * 1000 },
         pool_timeout_ms: a.heartbeat_timeout_s * 1000,
+        reattach_wait_ms: a.reattach_wait_s * 1000,
     };
     let flops: FlopsFn = Arc::new(|job| super::super::orchestrate::flops_model(job, None, job.train.threads.max(1)).ok());
     let holder = HolderId(format!("coordinator@{}:{}", node_ip, std::process::id()));

@@ -5,14 +5,15 @@
 //! at validation steps (all ranks together; rank 0 reports), and snapshots checkpoints that a
 //! background thread writes while training goes on.
 
+mod pause;
+
 use std::net::TcpListener;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use ractor::ActorRef;
-use tessera_ops::{AbortHandle, Collective, JobAuth, RingConfig, Secret, TcpRing};
-use tessera_protocol::messages::{CoordinatorMsg, FailureKind, GenerationStart, RankFailure, Wire, WorkerEvent};
+use tessera_ops::{AbortHandle, Collective, JobAuth, RingConfig, TcpRing};
+use tessera_protocol::messages::{FailureKind, GenerationStart, RankFailure, WorkerEvent};
 use tessera_protocol::{Generation, Rank, ResolvedJob, Step, WorkerId};
 
 use crate::data::DataPipeline;
@@ -21,6 +22,9 @@ use crate::driver::{Boundary, Ended, HeldOut, Plan, Requests, Validation, drive}
 use crate::error::{Result, WorkerError};
 use crate::fsdp::snapshot::Snapshot;
 use crate::fsdp::{FsdpTrainer, Resident};
+
+use super::link::{Link, Reattach};
+use pause::{Paused, Recent, Resumed, wait_adopted};
 
 /// What the worker actor tells the device thread.
 #[derive(Debug)]
@@ -32,6 +36,9 @@ pub enum DeviceCmd {
         /// Generation.
         generation: Generation,
     },
+    /// The coordinator is gone: pause at the next agreed boundary and keep the state for a
+    /// coordinator to adopt (pool mode).
+    Orphaned,
     /// Leave the loop at the next agreed boundary.
     Stop {
         /// Generation.
@@ -80,18 +87,18 @@ impl AbortState {
 
 /// Everything the device thread needs.
 pub struct DeviceCtx {
-    /// This worker.
-    pub worker: WorkerId,
     /// The job.
     pub job: ResolvedJob,
-    /// Collective handshake secret.
-    pub secret: Secret,
     /// Ring listener (cloned for each generation).
     pub listener: TcpListener,
     /// libtorch threads.
     pub threads: usize,
-    /// Where events go.
-    pub coordinator: ActorRef<CoordinatorMsg>,
+    /// Where events go, this worker's id and the collective secret (a re-attached worker
+    /// reports to its new coordinator).
+    pub link: Link,
+    /// Where an orphaned rank publishes its paused state (pool mode; `None`: a lost
+    /// coordinator ends the generation).
+    pub reattach: Option<Arc<Reattach>>,
     /// Shared abort state.
     pub abort: Arc<Mutex<AbortState>>,
 }
@@ -99,7 +106,12 @@ pub struct DeviceCtx {
 impl DeviceCtx {
     fn send(&self, ev: WorkerEvent) {
         // A lost coordinator link shows up as the node session closing; nothing to do here.
-        let _ = self.coordinator.cast(CoordinatorMsg::Worker(Wire::new(ev)));
+        self.link.send(ev);
+    }
+
+    /// This worker's id (set at the welcome, before the device thread starts).
+    fn worker(&self) -> WorkerId {
+        self.link.worker().unwrap_or(WorkerId(u64::MAX))
     }
 }
 
@@ -110,7 +122,11 @@ pub fn job_id(job: &ResolvedJob) -> u64 {
 
 /// The identity and secret of `generation`'s communicators.
 fn auth_of(ctx: &DeviceCtx, generation: Generation) -> JobAuth {
-    JobAuth { job_id: job_id(&ctx.job), generation: generation.0, secret: ctx.secret.clone() }
+    JobAuth {
+        job_id: job_id(&ctx.job),
+        generation: generation.0,
+        secret: ctx.link.secret().expect("the welcome sets the secret before the device thread runs"),
+    }
 }
 
 /// Runs the device thread until `Exit` (or the actor's end), then waits for pending writes.
@@ -123,7 +139,16 @@ pub fn device_main(ctx: DeviceCtx, rx: Receiver<DeviceCmd>) {
     // The held-out set, loaded at the first validation step and kept too (`Some(None)`: this
     // rank could not load it).
     let mut held_out = HeldOut::default();
-    while let Ok(cmd) = rx.recv() {
+    // A generation that a new coordinator started while this rank waited to be adopted.
+    let mut next: Option<Box<GenerationStart>> = None;
+    loop {
+        let cmd = match next.take() {
+            Some(g) => DeviceCmd::Start(g),
+            None => match rx.recv() {
+                Ok(cmd) => cmd,
+                Err(_) => break,
+            },
+        };
         match cmd {
             DeviceCmd::Start(g) => {
                 // A held-out set this rank could not load is tried again in each new generation:
@@ -131,19 +156,20 @@ pub fn device_main(ctx: DeviceCtx, rx: Receiver<DeviceCmd>) {
                 // and a long job should not lose validation for good.
                 held_out.retry_failed();
                 let generation = g.plan.generation;
-                let (step, failed, exit) = run_generation(&ctx, &g, &rx, &mut writers, &mut resident, &mut held_out);
+                let (step, failed, exit) = run_generation(&ctx, &g, &rx, &mut writers, &mut resident, &mut held_out, &mut next);
                 if let Some(e) = &failed {
-                    tessera_protocol::say!("[{}] generation {generation} ended at step {step}: {e}", ctx.worker);
+                    tessera_protocol::say!("[{}] generation {generation} ended at step {step}: {e}", ctx.worker());
                 }
                 let error = failed.map(|e| RankFailure { kind: e.kind(), rank: g.rank, step, message: e.to_string() });
-                ctx.send(WorkerEvent::GenerationEnded { worker: ctx.worker, generation, step, error });
+                ctx.send(WorkerEvent::GenerationEnded { worker: ctx.worker(), generation, step, error });
                 if exit {
                     break;
                 }
             }
             DeviceCmd::Exit => break,
-            // A command for a generation this thread already left.
-            DeviceCmd::Checkpoint { .. } | DeviceCmd::Stop { .. } => {}
+            // A command for a generation this thread already left, or a loss noticed between
+            // generations (there is nothing to keep).
+            DeviceCmd::Checkpoint { .. } | DeviceCmd::Stop { .. } | DeviceCmd::Orphaned => {}
         }
         writers.retain(|w| !w.is_finished());
     }
@@ -160,6 +186,7 @@ fn run_generation(
     writers: &mut Vec<JoinHandle<()>>,
     resident: &mut Option<Resident<DataPipeline>>,
     held_out: &mut HeldOut,
+    next: &mut Option<Box<GenerationStart>>,
 ) -> (Step, Option<WorkerError>, bool) {
     let generation = g.plan.generation;
     let mut step = g.plan.start_step;
@@ -235,7 +262,7 @@ fn run_generation(
             let total_s = t_start.elapsed().as_secs_f64();
             tessera_protocol::say!(
                 "[{}] generation {generation} ready: ring {ring_s:.2}s, model + restore {:.2}s (model and data {}: {model_s:.2}s, restore {:.2}s)",
-                ctx.worker,
+                ctx.worker(),
                 total_s - ring_s,
                 if reused { "kept from the last generation" } else { "built" },
                 total_s - ring_s - model_s
@@ -244,16 +271,31 @@ fn run_generation(
         if step != g.plan.start_step {
             return Err(WorkerError::PlanMismatch { rank: g.rank.0, restored: step.0, planned: g.plan.start_step.0 });
         }
-        let who = format!("[{}] ", ctx.worker);
+        let who = format!("[{}] ", ctx.worker());
         let val = Validation { job: &ctx.job, cfg: &cfg, held_out, who: &who };
-        let mut b = Coordinated { ctx, g, rx, writers, world, tokens_per_sample, want_stop: false, want_ckpt: false, exit: false };
+        let mut b = Coordinated {
+            ctx,
+            g,
+            rx,
+            writers,
+            world,
+            tokens_per_sample,
+            want_stop: false,
+            want_ckpt: false,
+            exit: false,
+            orphaned: false,
+            recent: Recent::default(),
+            next: None,
+        };
         let ended = drive(t, &mut b, &plan, val);
         exit = b.exit;
+        *next = b.next.take();
+        let (orphaned, recent) = (b.orphaned, std::mem::take(&mut b.recent));
         step = Step(t.state().step);
         // What `tools/bench/fsdp_vs_torch.sh` compares with PyTorch FSDP's memory.
         tessera_protocol::say!(
             "[{}] generation {generation}: peak RSS {:.1} MiB, sharded master weights + AdamW state {:.1} MiB",
-            ctx.worker,
+            ctx.worker(),
             peak_rss_bytes().unwrap_or(0) as f64 / (1024.0 * 1024.0),
             (t.local_state_elements() * 4) as f64 / (1024.0 * 1024.0)
         );
@@ -267,7 +309,8 @@ fn run_generation(
             return Ok(());
         }
         if !exit {
-            exit = final_boundary(ctx, t, g, rx, writers)?;
+            let end = FinalBoundary { world, orphaned, recent };
+            (exit, *next) = final_boundary(ctx, t, g, rx, writers, end)?;
         }
         Ok(())
     })();
@@ -275,7 +318,7 @@ fn run_generation(
     if let Some(t) = slot {
         match t.into_resident() {
             Ok(r) => *resident = Some(r),
-            Err(e) => tessera_protocol::say!("[{}] generation {generation}: the model is rebuilt next time: {e}", ctx.worker),
+            Err(e) => tessera_protocol::say!("[{}] generation {generation}: the model is rebuilt next time: {e}", ctx.worker()),
         }
     }
     (step, result.err(), exit)
@@ -286,9 +329,9 @@ fn run_generation(
 fn write_snapshot(ctx: &DeviceCtx, g: &GenerationStart, snap: Snapshot, writers: &mut Vec<JoinHandle<()>>) -> Result<()> {
     let (generation, step) = (g.plan.generation, snap.step);
     if g.rank == Rank(0) {
-        tessera_protocol::say!("[{}] step {step}: checkpoint snapshot {:.3}s (training continues)", ctx.worker, snap.copy_s);
+        tessera_protocol::say!("[{}] step {step}: checkpoint snapshot {:.3}s (training continues)", ctx.worker(), snap.copy_s);
     }
-    let (coord, worker, rank) = (ctx.coordinator.clone(), ctx.worker, g.rank);
+    let (coord, worker, rank) = (ctx.link.clone(), ctx.worker(), g.rank);
     let name = format!("ckpt-writer-{step}");
     let spawned = std::thread::Builder::new().name(name).spawn(move || {
         let (snap_step, manifest) = (Step(snap.step), snap.manifest.clone().map(Box::new));
@@ -299,7 +342,7 @@ fn write_snapshot(ctx: &DeviceCtx, g: &GenerationStart, snap: Snapshot, writers:
                 WorkerEvent::ShardFailed { worker, generation, step: snap_step, error }
             }
         };
-        let _ = coord.cast(CoordinatorMsg::Worker(Wire::new(ev)));
+        coord.send(ev);
     });
     writers.push(spawned.map_err(crate::error::io_err("starting a checkpoint writer", "thread"))?);
     Ok(())
@@ -319,12 +362,20 @@ struct Coordinated<'a> {
     want_ckpt: bool,
     /// The worker must exit after this generation (told to, or its agent is gone).
     exit: bool,
+    /// The coordinator is gone: pause at the next agreed boundary.
+    orphaned: bool,
+    /// Reports re-sent to a coordinator that adopts this rank.
+    recent: Recent,
+    /// A new coordinator started another generation while this rank was paused.
+    next: Option<Box<GenerationStart>>,
 }
 
 impl Boundary for Coordinated<'_> {
     fn stepped(&mut self, r: &crate::trainer::StepReport, state: &tessera_protocol::checkpoint::TrainState) -> Result<()> {
         let report = step_report(self.g.plan.generation, (self.g.rank, self.world), r, self.tokens_per_sample, state);
-        self.ctx.send(WorkerEvent::Step { worker: self.ctx.worker, report });
+        let ev = WorkerEvent::Step { worker: self.ctx.worker(), report };
+        self.recent.keep(ev.clone());
+        self.ctx.send(ev);
         Ok(())
     }
 
@@ -344,41 +395,95 @@ impl Boundary for Coordinated<'_> {
                     self.want_stop = true;
                     break;
                 }
+                // Only a pool worker keeps its state for a new coordinator.
+                Ok(DeviceCmd::Orphaned) => self.orphaned = self.ctx.reattach.is_some(),
                 Ok(_) => {}
                 Err(TryRecvError::Empty) => break,
             }
         }
-        Requests { stop: self.want_stop, checkpoint: self.want_ckpt }
+        Requests { stop: self.want_stop, checkpoint: self.want_ckpt, pause: self.orphaned }
     }
 
     fn validated(&mut self, report: tessera_protocol::ValidationReport) -> Result<()> {
-        self.ctx.send(WorkerEvent::Validated { worker: self.ctx.worker, report });
+        let ev = WorkerEvent::Validated { worker: self.ctx.worker(), report };
+        self.recent.keep(ev.clone());
+        self.ctx.send(ev);
         Ok(())
     }
 
     fn validation_skipped(&mut self, step: u64) {
-        tessera_protocol::say!("[{}] validation of step {step} skipped: a rank has no held-out set", self.ctx.worker);
+        tessera_protocol::say!("[{}] validation of step {step} skipped: a rank has no held-out set", self.ctx.worker());
     }
 
     fn checkpoint(&mut self, snap: Snapshot) -> Result<()> {
         self.want_ckpt = false;
         write_snapshot(self.ctx, self.g, snap, self.writers)
     }
+
+    fn pause(&mut self, step: u64) -> Result<bool> {
+        // Shards written so far are reported (to whoever listens) before the state is offered.
+        for w in self.writers.drain(..) {
+            let _ = w.join();
+        }
+        let at = Paused { generation: self.g.plan.generation, rank: self.g.rank, world: self.world, step: Step(step) };
+        Ok(match wait_adopted(self.ctx, self.rx, at, &self.recent) {
+            Resumed::Adopted => {
+                // What the lost coordinator asked for is not the new one's.
+                (self.orphaned, self.want_stop, self.want_ckpt) = (false, false, false);
+                true
+            }
+            Resumed::Replaced(g) => {
+                self.next = Some(g);
+                false
+            }
+            Resumed::Exit => {
+                self.exit = true;
+                false
+            }
+        })
+    }
+}
+
+/// What the end of a plan carries over from the loop.
+struct FinalBoundary {
+    world: u32,
+    /// The coordinator was lost before the plan's end.
+    orphaned: bool,
+    recent: Recent,
 }
 
 /// At the last step of the generation's plan the ranks wait for the coordinator: each
 /// `Checkpoint` writes the final state again (the one before failed, e.g. a full disk), and
-/// `Stop` ends the generation once the shards written so far are reported. Returns true when
-/// the worker must exit (told to, or its agent is gone). No collective runs here.
+/// `Stop` ends the generation once the shards written so far are reported. A lost coordinator
+/// (pool mode) leaves every rank here waiting for one to adopt them. Returns true when the
+/// worker must exit (told to, or its agent is gone), and a generation to run next. No
+/// collective runs here.
 fn final_boundary(
     ctx: &DeviceCtx,
     t: &mut FsdpTrainer<TcpRing, DataPipeline>,
     g: &GenerationStart,
     rx: &Receiver<DeviceCmd>,
     writers: &mut Vec<JoinHandle<()>>,
-) -> Result<bool> {
+    end: FinalBoundary,
+) -> Result<(bool, Option<Box<GenerationStart>>)> {
     let generation = g.plan.generation;
+    let mut next = None;
+    let mut orphaned = end.orphaned && ctx.reattach.is_some();
     let exit = loop {
+        if orphaned {
+            for w in writers.drain(..) {
+                let _ = w.join();
+            }
+            let at = Paused { generation, rank: g.rank, world: end.world, step: Step(t.state().step) };
+            match wait_adopted(ctx, rx, at, &end.recent) {
+                Resumed::Adopted => orphaned = false,
+                Resumed::Replaced(g) => {
+                    next = Some(g);
+                    break false;
+                }
+                Resumed::Exit => break true,
+            }
+        }
         if ctx.abort.lock().expect("abort state").is_aborted(generation) {
             break false;
         }
@@ -391,6 +496,7 @@ fn final_boundary(
                 break false;
             }
             Ok(DeviceCmd::Exit) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break true,
+            Ok(DeviceCmd::Orphaned) => orphaned = ctx.reattach.is_some(),
             Ok(_) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
         }
     };
@@ -398,5 +504,5 @@ fn final_boundary(
     for w in writers.drain(..) {
         let _ = w.join();
     }
-    Ok(exit)
+    Ok((exit, next))
 }

@@ -91,7 +91,7 @@ impl Boundary for LocalBoundary<'_> {
     fn requests(&mut self, _step: u64) -> Requests {
         // A signal stops at the next boundary, with a checkpoint so that nothing is lost.
         let stop = self.stop.load(Ordering::Relaxed);
-        Requests { stop, checkpoint: stop }
+        Requests { stop, checkpoint: stop, pause: false }
     }
 
     fn validated(&mut self, report: ValidationReport) -> Result<()> {

@@ -73,6 +73,7 @@ impl Job {
             metrics: metrics.clone(),
             committed,
             launcher,
+            adopt: None,
             commit_gate: None,
             done: Some(done_tx),
             console: crate::console::Console::plain("bridge-test", policy.total_steps),
@@ -230,7 +231,7 @@ fn join_fake(job: &Job, nonce: u64) -> (ActorRef<WorkerMsg>, mpsc::UnboundedRece
 fn join_fake_as(job: &Job, nonce: u64, pid: u32) -> (ActorRef<WorkerMsg>, mpsc::UnboundedReceiver<Command>, WorkerId, GenerationStart) {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let (fake, _) = job.rt.block_on(Actor::spawn(None, FakeWorker, (nonce, tx))).unwrap();
-    job.send(WorkerEvent::Hello { nonce, pid, ring_addr: "127.0.0.1:41000".parse().unwrap(), threads: 1 });
+    job.send(WorkerEvent::Hello { nonce, pid, ring_addr: "127.0.0.1:41000".parse().unwrap(), threads: 1, orphan: None });
     let Command::Welcome { worker, .. } = job_cmd(&job.rt, &mut rx) else { panic!("a welcome first") };
     let Command::Start(start) = job_cmd(&job.rt, &mut rx) else { panic!("then generation 0") };
     (fake, rx, worker, start)
