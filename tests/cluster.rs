@@ -200,6 +200,18 @@ fn paused_step(log: &str) -> Option<u64> {
     rest.split_whitespace().next()?.parse().ok()
 }
 
+/// Waits for `coordinator` to adopt its job and for the first step trained under it (the lines
+/// logged before it are the reports the dead coordinator lost, re-sent by the ranks); returns
+/// the step it adopted at and the time from `killed` to that step's line.
+fn first_trained_step(coordinator: &Proc, root: &Path, killed: Instant) -> (u64, Duration) {
+    wait_for("the adoption", Duration::from_secs(120), || paused_step(&coordinator.text()).is_some());
+    let paused = paused_step(&coordinator.text()).unwrap();
+    wait_for("a step trained after the adoption", Duration::from_secs(60), || {
+        common::log_lines(root).iter().any(|l| l["step"].as_u64() == Some(paused))
+    });
+    (paused, killed.elapsed())
+}
+
 /// Asserts that the train log's lines from index `from` on continue it: each step after the
 /// one before, none redone.
 fn assert_no_redo(lines: &[serde_json::Value], from: usize) {
@@ -248,14 +260,8 @@ fn a_restarted_coordinator_adopts_its_workers_state_and_restores_when_a_rank_die
     let restarted = start_coordinator(&listen, "restarted.log");
     let t = wait_for("a step after the restart", Duration::from_secs(60), || common::log_lines(root).len() > before);
     eprintln!("coordinator kill -9 + restart, workers re-attached -> next step logged: {t:?}");
-    // The first step trained under the new coordinator (the ones logged before it are the
-    // reports the dead one lost, re-sent by the ranks).
-    wait_for("the adoption", Duration::from_secs(30), || paused_step(&restarted.text()).is_some());
-    let paused = paused_step(&restarted.text()).unwrap();
-    wait_for("a step trained after the adoption", Duration::from_secs(60), || {
-        common::log_lines(root).iter().any(|l| l["step"].as_u64() == Some(paused))
-    });
-    eprintln!("  adopted at step {paused}: the first step trained under the new coordinator logged {:?} after the kill", killed.elapsed());
+    let (paused, t) = first_trained_step(&restarted, root, killed);
+    eprintln!("  adopted at step {paused}: the first step trained under the new coordinator logged {t:?} after the kill");
     wait_for("four more steps", Duration::from_secs(60), || common::log_lines(root).len() >= before + 4);
     let lines = common::log_lines(root);
     assert_eq!(repeated_steps(&lines), Vec::<u64>::new(), "no step is logged twice after an adoption");
@@ -349,27 +355,31 @@ fn hosts_in_namespaces_lose_a_link_rejoin_and_survive_coordinator_kills() {
 
     let adopted_from = common::log_lines(root).len();
     // kill -9 of the active coordinator: the standby takes the store when the dead one's
-    // lease expires and recovers the job. Only a coordinator writes the train log, so a new
+    // lease expires and recovers the job. The workers keep the job's state, paused, and the
+    // standby adopts it: no step is redone. Only a coordinator writes the train log, so a new
     // line is a step under the new one.
-    // The workers keep the job's state, paused, and the standby adopts it: no step is redone.
     primary.kill();
+    let killed = Instant::now();
     let before = common::log_lines(root).len();
     let t = wait_for("a step under the standby", Duration::from_secs(120), || common::log_lines(root).len() > before);
-    eprintln!("active coordinator kill -9 -> next step under the standby (workers re-attached): {t:?}");
+    eprintln!("active coordinator kill -9 -> next step logged under the standby (workers re-attached): {t:?}");
+    let (paused, t) = first_trained_step(&standby, root, killed);
+    eprintln!("  adopted at step {paused}: the first step trained under the standby logged {t:?} after the kill");
     assert!(standby.text().contains("took the job store"), "{}", standby.text());
-    assert!(standby.text().contains("adopted from the lost coordinator"), "{}", standby.text());
 
     // kill -9 of that one and a restart on the same address: it binds at once, waits out its
     // own dead lease, and recovers the job from etcd.
     standby.kill();
+    let killed = Instant::now();
     let before = common::log_lines(root).len();
     let restarted = start_coordinator(7451, "restarted.log", false);
     let t = wait_for("a step after the restart", Duration::from_secs(120), || common::log_lines(root).len() > before);
-    eprintln!("coordinator kill -9 + restart on the same address -> next step: {t:?}");
+    eprintln!("coordinator kill -9 + restart on the same address -> next step logged: {t:?}");
+    let (paused, t) = first_trained_step(&restarted, root, killed);
+    eprintln!("  adopted at step {paused}: the first step trained under the restarted coordinator logged {t:?} after the kill");
     ok(cli(&["wait", "1", "--timeout-s", "300"]));
     assert_matches(&final_losses(root), &reference);
     assert!(restarted.text().contains(&format!("API http://{head}:7451")), "{}", restarted.text());
-    assert!(restarted.text().contains("adopted from the lost coordinator"), "{}", restarted.text());
     assert_no_redo(&common::log_lines(root), adopted_from);
     drop(workers);
 }
