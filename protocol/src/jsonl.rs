@@ -98,4 +98,22 @@ mod tests {
             }
         }
     }
+
+    /// The newest step a train log holds, torn tail ignored (an adopting coordinator logs only
+    /// the steps after it).
+    #[test]
+    fn last_step_is_the_largest_complete_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("train_log.jsonl");
+        assert_eq!(JsonLines::last_step(&path), None, "no log yet");
+        let mut log = JsonLines::open(&path).unwrap();
+        for step in [0u64, 1, 2, 1, 3] {
+            log.append(&serde_json::json!({"step": step}), false).unwrap();
+        }
+        drop(log);
+        let mut text = std::fs::read(&path).unwrap();
+        text.extend_from_slice(b"{\"step\": 9");
+        std::fs::write(&path, text).unwrap();
+        assert_eq!(JsonLines::last_step(&path), Some(3));
+    }
 }

@@ -155,3 +155,28 @@ impl Reattach {
         std::mem::take(&mut self.lock().release)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_slot_hands_each_attach_and_release_over_once_and_clears_for_a_new_job() {
+        let slot = Reattach::new(Duration::from_secs(5));
+        let attach = Attach { node: "127.0.0.1:7000".parse().unwrap(), cookie: "c".into(), group: "g".into() };
+        slot.attach(attach.clone());
+        slot.release();
+        assert_eq!(slot.take_attach(), Some(attach));
+        assert_eq!(slot.take_attach(), None);
+        assert!(slot.take_release() && !slot.take_release());
+        slot.set_orphan(Some(Orphan {
+            worker: WorkerId(1),
+            generation: tessera_protocol::Generation(0),
+            step: tessera_protocol::Step(3),
+            rank: tessera_protocol::Rank(0),
+            world: 1,
+        }));
+        slot.clear();
+        assert_eq!(slot.orphan(), None);
+    }
+}

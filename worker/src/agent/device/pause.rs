@@ -103,3 +103,19 @@ pub fn wait_adopted(ctx: &DeviceCtx, rx: &Receiver<DeviceCmd>, at: Paused, recen
     }
     resumed
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_protocol::WorkerId;
+
+    #[test]
+    fn the_newest_reports_are_kept() {
+        let mut recent = Recent::default();
+        for i in 0..(KEPT_REPORTS as u64 + 5) {
+            recent.keep(WorkerEvent::Heartbeat { worker: WorkerId(i) });
+        }
+        assert_eq!(recent.0.len(), KEPT_REPORTS);
+        assert_eq!(recent.0.front(), Some(&WorkerEvent::Heartbeat { worker: WorkerId(5) }), "the oldest go first");
+    }
+}
