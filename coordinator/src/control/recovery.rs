@@ -30,9 +30,9 @@ pub enum Recovery<W> {
     },
     /// Queue it to restore its newest checkpoint (R3).
     Restore {
-        /// Ranks of the newest generation that reported, and its world (0: nobody reported).
+        /// Ranks of the newest generation that reported.
         reported: usize,
-        /// The generation's world size.
+        /// The generation's world size (0: nobody reported).
         world: u32,
     },
 }
