@@ -121,6 +121,8 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
                 }
                 reply.assignment
             }
+            // A signal interrupts the report (EINTR): leave, without calling the service dead.
+            Err(_) if shutdown.load(Ordering::SeqCst) => break,
             Err(e) => {
                 if !unreachable {
                     tessera_protocol::say!("[{name}] the service does not answer ({e}); retrying");
