@@ -166,25 +166,114 @@ impl SliceReader {
 /// Bytes copied out of a tensor per write: the writer's whole buffer, whatever the tensor size.
 const CHUNK_BYTES: usize = 8 << 20;
 
+/// A tensor to store: a tensor as it is, or a flat f32 tensor of `numel` elements assembled
+/// from pieces at element offsets (zeros between them), streamed into the file piece by piece
+/// without ever being built (a checkpoint of live parameters needs no copy of them).
+pub enum Stored {
+    /// The tensor itself.
+    Tensor(Tensor),
+    /// A flat f32 tensor made of `pieces` (element offset, tensor flattened and cast to f32).
+    Flat {
+        /// Its length.
+        numel: usize,
+        /// The pieces, at element offsets that do not overlap.
+        pieces: Vec<(usize, Tensor)>,
+    },
+}
+
+impl std::fmt::Debug for Stored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stored::Tensor(t) => write!(f, "Tensor({:?}, {:?})", t.kind(), t.size()),
+            Stored::Flat { numel, pieces } => write!(f, "Flat({numel} elements, {} pieces)", pieces.len()),
+        }
+    }
+}
+
+impl Stored {
+    fn dtype(&self) -> Option<Dtype> {
+        match self {
+            Stored::Tensor(t) => dtype_of(t.kind()),
+            Stored::Flat { .. } => Some(Dtype::F32),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Stored::Tensor(t) => t.numel() * t.kind().elt_size_in_bytes(),
+            Stored::Flat { numel, .. } => numel * 4,
+        }
+    }
+
+    fn shape(&self) -> Vec<usize> {
+        match self {
+            Stored::Tensor(t) => t.size().iter().map(|&s| s as usize).collect(),
+            Stored::Flat { numel, .. } => vec![*numel],
+        }
+    }
+}
+
+/// Writes tensors and metadata atomically (see [`write_stored`]).
+pub fn write(path: &Path, tensors: &[(String, Tensor)], metadata: &BTreeMap<String, String>) -> Result<()> {
+    let stored: Vec<(String, Stored)> = tensors.iter().map(|(n, t)| (n.clone(), Stored::Tensor(t.shallow_clone()))).collect();
+    write_stored(path, &stored, metadata)
+}
+
+/// Streams `t` (on the host, contiguous, flattened) into `f`, a chunk at a time.
+fn stream(f: &mut impl Write, name: &str, t: &Tensor, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    let t = t.to_device(tch::Device::Cpu).contiguous().view([-1]);
+    let (numel, elt) = (t.numel(), t.kind().elt_size_in_bytes());
+    let per_chunk = (CHUNK_BYTES / elt).max(1);
+    let mut at = 0;
+    while at < numel {
+        let n = per_chunk.min(numel - at);
+        buf.resize(n * elt, 0);
+        t.narrow(0, at as i64, n as i64).f_copy_data_u8(buf, n).map_err(|e| std::io::Error::other(format!("tensor '{name}': {e}")))?;
+        f.write_all(buf)?;
+        at += n;
+    }
+    Ok(())
+}
+
+/// Writes `bytes` zero bytes.
+fn zeros(f: &mut impl Write, bytes: usize) -> std::io::Result<()> {
+    let chunk = vec![0u8; bytes.min(CHUNK_BYTES)];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        f.write_all(&chunk[..n])?;
+        left -= n;
+    }
+    Ok(())
+}
+
 /// Writes tensors and metadata atomically: a temp file in the same directory is written,
 /// fsynced and renamed over `path`. The tensors are streamed into the file a chunk at a time,
 /// so writing a multi-GiB shard needs [`CHUNK_BYTES`] of extra memory, not a copy of it
-/// (a CPU tensor is never copied whole; a GPU tensor is brought to the host one at a time).
-pub fn write(path: &Path, tensors: &[(String, Tensor)], metadata: &BTreeMap<String, String>) -> Result<()> {
+/// (a CPU tensor is never copied whole; a GPU tensor is brought to the host one at a time; a
+/// [`Stored::Flat`] tensor is never assembled).
+pub fn write_stored(path: &Path, tensors: &[(String, Stored)], metadata: &BTreeMap<String, String>) -> Result<()> {
     let format = |reason: String| ModelError::Format { path: path.to_path_buf(), reason };
     // safetensors' own layout rule: descending dtype alignment, then name.
-    let mut order: Vec<(&String, &Tensor, Dtype)> = Vec::with_capacity(tensors.len());
+    let mut order: Vec<(&String, &Stored, Dtype)> = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
-        let dtype = dtype_of(t.kind()).ok_or_else(|| format(format!("tensor '{name}': cannot store kind {:?}", t.kind())))?;
+        let dtype = t.dtype().ok_or_else(|| format(format!("tensor '{name}': cannot store kind {t:?}")))?;
+        if let Stored::Flat { numel, pieces } = t {
+            let mut spans: Vec<(usize, usize)> = pieces.iter().map(|(o, p)| (*o, *o + p.numel())).collect();
+            spans.sort_unstable();
+            let overlap = spans.windows(2).any(|w| w[0].1 > w[1].0);
+            if overlap || spans.last().is_some_and(|s| s.1 > *numel) {
+                return Err(format(format!("tensor '{name}': its pieces overlap or run past its {numel} elements")));
+            }
+        }
         order.push((name, t, dtype));
     }
     order.sort_by(|(ln, _, ld), (rn, _, rd)| rd.cmp(ld).then(ln.cmp(rn)));
     let mut infos = Vec::with_capacity(order.len());
     let mut offset = 0;
     for (name, t, dtype) in &order {
-        let n = t.numel() * t.kind().elt_size_in_bytes();
-        let shape = t.size().iter().map(|&s| s as usize).collect();
-        infos.push(((*name).clone(), TensorInfo { dtype: *dtype, shape, data_offsets: (offset, offset + n) }));
+        let n = t.bytes();
+        infos.push(((*name).clone(), TensorInfo { dtype: *dtype, shape: t.shape(), data_offsets: (offset, offset + n) }));
         offset += n;
     }
     let md: HashMap<String, String> = metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
@@ -196,18 +285,19 @@ pub fn write(path: &Path, tensors: &[(String, Tensor)], metadata: &BTreeMap<Stri
         f.write_all(&header)?;
         let mut buf = Vec::new();
         for (name, t, _) in &order {
-            let t = t.to_device(tch::Device::Cpu).contiguous().view([-1]);
-            let (numel, elt) = (t.numel(), t.kind().elt_size_in_bytes());
-            let per_chunk = (CHUNK_BYTES / elt).max(1);
-            let mut at = 0;
-            while at < numel {
-                let n = per_chunk.min(numel - at);
-                buf.resize(n * elt, 0);
-                t.narrow(0, at as i64, n as i64)
-                    .f_copy_data_u8(&mut buf, n)
-                    .map_err(|e| std::io::Error::other(format!("tensor '{name}': {e}")))?;
-                f.write_all(&buf)?;
-                at += n;
+            match t {
+                Stored::Tensor(t) => stream(f, name, t, &mut buf)?,
+                Stored::Flat { numel, pieces } => {
+                    let mut sorted: Vec<&(usize, Tensor)> = pieces.iter().collect();
+                    sorted.sort_by_key(|(o, _)| *o);
+                    let mut at = 0;
+                    for (o, p) in sorted {
+                        zeros(f, (o - at) * 4)?;
+                        stream(f, name, &p.to_kind(Kind::Float), &mut buf)?;
+                        at = o + p.numel();
+                    }
+                    zeros(f, (numel - at) * 4)?;
+                }
             }
         }
         Ok(())
@@ -303,5 +393,22 @@ mod tests {
         std::fs::write(&path, &bytes[..bytes.len() - 8]).unwrap();
         let e = SliceReader::open(&path).unwrap_err().to_string();
         assert!(e.contains("truncated") && e.contains("t.safetensors"), "{e}");
+    }
+
+    #[test]
+    fn a_flat_tensor_streamed_from_pieces_is_the_assembled_tensor_byte_for_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Tensor::from_slice(&[1.0f32, 2.0, 3.0]);
+        let b = Tensor::from_slice(&[4.0f32, 5.0, 6.0, 7.0]).reshape([2, 2]);
+        let assembled = Tensor::from_slice(&[0.0f32, 1.0, 2.0, 3.0, 0.0, 4.0, 5.0, 6.0, 7.0, 0.0]);
+        let (whole, flat) = (dir.path().join("whole.safetensors"), dir.path().join("flat.safetensors"));
+        write(&whole, &[("u.master".into(), assembled)], &Default::default()).unwrap();
+        // Pieces out of order, with gaps before, between and after them.
+        let pieces = vec![(5, b), (1, a.shallow_clone())];
+        write_stored(&flat, &[("u.master".into(), Stored::Flat { numel: 10, pieces })], &Default::default()).unwrap();
+        assert_eq!(std::fs::read(&whole).unwrap(), std::fs::read(&flat).unwrap());
+        let overlapping = vec![(0, a.shallow_clone()), (2, a)];
+        let refused = write_stored(&flat, &[("u.master".into(), Stored::Flat { numel: 10, pieces: overlapping })], &Default::default());
+        assert!(refused.unwrap_err().to_string().contains("overlap"), "overlapping pieces are refused");
     }
 }

@@ -11,6 +11,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use tch::Tensor;
+use tessera_model::io::Stored;
 use tessera_model::{AdamW, Checkpoint, io};
 use tessera_ops::shard_range;
 use tessera_protocol::checkpoint::{
@@ -252,10 +253,13 @@ pub fn whole_model_snapshot(
     let started = std::time::Instant::now();
     let units = crate::fsdp::units_of(&model.vs, 1, 0);
     let mut moments: BTreeMap<String, Tensor> = opt.state().into_iter().collect();
-    let mut shards = Vec::with_capacity(units.len());
+    // Each unit's flat master / exp_avg / exp_avg_sq is streamed from the live parameters and
+    // moments (`Stored::Flat`), not assembled: a copy would add the model and both moments to
+    // the process's peak memory at every checkpoint.
+    let mut flats = Vec::with_capacity(units.len());
     let mut steps = Vec::with_capacity(units.len());
     for u in &units {
-        let parts: [Tensor; 3] = std::array::from_fn(|_| Tensor::zeros([u.numel as i64], (tch::Kind::Float, tch::Device::Cpu)));
+        let mut parts: [Vec<(usize, Tensor)>; 3] = Default::default();
         let mut unit_steps = Vec::with_capacity(u.params.len());
         for p in &u.params {
             let mut take = |suffix: &str| {
@@ -265,20 +269,23 @@ pub fn whole_model_snapshot(
                 })
             };
             let (exp_avg, exp_avg_sq, step) = (take("exp_avg")?, take("exp_avg_sq")?, take("step")?);
-            for (k, src) in [&p.tensor.detach(), &exp_avg, &exp_avg_sq].into_iter().enumerate() {
-                let flat = src.to_device(tch::Device::Cpu).to_kind(tch::Kind::Float).reshape([-1]);
-                parts[k].narrow(0, p.offset as i64, p.numel as i64).copy_(&flat);
+            for (k, src) in [p.tensor.detach(), exp_avg, exp_avg_sq].into_iter().enumerate() {
+                parts[k].push((p.offset, src));
             }
             unit_steps.push(step.int64_value(&[0]));
         }
-        let [master, exp_avg, exp_avg_sq] = parts;
-        shards.push(ShardTensors { master, exp_avg, exp_avg_sq });
+        flats.push((u.numel, parts));
         steps.push(unit_steps);
     }
     let records = unit_records(&units, Some(&steps));
-    let tensors = named_shards(&records, &shards);
+    let mut tensors = Vec::with_capacity(3 * records.len());
+    for (r, (numel, parts)) in records.iter().zip(flats) {
+        for (suffix, pieces) in ["master", "exp_avg", "exp_avg_sq"].into_iter().zip(parts) {
+            tensors.push((format!("{}.{suffix}", r.name), Stored::Flat { numel, pieces }));
+        }
+    }
     let manifest = Manifest::new(job, seed, 1, state.clone(), records);
-    Ok(Snapshot::new(root.to_path_buf(), (generation, state.step), (0, 1), tensors, Some(manifest), started))
+    Ok(Snapshot::live(root.to_path_buf(), (generation, state.step), tensors, manifest, started))
 }
 
 /// Loads the checkpoint `dir` of either layout into a whole model and its optimizer (one

@@ -32,8 +32,9 @@ pub trait Engine {
     fn agree(&mut self, flags: &mut [i64]) -> Result<()>;
     /// Scores the held-out set with the current parameters (collective under FSDP).
     fn validation_report(&mut self, set: &ValidationSet, generation: Generation) -> Result<ValidationReport>;
-    /// This rank's checkpoint state copied to host memory, to be written (and committed) by
-    /// the boundary; training may go on meanwhile.
+    /// This rank's checkpoint state, to be written (and committed) by the boundary: copied to
+    /// host memory, so training may go on meanwhile, except a world of one's
+    /// ([`Snapshot::live`]), which streams the live tensors and is written before the next step.
     fn snapshot(&mut self, generation: Generation) -> Result<Snapshot>;
 }
 

@@ -417,6 +417,13 @@ impl Boundary for Coordinated<'_> {
 
     fn checkpoint(&mut self, snap: Snapshot) -> Result<()> {
         self.want_ckpt = false;
+        // Written in the background while training goes on: it must own its copy.
+        if snap.live {
+            return Err(WorkerError::Checkpoint {
+                path: snap.root().to_path_buf(),
+                reason: "a world of one's live snapshot cannot be written in the background".into(),
+            });
+        }
         write_snapshot(self.ctx, self.g, snap, self.writers)
     }
 

@@ -5,6 +5,7 @@
 use std::time::Instant;
 
 use tch::Tensor;
+use tessera_model::io::Stored;
 
 use crate::error::Result;
 
@@ -25,7 +26,10 @@ pub struct Snapshot {
     /// Rank.
     pub rank: usize,
     pub(super) world: usize,
-    pub(super) tensors: Vec<(String, Tensor)>,
+    pub(super) tensors: Vec<(String, Stored)>,
+    /// It refers to the live tensors (a world of one's, [`Self::live`]): write it before the
+    /// next step changes them.
+    pub live: bool,
     /// The manifest to commit (rank 0 only; `files` is filled in by the committer).
     pub manifest: Option<tessera_protocol::checkpoint::Manifest>,
     /// Seconds the copy to host memory took (the only stall of the training thread).
@@ -45,7 +49,26 @@ impl Snapshot {
         started: Instant,
     ) -> Self {
         let copy_s = started.elapsed().as_secs_f64();
-        Self { root, generation, step, rank, world, tensors, manifest, copy_s, taken: Instant::now() }
+        let tensors = tensors.into_iter().map(|(n, t)| (n, Stored::Tensor(t))).collect();
+        Self { root, generation, step, rank, world, tensors, live: false, manifest, copy_s, taken: Instant::now() }
+    }
+
+    /// A world of one's snapshot that streams the live parameters and moments when written
+    /// (no copy): the boundary writes it before the next step ([`Self::live`] is set).
+    pub(crate) fn live(
+        root: std::path::PathBuf,
+        (generation, step): (u64, u64),
+        tensors: Vec<(String, Stored)>,
+        manifest: tessera_protocol::checkpoint::Manifest,
+        started: Instant,
+    ) -> Self {
+        let copy_s = started.elapsed().as_secs_f64();
+        Self { root, generation, step, rank: 0, world: 1, tensors, live: true, manifest: Some(manifest), copy_s, taken: Instant::now() }
+    }
+
+    /// The checkpoint root it is written under.
+    pub fn root(&self) -> &std::path::Path {
+        &self.root
     }
 
     fn fault_injection(&self, path: &std::path::Path) {
@@ -65,7 +88,7 @@ impl Snapshot {
         std::fs::create_dir_all(&tmp).map_err(crate::error::io_err("creating", &tmp))?;
         let path = tmp.join(tessera_protocol::checkpoint::shard_file(self.rank, self.world));
         self.fault_injection(&path);
-        tessera_model::io::write(&path, &self.tensors, &Default::default())?;
+        tessera_model::io::write_stored(&path, &self.tensors, &Default::default())?;
         let entry = tessera_protocol::checkpoint::file_entry(&path)?;
         Ok((entry, self.taken.elapsed().as_secs_f64()))
     }
