@@ -75,8 +75,7 @@ pub fn active(urls: &str, token: &str) -> anyhow::Result<ApiClient> {
 
 /// A job id as users type it: `job-3` or `3`.
 pub fn parse_job_id(text: &str) -> anyhow::Result<JobId> {
-    let digits = text.strip_prefix("job-").unwrap_or(text);
-    digits.parse::<u64>().map(JobId).with_context(|| format!("'{text}' is not a job id (job-N or N)"))
+    JobId::parse(text).with_context(|| format!("'{text}' is not a job id (job-N or N)"))
 }
 
 /// `MIN:MAX` (or `N` for N:N).

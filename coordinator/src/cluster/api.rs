@@ -77,8 +77,7 @@ fn reply<T: serde::Serialize>(r: Result<T, ApiError>) -> Response {
 }
 
 fn job_id(text: &str) -> Result<JobId, ApiError> {
-    let digits = text.strip_prefix("job-").unwrap_or(text);
-    digits.parse::<u64>().map(JobId).map_err(|_| ApiError::bad("job", format!("'{text}' is not a job id (job-N or N)")))
+    JobId::parse(text).ok_or_else(|| ApiError::bad("job", format!("'{text}' is not a job id (job-N or N)")))
 }
 
 async fn not_found(method: axum::http::Method, uri: axum::http::Uri) -> Response {

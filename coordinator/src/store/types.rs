@@ -22,6 +22,11 @@ impl fmt::Display for JobId {
 }
 
 impl JobId {
+    /// A job id as users type it and [`fmt::Display`] writes it: `job-N`, or plain `N`.
+    pub fn parse(text: &str) -> Option<Self> {
+        text.strip_prefix("job-").unwrap_or(text).parse::<u64>().ok().map(JobId)
+    }
+
     /// The zero-padded form used in keys and file names, so that they sort by id.
     pub fn key(self) -> String {
         format!("{:020}", self.0)
@@ -263,5 +268,20 @@ impl Fence {
     /// The refusal for this fence.
     pub(crate) fn refused(&self) -> StoreError {
         StoreError::Fenced { holder: self.holder.clone(), token: self.token }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::JobId;
+
+    #[test]
+    fn job_ids_parse_as_they_are_written() {
+        assert_eq!(JobId::parse("job-7"), Some(JobId(7)));
+        assert_eq!(JobId::parse("7"), Some(JobId(7)));
+        assert_eq!(JobId::parse(&JobId(42).to_string()), Some(JobId(42)));
+        assert_eq!(JobId::parse("job-"), None);
+        assert_eq!(JobId::parse("jobs-7"), None);
+        assert_eq!(JobId::parse("-1"), None);
     }
 }
