@@ -236,6 +236,7 @@ pub fn wait(a: OneJobArgs) -> anyhow::Result<()> {
         if deadline.is_some_and(|d| Instant::now() > d) {
             bail!("{id} has not ended within {} s", a.timeout_s.unwrap_or(0));
         }
-        std::thread::sleep(Duration::from_millis(500));
+        // Each ask reads the job store (an etcd read): once a second is prompt enough.
+        std::thread::sleep(Duration::from_secs(1));
     }
 }

@@ -478,7 +478,9 @@ fn view(r: &JobRecord, inner: &Inner) -> ClusterJob {
     let job = r.job.spec.open().ok();
     let step = match (&job, r.state) {
         (_, JobState::Running) | (None, _) => None,
-        (Some(j), _) => tessera_protocol::checkpoint::committed(&j.checkpoint.dir).ok().and_then(|(c, _)| c.last().copied()),
+        // The newest committed directory by name: listing jobs (and `tessera wait`, which
+        // polls) must not hash every checkpoint file of every job (`checkpoint::committed`).
+        (Some(j), _) => tessera_protocol::checkpoint::list(&j.checkpoint.dir).ok().and_then(|l| l.into_iter().map(|(step, _)| step).max()),
     };
     ClusterJob {
         id: r.id,
