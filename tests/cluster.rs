@@ -110,7 +110,7 @@ fn a_pool_trains_submitted_jobs_queues_with_reasons_cancels_and_refuses_bad_toke
     let state = root.join("state");
     let mut coordinator = Command::new(bin());
     coordinator.args(["coordinator", "--listen", "127.0.0.1:0", "--state-dir", state.to_str().unwrap()]);
-    let coordinator = Proc::spawn(coordinator, &root.join("coordinator.log"));
+    let mut coordinator = Proc::spawn(coordinator, &root.join("coordinator.log"));
     let url = service_url(&coordinator);
     let token = state.join("token");
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&token).unwrap().permissions());
@@ -136,6 +136,19 @@ fn a_pool_trains_submitted_jobs_queues_with_reasons_cancels_and_refuses_bad_toke
     assert_matches(&final_losses(root), &reference);
     let status: serde_json::Value = serde_json::from_str(&ok(client(&url, &token, &["status", "1", "--json"]))).unwrap();
     assert_eq!((status["state"].as_str(), status["step"].as_u64()), (Some("Finished"), Some(6)), "{status}");
+    // Export through the service: its committed checkpoint of step 6, the same bytes as the
+    // export of the job's config.
+    let (by_id, by_config) = (root.join("by-id.safetensors"), root.join("by-config.safetensors"));
+    let said = ok(client(&url, &token, &["export", "job-1", "--step", "6", "--out", by_id.to_str().unwrap()]));
+    assert!(said.contains("exported step 6"), "{said}");
+    ok(client(&url, &token, &["export", &job, "--step", "6", "--out", by_config.to_str().unwrap()]));
+    assert_eq!(weights(&by_id), weights(&by_config), "the same weights either way");
+    let missing = client(&url, &token, &["export", "job-1", "--step", "999", "--out", by_id.to_str().unwrap()]);
+    let why = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        !missing.status.success() && why.contains("no checkpoint of step 999 committed (steps committed: ") && why.contains("6)"),
+        "{why}"
+    );
 
     // Two jobs that cannot both run at their minimum on three workers: the second waits, and
     // says why, until the first is cancelled.
@@ -183,6 +196,53 @@ fn a_pool_trains_submitted_jobs_queues_with_reasons_cancels_and_refuses_bad_toke
     assert!(!cancelled.status.success(), "waiting for a cancelled job fails");
     assert_eq!(job_json(&url, &token, 2)["state"], "Cancelled");
     assert_eq!(job_json(&url, &token, 3)["step"], 4);
+
+    // Q4: a higher-priority job takes workers from a lower one, which shrinks at a checkpoint
+    // and grows back when they are free again.
+    let low = job_copy(root, "low", &job, 5000);
+    let high = job_copy(root, "high", &job, 4);
+    assert_eq!(ok(client(&url, &token, &["submit", &low, "--workers", "1:3"])).trim(), "job-4");
+    let worlds = || common::log_lines(&root.join("low")).iter().map(|l| l["world_size"].as_u64().unwrap()).collect::<Vec<_>>();
+    wait_for("job-4 training on 3 workers", Duration::from_secs(60), || worlds().last() == Some(&3));
+    assert_eq!(ok(client(&url, &token, &["submit", &high, "--workers", "2:2", "--priority", "5"])).trim(), "job-5");
+    ok(client(&url, &token, &["wait", "job-5", "--timeout-s", "180"]));
+    assert_eq!(job_json(&url, &token, 5)["step"], 4);
+    wait_for("job-4 back on 3 workers", Duration::from_secs(60), || {
+        // 3 workers, then 1 after the shrink, then 3 again.
+        let w = worlds();
+        let after = |from: usize, n: u64| w[from..].iter().position(|&x| x == n).map(|i| from + i);
+        after(0, 3).and_then(|i| after(i, 1)).and_then(|j| after(j, 3)).is_some()
+    });
+    let said = coordinator.text();
+    assert!(said.contains("job-4 gives 2 workers to job-5 (Q4) at its next checkpoint: asked for 1 workers"), "{said}");
+    assert_eq!(job_json(&url, &token, 4)["state"], "Running");
+    ok(client(&url, &token, &["cancel", "job-4"]));
+    wait_for("job-4 cancelled", Duration::from_secs(60), || job_json(&url, &token, 4)["state"] == "Cancelled");
+
+    // How jobs ended is stored: a coordinator restarted on the same state dir still says it.
+    coordinator.kill();
+    let mut again = Command::new(bin());
+    again.args(["coordinator", "--listen", url.trim_start_matches("http://"), "--state-dir", state.to_str().unwrap()]);
+    let _again = Proc::spawn(again, &root.join("coordinator-2.log"));
+    wait_for("the restarted coordinator", Duration::from_secs(30), || client(&url, &token, &["jobs"]).status.success());
+    assert_eq!(job_json(&url, &token, 1)["note"], "finished at step 6");
+    assert_eq!(job_json(&url, &token, 5)["note"], "finished at step 4");
+    let note = job_json(&url, &token, 4)["note"].as_str().unwrap_or_default().to_string();
+    assert!(note.starts_with("cancelled at step "), "{note}");
+}
+
+/// A safetensors file's metadata and tensors (name, dtype, shape, bytes), in name order: the
+/// header's own order is not fixed.
+type Weights = (std::collections::BTreeMap<String, String>, Vec<(String, String, Vec<usize>, Vec<u8>)>);
+
+fn weights(path: &Path) -> Weights {
+    let bytes = std::fs::read(path).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<_> =
+        file.tensors().into_iter().map(|(n, t)| (n, format!("{:?}", t.dtype()), t.shape().to_vec(), t.data().to_vec())).collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    (meta.metadata().clone().unwrap_or_default().into_iter().collect(), tensors)
 }
 
 /// The steps logged more than once in `lines` (a train log's), ascending.
@@ -268,6 +328,9 @@ fn a_restarted_coordinator_adopts_its_workers_state_and_restores_when_a_rank_die
     assert_no_redo(&lines, 0);
     let world = &lines[before - 1]["world_size"];
     assert!(lines[before..].iter().all(|l| l["world_size"] == *world), "the same ranks go on");
+    let adoptions: Vec<serde_json::Value> = common::events(root).into_iter().filter(|e| e["type"] == "generation_adopted").collect();
+    assert_eq!(adoptions.len(), 1, "the adoption is its own event: {adoptions:?}");
+    assert_eq!(adoptions[0]["start_step"], paused);
     let adopted_through = lines.len();
 
     // Killed again with a worker: two ranks report their state, one is missing; after the

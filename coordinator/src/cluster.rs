@@ -12,6 +12,7 @@ pub mod gate;
 pub mod host;
 pub mod pool;
 pub mod service;
+pub mod targets;
 pub mod types;
 
 use std::net::SocketAddr;
@@ -21,7 +22,7 @@ pub use gate::StoreGate;
 pub use host::HostOptions;
 pub use pool::{Assignment, Beat, Pool};
 pub use service::{FlopsFn, Service, ServiceOptions};
-pub use types::{ClusterJob, PooledWorker, SubmitReply, SubmitRequest, WorkerReply, WorkerReport};
+pub use types::{ClusterJob, JobCheckpoints, PooledWorker, SubmitReply, SubmitRequest, WorkerReply, WorkerReport};
 
 use crate::error::{CoordinatorError, Result};
 use crate::store::JobStore;

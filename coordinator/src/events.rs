@@ -30,7 +30,9 @@ pub use feed::{DEFAULT_PAGE, EventFeed, EventPage, FEED_CAPACITY, MAX_PAGE, SeqE
 ///
 /// Version 2: `generation_ended`'s `reason` is the typed [`StopReason`] (`{"kind": …}`) where
 /// version 1 wrote free text; version 1 lines still read (see [`EndReason::Legacy`]).
-pub const EVENTS_SCHEMA: u32 = 2;
+/// Version 3: `generation_adopted`, where version 2 logged an adoption as a second
+/// `generation_started` of the same generation.
+pub const EVENTS_SCHEMA: u32 = 3;
 
 /// The version of lines written before `v` existed (the same shape as version 1).
 fn unversioned() -> u32 {
@@ -90,6 +92,16 @@ pub enum JobEvent {
         start_step: u64,
         /// Step of the checkpoint it restores (`None`: fresh start).
         restore: Option<u64>,
+    },
+    /// A generation cut off from its coordinator (which died) goes on under this one: every
+    /// rank kept its state, nothing is restored or trained twice (schema 3).
+    GenerationAdopted {
+        /// Its number (unchanged).
+        generation: u64,
+        /// Worker id of each rank (rank `i` is `ranks[i]`), as its new coordinator names them.
+        ranks: Vec<u64>,
+        /// First step it trains under this coordinator.
+        start_step: u64,
     },
     /// A generation ended.
     GenerationEnded {

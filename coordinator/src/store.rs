@@ -77,6 +77,9 @@ pub trait JobStore: Send + Sync {
     /// Sets job `id`'s priority (its queue place follows).
     fn set_priority(&self, fence: &Fence, id: JobId, priority: Priority) -> impl Future<Output = StoreResult<()>> + Send;
 
+    /// Sets job `id`'s note: how it ended, or why it could not start.
+    fn set_note(&self, fence: &Fence, id: JobId, note: String) -> impl Future<Output = StoreResult<()>> + Send;
+
     /// The queued jobs in queue order (see [`QueueEntry::sort`]).
     fn queue(&self) -> impl Future<Output = StoreResult<Vec<QueueEntry>>> + Send;
 

@@ -44,6 +44,11 @@ pub fn service_addr(url: &str) -> anyhow::Result<SocketAddr> {
 }
 
 impl Service {
+    /// No service given on the command line (the environment may still name one).
+    pub fn none() -> Self {
+        Self { coordinator: None, token_file: None }
+    }
+
     /// A client of the service: of the first coordinator listed that answers as the active one.
     pub fn client(&self) -> anyhow::Result<ApiClient> {
         let url = self.coordinator.clone().or_else(|| std::env::var("TESSERA_COORDINATOR").ok());

@@ -246,11 +246,15 @@ fn check_args(args: &[String]) -> Option<String> {
         m = sub;
     }
     for arg in cmd.get_positionals() {
-        let is_job = arg.get_help().is_some_and(|h| h.to_string().starts_with("The job config"));
+        let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+        let is_job = help.starts_with("The job config");
+        // `tessera export` also takes a service's job id.
+        let takes_id = is_job && help.contains("job id");
         let values = m.get_raw(arg.get_id().as_str()).into_iter().flatten();
         for v in values.filter(|_| is_job) {
             let v = v.to_string_lossy();
-            if !(v == "JOB" || [".toml", ".yaml", ".yml"].iter().any(|ext| v.ends_with(ext))) {
+            let an_id = takes_id && tessera_coordinator::store::JobId::parse(&v).is_some();
+            if !(v == "JOB" || an_id || [".toml", ".yaml", ".yml"].iter().any(|ext| v.ends_with(ext))) {
                 return Some(format!("`{v}` is not a job config (`<{}>` wants a .toml or ml-4m .yaml file, or JOB)", arg.get_id()));
             }
         }
@@ -413,7 +417,8 @@ mod tests {
         assert_eq!(found.len(), 6, "{found:#?}");
         // The current forms pass.
         let good = "Use `tessera train --workers` or `--max-steps`; `tessera_protocol::ledger::mix`.\n\n\
-                    \x20   tessera export job.toml --out m.safetensors [--checkpoint OUT/checkpoints/step-N]\n";
+                    \x20   tessera export job.toml --out m.safetensors [--checkpoint OUT/checkpoints/step-N]\n\
+                    \x20   tessera export job-3 --out m.safetensors --step 200\n";
         assert_eq!(problems(good), Vec::<String>::new());
     }
 }

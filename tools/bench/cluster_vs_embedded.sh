@@ -4,6 +4,8 @@
 #   - median step time (step_s of train_log.jsonl, first 2 steps dropped) of each run, the
 #     median over runs per mode, and their ratio (target: cluster <= 1.02 x embedded);
 #   - submit -> first step logged (cluster) and start -> first step logged (embedded);
+#   - CPU seconds (user + system) of every tessera process of the run, from /usr/bin/time:
+#     less noisy than wall time on a shared machine, and what the control plane costs;
 #   - etcd requests while the job trains (the service's store is etcd here): KV calls (Range,
 #     Put, Txn, DeleteRange) and lease keep-alives counted from etcd's own /metrics between
 #     the first and the last logged step, with no client polling (target: no KV call per step).
@@ -75,25 +77,55 @@ etcd --data-dir "$WORK/etcd" --listen-client-urls "http://127.0.0.1:$ETCD_PORT" 
 PIDS+=($!)
 for _ in $(seq 1 100); do curl -s --noproxy '*' "http://127.0.0.1:$ETCD_PORT/health" | grep -q true && break; sleep 0.1; done
 
+# Waits until train log $1 has $STEPS lines, looking once a second: the same watcher runs in
+# both modes, so that its own cost (a process per look) weighs on both alike.
+watch_log() {
+  for _ in $(seq 1 1200); do [ "$(wc -l < "$1" 2>/dev/null || echo 0)" -ge "$STEPS" ] && return 0; sleep 1; done
+  echo "timed out waiting for $1" >&2; return 1
+}
+
+# CPU seconds (user + system) that /usr/bin/time wrote to each of the files given, summed.
+cpu_s() {
+  python3 -c "
+import sys
+t=0.0
+for f in sys.argv[1:]:
+    for l in open(f):
+        p=l.split()
+        if len(p)==2:
+            try: t+=float(p[0])+float(p[1])
+            except ValueError: pass
+print(f'{t:.1f}')" "$@"
+}
+
 run_embedded() {
   local J; J=$(job "embedded-$1")
   local t0; t0=$(now_ms)
-  "$BIN" train "$J" --workers 2 --no-resume 2>"$WORK/embedded-$1.log"
+  # The train process waits for its workers: its children's CPU time is in its figure.
+  /usr/bin/time -f '%U %S' -o "$WORK/cpu-embedded-$1" "$BIN" train "$J" --workers 2 --no-resume 2>"$WORK/embedded-$1.log" &
+  local p=$!; PIDS+=($p)
   local out="$WORK/embedded-$1/out/train_log.jsonl"
-  echo "embedded $1: median step $(median_step "$out") s, start -> first step $(( $(first_step_ms "$out") - t0 )) ms"
+  watch_log "$out"
+  wait "$p"
+  local cpu; cpu=$(cpu_s "$WORK/cpu-embedded-$1")
+  echo "embedded $1: median step $(median_step "$out") s, start -> first step $(( $(first_step_ms "$out") - t0 )) ms, CPU $cpu s (train + its 2 workers)"
   median_step "$out" >> "$WORK/embedded.medians"
+  echo "$cpu" >> "$WORK/embedded.cpu"
 }
 
 run_cluster() {
   local J; J=$(job "cluster-$1")
-  "$BIN" coordinator --listen 127.0.0.1:0 --etcd "http://127.0.0.1:$ETCD_PORT" --etcd-prefix "/bench-$1" \
+  /usr/bin/time -f '%U %S' -o "$WORK/cpu-coordinator-$1" "$BIN" coordinator --listen 127.0.0.1:0 --etcd "http://127.0.0.1:$ETCD_PORT" --etcd-prefix "/bench-$1" \
     --token-file "$WORK/token" --addr-file "$WORK/addr-$1" 2>"$WORK/coordinator-$1.log" &
   local c=$!; PIDS+=($c)
   wait_for_file "$WORK/addr-$1"
   export TESSERA_COORDINATOR; TESSERA_COORDINATOR=$(cat "$WORK/addr-$1")
   export TESSERA_TOKEN_FILE="$WORK/token"
   local ws=()
-  for i in 1 2; do "$BIN" worker --name "w$i" --threads 1 2>"$WORK/worker-$1-$i.log" & ws+=($!); PIDS+=($!); done
+  for i in 1 2; do
+    /usr/bin/time -f '%U %S' -o "$WORK/cpu-worker-$1-$i" "$BIN" worker --name "w$i" --threads 1 2>"$WORK/worker-$1-$i.log" &
+    ws+=($!); PIDS+=($!)
+  done
   # Both workers in the pool before the submit, as in the embedded run (its workers start first).
   for _ in $(seq 1 100); do [ "$(grep -c 'joined the pool' "$WORK/coordinator-$1.log" || true)" -ge 2 ] && break; sleep 0.1; done
   local t0; t0=$(now_ms)
@@ -103,15 +135,18 @@ run_cluster() {
   # Counted from the first logged step to the last one, with no client asking anything (a
   # `tessera wait` polling the service would read the store twice a second).
   read -r kv0 ka0 < <(etcd_counts)
-  for _ in $(seq 1 6000); do [ "$(wc -l < "$out")" -ge "$STEPS" ] && break; sleep 0.1; done
+  watch_log "$out"
   read -r kv1 ka1 < <(etcd_counts)
   local steps; steps=$(( $(wc -l < "$out") - 1 ))
   "$BIN" wait 1 --timeout-s 600 >/dev/null
-  echo "cluster  $1: median step $(median_step "$out") s, submit -> first step $(( $(first_step_ms "$out") - t0 )) ms;" \
-    "etcd over $steps training steps: $((kv1 - kv0)) KV calls, $((ka1 - ka0)) lease keep-alives (the coordinator's own lease)"
-  median_step "$out" >> "$WORK/cluster.medians"
-  kill "${ws[@]}" "$c" 2>/dev/null || true
+  # SIGTERM to the tessera processes under each /usr/bin/time, which then writes their figures.
+  for p in "${ws[@]}" "$c"; do pkill -TERM -P "$p" 2>/dev/null || true; done
   wait "${ws[@]}" "$c" 2>/dev/null || true
+  local cpu; cpu=$(cpu_s "$WORK/cpu-coordinator-$1" "$WORK/cpu-worker-$1-1" "$WORK/cpu-worker-$1-2")
+  echo "cluster  $1: median step $(median_step "$out") s, submit -> first step $(( $(first_step_ms "$out") - t0 )) ms," \
+    "CPU $cpu s (coordinator + 2 pool workers); etcd over $steps training steps: $((kv1 - kv0)) KV calls, $((ka1 - ka0)) lease keep-alives (the coordinator's own lease)"
+  median_step "$out" >> "$WORK/cluster.medians"
+  echo "$cpu" >> "$WORK/cluster.cpu"
 }
 
 for r in $(seq 1 "$ROUNDS"); do
@@ -123,4 +158,7 @@ import statistics
 e=[float(x) for x in open('$WORK/embedded.medians')]
 c=[float(x) for x in open('$WORK/cluster.medians')]
 print(f'median of run medians: embedded {statistics.median(e):.4f} s, cluster {statistics.median(c):.4f} s, ratio cluster/embedded {statistics.median(c)/statistics.median(e):.3f}')
-print('pairwise ratios:', ' '.join(f'{b/a:.3f}' for a,b in zip(e,c)))"
+print('pairwise ratios:', ' '.join(f'{b/a:.3f}' for a,b in zip(e,c)))
+ec=[float(x) for x in open('$WORK/embedded.cpu')]
+cc=[float(x) for x in open('$WORK/cluster.cpu')]
+print(f'CPU seconds per run (median): embedded {statistics.median(ec):.1f}, cluster {statistics.median(cc):.1f}, ratio {statistics.median(cc)/statistics.median(ec):.3f}; pairwise', ' '.join(f'{b/a:.3f}' for a,b in zip(ec,cc)))"

@@ -13,13 +13,13 @@ impl CoordinatorState {
     /// Carries out one action of the state machine.
     pub(super) fn act(&mut self, action: Action) {
         match action {
-            Action::Start(plan) => self.start(plan),
+            Action::Start(plan) => self.start(plan, false),
             Action::Adopted(plan) => {
                 self.log(&format!(
                     "generation {}: adopted from the lost coordinator, going on from step {} with the ranks' state (nothing redone)",
                     plan.generation, plan.start_step
                 ));
-                self.start(plan);
+                self.start(plan, true);
             }
             Action::AdoptionAbandoned { generation, missing } => {
                 let missing: Vec<u64> = missing.iter().map(|w| w.0).collect();

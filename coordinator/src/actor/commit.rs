@@ -22,7 +22,12 @@ impl CoordinatorState {
             None => Ok(()),
         };
         let committed = match p.manifest {
-            Some(manifest) => gate(&manifest).and_then(|()| checkpoint::commit(&root, &tmp, manifest, files)),
+            // The gate records the manifest's digest: with its files listed, as the commit
+            // writes it, so that the record names the file on disk.
+            Some(mut manifest) => {
+                manifest.files.clone_from(&files);
+                gate(&manifest).and_then(|()| checkpoint::commit(&root, &tmp, manifest, files))
+            }
             None => Err(tessera_protocol::ProtocolError::Checkpoint {
                 path: tmp.display().to_string(),
                 reason: "no manifest from rank 0".into(),

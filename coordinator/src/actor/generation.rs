@@ -13,8 +13,9 @@ use tessera_protocol::messages::{Command, GenerationStart};
 use super::{CoordinatorState, GenerationBook};
 
 impl CoordinatorState {
-    /// Starts the generation the state machine planned.
-    pub(super) fn start(&mut self, plan: GenerationPlan) {
+    /// Starts the generation the state machine planned (`adopted`: one that went on under the
+    /// coordinator before this one; its ranks resume from their kept state).
+    pub(super) fn start(&mut self, plan: GenerationPlan, adopted: bool) {
         let peers: Vec<SocketAddr> = plan.ranks.iter().filter_map(|id| self.workers.get(id).map(|c| c.ring_addr)).collect();
         if peers.len() != plan.ranks.len() {
             // A rank vanished between the decision and now: its leave event aborts this plan.
@@ -38,11 +39,16 @@ impl CoordinatorState {
         self.ending = None;
         // Before any Start is sent: the metrics refuse reports of a generation not set here.
         self.args.metrics.set_generation(plan.generation, plan.ranks.len() as u32);
-        self.record(JobEvent::GenerationStarted {
-            generation: plan.generation.0,
-            ranks: plan.ranks.iter().map(|r| r.0).collect(),
-            start_step: plan.start_step.0,
-            restore: plan.restore.map(|s| s.0),
+        let ranks = plan.ranks.iter().map(|r| r.0).collect();
+        self.record(if adopted {
+            JobEvent::GenerationAdopted { generation: plan.generation.0, ranks, start_step: plan.start_step.0 }
+        } else {
+            JobEvent::GenerationStarted {
+                generation: plan.generation.0,
+                ranks,
+                start_step: plan.start_step.0,
+                restore: plan.restore.map(|s| s.0),
+            }
         });
         let schedule = self.settle_mixtures(plan.start_step);
         for (rank, id) in plan.ranks.iter().enumerate() {

@@ -7,7 +7,9 @@
 //! | `GET /v1/jobs` | | `[`[`ClusterJob`]`]` with each queued job's pending reason |
 //! | `GET /v1/jobs/ID` | | [`ClusterJob`] with the live status while it runs |
 //! | `POST /v1/jobs/ID/cancel` | | [`ClusterJob`] |
-//! | `GET/POST /v1/jobs/ID/{status,events,scale,checkpoint,mixture,drain,metrics}` | as [`crate::api`] | as [`crate::api`], for that running job |
+//! | `GET /v1/jobs/ID/checkpoints` | | [`JobCheckpoints`](super::JobCheckpoints): its spec and committed checkpoints, in any state |
+//! | `POST /v1/jobs/ID/scale` | [`crate::api::ScaleRequest`] | [`crate::api::ScaleAck`] (and caps the queue's growth of the job) |
+//! | `GET/POST /v1/jobs/ID/{status,events,checkpoint,mixture,drain,metrics}` | as [`crate::api`] | as [`crate::api`], for that running job |
 //! | `POST /v1/workers/NAME` | [`WorkerReport`] | [`WorkerReply`] (an idle worker's long poll) |
 //! | `GET /v1/workers` | | `[`[`PooledWorker`]`]` |
 
@@ -48,6 +50,8 @@ pub fn router<S: JobStore + 'static>(token: String, service: Arc<Service<S>>) ->
         .route("/v1/jobs", post(submit::<S>).get(jobs::<S>))
         .route("/v1/jobs/{id}", get(job::<S>))
         .route("/v1/jobs/{id}/cancel", post(cancel::<S>))
+        .route("/v1/jobs/{id}/scale", post(scale::<S>))
+        .route("/v1/jobs/{id}/checkpoints", get(checkpoints::<S>))
         .route("/v1/jobs/{id}/{op}", any(per_job::<S>))
         .route("/v1/workers", get(workers::<S>))
         .route("/v1/workers/{name}", post(report::<S>))
@@ -106,6 +110,25 @@ async fn job<S: JobStore + 'static>(State(state): State<AppState<S>>, Path(id): 
 async fn cancel<S: JobStore + 'static>(State(state): State<AppState<S>>, Path(id): Path<String>) -> Response {
     match job_id(&id) {
         Ok(id) => reply(state.service.cancel(id).await),
+        Err(e) => error_response(e),
+    }
+}
+
+async fn checkpoints<S: JobStore + 'static>(State(state): State<AppState<S>>, Path(id): Path<String>) -> Response {
+    match job_id(&id) {
+        Ok(id) => reply(state.service.checkpoints(id).await),
+        Err(e) => error_response(e),
+    }
+}
+
+/// `tessera scale` goes through the service, which caps the queue's growth of the job there.
+async fn scale<S: JobStore + 'static>(State(state): State<AppState<S>>, Path(id): Path<String>, body: Bytes) -> Response {
+    let req: crate::api::ScaleRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error_response(ApiError::bad("body", e.to_string())),
+    };
+    match job_id(&id) {
+        Ok(id) => reply(state.service.scale(id, req.workers).await),
         Err(e) => error_response(e),
     }
 }

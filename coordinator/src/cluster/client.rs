@@ -1,7 +1,7 @@
 //! The cluster API's calls on [`ApiClient`] (the CLI's `submit`, `jobs`, `cancel`, and the
 //! worker's reports); one job's routes go through [`ApiClient::for_job`].
 
-use super::types::{ClusterJob, PooledWorker, SubmitReply, SubmitRequest, WorkerReply, WorkerReport};
+use super::types::{ClusterJob, JobCheckpoints, PooledWorker, SubmitReply, SubmitRequest, WorkerReply, WorkerReport};
 use crate::client::ApiClient;
 use crate::error::Result;
 use crate::store::JobId;
@@ -25,6 +25,11 @@ impl ApiClient {
     /// `POST /v1/jobs/ID/cancel`.
     pub fn cancel(&self, id: JobId) -> Result<ClusterJob> {
         self.call::<_, ()>("POST", &format!("/v1/jobs/{}/cancel", id.0), None)
+    }
+
+    /// `GET /v1/jobs/ID/checkpoints`.
+    pub fn job_checkpoints(&self, id: JobId) -> Result<JobCheckpoints> {
+        self.call::<_, ()>("GET", &format!("/v1/jobs/{}/checkpoints", id.0), None)
     }
 
     /// `POST /v1/workers/NAME`: a worker's report (and, idle, its wait for an assignment).

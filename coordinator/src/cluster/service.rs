@@ -14,7 +14,8 @@ use tessera_protocol::report::now_ms;
 
 use super::host::{self, HostOptions, HostedJob};
 use super::pool::Pool;
-use super::types::{ClusterJob, PooledWorker, SubmitReply, SubmitRequest, WorkerReply, WorkerReport};
+use super::targets::Targets;
+use super::types::{ClusterJob, JobCheckpoints, PooledWorker, SubmitReply, SubmitRequest, WorkerReply, WorkerReport};
 use crate::actor::JobOutcome;
 use crate::control::Adoption;
 use crate::control::queue::{Decision, JobView, PendingReason, Phase, schedule};
@@ -50,6 +51,8 @@ struct Inner {
     notes: BTreeMap<JobId, String>,
     /// Jobs recovered from the store, waiting for their ranks' orphaned state: since when (ms).
     recovering: BTreeMap<JobId, u64>,
+    /// The worker counts asked of running jobs' coordinators (Q4 shrinks, users' scales).
+    targets: Targets,
 }
 
 /// The service (shared by the API and its background tasks).
@@ -193,6 +196,13 @@ impl<S: JobStore + 'static> Service<S> {
         Ok(job)
     }
 
+    /// Job `id`'s spec and committed checkpoints (for `tessera export JOB`), in any state.
+    pub async fn checkpoints(&self, id: JobId) -> Result<JobCheckpoints, ApiError> {
+        let record = self.record(id).await?;
+        let checkpoints = self.store.checkpoints(id).await.map_err(store_err)?;
+        Ok(JobCheckpoints { id, name: record.job.name, spec: record.job.spec, checkpoints })
+    }
+
     /// The running job's API backend, router pieces included.
     pub async fn hosted<T>(&self, id: JobId, f: impl FnOnce(&HostedJob) -> T) -> Result<T, ApiError> {
         let inner = self.inner.lock().await;
@@ -215,6 +225,7 @@ impl<S: JobStore + 'static> Service<S> {
                 self.store.set_state(&self.fence, id, JobState::Queued, JobState::Cancelled).await.map_err(store_err)?;
                 self.inner.lock().await.pending.remove(&id);
                 tessera_protocol::say!("[service] {id} cancelled while queued");
+                self.keep_note(id, "cancelled while queued".into()).await;
                 self.reschedule().await;
             }
             JobState::Running => {
@@ -308,15 +319,21 @@ impl<S: JobStore + 'static> Service<S> {
             .filter_map(|r| {
                 let phase = match r.state {
                     JobState::Queued => Phase::Queued,
-                    JobState::Running => Phase::Running { workers: inner.pool.held_by(r.id), releasing: 0 },
+                    JobState::Running => {
+                        let held = inner.pool.held_by(r.id);
+                        Phase::Running { workers: held, releasing: inner.targets.releasing(r.id, held) }
+                    }
                     _ => return None,
                 };
-                Some(JobView { id: r.id, priority: r.job.priority, range: r.job.workers, phase })
+                let range = WorkerRange { min: r.job.workers.min, max: inner.targets.max(r.id, r.job.workers.max).max(r.job.workers.min) };
+                Some(JobView { id: r.id, priority: r.job.priority, range, phase })
             })
             .collect();
         let free = inner.pool.free();
         let decisions = schedule(inner.pool.size(), free.len() as u32, &views);
         let mut free = free.into_iter();
+        // Targets to ask of running jobs' coordinators, once the lock is let go.
+        let mut asks: Vec<(JobId, Arc<crate::actor::ActorBridge>, u32, String)> = Vec::new();
         inner.pending.clear();
         for d in decisions {
             match d {
@@ -331,20 +348,31 @@ impl<S: JobStore + 'static> Service<S> {
                         }
                         Err(e) => {
                             tessera_protocol::say!("[service] {job} cannot start: {e}");
-                            inner.notes.insert(job, format!("failed to start: {e}"));
-                            let _ = self.store.set_state(&self.fence, job, JobState::Queued, JobState::Failed).await;
+                            let note = format!("failed to start: {e}");
+                            inner.notes.insert(job, note.clone());
+                            if self.store.set_state(&self.fence, job, JobState::Queued, JobState::Failed).await.is_ok() {
+                                self.keep_note(job, note).await;
+                            }
                         }
                     }
                 }
                 Decision::Grow { job, by } => {
-                    let Some(a) = inner.running.get(&job).map(|h| h.assignment.clone()) else { continue };
+                    let Some((a, bridge)) = inner.running.get(&job).map(|h| (h.assignment.clone(), Arc::clone(&h.bridge))) else {
+                        continue;
+                    };
+                    let held = inner.pool.held_by(job);
+                    if let Some(target) = inner.targets.grow(job, held, by) {
+                        asks.push((job, bridge, target, format!("grows by {by}")));
+                    }
                     for name in free.by_ref().take(by as usize) {
                         inner.pool.assign(&name, a.clone());
                     }
                 }
                 Decision::Shrink { job, by, for_job } => {
-                    // Not asked yet: shrinking needs the actor's drain-by-count request.
-                    tessera_protocol::say!("[service] {for_job} would need {by} workers of {job} (shrinking is not done yet)");
+                    let Some(bridge) = inner.running.get(&job).map(|h| Arc::clone(&h.bridge)) else { continue };
+                    let held = inner.pool.held_by(job);
+                    let target = inner.targets.shrink(job, held, by);
+                    asks.push((job, bridge, target, format!("gives {by} workers to {for_job} (Q4) at its next checkpoint")));
                 }
                 Decision::Pending { job, reason } => {
                     inner.pending.insert(job, reason);
@@ -352,7 +380,29 @@ impl<S: JobStore + 'static> Service<S> {
             }
         }
         drop(inner);
+        for (job, bridge, target, why) in asks {
+            use crate::api::JobControl;
+            match bridge.scale(target as usize).await {
+                Ok(_) => tessera_protocol::say!("[service] {job} {why}: asked for {target} workers"),
+                Err(e) => {
+                    tessera_protocol::say!("[service] {job} {why}: its coordinator refused {target} workers: {e}");
+                    self.inner.lock().await.targets.refused(job);
+                }
+            }
+        }
         self.assigned.notify_waiters();
+    }
+
+    /// `tessera scale JOB --workers N`: asks the running job's coordinator for `workers`
+    /// (refused outside the job's range), then caps the queue's growth of it there.
+    pub async fn scale(self: &Arc<Self>, id: JobId, workers: usize) -> Result<crate::api::ScaleAck, ApiError> {
+        use crate::api::JobControl;
+        let bridge = self.hosted(id, |h| Arc::clone(&h.bridge)).await?;
+        let ack = bridge.scale(workers).await?;
+        self.inner.lock().await.targets.scaled(id, workers as u32);
+        tessera_protocol::say!("[service] {id} scaled to {workers} workers by a user");
+        self.reschedule().await;
+        Ok(ack)
     }
 
     /// Decides for every recovered job whether its orphans are adopted (the job starts on them
@@ -439,15 +489,17 @@ impl<S: JobStore + 'static> Service<S> {
                 JobOutcome::Failed { reason } => (JobState::Failed, format!("failed: {reason}")),
             }
         };
-        if to != JobState::Running
-            && let Err(e) = self.store.set_state(&self.fence, id, JobState::Running, to).await
-        {
-            tessera_protocol::say!("[service] {id} ended ({note}) but the store refused it: {e}");
+        if to != JobState::Running {
+            match self.store.set_state(&self.fence, id, JobState::Running, to).await {
+                Ok(()) => self.keep_note(id, note.clone()).await,
+                Err(e) => tessera_protocol::say!("[service] {id} ended ({note}) but the store refused it: {e}"),
+            }
         }
         tessera_protocol::say!("[service] {id} {note}");
         let hosted = {
             let mut inner = self.inner.lock().await;
             inner.notes.insert(id, note);
+            inner.targets.forget(id);
             inner.pool.withdraw(id);
             inner.running.remove(&id)
         };
@@ -457,6 +509,14 @@ impl<S: JobStore + 'static> Service<S> {
             h.close();
         }
         self.reschedule().await;
+    }
+
+    /// Stores how job `id` ended (or why it could not start), so `tessera status` says it
+    /// after a restart too; a failure to store it loses only the note.
+    async fn keep_note(&self, id: JobId, note: String) {
+        if let Err(e) = self.store.set_note(&self.fence, id, note).await {
+            tessera_protocol::say!("[service] {id}: its note was not stored: {e}");
+        }
     }
 
     /// Stops every running job at its next boundary (with a checkpoint) and waits for them, at
@@ -492,7 +552,7 @@ fn view(r: &JobRecord, inner: &Inner) -> ClusterJob {
         step,
         total_steps: job.as_ref().map_or(0, |j| j.train.total_steps),
         pending: inner.pending.get(&r.id).map(ToString::to_string),
-        note: inner.notes.get(&r.id).cloned(),
+        note: inner.notes.get(&r.id).cloned().or_else(|| r.note.clone()),
         output_dir: job.map(|j| j.output_dir).unwrap_or_default(),
         submitted_ms: r.job.submitted_ms,
         node: inner.running.get(&r.id).map(|h| h.assignment.node),

@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use super::pool::{Assignment, Beat};
 use crate::registry::WorkerAd;
-use crate::store::{JobId, JobState, WorkerRange};
+use crate::store::{CheckpointRecord, JobId, JobState, WorkerRange};
+use tessera_protocol::messages::JobSpec;
 use tessera_protocol::reply::JobStatus;
 
 /// `POST /v1/jobs`: a job config as its TOML text, resolved by the service against
@@ -108,4 +109,18 @@ pub struct PooledWorker {
     pub ad: WorkerAd,
     /// The job it serves.
     pub job: Option<JobId>,
+}
+
+/// `GET /v1/jobs/ID/checkpoints`: what `tessera export JOB` needs to consolidate a job's
+/// weights on the shared filesystem: its resolved spec and its committed checkpoints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobCheckpoints {
+    /// The job.
+    pub id: JobId,
+    /// Its name.
+    pub name: String,
+    /// Its resolved spec (model config, checkpoint directory).
+    pub spec: JobSpec,
+    /// Its checkpoints as the store recorded them at commit (fenced), by step.
+    pub checkpoints: Vec<CheckpointRecord>,
 }

@@ -22,6 +22,7 @@ fn all_events() -> Vec<JobEvent> {
             effective_step: 700,
             weights: BTreeMap::from([("cc12m".to_string(), 0.75), ("coco".to_string(), 0.25)]),
         },
+        JobEvent::GenerationAdopted { generation: 4, ranks: vec![3, 5, 6], start_step: 717 },
         JobEvent::JobFinished { step: 1000 },
     ]
 }
@@ -50,16 +51,19 @@ fn event_log_round_trips_every_event() {
     // The wire format is part of the contract: tagged by `type`, snake_case.
     let text = std::fs::read_to_string(&path).unwrap();
     let first = text.lines().next().unwrap();
-    assert_eq!(first, r#"{"v":2,"ts_ms":1000,"event":{"type":"coordinator_started","resumed_step":400}}"#);
+    assert_eq!(first, r#"{"v":3,"ts_ms":1000,"event":{"type":"coordinator_started","resumed_step":400}}"#);
     // A generation's end carries the typed reason, tagged by `kind`.
     let ended: Vec<&str> = text.lines().filter(|l| l.contains("generation_ended")).collect();
     assert_eq!(
         ended,
         [
-            r#"{"v":2,"ts_ms":1004,"event":{"type":"generation_ended","generation":2,"reason":{"kind":"resize"}}}"#,
-            r#"{"v":2,"ts_ms":1005,"event":{"type":"generation_ended","generation":3,"reason":{"kind":"member_lost","worker":5}}}"#,
+            r#"{"v":3,"ts_ms":1004,"event":{"type":"generation_ended","generation":2,"reason":{"kind":"resize"}}}"#,
+            r#"{"v":3,"ts_ms":1005,"event":{"type":"generation_ended","generation":3,"reason":{"kind":"member_lost","worker":5}}}"#,
         ]
     );
+    // Schema 3: an adoption is its own event.
+    let adopted = text.lines().find(|l| l.contains("generation_adopted")).unwrap();
+    assert!(adopted.ends_with(r#""event":{"type":"generation_adopted","generation":4,"ranks":[3,5,6],"start_step":717}}"#), "{adopted}");
     // A line written before the schema was versioned still reads, as version 0.
     let old: LoggedEvent = serde_json::from_str(r#"{"ts_ms":7,"event":{"type":"job_finished","step":3}}"#).unwrap();
     assert_eq!(old, LoggedEvent { v: 0, ts_ms: 7, event: JobEvent::JobFinished { step: 3 } });
@@ -75,7 +79,7 @@ fn a_schema_1_end_reason_reads_as_its_text() {
         assert_eq!(read, LoggedEvent { v: 1, ts_ms: 7, event: want });
     }
     // A reason that is neither text nor a known kind is corruption, not a legacy line.
-    let bad = r#"{"v":2,"ts_ms":7,"event":{"type":"generation_ended","generation":4,"reason":{"kind":"bogus"}}}"#;
+    let bad = r#"{"v":3,"ts_ms":7,"event":{"type":"generation_ended","generation":4,"reason":{"kind":"bogus"}}}"#;
     assert!(serde_json::from_str::<LoggedEvent>(bad).is_err());
 }
 

@@ -110,11 +110,19 @@ pub async fn queue_order_and_states<S: JobStore>(store: &S) -> StoreResult<()> {
     // Preempted back into the queue: it keeps its submission place.
     store.set_state(f, b, JobState::Running, JobState::Queued).await?;
     assert_eq!(order(store.queue().await?), vec![c, b, d, a]);
+    assert_eq!(store.job(a).await?.expect("a").note, None);
     store.set_state(f, a, JobState::Queued, JobState::Cancelled).await?;
-    assert_eq!(store.job(a).await?.expect("a").state, JobState::Cancelled);
+    store.set_note(f, a, "cancelled while queued".into()).await?;
+    let a_record = store.job(a).await?.expect("a");
+    assert_eq!((a_record.state, a_record.note.as_deref()), (JobState::Cancelled, Some("cancelled while queued")));
     assert!(matches!(store.set_priority(f, JobId(999), Priority(1)).await, Err(StoreError::UnknownJob { .. })));
-    let last = store.audit().await?.pop().expect("audit entries");
-    assert_eq!(last.event, AuditEvent::StateChanged { job: a, from: JobState::Queued, to: JobState::Cancelled });
+    assert!(matches!(store.set_note(f, JobId(999), "x".into()).await, Err(StoreError::UnknownJob { .. })));
+    let audit = store.audit().await?;
+    let last_two: Vec<_> = audit[audit.len() - 2..].iter().map(|e| e.event.clone()).collect();
+    assert_eq!(
+        last_two,
+        vec![AuditEvent::StateChanged { job: a, from: JobState::Queued, to: JobState::Cancelled }, AuditEvent::NoteSet { job: a }]
+    );
     lead.resign().await
 }
 
@@ -159,6 +167,7 @@ pub async fn stale_holder_is_fenced<S: JobStore>(store: &S) -> StoreResult<()> {
     assert!(matches!(store.put_job(&stale, new_job("late", 0, None)).await, Err(StoreError::Fenced { .. })));
     assert!(refused(store.set_state(&stale, job, JobState::Queued, JobState::Running).await));
     assert!(refused(store.set_priority(&stale, job, Priority(3)).await));
+    assert!(refused(store.set_note(&stale, job, "late".into()).await));
     let ck = CheckpointRecord { step: 1, generation: 1, dir: PathBuf::from("/ck"), manifest_sha256: String::new() };
     assert!(refused(store.commit_checkpoint(&stale, job, ck.clone()).await));
     let version = ScheduleVersion { version: 0, start_index: 0, weights: vec![1.0] };

@@ -249,7 +249,7 @@ impl JobStore for DirStore {
             if let Some(idem) = &idem {
                 write(idem, &id)?;
             }
-            write(&s.job_path(id), &JobRecord { id, state: JobState::Queued, job })?;
+            write(&s.job_path(id), &JobRecord { id, state: JobState::Queued, job, note: None })?;
             s.append_audit(&fence, AuditEvent::JobSubmitted { job: id })?;
             Ok(Submitted { id, created: true })
         })
@@ -285,6 +285,14 @@ impl JobStore for DirStore {
                 new.job.priority = priority;
                 Ok((new, AuditEvent::PriorityChanged { job: id, from: old.job.priority, to: priority }))
             })
+        })
+        .await
+    }
+
+    async fn set_note(&self, fence: &Fence, id: JobId, note: String) -> StoreResult<()> {
+        let fence = fence.clone();
+        self.blocking(move |s| {
+            s.update_job(&fence, id, |old| Ok((JobRecord { note: Some(note), ..old.clone() }, AuditEvent::NoteSet { job: id })))
         })
         .await
     }

@@ -314,7 +314,7 @@ impl JobStore for EtcdStore {
             }];
             let mut ops = vec![
                 TxnOp::put(counter.as_str(), (id.0 + 1).to_string(), None),
-                TxnOp::put(job_key.as_str(), encode(&JobRecord { id, state: JobState::Queued, job: job.clone() }), None),
+                TxnOp::put(job_key.as_str(), encode(&JobRecord { id, state: JobState::Queued, job: job.clone(), note: None }), None),
                 TxnOp::put(self.key(&format!("queue/{}", id.key())), encode(&QueueEntry { job: id, priority: job.priority }), None),
             ];
             let mut reads = vec![TxnOp::get(counter.as_str(), None)];
@@ -377,6 +377,10 @@ impl JobStore for EtcdStore {
             Ok((new, AuditEvent::PriorityChanged { job: id, from: old.job.priority, to: priority }))
         })
         .await
+    }
+
+    async fn set_note(&self, fence: &Fence, id: JobId, note: String) -> StoreResult<()> {
+        self.update_job(fence, id, |old| Ok((JobRecord { note: Some(note.clone()), ..old.clone() }, AuditEvent::NoteSet { job: id }))).await
     }
 
     async fn queue(&self) -> StoreResult<Vec<QueueEntry>> {

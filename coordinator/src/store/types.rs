@@ -134,6 +134,9 @@ pub struct JobRecord {
     pub state: JobState,
     /// The submission (with the priority now in force).
     pub job: NewJob,
+    /// How it ended, or why it could not start ("finished at step 6"), kept across restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// The outcome of [`super::JobStore::put_job`].
@@ -208,6 +211,11 @@ pub enum AuditEvent {
         job: JobId,
         /// The version.
         version: u32,
+    },
+    /// A job's note (its outcome) was set.
+    NoteSet {
+        /// The job.
+        job: JobId,
     },
     /// A checkpoint was committed.
     CheckpointCommitted {

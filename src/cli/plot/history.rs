@@ -184,6 +184,8 @@ pub fn markers(events: impl IntoIterator<Item = JobEvent>) -> Vec<Marker> {
                 }
                 world = Some(ranks.len());
             }
+            // Nothing restarted: the same generation goes on under a new coordinator.
+            JobEvent::GenerationAdopted { ranks, .. } => world = Some(ranks.len()),
             JobEvent::MixtureChanged { effective_step, .. } => out.push(Marker { step: effective_step, kind: MarkerKind::Mixture }),
             _ => {}
         }
