@@ -80,7 +80,7 @@ for _ in $(seq 1 100); do curl -s --noproxy '*' "http://127.0.0.1:$ETCD_PORT/hea
 # Waits until train log $1 has $STEPS lines, looking once a second: the same watcher runs in
 # both modes, so that its own cost (a process per look) weighs on both alike.
 watch_log() {
-  for _ in $(seq 1 1200); do [ "$(wc -l < "$1" 2>/dev/null || echo 0)" -ge "$STEPS" ] && return 0; sleep 1; done
+  for _ in $(seq 1 1200); do [ -f "$1" ] && [ "$(wc -l < "$1")" -ge "$STEPS" ] && return 0; sleep 1; done
   echo "timed out waiting for $1" >&2; return 1
 }
 
