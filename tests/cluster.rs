@@ -139,8 +139,9 @@ fn a_pool_trains_submitted_jobs_queues_with_reasons_cancels_and_refuses_bad_toke
     // Export through the service: its committed checkpoint of step 6, the same bytes as the
     // export of the job's config.
     let (by_id, by_config) = (root.join("by-id.safetensors"), root.join("by-config.safetensors"));
-    let said = ok(client(&url, &token, &["export", "job-1", "--step", "6", "--out", by_id.to_str().unwrap()]));
-    assert!(said.contains("exported step 6"), "{said}");
+    let said = ok(client(&url, &token, &["export", "job-1", "--step", "6", "--out", by_id.to_str().unwrap(), "--json"]));
+    let said: serde_json::Value = serde_json::from_str(&said).unwrap();
+    assert_eq!((&said["step"], said["checkpoint"].as_str().map(|c| c.ends_with("step-6"))), (&serde_json::json!(6), Some(true)), "{said}");
     ok(client(&url, &token, &["export", &job, "--step", "6", "--out", by_config.to_str().unwrap()]));
     assert_eq!(weights(&by_id), weights(&by_config), "the same weights either way");
     let missing = client(&url, &token, &["export", "job-1", "--step", "999", "--out", by_id.to_str().unwrap()]);

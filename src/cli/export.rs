@@ -26,6 +26,9 @@ pub struct ExportArgs {
     /// A checkpoint directory (default: the job's newest valid one).
     #[arg(long)]
     checkpoint: Option<PathBuf>,
+    /// Print JSON (`{"job", "step", "checkpoint", "out"}`) instead of a sentence.
+    #[arg(long)]
+    json: bool,
     /// The service, for a job id.
     #[command(flatten)]
     service: super::cluster::Service,
@@ -35,7 +38,7 @@ impl ExportArgs {
     /// Exports the newest valid checkpoint of the job `config` to `out`.
     pub fn new(config: PathBuf, out: PathBuf) -> Self {
         let service = super::cluster::Service::none();
-        Self { job: config.display().to_string(), out, step: None, checkpoint: None, service }
+        Self { job: config.display().to_string(), out, step: None, checkpoint: None, json: false, service }
     }
 }
 
@@ -59,7 +62,12 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
     let step = manifest.state.step;
     let model = checkpoint::consolidate(&cfg, &dir, &manifest)?;
     model.save(&a.out)?;
-    println!("exported step {step} of job '{}' to {}", job.name, a.out.display());
+    if a.json {
+        let said = serde_json::json!({"job": job.name, "step": step, "checkpoint": dir, "out": a.out});
+        println!("{said}");
+    } else {
+        println!("exported step {step} of job '{}' to {}", job.name, a.out.display());
+    }
     Ok(())
 }
 
