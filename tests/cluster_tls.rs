@@ -2,11 +2,12 @@
 //! certificate (SAN `IP:127.0.0.1`) made by the `openssl` command-line tool; clients and a pool
 //! worker reach it at `https://` with `--ca-file`/`TESSERA_CA_FILE`, and proxy variables aimed
 //! at a dead port are ignored. A client trusting another CA, a plain-HTTP client and random
-//! bytes are refused, the service logs each with the peer's address, and keeps answering.
+//! bytes are refused, the service logs each with the peer's address, and keeps answering; a
+//! peer that connects and says nothing holds up no client and is dropped at the handshake limit.
 
 mod common;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -188,7 +189,7 @@ fn a_tls_service_serves_https_clients_and_workers_and_refuses_other_cas_plain_ht
 
     // A peer that connects and never starts its handshake holds up nobody (each handshake has
     // its own task; one in the accept loop would stall this client for the 10 s limit).
-    let _silent = std::net::TcpStream::connect(url.trim_start_matches("https://")).unwrap();
+    let mut silent = std::net::TcpStream::connect(url.trim_start_matches("https://")).unwrap();
     // The flags work as well as the variables.
     let mut flags = Command::new(bin());
     flags.args(["jobs", "--coordinator", &url, "--ca-file", ca.to_str().unwrap(), "--token-file", token.to_str().unwrap()]);
@@ -227,6 +228,13 @@ fn a_tls_service_serves_https_clients_and_workers_and_refuses_other_cas_plain_ht
     assert_eq!((status["state"].as_str(), status["step"].as_u64()), (Some("Finished"), Some(4)), "{status}");
     assert_eq!(log_lines(&job_dir).len(), 4, "every step trained once");
     assert!(!service.text().contains("refused POST") && !service.text().contains("refused GET"), "no token refusal: {}", service.text());
+
+    // The silent peer is dropped at the handshake limit (10 s after it connected), and logged.
+    silent.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    assert_eq!(silent.read(&mut [0u8; 1]).expect("closed by the service, not timed out"), 0);
+    wait_for("the silent peer's refusal", Duration::from_secs(5), || {
+        service.text().lines().any(|l| l.contains("refused a connection from 127.0.0.1:") && l.ends_with("no TLS handshake within 10 s"))
+    });
 
     // A second coordinator on the same state waits for it, answering 503 over TLS meanwhile.
     let standby_addr = root.join("standby-addr");
