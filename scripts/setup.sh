@@ -16,7 +16,8 @@ TORCH_VERSION=2.11.0
 # munge slurmctld slurmd slurm-client: a real one-node Slurm cluster (munged, slurmctld, slurmd,
 # sbatch/srun/scontrol) runs scripts/cluster/tessera.sbatch in tests/slurm.rs; the test starts
 # the daemons itself, on its own key, config and ports (the packages' services stay unused).
-APT_PACKAGES=(protobuf-compiler prometheus tmux etcd-server etcd-client iproute2 munge slurmctld slurmd slurm-client)
+# openssl: tests/cluster_tls.rs makes its CA and server certificate with the command-line tool.
+APT_PACKAGES=(protobuf-compiler prometheus tmux etcd-server etcd-client iproute2 munge slurmctld slurmd slurm-client openssl)
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 

@@ -1,19 +1,24 @@
 //! [`ApiClient`]: a small blocking HTTP/1.1 client of the coordinator's API for the CLI, on
-//! `std::net::TcpStream` (the CLI needs a handful of one-shot requests, not an async runtime
-//! and a TLS stack). One connection per request (`Connection: close`), a timeout on connect,
-//! every read and write, and on the whole exchange; responses may be framed by
-//! `Content-Length`, chunked, or end at connection close.
+//! `std::net::TcpStream` (the CLI needs a handful of one-shot requests, not an async runtime),
+//! with a blocking rustls session on top for an `https://` [`Endpoint`] ([`conn`]). One
+//! connection per request (`Connection: close`), a timeout on connect, every read and write,
+//! and on the whole exchange; responses may be framed by `Content-Length`, chunked, or end at
+//! connection close. It connects to the endpoint directly: proxy variables are never read.
+
+mod conn;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
 use crate::api::{CheckpointAck, DrainAck, DrainRequest, ErrorBody, JobStatus, MixtureAck, MixtureRequest, ScaleAck, ScaleRequest};
+use crate::endpoint::Endpoint;
 use crate::error::{CoordinatorError, Result};
 use crate::events::EventPage;
+use crate::tls::ClientTls;
 
 /// Largest response accepted (a status with thousands of members is well below this).
 const MAX_RESPONSE: usize = 16 << 20;
@@ -21,7 +26,9 @@ const MAX_RESPONSE: usize = 16 << 20;
 /// A client of one coordinator's API.
 #[derive(Debug, Clone)]
 pub struct ApiClient {
-    addr: SocketAddr,
+    endpoint: Endpoint,
+    /// The CAs an `https://` endpoint's certificate is checked against.
+    tls: Option<ClientTls>,
     token: String,
     timeout: Duration,
     /// Put before every path: `/v1/jobs/ID` for one job of a coordinator service.
@@ -35,9 +42,35 @@ struct Answer {
 }
 
 impl ApiClient {
-    /// A client of the API at `addr`, authenticating with `token`; 10 s timeout.
-    pub fn new(addr: SocketAddr, token: impl Into<String>) -> Self {
-        Self { addr, token: token.into(), timeout: Duration::from_secs(10), prefix: String::new() }
+    /// A client of the API at `endpoint` (a `SocketAddr` is plain HTTP), authenticating with
+    /// `token`; 10 s timeout. An `https://` endpoint also needs [`ApiClient::with_tls`].
+    pub fn new(endpoint: impl Into<Endpoint>, token: impl Into<String>) -> Self {
+        Self { endpoint: endpoint.into(), tls: None, token: token.into(), timeout: Duration::from_secs(10), prefix: String::new() }
+    }
+
+    /// A client of the API at `url` (`http[s]://HOST:PORT`); an `https://` one trusts the CAs
+    /// in `ca_file` and is refused without it ([`CoordinatorError::Untrusted`]).
+    pub fn for_url(url: &str, token: impl Into<String>, ca_file: Option<&Path>) -> Result<Self> {
+        let endpoint = Endpoint::parse(url)?;
+        let tls = match (endpoint.is_tls(), ca_file) {
+            (true, Some(ca)) => Some(ClientTls::load(ca)?),
+            (true, None) => return Err(CoordinatorError::Untrusted { url: endpoint.to_string() }),
+            // A CA given for a plain-HTTP URL has nothing to check (the same CA variable may
+            // serve several clusters).
+            (false, _) => None,
+        };
+        Ok(Self { tls, ..Self::new(endpoint, token) })
+    }
+
+    /// The same client trusting `tls`'s CAs for an `https://` endpoint.
+    pub fn with_tls(mut self, tls: ClientTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Where the API is.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
     }
 
     /// The same client aimed at job `job` of a coordinator service (its per-job routes).
@@ -101,7 +134,7 @@ impl ApiClient {
     }
 
     fn bad(&self, reason: String) -> CoordinatorError {
-        CoordinatorError::BadResponse { addr: self.addr.to_string(), reason }
+        CoordinatorError::BadResponse { addr: self.endpoint.to_string(), reason }
     }
 
     /// An error status becomes [`CoordinatorError::Http`] with the server's error text.
@@ -113,26 +146,24 @@ impl ApiClient {
             Ok(e) => e.error,
             Err(_) => String::from_utf8_lossy(&answer.body).trim().to_string(),
         };
-        Err(CoordinatorError::Http { addr: self.addr.to_string(), status: answer.status, message })
+        Err(CoordinatorError::Http { addr: self.endpoint.to_string(), status: answer.status, message })
     }
 
     /// One HTTP/1.1 exchange on a fresh connection.
     fn request(&self, method: &str, path: &str, body: Option<&[u8]>) -> Result<Answer> {
-        let net = |op, source| CoordinatorError::Net { addr: self.addr.to_string(), op, source };
+        let net = |op, source| CoordinatorError::Net { addr: self.endpoint.to_string(), op, source };
         if self.token.bytes().any(|b| b.is_ascii_control()) {
             // A CR/LF in the token would inject headers into the request.
             return Err(CoordinatorError::Api { reason: "the bearer token contains control characters".into() });
         }
         let deadline = Instant::now() + self.timeout;
-        let mut stream = TcpStream::connect_timeout(&self.addr, self.timeout).map_err(|e| net("connect", e))?;
-        stream.set_read_timeout(Some(self.timeout)).map_err(|e| net("set read timeout", e))?;
-        stream.set_write_timeout(Some(self.timeout)).map_err(|e| net("set write timeout", e))?;
+        let mut stream = conn::open(&self.endpoint, self.tls.as_ref(), self.timeout, deadline)?;
 
         let body = body.unwrap_or_default();
         let path = format!("{}{path}", self.prefix);
         let mut head = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nConnection: close\r\nAccept: application/json\r\nContent-Length: {}\r\n",
-            self.addr,
+            self.endpoint.authority(),
             self.token,
             body.len()
         );
@@ -164,6 +195,10 @@ impl ApiClient {
             if let Some(answer) = parse_response(&raw).map_err(|r| self.bad(r))? {
                 return Ok(answer);
             }
+        }
+        // A plain-HTTP request to a TLS port is answered with a TLS alert record, then EOF.
+        if !self.endpoint.is_tls() && matches!(raw.as_slice(), [0x15 | 0x16, 0x03, ..]) {
+            return Err(self.bad("the server speaks TLS: give its https:// URL".into()));
         }
         parse_response(&raw).map_err(|r| self.bad(r))?.map_or_else(
             // At EOF a response without Content-Length or chunking ends here (RFC 9112 §6.3).

@@ -32,6 +32,50 @@ pub enum CoordinatorError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A coordinator URL that is not `http[s]://HOST:PORT`.
+    #[error("{url}: {reason}")]
+    Url {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The host of a coordinator URL does not resolve.
+    #[error("{url}: resolving {host}: {source}")]
+    Resolve {
+        /// The URL as given.
+        url: String,
+        /// Its host.
+        host: String,
+        /// The resolver's error.
+        source: std::io::Error,
+    },
+    /// An `https://` coordinator was given without a CA to check its certificate against.
+    #[error("{url}: an https:// coordinator needs the CA that signed its certificate: give --ca-file PEM (or set TESSERA_CA_FILE)")]
+    Untrusted {
+        /// The URL.
+        url: String,
+    },
+    /// A PEM file for TLS (a certificate chain, a private key, trusted CAs) cannot be read or
+    /// holds none of what it should.
+    #[error("{path}: {what}: {source}")]
+    Pem {
+        /// The file.
+        path: String,
+        /// What it should hold (`the certificate chain`, `the private key`, `the CA certificates`).
+        what: &'static str,
+        /// The PEM reader's error.
+        source: rustls::pki_types::pem::Error,
+    },
+    /// rustls refuses a TLS file's contents: a key that does not go with its certificate, an
+    /// unsupported key type, or a CA certificate that does not parse.
+    #[error("{path}: {source}")]
+    TlsConfig {
+        /// The file (for a key that does not fit: the key, naming its certificate).
+        path: String,
+        /// rustls' error.
+        source: rustls::Error,
+    },
     /// The coordinator's policy and its launcher disagree: `launches` without a launcher to
     /// start processes, or a launcher the policy does not count.
     #[error("the policy says launches = {launches}, but the coordinator was {} a launcher", if *launches { "given no" } else { "given" })]

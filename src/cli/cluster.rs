@@ -1,12 +1,12 @@
 //! Cluster mode's commands: `tessera coordinator` (the service) and the clients `submit`,
 //! `jobs`, `cancel` and `wait`. The clients find the service through `--coordinator URL` or
-//! `TESSERA_COORDINATOR`, and its bearer token through `--token-file` or `TESSERA_TOKEN_FILE`;
-//! they connect to it directly (no `HTTP_PROXY`: cluster traffic stays on the cluster).
+//! `TESSERA_COORDINATOR`, its bearer token through `--token-file` or `TESSERA_TOKEN_FILE`, and
+//! for an `https://` URL the CA to trust through `--ca-file` or `TESSERA_CA_FILE`; they connect
+//! to it directly (no `HTTP_PROXY`: cluster traffic stays on the cluster).
 
 mod service;
 
-use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -21,32 +21,23 @@ pub use service::{CoordinatorArgs, run_coordinator};
 /// missing one is named with both ways to give it).
 #[derive(Debug, Clone, Args)]
 pub struct Service {
-    /// The service's API, `http://HOST:PORT`, or several (the active one and standbys),
-    /// comma-separated (default: $TESSERA_COORDINATOR).
+    /// The service's API, `http://HOST:PORT` or `https://HOST:PORT`, or several (the active
+    /// one and standbys), comma-separated (default: $TESSERA_COORDINATOR).
     #[arg(long)]
     coordinator: Option<String>,
     /// File holding the service's bearer token (default: $TESSERA_TOKEN_FILE).
     #[arg(long)]
     token_file: Option<PathBuf>,
-}
-
-/// `http://HOST:PORT` as a socket address (TLS is not spoken by this client).
-pub fn service_addr(url: &str) -> anyhow::Result<SocketAddr> {
-    if url.starts_with("https://") {
-        bail!("{url}: this client speaks plain HTTP only; give the service's http:// address");
-    }
-    let hostport = url.strip_prefix("http://").unwrap_or(url).trim_end_matches('/');
-    hostport
-        .to_socket_addrs()
-        .with_context(|| format!("{url}: not HOST:PORT"))?
-        .next()
-        .with_context(|| format!("{url}: the host resolves to no address"))
+    /// PEM file of the CA certificates that an `https://` service's certificate is checked
+    /// against (needed for https; no system roots are used).
+    #[arg(long, env = "TESSERA_CA_FILE")]
+    ca_file: Option<PathBuf>,
 }
 
 impl Service {
     /// No service given on the command line (the environment may still name one).
     pub fn none() -> Self {
-        Self { coordinator: None, token_file: None }
+        Self { coordinator: None, token_file: None, ca_file: None }
     }
 
     /// A client of the service: of the first coordinator listed that answers as the active one.
@@ -56,20 +47,21 @@ impl Service {
         let token_file = self.token_file.clone().or_else(|| std::env::var_os("TESSERA_TOKEN_FILE").map(PathBuf::from));
         let token_file = token_file.context("give --token-file F or set TESSERA_TOKEN_FILE")?;
         let token = std::fs::read_to_string(&token_file).with_context(|| format!("reading {}", token_file.display()))?;
-        active(&url, token.trim())
+        active(&url, token.trim(), self.ca_file.as_deref())
     }
 }
 
 /// The client of the first of `urls` (comma-separated) that answers as the active coordinator
-/// (a standby answers 503, a dead one not at all); with one URL, that one, unprobed.
-pub fn active(urls: &str, token: &str) -> anyhow::Result<ApiClient> {
+/// (a standby answers 503, a dead one not at all); with one URL, that one, unprobed. An
+/// `https://` URL trusts the CAs in `ca_file`.
+pub fn active(urls: &str, token: &str, ca_file: Option<&Path>) -> anyhow::Result<ApiClient> {
     let list: Vec<&str> = urls.split(',').map(str::trim).filter(|u| !u.is_empty()).collect();
     if let [one] = list.as_slice() {
-        return Ok(ApiClient::new(service_addr(one)?, token));
+        return Ok(ApiClient::for_url(one, token, ca_file)?);
     }
     let mut failures = Vec::new();
     for url in &list {
-        let client = ApiClient::new(service_addr(url)?, token);
+        let client = ApiClient::for_url(url, token, ca_file)?;
         match client.clone().with_timeout(Duration::from_secs(5)).workers() {
             Ok(_) => return Ok(client),
             Err(e) => failures.push(format!("{url}: {e}")),

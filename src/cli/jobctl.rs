@@ -17,9 +17,13 @@ use tessera_coordinator::api::StatusTable;
 pub struct Target {
     /// A coordinator service's job (`job-N` or `N`).
     pub(super) job: Option<String>,
-    /// The coordinator service's API, `http://HOST:PORT` (default: $TESSERA_COORDINATOR).
+    /// The coordinator service's API, `http[s]://HOST:PORT` (default: $TESSERA_COORDINATOR).
     #[arg(long)]
     pub(super) coordinator: Option<String>,
+    /// PEM file of the CA certificates that an `https://` service's certificate is checked
+    /// against.
+    #[arg(long, env = "TESSERA_CA_FILE")]
+    ca_file: Option<PathBuf>,
     /// The job's output directory (holds coordinator.json and the API token).
     #[arg(long, default_value = ".")]
     pub(super) job_dir: PathBuf,
@@ -48,7 +52,7 @@ impl Target {
             .or_else(|| std::env::var_os("TESSERA_TOKEN_FILE").map(PathBuf::from))
             .context("give --token-file (or set TESSERA_TOKEN_FILE) with a JOB")?;
         let token = std::fs::read_to_string(&token_file).with_context(|| format!("reading {}", token_file.display()))?;
-        let client = super::cluster::active(&url, token.trim())?;
+        let client = super::cluster::active(&url, token.trim(), self.ca_file.as_deref())?;
         Ok(Some((client, super::cluster::parse_job_id(job)?)))
     }
 

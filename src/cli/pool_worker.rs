@@ -16,7 +16,6 @@ use tessera_coordinator::store::JobId;
 use tessera_worker::agent::link::{Attach, Reattach};
 use tessera_worker::agent::{AgentOptions, run as run_agent};
 
-use super::cluster::service_addr;
 use super::worker::{WorkerArgs, shutdown_flag};
 
 /// How often a worker reports while it trains (the service's heartbeat timeout is 10 s).
@@ -54,14 +53,14 @@ fn local_ip_towards(peer: std::net::SocketAddr) -> anyhow::Result<std::net::IpAd
 pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
     let url = a.coordinator.clone().context("--coordinator")?;
     let urls: Vec<String> = url.split(',').map(str::trim).filter(|u| !u.is_empty()).map(String::from).collect();
-    let addr = service_addr(urls.first().context("--coordinator: no URL")?)?;
     let token_file = a.token_file.clone().or_else(|| std::env::var_os("TESSERA_TOKEN_FILE").map(std::path::PathBuf::from));
     let token_file = token_file.context("give --token-file F (or set TESSERA_TOKEN_FILE) with --coordinator")?;
     let token = std::fs::read_to_string(&token_file).with_context(|| format!("reading {}", token_file.display()))?;
     let mut clients = Vec::new();
     for u in &urls {
-        clients.push((u.clone(), ApiClient::new(service_addr(u)?, token.trim()).with_timeout(Duration::from_secs(15))));
+        clients.push((u.clone(), ApiClient::for_url(u, token.trim(), a.ca_file.as_deref())?.with_timeout(Duration::from_secs(15))));
     }
+    let addr = clients.first().context("--coordinator: no URL")?.1.endpoint().addr();
     let coordinators = Arc::new(Coordinators { clients, current: Mutex::new(0) });
     let ip = match a.advertise {
         Some(ip) => ip,

@@ -117,7 +117,12 @@ impl Source {
             // Only the flag: $TESSERA_COORDINATOR names a service, not this job's own API.
             let url = target.coordinator.clone();
             if let Some(url) = &url {
-                target.api = Some(super::cluster::service_addr(url)?);
+                let endpoint = tessera_coordinator::Endpoint::parse(url)?;
+                anyhow::ensure!(
+                    !endpoint.is_tls(),
+                    "{url}: the API of a job that tessera train runs is plain HTTP; for a coordinator service's job give JOB too"
+                );
+                target.api = Some(endpoint.addr());
             }
             // The logs are read only where the job's own directory is (not with a remote API).
             let dir = (url.is_none() && target.api.is_none()).then(|| target.job_dir.clone());

@@ -19,13 +19,17 @@ pub struct WorkerArgs {
     /// The coordinator's node address (default: read from --job-dir).
     #[arg(long, conflicts_with = "coordinator")]
     join: Option<SocketAddr>,
-    /// A coordinator service's API (`http://HOST:PORT`): join its worker pool (default, when
-    /// neither --join nor --job-dir is given: $TESSERA_COORDINATOR).
+    /// A coordinator service's API (`http://HOST:PORT` or `https://HOST:PORT`): join its worker
+    /// pool (default, when neither --join nor --job-dir is given: $TESSERA_COORDINATOR).
     #[arg(long)]
     pub(super) coordinator: Option<String>,
     /// File holding the service's bearer token (pool mode; default: $TESSERA_TOKEN_FILE).
     #[arg(long)]
     pub(super) token_file: Option<PathBuf>,
+    /// PEM file of the CA certificates that an `https://` service's certificate is checked
+    /// against (pool mode).
+    #[arg(long, env = "TESSERA_CA_FILE")]
+    pub(super) ca_file: Option<PathBuf>,
     /// This worker's name in the pool (default: HOST-PID).
     #[arg(long)]
     pub(super) name: Option<String>,

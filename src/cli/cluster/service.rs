@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use tessera_coordinator::cluster::{FlopsFn, HostOptions, Service, ServiceOptions};
+use tessera_coordinator::ServerTls;
+use tessera_coordinator::cluster::{ApiListener, FlopsFn, HostOptions, Service, ServiceOptions};
 use tessera_coordinator::store::{DirStore, EtcdConfig, EtcdStore, HolderId, JobStore, StoreError};
 
 /// Arguments of `tessera coordinator`.
@@ -44,9 +45,17 @@ pub struct CoordinatorArgs {
     /// 0: restore at once.
     #[arg(long, default_value_t = 15)]
     reattach_wait_s: u64,
-    /// Write the API's URL (`http://ADDR`) to this file once listening (for scripts).
+    /// Write the API's URL (`http://ADDR`, or `https://ADDR` with --tls-cert) to this file once
+    /// listening (for scripts).
     #[arg(long)]
     addr_file: Option<PathBuf>,
+    /// Serve the API over TLS with this certificate chain (PEM, the server's certificate
+    /// first; its SAN must name the host or IP that clients put in their URL).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Wait as long as it takes for the store (a standby: it takes over when the active
     /// coordinator dies and its etcd lease expires). Without it, a coordinator gives up when the
     /// store is still held after 20 s (longer than a dead holder's lease).
@@ -75,6 +84,12 @@ fn token(path: &std::path::Path) -> anyhow::Result<String> {
     Ok(t)
 }
 
+/// What the API is served with: its bearer token and, with --tls-cert, its certificate.
+struct ApiSecrets {
+    token: String,
+    tls: Option<ServerTls>,
+}
+
 /// Runs `tessera coordinator` until SIGTERM/SIGINT.
 pub fn run_coordinator(a: CoordinatorArgs) -> anyhow::Result<()> {
     let interrupted = Arc::new(AtomicBool::new(false));
@@ -93,7 +108,12 @@ pub fn run_coordinator(a: CoordinatorArgs) -> anyhow::Result<()> {
         (None, Some(dir)) => dir.join("token"),
         (None, None) => bail!("give --token-file (or TESSERA_TOKEN_FILE) with --etcd"),
     };
-    let token = token(&token_file)?;
+    // Read before anything is bound or taken, so a bad certificate stops the start at once.
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(cert), Some(key)) => Some(ServerTls::load(cert, key)?),
+        _ => None,
+    };
+    let secrets = ApiSecrets { token: token(&token_file)?, tls };
     let options = ServiceOptions {
         host: HostOptions { node_ip, heartbeat_timeout_ms: a.heartbeat_timeout_s * 1000 },
         pool_timeout_ms: a.heartbeat_timeout_s * 1000,
@@ -106,10 +126,10 @@ pub fn run_coordinator(a: CoordinatorArgs) -> anyhow::Result<()> {
         if a.etcd.is_empty() {
             let dir = a.state_dir.clone().context("give --state-dir DIR or --etcd URLS")?;
             let store = DirStore::open(&dir).with_context(|| format!("opening the state directory {}", dir.display()))?;
-            serve(store, holder, options, flops, token, &a, interrupted).await
+            serve(store, holder, options, flops, secrets, &a, interrupted).await
         } else {
             let store = EtcdStore::connect(EtcdConfig::new(a.etcd.clone(), &a.etcd_prefix)).await?;
-            serve(store, holder, options, flops, token, &a, interrupted).await
+            serve(store, holder, options, flops, secrets, &a, interrupted).await
         }
     })
 }
@@ -119,7 +139,7 @@ async fn serve<S: JobStore + 'static>(
     holder: HolderId,
     options: ServiceOptions,
     flops: FlopsFn,
-    token: String,
+    ApiSecrets { token, tls }: ApiSecrets,
     a: &CoordinatorArgs,
     interrupted: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
@@ -127,14 +147,14 @@ async fn serve<S: JobStore + 'static>(
     // the store it answers 503, and clients and workers try the next coordinator they know.
     let bound = std::net::TcpListener::bind(a.listen).with_context(|| format!("binding the API at {}", a.listen))?;
     bound.set_nonblocking(true)?;
-    let addr = bound.local_addr()?;
+    let url = format!("{}://{}", if tls.is_some() { "https" } else { "http" }, bound.local_addr()?);
     if let Some(f) = &a.addr_file {
-        tessera_tokenizers::atomic::write_atomic(f, format!("http://{addr}\n").as_bytes())?;
+        tessera_tokenizers::atomic::write_atomic(f, format!("{url}\n").as_bytes())?;
     }
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
     let waiting = tokio::spawn(tessera_coordinator::cluster::serve_waiting(
-        tokio::net::TcpListener::from_std(bound.try_clone()?)?,
-        format!("the coordinator at http://{addr} does not hold the job store (yet): try another"),
+        ApiListener::new(tokio::net::TcpListener::from_std(bound.try_clone()?)?, tls.clone()),
+        format!("the coordinator at {url} does not hold the job store (yet): try another"),
         async move {
             let _ = ready_rx.await;
         },
@@ -150,7 +170,7 @@ async fn serve<S: JobStore + 'static>(
                 if !told {
                     let role = if a.standby { "standby" } else { "waiting" };
                     tessera_protocol::say!(
-                        "tessera coordinator: {role} at http://{addr}: the job store is held by {other}; waiting until it lets go (or its lease expires)"
+                        "tessera coordinator: {role} at {url}: the job store is held by {other}; waiting until it lets go (or its lease expires)"
                     );
                     told = true;
                 }
@@ -167,9 +187,9 @@ async fn serve<S: JobStore + 'static>(
     }
     let _ = ready_tx.send(());
     waiting.await.context("the waiting API task")??;
-    let listener = tokio::net::TcpListener::from_std(bound)?;
+    let listener = ApiListener::new(tokio::net::TcpListener::from_std(bound)?, tls);
     let service = Service::start(store, leadership, options, flops).await.context("recovering the jobs")?;
-    tessera_protocol::say!("tessera coordinator: API http://{addr} ({holder}; job nodes on {})", options.host.node_ip);
+    tessera_protocol::say!("tessera coordinator: API {url} ({holder}; job nodes on {})", options.host.node_ip);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let api = tokio::spawn(tessera_coordinator::cluster::serve(listener, token, Arc::clone(&service), async move {
         let _ = stop_rx.await;
