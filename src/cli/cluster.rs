@@ -3,6 +3,7 @@
 //! `TESSERA_COORDINATOR`, and its bearer token through `--token-file` or `TESSERA_TOKEN_FILE`;
 //! they connect to it directly (no `HTTP_PROXY`: cluster traffic stays on the cluster).
 
+mod etcd_args;
 mod service;
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -15,6 +16,7 @@ use tessera_coordinator::ApiClient;
 use tessera_coordinator::cluster::{ClusterJob, SubmitRequest};
 use tessera_coordinator::store::{JobId, JobState, WorkerRange};
 
+pub use etcd_args::EtcdArgs;
 pub use service::{CoordinatorArgs, run_coordinator};
 
 /// How a client reaches the coordinator service (read when the command runs, so that a
