@@ -309,8 +309,10 @@ fn hosts_in_namespaces_lose_a_link_rejoin_and_survive_coordinator_kills() {
         c.args(["coordinator", "--listen", &format!("{head}:{port}"), "--etcd", &etcd.url(), "--etcd-prefix", &prefix]).args([
             "--token-file",
             token.to_str().unwrap(),
+            // Above the workers' lease TTL (2 s) with a margin: a cut-off worker is lost by its
+            // lease, not by silence (the heartbeat path: 4.3 s at a 4 s timeout, README).
             "--heartbeat-timeout-s",
-            "4",
+            "10",
         ]);
         if standby {
             c.arg("--standby");
@@ -325,7 +327,14 @@ fn hosts_in_namespaces_lose_a_link_rejoin_and_survive_coordinator_kills() {
     let workers: Vec<Proc> = (1..4)
         .map(|i| {
             let mut w = hosts.command(i, &bin());
-            w.args(["worker", "--coordinator", &urls, "--token-file", token.to_str().unwrap(), "--name", &format!("host{i}")]);
+            w.args(["worker", "--coordinator", &urls, "--token-file", token.to_str().unwrap(), "--name", &format!("host{i}")]).args([
+                "--etcd",
+                &etcd.url(),
+                "--etcd-prefix",
+                &prefix,
+                "--lease-ttl-s",
+                "2",
+            ]);
             Proc::spawn(w, &root.join(format!("w{i}.log")))
         })
         .collect();
@@ -341,16 +350,44 @@ fn hosts_in_namespaces_lose_a_link_rejoin_and_survive_coordinator_kills() {
     eprintln!("submit -> first step logged: {t:?} (since the submit command started: {:?})", submitted.elapsed());
     wait_for("step 8", Duration::from_secs(120), || final_losses(root).len() >= 8);
 
+    let registered = |w: &Proc| w.text().matches("[host3] registered /").count();
+    wait_for("host3 registered in etcd", Duration::from_secs(10), || registered(&workers[2]) == 1);
     if hosts.isolated() {
+        // The worker's etcd lease (TTL 2 s) runs out: the service loses it at once and tells
+        // its job, which goes on with two at the next boundary, long before any heartbeat
+        // timeout (10 s here).
         hosts.link_down(3).unwrap();
-        let t = wait_for("the job going on with two", Duration::from_secs(60), || {
+        let cut = Instant::now();
+        let t = wait_for("the service losing host3 by its lease", Duration::from_secs(10), || {
+            primary.text().contains("worker host3 lost: lease expired (it served job-1)")
+        });
+        eprintln!("link down -> the service logs host3 lost by its etcd lease (TTL 2 s): {t:?}");
+        wait_for("the job going on with two", Duration::from_secs(60), || {
             common::log_lines(root).last().is_some_and(|l| l["world_size"] == 2)
         });
-        eprintln!("link down -> first step with two ranks: {t:?}");
+        eprintln!("link down -> first step with two ranks: {:?}", cut.elapsed());
         hosts.link_up(3).unwrap();
-        let t =
-            wait_for("host3 rejoining", Duration::from_secs(90), || common::log_lines(root).last().is_some_and(|l| l["world_size"] == 3));
-        eprintln!("link up -> first step with three ranks again: {t:?}");
+        let up = Instant::now();
+        let (mut rejoined, mut again) = (None, None);
+        while rejoined.is_none() || again.is_none() {
+            if rejoined.is_none() && common::log_lines(root).last().is_some_and(|l| l["world_size"] == 3) {
+                rejoined = Some(up.elapsed());
+            }
+            if again.is_none() && registered(&workers[2]) >= 2 {
+                again = Some(up.elapsed());
+            }
+            let tail = |p: &Proc| p.text().lines().rev().take(30).collect::<Vec<_>>().join("\n");
+            assert!(
+                up.elapsed() < Duration::from_secs(90),
+                "90 s after the link came back: rejoined {rejoined:?}, registered again {again:?}\nhost3 (newest first):\n{}\nservice:\n{}",
+                tail(&workers[2]),
+                tail(&primary)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!("link up -> first step with three ranks again: {:?}", rejoined.unwrap());
+        eprintln!("link up -> host3 registered again under a new lease: {:?}", again.unwrap());
+        assert!(workers[2].text().contains("expired: registering again under a new lease"), "{}", workers[2].text());
     }
 
     let adopted_from = common::log_lines(root).len();
