@@ -296,7 +296,7 @@ fn a_restarted_coordinator_adopts_its_workers_state_and_restores_when_a_rank_die
 #[test]
 fn hosts_in_namespaces_lose_a_link_rejoin_and_survive_coordinator_kills() {
     let hosts = netns::Hosts::new(4).expect("hosts");
-    let (dir, job, reference) = job_and_reference(48);
+    let (dir, job, reference) = job_and_reference(80);
     let root = dir.path();
     let etcd = etcd::Etcd::start_at(etcd::Placement { ip: hosts.hosts[0].ip, netns: hosts.hosts[0].netns.clone() }).expect("etcd");
     let token = root.join("token");
@@ -324,17 +324,14 @@ fn hosts_in_namespaces_lose_a_link_rejoin_and_survive_coordinator_kills() {
     let mut standby = start_coordinator(7451, "standby.log", true);
     wait_for("the standby waiting", Duration::from_secs(30), || standby.text().contains("standby at"));
     let urls = format!("http://{head}:7450,http://{head}:7451");
+    // host2 has no etcd lease: only heartbeats find it lost.
     let workers: Vec<Proc> = (1..4)
         .map(|i| {
             let mut w = hosts.command(i, &bin());
-            w.args(["worker", "--coordinator", &urls, "--token-file", token.to_str().unwrap(), "--name", &format!("host{i}")]).args([
-                "--etcd",
-                &etcd.url(),
-                "--etcd-prefix",
-                &prefix,
-                "--lease-ttl-s",
-                "2",
-            ]);
+            w.args(["worker", "--coordinator", &urls, "--token-file", token.to_str().unwrap(), "--name", &format!("host{i}")]);
+            if i != 2 {
+                w.args(["--etcd", &etcd.url(), "--etcd-prefix", &prefix, "--lease-ttl-s", "2"]);
+            }
             Proc::spawn(w, &root.join(format!("w{i}.log")))
         })
         .collect();
@@ -388,6 +385,23 @@ fn hosts_in_namespaces_lose_a_link_rejoin_and_survive_coordinator_kills() {
         eprintln!("link up -> first step with three ranks again: {:?}", rejoined.unwrap());
         eprintln!("link up -> host3 registered again under a new lease: {:?}", again.unwrap());
         assert!(workers[2].text().contains("expired: registering again under a new lease"), "{}", workers[2].text());
+
+        // host2, without a lease, is found by silence: the pool's heartbeat timeout (or the
+        // job's own), 10 s here; the pool tells the job too.
+        hosts.link_down(2).unwrap();
+        let cut = Instant::now();
+        let t = wait_for("the service losing host2 by silence", Duration::from_secs(30), || {
+            primary.text().contains("worker host2 lost: silent for over 10000 ms")
+        });
+        eprintln!("link down (no lease) -> the service logs host2 lost by silence (10 s heartbeat timeout): {t:?}");
+        wait_for("the job going on with two", Duration::from_secs(60), || {
+            common::log_lines(root).last().is_some_and(|l| l["world_size"] == 2)
+        });
+        eprintln!("link down (no lease) -> first step with two ranks: {:?}", cut.elapsed());
+        hosts.link_up(2).unwrap();
+        let t =
+            wait_for("host2 rejoining", Duration::from_secs(90), || common::log_lines(root).last().is_some_and(|l| l["world_size"] == 3));
+        eprintln!("link up (no lease) -> first step with three ranks again: {t:?}");
     }
 
     let adopted_from = common::log_lines(root).len();
