@@ -1,6 +1,6 @@
 //! The worker registry on a real etcd: joins, a loss by lease expiry, and a re-registration
-//! under a new lease, seen through the coordinator's prefix watch; and what a registration
-//! tells its worker about its lease.
+//! under a new lease, seen through the coordinator's prefix watch; what a registration tells
+//! its worker about its lease; and the service's pool fed by the watch.
 
 mod common;
 
@@ -112,4 +112,54 @@ fn worker_names_that_would_escape_their_key_are_refused() {
         assert!(WorkerName::new(bad).is_err(), "{bad:?}");
     }
     assert!(WorkerName::new("node-01.gpu_3").is_ok());
+}
+
+/// The service's pool fed by the registry watch (`cluster::registry_feed`), with a heartbeat
+/// timeout far away: a worker whose lease runs out is lost by the lease alone, also when it
+/// runs out across an etcd restart (the broken watch is started again); a kept-alive worker
+/// stays, and one that reports again after its loss is pooled again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_loses_a_worker_by_its_lease_across_a_watch_broken_by_an_etcd_restart() {
+    use std::sync::Arc;
+    use tessera_coordinator::cluster::{Beat, HostOptions, Service, ServiceOptions, WorkerReport, registry_feed};
+    use tessera_coordinator::store::{DirStore, HolderId, JobStore};
+
+    let mut server = etcd::Etcd::start().expect("start etcd");
+    let config = RegistryConfig {
+        endpoints: vec![server.url()],
+        prefix: etcd::unique_prefix("feed"),
+        ttl_s: TTL_S,
+        timeout: Duration::from_secs(2),
+        access: Default::default(),
+    };
+    let state = tempfile::tempdir().unwrap();
+    let store = DirStore::open(state.path()).unwrap();
+    let leadership = store.acquire(HolderId("feed-test".into())).await.unwrap();
+    let host = HostOptions { node_ip: "127.0.0.1".parse().unwrap(), heartbeat_timeout_ms: 600_000 };
+    let options = ServiceOptions { host, pool_timeout_ms: 600_000, reattach_wait_ms: 0 };
+    let service = Service::start(store, leadership, options, Arc::new(|_| None)).await.unwrap();
+    let feed = registry_feed::spawn(&service, config.clone());
+    let report = || WorkerReport { beat: Beat { ad: ad("127.0.0.1"), busy_with: None, orphan: None }, wait_ms: 0 };
+    let pooled = || async { service.workers().await.into_iter().map(|w| w.name).collect::<Vec<_>>() };
+    let (kept, lost) = (WorkerName::new("kept").unwrap(), WorkerName::new("lost").unwrap());
+    let _kept = Registration::register(&config, &kept, &ad("127.0.0.1")).await.unwrap();
+    let doomed = Registration::register(&config, &lost, &ad("127.0.0.1")).await.unwrap();
+    for name in ["kept", "lost"] {
+        service.report(name, report()).await.unwrap();
+    }
+    assert_eq!(pooled().await, vec!["kept", "lost"]);
+
+    // etcd restarts (the watch breaks) while `lost`'s keep-alives have stopped: its lease,
+    // renewed by the restart, runs out after it.
+    drop(doomed);
+    server.restart().expect("restart etcd");
+    let restarted = Instant::now();
+    while pooled().await != vec!["kept"] {
+        assert!(restarted.elapsed() < Duration::from_secs(15), "not lost by its lease within 15 s: {:?}", pooled().await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("etcd restarted -> the pool lost the worker whose keep-alives stopped: {:.2} s", restarted.elapsed().as_secs_f64());
+    service.report("lost", report()).await.unwrap();
+    assert_eq!(pooled().await, vec!["kept", "lost"], "a report pools it again");
+    feed.abort();
 }
