@@ -115,10 +115,15 @@ fn a_pool_trains_submitted_jobs_queues_with_reasons_cancels_and_refuses_bad_toke
     let token = state.join("token");
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&token).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600, "the token file is private");
-    let _workers: Vec<Proc> = (0..3)
+    // The workers also register in etcd (the coordinator, on a state dir, does not watch it).
+    let mut etcd = etcd::Etcd::start().expect("etcd");
+    let prefix = etcd::unique_prefix("pool");
+    let workers: Vec<Proc> = (0..3)
         .map(|i| {
             let mut w = Command::new(bin());
-            w.args(["worker", "--name", &format!("w{i}")]).env("TESSERA_COORDINATOR", &url).env("TESSERA_TOKEN_FILE", &token);
+            w.args(["worker", "--name", &format!("w{i}"), "--etcd", &etcd.url(), "--etcd-prefix", &prefix, "--lease-ttl-s", "2"])
+                .env("TESSERA_COORDINATOR", &url)
+                .env("TESSERA_TOKEN_FILE", &token);
             Proc::spawn(w, &root.join(format!("w{i}.log")))
         })
         .collect();
@@ -176,6 +181,19 @@ fn a_pool_trains_submitted_jobs_queues_with_reasons_cancels_and_refuses_bad_toke
     let logged = common::log_lines(&root.join("long")).len();
     wait_for("job-2 training on after the junk", Duration::from_secs(60), || common::log_lines(&root.join("long")).len() >= logged + 3);
     assert_eq!(job_json(&url, &token, 2)["state"], "Running", "the running job is undisturbed");
+
+    // etcd stops for 10 s: the workers train on, and once it is back each registers again
+    // under a new lease (its old one ran out unanswered).
+    let registrations = |i: usize| workers[i].text().matches(&format!("[w{i}] registered /")).count();
+    assert!((0..3).all(|i| registrations(i) == 1), "each worker registered once");
+    etcd.stop();
+    let logged = common::log_lines(&root.join("long")).len();
+    std::thread::sleep(Duration::from_secs(10));
+    let trained = common::log_lines(&root.join("long")).len() - logged;
+    assert!(trained >= 3, "only {trained} steps trained while etcd was down");
+    etcd.restart().expect("etcd back");
+    let t = wait_for("every worker registered again", Duration::from_secs(30), || (0..3).all(|i| registrations(i) >= 2));
+    eprintln!("etcd down 10 s: {trained} steps trained meanwhile; every worker registered again {t:?} after it was back");
 
     ok(client(&url, &token, &["cancel", "job-2"]));
     ok(client(&url, &token, &["wait", "job-3", "--timeout-s", "180"]));
