@@ -12,7 +12,8 @@ TORCH_VERSION=2.11.0
 # tmux: `tessera top` runs in a real 80x24 terminal in tests/top.rs.
 # protobuf-compiler: etcd-client's build runs protoc. etcd-server: the real etcd (3.4) that the
 # cluster-mode tests start; etcd-client: etcdctl, which reaches it from inside a test's network
-# namespaces. iproute2: `ip netns` for the multi-host tests.
+# namespaces. iproute2: `ip netns` for the multi-host tests. openssl: the etcd TLS tests make
+# their CA and certificates with it (coordinator/tests/common/etcd.rs).
 # munge slurmctld slurmd slurm-client: a real one-node Slurm cluster (munged, slurmctld, slurmd,
 # sbatch/srun/scontrol) runs scripts/cluster/tessera.sbatch in tests/slurm.rs; the test starts
 # the daemons itself, on its own key, config and ports (the packages' services stay unused).

@@ -16,6 +16,7 @@ mod orchestrate;
 mod output;
 mod peak;
 mod plot;
+mod pool_registry;
 mod pool_worker;
 #[cfg(test)]
 mod readme_check;

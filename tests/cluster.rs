@@ -115,10 +115,15 @@ fn a_pool_trains_submitted_jobs_queues_with_reasons_cancels_and_refuses_bad_toke
     let token = state.join("token");
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&token).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600, "the token file is private");
-    let _workers: Vec<Proc> = (0..3)
+    // The workers also register in etcd (the coordinator, on a state dir, does not watch it).
+    let mut etcd = etcd::Etcd::start().expect("etcd");
+    let prefix = etcd::unique_prefix("pool");
+    let workers: Vec<Proc> = (0..3)
         .map(|i| {
             let mut w = Command::new(bin());
-            w.args(["worker", "--name", &format!("w{i}")]).env("TESSERA_COORDINATOR", &url).env("TESSERA_TOKEN_FILE", &token);
+            w.args(["worker", "--name", &format!("w{i}"), "--etcd", &etcd.url(), "--etcd-prefix", &prefix, "--lease-ttl-s", "2"])
+                .env("TESSERA_COORDINATOR", &url)
+                .env("TESSERA_TOKEN_FILE", &token);
             Proc::spawn(w, &root.join(format!("w{i}.log")))
         })
         .collect();
@@ -194,6 +199,19 @@ fn a_pool_trains_submitted_jobs_queues_with_reasons_cancels_and_refuses_bad_toke
     let logged = common::log_lines(&root.join("long")).len();
     wait_for("job-2 training on after the junk", Duration::from_secs(60), || common::log_lines(&root.join("long")).len() >= logged + 3);
     assert_eq!(job_json(&url, &token, 2)["state"], "Running", "the running job is undisturbed");
+
+    // etcd stops for 10 s: the workers train on, and once it is back each registers again
+    // under a new lease (its old one ran out unanswered).
+    let registrations = |i: usize| workers[i].text().matches(&format!("[w{i}] registered /")).count();
+    assert!((0..3).all(|i| registrations(i) == 1), "each worker registered once");
+    etcd.stop();
+    let logged = common::log_lines(&root.join("long")).len();
+    std::thread::sleep(Duration::from_secs(10));
+    let trained = common::log_lines(&root.join("long")).len() - logged;
+    assert!(trained >= 3, "only {trained} steps trained while etcd was down");
+    etcd.restart().expect("etcd back");
+    let t = wait_for("every worker registered again", Duration::from_secs(30), || (0..3).all(|i| registrations(i) >= 2));
+    eprintln!("etcd down 10 s: {trained} steps trained meanwhile; every worker registered again {t:?} after it was back");
 
     ok(client(&url, &token, &["cancel", "job-2"]));
     ok(client(&url, &token, &["wait", "job-3", "--timeout-s", "180"]));
@@ -372,7 +390,7 @@ fn a_restarted_coordinator_adopts_its_workers_state_and_restores_when_a_rank_die
 #[test]
 fn hosts_in_namespaces_lose_a_link_rejoin_and_survive_coordinator_kills() {
     let hosts = netns::Hosts::new(4).expect("hosts");
-    let (dir, job, reference) = job_and_reference(48);
+    let (dir, job, reference) = job_and_reference(80);
     let root = dir.path();
     let etcd = etcd::Etcd::start_at(etcd::Placement { ip: hosts.hosts[0].ip, netns: hosts.hosts[0].netns.clone() }).expect("etcd");
     let token = root.join("token");
@@ -385,8 +403,10 @@ fn hosts_in_namespaces_lose_a_link_rejoin_and_survive_coordinator_kills() {
         c.args(["coordinator", "--listen", &format!("{head}:{port}"), "--etcd", &etcd.url(), "--etcd-prefix", &prefix]).args([
             "--token-file",
             token.to_str().unwrap(),
+            // Above the workers' lease TTL (2 s) with a margin: a cut-off worker is lost by its
+            // lease, not by silence (the heartbeat path: 4.3 s at a 4 s timeout, README).
             "--heartbeat-timeout-s",
-            "4",
+            "10",
         ]);
         if standby {
             c.arg("--standby");
@@ -398,10 +418,14 @@ fn hosts_in_namespaces_lose_a_link_rejoin_and_survive_coordinator_kills() {
     let mut standby = start_coordinator(7451, "standby.log", true);
     wait_for("the standby waiting", Duration::from_secs(30), || standby.text().contains("standby at"));
     let urls = format!("http://{head}:7450,http://{head}:7451");
+    // host2 has no etcd lease: only heartbeats find it lost.
     let workers: Vec<Proc> = (1..4)
         .map(|i| {
             let mut w = hosts.command(i, &bin());
             w.args(["worker", "--coordinator", &urls, "--token-file", token.to_str().unwrap(), "--name", &format!("host{i}")]);
+            if i != 2 {
+                w.args(["--etcd", &etcd.url(), "--etcd-prefix", &prefix, "--lease-ttl-s", "2"]);
+            }
             Proc::spawn(w, &root.join(format!("w{i}.log")))
         })
         .collect();
@@ -417,16 +441,61 @@ fn hosts_in_namespaces_lose_a_link_rejoin_and_survive_coordinator_kills() {
     eprintln!("submit -> first step logged: {t:?} (since the submit command started: {:?})", submitted.elapsed());
     wait_for("step 8", Duration::from_secs(120), || final_losses(root).len() >= 8);
 
+    let registered = |w: &Proc| w.text().matches("[host3] registered /").count();
+    wait_for("host3 registered in etcd", Duration::from_secs(10), || registered(&workers[2]) == 1);
     if hosts.isolated() {
+        // The worker's etcd lease (TTL 2 s) runs out: the service loses it at once and tells
+        // its job, which goes on with two at the next boundary, long before any heartbeat
+        // timeout (10 s here).
         hosts.link_down(3).unwrap();
-        let t = wait_for("the job going on with two", Duration::from_secs(60), || {
+        let cut = Instant::now();
+        let t = wait_for("the service losing host3 by its lease", Duration::from_secs(10), || {
+            primary.text().contains("worker host3 lost: lease expired (it served job-1)")
+        });
+        eprintln!("link down -> the service logs host3 lost by its etcd lease (TTL 2 s): {t:?}");
+        wait_for("the job going on with two", Duration::from_secs(60), || {
             common::log_lines(root).last().is_some_and(|l| l["world_size"] == 2)
         });
-        eprintln!("link down -> first step with two ranks: {t:?}");
+        eprintln!("link down -> first step with two ranks: {:?}", cut.elapsed());
         hosts.link_up(3).unwrap();
+        let up = Instant::now();
+        let (mut rejoined, mut again) = (None, None);
+        while rejoined.is_none() || again.is_none() {
+            if rejoined.is_none() && common::log_lines(root).last().is_some_and(|l| l["world_size"] == 3) {
+                rejoined = Some(up.elapsed());
+            }
+            if again.is_none() && registered(&workers[2]) >= 2 {
+                again = Some(up.elapsed());
+            }
+            let tail = |p: &Proc| p.text().lines().rev().take(30).collect::<Vec<_>>().join("\n");
+            assert!(
+                up.elapsed() < Duration::from_secs(90),
+                "90 s after the link came back: rejoined {rejoined:?}, registered again {again:?}\nhost3 (newest first):\n{}\nservice:\n{}",
+                tail(&workers[2]),
+                tail(&primary)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!("link up -> first step with three ranks again: {:?}", rejoined.unwrap());
+        eprintln!("link up -> host3 registered again under a new lease: {:?}", again.unwrap());
+        assert!(workers[2].text().contains("expired: registering again under a new lease"), "{}", workers[2].text());
+
+        // host2, without a lease, is found by silence: the pool's heartbeat timeout (or the
+        // job's own), 10 s here; the pool tells the job too.
+        hosts.link_down(2).unwrap();
+        let cut = Instant::now();
+        let t = wait_for("the service losing host2 by silence", Duration::from_secs(30), || {
+            primary.text().contains("worker host2 lost: silent for over 10000 ms")
+        });
+        eprintln!("link down (no lease) -> the service logs host2 lost by silence (10 s heartbeat timeout): {t:?}");
+        wait_for("the job going on with two", Duration::from_secs(60), || {
+            common::log_lines(root).last().is_some_and(|l| l["world_size"] == 2)
+        });
+        eprintln!("link down (no lease) -> first step with two ranks: {:?}", cut.elapsed());
+        hosts.link_up(2).unwrap();
         let t =
-            wait_for("host3 rejoining", Duration::from_secs(90), || common::log_lines(root).last().is_some_and(|l| l["world_size"] == 3));
-        eprintln!("link up -> first step with three ranks again: {t:?}");
+            wait_for("host2 rejoining", Duration::from_secs(90), || common::log_lines(root).last().is_some_and(|l| l["world_size"] == 3));
+        eprintln!("link up (no lease) -> first step with three ranks again: {t:?}");
     }
 
     let adopted_from = common::log_lines(root).len();

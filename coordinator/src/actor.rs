@@ -249,6 +249,8 @@ impl Actor for Coordinator {
             CoordinatorMsg::ProcessExited(Wire(Ok((pid, how)))) => state.process_exited(pid, how),
             CoordinatorMsg::ProcessExited(Wire(Err(e))) => state.log(&format!("undecodable exit notice: {e}")),
             CoordinatorMsg::Tick(_) => state.tick(),
+            CoordinatorMsg::PoolLost(Wire(Ok(loss))) => state.pool_lost(&loss),
+            CoordinatorMsg::PoolLost(Wire(Err(e))) => state.log(&format!("undecodable pool loss: {e}")),
         }
         if state.outcome.is_some() {
             myself.stop(None);

@@ -1,7 +1,8 @@
 //! Cluster mode: `tessera coordinator`, a long-running service that owns many jobs. Jobs are
 //! submitted over the authenticated HTTP API ([`api`]) and stored before they are
 //! acknowledged ([`crate::store`]); worker processes on any host offer themselves to the pool
-//! ([`pool`]) by reporting to the API; the queue's pure rules
+//! ([`pool`]) by reporting to the API (and, with etcd, by a registry key under a lease:
+//! [`registry_feed`]); the queue's pure rules
 //! ([`crate::control::queue::schedule`]) decide which job runs on which workers
 //! ([`service`]); each running job has its own coordinator actor and node ([`host`]), the
 //! same actor and control rules as every other launch mode. The API is plain HTTP/1.1, or
@@ -12,6 +13,7 @@ mod client;
 pub mod gate;
 pub mod host;
 pub mod pool;
+pub mod registry_feed;
 pub mod service;
 pub mod targets;
 pub mod tls;
@@ -22,7 +24,7 @@ use std::sync::Arc;
 
 pub use gate::StoreGate;
 pub use host::HostOptions;
-pub use pool::{Assignment, Beat, Pool};
+pub use pool::{Assignment, Beat, Evicted, Pool};
 pub use service::{FlopsFn, Service, ServiceOptions};
 pub use tls::TlsListener;
 pub use types::{ClusterJob, JobCheckpoints, PooledWorker, SubmitReply, SubmitRequest, WorkerReply, WorkerReport};

@@ -17,7 +17,7 @@ use std::time::Duration;
 use etcd_client::{Client, EventType, GetOptions, PutOptions, WatchOptions, WatchStream};
 use serde::{Deserialize, Serialize};
 
-use crate::store::{StoreError, StoreResult, check_name};
+use crate::store::{EtcdAccess, LeaseState, StoreError, StoreResult, check_name};
 use crate::store::{decode_kv, encode_value, etcd_connect, etcd_error, spawn_lease_keepalive};
 
 /// A worker process's registered name (unique in the cluster, e.g. `host-gpu0`).
@@ -47,6 +47,10 @@ pub struct WorkerAd {
     pub threads: u32,
     /// Free-form labels (`gpu=h100`, `rack=3`) the scheduler may match.
     pub labels: BTreeMap<String, String>,
+    /// Its OS process id, by which a job's actor finds the member this worker is (0: a worker
+    /// that predates it).
+    #[serde(default)]
+    pub pid: u32,
 }
 
 /// Where the registry lives and how long a silent worker counts as alive.
@@ -61,6 +65,8 @@ pub struct RegistryConfig {
     pub ttl_s: i64,
     /// Deadline of every request.
     pub timeout: Duration,
+    /// TLS and user options of a secured etcd.
+    pub access: EtcdAccess,
 }
 
 impl RegistryConfig {
@@ -76,27 +82,42 @@ impl RegistryConfig {
 pub struct Registration {
     client: Client,
     lease: i64,
+    ttl_s: i64,
     keepalive: tokio::task::JoinHandle<()>,
+    state: tokio::sync::watch::Receiver<LeaseState>,
 }
 
 impl Registration {
     /// Registers `name` with `ad` under a new lease of `config.ttl_s`.
     pub async fn register(config: &RegistryConfig, name: &WorkerName, ad: &WorkerAd) -> StoreResult<Self> {
-        let client = etcd_connect(&config.endpoints, config.timeout).await?;
+        let client = etcd_connect(&config.endpoints, config.timeout, &config.access).await?;
         let key = format!("{}{name}", config.dir());
-        let lease = client.lease_client().grant(config.ttl_s, None).await.map_err(etcd_error("grant", &key))?.id();
+        let granted = client.lease_client().grant(config.ttl_s, None).await.map_err(etcd_error("grant", &key))?;
+        // etcd raises a TTL below its minimum: keep-alives follow what it granted.
+        let (lease, ttl_s) = (granted.id(), granted.ttl().max(1));
         let put = client.kv_client().put(key.as_str(), encode_value(ad), Some(PutOptions::new().with_lease(lease))).await;
         if let Err(source) = put {
             let _ = client.lease_client().revoke(lease).await;
             return Err(StoreError::Etcd { op: "put", key, source });
         }
-        let keepalive = spawn_lease_keepalive(client.clone(), lease, config.ttl_s);
-        Ok(Self { client, lease, keepalive })
+        let (keepalive, state) = spawn_lease_keepalive(client.clone(), lease, ttl_s);
+        Ok(Self { client, lease, ttl_s, keepalive, state })
     }
 
     /// The lease the key is attached to.
     pub fn lease(&self) -> i64 {
         self.lease
+    }
+
+    /// The lease's TTL as etcd granted it (seconds).
+    pub fn ttl_s(&self) -> i64 {
+        self.ttl_s
+    }
+
+    /// What the keep-alives last saw of the lease: once [`LeaseState::Gone`], the key is gone
+    /// too and the worker must register again (under a new lease).
+    pub fn state(&self) -> LeaseState {
+        self.state.borrow().clone()
     }
 
     /// Removes the registration now (a clean leave).
@@ -141,7 +162,7 @@ impl RegistryWatch {
     /// Reads the registered workers and starts watching from just after that read, so that
     /// no change is missed or reported twice.
     pub async fn start(config: &RegistryConfig) -> StoreResult<(Vec<(WorkerName, WorkerAd)>, Self)> {
-        let client = etcd_connect(&config.endpoints, config.timeout).await?;
+        let client = etcd_connect(&config.endpoints, config.timeout, &config.access).await?;
         let dir = config.dir();
         let resp = client.kv_client().get(dir.as_str(), Some(GetOptions::new().with_prefix())).await.map_err(etcd_error("get", &dir))?;
         let revision = resp.header().map_or(0, |h| h.revision());

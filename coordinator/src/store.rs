@@ -20,6 +20,7 @@
 mod dir;
 mod error;
 mod etcd;
+mod etcd_access;
 mod types;
 
 pub mod conformance;
@@ -29,10 +30,10 @@ use std::future::Future;
 pub use dir::{DirLeadership, DirStore};
 pub(crate) use error::etcd_error;
 pub use error::{StoreError, StoreResult};
-pub use etcd::{EtcdConfig, EtcdLeadership, EtcdStore};
-pub(crate) use etcd::{
-    connect as etcd_connect, decode as decode_kv, encode as encode_value, revoke_lease, spawn_keepalive as spawn_lease_keepalive,
-};
+pub use etcd::{EtcdConfig, EtcdLeadership, EtcdStore, LeaseState};
+pub(crate) use etcd::{decode as decode_kv, encode as encode_value, revoke_lease, spawn_keepalive as spawn_lease_keepalive};
+pub use etcd_access::EtcdAccess;
+pub(crate) use etcd_access::connect as etcd_connect;
 pub(crate) use types::check_name;
 pub use types::{
     AuditEntry, AuditEvent, CheckpointRecord, Fence, HolderId, IdempotencyKey, JobId, JobRecord, JobState, NewJob, Priority, QueueEntry,

@@ -1,13 +1,16 @@
 //! The store conformance suite on both backends: etcd (Debian's real server, one shared by the
-//! tests of this binary, each check under its own key prefix) and a state directory.
+//! tests of this binary, each check under its own key prefix) and a state directory; and the
+//! etcd client's TLS and user options against servers of their own that require them.
 
 mod common;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use common::etcd::{self, Etcd};
+use tessera_coordinator::registry::{Registration, RegistryConfig, RegistryWatch, WorkerAd, WorkerName};
 use tessera_coordinator::store::conformance::{self, Backend};
-use tessera_coordinator::store::{DirStore, EtcdConfig, EtcdStore, HolderId, JobStore, Leadership, StoreResult};
+use tessera_coordinator::store::{DirStore, EtcdAccess, EtcdConfig, EtcdStore, HolderId, JobStore, Leadership, StoreResult};
 
 /// Stores on an etcd server: a fresh key prefix per store.
 struct EtcdBackend<'a> {
@@ -209,4 +212,78 @@ async fn a_deposed_coordinator_cannot_commit_a_checkpoint() {
     let steps: Vec<u64> = store.checkpoints(job).await.unwrap().iter().map(|c| c.step).collect();
     assert_eq!(steps, vec![2, 4], "the refused commit left no record");
     b.resign().await.unwrap();
+}
+
+/// `config` for `server` under a fresh prefix, with `access` and short deadlines (a refusal
+/// must show quickly).
+fn secured(server: &Etcd, access: EtcdAccess) -> EtcdConfig {
+    EtcdConfig { access, timeout: Duration::from_secs(2), ..EtcdConfig::new(vec![server.url()], &etcd::unique_prefix("secured")) }
+}
+
+/// The first error of connecting to `config`'s store and reading its jobs.
+async fn refusal(config: EtcdConfig) -> String {
+    match EtcdStore::connect(config).await {
+        Ok(store) => store.jobs().await.expect_err("read without the right options").to_string(),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// An etcd that speaks TLS only and checks client certificates: the store takes it and
+/// submits, the worker registry registers and watches, with its CA and a client certificate;
+/// without the certificate, or without the CA, the first request fails and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_etcd_is_used_with_its_ca_and_a_client_certificate_and_refused_without() {
+    let server = Etcd::start_tls().expect("start etcd with TLS");
+    let tls = server.tls().expect("TLS files");
+    let read = |p: &PathBuf| std::fs::read(p).unwrap();
+    let access = EtcdAccess { ca_pem: Some(read(&tls.ca)), identity: Some((read(&tls.client.0), read(&tls.client.1))), user: None };
+    let config = secured(&server, access.clone());
+    let registry = RegistryConfig {
+        endpoints: config.endpoints.clone(),
+        prefix: config.prefix.clone(),
+        ttl_s: 2,
+        timeout: config.timeout,
+        access: access.clone(),
+    };
+    let store = EtcdStore::connect(config).await.unwrap();
+    let lead = store.acquire(HolderId("tls".into())).await.unwrap();
+    store.put_job(lead.fence(), conformance::new_job("over-tls", 0, None)).await.unwrap();
+    assert_eq!(store.jobs().await.unwrap().len(), 1);
+    let name = WorkerName::new("tls-worker").unwrap();
+    let ad = WorkerAd { addr: "127.0.0.1".into(), threads: 1, labels: Default::default(), pid: 1 };
+    let registration = Registration::register(&registry, &name, &ad).await.unwrap();
+    let (members, _watch) = RegistryWatch::start(&registry).await.unwrap();
+    assert_eq!(members, vec![(name, ad)]);
+    registration.deregister().await.unwrap();
+    lead.resign().await.unwrap();
+
+    let no_cert = refusal(secured(&server, EtcdAccess { identity: None, ..access.clone() })).await;
+    println!("TLS etcd, no client certificate: {no_cert}");
+    let no_ca = refusal(secured(&server, EtcdAccess { ca_pem: None, ..access })).await;
+    println!("TLS etcd, no CA: {no_ca}");
+    // TLS 1.3: the server refuses once the client's side of the handshake is done; the client
+    // reads its alert (BadCertificate), or only the closed connection, whichever comes first.
+    assert!(no_cert.starts_with("etcd: get ") && no_cert.contains("transport::Error(Transport"), "{no_cert}");
+    assert!(no_ca.contains("certificate"), "{no_ca}");
+}
+
+/// An etcd with authentication enabled: the store works as its user; without a user every
+/// request is refused, and a wrong password fails at connect, each saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_with_authentication_is_used_as_its_user_and_refused_without() {
+    let server = Etcd::start().expect("start etcd");
+    server.enable_auth("s3cret").expect("enable auth");
+    let user = |password: &str| EtcdAccess { user: Some(("root".into(), password.into())), ..EtcdAccess::default() };
+    let store = EtcdStore::connect(secured(&server, user("s3cret"))).await.unwrap();
+    let lead = store.acquire(HolderId("authenticated".into())).await.unwrap();
+    store.put_job(lead.fence(), conformance::new_job("as-root", 0, None)).await.unwrap();
+    assert_eq!(store.jobs().await.unwrap().len(), 1);
+    lead.resign().await.unwrap();
+
+    let anonymous = refusal(secured(&server, EtcdAccess::default())).await;
+    println!("auth etcd, no user: {anonymous}");
+    assert!(anonymous.contains("user name is empty"), "{anonymous}");
+    let wrong = refusal(secured(&server, user("wrong"))).await;
+    println!("auth etcd, wrong password: {wrong}");
+    assert!(wrong.contains("authentication failed"), "{wrong}");
 }

@@ -413,6 +413,21 @@ pub enum CoordinatorMsg {
     ProcessExited(Wire<(u32, String)>),
     /// Time passed (drives heartbeat deadlines and rendezvous grace).
     Tick(Wire<()>),
+    /// The coordinator service lost this job's worker from its pool (its etcd lease expired,
+    /// or it stopped reporting): the member that process is, if any, is lost.
+    PoolLost(Wire<PoolLoss>),
+}
+
+/// A worker process the service's pool lost, as the job's actor finds its member: by the host
+/// address its ring listens on and its process id (a pool has many processes per host).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolLoss {
+    /// The host address the worker offered (its ring listens there).
+    pub ip: std::net::IpAddr,
+    /// Its OS process id.
+    pub pid: u32,
+    /// Why the pool lost it (`lease expired`, `silent for over 4000 ms`).
+    pub reason: String,
 }
 
 #[cfg(test)]

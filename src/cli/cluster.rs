@@ -4,6 +4,7 @@
 //! for an `https://` URL the CA to trust through `--ca-file` or `TESSERA_CA_FILE`; they connect
 //! to it directly (no `HTTP_PROXY`: cluster traffic stays on the cluster).
 
+mod etcd_args;
 mod service;
 
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ use tessera_coordinator::ApiClient;
 use tessera_coordinator::cluster::{ClusterJob, SubmitRequest};
 use tessera_coordinator::store::{JobId, JobState, WorkerRange};
 
+pub use etcd_args::EtcdArgs;
 pub use service::{CoordinatorArgs, run_coordinator};
 
 /// How a client reaches the coordinator service (read when the command runs, so that a

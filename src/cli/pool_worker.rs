@@ -73,13 +73,14 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
         let (k, v) = kv.split_once('=').with_context(|| format!("--labels {kv}: expected k=v"))?;
         labels.insert(k.to_string(), v.to_string());
     }
-    let ad = WorkerAd { addr: ip.to_string(), threads: a.threads as u32, labels };
+    let ad = WorkerAd { addr: ip.to_string(), threads: a.threads as u32, labels, pid: std::process::id() };
     tch::set_num_threads(a.threads.max(1) as i32);
     let shutdown = shutdown_flag()?;
     let busy: Arc<Mutex<Option<JobId>>> = Arc::default();
     // What the job in hand kept when its coordinator died, and where the service sends it.
     let reattach = Reattach::new(Duration::from_secs(a.orphan_grace_s));
     let stop_beats = Arc::new(AtomicBool::new(false));
+    let registration = super::pool_registry::spawn(&a.registry, &name, ad.clone(), Arc::clone(&stop_beats))?;
     let beats = {
         let (coordinators, name, ad, busy, stop, reattach) =
             (Arc::clone(&coordinators), name.clone(), ad.clone(), Arc::clone(&busy), Arc::clone(&stop_beats), Arc::clone(&reattach));
@@ -152,6 +153,9 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
     }
     stop_beats.store(true, Ordering::Relaxed);
     let _ = beats.join();
+    if let Some(r) = registration {
+        let _ = r.join();
+    }
     tessera_protocol::say!("[{name}] interrupted: leaving the pool");
     Ok(())
 }

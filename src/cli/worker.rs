@@ -58,6 +58,9 @@ pub struct WorkerArgs {
     /// the newest checkpoint).
     #[arg(long, default_value_t = 120)]
     pub(super) orphan_grace_s: u64,
+    /// Pool mode: register in etcd under a lease, beside the reports.
+    #[command(flatten)]
+    pub(super) registry: super::pool_registry::RegistryArgs,
 }
 
 /// Runs `tessera worker`.
@@ -68,6 +71,7 @@ pub fn run_worker(mut a: WorkerArgs) -> anyhow::Result<()> {
     if a.coordinator.is_some() {
         return super::pool_worker::run(a);
     }
+    anyhow::ensure!(a.registry.etcd.etcd.is_empty(), "--etcd registers a pool worker: give it with --coordinator URL");
     let endpoint = a.job_dir.as_deref().map(super::orchestrate::read_endpoint).transpose()?;
     let coordinator = a.join.or(endpoint.as_ref().map(|e| e.node)).context("give --join ADDR or --job-dir DIR")?;
     let cookie = if let Some(f) = &a.cookie_file {

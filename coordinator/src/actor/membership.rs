@@ -1,5 +1,6 @@
 //! Workers coming and going: registering a hello (once its process group is visible), and
-//! turning a broken link or a departure into the state machine's `Lost`/`Leave` events.
+//! turning a broken link, a loss the service's pool reports, or a departure into the state
+//! machine's `Lost`/`Leave` events.
 
 use std::time::{Duration, Instant};
 
@@ -7,7 +8,7 @@ use ractor::{ActorId, ActorRef, pg};
 
 use crate::control::{Event, WorkerId};
 use crate::events::JobEvent;
-use tessera_protocol::messages::{Command, WorkerEvent, worker_group};
+use tessera_protocol::messages::{Command, PoolLoss, WorkerEvent, worker_group};
 
 use super::{Conn, CoordinatorState, Removal};
 
@@ -63,6 +64,18 @@ impl CoordinatorState {
         for id in gone {
             self.log(&format!("{id}: link lost"));
             self.leave(id, Removal { reason: "link lost".into(), lost: true });
+        }
+    }
+
+    /// The service's pool lost the process `loss` names (its etcd lease expired, or it went
+    /// silent): its member is lost now, as when its link breaks, instead of after this job's
+    /// own heartbeat timeout. A process that is no member (never joined, already removed) is
+    /// ignored.
+    pub(super) fn pool_lost(&mut self, loss: &PoolLoss) {
+        let member = self.workers.iter().find(|(_, c)| c.pid == loss.pid && c.ring_addr.ip() == loss.ip).map(|(id, _)| *id);
+        if let Some(id) = member {
+            self.log(&format!("{id}: lost to the pool ({})", loss.reason));
+            self.leave(id, Removal { reason: format!("lost to the pool: {}", loss.reason), lost: true });
         }
     }
 

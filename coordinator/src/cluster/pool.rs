@@ -1,9 +1,9 @@
 //! The worker pool of a coordinator service: which worker processes offered themselves, when
 //! each was last heard from, and which job each one serves. Plain bookkeeping with the clock
-//! passed in, so the rules (a silent worker is lost; a worker that asks for work again has
-//! left its job) are tested without processes.
+//! passed in, so the rules (a silent worker is lost, and so is one whose etcd registry key is
+//! gone; a worker that asks for work again has left its job) are tested without processes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +44,19 @@ struct Pooled {
 #[derive(Debug, Default)]
 pub struct Pool {
     workers: BTreeMap<WorkerName, Pooled>,
+    /// The workers the etcd registry holds a key of (its watch said so), pooled or not yet.
+    registered: BTreeSet<WorkerName>,
+}
+
+/// A worker the pool lost, with what it offered and the job it was given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evicted {
+    /// Its name.
+    pub name: WorkerName,
+    /// What it offered (its address and process id name its member in a job).
+    pub ad: WorkerAd,
+    /// The job it was given.
+    pub job: Option<JobId>,
 }
 
 /// What a worker says when it reports in.
@@ -106,10 +119,37 @@ impl Pool {
 
     /// Removes the workers not heard from since `now_ms - timeout_ms`; returns them with the job
     /// each was given.
-    pub fn evict_silent(&mut self, now_ms: u64, timeout_ms: u64) -> Vec<(WorkerName, Option<JobId>)> {
+    pub fn evict_silent(&mut self, now_ms: u64, timeout_ms: u64) -> Vec<Evicted> {
         let gone: Vec<WorkerName> =
             self.workers.iter().filter(|(_, w)| now_ms.saturating_sub(w.last_seen_ms) > timeout_ms).map(|(n, _)| n.clone()).collect();
-        gone.into_iter().filter_map(|n| self.workers.remove(&n).map(|w| (n, w.job.map(|(a, _)| a.job)))).collect()
+        gone.into_iter().filter_map(|n| self.evict(n)).collect()
+    }
+
+    fn evict(&mut self, name: WorkerName) -> Option<Evicted> {
+        let w = self.workers.remove(&name)?;
+        Some(Evicted { name, ad: w.ad, job: w.job.map(|(a, _)| a.job) })
+    }
+
+    /// The etcd registry holds `name`'s key (it registered, or registered again under a new
+    /// lease). It joins the pool by reporting, as every worker does.
+    pub fn registry_joined(&mut self, name: &WorkerName) {
+        self.registered.insert(name.clone());
+    }
+
+    /// `name`'s registry key is gone (its lease expired, or it left): it is lost to the pool at
+    /// once, whatever its last report; returns it if it was pooled. A report after this (it was
+    /// cut off from etcd only, or it is back) pools it again.
+    pub fn registry_lost(&mut self, name: &WorkerName) -> Option<Evicted> {
+        self.registered.remove(name);
+        self.evict(name.clone())
+    }
+
+    /// The registry's members as a watch (re)started reads them: a worker registered before
+    /// but absent now lost its key while nobody watched, and is lost to the pool. Returns those.
+    pub fn registry_members(&mut self, members: &BTreeSet<WorkerName>) -> Vec<Evicted> {
+        let gone: Vec<WorkerName> = self.registered.difference(members).cloned().collect();
+        self.registered = members.clone();
+        gone.into_iter().filter_map(|n| self.evict(n)).collect()
     }
 
     /// Workers in the pool.
@@ -197,7 +237,7 @@ mod tests {
     use tessera_protocol::{Generation, Rank, Step, WorkerId};
 
     fn ad() -> WorkerAd {
-        WorkerAd { addr: "10.0.0.2".into(), threads: 1, labels: Default::default() }
+        WorkerAd { addr: "10.0.0.2".into(), threads: 1, labels: Default::default(), pid: 7 }
     }
 
     fn idle() -> Beat {
@@ -235,9 +275,36 @@ mod tests {
         pool.beat(&b, idle(), 5_000);
         pool.assign(&a, assignment(7));
         pool.assign(&b, assignment(7));
-        assert_eq!(pool.evict_silent(10_001, 10_000), vec![(a, Some(JobId(7)))]);
+        assert_eq!(pool.evict_silent(10_001, 10_000), vec![Evicted { name: a, ad: ad(), job: Some(JobId(7)) }]);
         assert_eq!(pool.size(), 1);
         pool.withdraw(JobId(7));
+        assert_eq!(pool.free(), vec![b]);
+    }
+
+    #[test]
+    fn a_lost_registration_evicts_at_once_a_report_pools_again_and_a_resync_finds_losses_missed() {
+        let mut pool = Pool::default();
+        let (a, b, c) = (WorkerName::new("a").unwrap(), WorkerName::new("b").unwrap(), WorkerName::new("c").unwrap());
+        for n in [&a, &b, &c] {
+            pool.registry_joined(n);
+            pool.beat(n, idle(), 0);
+        }
+        pool.assign(&a, assignment(3));
+        // Reported a moment ago, yet its lease expired: lost now, with its job.
+        assert_eq!(pool.registry_lost(&a), Some(Evicted { name: a.clone(), ad: ad(), job: Some(JobId(3)) }));
+        assert_eq!((pool.size(), pool.held_by(JobId(3))), (2, 0));
+        assert_eq!(pool.registry_lost(&a), None, "lost once");
+        // It reports again (cut off from etcd only, or back): pooled and free again.
+        pool.beat(&a, idle(), 1);
+        assert_eq!(pool.free(), vec![a.clone(), b.clone(), c.clone()]);
+        // A watch started again reads the members: `b` lost its key while nobody watched;
+        // `a` (not registered again yet) and unregistered workers are left alone.
+        pool.registry_joined(&a);
+        let members = BTreeSet::from([a.clone(), c.clone()]);
+        assert_eq!(pool.registry_members(&members), vec![Evicted { name: b.clone(), ad: ad(), job: None }]);
+        assert_eq!(pool.registry_members(&members), vec![], "nothing more is lost");
+        pool.beat(&b, idle(), 2);
+        assert_eq!(pool.registry_members(&BTreeSet::new()).len(), 2, "a and c, not b (no key since it came back)");
         assert_eq!(pool.free(), vec![b]);
     }
 

@@ -4,16 +4,17 @@
 //! ends in [`Service::reschedule`]; nothing else starts or grows a job.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tessera_protocol::ResolvedJob;
 use tessera_protocol::api_error::ApiError;
-use tessera_protocol::messages::JobSpec;
+use tessera_protocol::messages::{CoordinatorMsg, JobSpec, PoolLoss, Wire};
 use tessera_protocol::report::now_ms;
 
 use super::host::{self, HostOptions, HostedJob};
-use super::pool::Pool;
+use super::pool::{Evicted, Pool};
 use super::targets::Targets;
 use super::types::{ClusterJob, JobCheckpoints, PooledWorker, SubmitReply, SubmitRequest, WorkerReply, WorkerReport};
 use crate::actor::JobOutcome;
@@ -291,13 +292,48 @@ impl<S: JobStore + 'static> Service<S> {
 
     async fn evict_silent(self: &Arc<Self>) {
         let gone = self.inner.lock().await.pool.evict_silent(now_ms(), self.options.pool_timeout_ms);
-        for (name, job) in &gone {
-            let job = job.map_or(String::new(), |j| format!(" (it served {j})"));
-            tessera_protocol::say!("[service] worker {name} lost: silent for over {} ms{job}", self.options.pool_timeout_ms);
+        self.lost(gone, &format!("silent for over {} ms", self.options.pool_timeout_ms)).await;
+    }
+
+    /// The etcd registry holds `name`'s key (from the registry watch).
+    pub async fn registry_joined(&self, name: &WorkerName) {
+        self.inner.lock().await.pool.registry_joined(name);
+    }
+
+    /// `name`'s registry key is gone (from the registry watch): its lease expired, or it left.
+    pub async fn registry_lost(self: &Arc<Self>, name: &WorkerName) {
+        let gone = self.inner.lock().await.pool.registry_lost(name);
+        self.lost(gone.into_iter().collect(), "lease expired").await;
+    }
+
+    /// The registry's members as a (re)started watch read them; see [`Pool::registry_members`].
+    pub async fn registry_members(self: &Arc<Self>, members: BTreeSet<WorkerName>) {
+        let gone = self.inner.lock().await.pool.registry_members(&members);
+        self.lost(gone, "lease expired while the registry was not watched").await;
+    }
+
+    /// Logs each worker lost to the pool with `why`, tells the job it served that its member
+    /// is lost (it goes on without it at the next boundary instead of waiting for its own
+    /// heartbeat timeout), and schedules.
+    async fn lost(self: &Arc<Self>, gone: Vec<Evicted>, why: &str) {
+        if gone.is_empty() {
+            return;
         }
-        if !gone.is_empty() {
-            self.reschedule().await;
+        {
+            let inner = self.inner.lock().await;
+            for w in &gone {
+                let served = w.job.map_or(String::new(), |j| format!(" (it served {j})"));
+                tessera_protocol::say!("[service] worker {} lost: {why}{served}", w.name);
+                let actor = w.job.and_then(|j| inner.running.get(&j)).map(|h| &h.actor);
+                let ip = w.ad.addr.parse::<IpAddr>().ok().or_else(|| w.ad.addr.parse::<SocketAddr>().ok().map(|a| a.ip()));
+                if let (Some(actor), Some(ip)) = (actor, ip.filter(|_| w.ad.pid != 0)) {
+                    let loss = PoolLoss { ip, pid: w.ad.pid, reason: why.to_string() };
+                    // A job that just ended has no actor to tell: nothing is lost then.
+                    let _ = actor.cast(CoordinatorMsg::PoolLost(Wire::new(loss)));
+                }
+            }
         }
+        self.reschedule().await;
     }
 
     /// Applies the queue's decisions to the pool and the jobs.

@@ -8,7 +8,7 @@ use super::types::{HolderId, IdempotencyKey, JobId, JobState};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// No etcd endpoint could be reached.
-    #[error("etcd {endpoints}: connect: {source}")]
+    #[error("etcd {endpoints}: connect: {}", Chain(.source))]
     Connect {
         /// The endpoints tried, comma-separated.
         endpoints: String,
@@ -16,7 +16,7 @@ pub enum StoreError {
         source: etcd_client::Error,
     },
     /// An etcd request failed (timeout, connection lost, refused).
-    #[error("etcd: {op} {key}: {source}")]
+    #[error("etcd: {op} {key}: {}", Chain(.source))]
     Etcd {
         /// The request (`txn`, `get`, `grant`, `watch`, ...).
         op: &'static str,
@@ -118,6 +118,25 @@ pub enum StoreError {
         /// The join error.
         source: tokio::task::JoinError,
     },
+}
+
+/// An error and its sources, `: `-separated: etcd's client keeps the cause of a failed
+/// connection (a refused TLS certificate, a wrong password) in the sources.
+struct Chain<'a>(&'a etcd_client::Error);
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut text = self.0.to_string();
+        let mut source = std::error::Error::source(self.0);
+        while let Some(e) = source {
+            let more = e.to_string();
+            if !text.contains(&more) {
+                text = format!("{text}: {more}");
+            }
+            source = e.source();
+        }
+        f.write_str(&text)
+    }
 }
 
 /// Result alias of the store.

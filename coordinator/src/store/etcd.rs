@@ -19,12 +19,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tessera_protocol::ledger::ScheduleVersion;
 
 use super::error::{StoreError, StoreResult};
+use super::etcd_access::{EtcdAccess, connect};
 use super::types::{
     AuditEntry, AuditEvent, CheckpointRecord, Fence, HolderId, JobId, JobRecord, JobState, NewJob, Priority, QueueEntry, Submitted,
 };
@@ -44,12 +45,21 @@ pub struct EtcdConfig {
     pub lease_ttl_s: i64,
     /// Deadline of every request (and of connecting).
     pub timeout: Duration,
+    /// TLS and user options of a secured etcd.
+    pub access: EtcdAccess,
 }
 
 impl EtcdConfig {
-    /// Defaults for `endpoints` and `prefix`: a 10 s lease and 5 s request deadline.
+    /// Defaults for `endpoints` and `prefix`: a 10 s lease, 5 s request deadline, no TLS
+    /// files and no user.
     pub fn new(endpoints: Vec<String>, prefix: &str) -> Self {
-        Self { endpoints, prefix: prefix.trim_end_matches('/').into(), lease_ttl_s: 10, timeout: Duration::from_secs(5) }
+        Self {
+            endpoints,
+            prefix: prefix.trim_end_matches('/').into(),
+            lease_ttl_s: 10,
+            timeout: Duration::from_secs(5),
+            access: EtcdAccess::default(),
+        }
     }
 }
 
@@ -61,12 +71,6 @@ pub struct EtcdStore {
     requests: Arc<AtomicU64>,
     /// The next job id as this client last saw it, so that `put_job` usually takes one round.
     next_id: Arc<AtomicU64>,
-}
-
-/// Connects to `endpoints` with the deadlines of `timeout` (shared with the worker registry).
-pub(crate) async fn connect(endpoints: &[String], timeout: Duration) -> StoreResult<Client> {
-    let options = ConnectOptions::new().with_connect_timeout(timeout).with_timeout(timeout);
-    Client::connect(endpoints, Some(options)).await.map_err(|source| StoreError::Connect { endpoints: endpoints.join(","), source })
 }
 
 /// Decodes a stored JSON value.
@@ -82,7 +86,7 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 impl EtcdStore {
     /// Connects to the store described by `config`.
     pub async fn connect(config: EtcdConfig) -> StoreResult<Self> {
-        let client = connect(&config.endpoints, config.timeout).await?;
+        let client = connect(&config.endpoints, config.timeout, &config.access).await?;
         Ok(Self { client, config, requests: Arc::new(AtomicU64::new(0)), next_id: Arc::new(AtomicU64::new(1)) })
     }
 
@@ -243,29 +247,67 @@ pub(crate) async fn revoke_lease(client: &Client, keepalive: &tokio::task::JoinH
     Ok(())
 }
 
+/// What a lease's keep-alive task last saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseState {
+    /// The server confirmed the lease at the last keep-alive.
+    Kept,
+    /// Keep-alives fail (etcd unreachable, restarting): the lease runs out unless they succeed
+    /// again within its TTL.
+    Failing {
+        /// The last failure.
+        error: String,
+    },
+    /// The server says the lease is gone (it expired or was revoked); nothing is kept alive.
+    Gone,
+}
+
 /// Keeps `lease` alive every third of `ttl_s`, reconnecting the keep-alive stream after an
-/// error (an etcd restart keeps leases), until the server says the lease is gone.
-pub(crate) fn spawn_keepalive(client: Client, lease: i64, ttl_s: i64) -> tokio::task::JoinHandle<()> {
-    let period = Duration::from_millis((ttl_s.max(1) as u64) * 1000 / 3);
-    tokio::spawn(async move {
+/// error or an answer that does not come within the TTL (a connection that died silently, as
+/// behind a cut link; an etcd restart keeps leases), until the server says the lease is gone.
+/// Publishes what it sees.
+pub(crate) fn spawn_keepalive(
+    client: Client,
+    lease: i64,
+    ttl_s: i64,
+) -> (tokio::task::JoinHandle<()>, tokio::sync::watch::Receiver<LeaseState>) {
+    let ttl = Duration::from_secs(ttl_s.max(1) as u64);
+    let (tx, rx) = tokio::sync::watch::channel(LeaseState::Kept);
+    let task = tokio::spawn(async move {
         loop {
-            if let Ok((mut keeper, mut stream)) = client.lease_client().keep_alive(lease).await {
-                loop {
-                    if keeper.keep_alive().await.is_err() {
-                        break;
+            let error = match client.lease_client().keep_alive(lease).await {
+                Ok((mut keeper, mut stream)) => loop {
+                    if let Err(e) = keeper.keep_alive().await {
+                        break e.to_string();
                     }
-                    match stream.message().await {
-                        Ok(Some(resp)) if resp.ttl() > 0 => {}
+                    match tokio::time::timeout(ttl, stream.message()).await {
+                        Ok(Ok(Some(resp))) if resp.ttl() > 0 => {
+                            tx.send_if_modified(|s| std::mem::replace(s, LeaseState::Kept) != LeaseState::Kept);
+                        }
                         // TTL 0: the lease expired or was revoked; nothing left to keep.
-                        Ok(Some(_)) => return,
-                        Ok(None) | Err(_) => break,
+                        Ok(Ok(Some(_))) => {
+                            let _ = tx.send(LeaseState::Gone);
+                            return;
+                        }
+                        Ok(Ok(None)) => break "the keep-alive stream ended".to_string(),
+                        Ok(Err(e)) => break e.to_string(),
+                        Err(_) => break format!("no keep-alive answer within {ttl:?}"),
                     }
-                    tokio::time::sleep(period).await;
+                    tokio::time::sleep(ttl / 3).await;
+                },
+                Err(e) => e.to_string(),
+            };
+            tx.send_if_modified(|s| match s {
+                LeaseState::Kept => {
+                    *s = LeaseState::Failing { error };
+                    true
                 }
-            }
+                _ => false,
+            });
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-    })
+    });
+    (task, rx)
 }
 
 impl JobStore for EtcdStore {
@@ -296,7 +338,7 @@ impl JobStore for EtcdStore {
             return Err(StoreError::Held { holder: current.unwrap_or_else(|| HolderId("(gone since)".into())) });
         }
         let token = resp.header().map_or(0, |h| h.revision()) as u64;
-        let keepalive = spawn_keepalive(self.client.clone(), lease, self.config.lease_ttl_s);
+        let (keepalive, _) = spawn_keepalive(self.client.clone(), lease, self.config.lease_ttl_s);
         let leadership = EtcdLeadership { fence: Fence::new(holder, token), lease, client: self.client.clone(), keepalive };
         self.fenced(leadership.fence(), &leader, Vec::new(), Vec::new(), AuditEvent::LeaderAcquired, Vec::new()).await?;
         Ok(leadership)

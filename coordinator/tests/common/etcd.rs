@@ -50,6 +50,72 @@ pub struct Etcd {
     client_port: u16,
     peer_port: u16,
     log: PathBuf,
+    /// Boxed: it is rare, and an `Etcd` is held by value in enums.
+    tls: Option<Box<TlsFiles>>,
+}
+
+/// The files of an etcd that speaks TLS only and checks client certificates, made with the
+/// `openssl` CLI: a CA, the server's certificate (its address as an IP SAN) and a client's.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The CA's certificate (PEM).
+    pub ca: PathBuf,
+    /// The server's certificate and key.
+    pub server: (PathBuf, PathBuf),
+    /// A client's certificate and key, signed by the CA.
+    pub client: (PathBuf, PathBuf),
+}
+
+impl TlsFiles {
+    /// Makes them in `dir` (P-256 keys: quick to make) for a server at `ip`.
+    fn make(dir: &Path, ip: IpAddr) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        let run = |args: &[&str]| -> anyhow::Result<()> {
+            let out = Command::new("openssl").args(args).current_dir(dir).output().context("run openssl (scripts/setup.sh installs it)")?;
+            if !out.status.success() {
+                bail!("openssl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+            }
+            Ok(())
+        };
+        let key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        run(
+            &[&["req", "-x509"][..], &key, &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=tessera-test-ca"]].concat()
+        )?;
+        let exts = [
+            ("server", format!("subjectAltName=IP:{ip}\nextendedKeyUsage=serverAuth\n")),
+            ("client", "extendedKeyUsage=clientAuth\n".into()),
+        ];
+        for (serial, (name, ext)) in (2..).zip(exts) {
+            std::fs::write(dir.join(format!("{name}.ext")), ext)?;
+            run(&[
+                &["req"][..],
+                &key,
+                &["-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr"), "-subj", &format!("/CN={name}")],
+            ]
+            .concat())?;
+            let serial = serial.to_string();
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-set_serial",
+                &serial,
+                "-days",
+                "2",
+                "-out",
+                &format!("{name}.pem"),
+                "-extfile",
+                &format!("{name}.ext"),
+            ])?;
+        }
+        let pair = |name: &str| (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
+        Ok(Self { ca: dir.join("ca.pem"), server: pair("server"), client: pair("client") })
+    }
 }
 
 impl Etcd {
@@ -62,6 +128,16 @@ impl Etcd {
     /// start retried on a bind race); in another namespace (fresh, made by the test) the
     /// standard ports are free by construction.
     pub fn start_at(placement: Placement) -> anyhow::Result<Self> {
+        Self::start_with(placement, false)
+    }
+
+    /// Starts a server on free loopback ports that speaks TLS only (`https://`) and checks
+    /// client certificates (`--client-cert-auth`); [`Etcd::tls`] has the files.
+    pub fn start_tls() -> anyhow::Result<Self> {
+        Self::start_with(Placement::loopback(), true)
+    }
+
+    fn start_with(placement: Placement, tls: bool) -> anyhow::Result<Self> {
         sweep_leftovers();
         let dir = new_data_dir()?;
         let mut last = None;
@@ -71,7 +147,9 @@ impl Etcd {
                 None => (free_port(placement.ip)?, free_port(placement.ip)?),
             };
             let log = dir.with_extension("log");
-            let mut etcd = Self { guard: None, dir: dir.clone(), placement: placement.clone(), client_port, peer_port, log };
+            // Made per attempt: a failed attempt's drop removes them.
+            let tls = if tls { Some(Box::new(TlsFiles::make(&dir.with_extension("tls"), placement.ip)?)) } else { None };
+            let mut etcd = Self { guard: None, dir: dir.clone(), placement: placement.clone(), client_port, peer_port, log, tls };
             match etcd.launch() {
                 Ok(()) => return Ok(etcd),
                 Err(e) => {
@@ -91,9 +169,49 @@ impl Etcd {
         Err(last.expect("at least one attempt").context(format!("etcd: ports taken {BIND_ATTEMPTS} times in a row")))
     }
 
-    /// The client URL (`http://IP:PORT`).
+    /// The client URL (`http://IP:PORT`, `https://` with TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", SocketAddr::new(self.placement.ip, self.client_port))
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", SocketAddr::new(self.placement.ip, self.client_port))
+    }
+
+    /// The TLS files of a server from [`Etcd::start_tls`].
+    pub fn tls(&self) -> Option<&TlsFiles> {
+        self.tls.as_deref()
+    }
+
+    /// Adds the user `root` with `password` and enables authentication (`etcdctl`, which
+    /// grants `root` its role): from then on every request needs the user.
+    pub fn enable_auth(&self, password: &str) -> anyhow::Result<()> {
+        for args in [&["user", "add", &format!("root:{password}"), "--interactive=false"][..], &["auth", "enable"]] {
+            let out = self.etcdctl().args(args).output().context("run etcdctl")?;
+            if !out.status.success() {
+                bail!("etcdctl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+            }
+        }
+        Ok(())
+    }
+
+    /// `etcdctl` against this server, in its namespace, with its client certificate, short
+    /// deadlines and no proxy (these machines set proxy variables, which etcdctl's gRPC would
+    /// honour).
+    fn etcdctl(&self) -> Command {
+        let mut c = match &self.placement.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "etcdctl"]);
+                c
+            }
+            None => Command::new("etcdctl"),
+        };
+        c.args(["--endpoints", &self.url(), "--dial-timeout=1s", "--command-timeout=2s"]).env("ETCDCTL_API", "3");
+        if let Some(t) = &self.tls {
+            c.arg("--cacert").arg(&t.ca).arg("--cert").arg(&t.client.0).arg("--key").arg(&t.client.1);
+        }
+        for var in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"] {
+            c.env_remove(var);
+        }
+        c
     }
 
     /// Its data dir.
@@ -111,7 +229,7 @@ impl Etcd {
     /// Spawns etcd under its guard and waits for it to answer healthy.
     fn launch(&mut self) -> anyhow::Result<()> {
         let ip = self.placement.ip;
-        let client = format!("http://{}", SocketAddr::new(ip, self.client_port));
+        let client = self.url();
         let peer = format!("http://{}", SocketAddr::new(ip, self.peer_port));
         let log = std::fs::File::create(&self.log).with_context(|| format!("create {}", self.log.display()))?;
         let mut cmd = match &self.placement.netns {
@@ -139,6 +257,10 @@ impl Etcd {
         cmd.args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer]);
         cmd.args(["--initial-cluster", &format!("t={peer}"), "--initial-cluster-state", "new"]);
         cmd.args(["--logger=zap", "--log-outputs=stderr"]);
+        if let Some(t) = &self.tls {
+            cmd.arg("--cert-file").arg(&t.server.0).arg("--key-file").arg(&t.server.1);
+            cmd.arg("--trusted-ca-file").arg(&t.ca).arg("--client-cert-auth");
+        }
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -165,25 +287,13 @@ impl Etcd {
         }
     }
 
-    /// One health probe: a direct HTTP request in this namespace (no proxy), `etcdctl` run in
-    /// the server's namespace otherwise.
+    /// One health probe: a direct HTTP request in this namespace (no proxy, no TLS),
+    /// `etcdctl` otherwise (in the server's namespace, with the client certificate).
     fn healthy(&self) -> bool {
-        match &self.placement.netns {
-            None => http_health(SocketAddr::new(self.placement.ip, self.client_port)),
-            Some(ns) => Command::new("ip")
-                .args(["netns", "exec", ns, "etcdctl", "--endpoints", &self.url(), "--dial-timeout=1s"])
-                .args(["--command-timeout=1s", "endpoint", "health"])
-                .env("ETCDCTL_API", "3")
-                // These machines set proxy variables, which etcdctl's gRPC would honour.
-                .env_remove("HTTP_PROXY")
-                .env_remove("HTTPS_PROXY")
-                .env_remove("http_proxy")
-                .env_remove("https_proxy")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success()),
+        if self.placement.netns.is_none() && self.tls.is_none() {
+            return http_health(SocketAddr::new(self.placement.ip, self.client_port));
         }
+        self.etcdctl().args(["endpoint", "health"]).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
     }
 
     /// Kills the server and reaps it and its guard; the data dir stays.
@@ -214,6 +324,7 @@ impl Drop for Etcd {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
         let _ = std::fs::remove_file(&self.log);
+        let _ = std::fs::remove_dir_all(self.dir.with_extension("tls"));
     }
 }
 

@@ -9,8 +9,11 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use tessera_coordinator::ServerTls;
-use tessera_coordinator::cluster::{ApiListener, FlopsFn, HostOptions, Service, ServiceOptions};
+use tessera_coordinator::cluster::{ApiListener, FlopsFn, HostOptions, Service, ServiceOptions, registry_feed};
+use tessera_coordinator::registry::RegistryConfig;
 use tessera_coordinator::store::{DirStore, EtcdConfig, EtcdStore, HolderId, JobStore, StoreError};
+
+use super::EtcdArgs;
 
 /// Arguments of `tessera coordinator`.
 #[derive(Debug, Args)]
@@ -22,12 +25,9 @@ pub struct CoordinatorArgs {
     /// shared filesystem); the default when no --etcd is given.
     #[arg(long, conflicts_with = "etcd")]
     state_dir: Option<PathBuf>,
-    /// The durable state in etcd v3 (client URLs, comma-separated).
-    #[arg(long, value_delimiter = ',')]
-    etcd: Vec<String>,
-    /// Key prefix of this cluster in etcd.
-    #[arg(long, default_value = "/tessera")]
-    etcd_prefix: String,
+    /// The durable state in etcd v3 (and the worker registry it watches).
+    #[command(flatten)]
+    etcd: EtcdArgs,
     /// The bearer token every API call needs; created (mode 0600) at first start if missing.
     /// Default: STATE_DIR/token (required with --etcd).
     #[arg(long, env = "TESSERA_TOKEN_FILE")]
@@ -120,29 +120,38 @@ pub fn run_coordinator(a: CoordinatorArgs) -> anyhow::Result<()> {
         reattach_wait_ms: a.reattach_wait_s * 1000,
     };
     let flops: FlopsFn = Arc::new(|job| super::super::orchestrate::flops_model(job, None, job.train.threads.max(1)).ok());
-    let holder = HolderId(format!("coordinator@{}:{}", node_ip, std::process::id()));
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async {
-        if a.etcd.is_empty() {
+        if a.etcd.etcd.is_empty() {
             let dir = a.state_dir.clone().context("give --state-dir DIR or --etcd URLS")?;
             let store = DirStore::open(&dir).with_context(|| format!("opening the state directory {}", dir.display()))?;
-            serve(store, holder, options, flops, secrets, &a, interrupted).await
+            serve(store, options, flops, secrets, &a, interrupted, None).await
         } else {
-            let store = EtcdStore::connect(EtcdConfig::new(a.etcd.clone(), &a.etcd_prefix)).await?;
-            serve(store, holder, options, flops, secrets, &a, interrupted).await
+            let config = EtcdConfig { access: a.etcd.access()?, ..EtcdConfig::new(a.etcd.etcd.clone(), &a.etcd.etcd_prefix) };
+            // The pool also learns of workers from the registry beside the store.
+            let registry = RegistryConfig {
+                endpoints: config.endpoints.clone(),
+                prefix: config.prefix.clone(),
+                ttl_s: config.lease_ttl_s,
+                timeout: config.timeout,
+                access: config.access.clone(),
+            };
+            let store = EtcdStore::connect(config).await?;
+            serve(store, options, flops, secrets, &a, interrupted, Some(registry)).await
         }
     })
 }
 
 async fn serve<S: JobStore + 'static>(
     store: S,
-    holder: HolderId,
     options: ServiceOptions,
     flops: FlopsFn,
     ApiSecrets { token, tls }: ApiSecrets,
     a: &CoordinatorArgs,
     interrupted: Arc<AtomicBool>,
+    registry: Option<RegistryConfig>,
 ) -> anyhow::Result<()> {
+    let holder = HolderId(format!("coordinator@{}:{}", options.host.node_ip, std::process::id()));
     // Bound first, so that a restarted coordinator holds its address at once; until it holds
     // the store it answers 503, and clients and workers try the next coordinator they know.
     let bound = std::net::TcpListener::bind(a.listen).with_context(|| format!("binding the API at {}", a.listen))?;
@@ -189,6 +198,7 @@ async fn serve<S: JobStore + 'static>(
     waiting.await.context("the waiting API task")??;
     let listener = ApiListener::new(tokio::net::TcpListener::from_std(bound)?, tls);
     let service = Service::start(store, leadership, options, flops).await.context("recovering the jobs")?;
+    let feed = registry.map(|config| registry_feed::spawn(&service, config));
     tessera_protocol::say!("tessera coordinator: API {url} ({holder}; job nodes on {})", options.host.node_ip);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let api = tokio::spawn(tessera_coordinator::cluster::serve(listener, token, Arc::clone(&service), async move {
@@ -199,6 +209,9 @@ async fn serve<S: JobStore + 'static>(
     }
     tessera_protocol::say!("tessera coordinator: stopping (running jobs checkpoint and resume under the next coordinator)");
     service.shutdown(Duration::from_secs(60)).await;
+    if let Some(feed) = feed {
+        feed.abort();
+    }
     let _ = stop_tx.send(());
     api.await.context("the API task")??;
     Ok(())

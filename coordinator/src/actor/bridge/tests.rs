@@ -26,7 +26,8 @@ use crate::metrics::JobMetrics;
 use tessera_protocol::checkpoint;
 use tessera_protocol::ledger::MixtureSchedule;
 use tessera_protocol::messages::{
-    Command, CoordinatorMsg, FailureKind, GenerationStart, JobSpec, RankFailure, WORKERS_GROUP, Wire, WorkerEvent, WorkerMsg, worker_group,
+    Command, CoordinatorMsg, ExitReason, FailureKind, GenerationStart, JobSpec, PoolLoss, RankFailure, WORKERS_GROUP, Wire, WorkerEvent,
+    WorkerMsg, worker_group,
 };
 use tessera_protocol::report::{StepReport, StepTimings};
 
@@ -423,6 +424,36 @@ fn losing_the_last_worker_process_during_a_planned_stop_fails_the_job() {
         JobOutcome::Failed { reason } => assert_eq!(reason, "0 workers left, the job needs at least 1"),
         other => panic!("expected a failure: {other:?}"),
     }
+    fake.stop(None);
+}
+
+/// The service's pool lost a worker process (its etcd lease expired): the job's actor finds
+/// the member by its host address and pid and loses it at once, as when its link breaks (it
+/// is told to exit, and the removal says why). The same pid on another host is not it.
+#[test]
+fn a_worker_process_the_pool_lost_is_lost_to_its_job_at_once() {
+    let mut job = Job::start(policy(1, 1), vec![]);
+    let (fake, mut rx, worker, _) = join_fake(&job, 0xfeed);
+    let loss =
+        |ip: &str| CoordinatorMsg::PoolLost(Wire::new(PoolLoss { ip: ip.parse().unwrap(), pid: FAKE_PID, reason: "lease expired".into() }));
+    job.actor.cast(loss("10.0.0.7")).unwrap();
+    assert_eq!(job.rt.block_on(job.bridge().status()).unwrap().members.len(), 1, "another host's process 4242 is not this member");
+    job.actor.cast(loss("127.0.0.1")).unwrap();
+    assert_eq!(job_cmd(&job.rt, &mut rx), Command::Exit { why: ExitReason::Lost });
+    // Its only member lost after a generation, a job with no launcher has nobody to go on with.
+    match job.outcome() {
+        JobOutcome::Failed { reason } => assert_eq!(reason, "0 workers left, the job needs at least 1"),
+        other => panic!("expected a failure: {other:?}"),
+    }
+    let removed: Vec<(u64, String)> = job
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            JobEvent::WorkerRemoved { worker, reason } => Some((worker, reason)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(removed, vec![(worker.0, "lost to the pool: lease expired".to_string())]);
     fake.stop(None);
 }
 
