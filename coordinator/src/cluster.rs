@@ -4,12 +4,14 @@
 //! ([`pool`]) by reporting to the API; the queue's pure rules
 //! ([`crate::control::queue::schedule`]) decide which job runs on which workers
 //! ([`service`]); each running job has its own coordinator actor and node ([`host`]), the
-//! same actor and control rules as every other launch mode.
+//! same actor and control rules as every other launch mode. Every job's workers' lines are
+//! read back from the shared filesystem ([`logs`]).
 
 pub mod api;
 mod client;
 pub mod gate;
 pub mod host;
+pub mod logs;
 pub mod pool;
 pub mod service;
 pub mod types;
@@ -19,6 +21,7 @@ use std::sync::Arc;
 
 pub use gate::StoreGate;
 pub use host::HostOptions;
+pub use logs::{LogPage, LogQuery};
 pub use pool::{Assignment, Beat, Pool};
 pub use service::{FlopsFn, Service, ServiceOptions};
 pub use types::{ClusterJob, PooledWorker, SubmitReply, SubmitRequest, WorkerReply, WorkerReport};
