@@ -57,6 +57,19 @@ fn plain(l: &WorkerLogLine) -> String {
     format!("[{who}] {}", l.line)
 }
 
+/// True for the states a job does not leave.
+fn ended(state: JobState) -> bool {
+    matches!(state, JobState::Finished | JobState::Failed | JobState::Cancelled)
+}
+
+/// Whether `tessera logs` is done after a page with nothing new (`state` and `writing` as the
+/// page says, read before its files; `ended_for`: since it was first seen ended): without
+/// `--follow` at once; with it once the job has ended and no worker serves it any more (no line
+/// can follow), or [`ENDED_GRACE`] after the end.
+fn done(follow: bool, state: JobState, writing: u32, ended_for: Option<Duration>) -> bool {
+    !follow || (ended(state) && (writing == 0 || ended_for.is_some_and(|t| t > ENDED_GRACE)))
+}
+
 /// Runs `tessera logs`.
 pub fn run(a: LogsArgs) -> anyhow::Result<()> {
     let (mut client, id) = (a.service.client()?, parse_job_id(&a.job)?);
@@ -97,13 +110,10 @@ pub fn run(a: LogsArgs) -> anyhow::Result<()> {
             query.since = next;
             continue;
         }
-        // Nothing new. The state was read before the files: ended with no worker left means
-        // no line can follow.
-        let ended = matches!(page.state, JobState::Finished | JobState::Failed | JobState::Cancelled);
-        if ended && ended_at.is_none() {
+        if ended(page.state) && ended_at.is_none() {
             ended_at = Some(std::time::Instant::now());
         }
-        if !a.follow || (ended && (page.writing == 0 || ended_at.is_some_and(|t| t.elapsed() > ENDED_GRACE))) {
+        if done(a.follow, page.state, page.writing, ended_at.map(|t| t.elapsed())) {
             return Ok(());
         }
         std::thread::sleep(POLL);
@@ -113,6 +123,18 @@ pub fn run(a: LogsArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn follow_ends_with_the_job_once_no_worker_serves_it_or_after_the_grace() {
+        let s = Some(Duration::from_secs(1));
+        assert!(done(false, JobState::Running, 3, None), "without --follow: what there is");
+        assert!(!done(true, JobState::Queued, 0, None) && !done(true, JobState::Running, 0, None), "not ended yet");
+        assert!(!done(true, JobState::Finished, 1, s), "a worker may still print its last lines");
+        for state in [JobState::Finished, JobState::Failed, JobState::Cancelled] {
+            assert!(done(true, state, 0, s));
+        }
+        assert!(done(true, JobState::Cancelled, 2, Some(ENDED_GRACE + Duration::from_millis(1))), "the grace is over");
+    }
 
     #[test]
     fn plain_lines_name_the_worker_and_its_rank_and_generation_when_it_had_them() {
