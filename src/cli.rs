@@ -10,6 +10,7 @@ mod export;
 mod generate;
 mod jobctl;
 mod joblock;
+mod logs;
 mod model;
 mod neural;
 mod orchestrate;
@@ -78,6 +79,9 @@ enum Command {
     Cancel(cluster::OneJobArgs),
     /// Wait until a job of a coordinator service ends (fails unless it finished).
     Wait(cluster::OneJobArgs),
+    /// Print the lines every worker of a coordinator service's job printed (with its rank and
+    /// generation), also after the job ended; --follow streams them until it ends.
+    Logs(logs::LogsArgs),
     /// Write consolidated ml-4m-compatible weights from a job's newest valid checkpoint.
     Export(export::ExportArgs),
     /// Draw a job's training curves (loss per modality, validation, learning rate, gradient
@@ -113,6 +117,7 @@ pub fn run() -> ExitCode {
         Command::Jobs(args) => cluster::jobs(args),
         Command::Cancel(args) => cluster::cancel(args),
         Command::Wait(args) => cluster::wait(args),
+        Command::Logs(args) => logs::run(args),
         Command::Job(cmd) => jobctl::run(cmd),
         Command::Tokenize(args) => neural::tokenize(args),
         Command::Export(args) => export::run(args),

@@ -1,5 +1,5 @@
 //! Cluster mode end to end: `tessera coordinator` with a worker pool, `submit`, `jobs`,
-//! `cancel`, `wait`, token refusals, and — on network-namespace hosts with a real etcd — a
+//! `cancel`, `wait`, `logs`, token refusals, and — on network-namespace hosts with a real etcd — a
 //! worker host's link cut and restored, and the coordinator killed with -9 and restarted.
 
 mod common;
@@ -43,6 +43,31 @@ impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Starts `tessera ARGS` as a client of the service at `url` with `token`, its stdout going
+/// to `out` (killed and reaped on drop, as every process of the test).
+fn client_in_background(url: &str, token: &Path, args: &[&str], out: &Path) -> Proc {
+    let mut cmd = Command::new(bin());
+    cmd.args(args).env("TESSERA_COORDINATOR", url).env("TESSERA_TOKEN_FILE", token);
+    let log = out.with_extension("stderr");
+    let child = cmd.stdout(std::fs::File::create(out).unwrap()).stderr(std::fs::File::create(&log).unwrap()).spawn().expect("spawn");
+    Proc { child, log }
+}
+
+/// Waits (at most `limit`) for `p` to exit and asserts it succeeded.
+fn exits_ok(what: &str, p: &mut Proc, limit: Duration) {
+    let mut status = None;
+    wait_for(what, limit, || {
+        status = p.child.try_wait().unwrap();
+        status.is_some()
+    });
+    assert!(status.unwrap().success(), "{what}: {}", p.text());
+}
+
+/// `tessera logs --json` output as JSON values.
+fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect()
 }
 
 /// Runs `tessera ARGS` as a client of the service at `url` with `token`.
@@ -160,6 +185,28 @@ fn a_pool_trains_submitted_jobs_queues_with_reasons_cancels_and_refuses_bad_toke
         "{why}"
     );
 
+    // Its logs after it ended: every worker's lines (in OUTPUT_DIR/logs/NAME.jsonl), merged
+    // by time; `--rank 1` only the lines printed as rank 1; `--json` objects with every field.
+    let rank1 = json_lines(&ok(client(&url, &token, &["logs", "job-1", "--rank", "1", "--json"])));
+    let all = json_lines(&ok(client(&url, &token, &["logs", "1", "--json"])));
+    for w in ["w0", "w1", "w2"] {
+        assert!(all.iter().any(|l| l["worker"] == w), "no line of {w}: {all:?}");
+        assert!(root.join(format!("out/logs/{w}.jsonl")).is_file());
+    }
+    for l in &all {
+        assert!(l["ts_ms"].is_u64() && l["line"].is_string() && l["worker"].is_string(), "{l}");
+        assert!(l["rank"].is_null() == l["generation"].is_null() && (l["rank"].is_null() || l["rank"].is_u64()), "{l}");
+    }
+    assert!(all.windows(2).all(|w| w[0]["ts_ms"].as_u64() <= w[1]["ts_ms"].as_u64()), "merged by time");
+    assert!(all.iter().any(|l| l["rank"].is_null()) && all.iter().any(|l| l["rank"] == 2), "lines with and without a rank");
+    assert!(!rank1.is_empty() && rank1.iter().all(|l| l["rank"] == 1), "{rank1:?}");
+    let of_rank1: Vec<&serde_json::Value> = all.iter().filter(|l| l["rank"] == 1).collect();
+    assert!(of_rank1.len() >= rank1.len(), "{of_rank1:?}\n{rank1:?}");
+    assert_eq!(of_rank1[..rank1.len()].iter().copied().cloned().collect::<Vec<_>>(), rank1, "--rank 1 is rank 1's lines");
+    let plain = ok(client(&url, &token, &["logs", "job-1", "--rank", "1"]));
+    assert!(!plain.is_empty() && plain.lines().all(|l| l.starts_with("[w") && l.contains(" r1 g")), "{plain}");
+    eprintln!("tessera logs job-1: {} lines of 3 workers, {} of rank 1; e.g. {}", all.len(), rank1.len(), plain.lines().next().unwrap());
+
     // Two jobs that cannot both run at their minimum on three workers: the second waits, and
     // says why, until the first is cancelled.
     let long = job_copy(root, "long", &job, 400);
@@ -174,6 +221,14 @@ fn a_pool_trains_submitted_jobs_queues_with_reasons_cancels_and_refuses_bad_toke
         table.lines().any(|l| l.starts_with("job-3") && l.contains("queued") && l.ends_with("waiting for workers: 1 free, needs 2")),
         "{table}"
     );
+
+    // `logs --follow` of the running job-2 and of the queued job-3: each prints the lines
+    // written after it started and exits once its job has ended (cancelled, finished), having
+    // printed every line once.
+    let started_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let follow_out = |job: &str| root.join(format!("follow-{job}.out"));
+    let mut follow2 = client_in_background(&url, &token, &["logs", "job-2", "--follow", "--json"], &follow_out("2"));
+    let mut follow3 = client_in_background(&url, &token, &["logs", "job-3", "--follow", "--json"], &follow_out("3"));
 
     // Refusals while job-2 trains: no token file, a wrong token, random bytes on the API port.
     let no_token = Command::new(bin()).args(["jobs"]).env("TESSERA_COORDINATOR", &url).env_remove("TESSERA_TOKEN_FILE").output().unwrap();
@@ -215,10 +270,25 @@ fn a_pool_trains_submitted_jobs_queues_with_reasons_cancels_and_refuses_bad_toke
 
     ok(client(&url, &token, &["cancel", "job-2"]));
     ok(client(&url, &token, &["wait", "job-3", "--timeout-s", "180"]));
+    let job3_ended = Instant::now();
     let cancelled = client(&url, &token, &["wait", "2", "--timeout-s", "60"]);
     assert!(!cancelled.status.success(), "waiting for a cancelled job fails");
     assert_eq!(job_json(&url, &token, 2)["state"], "Cancelled");
     assert_eq!(job_json(&url, &token, 3)["step"], 4);
+    for (job, follow) in [("2", &mut follow2), ("3", &mut follow3)] {
+        exits_ok(&format!("logs job-{job} --follow ending with the job"), follow, Duration::from_secs(60));
+        if job == "3" {
+            eprintln!("tessera logs job-3 --follow exited {:?} after `tessera wait job-3` returned", job3_ended.elapsed());
+        }
+        let mut followed = json_lines(&std::fs::read_to_string(follow_out(job)).unwrap());
+        assert!(followed.iter().any(|l| l["ts_ms"].as_u64() > Some(started_ms)), "job-{job}: no line written after --follow started");
+        let mut all = json_lines(&ok(client(&url, &token, &["logs", job, "--json"])));
+        // Pages merge by time; a line can come a page after a later-stamped one: same lines.
+        let by_text = |l: &serde_json::Value| l.to_string();
+        followed.sort_by_key(by_text);
+        all.sort_by_key(by_text);
+        assert_eq!(followed, all, "job-{job}: --follow printed every line once");
+    }
 
     // Q4: a higher-priority job takes workers from a lower one, which shrinks at a checkpoint
     // and grows back when they are free again.
@@ -232,8 +302,9 @@ fn a_pool_trains_submitted_jobs_queues_with_reasons_cancels_and_refuses_bad_toke
     assert_eq!(job_json(&url, &token, 5)["step"], 4);
     let back = Instant::now();
     loop {
-        // 3 workers, then 1 after the shrink, then 3 again.
-        let w = worlds();
+        // Generations of 3 workers, then 1 after the shrink, then 3 again (from the events: a
+        // generation may end before it logs a step).
+        let w: Vec<u64> = common::generation_worlds(&root.join("low")).into_iter().map(|n| n as u64).collect();
         let after = |from: usize, n: u64| w[from..].iter().position(|&x| x == n).map(|i| from + i);
         if after(0, 3).and_then(|i| after(i, 1)).and_then(|j| after(j, 3)).is_some() {
             break;

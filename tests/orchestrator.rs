@@ -84,6 +84,18 @@ fn sigterm_checkpoints_and_a_restart_resumes_at_the_same_step() {
     assert!(out.status.success() && err.contains(&format!("start step {last}, restore")), "{err}");
     let steps: Vec<u64> = log_lines(d.path()).iter().map(|l| l["step"].as_u64().unwrap()).collect();
     assert_eq!(steps.last(), Some(&last), "the restart trains step {last} next: {steps:?}");
+    // The embedded workers wrote their lines to the job's per-worker logs too, as pool workers
+    // do (`tessera logs` of cluster mode reads these files), named after their id.
+    let logs: Vec<std::path::PathBuf> = std::fs::read_dir(d.path().join("out/logs")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(logs.len() >= 2, "{logs:?}");
+    for path in &logs {
+        let name = path.file_stem().unwrap().to_str().unwrap();
+        assert!(name.starts_with("worker-") && path.extension().is_some_and(|e| e == "jsonl"), "{path:?}");
+        let lines: Vec<serde_json::Value> =
+            std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert!(lines.iter().all(|l| l["worker"] == name && l["ts_ms"].is_u64()), "{path:?}: {lines:?}");
+        assert!(lines.iter().any(|l| l["rank"].is_u64() && l["generation"].is_u64()), "{path:?}: a line printed as a rank");
+    }
 }
 
 /// A worker process killed with SIGKILL is replaced by a new local process: the survivor goes

@@ -6,12 +6,14 @@
 //! ([`crate::control::queue::schedule`]) decide which job runs on which workers
 //! ([`service`]); each running job has its own coordinator actor and node ([`host`]), the
 //! same actor and control rules as every other launch mode. The API is plain HTTP/1.1, or
-//! HTTP/1.1 over TLS ([`tls`]) when the service is given a certificate.
+//! HTTP/1.1 over TLS ([`tls`]) when the service is given a certificate. Every job's workers'
+//! lines are read back from the shared filesystem ([`logs`]).
 
 pub mod api;
 mod client;
 pub mod gate;
 pub mod host;
+pub mod logs;
 pub mod pool;
 pub mod registry_feed;
 pub mod service;
@@ -24,6 +26,7 @@ use std::sync::Arc;
 
 pub use gate::StoreGate;
 pub use host::HostOptions;
+pub use logs::{LogPage, LogQuery};
 pub use pool::{Assignment, Beat, Evicted, Pool};
 pub use service::{FlopsFn, Service, ServiceOptions};
 pub use tls::TlsListener;

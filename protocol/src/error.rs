@@ -70,6 +70,12 @@ pub enum ProtocolError {
         /// Why it failed.
         reason: String,
     },
+    /// A name that cannot name a worker's log file ([`crate::worker_log`]).
+    #[error("'{name}' cannot name a worker log: it must be 1 to 128 characters of [A-Za-z0-9._-]")]
+    BadLogName {
+        /// The name given.
+        name: String,
+    },
     /// An error of the modality registry or the budget policy.
     #[error(transparent)]
     Tokenizers(#[from] tessera_tokenizers::Error),

@@ -6,7 +6,8 @@
 //! node transport they travel on ([`node`]), the per-step [`StepReport`] and the held-out
 //! [`ValidationReport`], the coordinator's typed answers ([`reply`]: the job status and the
 //! acknowledgements), the errors that cross processes ([`ApiError`]), the checkpoint store
-//! ([`checkpoint`]) and the append-only JSON-lines writer ([`JsonLines`]).
+//! ([`checkpoint`]), the append-only JSON-lines writer ([`JsonLines`]) and the per-worker job
+//! logs that `say!` also writes ([`worker_log`]).
 //!
 //! Why a crate of its own: the worker links libtorch and the coordinator links the HTTP server,
 //! the Prometheus registry and the terminal output; neither should link the other's, and an
@@ -28,6 +29,7 @@ pub mod report;
 pub mod say;
 pub mod seeds;
 pub mod validation;
+pub mod worker_log;
 
 pub use api_error::{ApiError, ErrorBody};
 pub use error::{ProtocolError, Result};
@@ -39,3 +41,4 @@ pub use lr::CosineSchedule;
 pub use messages::GenerationPlan;
 pub use report::{StepReport, StepTimings, TrainLogLine};
 pub use validation::{ModalityScore, ValidationReport};
+pub use worker_log::WorkerLogLine;

@@ -3,6 +3,8 @@
 //! Why: `eprintln!` writes every formatted piece with a separate `write` call, so the lines of a
 //! job's worker processes (which share the launcher's stderr) interleave mid-line. A line
 //! formatted first and written with one call up to `PIPE_BUF` (4 KiB) bytes is atomic on a pipe.
+//! A worker process serving a job also appends each line to its log file in the job's output
+//! directory ([`crate::worker_log`]).
 
 /// `eprintln!` that formats the line first and writes it with one call.
 #[macro_export]
@@ -13,9 +15,11 @@ macro_rules! say {
 }
 
 /// Writes `text` and a newline to stderr in one call (errors are ignored, as `eprintln!`
-/// would panic instead; a log line is not worth a crash).
+/// would panic instead; a log line is not worth a crash), and to the job's log file while one
+/// is open ([`crate::worker_log::open`]).
 pub fn line(mut text: String) {
     use std::io::Write;
+    crate::worker_log::record(&text);
     text.push('\n');
     let _ = std::io::stderr().lock().write_all(text.as_bytes());
 }

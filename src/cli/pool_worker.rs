@@ -144,6 +144,7 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
             connect_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(a.drain_timeout_s),
             reattach: Some(Arc::clone(&reattach)),
+            log_name: Some(name.clone()),
         };
         match run_agent(&opts, Arc::clone(&shutdown)) {
             Ok(()) => tessera_protocol::say!("[{name}] released by {}", job.job),

@@ -94,6 +94,7 @@ pub fn run_worker(mut a: WorkerArgs) -> anyhow::Result<()> {
         connect_timeout: Duration::from_secs(30),
         drain_timeout: Duration::from_secs(a.drain_timeout_s),
         reattach: None,
+        log_name: None,
     };
     run(&opts, shutdown)?;
     Ok(())

@@ -42,6 +42,10 @@ pub struct AgentOptions {
     /// Pool mode: a lost coordinator does not end the job in hand; the ranks pause and wait
     /// (for the slot's grace) for a new coordinator to adopt them. `None`: it ends it.
     pub reattach: Option<Arc<Reattach>>,
+    /// The name of this process's log file in the job's `logs/` directory
+    /// ([`tessera_protocol::worker_log`]): a pool worker's pool name; `None`: `worker-N`
+    /// after the id the coordinator welcomes it with.
+    pub log_name: Option<String>,
 }
 
 /// The worker actor (configuration lives in its arguments).
@@ -52,6 +56,7 @@ pub struct WorkerAgent;
 pub struct AgentArgs {
     link: Link,
     reattach: Option<Arc<Reattach>>,
+    log_name: Option<String>,
     nonce: u64,
     listener: Option<TcpListener>,
     ring_addr: SocketAddr,
@@ -101,6 +106,11 @@ impl AgentState {
         }
         let job = spec.open()?;
         let origin = job.origin.clone();
+        // From here on this process's lines also go to the job's log (closed when `run` ends).
+        let log_name = self.args.log_name.clone().unwrap_or_else(|| format!("worker-{}", worker.0));
+        if let Err(e) = tessera_protocol::worker_log::open(&job.output_dir, &log_name) {
+            tessera_protocol::say!("[{worker}] its lines go to stderr only: cannot open its job log: {e}");
+        }
         self.args.link.welcomed(worker, secret);
         let listener = self.args.listener.take().ok_or_else(|| WorkerError::Welcome("welcomed twice"))?;
         let ctx = DeviceCtx {
@@ -301,6 +311,7 @@ pub fn run(opts: &AgentOptions, shutdown: Arc<std::sync::atomic::AtomicBool>) ->
         let args = AgentArgs {
             link: link.clone(),
             reattach: opts.reattach.clone().filter(|r| !r.grace().is_zero()),
+            log_name: opts.log_name.clone(),
             nonce: rand::random(),
             listener: Some(listener),
             ring_addr,
@@ -374,7 +385,9 @@ pub fn run(opts: &AgentOptions, shutdown: Arc<std::sync::atomic::AtomicBool>) ->
     if let Ok((ctx, rx)) = home_rx.recv() {
         device_main(ctx, rx);
     }
-    let result = rt.block_on(control).map_err(|e| WorkerError::Thread { thread: "the worker's control task", detail: e.to_string() })?;
+    let result = rt.block_on(control).map_err(|e| WorkerError::Thread { thread: "the worker's control task", detail: e.to_string() });
     rt.shutdown_timeout(Duration::from_secs(1));
-    result
+    // The job is left: the next job (of a pool worker) opens its own log.
+    tessera_protocol::worker_log::close();
+    result?
 }

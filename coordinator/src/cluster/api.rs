@@ -7,6 +7,7 @@
 //! | `GET /v1/jobs` | | `[`[`ClusterJob`]`]` with each queued job's pending reason |
 //! | `GET /v1/jobs/ID` | | [`ClusterJob`] with the live status while it runs |
 //! | `POST /v1/jobs/ID/cancel` | | [`ClusterJob`] |
+//! | `GET /v1/jobs/ID/logs?rank=R&since=CURSOR&limit=N` | | [`LogPage`]: every worker's lines, merged by time (any job state; see [`super::logs`]) |
 //! | `GET /v1/jobs/ID/checkpoints` | | [`JobCheckpoints`](super::JobCheckpoints): its spec and committed checkpoints, in any state |
 //! | `POST /v1/jobs/ID/scale` | [`crate::api::ScaleRequest`] | [`crate::api::ScaleAck`] (and caps the queue's growth of the job) |
 //! | `GET/POST /v1/jobs/ID/{status,events,checkpoint,mixture,drain,metrics}` | as [`crate::api`] | as [`crate::api`], for that running job |
@@ -26,6 +27,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use tower::ServiceExt;
 
+use super::logs::{LogPage, LogQuery};
 use super::service::Service;
 use super::types::{SubmitRequest, WorkerReport};
 use crate::api::{ApiError, constant_time_eq, error_response};
@@ -52,6 +54,8 @@ pub fn router<S: JobStore + 'static>(token: String, service: Arc<Service<S>>) ->
         .route("/v1/jobs/{id}/cancel", post(cancel::<S>))
         .route("/v1/jobs/{id}/scale", post(scale::<S>))
         .route("/v1/jobs/{id}/checkpoints", get(checkpoints::<S>))
+        // Its own route (not the running job's router): logs answer for ended jobs too.
+        .route("/v1/jobs/{id}/logs", get(logs::<S>))
         .route("/v1/jobs/{id}/{op}", any(per_job::<S>))
         .route("/v1/workers", get(workers::<S>))
         .route("/v1/workers/{name}", post(report::<S>))
@@ -131,6 +135,15 @@ async fn scale<S: JobStore + 'static>(State(state): State<AppState<S>>, Path(id)
         Ok(id) => reply(state.service.scale(id, req.workers).await),
         Err(e) => error_response(e),
     }
+}
+
+async fn logs<S: JobStore + 'static>(State(state): State<AppState<S>>, Path(id): Path<String>, uri: axum::http::Uri) -> Response {
+    let page: Result<LogPage, ApiError> = async {
+        let (id, query) = (job_id(&id)?, LogQuery::parse(uri.query())?);
+        state.service.logs(id, query).await
+    }
+    .await;
+    reply(page)
 }
 
 /// Hands the request to the running job's own API router (the embedded mode's), as `/OP`.

@@ -1,6 +1,7 @@
-//! The cluster API's calls on [`ApiClient`] (the CLI's `submit`, `jobs`, `cancel`, and the
+//! The cluster API's calls on [`ApiClient`] (the CLI's `submit`, `jobs`, `cancel`, `logs`, and the
 //! worker's reports); one job's routes go through [`ApiClient::for_job`].
 
+use super::logs::{LogPage, LogQuery};
 use super::types::{ClusterJob, JobCheckpoints, PooledWorker, SubmitReply, SubmitRequest, WorkerReply, WorkerReport};
 use crate::client::ApiClient;
 use crate::error::Result;
@@ -30,6 +31,11 @@ impl ApiClient {
     /// `GET /v1/jobs/ID/checkpoints`.
     pub fn job_checkpoints(&self, id: JobId) -> Result<JobCheckpoints> {
         self.call::<_, ()>("GET", &format!("/v1/jobs/{}/checkpoints", id.0), None)
+    }
+
+    /// `GET /v1/jobs/ID/logs`: a page of the job's per-worker logs.
+    pub fn logs(&self, id: JobId, query: &LogQuery) -> Result<LogPage> {
+        self.call::<_, ()>("GET", &format!("/v1/jobs/{}/logs?{}", id.0, query.to_query()), None)
     }
 
     /// `POST /v1/workers/NAME`: a worker's report (and, idle, its wait for an assignment).

@@ -216,6 +216,11 @@ impl Pool {
         self.workers.values().filter(|w| w.job.as_ref().is_some_and(|(a, _)| a.job == job)).count() as u32
     }
 
+    /// Workers that say they train `job` now (they may still print lines to its logs).
+    pub fn serving(&self, job: JobId) -> u32 {
+        self.workers.values().filter(|w| w.busy_with == Some(job)).count() as u32
+    }
+
     /// Takes back the workers given to `job` that were not told yet (the job ended first).
     pub fn withdraw(&mut self, job: JobId) {
         for w in self.workers.values_mut() {
@@ -261,9 +266,12 @@ mod tests {
         assert_eq!(pool.beat(&a, idle(), 1), None);
         assert_eq!(pool.take_assignment(&a), Some(assignment(1)));
         assert_eq!(pool.take_assignment(&a), None, "told once");
+        assert_eq!(pool.serving(JobId(1)), 0, "told, but it has not said it trains yet");
         assert_eq!(pool.beat(&a, Beat { ad: ad(), busy_with: Some(JobId(1)), orphan: None }, 2), None);
         assert!(pool.free().is_empty());
+        assert_eq!((pool.serving(JobId(1)), pool.serving(JobId(2))), (1, 0));
         assert_eq!(pool.beat(&a, idle(), 3), Some(JobId(1)), "reporting idle after the job means it left");
+        assert_eq!(pool.serving(JobId(1)), 0);
         assert_eq!(pool.free(), vec![a]);
     }
 

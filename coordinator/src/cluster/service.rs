@@ -217,6 +217,20 @@ impl<S: JobStore + 'static> Service<S> {
         }
     }
 
+    /// A page of job `id`'s per-worker logs (any state: they are files in its output
+    /// directory, see [`super::logs`]).
+    pub async fn logs(&self, id: JobId, query: super::logs::LogQuery) -> Result<super::logs::LogPage, ApiError> {
+        let record = self.record(id).await?;
+        let job = record.job.spec.open().map_err(|e| ApiError::Internal { reason: format!("{id}'s stored spec: {e}") })?;
+        // Read before the files, so that an ended job with no writer left has nothing after them.
+        let writing = self.inner.lock().await.pool.serving(id);
+        let read = move || super::logs::read_page(&job.output_dir, &query, record.state, writing);
+        match tokio::task::spawn_blocking(read).await {
+            Ok(page) => page.map_err(|e| ApiError::Internal { reason: format!("reading {id}'s logs: {e}") }),
+            Err(e) => Err(ApiError::Internal { reason: format!("reading {id}'s logs: {e}") }),
+        }
+    }
+
     /// Cancels a job: a queued one at once; a running one checkpoints at its next boundary
     /// and stops (its workers return to the pool).
     pub async fn cancel(self: &Arc<Self>, id: JobId) -> Result<ClusterJob, ApiError> {

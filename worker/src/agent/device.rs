@@ -156,10 +156,12 @@ pub fn device_main(ctx: DeviceCtx, rx: Receiver<DeviceCmd>) {
                 // and a long job should not lose validation for good.
                 held_out.retry_failed();
                 let generation = g.plan.generation;
+                tessera_protocol::worker_log::set_rank(Some((g.rank, generation)));
                 let (step, failed, exit) = run_generation(&ctx, &g, &rx, &mut writers, &mut resident, &mut held_out, &mut next);
                 if let Some(e) = &failed {
                     tessera_protocol::say!("[{}] generation {generation} ended at step {step}: {e}", ctx.worker());
                 }
+                tessera_protocol::worker_log::set_rank(None);
                 let error = failed.map(|e| RankFailure { kind: e.kind(), rank: g.rank, step, message: e.to_string() });
                 ctx.send(WorkerEvent::GenerationEnded { worker: ctx.worker(), generation, step, error });
                 if exit {

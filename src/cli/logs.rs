@@ -1,0 +1,146 @@
+//! `tessera logs JOB [--follow] [--rank R] [--json]`: the lines every worker of a coordinator
+//! service's job printed (read by the service from `OUTPUT_DIR/logs/WORKER.jsonl` on the
+//! shared filesystem), merged by time, for a queued, running or ended job. `--follow` asks
+//! again every 500 ms with the previous page's cursor, so it prints only new lines, and exits
+//! once the job has ended and no worker serves it any more (its last lines are written then),
+//! or [`ENDED_GRACE`] after the end at most.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use tessera_coordinator::cluster::logs::{LogCursor, LogQuery, MAX_LIMIT};
+use tessera_coordinator::store::JobState;
+use tessera_protocol::WorkerLogLine;
+
+use super::cluster::{Service, parse_job_id};
+
+/// How often `--follow` asks for new lines.
+const POLL: Duration = Duration::from_millis(500);
+
+/// How long `--follow` waits after the job's end for workers that still say they serve it. A
+/// worker prints its last lines when the coordinator tells it to exit, just before the job is
+/// recorded as ended; one that still says so later was given the job but never joined it (it
+/// waits out its connect timeout) and prints nothing to its log.
+const ENDED_GRACE: Duration = Duration::from_secs(10);
+
+/// Arguments of `tessera logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The job (`job-N` or `N`).
+    job: String,
+    /// Keep printing new lines until the job has ended and its workers have left it.
+    #[arg(long)]
+    follow: bool,
+    /// Only the lines a worker printed while it was this rank.
+    #[arg(long)]
+    rank: Option<u32>,
+    /// Print each line as its JSON object (`ts_ms`, `worker`, `rank`, `generation`, `line`).
+    #[arg(long)]
+    json: bool,
+    /// The service.
+    #[command(flatten)]
+    service: Service,
+}
+
+/// One line as `tessera logs` prints it: `[WORKER rR gG] LINE` (rank and generation left out
+/// when the worker had none).
+fn plain(l: &WorkerLogLine) -> String {
+    let mut who = l.worker.clone();
+    if let Some(r) = l.rank {
+        who.push_str(&format!(" r{r}"));
+    }
+    if let Some(g) = l.generation {
+        who.push_str(&format!(" g{g}"));
+    }
+    format!("[{who}] {}", l.line)
+}
+
+/// True for the states a job does not leave.
+fn ended(state: JobState) -> bool {
+    matches!(state, JobState::Finished | JobState::Failed | JobState::Cancelled)
+}
+
+/// Whether `tessera logs` is done after a page with nothing new (`state` and `writing` as the
+/// page says, read before its files; `ended_for`: since it was first seen ended): without
+/// `--follow` at once; with it once the job has ended and no worker serves it any more (no line
+/// can follow), or [`ENDED_GRACE`] after the end.
+fn done(follow: bool, state: JobState, writing: u32, ended_for: Option<Duration>) -> bool {
+    !follow || (ended(state) && (writing == 0 || ended_for.is_some_and(|t| t > ENDED_GRACE)))
+}
+
+/// Runs `tessera logs`.
+pub fn run(a: LogsArgs) -> anyhow::Result<()> {
+    let (mut client, id) = (a.service.client()?, parse_job_id(&a.job)?);
+    let mut query = LogQuery { rank: a.rank.map(tessera_protocol::Rank), since: LogCursor::default(), limit: MAX_LIMIT };
+    let mut out = std::io::stdout().lock();
+    let mut ended_at: Option<std::time::Instant> = None;
+    loop {
+        let page = match client.logs(id, &query) {
+            Ok(p) => p,
+            // A bad job or query stays bad; anything else may be a failover: ask again.
+            Err(e @ tessera_coordinator::CoordinatorError::Http { status: 400 | 404, .. }) => return Err(e.into()),
+            Err(e) if a.follow => {
+                tessera_protocol::say!("[logs] {e} (asking again)");
+                std::thread::sleep(Duration::from_secs(1));
+                if let Ok(c) = a.service.client() {
+                    client = c;
+                }
+                continue;
+            }
+            Err(e) => return Err(e).with_context(|| format!("reading {id}'s logs")),
+        };
+        for s in &page.skipped {
+            tessera_protocol::say!("[logs] skipped a malformed line of {} at byte {}: {}", s.file, s.offset, s.error);
+        }
+        let mut text = String::new();
+        for l in &page.lines {
+            text.push_str(&if a.json { serde_json::to_string(l)? } else { plain(l) });
+            text.push('\n');
+        }
+        match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+            // The reader went away (`tessera logs JOB | head`): nothing more to do.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            other => other.context("writing to stdout")?,
+        }
+        let next = LogCursor::parse(&page.next).map_err(|e| anyhow::anyhow!("the service's cursor {:?}: {e}", page.next))?;
+        if next != query.since {
+            // The page consumed lines: there may be more at once.
+            query.since = next;
+            continue;
+        }
+        if ended(page.state) && ended_at.is_none() {
+            ended_at = Some(std::time::Instant::now());
+        }
+        if done(a.follow, page.state, page.writing, ended_at.map(|t| t.elapsed())) {
+            return Ok(());
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn follow_ends_with_the_job_once_no_worker_serves_it_or_after_the_grace() {
+        let s = Some(Duration::from_secs(1));
+        assert!(done(false, JobState::Running, 3, None), "without --follow: what there is");
+        assert!(!done(true, JobState::Queued, 0, None) && !done(true, JobState::Running, 0, None), "not ended yet");
+        assert!(!done(true, JobState::Finished, 1, s), "a worker may still print its last lines");
+        for state in [JobState::Finished, JobState::Failed, JobState::Cancelled] {
+            assert!(done(true, state, 0, s));
+        }
+        assert!(done(true, JobState::Cancelled, 2, Some(ENDED_GRACE + Duration::from_millis(1))), "the grace is over");
+    }
+
+    #[test]
+    fn plain_lines_name_the_worker_and_its_rank_and_generation_when_it_had_them() {
+        let mut l = WorkerLogLine { ts_ms: 1, worker: "host-1".into(), rank: None, generation: None, line: "hello".into() };
+        assert_eq!(plain(&l), "[host-1] hello");
+        (l.rank, l.generation) = (Some(tessera_protocol::Rank(1)), Some(tessera_protocol::Generation(2)));
+        assert_eq!(plain(&l), "[host-1 r1 g2] hello");
+    }
+}
