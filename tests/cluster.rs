@@ -237,6 +237,18 @@ fn a_pool_trains_submitted_jobs_queues_with_reasons_cancels_and_refuses_bad_toke
     std::fs::write(&wrong, "not-the-token").unwrap();
     let refused = client(&url, &wrong, &["submit", &second]);
     assert!(String::from_utf8_lossy(&refused.stderr).contains("HTTP 401"), "{refused:?}");
+    // A worker with a wrong token is refused: logged, never pooled (job-3 still lacks one).
+    let mut intruder = Command::new(bin());
+    intruder.args(["worker", "--name", "intruder"]).env("TESSERA_COORDINATOR", &url).env("TESSERA_TOKEN_FILE", &wrong);
+    let mut intruder = Proc::spawn(intruder, &root.join("intruder.log"));
+    wait_for("the intruder refused", Duration::from_secs(30), || {
+        coordinator.text().contains("refused POST /v1/workers/intruder from 127.0.0.1:") && intruder.child.try_wait().unwrap().is_some()
+    });
+    assert!(!intruder.child.wait().unwrap().success());
+    assert!(intruder.text().contains("the service refused this worker's token"), "{}", intruder.text());
+    assert!(!coordinator.text().contains("worker intruder joined the pool"));
+    assert_eq!(job_json(&url, &token, 3)["pending"], "waiting for workers: 1 free, needs 2");
+    drop(intruder);
     let addr = url.trim_start_matches("http://").to_string();
     let mut junk = std::net::TcpStream::connect(&addr).unwrap();
     let _ = junk.write_all(&[0x16, 0x03, 0x01, 0xff, 0x00, 0x13, 0x37, b'\r', b'\n', b'\r', b'\n']);

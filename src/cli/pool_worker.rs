@@ -31,13 +31,27 @@ struct Coordinators {
     current: Mutex<usize>,
 }
 
+/// A report that did not go through: what happened, and whether the service refused the token
+/// (then no retry can help: the worker stops and says so).
+struct ReportError {
+    text: String,
+    refused_token: bool,
+}
+
+impl std::fmt::Display for ReportError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
 impl Coordinators {
-    fn report(&self, name: &str, report: &WorkerReport) -> Result<tessera_coordinator::cluster::WorkerReply, String> {
+    fn report(&self, name: &str, report: &WorkerReport) -> Result<tessera_coordinator::cluster::WorkerReply, ReportError> {
         let i = *self.current.lock().expect("current");
         let (url, client) = &self.clients[i];
         client.report(name, report).map_err(|e| {
             *self.current.lock().expect("current") = (i + 1) % self.clients.len();
-            format!("{url}: {e}")
+            let refused_token = matches!(e, tessera_coordinator::CoordinatorError::Http { status: 401, .. });
+            ReportError { text: format!("{url}: {e}"), refused_token }
         })
     }
 }
@@ -123,6 +137,10 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
             }
             // A signal interrupts the report (EINTR): leave, without calling the service dead.
             Err(_) if shutdown.load(Ordering::SeqCst) => break,
+            Err(e) if e.refused_token => {
+                stop_beats.store(true, Ordering::Relaxed);
+                anyhow::bail!("{e}: the service refused this worker's token (check --token-file or TESSERA_TOKEN_FILE)");
+            }
             Err(e) => {
                 if !unreachable {
                     tessera_protocol::say!("[{name}] the service does not answer ({e}); retrying");
