@@ -303,6 +303,11 @@ pub enum Command {
     Checkpoint {
         /// Generation.
         generation: Generation,
+        /// The coordinator's next step when it asked: a checkpoint this rank already took
+        /// beyond it (another rank's copy of this request arrived first and the ranks agreed on
+        /// it) answers the request, so a late copy does not take a second one.
+        #[serde(default)]
+        asked_at: Step,
     },
     /// Leave the training loop at the next agreed step boundary (after a checkpoint if asked).
     Stop {

@@ -211,7 +211,7 @@ impl Actor for WorkerAgent {
                 }
             }
             Command::Start(g) => state.to_device(DeviceCmd::Start(Box::new(g))),
-            Command::Checkpoint { generation } => state.to_device(DeviceCmd::Checkpoint { generation }),
+            Command::Checkpoint { generation, asked_at } => state.to_device(DeviceCmd::Checkpoint { generation, asked_at }),
             Command::Stop { generation, checkpoint } => state.to_device(DeviceCmd::Stop { generation, checkpoint }),
             Command::Abort { generation, reason } => {
                 tessera_protocol::say!("[{}] abort generation {generation}: {reason}", state.id.map_or("worker".into(), |w| w.to_string()));

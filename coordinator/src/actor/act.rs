@@ -29,7 +29,7 @@ impl CoordinatorState {
                 self.log(&format!("generation {generation}: checkpoint requested (next boundary, ≥ step {step})"));
                 self.checkpoint_asked.get_or_insert_with(Instant::now);
                 for id in self.book.ranks.clone() {
-                    self.send(id, Command::Checkpoint { generation });
+                    self.send(id, Command::Checkpoint { generation, asked_at: step });
                 }
             }
             Action::StopAtBoundary { generation, checkpoint, reason } => {

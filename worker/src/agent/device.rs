@@ -35,6 +35,8 @@ pub enum DeviceCmd {
     Checkpoint {
         /// Generation.
         generation: Generation,
+        /// The coordinator's next step when it asked ([`tessera_protocol::messages::Command::Checkpoint`]).
+        asked_at: Step,
     },
     /// The coordinator is gone: pause at the next agreed boundary and keep the state for a
     /// coordinator to adopt (pool mode).
@@ -284,6 +286,7 @@ fn run_generation(
             tokens_per_sample,
             want_stop: false,
             want_ckpt: false,
+            checkpointed: None,
             exit: false,
             orphaned: false,
             recent: Recent::default(),
@@ -362,6 +365,8 @@ struct Coordinated<'a> {
     tokens_per_sample: u64,
     want_stop: bool,
     want_ckpt: bool,
+    /// The step of the last checkpoint this rank took in this generation.
+    checkpointed: Option<u64>,
     /// The worker must exit after this generation (told to, or its agent is gone).
     exit: bool,
     /// The coordinator is gone: pause at the next agreed boundary.
@@ -385,7 +390,11 @@ impl Boundary for Coordinated<'_> {
         let generation = self.g.plan.generation;
         loop {
             match self.rx.try_recv() {
-                Ok(DeviceCmd::Checkpoint { generation: x }) if x == generation => self.want_ckpt = true,
+                // A late copy of a request that the ranks already answered (another rank got it
+                // first) asks for nothing new.
+                Ok(DeviceCmd::Checkpoint { generation: x, asked_at }) if x == generation => {
+                    self.want_ckpt |= self.checkpointed.is_none_or(|s| s <= asked_at.0);
+                }
                 Ok(DeviceCmd::Stop { generation: x, checkpoint }) if x == generation => {
                     self.want_stop = true;
                     self.want_ckpt |= checkpoint;
@@ -419,6 +428,7 @@ impl Boundary for Coordinated<'_> {
 
     fn checkpoint(&mut self, snap: Snapshot) -> Result<()> {
         self.want_ckpt = false;
+        self.checkpointed = Some(snap.step);
         // Written in the background while training goes on: it must own its copy.
         if snap.live {
             return Err(WorkerError::Checkpoint {
@@ -497,7 +507,9 @@ fn final_boundary(
             break false;
         }
         match rx.recv_timeout(std::time::Duration::from_millis(50)) {
-            Ok(DeviceCmd::Checkpoint { generation: x }) if x == generation => write_snapshot(ctx, g, t.snapshot(generation.0), writers)?,
+            Ok(DeviceCmd::Checkpoint { generation: x, .. }) if x == generation => {
+                write_snapshot(ctx, g, t.snapshot(generation.0), writers)?
+            }
             Ok(DeviceCmd::Stop { generation: x, checkpoint }) if x == generation => {
                 if checkpoint {
                     write_snapshot(ctx, g, t.snapshot(generation.0), writers)?;
