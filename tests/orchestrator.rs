@@ -96,6 +96,17 @@ fn sigterm_checkpoints_and_a_restart_resumes_at_the_same_step() {
         assert!(lines.iter().all(|l| l["worker"] == name && l["ts_ms"].is_u64()), "{path:?}: {lines:?}");
         assert!(lines.iter().any(|l| l["rank"].is_u64() && l["generation"].is_u64()), "{path:?}: a line printed as a rank");
     }
+    // `tessera logs --job-dir` reads them: every line once, merged by time; `--rank 1` only
+    // rank 1's.
+    let out_dir = d.path().join("out").display().to_string();
+    let in_files: usize = logs.iter().map(|p| std::fs::read_to_string(p).unwrap().lines().count()).sum();
+    let shown = tessera(&["logs", "--job-dir", &out_dir, "--json"]);
+    assert!(shown.status.success(), "{}", String::from_utf8_lossy(&shown.stderr));
+    let shown: Vec<serde_json::Value> = String::from_utf8_lossy(&shown.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(shown.len(), in_files);
+    assert!(shown.windows(2).all(|w| w[0]["ts_ms"].as_u64() <= w[1]["ts_ms"].as_u64()), "merged by time");
+    let rank1 = String::from_utf8(tessera(&["logs", "--job-dir", &out_dir, "--rank", "1"]).stdout).unwrap();
+    assert!(!rank1.is_empty() && rank1.lines().all(|l| l.contains(" r1 ")), "{rank1}");
 }
 
 /// A worker process killed with SIGKILL is replaced by a new local process: the survivor goes
@@ -115,6 +126,20 @@ fn a_killed_worker_process_is_replaced() {
     let worlds = generation_worlds(d.path());
     assert!(worlds.starts_with(&[2, 1]) && worlds.last() == Some(&2), "generations: {worlds:?}\n{stderr}");
     assert_matches(&final_losses(d.path()), &reference);
+    // The job has ended: `tessera logs --job-dir --follow` prints its lines and exits.
+    let out_dir = d.path().join("out").display().to_string();
+    let mut follow =
+        Command::new(bin()).args(["logs", "--job-dir", &out_dir, "--follow"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while follow.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = follow.kill();
+            panic!("tessera logs --follow did not end with the ended job");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let followed = follow.wait_with_output().unwrap();
+    assert!(followed.status.success() && !followed.stdout.is_empty());
 }
 
 /// A worker interrupted with SIGTERM (a preemption notice) asks to be drained: the generation

@@ -3,14 +3,17 @@
 //! shared filesystem), merged by time, for a queued, running or ended job. `--follow` asks
 //! again every 500 ms with the previous page's cursor, so it prints only new lines, and exits
 //! once the job has ended and no worker serves it any more (its last lines are written then),
-//! or [`ENDED_GRACE`] after the end at most.
+//! or [`ENDED_GRACE`] after the end at most. `tessera logs --job-dir OUT` reads the same files
+//! of a job that `tessera train --workers N` runs (embedded mode) directly; its `--follow`
+//! ends once the job's `events.jsonl` records its end.
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use tessera_coordinator::cluster::logs::{LogCursor, LogQuery, MAX_LIMIT};
+use tessera_coordinator::cluster::logs::{LogCursor, LogPage, LogQuery, MAX_LIMIT, read_page};
 use tessera_coordinator::store::JobState;
 use tessera_protocol::WorkerLogLine;
 
@@ -28,8 +31,12 @@ const ENDED_GRACE: Duration = Duration::from_secs(10);
 /// Arguments of `tessera logs`.
 #[derive(Debug, Args)]
 pub struct LogsArgs {
-    /// The job (`job-N` or `N`).
-    job: String,
+    /// The job (`job-N` or `N`) of a coordinator service.
+    #[arg(required_unless_present = "job_dir")]
+    job: Option<String>,
+    /// The output directory of a job that `tessera train --workers N` runs, read directly.
+    #[arg(long, conflicts_with = "job")]
+    job_dir: Option<PathBuf>,
     /// Keep printing new lines until the job has ended and its workers have left it.
     #[arg(long)]
     follow: bool,
@@ -70,26 +77,46 @@ fn done(follow: bool, state: JobState, writing: u32, ended_for: Option<Duration>
     !follow || (ended(state) && (writing == 0 || ended_for.is_some_and(|t| t > ENDED_GRACE)))
 }
 
+/// An embedded job's page, read from its output directory: it has ended once its events
+/// record the end (no pool worker serves it).
+fn local_page(dir: &std::path::Path, query: &LogQuery) -> anyhow::Result<LogPage> {
+    let events = dir.join("events.jsonl");
+    let finished = events.exists()
+        && tessera_coordinator::EventLog::read_all(&events)?
+            .iter()
+            .any(|e| matches!(e.event, tessera_coordinator::JobEvent::JobFinished { .. }));
+    let state = if finished { JobState::Finished } else { JobState::Running };
+    read_page(dir, query, state, 0).with_context(|| format!("reading the logs under {}", dir.display()))
+}
+
 /// Runs `tessera logs`.
 pub fn run(a: LogsArgs) -> anyhow::Result<()> {
-    let (mut client, id) = (a.service.client()?, parse_job_id(&a.job)?);
     let mut query = LogQuery { rank: a.rank.map(tessera_protocol::Rank), since: LogCursor::default(), limit: MAX_LIMIT };
     let mut out = std::io::stdout().lock();
     let mut ended_at: Option<std::time::Instant> = None;
+    let mut service = match &a.job_dir {
+        Some(_) => None,
+        None => Some((a.service.client()?, parse_job_id(a.job.as_deref().context("give JOB or --job-dir")?)?)),
+    };
     loop {
-        let page = match client.logs(id, &query) {
+        let fetched = match (&a.job_dir, &service) {
+            (Some(dir), _) => Ok(local_page(dir, &query)?),
+            (None, Some((client, id))) => client.logs(*id, &query).map_err(|e| (e, *id)),
+            (None, None) => unreachable!("a service client without --job-dir"),
+        };
+        let page = match fetched {
             Ok(p) => p,
             // A bad job or query stays bad; anything else may be a failover: ask again.
-            Err(e @ tessera_coordinator::CoordinatorError::Http { status: 400 | 404, .. }) => return Err(e.into()),
-            Err(e) if a.follow => {
+            Err((e @ tessera_coordinator::CoordinatorError::Http { status: 400 | 404, .. }, _)) => return Err(e.into()),
+            Err((e, id)) if a.follow => {
                 tessera_protocol::say!("[logs] {e} (asking again)");
                 std::thread::sleep(Duration::from_secs(1));
                 if let Ok(c) = a.service.client() {
-                    client = c;
+                    service = Some((c, id));
                 }
                 continue;
             }
-            Err(e) => return Err(e).with_context(|| format!("reading {id}'s logs")),
+            Err((e, id)) => return Err(e).with_context(|| format!("reading {id}'s logs")),
         };
         for s in &page.skipped {
             tessera_protocol::say!("[logs] skipped a malformed line of {} at byte {}: {}", s.file, s.offset, s.error);
