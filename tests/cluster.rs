@@ -9,41 +9,11 @@ mod etcd;
 mod netns;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{assert_matches, bin, final_losses, job_and_reference};
-
-/// A process of the test (coordinator or worker): killed and reaped on drop; its stderr goes
-/// to a file the test can read.
-struct Proc {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(mut cmd: Command, log: &Path) -> Self {
-        let file = std::fs::File::create(log).unwrap();
-        let child = cmd.env("OMP_NUM_THREADS", "1").stdout(Stdio::null()).stderr(file).spawn().expect("spawn");
-        Self { child, log: log.to_path_buf() }
-    }
-
-    fn text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+use common::{Proc, assert_matches, bin, final_losses, job_and_reference, wait_for};
 
 /// Starts `tessera ARGS` as a client of the service at `url` with `token`, its stdout going
 /// to `out` (killed and reaped on drop, as every process of the test).
@@ -52,7 +22,7 @@ fn client_in_background(url: &str, token: &Path, args: &[&str], out: &Path) -> P
     cmd.args(args).env("TESSERA_COORDINATOR", url).env("TESSERA_TOKEN_FILE", token);
     let log = out.with_extension("stderr");
     let child = cmd.stdout(std::fs::File::create(out).unwrap()).stderr(std::fs::File::create(&log).unwrap()).spawn().expect("spawn");
-    Proc { child, log }
+    Proc::of(child, log)
 }
 
 /// Waits (at most `limit`) for `p` to exit and asserts it succeeded.
@@ -78,16 +48,6 @@ fn client(url: &str, token: &Path, args: &[&str]) -> std::process::Output {
 fn ok(out: std::process::Output) -> String {
     assert!(out.status.success(), "stdout: {}\nstderr: {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
-}
-
-/// Waits for `cond`, failing after `limit` with `what`.
-fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    start.elapsed()
 }
 
 /// The state of job `id` as `tessera jobs --json` shows it.

@@ -9,45 +9,10 @@ mod common;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{bin, log_lines, write_job};
-
-/// A long-running `tessera` process (coordinator or worker): killed and reaped on drop; its
-/// stderr goes to a file the test reads.
-struct Proc {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(mut cmd: Command, log: &Path) -> Self {
-        let file = std::fs::File::create(log).unwrap();
-        let child = cmd.env("OMP_NUM_THREADS", "1").stdout(Stdio::null()).stderr(file).spawn().expect("spawn");
-        Self { child, log: log.to_path_buf() }
-    }
-
-    fn text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Waits for `cond`, failing after `limit` with `what`.
-fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+use common::{Proc, bin, log_lines, wait_for, write_job};
 
 /// Runs `cmd` to its end, killing it (and failing) after `limit`; output through files, so a
 /// chatty process cannot block on a full pipe.

@@ -2,7 +2,12 @@
 //! always killed and reaped, and readers of the run's logs.
 #![allow(dead_code)]
 
+pub mod proc;
 pub mod slurm;
+
+// Each test binary uses part of these helpers (as `dead_code` above).
+#[allow(unused_imports)]
+pub use proc::{Proc, wait_for};
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
