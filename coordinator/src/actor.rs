@@ -251,6 +251,8 @@ impl Actor for Coordinator {
             CoordinatorMsg::Tick(_) => state.tick(),
             CoordinatorMsg::PoolLost(Wire(Ok(loss))) => state.pool_lost(&loss),
             CoordinatorMsg::PoolLost(Wire(Err(e))) => state.log(&format!("undecodable pool loss: {e}")),
+            CoordinatorMsg::SessionClosed(Wire(Ok(node))) => state.session_closed(node),
+            CoordinatorMsg::SessionClosed(Wire(Err(e))) => state.log(&format!("undecodable session close: {e}")),
         }
         if state.outcome.is_some() {
             myself.stop(None);

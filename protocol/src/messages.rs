@@ -421,6 +421,10 @@ pub enum CoordinatorMsg {
     /// The coordinator service lost this job's worker from its pool (its etcd lease expired,
     /// or it stopped reporting): the member that process is, if any, is lost.
     PoolLost(Wire<PoolLoss>),
+    /// A node session of the job's node server closed (the link to a worker process broke, or
+    /// the process ended): the members whose actors came over it are lost. Carries the
+    /// session's node id, as in the remote actors' ids.
+    SessionClosed(Wire<u64>),
 }
 
 /// A worker process the service's pool lost, as the job's actor finds its member: by the host

@@ -8,11 +8,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorRef, pg};
-use ractor_cluster::node::NodeConnectionMode;
+use ractor_cluster::node::{NodeConnectionMode, NodeEventSubscription, NodeServerSessionInformation};
 use ractor_cluster::{NetworkStream, NodeServer, NodeServerMessage};
 
 use crate::error::{ProtocolError, Result};
-use crate::messages::CoordinatorMsg;
+use crate::messages::{CoordinatorMsg, Wire};
 
 fn actor_err(context: String) -> impl FnOnce(String) -> ProtocolError {
     move |reason| ProtocolError::Actor { context, reason }
@@ -59,11 +59,39 @@ impl CoordinatorNode {
         Ok(Self { addr, server, accept })
     }
 
+    /// Tells `coordinator` of every node session of this server that closes
+    /// ([`CoordinatorMsg::SessionClosed`]).
+    ///
+    /// Why not the process group's leave events: ractor numbers a node server's sessions from
+    /// 0, so two jobs' servers in one process (a coordinator service) give remote actors equal
+    /// ids, and the process-wide group registry, keyed by id, then reports one job's departed
+    /// worker as the other job's. A session belongs to this server alone.
+    pub fn watch_sessions(&self, coordinator: ActorRef<CoordinatorMsg>) -> Result<()> {
+        let subscription = Box::new(SessionWatch(coordinator));
+        self.server
+            .cast(NodeServerMessage::SubscribeToEvents { id: "tessera.sessions".into(), subscription })
+            .map_err(|e| actor_err(format!("watching the node sessions at {}", self.addr))(e.to_string()))
+    }
+
     /// Closes the listener and every node session.
     pub fn stop(&self) {
         self.accept.abort();
         self.server.stop(None);
     }
+}
+
+/// Forwards session closes to the job's coordinator actor.
+struct SessionWatch(ActorRef<CoordinatorMsg>);
+
+impl NodeEventSubscription for SessionWatch {
+    fn node_session_opened(&self, _: NodeServerSessionInformation) {}
+
+    fn node_session_disconnected(&self, ses: NodeServerSessionInformation) {
+        // The actor may have ended first (the job is over): nobody is left to tell.
+        let _ = self.0.cast(CoordinatorMsg::SessionClosed(Wire::new(ses.node_id)));
+    }
+
+    fn node_session_authenticated(&self, _: NodeServerSessionInformation) {}
 }
 
 /// A worker's link: connects to the coordinator node at `addr` and returns the coordinator
@@ -91,5 +119,86 @@ pub async fn connect(
             )));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ractor::ActorProcessingErr;
+    use tokio::sync::mpsc;
+
+    /// Stands in for a job's coordinator actor: forwards each session close, named by its node.
+    struct Probe;
+
+    impl Actor for Probe {
+        type Msg = CoordinatorMsg;
+        type State = (&'static str, mpsc::UnboundedSender<(&'static str, u64)>);
+        type Arguments = Self::State;
+
+        async fn pre_start(&self, _: ActorRef<Self::Msg>, args: Self::Arguments) -> std::result::Result<Self::State, ActorProcessingErr> {
+            Ok(args)
+        }
+
+        async fn handle(
+            &self,
+            _: ActorRef<Self::Msg>,
+            msg: Self::Msg,
+            state: &mut Self::State,
+        ) -> std::result::Result<(), ActorProcessingErr> {
+            if let CoordinatorMsg::SessionClosed(Wire(Ok(node))) = msg {
+                let _ = state.1.send((state.0, node));
+            }
+            Ok(())
+        }
+    }
+
+    async fn sessions(server: &ActorRef<NodeServerMessage>) -> Vec<u64> {
+        let all = ractor::call!(server, NodeServerMessage::GetSessions).expect("the node server answers");
+        all.values().filter(|s| s.peer_name.is_some()).map(|s| s.node_id).collect()
+    }
+
+    /// Two jobs' node servers in one process (a coordinator service) number their sessions
+    /// alike, so one worker-side process linked to both has the same remote id on each: a
+    /// closed link is reported by its own node only, for the job it belongs to.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_node_reports_only_its_own_sessions_closing() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let localhost = SocketAddr::from(([127, 0, 0, 1], 0));
+        let (a, b) =
+            (CoordinatorNode::serve(localhost, "cookie-a").await.unwrap(), CoordinatorNode::serve(localhost, "cookie-b").await.unwrap());
+        let (probe_a, _) = Actor::spawn(None, Probe, ("a", tx.clone())).await.unwrap();
+        let (probe_b, _) = Actor::spawn(None, Probe, ("b", tx)).await.unwrap();
+        a.watch_sessions(probe_a.clone()).unwrap();
+        b.watch_sessions(probe_b.clone()).unwrap();
+        let client_a = node_server("cookie-a", "worker-a").await.unwrap();
+        let client_b = node_server("cookie-b", "worker-b").await.unwrap();
+        ractor_cluster::client_connect(&client_a, a.addr).await.unwrap();
+        ractor_cluster::client_connect(&client_b, b.addr).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let (on_a, on_b) = loop {
+            let (on_a, on_b) = (sessions(&a.server).await, sessions(&b.server).await);
+            if on_a.len() == 1 && on_b.len() == 1 {
+                break (on_a, on_b);
+            }
+            assert!(Instant::now() < deadline, "sessions not authenticated: a {on_a:?}, b {on_b:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(on_a, on_b, "the premise: both servers number their first session alike");
+        client_b.stop(None);
+        let closed = tokio::time::timeout(Duration::from_secs(20), rx.recv()).await.expect("b's close reported").unwrap();
+        assert_eq!(closed, ("b", on_b[0]));
+        // Node a's session is still open: nothing reported for it.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(rx.try_recv().is_err(), "a closed session reported by the wrong node");
+        assert_eq!(sessions(&a.server).await, on_a);
+        client_a.stop(None);
+        let closed = tokio::time::timeout(Duration::from_secs(20), rx.recv()).await.expect("a's close reported").unwrap();
+        assert_eq!(closed, ("a", on_a[0]));
+        for node in [a, b] {
+            node.stop();
+        }
+        probe_a.stop(None);
+        probe_b.stop(None);
     }
 }

@@ -131,6 +131,11 @@ pub async fn start(
             return Err(crate::CoordinatorError::Api { reason: format!("starting {id}'s coordinator: {e}") });
         }
     };
+    if let Err(e) = node.watch_sessions(actor.clone()) {
+        actor.stop(None);
+        node.stop();
+        return Err(e.into());
+    }
     let assignment = Assignment { job: id, node: node.addr, cookie, group };
     let bridge = Arc::new(ActorBridge::new(actor.clone()));
     Ok((HostedJob { assignment, bridge, metrics, events: feed, actor, node }, done_rx))
