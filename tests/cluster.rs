@@ -571,3 +571,39 @@ fn hosts_in_namespaces_lose_a_link_rejoin_and_survive_coordinator_kills() {
     assert_no_redo(&common::log_lines(root), adopted_from);
     drop(workers);
 }
+
+/// A standby outlives an etcd outage: it keeps waiting while etcd is down, and takes the store
+/// when the active coordinator dies after it.
+#[test]
+fn a_standby_outlives_an_etcd_outage_and_takes_over_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let mut etcd = etcd::Etcd::start().expect("etcd");
+    let prefix = etcd::unique_prefix("standby");
+    let token = root.join("token");
+    let start = |standby: bool, log: &str| {
+        let mut c = Command::new(bin());
+        c.args(["coordinator", "--listen", "127.0.0.1:0", "--etcd", &etcd.url(), "--etcd-prefix", &prefix])
+            .args(["--token-file", token.to_str().unwrap()]);
+        if standby {
+            c.arg("--standby");
+        }
+        Proc::spawn(c, &root.join(log))
+    };
+    let mut primary = start(false, "primary.log");
+    let url = service_url(&primary);
+    let mut standby = start(true, "standby.log");
+    wait_for("the standby waiting", Duration::from_secs(30), || standby.text().contains("standby at"));
+    etcd.stop();
+    wait_for("the standby finding etcd unreachable", Duration::from_secs(30), || standby.text().contains("trying again every second"));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(standby.child.try_wait().unwrap().is_none(), "the standby exited during the outage: {}", standby.text());
+    etcd.restart().expect("etcd back");
+    wait_for("the standby reaching etcd again", Duration::from_secs(30), || standby.text().contains("etcd answers again"));
+    // The outage was shorter than the active coordinator's lease (10 s): it still serves.
+    assert!(!standby.text().contains("took the job store"), "{}", standby.text());
+    ok(client(&url, &token, &["jobs", "--json"]));
+    primary.kill();
+    let t = wait_for("the standby taking the store", Duration::from_secs(30), || standby.text().contains("took the job store"));
+    eprintln!("etcd down ~3 s under a waiting standby; active kill -9 -> the standby held the store {t:?} later");
+}

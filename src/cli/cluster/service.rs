@@ -170,9 +170,23 @@ async fn serve<S: JobStore + 'static>(
     ));
     let since = std::time::Instant::now();
     let mut told = false;
+    // Since when a standby has found etcd unreachable (it waits on: the active coordinator
+    // outlives a short outage too, and the standby is still needed after it).
+    let mut unreachable: Option<std::time::Instant> = None;
     let leadership = loop {
-        match store.acquire(holder.clone()).await {
+        let attempt = store.acquire(holder.clone()).await;
+        if let Some(t) = unreachable.take_if(|_| !matches!(attempt, Err(StoreError::Connect { .. } | StoreError::Etcd { .. }))) {
+            tessera_protocol::say!("tessera coordinator: standby at {url}: etcd answers again after {:.1} s", t.elapsed().as_secs_f64());
+        }
+        match attempt {
             Ok(l) => break l,
+            Err(e @ (StoreError::Connect { .. } | StoreError::Etcd { .. })) if a.standby && !interrupted.load(Ordering::SeqCst) => {
+                if unreachable.is_none() {
+                    tessera_protocol::say!("tessera coordinator: standby at {url}: {e}; trying again every second");
+                    unreachable = Some(std::time::Instant::now());
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
             Err(StoreError::Held { holder: other })
                 if !interrupted.load(Ordering::SeqCst) && (a.standby || since.elapsed() < RESTART_WAIT) =>
             {
