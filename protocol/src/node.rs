@@ -32,6 +32,7 @@ async fn node_server(cookie: &str, name: &str) -> Result<ActorRef<NodeServerMess
 pub struct CoordinatorNode {
     /// Where workers connect.
     pub addr: SocketAddr,
+    cookie: String,
     server: ActorRef<NodeServerMessage>,
     accept: tokio::task::JoinHandle<()>,
 }
@@ -56,21 +57,32 @@ impl CoordinatorNode {
                 }
             }
         });
-        Ok(Self { addr, server, accept })
+        Ok(Self { addr, cookie: cookie.to_string(), server, accept })
+    }
+
+    /// The cookie a process must present to get a session.
+    pub fn cookie(&self) -> &str {
+        &self.cookie
     }
 
     /// Tells `coordinator` of every node session of this server that closes
-    /// ([`CoordinatorMsg::SessionClosed`]).
+    /// ([`CoordinatorMsg::SessionClosed`]), until [`Self::unwatch_sessions`] with the same `id`.
     ///
-    /// Why not the process group's leave events: ractor numbers a node server's sessions from
-    /// 0, so two jobs' servers in one process (a coordinator service) give remote actors equal
-    /// ids, and the process-wide group registry, keyed by id, then reports one job's departed
-    /// worker as the other job's. A session belongs to this server alone.
-    pub fn watch_sessions(&self, coordinator: ActorRef<CoordinatorMsg>) -> Result<()> {
+    /// Why not only the process group's leave events: ractor numbers each node server's
+    /// sessions from 0, so two node servers in one process give remote actors equal ids, and
+    /// the process-wide group registry, keyed by id, then reports one server's departed actor
+    /// as the other's. One server per process (a service shares it among its jobs) keeps ids
+    /// unique; a session close names the link itself.
+    pub fn watch_sessions(&self, coordinator: ActorRef<CoordinatorMsg>, id: &str) -> Result<()> {
         let subscription = Box::new(SessionWatch(coordinator));
         self.server
-            .cast(NodeServerMessage::SubscribeToEvents { id: "tessera.sessions".into(), subscription })
+            .cast(NodeServerMessage::SubscribeToEvents { id: id.to_string(), subscription })
             .map_err(|e| actor_err(format!("watching the node sessions at {}", self.addr))(e.to_string()))
+    }
+
+    /// Stops telling the watcher `id` (its job ended); a server already stopped has nobody to tell.
+    pub fn unwatch_sessions(&self, id: &str) {
+        let _ = self.server.cast(NodeServerMessage::UnsubscribeToEvents(id.to_string()));
     }
 
     /// Closes the listener and every node session.
@@ -105,7 +117,10 @@ pub async fn connect(
     timeout: Duration,
 ) -> Result<(ActorRef<NodeServerMessage>, ActorRef<CoordinatorMsg>)> {
     let context = format!("joining the coordinator at {addr}");
-    let server = node_server(cookie, name).await?;
+    // A name of its own per link: a node server keeps one session per peer name (it elects
+    // among sessions of the same name and closes the others), and `worker-PID` alone repeats
+    // across hosts (containers all start with small pids) and across one process's links.
+    let server = node_server(cookie, &format!("{name}-{:016x}", rand::random::<u64>())).await?;
     ractor_cluster::client_connect(&server, addr).await.map_err(|e| actor_err(context.clone())(e.to_string()))?;
     let deadline = Instant::now() + timeout;
     loop {
@@ -169,8 +184,8 @@ mod tests {
             (CoordinatorNode::serve(localhost, "cookie-a").await.unwrap(), CoordinatorNode::serve(localhost, "cookie-b").await.unwrap());
         let (probe_a, _) = Actor::spawn(None, Probe, ("a", tx.clone())).await.unwrap();
         let (probe_b, _) = Actor::spawn(None, Probe, ("b", tx)).await.unwrap();
-        a.watch_sessions(probe_a.clone()).unwrap();
-        b.watch_sessions(probe_b.clone()).unwrap();
+        a.watch_sessions(probe_a.clone(), "a").unwrap();
+        b.watch_sessions(probe_b.clone(), "b").unwrap();
         let client_a = node_server("cookie-a", "worker-a").await.unwrap();
         let client_b = node_server("cookie-b", "worker-b").await.unwrap();
         ractor_cluster::client_connect(&client_a, a.addr).await.unwrap();
@@ -200,5 +215,30 @@ mod tests {
         }
         probe_a.stop(None);
         probe_b.stop(None);
+    }
+
+    /// Two workers that call themselves alike (`worker-7`: processes in two containers) both
+    /// keep their link to one node: the server elects one session per peer name, so each link
+    /// gets a name of its own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn links_named_alike_keep_their_own_sessions() {
+        let node = CoordinatorNode::serve(SocketAddr::from(([127, 0, 0, 1], 0)), "cookie-c").await.unwrap();
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let (probe, _) = Actor::spawn(None, Probe, ("c", tx)).await.unwrap();
+        pg::join("tessera.test.alike".to_string(), vec![probe.get_cell()]);
+        let timeout = Duration::from_secs(20);
+        let (first, _) = connect(node.addr, node.cookie(), "tessera.test.alike", "worker-7", timeout).await.unwrap();
+        let (second, _) = connect(node.addr, node.cookie(), "tessera.test.alike", "worker-7", timeout).await.unwrap();
+        let deadline = Instant::now() + timeout;
+        while sessions(&node.server).await.len() < 2 {
+            assert!(Instant::now() < deadline, "two sessions never authenticated: {:?}", sessions(&node.server).await);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(sessions(&node.server).await.len(), 2, "a link was closed by the election");
+        first.stop(None);
+        second.stop(None);
+        node.stop();
+        probe.stop(None);
     }
 }

@@ -329,7 +329,7 @@ pub fn run_embedded(job: &ResolvedJob, o: &EmbeddedOptions) -> anyhow::Result<()
             job.output_dir.display()
         );
         let (actor, handle) = Actor::spawn(None, Coordinator, args).await.map_err(|e| anyhow::anyhow!("starting the coordinator: {e}"))?;
-        node.watch_sessions(actor.clone())?;
+        node.watch_sessions(actor.clone(), "job")?;
         *coordinator_ref.lock().expect("coordinator ref") = Some(actor.clone());
         let bridge = Arc::new(ActorBridge::new(actor.clone()));
         let (api_stop_tx, api_stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -1,9 +1,10 @@
-//! Hosting one job of a coordinator service: its own actor node (its own cookie, bound on the
-//! service host's real address), its coordinator actor with the same control rules as every
-//! other launch mode, its event log, train log and metrics — the actor is the one the embedded
-//! mode runs; only who brings the workers differs (the pool, not a launcher).
+//! Hosting one job of a coordinator service: its coordinator actor on the service's actor node
+//! (one per process, bound on the service host's real address: see
+//! [`CoordinatorNode::watch_sessions`] for why not one per job), with the same control rules as
+//! every other launch mode, its event log, train log and metrics — the actor is the one the
+//! embedded mode runs; only who brings the workers differs (the pool, not a launcher).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use ractor::{Actor, ActorRef};
@@ -32,7 +33,7 @@ pub struct HostedJob {
     pub events: EventFeed,
     /// Its actor.
     pub actor: ActorRef<CoordinatorMsg>,
-    node: CoordinatorNode,
+    node: Arc<CoordinatorNode>,
 }
 
 impl std::fmt::Debug for HostedJob {
@@ -42,45 +43,62 @@ impl std::fmt::Debug for HostedJob {
 }
 
 impl HostedJob {
-    /// Closes the job's node (its workers have been told to exit).
+    /// Stops watching the node's sessions for the job (it ended; its workers were told to
+    /// exit, and a worker that missed it finds the job's actor gone from its process group).
     pub fn close(&self) {
-        self.node.stop();
+        self.node.unwatch_sessions(&watch_id(self.assignment.job));
     }
 }
 
 /// How the service starts a job.
 #[derive(Debug, Clone, Copy)]
 pub struct HostOptions {
-    /// The address job nodes bind (the host's real address; port 0 picks one per job).
+    /// The address the service's actor node binds (the host's real address; its port is picked
+    /// when the first job starts).
     pub node_ip: IpAddr,
     /// A worker silent this long (ms) is lost to its job.
     pub heartbeat_timeout_ms: u64,
 }
 
-fn random_hex() -> String {
+/// The name of job `id`'s watch on the node's sessions.
+fn watch_id(id: JobId) -> String {
+    format!("tessera.sessions.{}", id.key())
+}
+
+/// A fresh random secret (a cookie, a ring secret), hex.
+pub(super) fn random_hex() -> String {
     use rand::RngCore;
     let mut b = [0u8; 32];
     rand::rng().fill_bytes(&mut b);
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Starts job `record` expecting `workers` pool workers, its commits passing `gate` (and,
-/// recovering it, adopting the ranks of `adopt`); returns it and the receiver of its outcome.
+/// Where a service hosts its jobs: its actor node, and how.
+#[derive(Debug, Clone, Copy)]
+pub struct Host<'a> {
+    /// The service's actor node.
+    pub node: &'a Arc<CoordinatorNode>,
+    /// How jobs are hosted.
+    pub options: HostOptions,
+}
+
+/// Starts job `record` on `host` expecting `workers` pool workers, its commits passing `gate`
+/// (and, recovering it, adopting the ranks of `adopt`); returns it and the receiver of its
+/// outcome.
 pub async fn start(
+    host: Host<'_>,
     record: &JobRecord,
     job: &ResolvedJob,
     workers: u32,
     flops: Option<FlopsModel>,
     gate: Box<dyn CommitGate>,
-    o: HostOptions,
     adopt: Option<crate::control::Adoption>,
 ) -> Result<(HostedJob, tokio::sync::oneshot::Receiver<JobOutcome>)> {
+    let (node, o) = (host.node, host.options);
     let id: JobId = record.id;
     std::fs::create_dir_all(&job.output_dir)
         .map_err(|source| tessera_protocol::ProtocolError::Io { path: format!("creating {}", job.output_dir.display()), source })?;
     let resume = ResumePoint::of(job, false)?;
-    let cookie = random_hex();
-    let node = CoordinatorNode::serve(SocketAddr::new(o.node_ip, 0), &cookie).await?;
     let group = coordinator_group(Some(&id.key()));
     let registry = prometheus::Registry::new_custom(None, Some([("job".to_string(), record.job.name.clone())].into()))?;
     let metrics = Arc::new(JobMetrics::new(&registry)?);
@@ -124,19 +142,14 @@ pub async fn start(
         done: Some(done_tx),
         console: Console::plain(&id.to_string(), job.train.total_steps),
     };
-    let (actor, _handle) = match Actor::spawn(None, Coordinator, args).await {
-        Ok(spawned) => spawned,
-        Err(e) => {
-            node.stop();
-            return Err(crate::CoordinatorError::Api { reason: format!("starting {id}'s coordinator: {e}") });
-        }
-    };
-    if let Err(e) = node.watch_sessions(actor.clone()) {
+    let (actor, _handle) = Actor::spawn(None, Coordinator, args)
+        .await
+        .map_err(|e| crate::CoordinatorError::Api { reason: format!("starting {id}'s coordinator: {e}") })?;
+    if let Err(e) = node.watch_sessions(actor.clone(), &watch_id(id)) {
         actor.stop(None);
-        node.stop();
         return Err(e.into());
     }
-    let assignment = Assignment { job: id, node: node.addr, cookie, group };
+    let assignment = Assignment { job: id, node: node.addr, cookie: node.cookie().to_string(), group };
     let bridge = Arc::new(ActorBridge::new(actor.clone()));
-    Ok((HostedJob { assignment, bridge, metrics, events: feed, actor, node }, done_rx))
+    Ok((HostedJob { assignment, bridge, metrics, events: feed, actor, node: Arc::clone(node) }, done_rx))
 }

@@ -24,6 +24,7 @@ use crate::control::recovery::{Recovery, recover};
 use crate::metrics::FlopsModel;
 use crate::registry::WorkerName;
 use crate::store::{Fence, IdempotencyKey, JobId, JobRecord, JobState, JobStore, Leadership, NewJob, Priority, StoreError, WorkerRange};
+use tessera_protocol::node::CoordinatorNode;
 
 /// Model FLOPs of a job (the binary computes them with the model crate, which this crate does
 /// not link).
@@ -68,6 +69,9 @@ pub struct Service<S: JobStore> {
     /// Outcomes of ended jobs, handled by one task (a job's end starts others: a loop, not a
     /// recursion of tasks).
     outcomes: tokio::sync::mpsc::UnboundedSender<(JobId, JobOutcome)>,
+    /// The actor node every job's coordinator and workers use, bound when the first job starts
+    /// (one per process: see [`CoordinatorNode::watch_sessions`]).
+    node: tokio::sync::OnceCell<Arc<CoordinatorNode>>,
 }
 
 fn store_err(e: StoreError) -> ApiError {
@@ -121,6 +125,7 @@ impl<S: JobStore + 'static> Service<S> {
             inner: tokio::sync::Mutex::new(inner),
             assigned: tokio::sync::Notify::new(),
             outcomes,
+            node: tokio::sync::OnceCell::new(),
         });
         let me = Arc::downgrade(&service);
         tokio::spawn(async move {
@@ -506,8 +511,26 @@ impl<S: JobStore + 'static> Service<S> {
     async fn launch(self: &Arc<Self>, record: &JobRecord, workers: u32, adopt: Option<Adoption>) -> Result<HostedJob, String> {
         let job = record.job.spec.open().map_err(|e| e.to_string())?;
         self.store.set_state(&self.fence, record.id, JobState::Queued, JobState::Running).await.map_err(|e| e.to_string())?;
+        let node = self
+            .node
+            .get_or_try_init(|| async {
+                let bind = std::net::SocketAddr::new(self.options.host.node_ip, 0);
+                CoordinatorNode::serve(bind, &host::random_hex()).await.map(Arc::new)
+            })
+            .await
+            .map_err(|e| format!("the service's actor node: {e}"))?;
         let gate = Box::new(super::gate::StoreGate::new(Arc::clone(&self.store), self.fence.clone(), record.id));
-        let (hosted, done) = match host::start(record, &job, workers, (self.flops)(&job), gate, self.options.host, adopt).await {
+        let (hosted, done) = match host::start(
+            host::Host { node, options: self.options.host },
+            record,
+            &job,
+            workers,
+            (self.flops)(&job),
+            gate,
+            adopt,
+        )
+        .await
+        {
             Ok(started) => started,
             Err(e) => return Err(e.to_string()),
         };
@@ -579,6 +602,9 @@ impl<S: JobStore + 'static> Service<S> {
         let deadline = tokio::time::Instant::now() + within;
         while !self.inner.lock().await.running.is_empty() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if let Some(node) = self.node.get() {
+            node.stop();
         }
     }
 }

@@ -213,7 +213,7 @@ async fn serve<S: JobStore + 'static>(
     let listener = ApiListener::new(tokio::net::TcpListener::from_std(bound)?, tls);
     let service = Service::start(store, leadership, options, flops).await.context("recovering the jobs")?;
     let feed = registry.map(|config| registry_feed::spawn(&service, config));
-    tessera_protocol::say!("tessera coordinator: API {url} ({holder}; job nodes on {})", options.host.node_ip);
+    tessera_protocol::say!("tessera coordinator: API {url} ({holder}; the jobs' actor node on {})", options.host.node_ip);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let api = tokio::spawn(tessera_coordinator::cluster::serve(listener, token, Arc::clone(&service), async move {
         let _ = stop_rx.await;
