@@ -113,16 +113,38 @@ fn the_batch_script_refuses_to_run_outside_slurm_or_without_a_job() {
     cmd.arg(tessera_sbatch()).arg("/nonexistent/job.toml").env("SLURM_JOB_ID", "7");
     let (status, _, err) = run_bounded(cmd, Duration::from_secs(10)).unwrap();
     assert!(!status.success() && err.contains("/nonexistent/job.toml: no such file"), "{err}");
+    // TLS: half the pair, no CA for the workers, an unreadable file: refused before anything starts.
+    let d = tempfile::tempdir().unwrap();
+    let job = d.path().join("job.toml");
+    std::fs::write(&job, "").unwrap();
+    let (cert, missing) = (d.path().join("job.toml"), d.path().join("missing.pem"));
+    let cases: [(&[(&str, &Path)], &str); 3] = [
+        (&[("TESSERA_TLS_CERT", &cert)], "TESSERA_TLS_CERT and TESSERA_TLS_KEY go together"),
+        (&[("TESSERA_TLS_CERT", &cert), ("TESSERA_TLS_KEY", &cert)], "TESSERA_CA_FILE is not"),
+        (&[("TESSERA_TLS_CERT", &cert), ("TESSERA_TLS_KEY", &missing), ("TESSERA_CA_FILE", &cert)], "missing.pem: cannot read"),
+    ];
+    for (env, said) in cases {
+        let mut cmd = Command::new("bash");
+        cmd.arg(tessera_sbatch()).arg(&job).env("SLURM_JOB_ID", "7").envs(env.iter().copied()).env("TESSERA_BIN", "/nonexistent/tessera");
+        let (status, _, err) = run_bounded(cmd, Duration::from_secs(10)).unwrap();
+        assert!(!status.success() && err.contains(said), "{env:?}: {err}");
+    }
 }
 
+/// Over TLS (the time-limit test runs it over plain HTTP): the workers and the script's own
+/// clients trust only the CA given.
 #[test]
 fn the_documented_batch_script_trains_a_job_on_three_worker_tasks() {
     let steps = 12;
     let (d, job, reference) = cluster_job(steps);
+    let tls = d.path().join("tls");
+    std::fs::create_dir_all(&tls).unwrap();
+    let ca = common::tls::make_ca(&tls, "slurm");
+    let (cert, key) = common::tls::make_server_cert(&tls, "slurm");
     let _one = one_cluster();
     let slurm = Slurm::start(4).expect("a one-node Slurm cluster");
     let mut cmd = sbatch(&slurm, d.path(), 3);
-    cmd.arg(tessera_sbatch()).arg(&job);
+    cmd.arg(tessera_sbatch()).arg(&job).env("TESSERA_TLS_CERT", &cert).env("TESSERA_TLS_KEY", &key).env("TESSERA_CA_FILE", &ca);
     let id = slurm.submit(cmd).unwrap();
     let info = slurm.wait_final(id, Duration::from_secs(420)).unwrap();
     assert_completed(&info, d.path(), id, &slurm);
@@ -133,6 +155,8 @@ fn the_documented_batch_script_trains_a_job_on_three_worker_tasks() {
     assert_matches(&got, &reference);
     // The state dir is where the script documents it: under the submit dir, per Slurm job.
     assert!(d.path().join(format!("tessera-state/slurm-{id}/token")).exists());
+    let said = output(d.path(), id);
+    assert!(said.contains("coordinator ready at https://127.0.0.1:"), "{said}");
 }
 
 #[test]

@@ -4,6 +4,7 @@
 
 pub mod proc;
 pub mod slurm;
+pub mod tls;
 
 // Each test binary uses part of these helpers (as `dead_code` above).
 #[allow(unused_imports)]
