@@ -77,15 +77,36 @@ fn done(follow: bool, state: JobState, writing: u32, ended_for: Option<Duration>
     !follow || (ended(state) && (writing == 0 || ended_for.is_some_and(|t| t > ENDED_GRACE)))
 }
 
+/// Whether an embedded job's `events.jsonl` records its end, read again only when the file
+/// grew (`--follow` polls twice a second; the log grows with every checkpoint and generation).
+#[derive(Debug, Default)]
+struct EndSeen {
+    /// The file's length when it was last read.
+    len: u64,
+    /// Whether it recorded the end then (an end stays recorded).
+    finished: bool,
+}
+
+impl EndSeen {
+    /// Whether the job under `dir` has ended, reading its events if they changed.
+    fn check(&mut self, dir: &std::path::Path) -> anyhow::Result<bool> {
+        let events = dir.join("events.jsonl");
+        let len = std::fs::metadata(&events).map_or(0, |m| m.len());
+        if !self.finished && len != self.len {
+            self.len = len;
+            self.finished = len > 0
+                && tessera_coordinator::EventLog::read_all(&events)?
+                    .iter()
+                    .any(|e| matches!(e.event, tessera_coordinator::JobEvent::JobFinished { .. }));
+        }
+        Ok(self.finished)
+    }
+}
+
 /// An embedded job's page, read from its output directory: it has ended once its events
 /// record the end (no pool worker serves it).
-fn local_page(dir: &std::path::Path, query: &LogQuery) -> anyhow::Result<LogPage> {
-    let events = dir.join("events.jsonl");
-    let finished = events.exists()
-        && tessera_coordinator::EventLog::read_all(&events)?
-            .iter()
-            .any(|e| matches!(e.event, tessera_coordinator::JobEvent::JobFinished { .. }));
-    let state = if finished { JobState::Finished } else { JobState::Running };
+fn local_page(dir: &std::path::Path, query: &LogQuery, end: &mut EndSeen) -> anyhow::Result<LogPage> {
+    let state = if end.check(dir)? { JobState::Finished } else { JobState::Running };
     read_page(dir, query, state, 0).with_context(|| format!("reading the logs under {}", dir.display()))
 }
 
@@ -94,13 +115,14 @@ pub fn run(a: LogsArgs) -> anyhow::Result<()> {
     let mut query = LogQuery { rank: a.rank.map(tessera_protocol::Rank), since: LogCursor::default(), limit: MAX_LIMIT };
     let mut out = std::io::stdout().lock();
     let mut ended_at: Option<std::time::Instant> = None;
+    let mut end = EndSeen::default();
     let mut service = match &a.job_dir {
         Some(_) => None,
         None => Some((a.service.client()?, parse_job_id(a.job.as_deref().context("give JOB or --job-dir")?)?)),
     };
     loop {
         let fetched = match (&a.job_dir, &service) {
-            (Some(dir), _) => Ok(local_page(dir, &query)?),
+            (Some(dir), _) => Ok(local_page(dir, &query, &mut end)?),
             (None, Some((client, id))) => client.logs(*id, &query).map_err(|e| (e, *id)),
             (None, None) => unreachable!("a service client without --job-dir"),
         };
@@ -161,6 +183,25 @@ mod tests {
             assert!(done(true, state, 0, s));
         }
         assert!(done(true, JobState::Cancelled, 2, Some(ENDED_GRACE + Duration::from_millis(1))), "the grace is over");
+    }
+
+    /// The end is found once it is recorded, and a file that did not change is not read again
+    /// (a torn, undecodable middle would fail a read: it is never reached once the end is seen).
+    #[test]
+    fn an_embedded_jobs_end_is_seen_once_recorded_and_unchanged_events_are_not_read_again() {
+        use tessera_coordinator::{EventLog, JobEvent};
+        let dir = tempfile::tempdir().unwrap();
+        let mut end = EndSeen::default();
+        assert!(!end.check(dir.path()).unwrap(), "no events yet");
+        let mut log = EventLog::open(&dir.path().join("events.jsonl")).unwrap();
+        log.record(&JobEvent::WorkerJoined { worker: 0, addr: "127.0.0.1:1".into() }).unwrap();
+        assert!(!end.check(dir.path()).unwrap());
+        log.record(&JobEvent::JobFinished { step: 3 }).unwrap();
+        assert!(end.check(dir.path()).unwrap());
+        // Garbage after the end: the answer stands without a read that would fail on it.
+        let mut f = std::fs::OpenOptions::new().append(true).open(dir.path().join("events.jsonl")).unwrap();
+        std::io::Write::write_all(&mut f, b"{not json}\n{\"also\": \"not an event\"}\n").unwrap();
+        assert!(end.check(dir.path()).unwrap());
     }
 
     #[test]
