@@ -18,6 +18,7 @@
 
 mod error;
 mod events_query;
+pub(crate) mod query;
 mod routes;
 mod table;
 mod types;

@@ -2,6 +2,7 @@
 //! with the parameter's name, like a bad body field of the other routes.
 
 use super::ApiError;
+use super::query::{limit, number, pairs};
 use crate::events::{DEFAULT_PAGE, MAX_PAGE};
 
 /// What `GET /events` asks for.
@@ -18,18 +19,10 @@ impl EventsQuery {
     /// typo'd `sinse=` would otherwise silently answer the newest records instead of new ones.
     pub fn parse(raw: Option<&str>) -> Result<Self, ApiError> {
         let mut query = Self { since: None, limit: DEFAULT_PAGE };
-        for pair in raw.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let number = || value.parse::<u64>().map_err(|_| ApiError::bad(name, format!("{value:?} is not a non-negative integer")));
+        for (name, value) in pairs(raw) {
             match name {
-                "since" => query.since = Some(number()?),
-                "limit" => {
-                    let n = number()?;
-                    if n == 0 || n > MAX_PAGE as u64 {
-                        return Err(ApiError::bad("limit", format!("{n} is outside 1..={MAX_PAGE}")));
-                    }
-                    query.limit = n as usize;
-                }
+                "since" => query.since = Some(number(name, value)?),
+                "limit" => query.limit = limit(value, MAX_PAGE)?,
                 _ => return Err(ApiError::bad(name, "unknown parameter (expected since, limit)")),
             }
         }

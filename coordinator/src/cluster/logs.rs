@@ -28,6 +28,7 @@ use tessera_protocol::worker_log::{LOG_EXT, LOGS_DIR, WorkerLogLine, is_log_name
 use tessera_protocol::{ProtocolError, Rank};
 
 use crate::api::ApiError;
+use crate::api::query::{limit, number, pairs};
 use crate::store::JobState;
 
 /// The most bytes read from one file for one page.
@@ -83,19 +84,11 @@ impl LogQuery {
     /// typo'd `rnak=1` would otherwise answer every rank.
     pub fn parse(raw: Option<&str>) -> Result<Self, ApiError> {
         let mut query = Self { rank: None, since: LogCursor::default(), limit: DEFAULT_LIMIT };
-        for pair in raw.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let number = || value.parse::<u64>().map_err(|_| ApiError::bad(name, format!("{value:?} is not a non-negative integer")));
+        for (name, value) in pairs(raw) {
             match name {
-                "rank" => query.rank = Some(Rank(u32::try_from(number()?).map_err(|_| ApiError::bad("rank", "too large"))?)),
+                "rank" => query.rank = Some(Rank(u32::try_from(number(name, value)?).map_err(|_| ApiError::bad("rank", "too large"))?)),
                 "since" => query.since = LogCursor::parse(value)?,
-                "limit" => {
-                    let n = number()?;
-                    if n == 0 || n > MAX_LIMIT as u64 {
-                        return Err(ApiError::bad("limit", format!("{n} is outside 1..={MAX_LIMIT}")));
-                    }
-                    query.limit = n as usize;
-                }
+                "limit" => query.limit = limit(value, MAX_LIMIT)?,
                 _ => return Err(ApiError::bad(name, "unknown parameter (expected rank, since, limit)")),
             }
         }
