@@ -576,9 +576,8 @@ impl<S: JobStore + 'static> Service<S> {
             inner.pool.withdraw(id);
             inner.running.remove(&id)
         };
+        // The shared node stays open (the exit commands cross on their own): nothing to wait for.
         if let Some(h) = hosted {
-            // A moment for the exit commands to cross before the node closes.
-            tokio::time::sleep(Duration::from_secs(2)).await;
             h.close();
         }
         self.reschedule().await;
