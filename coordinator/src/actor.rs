@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent, pg};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, pg};
 
 pub use aggregate::{GenerationBook, PendingCheckpoint};
 pub use args::{CommitGate, CoordinatorArgs, JobOutcome, Launcher, ResumePoint};
@@ -40,7 +40,7 @@ use crate::api::ApiError;
 use crate::control::{Control, Event, Generation, Step, WorkerId};
 use crate::error::CoordinatorError;
 use crate::events::JobEvent;
-use tessera_protocol::messages::{Command, CoordinatorMsg, WORKERS_GROUP, Wire, WorkerEvent, WorkerMsg};
+use tessera_protocol::messages::{Command, CoordinatorMsg, Wire, WorkerEvent, WorkerMsg};
 
 /// A registered worker.
 #[derive(Debug)]
@@ -150,7 +150,6 @@ impl Actor for Coordinator {
 
     async fn pre_start(&self, myself: ActorRef<Self::Msg>, mut args: CoordinatorArgs) -> Result<Self::State, ActorProcessingErr> {
         pg::join(args.group.clone(), vec![myself.get_cell()]);
-        pg::monitor(WORKERS_GROUP.to_string(), myself.get_cell());
         std::fs::create_dir_all(&args.output_dir)?;
         let log_path = args.output_dir.join("train_log.jsonl");
         let train_log = tessera_protocol::jsonl::JsonLines::open(&log_path)?;
@@ -256,21 +255,6 @@ impl Actor for Coordinator {
         }
         if state.outcome.is_some() {
             myself.stop(None);
-        }
-        Ok(())
-    }
-
-    async fn handle_supervisor_evt(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        ev: SupervisionEvent,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        if let SupervisionEvent::ProcessGroupChanged(pg::GroupChangeMessage::Leave(_, group, cells)) = ev
-            && group == WORKERS_GROUP
-        {
-            let ids: Vec<ActorId> = cells.iter().map(|c| c.get_id()).collect();
-            state.lost_cells(&ids);
         }
         Ok(())
     }

@@ -4,9 +4,10 @@
 //! does not decode into an error value the receiving actor reports, instead of a panic.
 //!
 //! Discovery uses ractor process groups: the coordinator actor joins its [`coordinator_group`];
-//! each worker actor joins [`WORKERS_GROUP`] and its own [`worker_group`] (named by a nonce it
-//! announces in [`WorkerEvent::Hello`]), so the coordinator can address the sender of a hello;
-//! leaving [`WORKERS_GROUP`] (a process exit or a broken node link) is how a lost worker shows.
+//! each worker actor joins its own [`worker_group`] (named by a nonce it announces in
+//! [`WorkerEvent::Hello`]), so the coordinator can address the sender of a hello. A lost worker
+//! shows as its node session closing ([`CoordinatorMsg::SessionClosed`]), not as a group leave:
+//! see [`crate::node::CoordinatorNode::watch_sessions`].
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -75,9 +76,6 @@ pub fn coordinator_group(scope: Option<&str>) -> String {
         None => COORDINATOR_GROUP.to_string(),
     }
 }
-/// Process group of every worker actor.
-pub const WORKERS_GROUP: &str = "tessera.workers";
-
 /// The process group only the worker that announced `nonce` joins.
 pub fn worker_group(nonce: u64) -> String {
     format!("tessera.worker.{nonce:016x}")

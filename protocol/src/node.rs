@@ -68,11 +68,11 @@ impl CoordinatorNode {
     /// Tells `coordinator` of every node session of this server that closes
     /// ([`CoordinatorMsg::SessionClosed`]), until [`Self::unwatch_sessions`] with the same `id`.
     ///
-    /// Why not only the process group's leave events: ractor numbers each node server's
-    /// sessions from 0, so two node servers in one process give remote actors equal ids, and
-    /// the process-wide group registry, keyed by id, then reports one server's departed actor
-    /// as the other's. One server per process (a service shares it among its jobs) keeps ids
-    /// unique; a session close names the link itself.
+    /// This is how a job finds a worker lost, not by process-group leaves: ractor numbers each
+    /// node server's sessions from 0, so two node servers in one process give remote actors
+    /// equal ids, and the process-wide group registry, keyed by id, then reports one server's
+    /// departed actor as the other's. One server per process (a service shares it among its
+    /// jobs) keeps ids unique; a session close names the link itself.
     pub fn watch_sessions(&self, coordinator: ActorRef<CoordinatorMsg>, id: &str) -> Result<()> {
         let subscription = Box::new(SessionWatch(coordinator));
         self.server

@@ -16,7 +16,7 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef, pg};
 use tessera_ops::Secret;
 use tessera_protocol::WorkerId;
-use tessera_protocol::messages::{Command, ExitReason, JobSpec, WORKERS_GROUP, Wire, WorkerEvent, WorkerMsg, worker_group};
+use tessera_protocol::messages::{Command, ExitReason, JobSpec, Wire, WorkerEvent, WorkerMsg, worker_group};
 
 use device::{AbortState, DeviceCmd, DeviceCtx, device_main};
 use link::{Link, Reattach};
@@ -147,7 +147,6 @@ impl Actor for WorkerAgent {
     type Arguments = AgentArgs;
 
     async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: AgentArgs) -> std::result::Result<Self::State, ActorProcessingErr> {
-        pg::join(WORKERS_GROUP.to_string(), vec![myself.get_cell()]);
         pg::join(worker_group(args.nonce), vec![myself.get_cell()]);
         let state = AgentState { args, id: None, device: None, abort: Arc::default(), beat: None };
         state.send(state.hello(None));

@@ -58,23 +58,16 @@ impl CoordinatorState {
         self.drive(Event::Join { id, addr: ring_addr.to_string(), pid });
     }
 
-    /// Removes the workers whose actors left the workers' process group. Only actors of this
-    /// process count: a remote actor's id is unique to its node server only (see
-    /// [`tessera_protocol::node::CoordinatorNode::watch_sessions`]), so remote members are lost
-    /// when their session closes instead ([`Self::session_closed`]).
-    pub(super) fn lost_cells(&mut self, cells: &[ActorId]) {
-        let local: Vec<ActorId> = cells.iter().copied().filter(ActorId::is_local).collect();
-        self.lose_links(|cell| local.contains(cell));
-    }
-
-    /// Removes the workers whose actors came over the node session `node`, which closed.
+    /// Removes the workers whose actors came over the node session `node`, which closed (the
+    /// process ended or its link broke). Why a session and not a process-group leave: see
+    /// [`tessera_protocol::node::CoordinatorNode::watch_sessions`].
     pub(super) fn session_closed(&mut self, node: u64) {
-        self.lose_links(|cell| matches!(cell, ActorId::Remote { node_id, .. } if *node_id == node));
-    }
-
-    /// Removes, as lost, the members whose actor ids `gone` picks.
-    fn lose_links(&mut self, gone: impl Fn(&ActorId) -> bool) {
-        let gone: Vec<WorkerId> = self.workers.iter().filter(|(_, c)| gone(&c.cell)).map(|(id, _)| *id).collect();
+        let gone: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter(|(_, c)| matches!(c.cell, ActorId::Remote { node_id, .. } if node_id == node))
+            .map(|(id, _)| *id)
+            .collect();
         for id in gone {
             self.log(&format!("{id}: link lost"));
             self.leave(id, Removal { reason: "link lost".into(), lost: true });

@@ -26,8 +26,8 @@ use crate::metrics::JobMetrics;
 use tessera_protocol::checkpoint;
 use tessera_protocol::ledger::MixtureSchedule;
 use tessera_protocol::messages::{
-    Command, CoordinatorMsg, ExitReason, FailureKind, GenerationStart, JobSpec, PoolLoss, RankFailure, WORKERS_GROUP, Wire, WorkerEvent,
-    WorkerMsg, worker_group,
+    Command, CoordinatorMsg, ExitReason, FailureKind, GenerationStart, JobSpec, PoolLoss, RankFailure, Wire, WorkerEvent, WorkerMsg,
+    worker_group,
 };
 use tessera_protocol::report::{StepReport, StepTimings};
 
@@ -207,7 +207,6 @@ impl Actor for FakeWorker {
 
     async fn pre_start(&self, myself: ActorRef<WorkerMsg>, (nonce, tx): Self::Arguments) -> Result<Self::State, ActorProcessingErr> {
         pg::join(worker_group(nonce), vec![myself.get_cell()]);
-        pg::join(WORKERS_GROUP.to_string(), vec![myself.get_cell()]);
         Ok(tx)
     }
 
